@@ -1,0 +1,350 @@
+"""The ``photosentry`` command: scan photos and manage banned hashes.
+
+Exit status of ``photosentry scan`` (documented in the README):
+    0  every photo was allowed
+    1  at least one photo was quarantined or blocked
+    2  usage error (bad option, missing path)
+    3  set-up error (model, policy or bank could not be loaded)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from enum import IntEnum
+from pathlib import Path
+
+import click
+
+from . import defaults
+from .config import data_dir, ensure_private_dir
+from .decode import Limits, decode, read_limited
+from .errors import InvalidHash, ModelUnavailable, PhotoSentryError, UnreadableImage
+from .hashes.banks import BankEntry, EntrySource, NewEntry, SqliteBankStore
+from .hashes.codecs import Algorithm, parse_tagged
+from .hashes.matcher import BankMatcher
+from .hashes.signals import PdqSignal, hash_image
+
+
+class ExitCode(IntEnum):
+    ALLOWED = 0
+    FLAGGED = 1
+    USAGE = 2
+    SETUP = 3
+
+
+class SetupError(click.ClickException):
+    """Something the command needs could not be loaded; exits with ExitCode.SETUP."""
+
+    exit_code = ExitCode.SETUP
+
+
+def _store(ctx: click.Context) -> SqliteBankStore:
+    home = ensure_private_dir(data_dir(ctx.obj["data_dir"]))
+    try:
+        return SqliteBankStore(home / defaults.BANK_DB_FILENAME)
+    except Exception as exc:  # sqlite3 raises several types for a bad file
+        raise SetupError(f"cannot open the bank database in {home}: {exc}") from exc
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--data-dir",
+    envvar=defaults.DATA_DIR_ENV,
+    type=click.Path(file_okay=False),
+    help="Where the bank database lives. Default: $PHOTOSENTRY_HOME, else ~/.local/share/photosentry.",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log what is loaded (model provider, bank size).")
+@click.version_option(package_name="photosentry")
+@click.pass_context
+def cli(ctx: click.Context, data_dir: str | None, verbose: bool) -> None:
+    """PhotoSentry: check photos against banned-hash banks and a nudity model.
+
+    \b
+    Start here:
+      photosentry scan ~/uploads            scan a folder, print a verdict per photo
+      photosentry ban add photo.jpg --by alice --reason "reported 1234"
+      photosentry ban list                  see what is banned
+    """
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    ctx.ensure_object(dict)
+    ctx.obj["data_dir"] = data_dir
+
+
+# -- scan -------------------------------------------------------------------------
+
+
+def _context_pairs(values: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--context")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _walk(paths: Sequence[str]) -> Iterator[Path]:
+    """Files under ``paths`` in a stable order; extensions are ignored on purpose."""
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for root, dirs, files in os.walk(path):
+                dirs.sort()
+                for name in sorted(files):
+                    yield Path(root) / name
+        else:
+            yield path
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per photo (JSON Lines) instead of a table.")
+@click.option("--policy", "policy_path", type=click.Path(exists=True, dir_okay=False), envvar="PHOTOSENTRY_POLICY",
+              help="Policy TOML file. Default: the shipped policy (see README).")
+@click.option("--context", "context", multiple=True, metavar="KEY=VALUE",
+              help="Upload context the policy can use, e.g. --context recipient_is_minor=true. Repeatable.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads for the model. Default: all cores.")
+@click.option("--provider", "providers", multiple=True,
+              help="ONNX Runtime execution provider to prefer (e.g. CUDAExecutionProvider). Repeatable.")
+@click.pass_context
+def scan(
+    ctx: click.Context,
+    paths: tuple[str, ...],
+    as_json: bool,
+    policy_path: str | None,
+    context: tuple[str, ...],
+    threads: int | None,
+    providers: tuple[str, ...],
+) -> None:
+    """Scan photos (files or folders, recursively) and print a verdict for each.
+
+    Every file is read by content, whatever its extension. A photo is BLOCKED when it
+    matches a bank whose policy action is block, QUARANTINED when it could not be read
+    or scanned or a score is over the quarantine threshold, else ALLOWED. Nothing is
+    moved or deleted: scan only reports.
+
+    Exit status: 0 all allowed, 1 some quarantined or blocked, 2 usage error,
+    3 set-up error.
+    """
+    from .models.open_nsfw import OpenNsfwClassifier
+    from .worker.pipeline import Scanner
+    from .worker.policy import Policy
+
+    ctx_values = _context_pairs(context)
+    try:
+        policy = Policy.from_file(policy_path) if policy_path else Policy.default()
+    except PhotoSentryError as exc:
+        raise SetupError(str(exc)) from exc
+    store = _store(ctx)
+    try:
+        classifier = OpenNsfwClassifier(threads=threads, providers=list(providers) or None)
+        scanner = Scanner(policy=policy, matcher=BankMatcher(store), classifier=classifier)
+    except PhotoSentryError as exc:
+        raise SetupError(str(exc)) from exc
+
+    counts: Counter[str] = Counter()
+    started = time.perf_counter()
+    table = None if as_json else _Table(sys.stdout)
+    for path in _walk(paths):
+        verdict = scanner.scan_path(path, context=ctx_values)
+        counts[verdict.action.value] += 1
+        if table is None:
+            click.echo(verdict.to_json())
+        else:
+            table.row(verdict)
+    elapsed = time.perf_counter() - started
+    total = sum(counts.values())
+    if table is not None:
+        per = f", {elapsed / total * 1000:.0f} ms/photo" if total else ""
+        summary = ", ".join(f"{counts[a]} {a}" for a in ("allow", "quarantine", "block"))
+        click.echo(f"\n{total} photo{'s' if total != 1 else ''}: {summary}{per}"
+                   f" (policy {policy.version}, bank version {scanner.matcher.version if scanner.matcher else 0})")
+    store.close()
+    ctx.exit(ExitCode.FLAGGED if counts["quarantine"] or counts["block"] else ExitCode.ALLOWED)
+
+
+class _Table:
+    """The human-readable scan output: one line per photo, reasons spelled out."""
+
+    def __init__(self, out: object) -> None:
+        self.out = out
+        click.echo(f"{'ACTION':<11}{'REASON':<20}{'DETAIL':<58}FILE")
+
+    def row(self, verdict) -> None:  # type: ignore[no-untyped-def]
+        first = verdict.reasons[0]
+        detail = first.text
+        if first.code.value == "clean" and verdict.scores:
+            detail = ", ".join(f"{s.model_id} {s.score:.3f}" for s in verdict.scores)
+        codes = ",".join(dict.fromkeys(verdict.reason_codes))
+        click.echo(f"{verdict.action.value:<11}{codes[:19]:<20}{detail[:57]:<58}{verdict.subject}")
+
+
+# -- ban ----------------------------------------------------------------------------
+
+
+def _who_why(f):  # type: ignore[no-untyped-def]
+    f = click.option("--reason", required=True, help="Why (ticket, report id): kept in the audit trail.")(f)
+    f = click.option("--by", "actor", required=True, help="Who is making this change: kept in the audit trail.")(f)
+    return f
+
+
+@cli.group()
+def ban() -> None:
+    """Add, list and remove banned hashes.
+
+    Only hashes are stored, never the photo. A ban from an image stores its SHA-256,
+    MD5, PDQ, pHash and dHash, so re-encoded, resized, cropped-a-little or mirrored
+    copies are caught too. Every change records who made it and why.
+    """
+
+
+@ban.command("add")
+@click.argument("images", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+@click.option("--hash", "hashes", multiple=True, metavar="ALGO:VALUE",
+              help="A hash to ban, e.g. pdq:<64 hex digits>, phash:<16 hex>, sha256:<64 hex>. Repeatable.")
+@click.option("--bank", default=defaults.DEFAULT_BANK, show_default=True, help="Bank to add to.")
+@click.option("--label", default="", help="Short label shown with matches, e.g. 'known abuse series 12'.")
+@_who_why
+@click.pass_context
+def ban_add(
+    ctx: click.Context, images: tuple[str, ...], hashes: tuple[str, ...], bank: str, label: str, actor: str, reason: str
+) -> None:
+    """Ban photos (IMAGES) or hashes (--hash) so matching uploads are stopped.
+
+    \b
+    Examples:
+      photosentry ban add reported.jpg --by alice --reason "ticket 881"
+      photosentry ban add --hash pdq:f8f8...  --bank csam --by importer --reason "list 2026-11"
+    """
+    if not images and not hashes:
+        raise click.UsageError("give at least one IMAGE or --hash ALGO:VALUE")
+    new: list[NewEntry] = []
+    try:
+        for text in hashes:
+            algorithm, value = parse_tagged(text)
+            new.append(NewEntry(algorithm, value, bank, label, EntrySource.MODERATOR))
+    except (InvalidHash, ValueError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--hash") from exc
+    for image in images:
+        new.extend(_entries_from_image(Path(image), bank, label))
+    store = _store(ctx)
+    try:
+        added = store.add(new, actor=actor, reason=reason)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    for entry in added:
+        click.echo(f"{entry.id:>6}  {entry.bank:<12} {entry.tagged}")
+    click.echo(f"bank version {store.version()}")
+    store.close()
+
+
+def _entries_from_image(path: Path, bank: str, label: str) -> list[NewEntry]:
+    limits = Limits()
+    try:
+        data = read_limited(path, limits.max_bytes)
+        decoded = decode(data, limits)
+    except UnreadableImage as exc:
+        raise click.BadParameter(f"{path}: {exc.code}: {exc.message}", param_hint="IMAGES") from exc
+    hashes = hash_image(data, decoded.frames, decoded.frame_indices)
+    label = label or path.name
+    group = hashes.sha256
+    entries = [
+        NewEntry(Algorithm.SHA256, hashes.sha256, bank, label, EntrySource.IMAGE, group),
+        NewEntry(Algorithm.MD5, hashes.md5, bank, label, EntrySource.IMAGE, group),
+    ]
+    for frame in hashes.frames:
+        for ph in frame.hashes:
+            if ph.algorithm is Algorithm.PDQ and (ph.quality or 0) < PdqSignal.QUALITY_THRESHOLD:
+                click.echo(
+                    f"warning: {path.name} frame {frame.frame}: PDQ quality {ph.quality} is below"
+                    f" {PdqSignal.QUALITY_THRESHOLD}; its PDQ hash will not match on its own", err=True)
+            try:
+                entries.append(NewEntry(ph.algorithm, ph.value, bank, label, EntrySource.IMAGE, group))
+            except InvalidHash as exc:  # e.g. a blank frame's all-zero hash
+                click.echo(f"warning: {path.name}: skipped {ph.algorithm.value}: {exc}", err=True)
+    return entries
+
+
+@ban.command("list")
+@click.option("--bank", default=None, help="Only this bank.")
+@click.option("--all", "include_removed", is_flag=True, help="Include removed entries (shown with who removed them).")
+@click.option("--json", "as_json", is_flag=True, help="JSON Lines instead of a table.")
+@click.pass_context
+def ban_list(ctx: click.Context, bank: str | None, include_removed: bool, as_json: bool) -> None:
+    """List banned hashes, oldest first."""
+    store = _store(ctx)
+    if not as_json:
+        click.echo(f"{'ID':>6}  {'BANK':<12} {'STATE':<8} {'ADDED BY':<12} {'LABEL':<24} HASH")
+    for entry in store.entries(bank=bank, include_removed=include_removed):
+        if as_json:
+            click.echo(json.dumps(entry.to_dict()))
+        else:
+            state = "active" if entry.active else "removed"
+            click.echo(f"{entry.id:>6}  {entry.bank:<12} {state:<8} {entry.added_by[:11]:<12} {entry.label[:23]:<24} {entry.tagged}")
+    store.close()
+
+
+@ban.command("remove")
+@click.argument("entry_ids", nargs=-1, type=int)
+@click.option("--group", "groups", multiple=True, metavar="SHA256",
+              help="Remove every hash that was added from one image (its SHA-256, shown by `ban list --json`).")
+@_who_why
+@click.pass_context
+def ban_remove(ctx: click.Context, entry_ids: tuple[int, ...], groups: tuple[str, ...], actor: str, reason: str) -> None:
+    """Remove banned hashes by ENTRY_IDS (from `ban list`). The entry is kept, marked removed, for audit."""
+    if not entry_ids and not groups:
+        raise click.UsageError("give at least one ENTRY_ID or --group SHA256")
+    store = _store(ctx)
+    ids = list(entry_ids)
+    for group in groups:
+        found = [e.id for e in store.entries(group=group.lower())]
+        if not found:
+            raise click.BadParameter(f"no active entries in group {group!r}", param_hint="--group")
+        ids.extend(found)
+    try:
+        removed: list[BankEntry] = store.remove(ids, actor=actor, reason=reason)
+    except PhotoSentryError as exc:
+        raise click.BadParameter(str(exc), param_hint="ENTRY_IDS") from exc
+    for entry in removed:
+        click.echo(f"{entry.id:>6}  removed  {entry.bank:<12} {entry.tagged}")
+    click.echo(f"bank version {store.version()}")
+    store.close()
+
+
+@ban.command("configure")
+@click.argument("bank")
+@click.option("--pdq", type=click.IntRange(0, 127), default=None, help=f"PDQ match distance (default {defaults.PDQ_MATCH_DISTANCE}).")
+@click.option("--phash", type=click.IntRange(0, 31), default=None, help=f"pHash match distance (default {defaults.PHASH_MATCH_DISTANCE}).")
+@click.option("--dhash", type=click.IntRange(0, 31), default=None, help=f"dHash match distance (default {defaults.DHASH_MATCH_DISTANCE}).")
+@click.option("--description", default="", help="What this bank holds.")
+@_who_why
+@click.pass_context
+def ban_configure(ctx: click.Context, bank: str, pdq: int | None, phash: int | None, dhash: int | None,
+                  description: str, actor: str, reason: str) -> None:
+    """Set how close a perceptual hash must be to match in BANK.
+
+    Lower is stricter (fewer false matches, more missed copies). Unset distances use
+    the defaults; see docs/matching.md for how they were chosen.
+    """
+    distances = {a: d for a, d in ((Algorithm.PDQ, pdq), (Algorithm.PHASH, phash), (Algorithm.DHASH, dhash)) if d is not None}
+    store = _store(ctx)
+    try:
+        cfg = store.configure_bank(bank, distances=distances, description=description, actor=actor, reason=reason)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    click.echo(f"{cfg.name}: " + ", ".join(f"{a.value} <= {cfg.distance(a)}" for a in Algorithm if a.is_perceptual))
+    store.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="photosentry", standalone_mode=True)
+    except ModelUnavailable as exc:  # pragma: no cover - raised as SetupError above
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(ExitCode.SETUP)

@@ -1,0 +1,413 @@
+"""Banks of banned hashes: the entry model, the store interface and the SQLite backend.
+
+Banned content is never stored, only its hashes. Removal is a soft delete kept for
+audit. Every change (an entry added or removed, a bank's thresholds changed) appends
+a row to the change log, whose row number *is* the bank version: it only grows, and a
+worker holding version N can catch up by reading the changes after N.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from ..errors import BankNotFound, InvalidHash
+from .codecs import Algorithm, normalize
+from .signals import SIGNALS
+
+
+class EntrySource(str, Enum):
+    """Where a bank entry came from."""
+
+    #: Typed in by a moderator (``ban add --hash``).
+    MODERATOR = "moderator"
+    #: Hashed from an image a moderator supplied (the image itself is not kept).
+    IMAGE = "image"
+    #: Read from an import file (industry list, export of another instance).
+    IMPORT = "import"
+
+
+class ChangeOp(str, Enum):
+    ADD = "add"
+    REMOVE = "remove"
+    BANK = "bank"
+
+
+@dataclass(frozen=True)
+class NewEntry:
+    """What a caller supplies to add one hash to a bank."""
+
+    algorithm: Algorithm
+    value: str
+    bank: str
+    label: str = ""
+    source: EntrySource = EntrySource.MODERATOR
+    #: Ties together the hashes taken from one image, so they can be removed together.
+    group: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "value", normalize(self.algorithm, self.value))
+        _check_bank_name(self.bank)
+
+
+@dataclass(frozen=True)
+class BankEntry:
+    """One banned hash as stored, with its audit fields."""
+
+    id: int
+    algorithm: Algorithm
+    value: str
+    bank: str
+    label: str
+    reason: str
+    added_by: str
+    added_at: float
+    source: EntrySource
+    group: str
+    active: bool
+    removed_by: str | None = None
+    removed_at: float | None = None
+    removed_reason: str | None = None
+
+    @property
+    def tagged(self) -> str:
+        return f"{self.algorithm.value}:{self.value}"
+
+    def to_dict(self) -> dict[str, object]:
+        out = asdict(self)
+        out["algorithm"] = self.algorithm.value
+        out["source"] = self.source.value
+        return out
+
+
+@dataclass(frozen=True)
+class BankConfig:
+    """A bank and its per-algorithm match distances (data, so operators tune them live)."""
+
+    name: str
+    distances: dict[Algorithm, int] = field(default_factory=dict)
+    description: str = ""
+
+    def distance(self, algorithm: Algorithm) -> int:
+        if not algorithm.is_perceptual:
+            return 0
+        return self.distances.get(algorithm, SIGNALS[algorithm].default_distance)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One row of the change log; ``version`` is the bank version after it."""
+
+    version: int
+    op: ChangeOp
+    entry_id: int | None
+    bank: str
+    actor: str
+    reason: str
+    at: float
+
+
+def _check_bank_name(name: str) -> None:
+    if not name or len(name) > 64 or not all(c.isalnum() or c in "-_." for c in name):
+        raise ValueError(f"{name!r} is not a valid bank name (letters, digits, - _ . ; up to 64)")
+
+
+def _check_actor(actor: str, reason: str) -> None:
+    if not actor.strip():
+        raise ValueError("every change needs who made it (--by)")
+    if not reason.strip():
+        raise ValueError("every change needs a reason (--reason)")
+
+
+class BankStore(ABC):
+    """Where bank entries live. Backends: SQLite (embedded) and, later, Redis."""
+
+    @abstractmethod
+    def add(self, entries: Sequence[NewEntry], *, actor: str, reason: str) -> list[BankEntry]:
+        """Add entries; an active duplicate (same bank, algorithm, value) is returned, not re-added."""
+
+    @abstractmethod
+    def remove(self, entry_ids: Sequence[int], *, actor: str, reason: str) -> list[BankEntry]:
+        """Soft-delete entries; removing an already removed entry changes nothing."""
+
+    @abstractmethod
+    def get(self, entry_id: int) -> BankEntry:
+        """One entry, active or removed. Raises BankNotFound."""
+
+    @abstractmethod
+    def entries(
+        self, *, bank: str | None = None, include_removed: bool = False, group: str | None = None
+    ) -> Iterator[BankEntry]:
+        """Entries in id order, optionally of one bank or one group."""
+
+    @abstractmethod
+    def version(self) -> int:
+        """The current bank version (0 for an empty store)."""
+
+    @abstractmethod
+    def changes_since(self, version: int) -> list[Change]:
+        """Changes with a version above ``version``, oldest first."""
+
+    @abstractmethod
+    def banks(self) -> list[BankConfig]:
+        """Every bank that has been configured or written to."""
+
+    @abstractmethod
+    def configure_bank(
+        self, name: str, *, distances: dict[Algorithm, int], description: str, actor: str, reason: str
+    ) -> BankConfig:
+        """Create or update a bank's match distances."""
+
+    def bank(self, name: str) -> BankConfig:
+        for cfg in self.banks():
+            if cfg.name == name:
+                return cfg
+        return BankConfig(name)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS banks (
+    name TEXT PRIMARY KEY,
+    description TEXT NOT NULL DEFAULT '',
+    pdq_distance INTEGER,
+    phash_distance INTEGER,
+    dhash_distance INTEGER
+);
+CREATE TABLE IF NOT EXISTS entries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    algorithm TEXT NOT NULL,
+    value TEXT NOT NULL,
+    bank TEXT NOT NULL,
+    label TEXT NOT NULL DEFAULT '',
+    reason TEXT NOT NULL,
+    added_by TEXT NOT NULL,
+    added_at REAL NOT NULL,
+    source TEXT NOT NULL,
+    grp TEXT NOT NULL DEFAULT '',
+    active INTEGER NOT NULL DEFAULT 1,
+    removed_by TEXT,
+    removed_at REAL,
+    removed_reason TEXT
+);
+-- At most one *active* row per hash and bank: duplicates merge, history stays.
+CREATE UNIQUE INDEX IF NOT EXISTS entries_active_unique
+    ON entries (bank, algorithm, value) WHERE active = 1;
+CREATE INDEX IF NOT EXISTS entries_value ON entries (algorithm, value);
+CREATE INDEX IF NOT EXISTS entries_grp ON entries (grp) WHERE grp != '';
+CREATE TABLE IF NOT EXISTS changes (
+    version INTEGER PRIMARY KEY AUTOINCREMENT,
+    op TEXT NOT NULL,
+    entry_id INTEGER,
+    bank TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    at REAL NOT NULL
+);
+"""
+
+_ENTRY_COLUMNS = (
+    "id, algorithm, value, bank, label, reason, added_by, added_at, source, grp, active, "
+    "removed_by, removed_at, removed_reason"
+)
+
+
+class SqliteBankStore(BankStore):
+    """The embedded backend: one SQLite file, safe for several processes on one host."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # isolation_level=None: we open transactions ourselves (BEGIN IMMEDIATE) so a
+        # version number is never handed out twice by concurrent writers.
+        self._db = sqlite3.connect(str(self.path), isolation_level=None, timeout=30.0)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "SqliteBankStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SqliteBankStore({str(self.path)!r})"
+
+    # -- writes -------------------------------------------------------------------
+
+    def add(self, entries: Sequence[NewEntry], *, actor: str, reason: str) -> list[BankEntry]:
+        _check_actor(actor, reason)
+        now = time.time()
+        ids: list[int] = []
+        with self._transaction() as db:
+            for e in entries:
+                row = db.execute(
+                    "SELECT id FROM entries WHERE bank=? AND algorithm=? AND value=? AND active=1",
+                    (e.bank, e.algorithm.value, e.value),
+                ).fetchone()
+                if row:
+                    ids.append(row[0])
+                    continue
+                cur = db.execute(
+                    "INSERT INTO entries (algorithm, value, bank, label, reason, added_by, added_at, source, grp)"
+                    " VALUES (?,?,?,?,?,?,?,?,?)",
+                    (e.algorithm.value, e.value, e.bank, e.label, reason, actor, now, e.source.value, e.group),
+                )
+                entry_id = int(cur.lastrowid or 0)
+                ids.append(entry_id)
+                self._log(db, ChangeOp.ADD, entry_id, e.bank, actor, reason, now)
+        return [self.get(i) for i in ids]
+
+    def remove(self, entry_ids: Sequence[int], *, actor: str, reason: str) -> list[BankEntry]:
+        _check_actor(actor, reason)
+        now = time.time()
+        with self._transaction() as db:
+            for entry_id in entry_ids:
+                row = db.execute("SELECT bank, active FROM entries WHERE id=?", (entry_id,)).fetchone()
+                if row is None:
+                    raise BankNotFound(f"no bank entry with id {entry_id}")
+                if not row[1]:
+                    continue
+                db.execute(
+                    "UPDATE entries SET active=0, removed_by=?, removed_at=?, removed_reason=? WHERE id=?",
+                    (actor, now, reason, entry_id),
+                )
+                self._log(db, ChangeOp.REMOVE, entry_id, row[0], actor, reason, now)
+        return [self.get(i) for i in entry_ids]
+
+    def configure_bank(
+        self, name: str, *, distances: dict[Algorithm, int], description: str, actor: str, reason: str
+    ) -> BankConfig:
+        _check_bank_name(name)
+        _check_actor(actor, reason)
+        for algorithm, distance in distances.items():
+            if not algorithm.is_perceptual:
+                raise InvalidHash(f"{algorithm.value} is matched exactly; it takes no distance")
+            if not 0 <= distance < algorithm.bits // 2:
+                raise ValueError(f"{algorithm.value} distance must be in 0..{algorithm.bits // 2 - 1}, got {distance}")
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO banks (name, description, pdq_distance, phash_distance, dhash_distance)"
+                " VALUES (?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET description=excluded.description,"
+                " pdq_distance=excluded.pdq_distance, phash_distance=excluded.phash_distance,"
+                " dhash_distance=excluded.dhash_distance",
+                (
+                    name,
+                    description,
+                    distances.get(Algorithm.PDQ),
+                    distances.get(Algorithm.PHASH),
+                    distances.get(Algorithm.DHASH),
+                ),
+            )
+            self._log(db, ChangeOp.BANK, None, name, actor, reason, time.time())
+        return self.bank(name)
+
+    # -- reads --------------------------------------------------------------------
+
+    def get(self, entry_id: int) -> BankEntry:
+        row = self._db.execute(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE id=?", (entry_id,)).fetchone()
+        if row is None:
+            raise BankNotFound(f"no bank entry with id {entry_id}")
+        return _entry(row)
+
+    def entries(
+        self, *, bank: str | None = None, include_removed: bool = False, group: str | None = None
+    ) -> Iterator[BankEntry]:
+        where, args = [], []
+        if bank is not None:
+            where.append("bank=?")
+            args.append(bank)
+        if group is not None:
+            where.append("grp=?")
+            args.append(group)
+        if not include_removed:
+            where.append("active=1")
+        sql = f"SELECT {_ENTRY_COLUMNS} FROM entries"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        for row in self._db.execute(sql + " ORDER BY id", args):
+            yield _entry(row)
+
+    def version(self) -> int:
+        row = self._db.execute("SELECT MAX(version) FROM changes").fetchone()
+        return int(row[0] or 0)
+
+    def changes_since(self, version: int) -> list[Change]:
+        rows = self._db.execute(
+            "SELECT version, op, entry_id, bank, actor, reason, at FROM changes WHERE version>? ORDER BY version",
+            (version,),
+        )
+        return [Change(r[0], ChangeOp(r[1]), r[2], r[3], r[4], r[5], r[6]) for r in rows]
+
+    def banks(self) -> list[BankConfig]:
+        configured = {
+            r[0]: BankConfig(
+                r[0],
+                {
+                    a: d
+                    for a, d in ((Algorithm.PDQ, r[2]), (Algorithm.PHASH, r[3]), (Algorithm.DHASH, r[4]))
+                    if d is not None
+                },
+                r[1],
+            )
+            for r in self._db.execute(
+                "SELECT name, description, pdq_distance, phash_distance, dhash_distance FROM banks"
+            )
+        }
+        for (name,) in self._db.execute("SELECT DISTINCT bank FROM entries"):
+            configured.setdefault(name, BankConfig(name))
+        return sorted(configured.values(), key=lambda b: b.name)
+
+    # -- internals ----------------------------------------------------------------
+
+    def _transaction(self) -> "_Transaction":
+        return _Transaction(self._db)
+
+    @staticmethod
+    def _log(
+        db: sqlite3.Connection, op: ChangeOp, entry_id: int | None, bank: str, actor: str, reason: str, at: float
+    ) -> None:
+        db.execute(
+            "INSERT INTO changes (op, entry_id, bank, actor, reason, at) VALUES (?,?,?,?,?,?)",
+            (op.value, entry_id, bank, actor, reason, at),
+        )
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _entry(row: Iterable[object]) -> BankEntry:
+    (i, algo, value, bank, label, reason, by, at, source, grp, active, rby, rat, rreason) = tuple(row)
+    return BankEntry(
+        id=int(i),  # type: ignore[arg-type]
+        algorithm=Algorithm(algo),
+        value=str(value),
+        bank=str(bank),
+        label=str(label),
+        reason=str(reason),
+        added_by=str(by),
+        added_at=float(at),  # type: ignore[arg-type]
+        source=EntrySource(source),
+        group=str(grp),
+        active=bool(active),
+        removed_by=rby,  # type: ignore[arg-type]
+        removed_at=rat,  # type: ignore[arg-type]
+        removed_reason=rreason,  # type: ignore[arg-type]
+    )

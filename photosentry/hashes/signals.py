@@ -1,0 +1,194 @@
+"""Signals: the hashes computed from one photo.
+
+Each algorithm is a small class of classmethods (a ThreatExchange-style signal type):
+the exact ones hash bytes, the perceptual ones hash a decoded RGB frame and also give
+the *query variants* that matching tries (PDQ's 8 dihedral transforms, pHash's 8,
+dHash's mirror) so a flipped or rotated copy still meets its banned original. Only the
+canonical value is ever stored or shown; variants exist for matching.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import imagehash
+import numpy as np
+import pdqhash
+from PIL import Image
+
+from .. import defaults
+from .codecs import Algorithm, bits_to_hex
+
+
+@dataclass(frozen=True)
+class PerceptualHash:
+    """One perceptual hash of one frame."""
+
+    algorithm: Algorithm
+    value: str
+    #: Variants tried at match time, ``value`` first.
+    variants: tuple[str, ...]
+    #: PDQ's own quality score (0-100); None for algorithms without one.
+    quality: int | None = None
+
+
+class Signal(ABC):
+    """A hash algorithm: its name, width and default match distance."""
+
+    algorithm: ClassVar[Algorithm]
+    #: Largest Hamming distance that counts as a match by default (0 = exact only).
+    default_distance: ClassVar[int] = 0
+
+
+class BytesSignal(Signal):
+    """A cryptographic hash of the file's bytes."""
+
+    @classmethod
+    @abstractmethod
+    def hash_bytes(cls, data: bytes) -> str:
+        """Lowercase hex digest of ``data``."""
+
+
+class FrameSignal(Signal):
+    """A perceptual hash of a decoded frame."""
+
+    @classmethod
+    @abstractmethod
+    def hash_frame(cls, rgb: np.ndarray, image: Image.Image) -> PerceptualHash:
+        """Hash one RGB uint8 frame; ``image`` is the same pixels as a Pillow image."""
+
+
+class Sha256Signal(BytesSignal):
+    algorithm = Algorithm.SHA256
+
+    @classmethod
+    def hash_bytes(cls, data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()
+
+
+class Md5Signal(BytesSignal):
+    algorithm = Algorithm.MD5
+
+    @classmethod
+    def hash_bytes(cls, data: bytes) -> str:
+        return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+class PdqSignal(FrameSignal):
+    algorithm = Algorithm.PDQ
+    default_distance = defaults.PDQ_MATCH_DISTANCE
+    QUALITY_THRESHOLD: ClassVar[int] = defaults.PDQ_QUALITY_THRESHOLD
+
+    @classmethod
+    def hash_frame(cls, rgb: np.ndarray, image: Image.Image) -> PerceptualHash:
+        # compute_dihedral's first vector is the plain hash, so one call gives all 8.
+        vectors, quality = pdqhash.compute_dihedral(np.ascontiguousarray(rgb))
+        variants = tuple(bits_to_hex(v) for v in vectors)
+        return PerceptualHash(cls.algorithm, variants[0], variants, int(quality))
+
+
+# The 8 symmetries of the square, identity first.
+_DIHEDRAL = (
+    None,
+    Image.Transpose.ROTATE_90,
+    Image.Transpose.ROTATE_180,
+    Image.Transpose.ROTATE_270,
+    Image.Transpose.FLIP_LEFT_RIGHT,
+    Image.Transpose.FLIP_TOP_BOTTOM,
+    Image.Transpose.TRANSPOSE,
+    Image.Transpose.TRANSVERSE,
+)
+_PHASH_SIDE = 32  # imagehash.phash: hash_size 8 x highfreq_factor 4
+
+
+class PHashSignal(FrameSignal):
+    algorithm = Algorithm.PHASH
+    default_distance = defaults.PHASH_MATCH_DISTANCE
+
+    @classmethod
+    def hash_frame(cls, rgb: np.ndarray, image: Image.Image) -> PerceptualHash:
+        # imagehash.phash shrinks to 32x32 greyscale first; shrinking once and
+        # transposing the thumbnail gives the same bits as hashing each transposed
+        # full image would, at 1/8 of the cost. phash(thumb) == phash(image) exactly,
+        # because resizing to the same size is a copy.
+        thumb = image.convert("L").resize((_PHASH_SIDE, _PHASH_SIDE), Image.Resampling.LANCZOS)
+        variants = tuple(
+            str(imagehash.phash(thumb if t is None else thumb.transpose(t))) for t in _DIHEDRAL
+        )
+        return PerceptualHash(cls.algorithm, variants[0], variants)
+
+
+class DHashSignal(FrameSignal):
+    algorithm = Algorithm.DHASH
+    default_distance = defaults.DHASH_MATCH_DISTANCE
+
+    @classmethod
+    def hash_frame(cls, rgb: np.ndarray, image: Image.Image) -> PerceptualHash:
+        # dHash compares neighbouring columns of a 9x8 thumbnail, so only the mirror
+        # (the common evasion) is worth a variant; rotations are PDQ's job.
+        grey = image.convert("L")
+        value = str(imagehash.dhash(grey))
+        mirrored = str(imagehash.dhash(grey.transpose(Image.Transpose.FLIP_LEFT_RIGHT)))
+        return PerceptualHash(cls.algorithm, value, (value, mirrored))
+
+
+BYTES_SIGNALS: tuple[type[BytesSignal], ...] = (Sha256Signal, Md5Signal)
+FRAME_SIGNALS: tuple[type[FrameSignal], ...] = (PdqSignal, PHashSignal, DHashSignal)
+SIGNALS: dict[Algorithm, type[Signal]] = {s.algorithm: s for s in (*BYTES_SIGNALS, *FRAME_SIGNALS)}
+assert len(SIGNALS) == len(BYTES_SIGNALS) + len(FRAME_SIGNALS), "duplicate signal algorithm"
+
+
+@dataclass(frozen=True)
+class FrameHashes:
+    """Perceptual hashes of one frame (frame = index in the file)."""
+
+    frame: int
+    hashes: tuple[PerceptualHash, ...]
+
+    def get(self, algorithm: Algorithm) -> PerceptualHash | None:
+        return next((h for h in self.hashes if h.algorithm is algorithm), None)
+
+
+@dataclass(frozen=True)
+class ImageHashes:
+    """Every hash of one photo: exact ones of the bytes, perceptual ones per frame."""
+
+    sha256: str
+    md5: str
+    frames: tuple[FrameHashes, ...] = ()
+
+    def exact(self) -> dict[Algorithm, str]:
+        return {Algorithm.SHA256: self.sha256, Algorithm.MD5: self.md5}
+
+    def to_dict(self) -> dict[str, object]:
+        """Canonical values only (variants are a matching detail)."""
+        out: dict[str, object] = {"sha256": self.sha256, "md5": self.md5}
+        if self.frames:
+            first = self.frames[0]
+            for h in first.hashes:
+                out[h.algorithm.value] = h.value
+                if h.quality is not None:
+                    out[f"{h.algorithm.value}_quality"] = h.quality
+        if len(self.frames) > 1:
+            out["frames"] = [
+                {"frame": f.frame, **{h.algorithm.value: h.value for h in f.hashes}} for f in self.frames
+            ]
+        return out
+
+
+def hash_bytes(data: bytes) -> ImageHashes:
+    """Exact hashes only: what an unreadable file still gets."""
+    return ImageHashes(sha256=Sha256Signal.hash_bytes(data), md5=Md5Signal.hash_bytes(data))
+
+
+def hash_image(data: bytes, frames: tuple[np.ndarray, ...], frame_indices: tuple[int, ...]) -> ImageHashes:
+    """Exact hashes of ``data`` and perceptual hashes of each decoded frame."""
+    exact = hash_bytes(data)
+    per_frame = []
+    for index, rgb in zip(frame_indices, frames, strict=True):
+        image = Image.fromarray(rgb)
+        per_frame.append(FrameHashes(index, tuple(s.hash_frame(rgb, image) for s in FRAME_SIGNALS)))
+    return ImageHashes(exact.sha256, exact.md5, tuple(per_frame))

@@ -1,0 +1,45 @@
+"""The classifier interface: frames in, labelled scores out. Policy decides what they mean."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ModelScore:
+    """A model's opinion of one photo: its most unsafe frame."""
+
+    model_id: str
+    model_version: str
+    #: Probability that the photo is unsafe, 0..1 (max over the frames looked at).
+    score: float
+    #: Every label's probability for that frame.
+    labels: dict[str, float] = field(default_factory=dict)
+    #: Position, among the frames given, of the frame that scored highest.
+    frame: int = 0
+    provider: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "model": self.model_id,
+            "version": self.model_version,
+            "score": round(self.score, 6),
+            "labels": {k: round(v, 6) for k, v in self.labels.items()},
+            "frame": self.frame,
+            "provider": self.provider,
+        }
+
+
+class NudityClassifier(ABC):
+    """A model that scores photos for nudity."""
+
+    model_id: str
+    model_version: str
+
+    @abstractmethod
+    def classify(self, frames: Sequence[np.ndarray]) -> ModelScore:
+        """Score RGB uint8 frames of one photo; the highest-scoring frame wins."""

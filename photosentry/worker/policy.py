@@ -1,0 +1,318 @@
+"""Policy: a versioned TOML file that turns facts into an action with reasons.
+
+``decide`` is a pure function of the profile, the matches, the model scores and any
+failure: no I/O, no Redis, no models, so every rule can be tested on its own and a
+verdict can be recomputed from recorded facts. Loading refuses any policy that could
+allow a photo that was not fully scanned.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import PolicyError
+from ..hashes.matcher import Match
+from ..models.classifier import ModelScore
+from .verdict import FAILURE_CODES, Action, Reason, ReasonCode
+
+POLICY_ENV = "PHOTOSENTRY_POLICY"
+"""Environment variable naming a policy file to use instead of the shipped default."""
+
+DEFAULT_PROFILE = "default"
+_TRUE_STRINGS = frozenset({"1", "true", "yes", "on", "y", "t"})
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Score thresholds of one model; None means that action is never taken on score."""
+
+    quarantine: float | None = None
+    block: float | None = None
+
+    def stricter(self, other: "Thresholds") -> "Thresholds":
+        return Thresholds(_min(self.quarantine, other.quarantine), _min(self.block, other.block))
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The effective rules for one upload after its context picked profiles."""
+
+    name: str
+    models: Mapping[str, Thresholds]
+    bank_actions: Mapping[str, Action]
+    default_bank_action: Action
+    fail_closed: Mapping[ReasonCode, Action]
+
+    def bank_action(self, bank: str) -> Action:
+        return self.bank_actions.get(bank, self.default_bank_action)
+
+
+@dataclass(frozen=True)
+class _ProfileRule:
+    name: str
+    description: str
+    when_true: tuple[str, ...]
+    when_under: Mapping[str, float]
+    models: Mapping[str, Thresholds]
+    bank_actions: Mapping[str, Action]
+
+    def applies(self, context: Mapping[str, Any]) -> bool:
+        if any(_truthy(context.get(key)) for key in self.when_true):
+            return True
+        for key, limit in self.when_under.items():
+            number = _number(context.get(key))
+            if number is not None and number < limit:
+                return True
+        return False
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A loaded, validated policy file."""
+
+    version: str
+    base: Profile
+    rules: tuple[_ProfileRule, ...] = ()
+    source: str = "<default>"
+
+    # -- loading ------------------------------------------------------------------
+
+    @classmethod
+    def default(cls) -> "Policy":
+        """The shipped default policy (or the file named by $PHOTOSENTRY_POLICY)."""
+        override = os.environ.get(POLICY_ENV)
+        if override:
+            return cls.from_file(override)
+        text = importlib.resources.files(__package__).joinpath("default_policy.toml").read_text("utf-8")
+        return cls.from_toml(text, source="<default>")
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "Policy":
+        try:
+            text = Path(path).read_text("utf-8")
+        except OSError as exc:
+            raise PolicyError(f"cannot read policy file {str(path)!r}: {exc.strerror or exc}") from exc
+        return cls.from_toml(text, source=str(path))
+
+    @classmethod
+    def from_toml(cls, text: str, *, source: str = "<string>") -> "Policy":
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise PolicyError(f"{source}: not valid TOML: {exc}") from exc
+        return cls.from_dict(raw, source=source)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], *, source: str = "<dict>") -> "Policy":
+        where = source
+        _only(raw, {"version", "description", "models", "banks", "fail_closed", "profiles"}, where)
+        version = raw.get("version")
+        if not isinstance(version, str) or not version.strip():
+            raise PolicyError(f"{where}: `version` must be a non-empty string")
+        banks = dict(raw.get("banks", {}))
+        default_bank_action = _action(banks.pop("default_action", "block"), f"{where}: banks.default_action")
+        _no_allow(default_bank_action, f"{where}: banks.default_action")
+        fail_closed: dict[ReasonCode, Action] = {}
+        given = dict(raw.get("fail_closed", {}))
+        for code in FAILURE_CODES:
+            action = _action(given.pop(code.value, "quarantine"), f"{where}: fail_closed.{code.value}")
+            if action is Action.ALLOW:
+                raise PolicyError(f"{where}: fail_closed.{code.value} = 'allow' would let an unscanned photo through")
+            fail_closed[code] = action
+        if given:
+            raise PolicyError(f"{where}: unknown fail_closed keys {sorted(given)}")
+        base = Profile(
+            name=DEFAULT_PROFILE,
+            models=_models(raw.get("models", {}), f"{where}: models"),
+            bank_actions=_bank_actions(banks, f"{where}: banks"),
+            default_bank_action=default_bank_action,
+            fail_closed=fail_closed,
+        )
+        rules = []
+        for name, body in dict(raw.get("profiles", {})).items():
+            w = f"{where}: profiles.{name}"
+            if not isinstance(body, Mapping):
+                raise PolicyError(f"{w} must be a table")
+            _only(body, {"description", "when_true", "when_under", "models", "banks"}, w)
+            when_true = body.get("when_true", [])
+            when_under = body.get("when_under", {})
+            if not isinstance(when_true, list) or not all(isinstance(k, str) for k in when_true):
+                raise PolicyError(f"{w}.when_true must be a list of context keys")
+            if not isinstance(when_under, Mapping) or not all(isinstance(v, (int, float)) for v in when_under.values()):
+                raise PolicyError(f"{w}.when_under must map context keys to numbers")
+            if not when_true and not when_under:
+                raise PolicyError(f"{w} has no when_true or when_under: it could never apply")
+            rules.append(
+                _ProfileRule(
+                    name=name,
+                    description=str(body.get("description", "")),
+                    when_true=tuple(when_true),
+                    when_under=dict(when_under),
+                    models=_models(body.get("models", {}), f"{w}.models"),
+                    bank_actions=_bank_actions(dict(body.get("banks", {})), f"{w}.banks"),
+                )
+            )
+        return cls(version=version.strip(), base=base, rules=tuple(rules), source=source)
+
+    # -- use ----------------------------------------------------------------------
+
+    def profile_for(self, context: Mapping[str, Any]) -> Profile:
+        """The base rules made stricter by every profile the context selects."""
+        applied = [r for r in self.rules if r.applies(context)]
+        if not applied:
+            return self.base
+        models = dict(self.base.models)
+        banks = dict(self.base.bank_actions)
+        for rule in applied:
+            for model, thresholds in rule.models.items():
+                models[model] = models[model].stricter(thresholds) if model in models else thresholds
+            for bank, action in rule.bank_actions.items():
+                current = banks.get(bank, self.base.default_bank_action)
+                banks[bank] = Action.most_severe([current, action])
+        return Profile(
+            name="+".join(r.name for r in applied),
+            models=models,
+            bank_actions=banks,
+            default_bank_action=self.base.default_bank_action,
+            fail_closed=self.base.fail_closed,
+        )
+
+    def require_models(self, model_ids: Sequence[str]) -> None:
+        """Refuse to run a model the policy has no thresholds for (its score would be ignored)."""
+        missing = [m for m in model_ids if m not in self.base.models]
+        if missing:
+            raise PolicyError(f"{self.source}: no [models.<id>] thresholds for {missing}")
+
+
+def decide(
+    profile: Profile,
+    *,
+    matches: Sequence[Match] = (),
+    scores: Sequence[ModelScore] = (),
+    failures: Sequence[tuple[ReasonCode, str]] = (),
+) -> tuple[Action, tuple[Reason, ...]]:
+    """The action and its reasons, most severe first.
+
+    ``failures`` are (code, text) pairs for anything that kept the photo from being
+    fully scanned; each maps through ``fail_closed`` and can never yield allow.
+    """
+    reasons: list[Reason] = []
+    for code, text in failures:
+        reasons.append(Reason(code, profile.fail_closed[code], text))
+
+    by_bank: dict[str, list[Match]] = {}
+    for m in matches:
+        if not m.weak:  # a low-quality PDQ hash does not match on its own
+            by_bank.setdefault(m.bank, []).append(m)
+    for bank, hits in by_bank.items():
+        closest = min(hits, key=lambda m: m.distance / m.algorithm.bits)
+        reasons.append(
+            Reason(
+                ReasonCode.BANK_MATCH,
+                profile.bank_action(bank),
+                f"matches {len(hits)} entr{'y' if len(hits) == 1 else 'ies'} of bank {bank!r}"
+                f" (closest: entry {closest.entry_id}, {closest.algorithm.value} distance {closest.distance})",
+                {"bank": bank, "entry_ids": sorted(m.entry_id for m in hits)},
+            )
+        )
+
+    for score in scores:
+        thresholds = profile.models.get(score.model_id, Thresholds())
+        for action, limit in ((Action.BLOCK, thresholds.block), (Action.QUARANTINE, thresholds.quarantine)):
+            if limit is not None and score.score >= limit:
+                reasons.append(
+                    Reason(
+                        ReasonCode.NUDITY,
+                        action,
+                        f"{score.model_id} scored {score.score:.3f} (>= {action.value} threshold {limit})",
+                        {"model": score.model_id, "score": round(score.score, 6), "threshold": limit},
+                    )
+                )
+                break
+
+    if not reasons:
+        return Action.ALLOW, (Reason(ReasonCode.CLEAN, Action.ALLOW, "no bank match and no score over a threshold"),)
+    reasons.sort(key=lambda r: -r.action.severity)
+    return Action.most_severe([r.action for r in reasons]), tuple(reasons)
+
+
+# -- parsing helpers ------------------------------------------------------------------
+
+
+def _only(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = set(table) - allowed
+    if unknown:
+        raise PolicyError(f"{where}: unknown keys {sorted(unknown)} (allowed: {sorted(allowed)})")
+
+
+def _action(value: Any, where: str) -> Action:
+    try:
+        return Action(str(value).lower())
+    except ValueError:
+        raise PolicyError(f"{where}: {value!r} is not an action (allow, quarantine, block)") from None
+
+
+def _no_allow(action: Action, where: str) -> None:
+    if action is Action.ALLOW:
+        raise PolicyError(f"{where}: a bank match cannot allow (use an allow-bank instead)")
+
+
+def _models(table: Any, where: str) -> dict[str, Thresholds]:
+    if not isinstance(table, Mapping):
+        raise PolicyError(f"{where} must be a table")
+    out = {}
+    for model, body in table.items():
+        if not isinstance(body, Mapping):
+            raise PolicyError(f"{where}.{model} must be a table with quarantine/block")
+        _only(body, {"quarantine", "block"}, f"{where}.{model}")
+        values = {}
+        for key in ("quarantine", "block"):
+            value = body.get(key)
+            if value is not None and (not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0):
+                raise PolicyError(f"{where}.{model}.{key} must be a number in 0..1, got {value!r}")
+            values[key] = None if value is None else float(value)
+        if values["quarantine"] is not None and values["block"] is not None and values["block"] < values["quarantine"]:
+            raise PolicyError(f"{where}.{model}: block ({values['block']}) is below quarantine ({values['quarantine']})")
+        out[str(model)] = Thresholds(**values)
+    return out
+
+
+def _bank_actions(table: Mapping[str, Any], where: str) -> dict[str, Action]:
+    out = {}
+    for bank, body in table.items():
+        if not isinstance(body, Mapping):
+            raise PolicyError(f"{where}.{bank} must be a table with `action`")
+        _only(body, {"action", "description"}, f"{where}.{bank}")
+        action = _action(body.get("action"), f"{where}.{bank}.action")
+        _no_allow(action, f"{where}.{bank}.action")
+        out[str(bank)] = action
+    return out
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in _TRUE_STRINGS
+    return bool(value) if isinstance(value, (bool, int, float)) else False
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _min(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
