@@ -53,6 +53,7 @@ def test_banned_photo_copies_blocked_others_allowed_hostile_quarantined(corpus: 
         assert v["action"] == "allow", (path.name, v["reasons"])
         assert v["reasons"] == [{"code": "clean", "action": "allow", "text": v["reasons"][0]["text"]}]
         assert v["scores"][0]["model"] == "open_nsfw"
+        assert v["matches"] == [], "an unrelated photo must match nothing"
     for reason, path in corpus.hostile.items():
         v = verdicts[path.name]
         assert v["action"] == "quarantine", (path.name, v)
