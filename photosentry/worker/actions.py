@@ -1,0 +1,146 @@
+"""Acting on a verdict: move quarantined and blocked photos into private stores.
+
+Each store is content-addressed by the photo's SHA-256, so the same bytes uploaded
+twice are kept once:
+
+    <store>/<sha[:2]>/<sha>/content            the photo (0600)
+    <store>/<sha[:2]>/<sha>/verdicts/<key>.json  one sidecar per upload (0600)
+
+Directories are 0700. Every write goes to a temporary file that is renamed into place,
+and a sidecar is created with O_EXCL, so applying the same verdict twice (a retried
+job, two workers racing after a crash) is a no-op and never leaves a half-written
+file. ``allow`` leaves the photo where it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import ensure_private_dir
+from .verdict import Action, Verdict
+
+_FILE_MODE = 0o600
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    """What applying a verdict did."""
+
+    action: Action
+    #: Where the photo now lives (None for allow, or when there were no bytes).
+    stored_at: Path | None = None
+    #: False when an identical earlier application already did everything.
+    changed: bool = False
+    #: The source file was removed after it was stored (a move).
+    source_removed: bool = False
+
+
+class ContentStore:
+    """A private, content-addressed folder of photos and their verdict sidecars."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = ensure_private_dir(Path(root))
+        os.chmod(self.root, 0o700)
+
+    def item_dir(self, sha256: str) -> Path:
+        if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+            raise ValueError(f"{sha256!r} is not a lowercase SHA-256 hex digest")
+        return self.root / sha256[:2] / sha256
+
+    def put(self, sha256: str, data: bytes, sidecar_key: str, sidecar: dict[str, Any]) -> tuple[Path, bool]:
+        """Store ``data`` under its hash and one sidecar; returns (content path, changed)."""
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise ValueError("data does not hash to the SHA-256 it is stored under")
+        item = self.item_dir(sha256)
+        for folder in (item.parent, item, item / "verdicts"):  # each one 0700, not just the leaf
+            ensure_private_dir(folder)
+        content = item / "content"
+        changed = False
+        if not content.exists():
+            _atomic_write(content, data)
+            changed = True
+        sidecar_path = item / "verdicts" / f"{_safe_key(sidecar_key)}.json"
+        if _create_exclusive(sidecar_path, json.dumps(sidecar, sort_keys=True, indent=1).encode()):
+            changed = True
+        return content, changed
+
+    def sidecars(self, sha256: str) -> list[dict[str, Any]]:
+        folder = self.item_dir(sha256) / "verdicts"
+        if not folder.is_dir():
+            return []
+        return [json.loads(p.read_text("utf-8")) for p in sorted(folder.glob("*.json"))]
+
+
+class ActionApplier:
+    """Applies verdicts: quarantine and block move the photo into their stores."""
+
+    def __init__(self, *, quarantine: ContentStore, blocked: ContentStore) -> None:
+        self.stores = {Action.QUARANTINE: quarantine, Action.BLOCK: blocked}
+
+    def apply(
+        self, verdict: Verdict, *, data: bytes | None, upload_id: str, source: Path | None = None
+    ) -> ActionResult:
+        """Act on ``verdict`` for the photo ``data`` (read from ``source``, if a file).
+
+        The photo is stored before the source is removed, so a crash between the two
+        leaves a copy in both places - never in neither.
+        """
+        if verdict.action is Action.ALLOW:
+            return ActionResult(Action.ALLOW)
+        store = self.stores[verdict.action]
+        if data is None or verdict.hashes is None:
+            # Nothing readable to keep (e.g. the source was too large to read); the
+            # verdict itself is still recorded and delivered by the caller.
+            return ActionResult(verdict.action)
+        sidecar = {"upload_id": upload_id, "verdict": verdict.to_dict()}
+        stored, changed = store.put(verdict.hashes.sha256, data, upload_id, sidecar)
+        removed = False
+        if source is not None:
+            try:
+                source.unlink()
+                removed = True
+            except FileNotFoundError:
+                pass  # moved by an earlier application of this verdict
+        return ActionResult(verdict.action, stored, changed or removed, removed)
+
+
+def _safe_key(key: str) -> str:
+    # Upload ids come from the pipeline; never let one name a path.
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        os.fchmod(fd, _FILE_MODE)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _create_exclusive(path: Path, data: bytes) -> bool:
+    """Write ``path`` only if it does not exist; True if this call created it."""
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _FILE_MODE)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    try:
+        os.link(tmp, path)  # atomic and fails if the sidecar already exists
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
