@@ -1,0 +1,97 @@
+"""Signed callbacks against a real local HTTP receiver."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from photosentry.worker.delivery import CallbackSigner, post_callback
+
+KEY = b"0123456789abcdef-test-key"
+
+
+class Receiver:
+    """A local callback receiver that checks signatures and can be told to fail."""
+
+    def __init__(self, signer: CallbackSigner) -> None:
+        self.signer = signer
+        self.fail_next: list[int] = []
+        self.received: list[dict] = []
+        self.rejected = 0
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if receiver.fail_next:
+                    self.send_response(receiver.fail_next.pop(0))
+                elif not receiver.signer.verify(body, dict(self.headers)):
+                    receiver.rejected += 1
+                    self.send_response(401)
+                else:
+                    receiver.received.append(json.loads(body))
+                    self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/verdicts"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver(CallbackSigner(KEY))
+    yield r
+    r.close()
+
+
+BODY = json.dumps({"upload_id": "u-1", "action": "block"}).encode()
+
+
+def test_signed_callback_is_accepted(receiver: Receiver) -> None:
+    result = post_callback(receiver.url, BODY, CallbackSigner(KEY), sleep=lambda s: None)
+    assert result.delivered and result.attempts == 1 and result.status == 204
+    assert receiver.received == [{"upload_id": "u-1", "action": "block"}]
+
+
+def test_wrong_key_is_rejected_and_not_retried(receiver: Receiver) -> None:
+    result = post_callback(receiver.url, BODY, CallbackSigner(b"another-key-of-16+bytes"), sleep=lambda s: None)
+    assert not result.delivered and result.attempts == 1 and result.status == 401
+    assert receiver.rejected == 1 and receiver.received == []
+
+
+def test_server_errors_are_retried_with_backoff(receiver: Receiver) -> None:
+    receiver.fail_next = [503, 500, 429]
+    waits: list[float] = []
+    result = post_callback(receiver.url, BODY, CallbackSigner(KEY), backoff_s=(0.1, 0.2, 0.4, 0.8), sleep=waits.append)
+    assert result.delivered and result.attempts == 4
+    assert waits == [0.1, 0.2, 0.4]
+
+
+def test_unreachable_receiver_gives_up_without_raising() -> None:
+    result = post_callback("http://127.0.0.1:9/none", BODY, CallbackSigner(KEY), backoff_s=(0.0, 0.0), timeout_s=1)
+    assert not result.delivered and result.attempts == 3 and result.error
+
+
+def test_signature_rejects_tampering_and_replays() -> None:
+    signer = CallbackSigner(KEY)
+    headers = signer.headers(BODY, timestamp=1_000_000)
+    assert signer.verify(BODY, headers, now=1_000_010)
+    assert not signer.verify(BODY + b" ", headers, now=1_000_010)
+    assert not signer.verify(BODY, headers, now=1_000_000 + 301)
+    assert not signer.verify(BODY, {}, now=1_000_000)
+    assert "0123" not in repr(signer)
+    with pytest.raises(ValueError):
+        CallbackSigner(b"short")
