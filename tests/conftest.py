@@ -1,16 +1,19 @@
-"""Shared fixtures: the photo corpus, an isolated data directory, the loaded model."""
+"""Shared fixtures: the photo corpus, an isolated data directory, the loaded model, a private Redis."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from photosentry.hashes.banks import SqliteBankStore
 from photosentry.models.open_nsfw import OpenNsfwClassifier
 from photosentry.worker.policy import Policy
 
 from . import corpus as corpus_mod
+from .redis_server import running_redis_server
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +46,19 @@ def store(tmp_path: Path) -> SqliteBankStore:
 @pytest.fixture
 def policy() -> Policy:
     return Policy.default()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a private redis-server started for this test session (skips if not installed)."""
+    with running_redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+@pytest.fixture
+def redis_client(redis_server: str) -> Iterator[redis.Redis]:
+    """A fresh client on an empty database (flushing is safe: the tests own this server)."""
+    client = redis.Redis.from_url(redis_server)
+    client.flushdb()
+    yield client
+    client.close()

@@ -124,8 +124,16 @@ def _check_actor(actor: str, reason: str) -> None:
         raise ValueError("every change needs a reason (--reason)")
 
 
+def _check_distances(distances: dict[Algorithm, int]) -> None:
+    for algorithm, distance in distances.items():
+        if not algorithm.is_perceptual:
+            raise InvalidHash(f"{algorithm.value} is matched exactly; it takes no distance")
+        if not 0 <= distance < algorithm.bits // 2:
+            raise ValueError(f"{algorithm.value} distance must be in 0..{algorithm.bits // 2 - 1}, got {distance}")
+
+
 class BankStore(ABC):
-    """Where bank entries live. Backends: SQLite (embedded) and, later, Redis."""
+    """Where bank entries live. Backends: SQLite (embedded, below) and Redis (redis_banks.py)."""
 
     @abstractmethod
     def add(self, entries: Sequence[NewEntry], *, actor: str, reason: str) -> list[BankEntry]:
@@ -288,11 +296,7 @@ class SqliteBankStore(BankStore):
     ) -> BankConfig:
         _check_bank_name(name)
         _check_actor(actor, reason)
-        for algorithm, distance in distances.items():
-            if not algorithm.is_perceptual:
-                raise InvalidHash(f"{algorithm.value} is matched exactly; it takes no distance")
-            if not 0 <= distance < algorithm.bits // 2:
-                raise ValueError(f"{algorithm.value} distance must be in 0..{algorithm.bits // 2 - 1}, got {distance}")
+        _check_distances(distances)
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO banks (name, description, pdq_distance, phash_distance, dhash_distance)"
