@@ -262,9 +262,10 @@ def _apply_transpose(rgb: np.ndarray, method: int) -> np.ndarray:
 def to_rgb_array(img: Image.Image) -> np.ndarray:
     """Convert any Pillow mode to an RGB uint8 array, alpha composited on white.
 
-    White because that is what most viewers show behind a transparent photo; 16-bit
-    and float modes are scaled rather than clipped, so a 16-bit grayscale photo keeps
-    its picture instead of turning white.
+    White because that is what most viewers show behind a transparent photo. 16-bit
+    modes keep their top 8 bits rather than being clipped, so a 16-bit greyscale photo
+    keeps its picture instead of turning white; 32-bit integer and float modes carry no
+    bit depth, so they are scaled by their range.
     """
     mode = img.mode
     if mode == "RGB":
@@ -272,7 +273,11 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
     if mode in ("L", "1"):
         grey = np.asarray(img.convert("L"), dtype=np.uint8)
         return np.repeat(grey[:, :, None], 3, axis=2)
-    if mode.startswith("I;16") or mode in ("I", "F"):
+    if mode.startswith("I;16"):
+        # Declared 16-bit: keep the top 8 bits, so brightness does not depend on content.
+        grey = (np.asarray(img).astype(np.uint16) >> 8).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if mode in ("I", "F"):
         grey = _scale_to_uint8(np.asarray(img))
         return np.repeat(grey[:, :, None], 3, axis=2)
     if mode == "P" or mode == "PA":

