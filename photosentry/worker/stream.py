@@ -1,0 +1,83 @@
+"""The verdict stream: one Redis stream entry per upload, for pipelines to consume.
+
+Pipelines read it with consumer groups (XREADGROUP/XACK), so several consumers share
+the work and a crashed consumer's entries are re-delivered. A job can run more than
+once (a worker killed mid-job is retried), so recording is idempotent per upload: a
+Lua script sets ``<prefix>recorded:<upload_id>`` and appends to the stream in one
+atomic step, and a repeat returns the first entry's id instead of appending again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+DEFAULT_STREAM = "photosentry:verdicts"
+DEFAULT_MAXLEN = 1_000_000
+"""Approximate cap on the stream (XADD MAXLEN ~): about a day of a busy platform."""
+DEFAULT_RECORD_TTL_S = 30 * 24 * 3600
+"""How long the per-upload "already recorded" marker is kept (longer than any retry)."""
+
+_RECORD = """
+local existing = redis.call('GET', KEYS[2])
+if existing then return {existing, 0} end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 3))
+redis.call('SET', KEYS[2], id, 'EX', ARGV[2])
+return {id, 1}
+"""
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """Where a verdict was recorded, and whether this call recorded it."""
+
+    entry_id: str
+    new: bool
+
+
+class VerdictStream:
+    """Appends verdicts to a Redis stream, at most once per upload id."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        stream: str = DEFAULT_STREAM,
+        maxlen: int = DEFAULT_MAXLEN,
+        record_ttl_s: int = DEFAULT_RECORD_TTL_S,
+    ) -> None:
+        self.client = client
+        self.stream = stream
+        self.maxlen = maxlen
+        self.record_ttl_s = record_ttl_s
+        self._record = client.register_script(_RECORD)
+
+    def record(self, *, upload_id: str, job_id: str, verdict: dict[str, Any], event: str = "verdict") -> Recorded:
+        """Append ``verdict`` for ``upload_id`` unless one was already recorded."""
+        if not upload_id:
+            raise ValueError("upload_id is required to record a verdict")
+        fields = {
+            "event": event,
+            "upload_id": upload_id,
+            "job_id": job_id,
+            "action": str(verdict.get("action", "")),
+            "verdict": json.dumps(verdict, separators=(",", ":")),
+        }
+        flat: list[str] = [x for kv in fields.items() for x in kv]
+        entry_id, new = self._record(
+            keys=[self.stream, f"{self.stream}:recorded:{upload_id}"],
+            args=[self.maxlen, self.record_ttl_s, *flat],
+        )
+        return Recorded(_text(entry_id), bool(int(new)))
+
+    def recorded(self, upload_id: str) -> str | None:
+        """The stream entry id of ``upload_id``'s verdict, if one was recorded."""
+        value = self.client.get(f"{self.stream}:recorded:{upload_id}")
+        return None if value is None else _text(value)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
