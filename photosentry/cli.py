@@ -322,20 +322,28 @@ def ban_remove(ctx: click.Context, entry_ids: tuple[int, ...], groups: tuple[str
 @click.option("--pdq", type=click.IntRange(0, 127), default=None, help=f"PDQ match distance (default {defaults.PDQ_MATCH_DISTANCE}).")
 @click.option("--phash", type=click.IntRange(0, 31), default=None, help=f"pHash match distance (default {defaults.PHASH_MATCH_DISTANCE}).")
 @click.option("--dhash", type=click.IntRange(0, 31), default=None, help=f"dHash match distance (default {defaults.DHASH_MATCH_DISTANCE}).")
-@click.option("--description", default="", help="What this bank holds.")
+@click.option("--description", default=None, help="What this bank holds (kept if not given).")
 @_who_why
 @click.pass_context
 def ban_configure(ctx: click.Context, bank: str, pdq: int | None, phash: int | None, dhash: int | None,
-                  description: str, actor: str, reason: str) -> None:
+                  description: str | None, actor: str, reason: str) -> None:
     """Set how close a perceptual hash must be to match in BANK.
 
-    Lower is stricter (fewer false matches, more missed copies). Unset distances use
-    the defaults; see docs/matching.md for how they were chosen.
+    Lower is stricter (fewer false matches, more missed copies). Only the distances
+    (and description) you give change; the others keep their current value, or the
+    default if never set. See docs/matching.md for how the defaults were chosen.
     """
-    distances = {a: d for a, d in ((Algorithm.PDQ, pdq), (Algorithm.PHASH, phash), (Algorithm.DHASH, dhash)) if d is not None}
+    given = {a: d for a, d in ((Algorithm.PDQ, pdq), (Algorithm.PHASH, phash), (Algorithm.DHASH, dhash)) if d is not None}
     store = _store(ctx)
+    current = store.bank(bank)
     try:
-        cfg = store.configure_bank(bank, distances=distances, description=description, actor=actor, reason=reason)
+        cfg = store.configure_bank(
+            bank,
+            distances={**current.distances, **given},
+            description=current.description if description is None else description,
+            actor=actor,
+            reason=reason,
+        )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     click.echo(f"{cfg.name}: " + ", ".join(f"{a.value} <= {cfg.distance(a)}" for a in Algorithm if a.is_perceptual))

@@ -161,6 +161,18 @@ def test_ban_configure_changes_match_distance(corpus: Corpus, data_dir: Path) ->
     assert all(m["distance"] == 0 for m in v["matches"])
 
 
+def test_ban_configure_keeps_what_it_is_not_told(data_dir: Path) -> None:
+    base = ("--by", "a", "--reason", "r")
+    assert run("ban", "configure", "mods", "--pdq", "20", "--description", "look-alikes", *base)[0] == 0
+    code, out = run("ban", "configure", "mods", "--phash", "6", *base)
+    assert code == 0 and "pdq <= 20, phash <= 6, dhash <= 8" in out
+    from photosentry.config import data_dir as home
+    from photosentry.hashes.banks import SqliteBankStore
+
+    with SqliteBankStore(home() / "banks.sqlite3") as store:
+        assert store.bank("mods").description == "look-alikes"
+
+
 @pytest.mark.parametrize(
     "command", [(), ("scan",), ("ban",), ("ban", "add"), ("ban", "list"), ("ban", "remove"), ("ban", "configure")]
 )

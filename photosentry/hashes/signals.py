@@ -85,6 +85,10 @@ class PdqSignal(FrameSignal):
     @classmethod
     def hash_frame(cls, rgb: np.ndarray, image: Image.Image) -> PerceptualHash:
         # compute_dihedral's first vector is the plain hash, so one call gives all 8.
+        # The others are computed on PDQ's sampling grid, so they equal the hash of a
+        # truly flipped photo only approximately (0-18 bits off on photos, worse on
+        # pure textures): pHash's variants back them up. PDQ also does not survive
+        # crops of even 3%; dHash and pHash catch small ones (docs/matching.md).
         vectors, quality = pdqhash.compute_dihedral(np.ascontiguousarray(rgb))
         variants = tuple(bits_to_hex(v) for v in vectors)
         return PerceptualHash(cls.algorithm, variants[0], variants, int(quality))
@@ -102,6 +106,7 @@ _DIHEDRAL = (
     Image.Transpose.TRANSVERSE,
 )
 _PHASH_SIDE = 32  # imagehash.phash: hash_size 8 x highfreq_factor 4
+_DHASH_WIDTH, _DHASH_HEIGHT = 9, 8  # imagehash.dhash: hash_size + 1 columns
 
 
 class PHashSignal(FrameSignal):
@@ -130,10 +135,13 @@ class DHashSignal(FrameSignal):
     @classmethod
     def hash_frame(cls, rgb: np.ndarray, image: Image.Image) -> PerceptualHash:
         # dHash compares neighbouring columns of a 9x8 thumbnail, so only the mirror
-        # (the common evasion) is worth a variant; rotations are PDQ's job.
-        grey = image.convert("L")
-        value = str(imagehash.dhash(grey))
-        mirrored = str(imagehash.dhash(grey.transpose(Image.Transpose.FLIP_LEFT_RIGHT)))
+        # (the common evasion) is worth a variant; rotations are PDQ's and pHash's job.
+        # Hashing the thumbnail gives imagehash's exact bits (resizing to the same size
+        # is a copy), and mirroring the thumbnail instead of the full photo costs
+        # nothing at 12 MP.
+        thumb = image.convert("L").resize((_DHASH_WIDTH, _DHASH_HEIGHT), Image.Resampling.LANCZOS)
+        value = str(imagehash.dhash(thumb))
+        mirrored = str(imagehash.dhash(thumb.transpose(Image.Transpose.FLIP_LEFT_RIGHT)))
         return PerceptualHash(cls.algorithm, value, (value, mirrored))
 
 
