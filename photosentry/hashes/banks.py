@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+import typing as t
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -165,11 +166,22 @@ class BankStore(ABC):
     def banks(self) -> list[BankConfig]:
         """Every bank that has been configured or written to."""
 
-    @abstractmethod
+    @t.final
     def configure_bank(
         self, name: str, *, distances: dict[Algorithm, int], description: str, actor: str, reason: str
     ) -> BankConfig:
-        """Create or update a bank's match distances."""
+        """Create or update a bank's match distances (validated here for every backend)."""
+        _check_bank_name(name)
+        _check_actor(actor, reason)
+        _check_distances(distances)
+        self._configure_bank(name, distances=distances, description=description, actor=actor, reason=reason)
+        return self.bank(name)
+
+    @abstractmethod
+    def _configure_bank(
+        self, name: str, *, distances: dict[Algorithm, int], description: str, actor: str, reason: str
+    ) -> None:
+        """Store an already validated bank configuration and log the change."""
 
     def bank(self, name: str) -> BankConfig:
         for cfg in self.banks():
@@ -291,12 +303,9 @@ class SqliteBankStore(BankStore):
                 self._log(db, ChangeOp.REMOVE, entry_id, row[0], actor, reason, now)
         return [self.get(i) for i in entry_ids]
 
-    def configure_bank(
+    def _configure_bank(
         self, name: str, *, distances: dict[Algorithm, int], description: str, actor: str, reason: str
-    ) -> BankConfig:
-        _check_bank_name(name)
-        _check_actor(actor, reason)
-        _check_distances(distances)
+    ) -> None:
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO banks (name, description, pdq_distance, phash_distance, dhash_distance)"
@@ -312,7 +321,6 @@ class SqliteBankStore(BankStore):
                 ),
             )
             self._log(db, ChangeOp.BANK, None, name, actor, reason, time.time())
-        return self.bank(name)
 
     # -- reads --------------------------------------------------------------------
 

@@ -40,8 +40,6 @@ from .banks import (
     EntrySource,
     NewEntry,
     _check_actor,
-    _check_bank_name,
-    _check_distances,
 )
 from .codecs import Algorithm
 
@@ -180,15 +178,11 @@ class RedisBankStore(BankStore):
             raise BankNotFound(f"no bank entry with id {_text(missing)}")
         return self._get_many(ids)
 
-    def configure_bank(
+    def _configure_bank(
         self, name: str, *, distances: dict[Algorithm, int], description: str, actor: str, reason: str
-    ) -> BankConfig:
-        _check_bank_name(name)
-        _check_actor(actor, reason)
-        _check_distances(distances)
+    ) -> None:
         config = json.dumps({"description": description, "distances": {a.value: int(d) for a, d in distances.items()}})
         self._configure(keys=self._keys, args=[self.prefix, actor, reason, name, config])
-        return self.bank(name)
 
     # -- reads --------------------------------------------------------------------
 
