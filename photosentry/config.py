@@ -23,3 +23,24 @@ def ensure_private_dir(path: Path) -> Path:
     """Create ``path`` owner-only (0700): it holds ban lists and, later, quarantined photos."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     return path
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for logs and reprs.
+
+    >>> redact_url("redis://:s3cret@cache:6379/0")
+    'redis://:***@cache:6379/0'
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

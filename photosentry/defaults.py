@@ -53,3 +53,64 @@ rotations (PDQ and pHash catch those); unrelated photos are at least 15 apart.""
 DEFAULT_BANK = "banned"
 """Bank that ``photosentry ban add`` writes to when no ``--bank`` is given; the
 default policy blocks its matches."""
+
+# -- queue workers (photosentry worker / enqueue_scan) ----------------------------
+
+REDIS_URL_ENV = "PHOTOSENTRY_REDIS_URL"
+"""Environment variable naming the Redis that holds the queues, the shared bank, the
+verdict stream and the verdict cache."""
+
+SOURCE_ROOTS_ENV = "PHOTOSENTRY_SOURCE_ROOTS"
+"""Environment variable listing the folders path sources may name (os.pathsep-separated)."""
+
+CALLBACK_KEY_ENV = "PHOTOSENTRY_CALLBACK_KEY"
+"""Environment variable holding the shared key that signs HTTP callbacks (16+ bytes)."""
+
+UPLOADS_QUEUE = "uploads"
+"""High-priority queue: fresh uploads waiting for a verdict. Workers drain it first."""
+
+BULK_QUEUE = "bulk"
+"""Low-priority queue: rescans and backfills, taken only when uploads is empty."""
+
+QUEUES = (UPLOADS_QUEUE, BULK_QUEUE)
+"""Queues in priority order, as a worker listens to them."""
+
+MAX_INLINE_BYTES = 10 * 1024 * 1024
+"""Largest photo carried inline (base64) in a job payload. Every inline byte sits in
+Redis memory until a worker takes the job; bigger photos should be sent by path."""
+
+JOB_TIMEOUT_S = 60
+"""Seconds one scan job may run before RQ's death penalty (SIGALRM) stops it. A scan
+takes about 0.1 s on one core; 60 s covers a cold disk, a slow classifier and the
+callback's retries (about 7.5 s), while a wedged job still ends in minutes."""
+
+JOB_RETRIES = 2
+"""Retries after a failed, timed-out or abandoned attempt (three attempts in all),
+after which the upload gets a fail-closed ``scan_failed`` verdict."""
+
+RESULT_TTL_S = 24 * 3600
+"""How long RQ keeps a finished job's result (the verdict dict)."""
+
+FAILURE_TTL_S = 7 * 24 * 3600
+"""How long RQ keeps a failed job for operators to inspect (`rq info`, FailedJobRegistry)."""
+
+BANK_REFRESH_INTERVAL_S = 0.2
+"""A worker refreshes its in-memory bank index before a job when at least this long has
+passed since its last refresh: one small Redis read per job at most five times a
+second, and a moderator's ban is in force everywhere well within a second."""
+
+VERDICT_CACHE_TTL_S = 24 * 3600
+"""How long a verdict stays cached by SHA-256 + bank version + policy version. A new
+ban changes the bank version, so it never serves a stale allow; the TTL only bounds
+memory."""
+
+WORKER_ALIVE_TTL_S = 5.0
+"""A worker process refreshes its liveness key every second with this TTL. A job
+started by a worker whose key has expired (killed, host lost) is requeued by any
+other worker; 5 s tolerates long GC pauses without letting a lost job wait long."""
+
+REAPER_INTERVAL_S = 1.0
+"""How often each worker looks for jobs abandoned by dead workers."""
+
+METRICS_PORT_ENV = "PHOTOSENTRY_METRICS_PORT"
+"""Environment variable with the port serving Prometheus metrics (unset: no metrics server)."""

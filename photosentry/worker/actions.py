@@ -91,15 +91,30 @@ class ActionApplier:
         The photo is stored before the source is removed, so a crash between the two
         leaves a copy in both places - never in neither.
         """
-        if verdict.action is Action.ALLOW:
-            return ActionResult(Action.ALLOW)
-        store = self.stores[verdict.action]
-        if data is None or verdict.hashes is None:
-            # Nothing readable to keep (e.g. the source was too large to read); the
-            # verdict itself is still recorded and delivered by the caller.
+        if verdict.action is not Action.ALLOW and verdict.hashes is None:
+            # Nothing hashed to key the store by (e.g. the source was too large to
+            # read); the verdict itself is still recorded and delivered by the caller.
             return ActionResult(verdict.action)
-        sidecar = {"upload_id": upload_id, "verdict": verdict.to_dict()}
-        stored, changed = store.put(verdict.hashes.sha256, data, upload_id, sidecar)
+        return self.apply_record(verdict.action, verdict.to_dict(), data=data, upload_id=upload_id, source=source)
+
+    def apply_record(
+        self,
+        action: Action,
+        verdict: dict[str, Any],
+        *,
+        data: bytes | None,
+        upload_id: str,
+        source: Path | None = None,
+    ) -> ActionResult:
+        """Like :meth:`apply`, for a verdict already serialised (e.g. read back from the
+        verdict stream when a retried job finds its upload already decided)."""
+        if action is Action.ALLOW:
+            return ActionResult(Action.ALLOW)
+        store = self.stores[action]
+        if data is None:
+            return ActionResult(action)
+        sidecar = {"upload_id": upload_id, "verdict": verdict}
+        stored, changed = store.put(hashlib.sha256(data).hexdigest(), data, upload_id, sidecar)
         removed = False
         if source is not None:
             try:
@@ -107,7 +122,7 @@ class ActionApplier:
                 removed = True
             except FileNotFoundError:
                 pass  # moved by an earlier application of this verdict
-        return ActionResult(verdict.action, stored, changed or removed, removed)
+        return ActionResult(action, stored, changed or removed, removed)
 
 
 def _safe_key(key: str) -> str:

@@ -106,6 +106,22 @@ class Scanner:
         """Scan bytes already in memory."""
         return self._scan(data, subject, context or {}, _Run())
 
+    def failed(
+        self,
+        code: ReasonCode,
+        message: str,
+        *,
+        subject: str = "",
+        context: Mapping[str, Any] | None = None,
+        data: bytes | None = None,
+    ) -> Verdict:
+        """The fail-closed verdict for a photo that never reached the stages
+        (a refused source, a file too large to read ...)."""
+        return failure_verdict(
+            self.policy, code, message, subject=subject, context=context, data=data,
+            bank_version=self.matcher.version if self.matcher else 0,
+        )
+
     # -- stages -------------------------------------------------------------------
 
     def _scan(self, data: bytes, subject: str, context: Mapping[str, Any], run: _Run) -> Verdict:
@@ -195,6 +211,41 @@ class Scanner:
             timings_ms=dict(run.timings),
             context=dict(context),
         )
+
+
+def failure_verdict(
+    policy: Policy,
+    code: ReasonCode,
+    message: str,
+    *,
+    subject: str = "",
+    context: Mapping[str, Any] | None = None,
+    data: bytes | None = None,
+    bank_version: int = 0,
+) -> Verdict:
+    """A verdict from one failure alone, under ``policy``'s fail-closed rules.
+
+    Needs no scanner (no model, no bank), so it can be built wherever a job is given
+    up on, e.g. by whichever process finds a job abandoned by a dead worker.
+    """
+    run = _Run()
+    run.failures.append((code, message))
+    context = dict(context or {})
+    start = time.perf_counter()
+    profile = policy.profile_for(context)
+    action, reasons = decide(profile, failures=run.failures)
+    run.timings["decide"] = (time.perf_counter() - start) * 1000.0
+    return Verdict(
+        subject=subject,
+        action=action,
+        reasons=reasons,
+        policy_version=policy.version,
+        profile=profile.name,
+        bank_version=bank_version,
+        hashes=_safe_hash(data) if data is not None else None,
+        timings_ms=dict(run.timings),
+        context=context,
+    )
 
 
 def _safe_hash(data: bytes) -> ImageHashes | None:

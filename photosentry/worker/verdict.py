@@ -65,8 +65,11 @@ class ReasonCode(str, Enum):
     TOO_MANY_FRAMES = "too_many_frames"
     #: A required model could not be loaded, so the photo was not classified.
     MODEL_UNAVAILABLE = "model_unavailable"
-    #: Any other failure while scanning.
+    #: Any other failure while scanning, or a job that failed or timed out after its retries.
     SCAN_FAILED = "scan_failed"
+    #: A queued job named a source outside the worker's source roots (``..``, a
+    #: symlink out, NUL bytes ...): refused and never read.
+    SOURCE_REFUSED = "source_refused"
 
 
 FAILURE_CODES = frozenset(
@@ -80,6 +83,7 @@ FAILURE_CODES = frozenset(
         ReasonCode.TOO_MANY_FRAMES,
         ReasonCode.MODEL_UNAVAILABLE,
         ReasonCode.SCAN_FAILED,
+        ReasonCode.SOURCE_REFUSED,
     }
 )
 """Reasons that mean "not fully scanned": the policy may never map them to allow."""

@@ -1,0 +1,116 @@
+"""Enqueue scan jobs: the one call an upload pipeline written in Python needs.
+
+    from redis import Redis
+    from photosentry import enqueue_scan
+
+    job_id = enqueue_scan(Redis.from_url(url), source="2026/11/u-8812.jpg",
+                          upload_id="u-8812", context={"recipient_is_minor": True},
+                          callback_url="https://app.internal/verdicts")
+
+Importing this module loads rq and redis, never a model or numpy: producers stay
+light. Pipelines in other languages write the same JSON job themselves; the layout
+is in docs/queue.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from redis import Redis
+
+from . import defaults
+from .worker.jobs import FAILURE_CALLBACK, SCAN_FUNCTION, ScanPayload
+
+
+def build_payload(
+    *,
+    source: str | os.PathLike[str] | bytes,
+    upload_id: str,
+    context: Mapping[str, Any] | None = None,
+    callback_url: str | None = None,
+    max_inline_bytes: int = defaults.MAX_INLINE_BYTES,
+) -> dict[str, Any]:
+    """The JSON job payload for one upload (validated).
+
+    Args:
+        source: a path (relative to the worker's first source root, or absolute inside
+            one of its roots), or the photo's bytes (sent inline, base64).
+        upload_id: the pipeline's id for this upload; the verdict stream holds one
+            verdict per upload id.
+        context: facts the policy may use, e.g. ``{"recipient_age": 15}``.
+        callback_url: where the worker POSTs the signed verdict (optional).
+
+    Raises:
+        ValueError: an invalid field (the message names it), or inline bytes over the limit.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        if len(data) > max_inline_bytes:
+            raise ValueError(f"inline photo is {len(data)} bytes; the limit is {max_inline_bytes}: send a path instead")
+        src: dict[str, str] = {"bytes_b64": base64.b64encode(data).decode("ascii")}
+    elif isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if not isinstance(path, str) or not path or "\x00" in path:
+            raise ValueError(f"source path must be a non-empty string without NUL bytes, got {path!r}")
+        src = {"path": path}
+    else:
+        raise ValueError(f"source must be a path or bytes, got {type(source).__name__}")
+    payload = ScanPayload.from_dict(
+        {"upload_id": upload_id, "source": src, "context": dict(context or {}), "callback_url": callback_url}
+    )
+    return payload.to_dict()
+
+
+def enqueue_scan(
+    redis: Redis,
+    *,
+    source: str | os.PathLike[str] | bytes,
+    upload_id: str,
+    context: Mapping[str, Any] | None = None,
+    callback_url: str | None = None,
+    queue: str = defaults.UPLOADS_QUEUE,
+    job_timeout: int = defaults.JOB_TIMEOUT_S,
+    retries: int = defaults.JOB_RETRIES,
+    job_id: str | None = None,
+) -> str:
+    """Put one scan job on a queue; returns the RQ job id.
+
+    The verdict arrives as the job's result, as an entry on the verdict stream and,
+    when ``callback_url`` is given, as a signed POST. A job that fails or times out
+    after ``retries`` retries still ends in a recorded ``scan_failed`` quarantine.
+
+    Args:
+        redis: connection to the Redis the workers listen on.
+        source, upload_id, context, callback_url: see :func:`build_payload`.
+        queue: ``uploads`` (default, high priority) or ``bulk`` (rescans).
+        job_timeout: seconds one attempt may run.
+        retries: attempts after the first one fails.
+        job_id: a job id of your own (default: a random one).
+
+    Raises:
+        ValueError: an invalid argument.
+    """
+    from rq import Callback, Queue, Retry
+    from rq.serializers import JSONSerializer
+
+    if queue not in defaults.QUEUES:
+        raise ValueError(f"queue must be one of {list(defaults.QUEUES)}, got {queue!r}")
+    if job_timeout < 1:
+        raise ValueError(f"job_timeout must be at least 1 second, got {job_timeout}")
+    payload = build_payload(source=source, upload_id=upload_id, context=context, callback_url=callback_url)
+    q = Queue(queue, connection=redis, serializer=JSONSerializer)
+    job = q.enqueue(
+        SCAN_FUNCTION,
+        args=(payload,),
+        job_timeout=job_timeout,
+        retry=Retry(max=retries) if retries > 0 else None,
+        on_failure=Callback(FAILURE_CALLBACK),
+        result_ttl=defaults.RESULT_TTL_S,
+        failure_ttl=defaults.FAILURE_TTL_S,
+        description=f"scan upload {upload_id}",
+        job_id=job_id,
+    )
+    return job.id
