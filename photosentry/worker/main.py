@@ -1,0 +1,506 @@
+"""The queue worker: warm processes that take scan jobs off RQ, and their supervisor.
+
+Why a SimpleWorker subclass. RQ's default :class:`rq.Worker` forks a work horse per
+job. A fresh horse would either reload the ResNet-50 and the bank index for every
+photo (about a second each, against a 0.1 s scan) or inherit ONNX Runtime's thread
+pools across ``fork()``, which they do not survive (threads are not copied; the
+child can deadlock on a pool lock held at fork time). :class:`rq.SimpleWorker` runs
+the job in the worker process itself, so models and index are loaded once and stay
+warm. Its job timeout still holds: SimpleWorker keeps RQ's default
+``UnixSignalDeathPenalty`` (SIGALRM in the worker's main thread), which raises
+``JobTimeoutException`` inside the job (tests/test_worker.py checks it in-process).
+A signal is handled between Python bytecodes, so a single long C call (one ONNX run)
+finishes first; for a job wedged inside C for good, a watchdog thread ends the
+process ``timeout + 30 s`` in, and its job is recovered like any lost job.
+
+What :class:`ScanWorker` adds to SimpleWorker:
+
+- **JSON only, allow-listed functions.** The serializer is RQ's JSONSerializer, and a
+  job whose data is not JSON (e.g. pickle) or which names any function other than
+  the scan job is failed without being deserialised further or called. With JSON,
+  a job still names a function by dotted path; without the allow-list anyone who
+  can write to Redis could call ``os.system``.
+- **Liveness and recovery.** A thread refreshes ``photosentry:worker:alive:<name>``
+  every second (TTL 5 s) and, every second, looks for jobs in the StartedJobRegistry
+  of our queues whose worker's key has expired. Each is claimed with one ZREM (so two
+  recoverers never both act) and retried - or, out of retries, given up with a
+  recorded ``scan_failed`` verdict. RQ's own cleanup would only notice such a job
+  ``timeout + 60 s`` after it started, and only on its 10-minute maintenance tick.
+- **Graceful shutdown.** SIGTERM: finish the current job, then exit (RQ's warm
+  shutdown). A second SIGTERM or SIGINT: put the current job back at the front of
+  its queue, without using up a retry, and exit at once.
+
+The supervisor (:func:`run_pool`) starts N such processes with the ``spawn`` start
+method (no ``fork``: each child imports and loads everything itself), restarts any
+that die, recovers a dead child's job at once, forwards SIGTERM and serves the
+summed Prometheus metrics.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any
+
+import redis
+from rq import Queue, SimpleWorker
+from rq.exceptions import NoSuchJobError
+from rq.executions import Execution
+from rq.job import Job, JobStatus
+from rq.job_lifecycle import record_job_failure
+from rq.serializers import JSONSerializer
+from rq.utils import now
+
+from .. import defaults
+from ..config import redact_url
+from . import logs
+from .jobs import FAILURE_CALLBACK, SCAN_FUNCTION
+
+log = logging.getLogger(__name__)
+
+WORKER_NAME_PREFIX = "photosentry."
+"""Names of our worker processes start with this; recovery only touches their jobs."""
+
+ALIVE_KEY_PREFIX = "photosentry:worker:alive:"
+ALLOWED_FUNCTIONS = frozenset({SCAN_FUNCTION})
+WATCHDOG_GRACE_S = 30.0
+"""How long past its timeout a job may sit in C code before the watchdog ends the process."""
+
+SETUP_EXIT_CODE = 3
+"""Exit status of a worker process that could not build its service (model, policy, Redis)."""
+
+
+def alive_key(worker_name: str) -> str:
+    return ALIVE_KEY_PREFIX + worker_name
+
+
+def new_worker_name() -> str:
+    return f"{WORKER_NAME_PREFIX}{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
+
+
+# -- recovery ---------------------------------------------------------------------------
+
+
+def requeue_job(
+    connection: redis.Redis,
+    job_id: str,
+    *,
+    execution_id: str | None = None,
+    consume_retry: bool,
+    give_up: Callable[[Job, str], None] | None = None,
+    why: str,
+) -> str:
+    """Put a started job back on its queue (or give it up); returns what was done.
+
+    ``consume_retry`` counts the lost attempt against the job's retries, so a photo
+    that keeps killing workers (out of memory, a decoder crash) ends, after its
+    retries, in a fail-closed verdict via ``give_up`` instead of looping forever.
+    """
+    try:
+        job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
+    except NoSuchJobError:
+        return "gone"
+    if job.get_status(refresh=False) != JobStatus.STARTED:
+        return "not_started"
+    queue = Queue(job.origin, connection=connection, serializer=JSONSerializer)
+    with connection.pipeline() as pipe:
+        if execution_id:
+            Execution(execution_id, job_id, connection=connection, worker_name=job.worker_name or "").delete(job, pipe)
+        if consume_retry and not job.retries_left:
+            exc_string = f"abandoned: {why}"
+            record_job_failure(job, exc_string, pipe)
+            pipe.execute()
+            if give_up is not None:
+                give_up(job, why)
+            return "failed"
+        job.started_at = None
+        if consume_retry:
+            job.retry(queue, pipe)  # one retry used; back at the front when so configured
+        else:
+            # RQ's own requeue path (FailedJobRegistry.requeue) uses _enqueue_job too.
+            queue._enqueue_job(job, pipeline=pipe, at_front=True)
+        pipe.execute()
+    return "requeued"
+
+
+def recover_abandoned(
+    connection: redis.Redis,
+    queue_names: Sequence[str],
+    *,
+    give_up: Callable[[Job, str], None] | None = None,
+    is_dead: Callable[[str], bool] | None = None,
+) -> list[tuple[str, str]]:
+    """Requeue (or give up) started jobs whose PhotoSentry worker is dead.
+
+    A worker is dead when its liveness key has expired (or ``is_dead`` says so).
+    Returns (job id, outcome) pairs.
+    """
+    dead = is_dead or (lambda name: not connection.exists(alive_key(name)))
+    done: list[tuple[str, str]] = []
+    for name in queue_names:
+        registry = Queue(name, connection=connection, serializer=JSONSerializer).started_job_registry
+        for job_id, execution_id in registry.get_job_and_execution_ids(cleanup=False):
+            try:
+                owner = Execution.fetch(execution_id, job_id, connection=connection).worker_name
+            except ValueError:  # the execution hash expired; fall back to the job's record
+                try:
+                    owner = Job.fetch(job_id, connection=connection, serializer=JSONSerializer).worker_name or ""
+                except NoSuchJobError:
+                    owner = ""
+            if not owner.startswith(WORKER_NAME_PREFIX) or not dead(owner):
+                continue
+            # One ZREM claims the job: of two recoverers racing, only one gets 1.
+            if not connection.zrem(registry.key, f"{job_id}:{execution_id}"):
+                continue
+            outcome = requeue_job(connection, job_id, execution_id=execution_id, consume_retry=True,
+                                  give_up=give_up, why=f"worker {owner} died")
+            log.warning("recovered job of a dead worker", extra={"job_id": job_id, "dead_worker": owner,
+                                                                  "outcome": outcome})
+            done.append((job_id, outcome))
+    return done
+
+
+def give_up_with_verdict(job: Job, why: str, *, settings: Any | None = None) -> None:
+    """Record the fail-closed verdict of a job that ran out of retries while abandoned.
+
+    In a worker process the warm service records it; elsewhere (the supervisor) a
+    light service is built from ``settings`` (or the environment).
+    """
+    from .service import ScanService, current_service, fail_closed
+
+    service = None
+    if settings is not None:
+        try:
+            current_service()
+        except RuntimeError:
+            service = ScanService(settings, client=job.connection, load_models=False)
+    fail_closed(job, job.connection, _Abandoned(why), service=service)
+
+
+class _Abandoned(Exception):
+    """A job's worker died under it."""
+
+
+# -- the worker -------------------------------------------------------------------------
+
+
+class ScanWorker(SimpleWorker):
+    """An RQ SimpleWorker for scan jobs; see the module docstring for what it adds.
+
+    Args:
+        queues: queue names in priority order (default: uploads, then bulk).
+        max_job_timeout: an upper bound on any job's own timeout (seconds).
+        alive_ttl_s, recover_interval_s: liveness key TTL and recovery period.
+        (other keyword arguments go to :class:`rq.SimpleWorker`; ``serializer`` must
+        be JSON.)
+    """
+
+    allowed_functions: frozenset[str] = ALLOWED_FUNCTIONS
+
+    def __init__(
+        self,
+        queues: Sequence[str] = defaults.QUEUES,
+        *,
+        max_job_timeout: int = defaults.JOB_TIMEOUT_S,
+        alive_ttl_s: float = defaults.WORKER_ALIVE_TTL_S,
+        recover_interval_s: float = defaults.REAPER_INTERVAL_S,
+        metrics: Any | None = None,
+        **kwargs: Any,
+    ) -> None:
+        serializer = kwargs.setdefault("serializer", JSONSerializer)
+        if serializer not in (JSONSerializer, "json", "rq.serializers.JSONSerializer"):
+            raise ValueError("ScanWorker only runs JSON jobs; pickle never crosses Redis")
+        kwargs["serializer"] = JSONSerializer
+        kwargs.setdefault("name", new_worker_name())
+        if not str(kwargs["name"]).startswith(WORKER_NAME_PREFIX):
+            raise ValueError(f"worker names must start with {WORKER_NAME_PREFIX!r} (recovery relies on it)")
+        super().__init__(list(queues), **kwargs)
+        self.max_job_timeout = max_job_timeout
+        self.alive_ttl_s = alive_ttl_s
+        self.recover_interval_s = recover_interval_s
+        self.metrics = metrics
+        self._current_job: Job | None = None
+        self._job_started_mono: float | None = None
+        self._stop_thread = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # lifecycle -----------------------------------------------------------------------
+
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        logs.worker_var.set(self.name)
+        self._beat()  # alive before the first dequeue, so no recoverer takes our job
+        super().bootstrap(*args, **kwargs)
+        self._recover()
+        self._thread = threading.Thread(target=self._liveness_loop, name="photosentry-liveness", daemon=True)
+        self._thread.start()
+
+    def teardown(self) -> None:
+        self._stop_thread.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        try:
+            self.connection.delete(alive_key(self.name))
+        except redis.RedisError:
+            pass
+        super().teardown()
+
+    def _beat(self) -> None:
+        self.connection.set(alive_key(self.name), os.getpid(), px=int(self.alive_ttl_s * 1000))
+
+    def _recover(self) -> None:
+        try:
+            done = recover_abandoned(self.connection, self.queue_names(), give_up=give_up_with_verdict)
+        except Exception:  # noqa: BLE001 - recovery is retried on the next tick
+            log.exception("recovering abandoned jobs failed")
+            return
+        if self.metrics is not None:
+            for _, outcome in done:
+                self.metrics.requeued.labels("worker_died").inc()
+
+    def _liveness_loop(self) -> None:
+        last_recover = time.monotonic()
+        while not self._stop_thread.wait(min(1.0, self.alive_ttl_s / 3)):
+            self._watchdog()
+            try:
+                self._beat()
+            except redis.RedisError as exc:
+                log.warning("liveness beat failed: %s", exc)
+            if time.monotonic() - last_recover >= self.recover_interval_s:
+                self._recover()
+                last_recover = time.monotonic()
+
+    def _watchdog(self) -> None:
+        job, started = self._current_job, self._job_started_mono
+        if job is None or started is None or not job.timeout or job.timeout < 0:
+            return
+        if time.monotonic() - started > job.timeout + WATCHDOG_GRACE_S:
+            log.critical("job %s is stuck past its timeout (in C code?); ending this process so it is"
+                         " recovered", job.id)
+            os._exit(70)
+
+    # jobs ------------------------------------------------------------------------------
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        refusal = self._refusal(job)
+        if refusal is not None:
+            self._refuse(job, queue, refusal)
+            return
+        if not job._failure_callback_name:
+            # A foreign producer may omit it; fail-closed must not depend on the producer.
+            job._failure_callback_name = FAILURE_CALLBACK
+        if not job.timeout or job.timeout < 0 or job.timeout > self.max_job_timeout:
+            job.timeout = self.max_job_timeout
+        self._current_job, self._job_started_mono = job, time.monotonic()
+        try:
+            super().execute_job(job, queue)
+        finally:
+            self._current_job = self._job_started_mono = None
+
+    def _refusal(self, job: Job) -> str | None:
+        try:
+            name = job.func_name
+        except Exception as exc:  # noqa: BLE001 - DeserializationError, or anything a hostile payload causes
+            return f"job data is not a JSON job ({type(exc).__name__}); only JSON jobs are run"
+        if name not in self.allowed_functions:
+            return f"function {name!r} is not a PhotoSentry job function"
+        return None
+
+    def _refuse(self, job: Job, queue: Queue, why: str) -> None:
+        log.error("job refused: %s", why, extra={"job_id": job.id})
+        if self.metrics is not None:
+            self.metrics.refused.labels("not_json" if "not a JSON" in why else "function").inc()
+        execution = self.prepare_execution(job)
+        self.prepare_job_execution(job, remove_from_intermediate_queue=len(self.queues) == 1)
+        job.retries_left = 0
+        job.started_at = job.ended_at = now()
+        self.handle_job_failure(job, queue, exc_string=f"refused: {why}", execution=execution)
+        self.set_state("idle")
+
+    # signals ---------------------------------------------------------------------------
+
+    def request_force_stop(self, signum: int, frame: Any) -> None:
+        """Second SIGTERM/SIGINT: requeue the current job (no retry used) and exit now."""
+        requested = self._shutdown_requested_date
+        if requested is not None and now() - requested < timedelta(seconds=1):
+            return  # the same Ctrl+C delivered twice (by the terminal and the supervisor)
+        job = self._current_job
+        if job is not None:
+            try:
+                outcome = requeue_job(self.connection, job.id, execution_id=self._execution_id(),
+                                      consume_retry=False, why="worker stopped")
+                log.warning("cold shutdown: current job put back", extra={"job_id": job.id, "outcome": outcome})
+                if self.metrics is not None:
+                    self.metrics.requeued.labels("shutdown").inc()
+            except Exception:  # noqa: BLE001 - recovery by liveness still catches it
+                log.exception("could not requeue job %s on cold shutdown", job.id)
+        self._stop_thread.set()
+        try:
+            self.connection.delete(alive_key(self.name))
+            self.register_death()
+        except redis.RedisError:
+            pass
+        logging.shutdown()
+        os._exit(1)
+
+    def _execution_id(self) -> str | None:
+        execution = next(iter(self.executions.values()), None)
+        return execution.id if execution is not None else None
+
+
+# -- the supervisor ---------------------------------------------------------------------
+
+
+def _child_main(settings: Any, name: str, queues: Sequence[str], burst: bool, max_job_timeout: int,
+                log_json: bool, verbose: bool) -> None:
+    """Entry point of one worker process (spawned: nothing inherited but arguments)."""
+    logs.configure(logging.DEBUG if verbose else logging.INFO, json_format=log_json)
+    logs.worker_var.set(name)
+    # SIGTERM while loading models: just exit (nothing taken yet).
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    from .service import ScanService, install
+
+    try:
+        service = ScanService(settings)
+    except Exception as exc:  # noqa: BLE001 - report and exit with the set-up status
+        log.critical("worker could not start: %s", exc, exc_info=True)
+        os._exit(SETUP_EXIT_CODE)
+    install(service)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    worker = ScanWorker(queues, name=name, connection=service.redis, max_job_timeout=max_job_timeout,
+                        metrics=service.metrics)
+    worker.work(burst=burst, logging_level="DEBUG" if verbose else "INFO")
+
+
+def run_pool(
+    settings: Any,
+    *,
+    processes: int = 1,
+    burst: bool = False,
+    queues: Sequence[str] = defaults.QUEUES,
+    max_job_timeout: int = defaults.JOB_TIMEOUT_S,
+    metrics_port: int | None = None,
+    log_json: bool = True,
+    verbose: bool = False,
+    shutdown_grace_s: float | None = None,
+) -> int:
+    """Run ``processes`` worker processes until stopped (or, with ``burst``, until the
+    queues are empty). Returns an exit status: 0, or 3 when a worker could not start.
+    """
+    if processes < 1:
+        raise ValueError(f"processes must be at least 1, got {processes}")
+    grace = shutdown_grace_s if shutdown_grace_s is not None else max_job_timeout + 10.0
+    client = redis.Redis.from_url(settings.redis_url)
+    client.ping()
+    log.info("starting %d worker process(es) on %s, queues %s", processes, redact_url(settings.redis_url),
+             ",".join(queues))
+
+    multiproc_dir = None
+    if metrics_port is not None:
+        from . import metrics as metrics_mod
+
+        multiproc_dir = tempfile.mkdtemp(prefix="photosentry-metrics-")
+        os.environ[metrics_mod.MULTIPROC_ENV] = multiproc_dir
+        registry = metrics_mod.multiprocess_registry()
+        registry.register(metrics_mod.QueueDepthCollector(client, queues))
+        metrics_mod.serve(metrics_port, registry)
+        log.info("serving metrics on :%d/metrics", metrics_port)
+
+    ctx = multiprocessing.get_context("spawn")
+    children: dict[str, Any] = {}
+    state = {"stopping": False, "signals": 0, "deadline": None}
+
+    def start_one() -> None:
+        name = new_worker_name()
+        proc = ctx.Process(target=_child_main, name=name,
+                           args=(settings, name, tuple(queues), burst, max_job_timeout, log_json, verbose))
+        proc.start()
+        children[name] = proc
+
+    def on_signal(signum: int, frame: Any) -> None:
+        state["signals"] += 1
+        if not state["stopping"]:
+            state["stopping"] = True
+            state["deadline"] = time.monotonic() + grace
+            log.info("stopping: workers finish their current job (signal again to requeue it and stop now)")
+        for proc in children.values():
+            if proc.is_alive():
+                try:
+                    os.kill(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    status = 0
+    try:
+        for _ in range(processes):
+            start_one()
+        while children:
+            time.sleep(0.1)
+            for name, proc in list(children.items()):
+                if proc.is_alive():
+                    continue
+                proc.join()
+                del children[name]
+                _after_child_exit(client, name, proc, queues, settings)
+                if proc.exitcode == SETUP_EXIT_CODE:
+                    status = SETUP_EXIT_CODE
+                    state["stopping"] = True
+                    on_signal(signal.SIGTERM, None)
+                    continue
+                crashed = proc.exitcode != 0
+                if state["stopping"]:
+                    continue
+                if not burst or (crashed and _queued(client, queues)):
+                    log.warning("restarting worker %s (exit %s)", name, proc.exitcode)
+                    start_one()
+            deadline = state["deadline"]
+            if state["stopping"] and deadline is not None and time.monotonic() > deadline:
+                for name, proc in children.items():
+                    if proc.is_alive():
+                        log.error("worker %s did not stop within %.0f s; killing it", name, grace)
+                        proc.kill()
+                state["deadline"] = None
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        if multiproc_dir:
+            shutil.rmtree(multiproc_dir, ignore_errors=True)
+        client.close()
+    return status
+
+
+def _after_child_exit(client: redis.Redis, name: str, proc: Any, queues: Sequence[str], settings: Any) -> None:
+    """A child is gone: if it died, recover its job now rather than when its key expires."""
+    from . import metrics as metrics_mod
+
+    metrics_mod.mark_process_dead(proc.pid)
+    if proc.exitcode == 0:
+        return
+    log.warning("worker %s exited with status %s; recovering its job", name, proc.exitcode)
+    try:
+        client.delete(alive_key(name))
+        recover_abandoned(client, queues, give_up=functools.partial(give_up_with_verdict, settings=settings),
+                          is_dead=lambda owner: owner == name)
+        # Drop its registration so `rq info` does not list a ghost until the TTL passes.
+        worker = ScanWorker.find_by_key(ScanWorker.redis_worker_namespace_prefix + name, connection=client,
+                                        serializer=JSONSerializer)
+        if worker is not None:
+            worker.register_death()
+            client.delete(worker.key)
+    except Exception:  # noqa: BLE001 - the other workers' liveness recovery is the fallback
+        log.exception("could not recover the job of worker %s", name)
+
+
+def _queued(client: redis.Redis, queues: Sequence[str]) -> bool:
+    return any(client.llen(f"rq:queue:{q}") for q in queues)
