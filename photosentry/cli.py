@@ -25,7 +25,7 @@ from . import defaults
 from .config import data_dir, ensure_private_dir
 from .decode import Limits, decode, read_limited
 from .errors import InvalidHash, ModelUnavailable, PhotoSentryError, UnreadableImage
-from .hashes.banks import BankEntry, EntrySource, NewEntry, SqliteBankStore
+from .hashes.banks import BankEntry, BankStore, EntrySource, NewEntry, SqliteBankStore
 from .hashes.codecs import Algorithm, parse_tagged
 from .hashes.matcher import BankMatcher
 from .hashes.signals import PdqSignal, hash_image
@@ -44,12 +44,32 @@ class SetupError(click.ClickException):
     exit_code = ExitCode.SETUP
 
 
-def _store(ctx: click.Context) -> SqliteBankStore:
+def _store(ctx: click.Context) -> BankStore:
+    redis_url = ctx.obj.get("bank_redis_url")
+    if redis_url:
+        import redis as _redis
+
+        from .hashes.redis_banks import RedisBankStore
+
+        client = _redis.Redis.from_url(redis_url)
+        try:
+            client.ping()
+        except _redis.RedisError as exc:
+            from .config import redact_url
+
+            raise SetupError(f"cannot reach the Redis bank at {redact_url(redis_url)}: {exc}") from exc
+        return RedisBankStore(client)
     home = ensure_private_dir(data_dir(ctx.obj["data_dir"]))
     try:
         return SqliteBankStore(home / defaults.BANK_DB_FILENAME)
     except Exception as exc:  # sqlite3 raises several types for a bad file
         raise SetupError(f"cannot open the bank database in {home}: {exc}") from exc
+
+
+def _close(store: BankStore) -> None:
+    close = getattr(store, "close", None)
+    if close is not None:
+        close()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -165,7 +185,7 @@ def scan(
         summary = ", ".join(f"{counts[a]} {a}" for a in ("allow", "quarantine", "block"))
         click.echo(f"\n{total} photo{'s' if total != 1 else ''}: {summary}{per}"
                    f" (policy {policy.version}, bank version {scanner.matcher.version if scanner.matcher else 0})")
-    store.close()
+    _close(store)
     ctx.exit(ExitCode.FLAGGED if counts["quarantine"] or counts["block"] else ExitCode.ALLOWED)
 
 
@@ -195,13 +215,19 @@ def _who_why(f):  # type: ignore[no-untyped-def]
 
 
 @cli.group()
-def ban() -> None:
+@click.option("--redis-url", envvar=defaults.REDIS_URL_ENV, default=None, metavar="URL",
+              help="Change the shared bank in this Redis (the one `photosentry worker` uses; running workers"
+                   f" pick changes up within a second). Env: {defaults.REDIS_URL_ENV}. Default: the local"
+                   " SQLite bank.")
+@click.pass_context
+def ban(ctx: click.Context, redis_url: str | None) -> None:
     """Add, list and remove banned hashes.
 
     Only hashes are stored, never the photo. A ban from an image stores its SHA-256,
     MD5, PDQ, pHash and dHash, so re-encoded, resized, cropped-a-little or mirrored
     copies are caught too. Every change records who made it and why.
     """
+    ctx.obj["bank_redis_url"] = redis_url
 
 
 @ban.command("add")
@@ -241,7 +267,7 @@ def ban_add(
     for entry in added:
         click.echo(f"{entry.id:>6}  {entry.bank:<12} {entry.tagged}")
     click.echo(f"bank version {store.version()}")
-    store.close()
+    _close(store)
 
 
 def _entries_from_image(path: Path, bank: str, label: str) -> list[NewEntry]:
@@ -287,7 +313,7 @@ def ban_list(ctx: click.Context, bank: str | None, include_removed: bool, as_jso
         else:
             state = "active" if entry.active else "removed"
             click.echo(f"{entry.id:>6}  {entry.bank:<12} {state:<8} {entry.added_by[:11]:<12} {entry.label[:23]:<24} {entry.tagged}")
-    store.close()
+    _close(store)
 
 
 @ban.command("remove")
@@ -314,7 +340,7 @@ def ban_remove(ctx: click.Context, entry_ids: tuple[int, ...], groups: tuple[str
     for entry in removed:
         click.echo(f"{entry.id:>6}  removed  {entry.bank:<12} {entry.tagged}")
     click.echo(f"bank version {store.version()}")
-    store.close()
+    _close(store)
 
 
 @ban.command("configure")
@@ -347,7 +373,7 @@ def ban_configure(ctx: click.Context, bank: str, pdq: int | None, phash: int | N
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     click.echo(f"{cfg.name}: " + ", ".join(f"{a.value} <= {cfg.distance(a)}" for a in Algorithm if a.is_perceptual))
-    store.close()
+    _close(store)
 
 
 # -- queue: worker and enqueue ------------------------------------------------------------

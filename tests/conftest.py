@@ -33,6 +33,7 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "home"
     monkeypatch.setenv("PHOTOSENTRY_HOME", str(home))
     monkeypatch.delenv("PHOTOSENTRY_POLICY", raising=False)
+    monkeypatch.delenv("PHOTOSENTRY_REDIS_URL", raising=False)
     return home
 
 

@@ -301,6 +301,9 @@ class ScanWorker(SimpleWorker):
             job._failure_callback_name = FAILURE_CALLBACK
         if not job.timeout or job.timeout < 0 or job.timeout > self.max_job_timeout:
             job.timeout = self.max_job_timeout
+        # Counted by us: RQ's number_of_retries only counts jobs that return Retry.
+        job.meta["attempts"] = int(job.meta.get("attempts", 0) or 0) + 1
+        job.save_meta()
         self._current_job, self._job_started_mono = job, time.monotonic()
         try:
             super().execute_job(job, queue)
@@ -321,7 +324,8 @@ class ScanWorker(SimpleWorker):
         if self.metrics is not None:
             self.metrics.refused.labels("not_json" if "not a JSON" in why else "function").inc()
         execution = self.prepare_execution(job)
-        self.prepare_job_execution(job, remove_from_intermediate_queue=len(self.queues) == 1)
+        if len(self.queues) == 1:  # single-queue workers dequeue through RQ's intermediate list
+            self.connection.lrem(queue.intermediate_queue_key, 1, job.id)
         job.retries_left = 0
         job.started_at = job.ended_at = now()
         self.handle_job_failure(job, queue, exc_string=f"refused: {why}", execution=execution)

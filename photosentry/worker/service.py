@@ -400,7 +400,7 @@ def fail_closed(job: Any, connection: Any, exc: BaseException | None, *, service
             log.error("failed job %s payload is not an object; no verdict can be recorded", job.id)
             return
         service = service or _CURRENT or ScanService(ServiceSettings.from_env(), client=connection, load_models=False)
-        attempts = (job.number_of_retries or 0) + 1
+        attempts = int((job.meta or {}).get("attempts", 0) or 0) or 1
         why = f"job failed after {attempts} attempt{'s' if attempts != 1 else ''}: {type(exc).__name__ if exc else 'lost'}"
         if exc is not None and str(exc):
             why += f": {str(exc)[:300]}"

@@ -1,0 +1,231 @@
+"""The scan worker in-process on a real redis-server: timeouts, refusals, recovery, cache.
+
+These run :class:`ScanWorker` in the test process (so SIGALRM, RQ's death penalty,
+is exercised in the main thread as in production); tests/test_queue_e2e.py runs
+real `photosentry worker` processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from rq import Queue
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+
+from photosentry import enqueue_scan
+from photosentry.hashes.banks import EntrySource, NewEntry
+from photosentry.hashes.codecs import Algorithm
+from photosentry.hashes.matcher import BankMatcher
+from photosentry.hashes.redis_banks import RedisBankStore
+from photosentry.models.open_nsfw import OpenNsfwClassifier
+from photosentry.worker.delivery import CallbackSigner
+from photosentry.worker.jobs import SCAN_FUNCTION
+from photosentry.worker.main import ScanWorker, alive_key, give_up_with_verdict, recover_abandoned
+from photosentry.worker.pipeline import Scanner
+from photosentry.worker.policy import Policy
+from photosentry.worker.service import ScanService, ServiceSettings, install
+
+from .corpus import Corpus
+from .test_delivery import KEY, Receiver
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver(CallbackSigner(KEY))
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def settings(redis_server: str, tmp_path: Path) -> ServiceSettings:
+    root = tmp_path / "uploads"
+    root.mkdir()
+    return ServiceSettings(redis_url=redis_server, source_roots=(str(root),), data_dir=str(tmp_path / "home"),
+                           callback_key=KEY.decode(), refresh_interval_s=0.0)
+
+
+@pytest.fixture
+def scanner(redis_client: redis.Redis, policy: Policy, classifier: OpenNsfwClassifier) -> Scanner:
+    return Scanner(policy=policy, matcher=BankMatcher(RedisBankStore(redis_client)), classifier=classifier)
+
+
+class SlowScanner:
+    """A real scanner that first sleeps: a scan stuck long enough to hit the job timeout."""
+
+    def __init__(self, inner: Scanner, seconds: float) -> None:
+        self.inner, self.seconds = inner, seconds
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def scan_bytes(self, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(self.seconds)
+        return self.inner.scan_bytes(*args, **kwargs)
+
+
+def run_burst(client: redis.Redis, service: ScanService | None, **kwargs: Any) -> ScanWorker:
+    """Drain the queues with a ScanWorker in this process, restoring signal handlers after."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)}
+    install(service)
+    try:
+        worker = ScanWorker(connection=client, metrics=service.metrics if service else None, **kwargs)
+        worker.work(burst=True)
+        return worker
+    finally:
+        install(None)
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def stream_entries(client: redis.Redis) -> list[dict[str, Any]]:
+    return [
+        {"upload_id": f[b"upload_id"].decode(), "job_id": f[b"job_id"].decode(), "verdict": json.loads(f[b"verdict"])}
+        for _, f in client.xrange("photosentry:verdicts")
+    ]
+
+
+def test_job_timeout_fires_in_process_and_ends_in_a_recorded_scan_failed_verdict(
+    redis_client: redis.Redis, settings: ServiceSettings, scanner: Scanner, corpus: Corpus, receiver: Receiver
+) -> None:
+    service = ScanService(settings, client=redis_client, scanner=SlowScanner(scanner, 5.0))
+    photo = corpus.clean["coffee"].read_bytes()
+    job_id = enqueue_scan(redis_client, source=photo, upload_id="slow-1", job_timeout=1, retries=1,
+                          callback_url=receiver.url)
+    started = time.monotonic()
+    run_burst(redis_client, service)
+    assert time.monotonic() - started < 5.0  # both attempts were cut at 1 s, not left to sleep 5 s
+
+    job = Job.fetch(job_id, connection=redis_client, serializer=JSONSerializer)
+    assert job.get_status() == JobStatus.FAILED
+    assert "JobTimeoutException" in (job.latest_result().exc_string or "")
+    [entry] = stream_entries(redis_client)
+    assert entry["upload_id"] == "slow-1"
+    verdict = entry["verdict"]
+    assert verdict["action"] == "quarantine"
+    assert verdict["reasons"][0]["code"] == "scan_failed"
+    assert "2 attempts" in verdict["reasons"][0]["text"] and "JobTimeoutException" in verdict["reasons"][0]["text"]
+    assert [r["upload_id"] for r in receiver.received] == ["slow-1"]
+    assert receiver.received[0]["verdict"]["reasons"][0]["code"] == "scan_failed"
+    sha = verdict["hashes"]["sha256"]
+    assert (Path(settings.data_dir) / "quarantine" / sha[:2] / sha / "content").read_bytes() == photo
+
+
+class Evil:
+    """Unpickling this creates a directory: proof that a pickle payload was loaded."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.mkdir, (str(self.marker),))
+
+
+def test_pickled_job_is_refused_without_being_loaded(
+    redis_client: redis.Redis, settings: ServiceSettings, scanner: Scanner, tmp_path: Path
+) -> None:
+    marker = tmp_path / "unpickled"
+    pickled = Queue("uploads", connection=redis_client)  # RQ's default serializer is pickle
+    job = pickled.enqueue(SCAN_FUNCTION, Evil(marker))
+    run_burst(redis_client, ScanService(settings, client=redis_client, scanner=scanner))
+    assert not marker.exists()
+    assert redis_client.hget(f"rq:job:{job.id}", "status") == b"failed"
+    assert job.id.encode() in redis_client.zrange("rq:wip:uploads", 0, -1) + redis_client.zrange(
+        "rq:failed:uploads", 0, -1)
+    assert stream_entries(redis_client) == []
+
+
+def test_only_the_scan_function_runs(redis_client: redis.Redis, settings: ServiceSettings, scanner: Scanner,
+                                     tmp_path: Path) -> None:
+    marker = tmp_path / "called"
+    json_queue = Queue("uploads", connection=redis_client, serializer=JSONSerializer)
+    job = json_queue.enqueue("os.mkdir", str(marker))
+    run_burst(redis_client, ScanService(settings, client=redis_client, scanner=scanner))
+    assert not marker.exists()
+    assert redis_client.hget(f"rq:job:{job.id}", "status") == b"failed"
+
+
+def test_cache_hits_on_duplicates_and_a_ban_invalidates_it(
+    redis_client: redis.Redis, settings: ServiceSettings, scanner: Scanner, corpus: Corpus
+) -> None:
+    service = ScanService(settings, client=redis_client, scanner=scanner)
+    photo = corpus.clean["chelsea"].read_bytes()
+    first = enqueue_scan(redis_client, source=photo, upload_id="dup-1")
+    second = enqueue_scan(redis_client, source=photo, upload_id="dup-2")
+    run_burst(redis_client, service)
+    r1 = Job.fetch(first, connection=redis_client, serializer=JSONSerializer).return_value()
+    r2 = Job.fetch(second, connection=redis_client, serializer=JSONSerializer).return_value()
+    assert r1["action"] == r2["action"] == "allow"
+    assert "cache" not in r1 and r2["cache"] == "hit"
+    assert r2["upload_id"] == "dup-2" and r2["scores"] == r1["scores"]
+
+    RedisBankStore(redis_client).add([NewEntry(Algorithm.SHA256, r1["hashes"]["sha256"], "banned",
+                                               source=EntrySource.MODERATOR)], actor="mod", reason="test")
+    third = enqueue_scan(redis_client, source=photo, upload_id="dup-3")
+    run_burst(redis_client, service)
+    r3 = Job.fetch(third, connection=redis_client, serializer=JSONSerializer).return_value()
+    assert r3["action"] == "block" and "cache" not in r3
+    assert r3["bank_version"] > r1["bank_version"]
+
+
+def test_same_upload_twice_records_one_verdict_and_acts_once(
+    redis_client: redis.Redis, settings: ServiceSettings, scanner: Scanner, corpus: Corpus
+) -> None:
+    root = Path(settings.source_roots[0])
+    (root / "bad.jpg").write_bytes(corpus.hostile["unreadable"].read_bytes())
+    jobs = [enqueue_scan(redis_client, source="bad.jpg", upload_id="same") for _ in range(2)]
+    run_burst(redis_client, ScanService(settings, client=redis_client, scanner=scanner))
+    results = [Job.fetch(j, connection=redis_client, serializer=JSONSerializer).return_value() for j in jobs]
+    assert results[0] == results[1] and results[0]["action"] == "quarantine"
+    assert len(stream_entries(redis_client)) == 1
+    assert not (root / "bad.jpg").exists()  # moved into the quarantine store by the first job
+    sha = results[0]["hashes"]["sha256"]
+    sidecars = list((Path(settings.data_dir) / "quarantine" / sha[:2] / sha / "verdicts").iterdir())
+    assert len(sidecars) == 1
+
+
+def _take_job_as_dead_worker(client: redis.Redis, name: str) -> Job:
+    """Dequeue a job and mark it started by ``name`` as a worker does, then 'die'."""
+    worker = ScanWorker(connection=client, name=name)
+    job, queue = worker.dequeue_job_and_maintain_ttl(timeout=None)
+    worker.prepare_execution(job)
+    worker.prepare_job_execution(job)
+    assert not client.exists(alive_key(name))
+    return job
+
+
+def test_job_of_a_dead_worker_is_requeued_then_given_up_fail_closed(
+    redis_client: redis.Redis, settings: ServiceSettings, scanner: Scanner, corpus: Corpus
+) -> None:
+    photo = corpus.clean["astronaut"].read_bytes()
+    job_id = enqueue_scan(redis_client, source=photo, upload_id="lost-1", retries=1)
+    _take_job_as_dead_worker(redis_client, "photosentry.test.dead-1")
+    assert recover_abandoned(redis_client, ["uploads", "bulk"]) == [(job_id, "requeued")]
+    assert recover_abandoned(redis_client, ["uploads", "bulk"]) == []  # claimed once only
+    job = Job.fetch(job_id, connection=redis_client, serializer=JSONSerializer)
+    assert job.get_status() == JobStatus.QUEUED and job.retries_left == 0
+
+    _take_job_as_dead_worker(redis_client, "photosentry.test.dead-2")
+    give_up = lambda job, why: give_up_with_verdict(job, why, settings=settings)  # noqa: E731
+    assert recover_abandoned(redis_client, ["uploads", "bulk"], give_up=give_up) == [(job_id, "failed")]
+    assert Job.fetch(job_id, connection=redis_client, serializer=JSONSerializer).get_status() == JobStatus.FAILED
+    [entry] = stream_entries(redis_client)
+    assert entry["upload_id"] == "lost-1"
+    assert entry["verdict"]["action"] == "quarantine"
+    assert entry["verdict"]["reasons"][0]["code"] == "scan_failed"
+    assert "died" in entry["verdict"]["reasons"][0]["text"]
+
+
+def test_live_workers_jobs_are_left_alone(redis_client: redis.Redis, corpus: Corpus) -> None:
+    enqueue_scan(redis_client, source=b"x", upload_id="busy-1")
+    _take_job_as_dead_worker(redis_client, "photosentry.test.alive")
+    redis_client.set(alive_key("photosentry.test.alive"), 1, px=5000)
+    assert recover_abandoned(redis_client, ["uploads", "bulk"]) == []
