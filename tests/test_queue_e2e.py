@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
+import urllib.request
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,7 +99,9 @@ def ban(env: dict[str, str], photo: Path) -> None:
 def pool(env: dict[str, str], tmp_path: Path, redis_client: redis.Redis) -> Iterator[subprocess.Popen[bytes]]:
     """Two long-running worker processes under their supervisor, stopped with SIGTERM after the test."""
     log = (tmp_path / "worker.log").open("wb")
-    proc = subprocess.Popen(worker_cmd(), env=env, stdout=log, stderr=subprocess.STDOUT)
+    port = _free_port()
+    proc = subprocess.Popen(worker_cmd("--metrics-port", str(port)), env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc.metrics_url = f"http://127.0.0.1:{port}/metrics"  # type: ignore[attr-defined]
     try:
         wait_until(lambda: len(Worker.all(connection=redis_client)) == 2 or proc.poll() is not None)
         assert proc.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
@@ -110,6 +115,12 @@ def pool(env: dict[str, str], tmp_path: Path, redis_client: redis.Redis) -> Iter
                 proc.kill()
                 proc.wait()
         log.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def test_mixed_uploads_get_the_right_verdicts_everywhere(
@@ -223,3 +234,23 @@ def test_sigterm_stops_the_pool_cleanly(pool: subprocess.Popen[bytes], redis_cli
     assert pool.wait(30) == 0
     assert Worker.all(connection=redis_client) == []
     assert not redis_client.keys("photosentry:worker:alive:*")
+
+
+def test_metrics_are_served_for_the_whole_pool(
+    pool: subprocess.Popen[bytes], corpus: Corpus, redis_client: redis.Redis
+) -> None:
+    photo = corpus.clean["coffee"].read_bytes()
+    jobs = {f"m-{i}": enqueue_scan(redis_client, source=photo, upload_id=f"m-{i}") for i in range(3)}
+    wait_until(lambda: results(redis_client, jobs))
+
+    def scrape() -> str:
+        with urllib.request.urlopen(pool.metrics_url, timeout=5) as response:  # type: ignore[attr-defined]
+            return response.read().decode()
+
+    text = wait_until(lambda: (t := scrape()) and 'photosentry_scans_total{action="allow",reason="clean"} 3.0' in t and t)
+    lookups = re.findall(r'^photosentry_cache_lookups_total\{result="(?:hit|miss)"\} ([0-9.]+)$', text, re.M)
+    assert sum(float(n) for n in lookups) == 3.0  # two processes may both miss the same new photo
+    assert 'photosentry_queue_depth{queue="uploads"} 0.0' in text
+    assert 'photosentry_model_info{model="open_nsfw",provider="CPUExecutionProvider"' in text
+    assert 'photosentry_stage_seconds_count{stage="classify"}' in text
+    assert "photosentry_bank_version " in text and "photosentry_bank_index_entries " in text
