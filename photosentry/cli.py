@@ -425,11 +425,14 @@ def _split_roots(ctx: click.Context, param: click.Parameter, value: tuple[str, .
               help="Serve Prometheus metrics on this port (/metrics). Default: off.")
 @click.option("--log-format", type=click.Choice(["json", "text"]), default="json", show_default=True,
               help="Log lines as JSON objects (with upload_id and job_id) or plain text.")
+@click.option("--no-cache", is_flag=True,
+              help="Scan every upload even if the same bytes were decided under the same banks and policy"
+                   " (benchmarks, audits). Default: duplicates cost one Redis lookup.")
 @click.pass_context
 def worker(ctx: click.Context, redis_url: str, processes: int, source_roots: tuple[str, ...], queues: tuple[str, ...],
            burst: bool, job_timeout: int, policy_path: str | None, threads: int | None, providers: tuple[str, ...],
            callback_key_file: str | None, callback_allow: tuple[str, ...], metrics_port: int | None,
-           log_format: str) -> None:
+           log_format: str, no_cache: bool) -> None:
     """Scan queued uploads: take jobs from Redis, record and deliver verdicts.
 
     Each verdict becomes the job's result, one entry on the Redis stream
@@ -469,6 +472,7 @@ def worker(ctx: click.Context, redis_url: str, processes: int, source_roots: tup
     settings = ServiceSettings(
         redis_url=redis_url, source_roots=source_roots, data_dir=ctx.obj["data_dir"], policy_path=policy_path,
         threads=threads, providers=providers, callback_key=key, callback_allow=callback_allow,
+        use_cache=not no_cache,
     )
     try:
         status = run_pool(settings, processes=processes, burst=burst, queues=queues or defaults.QUEUES,

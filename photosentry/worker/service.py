@@ -67,6 +67,8 @@ class ServiceSettings:
     #: If set, callbacks go only to URLs starting with one of these prefixes.
     callback_allow: tuple[str, ...] = ()
     cache_ttl_s: int = defaults.VERDICT_CACHE_TTL_S
+    #: False scans every upload even when its bytes were seen (benchmarks, audits).
+    use_cache: bool = True
     refresh_interval_s: float = defaults.BANK_REFRESH_INTERVAL_S
     max_inline_bytes: int = defaults.MAX_INLINE_BYTES
     bank_prefix: str = BANK_PREFIX
@@ -205,10 +207,12 @@ class ScanService:
             verdict = self.scanner.failed(code, message, subject=subject, context=payload.context).to_dict()
         else:
             assert fetched is not None
-            with _timed(stages, "cache"):
-                cache_key = self._cache_key(fetched.data, payload.context)
-                cached = self.cache.get(cache_key)
-            self.metrics.cache.labels("hit" if cached else "miss").inc()
+            cached = None
+            if self.settings.use_cache:
+                with _timed(stages, "cache"):
+                    cache_key = self._cache_key(fetched.data, payload.context)
+                    cached = self.cache.get(cache_key)
+                self.metrics.cache.labels("hit" if cached else "miss").inc()
             if cached is not None:
                 verdict = {**cached, "subject": subject, "context": dict(payload.context), "cache": "hit",
                            "timings_ms": {}}
