@@ -7,6 +7,7 @@ real `photosentry worker` processes.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -229,3 +230,25 @@ def test_live_workers_jobs_are_left_alone(redis_client: redis.Redis, corpus: Cor
     _take_job_as_dead_worker(redis_client, "photosentry.test.alive")
     redis_client.set(alive_key("photosentry.test.alive"), 1, px=5000)
     assert recover_abandoned(redis_client, ["uploads", "bulk"]) == []
+
+
+def test_a_foreign_producer_can_enqueue_with_plain_redis_commands(
+    redis_client: redis.Redis, settings: ServiceSettings, scanner: Scanner, corpus: Corpus
+) -> None:
+    """The layout docs/queue.md gives to pipelines in other languages: no rq, no zlib."""
+    payload = {"version": 1, "upload_id": "go-1", "source": {"bytes_b64": base64.b64encode(
+        corpus.clean["coffee"].read_bytes()).decode()}, "context": {}}
+    now = "2026-11-22T10:00:00.000000Z"
+    pipe = redis_client.pipeline(transaction=True)
+    pipe.hset("rq:job:go-job-1", mapping={
+        "data": json.dumps([SCAN_FUNCTION, None, [payload], {}]), "status": "queued", "origin": "uploads",
+        "created_at": now, "enqueued_at": now, "description": "scan upload go-1", "retries_left": 2,
+    })
+    pipe.rpush("rq:queue:uploads", "go-job-1")
+    pipe.sadd("rq:queues", "rq:queue:uploads")
+    pipe.execute()
+    run_burst(redis_client, ScanService(settings, client=redis_client, scanner=scanner))
+    job = Job.fetch("go-job-1", connection=redis_client, serializer=JSONSerializer)
+    assert job.get_status() == JobStatus.FINISHED
+    assert job.return_value()["action"] == "allow" and job.return_value()["upload_id"] == "go-1"
+    assert [e["upload_id"] for e in stream_entries(redis_client)] == ["go-1"]
