@@ -252,3 +252,83 @@ def test_a_foreign_producer_can_enqueue_with_plain_redis_commands(
     assert job.get_status() == JobStatus.FINISHED
     assert job.return_value()["action"] == "allow" and job.return_value()["upload_id"] == "go-1"
     assert [e["upload_id"] for e in stream_entries(redis_client)] == ["go-1"]
+
+
+def test_uploads_queue_is_drained_before_bulk(
+    redis_client: redis.Redis, settings: ServiceSettings, scanner: Scanner, corpus: Corpus
+) -> None:
+    photo = corpus.clean["coffee"].read_bytes()
+    bulk = [enqueue_scan(redis_client, source=photo, upload_id=f"bulk-{i}", queue="bulk") for i in range(2)]
+    uploads = [enqueue_scan(redis_client, source=photo, upload_id=f"up-{i}") for i in range(2)]
+    run_burst(redis_client, ScanService(settings, client=redis_client, scanner=scanner))
+    order = [e["upload_id"] for e in stream_entries(redis_client)]
+    assert order == ["up-0", "up-1", "bulk-0", "bulk-1"]
+    assert len(bulk + uploads) == 4
+
+
+CHILD_WORKER = """
+import sys, redis
+from photosentry.worker.main import ScanWorker
+from photosentry.worker.pipeline import Scanner
+from photosentry.worker.policy import Policy
+from photosentry.worker.service import ScanService, ServiceSettings, install
+from tests.test_worker import SlowScanner
+url, home, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+client = redis.Redis.from_url(url)
+slow = SlowScanner(Scanner(policy=Policy.default(), matcher=None, classifier=None), seconds)
+install(ScanService(ServiceSettings(redis_url=url, data_dir=home), client=client, scanner=slow))
+ScanWorker(connection=client).work(burst=True)
+"""
+
+
+@pytest.mark.parametrize("signals", [1, 2])
+def test_sigterm_finishes_the_job_and_a_second_one_puts_it_back(
+    redis_server: str, redis_client: redis.Redis, tmp_path: Path, signals: int
+) -> None:
+    import subprocess
+    import sys
+
+    job_id = enqueue_scan(redis_client, source=b"not a photo", upload_id="term-1")
+    repo = Path(__file__).resolve().parents[1]
+    with (tmp_path / "child.log").open("wb") as log:
+        child = subprocess.Popen([sys.executable, "-c", CHILD_WORKER, redis_server, str(tmp_path / "home"),
+                                  "2" if signals == 1 else "30"], cwd=repo, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while redis_client.hget(f"rq:job:{job_id}", "status") != b"started":
+            assert time.monotonic() < deadline and child.poll() is None
+            time.sleep(0.02)
+        child.send_signal(signal.SIGTERM)
+        if signals == 2:
+            time.sleep(1.2)  # RQ ignores a second signal within 1 s (one Ctrl+C seen twice)
+            child.send_signal(signal.SIGTERM)
+        code = child.wait(30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    job = Job.fetch(job_id, connection=redis_client, serializer=JSONSerializer)
+    if signals == 1:  # warm: the current job is finished first
+        assert code == 0 and job.get_status() == JobStatus.FINISHED
+        assert [e["upload_id"] for e in stream_entries(redis_client)] == ["term-1"]
+    else:  # cold: the job goes back to the front of its queue, no retry used, nothing recorded
+        assert code == 1 and job.get_status() == JobStatus.QUEUED
+        assert job.retries_left == 2
+        assert redis_client.lrange("rq:queue:uploads", 0, 0) == [job_id.encode()]
+        assert redis_client.zcard("rq:wip:uploads") == 0
+        assert stream_entries(redis_client) == []
+    assert not redis_client.keys("photosentry:worker:alive:*")
+
+
+def test_json_logs_carry_job_and_upload_ids() -> None:
+    import logging
+
+    from photosentry.worker.logs import JsonFormatter, job_context
+
+    record = logging.makeLogRecord({"name": "t", "levelname": "INFO", "msg": "verdict %s", "args": ("x",),
+                                    "action": "block"})
+    with job_context(job_id="j-1", upload_id="u-1"):
+        line = json.loads(JsonFormatter().format(record))
+    assert line["msg"] == "verdict x" and line["job_id"] == "j-1" and line["upload_id"] == "u-1"
+    assert line["action"] == "block" and line["level"] == "info"
+    assert "upload_id" not in json.loads(JsonFormatter().format(record))
