@@ -226,7 +226,8 @@ def test_sigkill_mid_job_loses_nothing_and_records_one_verdict_each(
     assert {v["action"] for v in got.values()} == {"allow"}  # recovered, scanned, not failed
     entries = stream(redis_client)
     assert sorted(e["upload_id"] for e in entries) == sorted(jobs)  # exactly one verdict per upload
-    assert len(Worker.all(connection=redis_client)) == 2  # the supervisor replaced the dead one
+    # The supervisor replaced the dead worker (once the new one has loaded its model).
+    wait_until(lambda: len(Worker.all(connection=redis_client)) == 2, timeout=30)
 
 
 def test_sigterm_stops_the_pool_cleanly(pool: subprocess.Popen[bytes], redis_client: redis.Redis) -> None:

@@ -211,6 +211,7 @@ class ScanWorker(SimpleWorker):
     def __init__(
         self,
         queues: Sequence[str] = defaults.QUEUES,
+        name: str | None = None,
         *,
         max_job_timeout: int = defaults.JOB_TIMEOUT_S,
         alive_ttl_s: float = defaults.WORKER_ALIVE_TTL_S,
@@ -222,10 +223,10 @@ class ScanWorker(SimpleWorker):
         if serializer not in (JSONSerializer, "json", "rq.serializers.JSONSerializer"):
             raise ValueError("ScanWorker only runs JSON jobs; pickle never crosses Redis")
         kwargs["serializer"] = JSONSerializer
-        kwargs.setdefault("name", new_worker_name())
-        if not str(kwargs["name"]).startswith(WORKER_NAME_PREFIX):
+        name = name or new_worker_name()
+        if not name.startswith(WORKER_NAME_PREFIX):
             raise ValueError(f"worker names must start with {WORKER_NAME_PREFIX!r} (recovery relies on it)")
-        super().__init__(list(queues), **kwargs)
+        super().__init__(list(queues), name, **kwargs)
         self.max_job_timeout = max_job_timeout
         self.alive_ttl_s = alive_ttl_s
         self.recover_interval_s = recover_interval_s
