@@ -21,8 +21,9 @@ What :class:`ScanWorker` adds to SimpleWorker:
   a job still names a function by dotted path; without the allow-list anyone who
   can write to Redis could call ``os.system``.
 - **Liveness and recovery.** A thread refreshes ``photosentry:worker:alive:<name>``
-  every second (TTL 5 s) and, every second, looks for jobs in the StartedJobRegistry
-  of our queues whose worker's key has expired. Each is claimed with one ZREM (so two
+  every second (TTL 5 s). Every second one worker of the fleet (the holder of a short
+  Redis lock) looks for jobs in the StartedJobRegistry of our queues whose worker's
+  key has expired. Each is claimed with one ZREM (so two
   recoverers never both act) and retried - or, out of retries, given up with a
   recorded ``scan_failed`` verdict. RQ's own cleanup would only notice such a job
   ``timeout + 60 s`` after it started, and only on its 10-minute maintenance tick.
@@ -73,6 +74,7 @@ WORKER_NAME_PREFIX = "photosentry."
 """Names of our worker processes start with this; recovery only touches their jobs."""
 
 ALIVE_KEY_PREFIX = "photosentry:worker:alive:"
+RECOVER_LOCK_KEY = "photosentry:worker:recover-lock"
 ALLOWED_FUNCTIONS = frozenset({SCAN_FUNCTION})
 WATCHDOG_GRACE_S = 30.0
 """How long past its timeout a job may sit in C code before the watchdog ends the process."""
@@ -261,6 +263,10 @@ class ScanWorker(SimpleWorker):
 
     def _recover(self) -> None:
         try:
+            # One worker in the whole fleet scans per interval: the scan reads every
+            # started job, and a hundred workers doing it every second would add up.
+            if not self.connection.set(RECOVER_LOCK_KEY, self.name, nx=True, px=int(self.recover_interval_s * 1000)):
+                return
             done = recover_abandoned(self.connection, self.queue_names(), give_up=give_up_with_verdict)
         except Exception:  # noqa: BLE001 - recovery is retried on the next tick
             log.exception("recovering abandoned jobs failed")
