@@ -30,7 +30,8 @@ from photosentry.hashes.redis_banks import RedisBankStore
 from photosentry.models.open_nsfw import OpenNsfwClassifier
 from photosentry.worker.delivery import CallbackSigner
 from photosentry.worker.jobs import SCAN_FUNCTION
-from photosentry.worker.main import ScanWorker, alive_key, give_up_with_verdict, recover_abandoned
+from photosentry.worker.main import (ScanWorker, alive_key, give_up_with_verdict, recover_abandoned,
+                                     recover_intermediate)
 from photosentry.worker.pipeline import Scanner
 from photosentry.worker.policy import Policy
 from photosentry.worker.service import ScanService, ServiceSettings, install
@@ -264,6 +265,57 @@ def test_uploads_queue_is_drained_before_bulk(
     order = [e["upload_id"] for e in stream_entries(redis_client)]
     assert order == ["up-0", "up-1", "bulk-0", "bulk-1"]
     assert len(bulk + uploads) == 4
+    # Every job went through its intermediate list (LMOVE) and was taken off it once started.
+    assert not redis_client.exists("rq:queue:uploads:intermediate", "rq:queue:bulk:intermediate")
+
+
+def test_a_job_moved_by_a_worker_killed_before_registering_it_is_recovered_once(
+    redis_client: redis.Redis, settings: ServiceSettings, scanner: Scanner, corpus: Corpus
+) -> None:
+    """The dequeue window: LMOVE done, not yet in the StartedJobRegistry, then SIGKILL."""
+    service = ScanService(settings, client=redis_client, scanner=scanner)
+    job_id = enqueue_scan(redis_client, source=corpus.clean["coffee"].read_bytes(), upload_id="window-1",
+                          queue="bulk")
+    # What a dying worker's ReliableQueue.dequeue_any did before the kill, by hand.
+    assert redis_client.lmove("rq:queue:bulk", "rq:queue:bulk:intermediate") == job_id.encode()
+    run_burst(redis_client, service)  # a live worker: the job is in no queue, so it is not run
+    assert stream_entries(redis_client) == []
+
+    queues = ["uploads", "bulk"]
+    assert recover_intermediate(redis_client, queues) == []  # first sighting: maybe a live worker's window
+    assert recover_intermediate(redis_client, queues, clock=lambda: time.time() + 5) == []  # still in grace
+    later = lambda: time.time() + 11  # noqa: E731 - past INTERMEDIATE_GRACE_S
+    assert recover_intermediate(redis_client, queues, clock=later) == [(job_id, "requeued")]
+    assert recover_intermediate(redis_client, queues, clock=later) == []  # claimed once only
+    assert redis_client.lrange("rq:queue:bulk", 0, -1) == [job_id.encode()]
+    assert not redis_client.exists("rq:queue:bulk:intermediate", "photosentry:worker:intermediate-seen")
+
+    run_burst(redis_client, service)
+    job = Job.fetch(job_id, connection=redis_client, serializer=JSONSerializer)
+    assert job.get_status() == JobStatus.FINISHED and job.retries_left == 2  # no retry used: nothing ran
+    [entry] = stream_entries(redis_client)
+    assert entry["upload_id"] == "window-1" and entry["verdict"]["action"] == "allow"
+    assert not redis_client.exists("rq:queue:bulk:intermediate")
+    assert recover_intermediate(redis_client, queues, clock=later) == []
+
+
+def test_a_running_jobs_intermediate_entry_is_not_requeued(redis_client: redis.Redis) -> None:
+    """Registered (even by a dead worker, whose job recover_abandoned owns): never recovered from the list."""
+    job_id = enqueue_scan(redis_client, source=b"x", upload_id="reg-1")
+    worker = ScanWorker(connection=redis_client, name="photosentry.test.window")
+    job, _ = worker.dequeue_job_and_maintain_ttl(timeout=None)
+    assert redis_client.lrange("rq:queue:uploads:intermediate", 0, -1) == [job_id.encode()]
+    worker.prepare_execution(job)  # in the StartedJobRegistry, not yet off the list
+    later = lambda: time.time() + 60  # noqa: E731
+    for _ in range(2):
+        assert recover_intermediate(redis_client, ["uploads", "bulk"], clock=later, grace_s=0) == []
+    # Its worker is dead: recover_abandoned claims it but, never started, leaves it to the
+    # intermediate scan, which now finds it unregistered and puts it back once.
+    assert recover_abandoned(redis_client, ["uploads", "bulk"]) == [(job_id, "not_started")]
+    assert recover_intermediate(redis_client, ["uploads", "bulk"], clock=later, grace_s=0) == [(job_id, "requeued")]
+    assert not redis_client.exists("rq:queue:uploads:intermediate")
+    assert redis_client.lrange("rq:queue:uploads", 0, -1) == [job_id.encode()]
+    assert recover_abandoned(redis_client, ["uploads", "bulk"]) == []
 
 
 CHILD_WORKER = """

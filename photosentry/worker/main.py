@@ -27,6 +27,11 @@ What :class:`ScanWorker` adds to SimpleWorker:
   recoverers never both act) and retried - or, out of retries, given up with a
   recorded ``scan_failed`` verdict. RQ's own cleanup would only notice such a job
   ``timeout + 60 s`` after it started, and only on its 10-minute maintenance tick.
+- **No job lost at dequeue.** With two queues RQ pops with ``BLPOP`` and only then
+  registers the job as started, so a worker killed between the two lost the job.
+  :class:`ReliableQueue` moves each job atomically (``LMOVE``) into its queue's RQ
+  intermediate list, in strict priority order, and the recovery scan requeues
+  entries that stay there unregistered (:func:`recover_intermediate`).
 - **Graceful shutdown.** SIGTERM: finish the current job, then exit (RQ's warm
   shutdown). A second SIGTERM or SIGINT: put the current job back at the front of
   its queue, without using up a retry, and exit at once.
@@ -56,12 +61,13 @@ from typing import Any
 
 import redis
 from rq import Queue, SimpleWorker
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import DequeueTimeout, NoSuchJobError
+from rq.intermediate_queue import IntermediateQueue
 from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.job_lifecycle import record_job_failure
 from rq.serializers import JSONSerializer
-from rq.utils import now
+from rq.utils import as_text, now
 
 from .. import defaults
 from ..config import redact_url
@@ -78,6 +84,17 @@ RECOVER_LOCK_KEY = "photosentry:worker:recover-lock"
 ALLOWED_FUNCTIONS = frozenset({SCAN_FUNCTION})
 WATCHDOG_GRACE_S = 30.0
 """How long past its timeout a job may sit in C code before the watchdog ends the process."""
+
+INTERMEDIATE_SEEN_KEY = "photosentry:worker:intermediate-seen"
+"""Hash ``<queue>:<job id>`` -> when the recovery scan first saw that job dequeued but unregistered."""
+INTERMEDIATE_GRACE_S = 10.0
+"""How long a job may sit in an intermediate list, not yet started, before it is requeued.
+
+A live worker registers its job within milliseconds of the LMOVE; only a dead one (or
+one cut off from Redis) leaves it there. A requeued job that did run after all runs
+twice, which is harmless: verdicts are recorded once per upload id."""
+BLOCK_S = 0.5
+"""Longest blocking wait (on the top-priority queue) before the lower queues are polled again."""
 
 SETUP_EXIT_CODE = 3
 """Exit status of a worker process that could not build its service (model, policy, Redis)."""
@@ -117,6 +134,9 @@ def requeue_job(
         return "not_started"
     queue = Queue(job.origin, connection=connection, serializer=JSONSerializer)
     with connection.pipeline() as pipe:
+        # A worker that died after registering the job but before RQ's own LREM leaves
+        # it in the intermediate list too; drop it so it is not requeued a second time.
+        pipe.lrem(queue.intermediate_queue_key, 1, job_id)
         if execution_id:
             Execution(execution_id, job_id, connection=connection, worker_name=job.worker_name or "").delete(job, pipe)
         if consume_retry and not job.retries_left:
@@ -173,6 +193,71 @@ def recover_abandoned(
     return done
 
 
+def recover_intermediate(
+    connection: redis.Redis,
+    queue_names: Sequence[str],
+    *,
+    grace_s: float = INTERMEDIATE_GRACE_S,
+    clock: Callable[[], float] = time.time,
+) -> list[tuple[str, str]]:
+    """Requeue jobs dequeued (LMOVEd into an intermediate list) but never started.
+
+    :class:`ReliableQueue` moves a job into ``rq:queue:<name>:intermediate`` and the
+    worker then adds it to the StartedJobRegistry and removes it from that list. A job
+    found in the list, not in the registry, on scans ``grace_s`` apart, belongs to a
+    worker that died in between: it goes back to the front of its queue, without
+    using a retry (none of its code ran). One LREM claims it, so of two recoverers, or
+    a recoverer and a late worker, only one acts. Returns (job id, outcome) pairs.
+    """
+    seen = {as_text(k): float(v) for k, v in connection.hgetall(INTERMEDIATE_SEEN_KEY).items()}
+    current: set[str] = set()
+    done: list[tuple[str, str]] = []
+    t = clock()
+    for name in queue_names:
+        queue = Queue(name, connection=connection, serializer=JSONSerializer)
+        key = queue.intermediate_queue_key
+        job_ids = [as_text(j) for j in connection.lrange(key, 0, -1)]
+        if not job_ids:
+            continue
+        registered = {j for j, _ in queue.started_job_registry.get_job_and_execution_ids(cleanup=False)}
+        for job_id in job_ids:
+            if job_id in registered:
+                continue
+            field = f"{name}:{job_id}"
+            first = seen.get(field)
+            if first is None and grace_s > 0:
+                connection.hsetnx(INTERMEDIATE_SEEN_KEY, field, t)
+                current.add(field)
+                continue
+            if first is not None and t - first < grace_s:
+                current.add(field)
+                continue
+            if not connection.lrem(key, 1, job_id):
+                continue  # claimed by another recoverer, or the worker went on after all
+            outcome = _requeue_dequeued(connection, queue, job_id)
+            log.warning("recovered job lost between dequeue and start", extra={"job_id": job_id,
+                                                                                "outcome": outcome})
+            done.append((job_id, outcome))
+    stale = [f for f in seen if f not in current]
+    if stale:
+        connection.hdel(INTERMEDIATE_SEEN_KEY, *stale)
+    return done
+
+
+def _requeue_dequeued(connection: redis.Redis, queue: Queue, job_id: str) -> str:
+    try:
+        job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
+    except NoSuchJobError:
+        return "gone"
+    except Exception:  # noqa: BLE001 - undecodable: put the id back; the worker refuses it
+        connection.lpush(queue.key, job_id)
+        return "requeued"
+    if job.get_status(refresh=False) != JobStatus.QUEUED:
+        return "not_queued"  # started, finished or failed since: handled elsewhere
+    queue._enqueue_job(job, at_front=True)
+    return "requeued"
+
+
 def give_up_with_verdict(job: Job, why: str, *, settings: Any | None = None) -> None:
     """Record the fail-closed verdict of a job that ran out of retries while abandoned.
 
@@ -194,6 +279,64 @@ class _Abandoned(Exception):
     """A job's worker died under it."""
 
 
+# -- reliable dequeue -------------------------------------------------------------------
+
+
+class ReliableQueue(Queue):
+    """A Queue whose ``dequeue_any`` never holds a job only in a worker's memory.
+
+    RQ 3.0 dequeues from several queues with ``BLPOP``: between the pop and the
+    StartedJobRegistry, the job exists only in the worker, and a SIGKILL there loses
+    it. Here each queue, in priority order, is tried with a non-blocking ``LMOVE``
+    into its RQ intermediate list (``rq:queue:<name>:intermediate``, as RQ itself does
+    for one queue). When all are empty, the worker blocks with ``BLMOVE`` on the first
+    (highest-priority) queue for at most :data:`BLOCK_S`, then polls all of them again,
+    so priority stays strict and a lower-priority job waits at most that long.
+    :meth:`ScanWorker.prepare_job_execution` removes the entry once the job is
+    registered; :func:`recover_intermediate` requeues entries left by dead workers.
+    Needs Redis >= 6.2 (LMOVE).
+    """
+
+    @classmethod
+    def dequeue_any(  # type: ignore[override]
+        cls,
+        queues: Any,
+        timeout: int | None,
+        connection: redis.Redis,
+        job_class: Any = None,
+        serializer: Any = None,
+        death_penalty_class: Any = None,
+    ) -> tuple[Job, Queue] | None:
+        keys = [q.key for q in queues]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            found = None
+            for key in keys:
+                job_id = connection.lmove(key, IntermediateQueue.get_intermediate_queue_key(key))
+                if job_id is not None:
+                    found = key, job_id
+                    break
+            if found is None:
+                if deadline is None:
+                    return None
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DequeueTimeout(timeout, keys)
+                first = keys[0]
+                job_id = connection.blmove(first, IntermediateQueue.get_intermediate_queue_key(first),
+                                           min(BLOCK_S, left))
+                if job_id is None:
+                    continue
+                found = first, job_id
+            queue_key, job_id = as_text(found[0]), as_text(found[1])
+            fetched = cls._fetch_dequeued_job(connection, queue_key, job_id, job_class=job_class,
+                                              serializer=serializer, death_penalty_class=death_penalty_class)
+            if fetched is None:  # the job hash is gone: nothing to run, nothing to keep
+                connection.lrem(IntermediateQueue.get_intermediate_queue_key(queue_key), 1, job_id)
+                continue
+            return fetched
+
+
 # -- the worker -------------------------------------------------------------------------
 
 
@@ -209,6 +352,7 @@ class ScanWorker(SimpleWorker):
     """
 
     allowed_functions: frozenset[str] = ALLOWED_FUNCTIONS
+    queue_class = ReliableQueue
 
     def __init__(
         self,
@@ -268,6 +412,7 @@ class ScanWorker(SimpleWorker):
             if not self.connection.set(RECOVER_LOCK_KEY, self.name, nx=True, px=int(self.recover_interval_s * 1000)):
                 return
             done = recover_abandoned(self.connection, self.queue_names(), give_up=give_up_with_verdict)
+            done += recover_intermediate(self.connection, self.queue_names())
         except Exception:  # noqa: BLE001 - recovery is retried on the next tick
             log.exception("recovering abandoned jobs failed")
             return
@@ -317,6 +462,11 @@ class ScanWorker(SimpleWorker):
         finally:
             self._current_job = self._job_started_mono = None
 
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        # RQ removes the intermediate entry only for single-queue workers; ReliableQueue
+        # puts one there for any number of queues.
+        super().prepare_job_execution(job, remove_from_intermediate_queue=True)
+
     def _refusal(self, job: Job) -> str | None:
         try:
             name = job.func_name
@@ -331,8 +481,7 @@ class ScanWorker(SimpleWorker):
         if self.metrics is not None:
             self.metrics.refused.labels("not_json" if "not a JSON" in why else "function").inc()
         execution = self.prepare_execution(job)
-        if len(self.queues) == 1:  # single-queue workers dequeue through RQ's intermediate list
-            self.connection.lrem(queue.intermediate_queue_key, 1, job.id)
+        self.connection.lrem(queue.intermediate_queue_key, 1, job.id)  # ReliableQueue moved it there
         job.retries_left = 0
         job.started_at = job.ended_at = now()
         self.handle_job_failure(job, queue, exc_string=f"refused: {why}", execution=execution)
