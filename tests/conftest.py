@@ -10,9 +10,11 @@ import redis
 
 from photosentry.hashes.banks import SqliteBankStore
 from photosentry.models.open_nsfw import OpenNsfwClassifier
+from photosentry.worker.delivery import CallbackSigner
 from photosentry.worker.policy import Policy
 
 from . import corpus as corpus_mod
+from .callback_receiver import KEY, Receiver
 from .redis_server import running_redis_server
 
 
@@ -63,3 +65,11 @@ def redis_client(redis_server: str) -> Iterator[redis.Redis]:
     client.flushdb()
     yield client
     client.close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A local HTTP callback receiver that checks signatures with the test KEY."""
+    r = Receiver(CallbackSigner(KEY))
+    yield r
+    r.close()

@@ -3,59 +3,12 @@
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from photosentry.worker.delivery import CallbackSigner, post_callback
 
-KEY = b"0123456789abcdef-test-key"
-
-
-class Receiver:
-    """A local callback receiver that checks signatures and can be told to fail."""
-
-    def __init__(self, signer: CallbackSigner) -> None:
-        self.signer = signer
-        self.fail_next: list[int] = []
-        self.received: list[dict] = []
-        self.rejected = 0
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if receiver.fail_next:
-                    self.send_response(receiver.fail_next.pop(0))
-                elif not receiver.signer.verify(body, dict(self.headers)):
-                    receiver.rejected += 1
-                    self.send_response(401)
-                else:
-                    receiver.received.append(json.loads(body))
-                    self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/verdicts"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver(CallbackSigner(KEY))
-    yield r
-    r.close()
-
+from .callback_receiver import KEY, Receiver
 
 BODY = json.dumps({"upload_id": "u-1", "action": "block"}).encode()
 

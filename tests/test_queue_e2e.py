@@ -30,20 +30,12 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from photosentry import enqueue_scan
-from photosentry.worker.delivery import CallbackSigner
 
 from .corpus import Corpus
-from .test_delivery import KEY, Receiver
+from .callback_receiver import KEY, Receiver
 
 PHOTOSENTRY = str(Path(sys.executable).with_name("photosentry"))
 DEADLINE_S = 60.0
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver(CallbackSigner(KEY))
-    yield r
-    r.close()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,6 @@ from photosentry.hashes.codecs import Algorithm
 from photosentry.hashes.matcher import BankMatcher
 from photosentry.hashes.redis_banks import RedisBankStore
 from photosentry.models.open_nsfw import OpenNsfwClassifier
-from photosentry.worker.delivery import CallbackSigner
 from photosentry.worker.jobs import SCAN_FUNCTION
 from photosentry.worker.main import (ScanWorker, alive_key, give_up_with_verdict, recover_abandoned,
                                      recover_intermediate)
@@ -37,14 +35,7 @@ from photosentry.worker.policy import Policy
 from photosentry.worker.service import ScanService, ServiceSettings, install
 
 from .corpus import Corpus
-from .test_delivery import KEY, Receiver
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver(CallbackSigner(KEY))
-    yield r
-    r.close()
+from .callback_receiver import KEY, Receiver
 
 
 @pytest.fixture
