@@ -14,7 +14,7 @@ import io
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -183,35 +183,17 @@ class Scanner:
         matches: list[Match],
         scores: list[ModelScore],
     ) -> Verdict:
-        start = time.perf_counter()
-        profile = self.policy.profile_for(context)
-        action, reasons = decide(profile, matches=matches, scores=scores, failures=run.failures)
-        run.timings["decide"] = (time.perf_counter() - start) * 1000.0
-        media = None
-        if decoded is not None:
-            media = MediaInfo(
-                decoded.format,
-                decoded.width,
-                decoded.height,
-                decoded.frame_count,
-                len(decoded.frames),
-                decoded.notes,
-            )
-        return Verdict(
+        return _build_verdict(
+            self.policy,
+            run,
             subject=subject,
-            action=action,
-            reasons=reasons,
-            policy_version=self.policy.version,
-            profile=profile.name,
+            context=context,
             bank_version=self.matcher.version if self.matcher else 0,
-            matches=tuple(matches),
-            scores=tuple(scores),
             hashes=hashes,
-            media=media,
-            timings_ms=dict(run.timings),
-            context=dict(context),
+            decoded=decoded,
+            matches=matches,
+            scores=scores,
         )
-
 
 def failure_verdict(
     policy: Policy,
@@ -230,11 +212,39 @@ def failure_verdict(
     """
     run = _Run()
     run.failures.append((code, message))
-    context = dict(context or {})
+    return _build_verdict(
+        policy,
+        run,
+        subject=subject,
+        context=context or {},
+        bank_version=bank_version,
+        hashes=_safe_hash(data) if data is not None else None,
+    )
+
+
+def _build_verdict(
+    policy: Policy,
+    run: _Run,
+    *,
+    subject: str,
+    context: Mapping[str, Any],
+    bank_version: int,
+    hashes: ImageHashes | None = None,
+    decoded: DecodedImage | None = None,
+    matches: Sequence[Match] = (),
+    scores: Sequence[ModelScore] = (),
+) -> Verdict:
+    """Decide under ``policy`` and assemble the Verdict: the one place both a full scan
+    and a failure-only verdict go through, so they cannot drift apart."""
     start = time.perf_counter()
     profile = policy.profile_for(context)
-    action, reasons = decide(profile, failures=run.failures)
+    action, reasons = decide(profile, matches=matches, scores=scores, failures=run.failures)
     run.timings["decide"] = (time.perf_counter() - start) * 1000.0
+    media = None
+    if decoded is not None:
+        media = MediaInfo(
+            decoded.format, decoded.width, decoded.height, decoded.frame_count, len(decoded.frames), decoded.notes
+        )
     return Verdict(
         subject=subject,
         action=action,
@@ -242,11 +252,13 @@ def failure_verdict(
         policy_version=policy.version,
         profile=profile.name,
         bank_version=bank_version,
-        hashes=_safe_hash(data) if data is not None else None,
+        matches=tuple(matches),
+        scores=tuple(scores),
+        hashes=hashes,
+        media=media,
         timings_ms=dict(run.timings),
-        context=context,
+        context=dict(context),
     )
-
 
 def _safe_hash(data: bytes) -> ImageHashes | None:
     try:
