@@ -1,0 +1,148 @@
+"""The ``photosentry`` command group, its exit codes and the helpers its subcommands share.
+
+Exit status of ``photosentry scan`` (documented in the README):
+    0  every photo was allowed
+    1  at least one photo was quarantined or blocked
+    2  usage error (bad option, missing path)
+    3  set-up error (model, policy or bank could not be loaded)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from enum import IntEnum
+from pathlib import Path
+
+import click
+
+from .. import defaults
+from ..config import data_dir, ensure_private_dir
+from ..errors import ModelUnavailable
+from ..hashes.banks import BankStore, SqliteBankStore
+
+
+class ExitCode(IntEnum):
+    ALLOWED = 0
+    FLAGGED = 1
+    USAGE = 2
+    SETUP = 3
+
+
+class SetupError(click.ClickException):
+    """Something the command needs could not be loaded; exits with ExitCode.SETUP."""
+
+    exit_code = ExitCode.SETUP
+
+
+def open_store(ctx: click.Context) -> BankStore:
+    redis_url = ctx.obj.get("bank_redis_url")
+    if redis_url:
+        import redis as _redis
+
+        from ..hashes.redis_banks import RedisBankStore
+
+        client = _redis.Redis.from_url(redis_url)
+        try:
+            client.ping()
+        except _redis.RedisError as exc:
+            from ..config import redact_url
+
+            raise SetupError(f"cannot reach the Redis bank at {redact_url(redis_url)}: {exc}") from exc
+        return RedisBankStore(client)
+    home = ensure_private_dir(data_dir(ctx.obj["data_dir"]))
+    try:
+        return SqliteBankStore(home / defaults.BANK_DB_FILENAME)
+    except Exception as exc:  # sqlite3 raises several types for a bad file
+        raise SetupError(f"cannot open the bank database in {home}: {exc}") from exc
+
+
+def close_store(store: BankStore) -> None:
+    close = getattr(store, "close", None)
+    if close is not None:
+        close()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--data-dir",
+    envvar=defaults.DATA_DIR_ENV,
+    type=click.Path(file_okay=False),
+    help="Where the bank database lives. Default: $PHOTOSENTRY_HOME, else ~/.local/share/photosentry.",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log what is loaded (model provider, bank size).")
+@click.version_option(package_name="photosentry")
+@click.pass_context
+def cli(ctx: click.Context, data_dir: str | None, verbose: bool) -> None:
+    """PhotoSentry: check photos against banned-hash banks and a nudity model.
+
+    \b
+    Start here:
+      photosentry scan ~/uploads            scan a folder, print a verdict per photo
+      photosentry ban add photo.jpg --by alice --reason "reported 1234"
+      photosentry ban list                  see what is banned
+    """
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    ctx.ensure_object(dict)
+    ctx.obj["data_dir"] = data_dir
+
+
+
+# -- shared by subcommands ------------------------------------------------------------
+
+
+def context_pairs(values: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--context")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def walk_files(paths: Sequence[str]) -> Iterator[Path]:
+    """Files under ``paths`` in a stable order; extensions are ignored on purpose."""
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for root, dirs, files in os.walk(path):
+                dirs.sort()
+                for name in sorted(files):
+                    yield Path(root) / name
+        else:
+            yield path
+
+
+def who_why_options(f):  # type: ignore[no-untyped-def]
+    f = click.option("--reason", required=True, help="Why (ticket, report id): kept in the audit trail.")(f)
+    f = click.option("--by", "actor", required=True, help="Who is making this change: kept in the audit trail.")(f)
+    return f
+
+
+def redis_url_option(f):  # type: ignore[no-untyped-def]
+    return click.option(
+        "--redis-url", envvar=defaults.REDIS_URL_ENV, required=True, metavar="URL",
+        help="Redis holding the queues, the shared bank and the verdict stream, e.g. redis://host:6379/0."
+             f" Env: {defaults.REDIS_URL_ENV}. Passwords are never logged.",
+    )(f)
+
+
+def split_roots(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    roots: list[str] = []
+    for item in value:
+        roots.extend(p for p in item.split(os.pathsep) if p)
+    for root in roots:
+        if not os.path.isdir(root):
+            raise click.BadParameter(f"{root!r} is not a directory", param_hint="--source-root")
+    return tuple(roots)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="photosentry", standalone_mode=True)
+    except ModelUnavailable as exc:  # pragma: no cover - raised as SetupError above
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(ExitCode.SETUP)
