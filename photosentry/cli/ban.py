@@ -10,9 +10,9 @@ import click
 from .. import defaults
 from ..decode import Limits, decode, read_limited
 from ..errors import InvalidHash, PhotoSentryError, UnreadableImage
-from ..hashes.banks import BankEntry, EntrySource, NewEntry
+from ..hashes.banks import BankEntry, BankKind, EntrySource, NewEntry, entries_from_hashes
 from ..hashes.codecs import Algorithm, parse_tagged
-from ..hashes.signals import PdqSignal, hash_image
+from ..hashes.signals import hash_image
 from .root import (
     cli,
     close_store,
@@ -87,22 +87,9 @@ def _entries_from_image(path: Path, bank: str, label: str) -> list[NewEntry]:
     except UnreadableImage as exc:
         raise click.BadParameter(f"{path}: {exc.code}: {exc.message}", param_hint="IMAGES") from exc
     hashes = hash_image(data, decoded.frames, decoded.frame_indices)
-    label = label or path.name
-    group = hashes.sha256
-    entries = [
-        NewEntry(Algorithm.SHA256, hashes.sha256, bank, label, EntrySource.IMAGE, group),
-        NewEntry(Algorithm.MD5, hashes.md5, bank, label, EntrySource.IMAGE, group),
-    ]
-    for frame in hashes.frames:
-        for ph in frame.hashes:
-            if ph.algorithm is Algorithm.PDQ and (ph.quality or 0) < PdqSignal.QUALITY_THRESHOLD:
-                click.echo(
-                    f"warning: {path.name} frame {frame.frame}: PDQ quality {ph.quality} is below"
-                    f" {PdqSignal.QUALITY_THRESHOLD}; its PDQ hash will not match on its own", err=True)
-            try:
-                entries.append(NewEntry(ph.algorithm, ph.value, bank, label, EntrySource.IMAGE, group))
-            except InvalidHash as exc:  # e.g. a blank frame's all-zero hash
-                click.echo(f"warning: {path.name}: skipped {ph.algorithm.value}: {exc}", err=True)
+    entries, warnings = entries_from_hashes(hashes, bank, label=label or path.name)
+    for warning in warnings:
+        click.echo(f"warning: {path.name} {warning}", err=True)
     return entries
 
 
@@ -158,15 +145,23 @@ def ban_remove(ctx: click.Context, entry_ids: tuple[int, ...], groups: tuple[str
 @click.option("--phash", type=click.IntRange(0, 31), default=None, help=f"pHash match distance (default {defaults.PHASH_MATCH_DISTANCE}).")
 @click.option("--dhash", type=click.IntRange(0, 31), default=None, help=f"dHash match distance (default {defaults.DHASH_MATCH_DISTANCE}).")
 @click.option("--description", default=None, help="What this bank holds (kept if not given).")
+@click.option("--kind", type=click.Choice([k.value for k in BankKind]), default=None,
+              help="ban: matches count against a photo (new banks). allow: known false positives; a match"
+                   " suppresses ban matches as the policy's [allow] table permits. Kept if not given.")
 @who_why_options
 @click.pass_context
 def ban_configure(ctx: click.Context, bank: str, pdq: int | None, phash: int | None, dhash: int | None,
-                  description: str | None, actor: str, reason: str) -> None:
-    """Set how close a perceptual hash must be to match in BANK.
+                  description: str | None, kind: str | None, actor: str, reason: str) -> None:
+    """Set how close a perceptual hash must be to match in BANK, and what kind of bank it is.
 
     Lower is stricter (fewer false matches, more missed copies). Only the distances
-    (and description) you give change; the others keep their current value, or the
-    default if never set. See docs/matching.md for how the defaults were chosen.
+    (and description, kind) you give change; the others keep their current value, or
+    the default if never set. See docs/matching.md for how the defaults were chosen.
+
+    \b
+    Examples:
+      photosentry ban configure moderation --phash 6 --by alice --reason "fewer false matches"
+      photosentry ban configure false_positives --kind allow --by alice --reason "released photos"
     """
     given = {a: d for a, d in ((Algorithm.PDQ, pdq), (Algorithm.PHASH, phash), (Algorithm.DHASH, dhash)) if d is not None}
     store = open_store(ctx)
@@ -178,10 +173,11 @@ def ban_configure(ctx: click.Context, bank: str, pdq: int | None, phash: int | N
             description=current.description if description is None else description,
             actor=actor,
             reason=reason,
+            kind=BankKind(kind) if kind else None,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
-    click.echo(f"{cfg.name}: " + ", ".join(f"{a.value} <= {cfg.distance(a)}" for a in Algorithm if a.is_perceptual))
+    click.echo(f"{cfg.name} ({cfg.kind.value}): " + ", ".join(f"{a.value} <= {cfg.distance(a)}" for a in Algorithm if a.is_perceptual))
     close_store(store)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..errors import BankNotFound, InvalidHash
 from .codecs import Algorithm, normalize
-from .signals import SIGNALS
+from .signals import SIGNALS, ImageHashes, PdqSignal
 
 
 class EntrySource(str, Enum):
@@ -31,6 +31,16 @@ class EntrySource(str, Enum):
     IMAGE = "image"
     #: Read from an import file (industry list, export of another instance).
     IMPORT = "import"
+
+
+class BankKind(str, Enum):
+    """What a match in a bank means."""
+
+    #: Banned hashes: a match is evidence against the photo (the policy picks the action).
+    BAN = "ban"
+    #: Known false positives: a match suppresses ban matches (and what else the policy
+    #: allows) for that photo, e.g. photos a moderator released from quarantine.
+    ALLOW = "allow"
 
 
 class ChangeOp(str, Enum):
@@ -93,6 +103,11 @@ class BankConfig:
     name: str
     distances: dict[Algorithm, int] = field(default_factory=dict)
     description: str = ""
+    kind: BankKind = BankKind.BAN
+
+    @property
+    def is_allow(self) -> bool:
+        return self.kind is BankKind.ALLOW
 
     def distance(self, algorithm: Algorithm) -> int:
         if not algorithm.is_perceptual:
@@ -111,6 +126,61 @@ class Change:
     actor: str
     reason: str
     at: float
+
+
+def entries_from_hashes(
+    hashes: ImageHashes, bank: str, *, label: str = "", source: EntrySource = EntrySource.IMAGE
+) -> tuple[list[NewEntry], list[str]]:
+    """The bank entries for one photo's hashes, grouped by its SHA-256, and warnings.
+
+    Every hash of the photo becomes an entry: SHA-256, MD5 and each frame's PDQ,
+    pHash and dHash. A degenerate perceptual hash (a blank frame) is skipped with a
+    warning; a low-quality PDQ hash is kept, with a warning that it will not match on
+    its own.
+    """
+    group = hashes.sha256
+    entries = [
+        NewEntry(Algorithm.SHA256, hashes.sha256, bank, label, source, group),
+        NewEntry(Algorithm.MD5, hashes.md5, bank, label, source, group),
+    ]
+    warnings: list[str] = []
+    for frame in hashes.frames:
+        for ph in frame.hashes:
+            if ph.algorithm is Algorithm.PDQ and (ph.quality or 0) < PdqSignal.QUALITY_THRESHOLD:
+                warnings.append(
+                    f"frame {frame.frame}: PDQ quality {ph.quality} is below {PdqSignal.QUALITY_THRESHOLD};"
+                    " its PDQ hash will not match on its own"
+                )
+            try:
+                entries.append(NewEntry(ph.algorithm, ph.value, bank, label, source, group))
+            except InvalidHash as exc:  # e.g. a blank frame's all-zero hash
+                warnings.append(f"frame {frame.frame}: skipped {ph.algorithm.value}: {exc}")
+    return entries, warnings
+
+
+def allow_photo(
+    store: "BankStore", hashes: ImageHashes, *, bank: str, actor: str, reason: str, label: str = ""
+) -> list["BankEntry"]:
+    """Put a photo's hashes in an allow bank (a moderator released it as a false positive).
+
+    Makes ``bank`` an allow bank first if it is new. Refuses a bank that already holds
+    ban entries or was configured as a ban bank: adding a released photo there would
+    block it instead. Returns the entries (existing ones for hashes already there).
+
+    Raises:
+        ValueError: ``bank`` is a ban bank; or no actor/reason.
+    """
+    _check_actor(actor, reason)
+    current = store.bank(bank)
+    if not current.is_allow:
+        known = any(b.name == bank for b in store.banks())
+        if known:
+            raise ValueError(f"bank {bank!r} is a ban bank; configure an allow bank (--kind allow) for released photos")
+        store.configure_bank(
+            bank, distances={}, description="released false positives", actor=actor, reason=reason, kind=BankKind.ALLOW
+        )
+    entries, _ = entries_from_hashes(hashes, bank, label=label, source=EntrySource.IMAGE)
+    return store.add(entries, actor=actor, reason=reason)
 
 
 def _check_bank_name(name: str) -> None:
@@ -168,18 +238,40 @@ class BankStore(ABC):
 
     @t.final
     def configure_bank(
-        self, name: str, *, distances: dict[Algorithm, int], description: str, actor: str, reason: str
+        self,
+        name: str,
+        *,
+        distances: dict[Algorithm, int],
+        description: str,
+        actor: str,
+        reason: str,
+        kind: BankKind | None = None,
     ) -> BankConfig:
-        """Create or update a bank's match distances (validated here for every backend)."""
+        """Create or update a bank's match distances and kind (validated here for every backend).
+
+        ``kind=None`` keeps the bank's current kind (``ban`` for a new bank), so a caller
+        that only tunes distances can never turn an allow bank into a ban bank.
+        """
         _check_bank_name(name)
         _check_actor(actor, reason)
         _check_distances(distances)
-        self._configure_bank(name, distances=distances, description=description, actor=actor, reason=reason)
+        if kind is None:
+            kind = self.bank(name).kind
+        self._configure_bank(
+            name, distances=distances, description=description, actor=actor, reason=reason, kind=BankKind(kind)
+        )
         return self.bank(name)
 
     @abstractmethod
     def _configure_bank(
-        self, name: str, *, distances: dict[Algorithm, int], description: str, actor: str, reason: str
+        self,
+        name: str,
+        *,
+        distances: dict[Algorithm, int],
+        description: str,
+        actor: str,
+        reason: str,
+        kind: BankKind,
     ) -> None:
         """Store an already validated bank configuration and log the change."""
 
@@ -196,7 +288,8 @@ CREATE TABLE IF NOT EXISTS banks (
     description TEXT NOT NULL DEFAULT '',
     pdq_distance INTEGER,
     phash_distance INTEGER,
-    dhash_distance INTEGER
+    dhash_distance INTEGER,
+    kind TEXT NOT NULL DEFAULT 'ban'
 );
 CREATE TABLE IF NOT EXISTS entries (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -248,6 +341,13 @@ class SqliteBankStore(BankStore):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        # Bank files written before allow banks existed lack the `kind` column.
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(banks)")}
+        if "kind" not in columns:
+            self._db.execute("ALTER TABLE banks ADD COLUMN kind TEXT NOT NULL DEFAULT 'ban'")
 
     def close(self) -> None:
         self._db.close()
@@ -304,20 +404,28 @@ class SqliteBankStore(BankStore):
         return [self.get(i) for i in entry_ids]
 
     def _configure_bank(
-        self, name: str, *, distances: dict[Algorithm, int], description: str, actor: str, reason: str
+        self,
+        name: str,
+        *,
+        distances: dict[Algorithm, int],
+        description: str,
+        actor: str,
+        reason: str,
+        kind: BankKind,
     ) -> None:
         with self._transaction() as db:
             db.execute(
-                "INSERT INTO banks (name, description, pdq_distance, phash_distance, dhash_distance)"
-                " VALUES (?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET description=excluded.description,"
+                "INSERT INTO banks (name, description, pdq_distance, phash_distance, dhash_distance, kind)"
+                " VALUES (?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET description=excluded.description,"
                 " pdq_distance=excluded.pdq_distance, phash_distance=excluded.phash_distance,"
-                " dhash_distance=excluded.dhash_distance",
+                " dhash_distance=excluded.dhash_distance, kind=excluded.kind",
                 (
                     name,
                     description,
                     distances.get(Algorithm.PDQ),
                     distances.get(Algorithm.PHASH),
                     distances.get(Algorithm.DHASH),
+                    kind.value,
                 ),
             )
             self._log(db, ChangeOp.BANK, None, name, actor, reason, time.time())
@@ -369,9 +477,10 @@ class SqliteBankStore(BankStore):
                     if d is not None
                 },
                 r[1],
+                BankKind(r[5]),
             )
             for r in self._db.execute(
-                "SELECT name, description, pdq_distance, phash_distance, dhash_distance FROM banks"
+                "SELECT name, description, pdq_distance, phash_distance, dhash_distance, kind FROM banks"
             )
         }
         for (name,) in self._db.execute("SELECT DISTINCT bank FROM entries"):

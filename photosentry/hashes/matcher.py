@@ -31,6 +31,9 @@ class Match:
     variant: int = 0
     #: A PDQ match from a low-quality hash: it does not count on its own.
     weak: bool = False
+    #: The entry is in an allow bank (a known false positive): the policy may let
+    #: it suppress ban matches for this photo instead of counting it against it.
+    allow: bool = False
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -42,6 +45,7 @@ class Match:
             "frame": self.frame,
             "variant": self.variant,
             "weak": self.weak,
+            "allow": self.allow,
         }
 
 
@@ -121,7 +125,8 @@ class BankMatcher:
         if current is not None and (current.weak, current.distance) <= (weak, distance):
             return
         meta = self._meta[entry_id]
-        best[entry_id] = Match(entry_id, meta.bank, meta.algorithm, distance, meta.label, frame, variant, weak)
+        best[entry_id] = Match(entry_id, meta.bank, meta.algorithm, distance, meta.label, frame, variant, weak,
+                               self.bank(meta.bank).is_allow)
 
     def _max_distance(self, algorithm: Algorithm) -> int:
         return max([self.bank(b).distance(algorithm) for b in self._banks] + [BankConfig("").distance(algorithm)])

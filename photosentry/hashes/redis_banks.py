@@ -34,6 +34,7 @@ from ..errors import BankNotFound
 from .banks import (
     BankConfig,
     BankEntry,
+    BankKind,
     BankStore,
     Change,
     ChangeOp,
@@ -179,9 +180,17 @@ class RedisBankStore(BankStore):
         return self._get_many(ids)
 
     def _configure_bank(
-        self, name: str, *, distances: dict[Algorithm, int], description: str, actor: str, reason: str
+        self,
+        name: str,
+        *,
+        distances: dict[Algorithm, int],
+        description: str,
+        actor: str,
+        reason: str,
+        kind: BankKind,
     ) -> None:
-        config = json.dumps({"description": description, "distances": {a.value: int(d) for a, d in distances.items()}})
+        config = json.dumps({"description": description, "kind": kind.value,
+                             "distances": {a.value: int(d) for a, d in distances.items()}})
         self._configure(keys=self._keys, args=[self.prefix, actor, reason, name, config])
 
     # -- reads --------------------------------------------------------------------
@@ -237,7 +246,8 @@ class RedisBankStore(BankStore):
         for name, raw in configs.items():
             c = json.loads(_text(raw))
             distances = {Algorithm(a): int(d) for a, d in c["distances"].items()}
-            out[_text(name)] = BankConfig(_text(name), distances, c["description"])
+            # Configs written before allow banks existed have no kind: they are ban banks.
+            out[_text(name)] = BankConfig(_text(name), distances, c["description"], BankKind(c.get("kind", "ban")))
         return sorted(out.values(), key=lambda b: b.name)
 
     # -- internals ----------------------------------------------------------------

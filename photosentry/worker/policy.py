@@ -39,6 +39,23 @@ class Thresholds:
         return Thresholds(_min(self.quarantine, other.quarantine), _min(self.block, other.block))
 
 
+#: What an allow-bank match may ever suppress: never a failure (fail closed).
+ALLOW_SUPPRESSIBLE = frozenset({ReasonCode.BANK_MATCH, ReasonCode.NUDITY})
+
+
+@dataclass(frozen=True)
+class AllowRules:
+    """What a match in an allow bank (a known false positive) may suppress (``[allow]``)."""
+
+    #: Reason codes an allow match suppresses: a subset of ``bank_match`` and ``nudity``.
+    suppresses: frozenset[ReasonCode] = ALLOW_SUPPRESSIBLE
+    #: Banks whose matches an allow match never suppresses.
+    never_suppress_banks: frozenset[str] = frozenset()
+
+    def stricter(self, other: "AllowRules") -> "AllowRules":
+        return AllowRules(self.suppresses & other.suppresses, self.never_suppress_banks | other.never_suppress_banks)
+
+
 @dataclass(frozen=True)
 class Profile:
     """The effective rules for one upload after its context picked profiles."""
@@ -48,6 +65,7 @@ class Profile:
     bank_actions: Mapping[str, Action]
     default_bank_action: Action
     fail_closed: Mapping[ReasonCode, Action]
+    allow: AllowRules = AllowRules()
 
     def bank_action(self, bank: str) -> Action:
         return self.bank_actions.get(bank, self.default_bank_action)
@@ -61,6 +79,7 @@ class _ProfileRule:
     when_under: Mapping[str, float]
     models: Mapping[str, Thresholds]
     bank_actions: Mapping[str, Action]
+    allow: AllowRules | None = None
 
     def applies(self, context: Mapping[str, Any]) -> bool:
         if any(_truthy(context.get(key)) for key in self.when_true):
@@ -111,7 +130,7 @@ class Policy:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], *, source: str = "<dict>") -> "Policy":
         where = source
-        _only(raw, {"version", "description", "models", "banks", "fail_closed", "profiles"}, where)
+        _only(raw, {"version", "description", "models", "banks", "fail_closed", "profiles", "allow"}, where)
         version = raw.get("version")
         if not isinstance(version, str) or not version.strip():
             raise PolicyError(f"{where}: `version` must be a non-empty string")
@@ -133,13 +152,14 @@ class Policy:
             bank_actions=_bank_actions(banks, f"{where}: banks"),
             default_bank_action=default_bank_action,
             fail_closed=fail_closed,
+            allow=_allow_rules(raw.get("allow", {}), f"{where}: allow"),
         )
         rules = []
         for name, body in dict(raw.get("profiles", {})).items():
             w = f"{where}: profiles.{name}"
             if not isinstance(body, Mapping):
                 raise PolicyError(f"{w} must be a table")
-            _only(body, {"description", "when_true", "when_under", "models", "banks"}, w)
+            _only(body, {"description", "when_true", "when_under", "models", "banks", "allow"}, w)
             when_true = body.get("when_true", [])
             when_under = body.get("when_under", {})
             if not isinstance(when_true, list) or not all(isinstance(k, str) for k in when_true):
@@ -156,6 +176,7 @@ class Policy:
                     when_under=dict(when_under),
                     models=_models(body.get("models", {}), f"{w}.models"),
                     bank_actions=_bank_actions(dict(body.get("banks", {})), f"{w}.banks"),
+                    allow=_allow_rules(body["allow"], f"{w}.allow") if "allow" in body else None,
                 )
             )
         return cls(version=version.strip(), base=base, rules=tuple(rules), source=source)
@@ -169,7 +190,10 @@ class Policy:
             return self.base
         models = dict(self.base.models)
         banks = dict(self.base.bank_actions)
+        allow = self.base.allow
         for rule in applied:
+            if rule.allow is not None:
+                allow = allow.stricter(rule.allow)
             for model, thresholds in rule.models.items():
                 models[model] = models[model].stricter(thresholds) if model in models else thresholds
             for bank, action in rule.bank_actions.items():
@@ -181,6 +205,7 @@ class Policy:
             bank_actions=banks,
             default_bank_action=self.base.default_bank_action,
             fail_closed=self.base.fail_closed,
+            allow=allow,
         )
 
     def require_models(self, model_ids: Sequence[str]) -> None:
@@ -207,8 +232,13 @@ def decide(
         reasons.append(Reason(code, profile.fail_closed[code], text))
 
     by_bank: dict[str, list[Match]] = {}
+    allowed: list[Match] = []
     for m in matches:
-        if not m.weak:  # a low-quality PDQ hash does not match on its own
+        if m.weak:  # a low-quality PDQ hash does not match on its own
+            continue
+        if m.allow:
+            allowed.append(m)
+        else:
             by_bank.setdefault(m.bank, []).append(m)
     for bank, hits in by_bank.items():
         closest = min(hits, key=lambda m: m.distance / m.algorithm.bits)
@@ -236,13 +266,60 @@ def decide(
                 )
                 break
 
+    if allowed:
+        reasons = _suppress(profile.allow, allowed, reasons)
     if not reasons:
         return Action.ALLOW, (Reason(ReasonCode.CLEAN, Action.ALLOW, "no bank match and no score over a threshold"),)
     reasons.sort(key=lambda r: -r.action.severity)
     return Action.most_severe([r.action for r in reasons]), tuple(reasons)
 
 
+def _suppress(rules: AllowRules, allowed: Sequence[Match], reasons: list[Reason]) -> list[Reason]:
+    """Drop the reasons an allow match may suppress; record them in one ``allow_listed`` reason."""
+    kept, suppressed = [], []
+    for r in reasons:
+        bank = r.detail.get("bank") if r.code is ReasonCode.BANK_MATCH else None
+        if r.code in rules.suppresses and bank not in rules.never_suppress_banks:
+            suppressed.append(r)
+        else:
+            kept.append(r)
+    if not suppressed:
+        return kept
+    closest = min(allowed, key=lambda m: m.distance / m.algorithm.bits)
+    banks = sorted({m.bank for m in allowed})
+    kept.append(
+        Reason(
+            ReasonCode.ALLOW_LISTED,
+            Action.ALLOW,
+            f"allow bank {', '.join(repr(b) for b in banks)} (entry {closest.entry_id},"
+            f" {closest.algorithm.value} distance {closest.distance}) suppressed "
+            + ", ".join(f"{r.code.value} ({r.action.value})" for r in suppressed),
+            {
+                "allow_banks": banks,
+                "allow_entry_ids": sorted(m.entry_id for m in allowed),
+                "suppressed": [r.to_dict() for r in suppressed],
+            },
+        )
+    )
+    return kept
+
+
 # -- parsing helpers ------------------------------------------------------------------
+
+
+def _allow_rules(table: Any, where: str) -> AllowRules:
+    if not isinstance(table, Mapping):
+        raise PolicyError(f"{where} must be a table")
+    _only(table, {"suppresses", "never_suppress_banks"}, where)
+    codes = table.get("suppresses", sorted(c.value for c in ALLOW_SUPPRESSIBLE))
+    banks = table.get("never_suppress_banks", [])
+    allowed = sorted(c.value for c in ALLOW_SUPPRESSIBLE)
+    if not isinstance(codes, list) or not all(isinstance(c, str) and c in allowed for c in codes):
+        raise PolicyError(f"{where}.suppresses must be a list drawn from {allowed} (failures are never suppressed)")
+    if not isinstance(banks, list) or not all(isinstance(b, str) for b in banks):
+        raise PolicyError(f"{where}.never_suppress_banks must be a list of bank names")
+    return AllowRules(frozenset(ReasonCode(c) for c in codes), frozenset(banks))
+
 
 
 def _only(table: Mapping[str, Any], allowed: set[str], where: str) -> None:

@@ -49,6 +49,10 @@ class ReasonCode(str, Enum):
     BANK_MATCH = "bank_match"
     #: A nudity model's score reached a threshold.
     NUDITY = "nudity"
+    #: The photo matched an allow bank (a known false positive), which suppressed
+    #: other reasons (bank matches, a model score) as the policy's ``[allow]`` permits;
+    #: the suppressed reasons are listed in this reason's detail, the matches stay.
+    ALLOW_LISTED = "allow_listed"
     #: The file has no bytes.
     EMPTY_FILE = _decode.EMPTY_FILE
     #: The file exceeds the byte limit.

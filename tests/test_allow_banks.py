@@ -1,0 +1,170 @@
+"""Allow banks: known false positives that suppress ban matches, as the policy permits."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from photosentry.decode import decode
+from photosentry.errors import PolicyError
+from photosentry.hashes.banks import BankKind, SqliteBankStore, allow_photo, entries_from_hashes
+from photosentry.hashes.codecs import Algorithm
+from photosentry.hashes.matcher import BankMatcher, Match
+from photosentry.hashes.redis_banks import RedisBankStore
+from photosentry.hashes.signals import hash_image
+from photosentry.models.classifier import ModelScore
+from photosentry.models.open_nsfw import OpenNsfwClassifier
+from photosentry.worker.pipeline import Scanner
+from photosentry.worker.policy import Policy, decide
+from photosentry.worker.verdict import Action, ReasonCode
+
+from . import corpus as corpus_mod
+
+WHO = {"actor": "mod@example.org", "reason": "released false positive"}
+MINORS = {"recipient_is_minor": True}
+
+
+def m(bank: str, entry_id: int, *, allow: bool = False, weak: bool = False) -> Match:
+    return Match(entry_id, bank, Algorithm.PDQ, 3, weak=weak, allow=allow)
+
+
+def score(value: float) -> ModelScore:
+    return ModelScore(model_id="open_nsfw", model_version="1", score=value, labels={"nsfw": value})
+
+
+def hashes_of(path: Path):
+    data = path.read_bytes()
+    image = decode(data)
+    return hash_image(data, image.frames, image.frame_indices)
+
+
+# -- policy ------------------------------------------------------------------------
+
+
+def test_allow_match_suppresses_ban_match_and_keeps_it_visible(policy: Policy) -> None:
+    action, reasons = decide(policy.base, matches=[m("banned", 1), m("fp", 2, allow=True)])
+    assert action is Action.ALLOW
+    assert [r.code for r in reasons] == [ReasonCode.ALLOW_LISTED]
+    detail = reasons[0].detail
+    assert detail["allow_banks"] == ["fp"] and detail["allow_entry_ids"] == [2]
+    assert [s["code"] for s in detail["suppressed"]] == ["bank_match"]
+    assert detail["suppressed"][0]["detail"]["bank"] == "banned"
+
+
+def test_allow_match_suppresses_a_model_quarantine_but_not_for_minors(policy: Policy) -> None:
+    allow = [m("fp", 2, allow=True)]
+    action, reasons = decide(policy.base, matches=allow, scores=[score(0.8)])
+    assert action is Action.ALLOW and reasons[0].code is ReasonCode.ALLOW_LISTED
+    minors = policy.profile_for(MINORS)
+    action, reasons = decide(minors, matches=allow, scores=[score(0.75)])
+    assert action is Action.QUARANTINE and [r.code for r in reasons] == [ReasonCode.NUDITY]
+    # ... while it still corrects a wrong bank entry for minors.
+    action, reasons = decide(minors, matches=[m("moderation", 1), *allow])
+    assert action is Action.ALLOW and reasons[0].code is ReasonCode.ALLOW_LISTED
+
+
+def test_failures_are_never_suppressed(policy: Policy) -> None:
+    action, reasons = decide(
+        policy.base, matches=[m("banned", 1), m("fp", 2, allow=True)], failures=[(ReasonCode.UNREADABLE, "bad")]
+    )
+    assert action is Action.QUARANTINE
+    assert [r.code for r in reasons] == [ReasonCode.UNREADABLE, ReasonCode.ALLOW_LISTED]
+
+
+def test_weak_allow_match_suppresses_nothing(policy: Policy) -> None:
+    action, reasons = decide(policy.base, matches=[m("banned", 1), m("fp", 2, allow=True, weak=True)])
+    assert action is Action.BLOCK and [r.code for r in reasons] == [ReasonCode.BANK_MATCH]
+
+
+def test_allow_match_alone_is_clean(policy: Policy) -> None:
+    action, reasons = decide(policy.base, matches=[m("fp", 2, allow=True)])
+    assert action is Action.ALLOW and reasons[0].code is ReasonCode.CLEAN
+
+
+def test_never_suppress_banks_and_profile_narrowing() -> None:
+    policy = Policy.from_toml(
+        'version = "t"\n[models.open_nsfw]\nquarantine = 0.7\n'
+        '[allow]\nsuppresses = ["bank_match"]\nnever_suppress_banks = ["csam"]\n'
+        '[profiles.kids]\nwhen_true = ["kid"]\n[profiles.kids.allow]\nsuppresses = []\n'
+    )
+    action, reasons = decide(policy.base, matches=[m("csam", 1), m("banned", 3), m("fp", 2, allow=True)])
+    assert action is Action.BLOCK
+    assert [r.code for r in reasons] == [ReasonCode.BANK_MATCH, ReasonCode.ALLOW_LISTED]
+    assert reasons[0].detail["bank"] == "csam"
+    action, _ = decide(policy.base, matches=[m("fp", 2, allow=True)], scores=[score(0.8)])
+    assert action is Action.QUARANTINE  # nudity is not in this policy's suppresses
+    kids = policy.profile_for({"kid": True})
+    assert decide(kids, matches=[m("banned", 3), m("fp", 2, allow=True)])[0] is Action.BLOCK
+
+
+@pytest.mark.parametrize(
+    "table",
+    ['[allow]\nsuppresses = ["unreadable"]\n', '[allow]\nsuppresses = "bank_match"\n',
+     '[allow]\nnever_suppress_banks = [1]\n', '[allow]\nunknown = 1\n'],
+)
+def test_policy_refuses_bad_allow_tables(table: str) -> None:
+    with pytest.raises(PolicyError):
+        Policy.from_toml('version = "t"\n' + table)
+
+
+# -- banks ---------------------------------------------------------------------------
+
+
+def test_kind_is_stored_and_kept_when_not_given(store: SqliteBankStore) -> None:
+    cfg = store.configure_bank("fp", distances={}, description="", kind=BankKind.ALLOW, **WHO)
+    assert cfg.is_allow
+    cfg = store.configure_bank("fp", distances={Algorithm.PDQ: 20}, description="x", **WHO)
+    assert cfg.kind is BankKind.ALLOW and cfg.distances == {Algorithm.PDQ: 20}
+    assert store.bank("new").kind is BankKind.BAN
+
+
+def test_kind_round_trips_on_redis(redis_client) -> None:  # type: ignore[no-untyped-def]
+    store = RedisBankStore(redis_client, prefix="test:allow:")
+    store.configure_bank("fp", distances={}, description="", kind=BankKind.ALLOW, **WHO)
+    assert store.bank("fp").is_allow and not store.bank("banned").is_allow
+
+
+def test_old_sqlite_bank_file_gains_the_kind_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE banks (name TEXT PRIMARY KEY, description TEXT NOT NULL DEFAULT '',"
+               " pdq_distance INTEGER, phash_distance INTEGER, dhash_distance INTEGER)")
+    db.execute("INSERT INTO banks (name, pdq_distance) VALUES ('old', 12)")
+    db.commit()
+    db.close()
+    with SqliteBankStore(path) as store:
+        assert store.bank("old").kind is BankKind.BAN and store.bank("old").distance(Algorithm.PDQ) == 12
+
+
+# -- end to end: a released photo ---------------------------------------------------
+
+
+def test_released_photo_is_allowed_but_other_banned_photos_are_not(
+    policy: Policy, store: SqliteBankStore, classifier: OpenNsfwClassifier, corpus: corpus_mod.Corpus
+) -> None:
+    banned = hashes_of(corpus.banned)
+    entries, _ = entries_from_hashes(banned, "banned", label="upstream list")
+    store.add(entries, actor="importer", reason="list 2026-11")
+    scanner = Scanner(policy=policy, matcher=BankMatcher(store), classifier=classifier)
+    assert scanner.scan_path(corpus.banned).action is Action.BLOCK
+
+    allow_photo(store, banned, bank="false_positives", **WHO)
+    assert store.bank("false_positives").is_allow
+    assert scanner.matcher is not None and scanner.matcher.refresh() > 0
+    verdict = scanner.scan_path(corpus.banned)
+    assert verdict.action is Action.ALLOW
+    assert verdict.reason_codes == ["allow_listed"]
+    assert {m.bank for m in verdict.matches} == {"banned", "false_positives"}
+    assert all(m.allow == (m.bank == "false_positives") for m in verdict.matches)
+    assert verdict.scores, "the model still ran once the ban match was suppressed"
+    assert verdict.to_dict()["matches"][0]["allow"] in (True, False)
+
+
+def test_allow_photo_refuses_a_ban_bank(store: SqliteBankStore, corpus: corpus_mod.Corpus) -> None:
+    hashes = hashes_of(corpus.banned)
+    entries, _ = entries_from_hashes(hashes, "banned")
+    store.add(entries, **WHO)
+    with pytest.raises(ValueError, match="ban bank"):
+        allow_photo(store, hashes, bank="banned", **WHO)
