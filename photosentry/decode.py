@@ -80,6 +80,9 @@ class DecodedImage:
     frames_truncated: bool = False
     #: Non-fatal oddities, e.g. ``exif_unreadable``.
     notes: tuple[str, ...] = field(default_factory=tuple)
+    #: How much smaller than the file the frames are (1 = full resolution; 2, 4 or 8
+    #: when a JPEG was decoded in the DCT domain for a ``min_side`` caller).
+    reduction: int = 1
 
 
 def sniff_format(head: bytes) -> str | None:
@@ -145,8 +148,19 @@ def read_limited(source: str | os.PathLike[str] | BinaryIO, max_bytes: int) -> b
     return data
 
 
-def decode(data: bytes, limits: Limits = Limits()) -> DecodedImage:
+def decode(data: bytes, limits: Limits = Limits(), *, min_side: int | None = None) -> DecodedImage:
     """Decode untrusted image bytes within ``limits``.
+
+    Args:
+        data: the file's bytes.
+        limits: resource limits, checked from the header before any pixel is decoded.
+        min_side: the smallest width and height any consumer needs. A single-frame
+            JPEG larger than that is decoded in the DCT domain at 1/2, 1/4 or 1/8 scale
+            (libjpeg-turbo's scaled IDCT through Pillow's ``draft``), the largest
+            reduction that keeps both sides >= ``min_side``: a 12 MP photo costs its
+            entropy decoding plus a 1/16 of the IDCT and colour work. ``width`` and
+            ``height`` still report the full size; ``reduction`` says by how much the
+            frames are smaller. None decodes every pixel.
 
     Raises:
         UnreadableImage: with a stable ``code`` for every way the bytes can fail.
@@ -182,7 +196,8 @@ def decode(data: bytes, limits: Limits = Limits()) -> DecodedImage:
                 f"declared size {width}x{height} ({pixels} pixels) exceeds {limits.max_pixels}",
             )
         try:
-            return _decode_frames(img, fmt, limits)
+            reduction = _draft(img, fmt, min_side)
+            return _decode_frames(img, fmt, limits, reduction, (width, height))
         except UnreadableImage:
             raise
         except MemoryError as exc:
@@ -191,8 +206,30 @@ def decode(data: bytes, limits: Limits = Limits()) -> DecodedImage:
             raise UnreadableImage(UNREADABLE, f"{fmt} data is corrupt or truncated: {exc}") from exc
 
 
-def _decode_frames(img: Image.Image, fmt: str, limits: Limits) -> DecodedImage:
+def _draft(img: Image.Image, fmt: str, min_side: int | None) -> int:
+    """Ask the JPEG decoder for DCT-domain downscaling; returns the reduction (1 = none).
+
+    Only after the pixel limit passed: the declared size was checked on the header, and
+    ``draft`` only ever makes the decoded frame smaller.
+    """
+    if min_side is None or fmt != "jpeg":
+        return 1
+    if min_side < 1:
+        raise ValueError(f"min_side must be at least 1, got {min_side}")
     width, height = img.size
+    if min(width, height) < 2 * min_side:
+        return 1  # even 1/2 scale would go below what a consumer needs
+    if img.mode not in ("RGB", "L", "YCbCr"):
+        return 1  # CMYK/YCCK: let the full decoder do its colour conversion
+    img.draft(img.mode, (min_side, min_side))
+    return max(1, round(width / img.size[0]))
+
+
+def _decode_frames(
+    img: Image.Image, fmt: str, limits: Limits, reduction: int = 1, full_size: tuple[int, int] | None = None
+) -> DecodedImage:
+    width, height = img.size
+    full_width, full_height = full_size or (width, height)
     frame_count = int(getattr(img, "n_frames", 1) or 1)
     # Frames must be decoded in order (GIF frames build on each other), so the budget
     # bounds how far into the file we go, not just how many frames we keep.
@@ -219,6 +256,9 @@ def _decode_frames(img: Image.Image, fmt: str, limits: Limits) -> DecodedImage:
                 rgb = _apply_transpose(rgb, transpose)
             frames.append(rgb)
     out_h, out_w = frames[0].shape[:2]
+    if reduction > 1:
+        # Report the photo's own size (orientation applied), not the reduced frame's.
+        out_w, out_h = (full_width, full_height) if (out_w, out_h) == (width, height) else (full_height, full_width)
     return DecodedImage(
         format=fmt,
         width=out_w,
@@ -228,6 +268,7 @@ def _decode_frames(img: Image.Image, fmt: str, limits: Limits) -> DecodedImage:
         frame_indices=tuple(indices),
         frames_truncated=truncated,
         notes=tuple(notes),
+        reduction=reduction,
     )
 
 

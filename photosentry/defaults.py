@@ -31,6 +31,22 @@ SCAN_FRAMES = 8
 """Frames of an animation that are hashed and classified, spread evenly over it;
 any one of them can trigger a quarantine or block."""
 
+DECODE_MIN_SIDE = 512
+"""Smallest side the scan decodes a JPEG to (DCT-domain scaling, 1/2 to 1/8): the
+largest need of any consumer. PDQ's reference downsamples to 512 px; open_nsfw
+needs 256x256; pHash and dHash 32 and 9 px. Measured on 19 real 2-24 MP photos
+(scripts/bench_scan.py --hash-drift): PDQ moves at most 10 of 256 bits against a full
+decode (median 4), pHash at most 2 of 64, dHash at most 1, far inside the match
+distances, while decoding costs a fraction of the full IDCT."""
+
+MODEL_DRIFT_TOLERANCE = 0.03
+"""Largest |score - fp32 score| an optimised model (int8, fp16) may show on any
+calibration photo; `photosentry models optimize/verify` refuse one that drifts more
+(or that flips any allow/quarantine/block decision on those photos)."""
+
+MODELS_DIR_NAME = "models"
+"""Folder in the data directory holding optimised model artifacts and their manifest."""
+
 PDQ_MATCH_DISTANCE = 31
 """PDQ Hamming distance (of 256 bits) that counts as a match. ThreatExchange's
 ``PDQ_CONFIDENT_MATCH_THRESHOLD``."""

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .. import defaults
 from ..decode import DecodedImage, Limits, decode, read_limited
 from ..errors import ModelUnavailable, UnreadableImage
 from ..hashes.matcher import BankMatcher, Match
@@ -60,6 +61,7 @@ class Scanner:
         classifier: NudityClassifier | None,
         limits: Limits = Limits(),
         classifier_error: str | None = None,
+        decode_min_side: int | None = defaults.DECODE_MIN_SIDE,
     ) -> None:
         """
         Args:
@@ -69,6 +71,8 @@ class Scanner:
                 every photo gets the fail-closed ``model_unavailable`` reason.
             limits: decoding limits.
             classifier_error: why the classifier is missing, for that reason's text.
+            decode_min_side: JPEGs are decoded in the DCT domain down to this side
+                (the largest any hash or model needs); None decodes every pixel.
         """
         if classifier is not None:
             policy.require_models([classifier.model_id])
@@ -76,6 +80,7 @@ class Scanner:
         self.matcher = matcher
         self.classifier = classifier
         self.limits = limits
+        self.decode_min_side = decode_min_side
         self._classifier_error = classifier_error or "no classifier is configured"
 
     def warm_up(self) -> None:
@@ -136,7 +141,7 @@ class Scanner:
         decoded: DecodedImage | None = None
         with run.stage("decode"):
             try:
-                decoded = decode(data, self.limits)
+                decoded = decode(data, self.limits, min_side=self.decode_min_side)
             except UnreadableImage as exc:
                 run.failures.append((ReasonCode(exc.code), exc.message))
 
