@@ -177,8 +177,10 @@ def decode(data: bytes, limits: Limits = Limits(), *, min_side: int | None = Non
 
     try:
         with warnings.catch_warnings():
-            # Our own pixel limit (checked next) is stricter than Pillow's warning level.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # Our own pixel limit (checked next) is stricter than Pillow's warning level,
+            # and Pillow's warnings about corrupt tags are noise here: the outcome is the
+            # verdict, and it must not depend on the process's warning filters.
+            warnings.simplefilter("ignore")
             img = Image.open(io.BytesIO(data), formats=[SUPPORTED_FORMATS[fmt]])
     except Image.DecompressionBombError as exc:
         raise UnreadableImage(DECOMPRESSION_BOMB, str(exc)) from exc
@@ -235,14 +237,17 @@ def _decode_frames(
     # bounds how far into the file we go, not just how many frames we keep.
     reachable = min(frame_count, limits.max_frames, max(1, limits.max_total_pixels // (width * height)))
     truncated = reachable < frame_count
-    wanted = min(limits.scan_frames, reachable)
+    # Kept frames are held, hashed and classified at full size: together they may cost
+    # no more pixels than one largest still (a 20 KB GIF with a 49 MP screen otherwise
+    # costs four 49 MP frames: 2.2 GB and 13 s, scripts/make_hostile.py).
+    wanted = min(limits.scan_frames, reachable, max(1, limits.max_pixels // (width * height)))
     indices = sorted({int(round(i)) for i in np.linspace(0, reachable - 1, wanted)})
 
     notes: list[str] = []
     transpose = _exif_transpose_method(img, notes)
     frames: list[np.ndarray] = []
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        warnings.simplefilter("ignore")  # as in decode(): corrupt-data warnings are noise
         for index in indices:
             if index:
                 img.seek(index)
@@ -275,10 +280,14 @@ def _decode_frames(
 def _exif_transpose_method(img: Image.Image, notes: list[str]) -> int | None:
     """The EXIF orientation as a transpose method, or None; absurd EXIF is ignored."""
     try:
-        orientation = img.getexif().get(0x0112)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # the same outcome under any warning filter
+            orientation = img.getexif().get(0x0112)
     except Exception:  # noqa: BLE001 - hostile EXIF must not stop the scan
         notes.append("exif_unreadable")
         return None
+    if caught:
+        notes.append("exif_unreadable")  # Pillow skipped corrupt tags; what it read still counts
     if orientation is None:
         return None
     method = {
