@@ -130,3 +130,60 @@ REAPER_INTERVAL_S = 1.0
 
 METRICS_PORT_ENV = "PHOTOSENTRY_METRICS_PORT"
 """Environment variable with the port serving Prometheus metrics (unset: no metrics server)."""
+
+# -- moderator review and repeat uploaders (photosentry review / quarantine / uploader) --
+
+REVIEW_PREFIX = "photosentry:review:"
+"""Redis key prefix of the review queue: pending items, item records, claims, audit log."""
+
+REVIEW_LEASE_S = 120
+"""How long an item shown to a moderator stays theirs without a renewal. The page
+renews every 30 s while open, so a closed tab frees its item within two minutes."""
+
+REVIEW_AUDIT_MAXLEN = 1_000_000
+"""Approximate cap on the review audit stream (one entry per decision): years of a
+busy moderation team, far below Redis memory limits."""
+
+REVIEW_HOST = "127.0.0.1"
+"""The review page listens on localhost only unless told otherwise: it shows
+quarantined photos, so exposing it is an explicit choice (behind a TLS proxy)."""
+
+REVIEW_PORT = 8731
+"""Port of `photosentry review` (an unassigned one, so it rarely collides)."""
+
+REVIEW_SESSION_S = 8 * 3600
+"""A moderator's sign-in lasts one working day; then they sign in again."""
+
+REVIEW_CONFIG_ENV = "PHOTOSENTRY_REVIEW_CONFIG"
+"""Environment variable naming the review page's moderator config (TOML)."""
+
+EVIDENCE_DAYS = 90
+"""Days a confirmed photo is kept as evidence (policy [review] evidence_days) before
+`photosentry quarantine purge` deletes it: long enough for an appeal or a report to
+the authorities, short enough not to hoard harmful content."""
+
+UPLOADER_CONTEXT_KEY = "uploader_id"
+"""Key of the job context that names the uploader whose record a verdict counts against."""
+
+UPLOADER_BLOCK_PENALTY = 1.0
+"""Penalty added to an uploader's score for each upload blocked for its content."""
+
+UPLOADER_CONFIRM_PENALTY = 1.0
+"""Penalty added for each of their quarantined uploads a moderator confirmed."""
+
+UPLOADER_THRESHOLD = 3.0
+"""Score at which an uploader is flagged: three recent content blocks or confirmations.
+One mistake or one unlucky match should not flag a person; a pattern should."""
+
+UPLOADER_HALF_LIFE_DAYS = 30.0
+"""Penalties halve every this many days, so an old incident fades and a flag lifts
+on its own after a quiet month or two."""
+
+UPLOADER_HISTORY_DAYS = 365
+"""How long an uploader's event history is kept after their last event."""
+
+UPLOADER_HISTORY_EVENTS = 1000
+"""Most events kept per uploader (newest first): bounds memory for a prolific abuser."""
+
+UPLOADER_PREFIX = "photosentry:uploader:"
+"""Redis key prefix of the uploader ledger."""

@@ -76,6 +76,33 @@ class ContentStore:
             return []
         return [json.loads(p.read_text("utf-8")) for p in sorted(folder.glob("*.json"))]
 
+    def content_path(self, sha256: str) -> Path | None:
+        """The stored photo with this SHA-256, or None if this store does not hold it."""
+        path = self.item_dir(sha256) / "content"
+        return path if path.is_file() else None
+
+    def discard(self, sha256: str, sidecar_key: str) -> bool:
+        """Drop one upload's sidecar; delete the photo once no upload's sidecar is left.
+
+        Used after a moderator's decision: the same bytes may still be waiting in
+        another upload's review, so they stay until the last one is decided. Returns
+        True if the photo itself was deleted (False: kept for others, or already gone).
+        """
+        item = self.item_dir(sha256)
+        (item / "verdicts" / f"{_safe_key(sidecar_key)}.json").unlink(missing_ok=True)
+        folder = item / "verdicts"
+        if folder.is_dir() and any(folder.glob("*.json")):
+            return False
+        content = item / "content"
+        existed = content.exists()
+        content.unlink(missing_ok=True)
+        for leftover in (folder, item):
+            try:
+                leftover.rmdir()
+            except OSError:
+                pass  # not empty (a concurrent put) or already gone: keep it
+        return existed
+
 
 class ActionApplier:
     """Applies verdicts: quarantine and block move the photo into their stores."""

@@ -98,6 +98,8 @@ BLOCK_S = 0.5
 
 SETUP_EXIT_CODE = 3
 """Exit status of a worker process that could not build its service (model, policy, Redis)."""
+REDIS_RETRY_MAX_S = 10.0
+"""Longest wait between a starting worker process's attempts to reach a Redis that is down."""
 
 
 def alive_key(worker_name: str) -> str:
@@ -530,11 +532,24 @@ def _child_main(settings: Any, name: str, queues: Sequence[str], burst: bool, ma
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     from .service import ScanService, install
 
-    try:
-        service = ScanService(settings)
-    except Exception as exc:  # noqa: BLE001 - report and exit with the set-up status
-        log.critical("worker could not start: %s", exc, exc_info=True)
-        os._exit(SETUP_EXIT_CODE)
+    wait = 0.5
+    while True:
+        try:
+            service = ScanService(settings)
+            break
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if isinstance(exc, redis.AuthenticationError):
+                log.critical("worker could not start: %s", exc)
+                os._exit(SETUP_EXIT_CODE)
+            # Redis restarting is not a set-up error: exiting with SETUP_EXIT_CODE here
+            # made the supervisor stop the whole pool after a one-second Redis restart
+            # (scripts/drill_faults.py). Nothing was taken yet, so just wait for it.
+            log.warning("Redis is unreachable while starting (%s); retrying in %.1f s", exc, wait)
+            time.sleep(wait)
+            wait = min(wait * 2, REDIS_RETRY_MAX_S)
+        except Exception as exc:  # noqa: BLE001 - report and exit with the set-up status
+            log.critical("worker could not start: %s", exc, exc_info=True)
+            os._exit(SETUP_EXIT_CODE)
     install(service)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     worker = ScanWorker(queues, name=name, connection=service.redis, max_job_timeout=max_job_timeout,

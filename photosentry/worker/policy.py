@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import defaults
 from ..errors import PolicyError
 from ..hashes.matcher import Match
 from ..models.classifier import ModelScore
@@ -92,6 +93,28 @@ class _ProfileRule:
 
 
 @dataclass(frozen=True)
+class UploaderRules:
+    """Repeat uploaders (the ``[uploaders]`` table): penalties that decay, and a flag."""
+
+    context_key: str = defaults.UPLOADER_CONTEXT_KEY
+    block_penalty: float = defaults.UPLOADER_BLOCK_PENALTY
+    confirm_penalty: float = defaults.UPLOADER_CONFIRM_PENALTY
+    threshold: float = defaults.UPLOADER_THRESHOLD
+    half_life_days: float = defaults.UPLOADER_HALF_LIFE_DAYS
+    #: Hold a flagged uploader's otherwise-allowed uploads for review.
+    quarantine_flagged: bool = True
+
+
+@dataclass(frozen=True)
+class ReviewRules:
+    """What happens to a quarantined file after a decision (the ``[review]`` table)."""
+
+    #: "keep": a confirmed photo moves to the blocked store as evidence; "delete": it is removed.
+    confirmed_files: str = "keep"
+    evidence_days: float = float(defaults.EVIDENCE_DAYS)
+
+
+@dataclass(frozen=True)
 class Policy:
     """A loaded, validated policy file."""
 
@@ -99,6 +122,8 @@ class Policy:
     base: Profile
     rules: tuple[_ProfileRule, ...] = ()
     source: str = "<default>"
+    uploaders: UploaderRules = UploaderRules()
+    review: ReviewRules = ReviewRules()
 
     # -- loading ------------------------------------------------------------------
 
@@ -130,7 +155,9 @@ class Policy:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], *, source: str = "<dict>") -> "Policy":
         where = source
-        _only(raw, {"version", "description", "models", "banks", "fail_closed", "profiles", "allow"}, where)
+        _only(raw, {"version", "description", "models", "banks", "fail_closed", "profiles", "uploaders", "review",
+                    "allow"},
+              where)
         version = raw.get("version")
         if not isinstance(version, str) or not version.strip():
             raise PolicyError(f"{where}: `version` must be a non-empty string")
@@ -179,7 +206,9 @@ class Policy:
                     allow=_allow_rules(body["allow"], f"{w}.allow") if "allow" in body else None,
                 )
             )
-        return cls(version=version.strip(), base=base, rules=tuple(rules), source=source)
+        return cls(version=version.strip(), base=base, rules=tuple(rules), source=source,
+                   uploaders=_uploader_rules(raw.get("uploaders", {}), f"{where}: uploaders"),
+                   review=_review_rules(raw.get("review", {}), f"{where}: review"))
 
     # -- use ----------------------------------------------------------------------
 
@@ -370,6 +399,42 @@ def _bank_actions(table: Mapping[str, Any], where: str) -> dict[str, Action]:
         _no_allow(action, f"{where}.{bank}.action")
         out[str(bank)] = action
     return out
+
+
+def _uploader_rules(table: Any, where: str) -> UploaderRules:
+    if not isinstance(table, Mapping):
+        raise PolicyError(f"{where} must be a table")
+    _only(table, {"context_key", "block_penalty", "confirm_penalty", "threshold", "half_life_days",
+                  "quarantine_flagged"}, where)
+    base = UploaderRules()
+    numbers = {}
+    for key in ("block_penalty", "confirm_penalty", "threshold", "half_life_days"):
+        value = table.get(key, getattr(base, key))
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise PolicyError(f"{where}.{key} must be a number >= 0, got {value!r}")
+        numbers[key] = float(value)
+    if numbers["threshold"] <= 0 or numbers["half_life_days"] <= 0:
+        raise PolicyError(f"{where}: threshold and half_life_days must be above 0")
+    key = table.get("context_key", base.context_key)
+    if not isinstance(key, str) or not key.strip():
+        raise PolicyError(f"{where}.context_key must be a non-empty string")
+    flag = table.get("quarantine_flagged", base.quarantine_flagged)
+    if not isinstance(flag, bool):
+        raise PolicyError(f"{where}.quarantine_flagged must be true or false")
+    return UploaderRules(context_key=key.strip(), quarantine_flagged=flag, **numbers)
+
+
+def _review_rules(table: Any, where: str) -> ReviewRules:
+    if not isinstance(table, Mapping):
+        raise PolicyError(f"{where} must be a table")
+    _only(table, {"confirmed_files", "evidence_days"}, where)
+    files = table.get("confirmed_files", "keep")
+    if files not in ("keep", "delete"):
+        raise PolicyError(f"{where}.confirmed_files must be 'keep' or 'delete', got {files!r}")
+    days = table.get("evidence_days", float(defaults.EVIDENCE_DAYS))
+    if isinstance(days, bool) or not isinstance(days, (int, float)) or days < 0:
+        raise PolicyError(f"{where}.evidence_days must be a number of days >= 0, got {days!r}")
+    return ReviewRules(confirmed_files=files, evidence_days=float(days))
 
 
 def _truthy(value: Any) -> bool:

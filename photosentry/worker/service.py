@@ -39,7 +39,8 @@ from ..decode import Limits
 from ..errors import UnreadableImage
 from ..hashes.redis_banks import DEFAULT_PREFIX as BANK_PREFIX
 from ..hashes.redis_banks import RedisBankStore
-from .actions import ActionApplier, ContentStore
+from ..review.queue import QuarantineRecord, ReviewQueue
+from .actions import ActionApplier, ActionResult, ContentStore
 from .cache import VerdictCache
 from .delivery import CallbackSigner, post_callback
 from .jobs import PayloadError, ScanPayload, check_upload_id
@@ -48,6 +49,7 @@ from .metrics import Metrics
 from .policy import Policy
 from .sources import Fetched, PathSource, Source, SourceRefused, SourceRoots, decode_inline
 from .stream import DEFAULT_STREAM, VerdictStream
+from .uploaders import UploaderLedger, hold_for_flagged_uploader, uploader_of
 from .verdict import Action, ReasonCode
 
 log = logging.getLogger(__name__)
@@ -123,6 +125,8 @@ class ScanService:
         self.actions = ActionApplier(quarantine=ContentStore(home / "quarantine"), blocked=ContentStore(home / "blocked"))
         self.stream = VerdictStream(self.redis, stream=settings.stream)
         self.cache = VerdictCache(self.redis, ttl_s=settings.cache_ttl_s)
+        self.review = ReviewQueue(self.redis)
+        self.uploaders = UploaderLedger(self.redis, self.policy.uploaders, self.stream)
         self.signer = CallbackSigner(settings.callback_key) if settings.callback_key else None
         self.bank_store = RedisBankStore(self.redis, prefix=settings.bank_prefix)
         self.scanner = scanner
@@ -220,16 +224,19 @@ class ScanService:
                 verdict = self.scanner.scan_bytes(fetched.data, subject=subject, context=payload.context).to_dict()
         verdict["upload_id"] = payload.upload_id
         verdict["timings_ms"] = {**{k: round(v, 3) for k, v in stages.items()}, **verdict.get("timings_ms", {})}
+        # After the cache lookup and never cached: the hold belongs to the uploader, not the bytes.
+        held = hold_for_flagged_uploader(verdict, self.uploaders)
 
         with _timed(stages, "record"):
             recorded = self.stream.record(upload_id=payload.upload_id, job_id=job_id, verdict=verdict)
         if not recorded.new:
             # Another attempt of this upload recorded first: its verdict is the verdict.
             verdict = self._read_entry(recorded.entry_id) or verdict
-        elif cache_key is not None and verdict.get("cache") != "hit":
+        elif cache_key is not None and verdict.get("cache") != "hit" and not held:
             self.cache.put(cache_key, verdict)
         with _timed(stages, "act"):
-            self._act(verdict, fetched, payload)
+            acted = self._act(verdict, fetched, payload)
+            self._follow_up(verdict, payload, job_id, recorded.entry_id, fetched, acted)
         with _timed(stages, "callback"):
             self._deliver(verdict, payload, job_id, recorded.entry_id)
         stages["total"] = (time.perf_counter() - started) * 1000.0
@@ -252,7 +259,8 @@ class ScanService:
             fetched, _ = self._fetch(payload)
         except Exception:  # noqa: BLE001 - the file may be gone: it was moved by the first attempt
             fetched = None
-        self._act(verdict, fetched, payload)
+        acted = self._act(verdict, fetched, payload)
+        self._follow_up(verdict, payload, job_id, entry_id, fetched, acted)
         self._deliver(verdict, payload, job_id, entry_id)
         return verdict
 
@@ -296,10 +304,10 @@ class ScanService:
         raw = fields.get(b"verdict", fields.get("verdict"))
         return json.loads(raw) if raw is not None else None
 
-    def _act(self, verdict: Mapping[str, Any], fetched: Fetched | None, payload: ScanPayload) -> None:
+    def _act(self, verdict: Mapping[str, Any], fetched: Fetched | None, payload: ScanPayload) -> ActionResult | None:
         action = Action(verdict["action"])
         if action is Action.ALLOW or fetched is None:
-            return
+            return None
         source: Path | None = fetched.path if SourceRoots.still_same(fetched) else None
         result = self.actions.apply_record(
             action, dict(verdict), data=fetched.data, upload_id=payload.upload_id, source=source
@@ -307,6 +315,29 @@ class ScanService:
         if result.changed:
             log.info("photo moved to the %s store", action.value,
                      extra={"stored_at": str(result.stored_at), "source_removed": result.source_removed})
+        return result
+
+    def _follow_up(self, verdict: Mapping[str, Any], payload: ScanPayload, job_id: str, stream_id: str,
+                   fetched: Fetched | None, acted: ActionResult | None) -> None:
+        """Queue a quarantined upload for moderators and count the verdict against its
+        uploader. Both are idempotent per upload, so a replayed job repeats them safely."""
+        if getattr(payload, "dry_run", False):  # a rescan that only reports
+            return
+        if verdict.get("action") == Action.QUARANTINE.value:
+            sha = (verdict.get("hashes") or {}).get("sha256")
+            stored = bool(sha) and self.actions.stores[Action.QUARANTINE].content_path(sha) is not None
+            moved_from = fetched.path if acted is not None and acted.source_removed and fetched is not None else None
+            item_id, new = self.review.index(QuarantineRecord(
+                upload_id=payload.upload_id, verdict=dict(verdict), queued_at=time.time(), job_id=job_id,
+                stream_id=stream_id, sha256=sha, stored=stored,
+                source_path=str(moved_from) if moved_from is not None else None,
+                callback_url=payload.callback_url, uploader_id=uploader_of(payload.context, self.policy.uploaders),
+            ))
+            if new:
+                log.info("queued for review", extra={"item_id": item_id})
+        counted = self.uploaders.record_verdict(verdict, upload_id=payload.upload_id)
+        if counted is not None and counted.crossed:
+            log.warning("uploader flagged", extra={"score": round(counted.score, 3)})
 
     def _deliver(self, verdict: Mapping[str, Any], payload: ScanPayload, job_id: str, stream_id: str) -> None:
         url = payload.callback_url
@@ -361,7 +392,8 @@ class ScanService:
             recorded = self.stream.record(upload_id=upload_id, job_id=job_id, verdict=verdict)
             if not recorded.new:
                 verdict = self._read_entry(recorded.entry_id) or verdict
-            self._act(verdict, fetched, payload)
+            acted = self._act(verdict, fetched, payload)
+            self._follow_up(verdict, payload, job_id, recorded.entry_id, fetched, acted)
             self._deliver(verdict, payload, job_id, recorded.entry_id)
             self.metrics.observe_verdict(verdict)
             log.warning("job given up: fail-closed verdict recorded",

@@ -16,6 +16,14 @@ from typing import Any
 import redis
 
 DEFAULT_STREAM = "photosentry:verdicts"
+VERDICT_EVENT = "verdict"
+"""``event`` of the worker's one entry per upload: the scan's verdict."""
+DECISION_EVENT = "decision"
+"""``event`` of a moderator's decision on a quarantined upload: a second, later entry for
+the same upload id whose ``action`` (allow or block) replaces the verdict's quarantine."""
+UPLOADER_FLAGGED_EVENT = "uploader_flagged"
+"""``event`` of the entry added when an uploader's penalty score crosses the threshold
+(fields ``uploader_id``, ``score``, ``threshold``, and the ``upload_id`` that tipped it)."""
 DEFAULT_MAXLEN = 1_000_000
 """Approximate cap on the stream (XADD MAXLEN ~): about a day of a busy platform."""
 DEFAULT_RECORD_TTL_S = 30 * 24 * 3600
@@ -69,6 +77,30 @@ class VerdictStream:
         flat: list[str] = [x for kv in fields.items() for x in kv]
         entry_id, new = self._record(
             keys=[self.stream, f"{self.stream}:recorded:{upload_id}"],
+            args=[self.maxlen, self.record_ttl_s, *flat],
+        )
+        return Recorded(_text(entry_id), bool(int(new)))
+
+    def record_decision(self, *, upload_id: str, item_id: str, decision: dict[str, Any],
+                        verdict: dict[str, Any]) -> Recorded:
+        """Append a moderator's decision on ``upload_id``, at most once per upload.
+
+        A separate marker (``<stream>:decided:<upload_id>``) keeps it apart from the
+        verdict entry: consumers tell the two apart by ``event``.
+        """
+        if not upload_id:
+            raise ValueError("upload_id is required to record a decision")
+        fields = {
+            "event": DECISION_EVENT,
+            "upload_id": upload_id,
+            "item_id": item_id,
+            "action": str(verdict.get("action", "")),
+            "decision": json.dumps(decision, separators=(",", ":")),
+            "verdict": json.dumps(verdict, separators=(",", ":")),
+        }
+        flat: list[str] = [x for kv in fields.items() for x in kv]
+        entry_id, new = self._record(
+            keys=[self.stream, f"{self.stream}:decided:{upload_id}"],
             args=[self.maxlen, self.record_ttl_s, *flat],
         )
         return Recorded(_text(entry_id), bool(int(new)))

@@ -74,6 +74,13 @@ class ReasonCode(str, Enum):
     #: A queued job named a source outside the worker's source roots (``..``, a
     #: symlink out, NUL bytes ...): refused and never read.
     SOURCE_REFUSED = "source_refused"
+    #: The uploader's penalty score is over the policy's threshold and the policy holds
+    #: their otherwise-allowed uploads for review (never lowers a block).
+    UPLOADER_FLAGGED = "uploader_flagged"
+    #: A moderator reviewed the quarantined photo and allowed it.
+    MODERATOR_RELEASED = "moderator_released"
+    #: A moderator reviewed the quarantined photo and blocked it.
+    MODERATOR_CONFIRMED = "moderator_confirmed"
 
 
 FAILURE_CODES = frozenset(

@@ -1,0 +1,390 @@
+"""Moderator decisions: release (allow) or confirm (block) a quarantined upload.
+
+One decision, in order (the same for the CLI and the web page):
+
+    1 claim    the moderator must hold the item's lease (the CLI takes it; the page has it)
+    2 fix      the decision is written and appended to the audit stream in one atomic
+               step; the first submit wins, a double submit finds it and does nothing
+    3 effects  each one idempotent, so a crash here is finished by submitting again:
+               bank entries (a ban, or an allow-bank entry), the uploader penalty, the
+               file (restored, kept as evidence or deleted), the decision entry on the
+               verdict stream (one per upload)
+    4 finish   the item is marked released / confirmed and its lease dropped
+    5 deliver  the signed callback to the upload's callback_url (at least once)
+
+Hashes for bank entries come from the verdict the worker recorded, so a decision
+never needs the photo to be scanned again, and banned content is never put in a bank.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from ..hashes.banks import BankStore, EntrySource, allow_photo, entries_from_hashes
+from ..hashes.codecs import Algorithm
+from ..hashes.redis_banks import RedisBankStore
+from ..hashes.signals import FrameHashes, ImageHashes, PerceptualHash
+from ..worker.actions import ContentStore
+from ..worker.delivery import CallbackSigner, post_callback
+from ..worker.policy import Policy
+from ..worker.sources import SourceRefused, SourceRoots
+from ..worker.stream import VerdictStream
+from ..worker.uploaders import UploaderLedger
+from ..worker.verdict import Action, ReasonCode
+from .queue import CONFIRMED, RELEASED, QueueItem, ReviewError, ReviewQueue, check_moderator
+
+log = logging.getLogger(__name__)
+
+RELEASE, CONFIRM = "release", "confirm"
+_PERCEPTUAL = (Algorithm.PDQ, Algorithm.PHASH, Algorithm.DHASH)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a decision did."""
+
+    item_id: str
+    decision: dict[str, Any]
+    effects: dict[str, Any]
+    #: The item was already decided this way: nothing was done again.
+    already: bool = False
+    verdict: dict[str, Any] = field(default_factory=dict)
+
+
+class Reviewer:
+    """Takes moderators' decisions on the review queue.
+
+    Args:
+        client: the Redis the workers share (queue, banks, stream, uploader ledger).
+        home: the data directory whose ``quarantine/`` and ``blocked/`` stores the
+            workers write (mounted on the review host).
+        policy: for the uploader penalties and what happens to a confirmed file.
+        source_roots: where released files may be put back (the workers' source roots).
+        signer: signs decision callbacks; None skips them (the stream still has them).
+        callback_allow: only call back URLs with one of these prefixes (empty: any).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        home: Path,
+        policy: Policy | None = None,
+        source_roots: Sequence[str] = (),
+        signer: CallbackSigner | None = None,
+        callback_allow: Sequence[str] = (),
+        bank_store: BankStore | None = None,
+        queue: ReviewQueue | None = None,
+        stream: VerdictStream | None = None,
+    ) -> None:
+        self.client = client
+        self.policy = policy or Policy.default()
+        self.queue = queue or ReviewQueue(client)
+        self.stream = stream or VerdictStream(client)
+        self.banks = bank_store or RedisBankStore(client)
+        self.ledger = UploaderLedger(client, self.policy.uploaders, self.stream)
+        self.quarantine = ContentStore(Path(home) / "quarantine")
+        self.blocked = ContentStore(Path(home) / "blocked")
+        self.roots = SourceRoots(source_roots) if source_roots else None
+        self.signer = signer
+        self.callback_allow = tuple(callback_allow)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def photo(self, item: QueueItem) -> Path | None:
+        """The quarantined file of ``item`` on this host, if it is still in the store."""
+        sha = item.record.sha256
+        return self.quarantine.content_path(sha) if sha and item.record.stored else None
+
+    # -- deciding ------------------------------------------------------------------------
+
+    def release(self, item_id: str, *, actor: str, reason: str, allow_bank: str | None = None,
+                take_lease: bool = False, deliver: bool = True) -> Outcome:
+        """Allow the photo: restore it, tell the pipeline, and optionally allow-bank its hashes."""
+        return self.decide(item_id, RELEASE, actor=actor, reason=reason, bank=allow_bank,
+                           take_lease=take_lease, deliver=deliver)
+
+    def confirm(self, item_id: str, *, actor: str, reason: str, ban_bank: str | None = None,
+                take_lease: bool = False, deliver: bool = True) -> Outcome:
+        """Block the photo: tell the pipeline, penalise the uploader, optionally ban its hashes."""
+        return self.decide(item_id, CONFIRM, actor=actor, reason=reason, bank=ban_bank,
+                           take_lease=take_lease, deliver=deliver)
+
+    def decide(self, item_id: str, kind: str, *, actor: str, reason: str, bank: str | None = None,
+               take_lease: bool = False, deliver: bool = True) -> Outcome:
+        """Release or confirm ``item_id`` as ``actor``, who must hold its lease.
+
+        Args:
+            take_lease: claim the item for ``actor`` first (the CLI); the page claims
+                when it shows the item, so it passes False.
+            deliver: POST the callback now; False leaves it to :meth:`deliver`.
+
+        Raises:
+            ReviewError: ``missing``, ``held`` (another moderator has it), ``unclaimed``,
+                ``decided`` (already decided the other way), ``nothing_stored``,
+                ``no_hashes``, ``bad_bank``.
+            ValueError: a bad actor or an empty reason.
+        """
+        if kind not in (RELEASE, CONFIRM):
+            raise ValueError(f"decision must be {RELEASE!r} or {CONFIRM!r}, got {kind!r}")
+        actor = check_moderator(actor)
+        reason = (reason or "").strip()
+        if not reason:
+            raise ValueError("every decision needs a reason (--reason)")
+        item_id = str(item_id)
+        item = self.queue.get(item_id)
+        if item is None:
+            raise ReviewError("missing", f"no quarantined item {item_id}")
+        if item.state in (RELEASED, CONFIRMED):
+            return self._already(item, kind)
+        if item.state != "deciding":
+            self._check(item, kind, bank)
+        if take_lease:
+            try:
+                self.queue.claim(item_id, actor)
+            except ReviewError as exc:
+                if exc.code != "decided":
+                    raise
+        decision = {"decision": kind, "item_id": item_id, "upload_id": item.record.upload_id, "by": actor,
+                    "reason": reason, "bank": bank, "at": time.time()}
+        status, detail = self.queue.begin_decision(item_id, actor, decision)
+        if status == "missing":
+            raise ReviewError("missing", f"no quarantined item {item_id}")
+        if status == "held":
+            raise ReviewError("held", f"item {item_id} is being reviewed by {detail}")
+        if status == "unclaimed":
+            raise ReviewError("unclaimed", f"item {item_id} is not claimed by {actor}: open it first")
+        assert isinstance(detail, dict)
+        if detail.get("decision") != kind:
+            raise ReviewError("decided", f"item {item_id} was already decided: {detail.get('decision')} by"
+                                         f" {detail.get('by')}")
+        if status == "decided":
+            return self._already(self.queue.get(item_id) or item, kind)
+        # 'begun' (ours) or 'deciding' (a crashed attempt of the same decision): apply it.
+        outcome = self._apply(self.queue.get(item_id) or item, detail)
+        if deliver:
+            self.deliver(outcome)
+        return outcome
+
+    def _check(self, item: QueueItem, kind: str, bank: str | None) -> None:
+        record = item.record
+        if kind == RELEASE and not (record.stored and self.photo(item) is not None):
+            raise ReviewError("nothing_stored", f"item {item.item_id} has no stored photo on this host, so no one"
+                                                " can have looked at it: it cannot be released (confirm it, or"
+                                                " have the upload sent again to be scanned)")
+        if bank is None:
+            return
+        if hashes_from_verdict(record.verdict) is None:
+            raise ReviewError("no_hashes", f"item {item.item_id} has no hashes to put in bank {bank!r}")
+        try:
+            existing = {cfg.name: cfg for cfg in self.banks.banks()}
+            is_allow = self.banks.bank(bank).is_allow
+        except ValueError as exc:
+            raise ReviewError("bad_bank", str(exc)) from exc
+        if kind == RELEASE:
+            if bank in existing and not is_allow:
+                raise ReviewError("bad_bank", f"bank {bank!r} is a ban bank: releasing into it would block the photo")
+        elif is_allow:
+            raise ReviewError("bad_bank", f"bank {bank!r} is an allow bank: a ban goes into a ban bank")
+
+    def _already(self, item: QueueItem, kind: str) -> Outcome:
+        decision = item.decision or {}
+        if decision.get("decision") != kind:
+            raise ReviewError("decided", f"item {item.item_id} was already {item.state} by {decision.get('by')}")
+        return Outcome(item.item_id, decision, dict(item.effects or {}), already=True)
+
+    def _apply(self, item: QueueItem, decision: dict[str, Any]) -> Outcome:
+        record = item.record
+        kind, actor, reason, bank = decision["decision"], decision["by"], decision["reason"], decision.get("bank")
+        effects: dict[str, Any] = {}
+        if bank:
+            effects.update(self._bank(item, kind, bank, actor, reason))
+        if record.uploader_id:
+            got = self.ledger.record_decision(record.uploader_id, upload_id=record.upload_id,
+                                              confirmed=kind == CONFIRM, actor=actor, item_id=item.item_id)
+            effects["uploader"] = {"id": record.uploader_id, "score": round(got.score, 6), "flagged": got.flagged,
+                                   "crossed": got.crossed}
+        data = self._read(item)
+        if kind == RELEASE:
+            effects.update(self._restore(record, data))
+        else:
+            effects.update(self._evidence(item, data, decision))
+        if record.sha256 and record.stored:
+            self.quarantine.discard(record.sha256, record.upload_id)
+        verdict = final_verdict(record.verdict, decision, record.upload_id)
+        recorded = self.stream.record_decision(upload_id=record.upload_id, item_id=item.item_id,
+                                               decision=decision, verdict=verdict)
+        effects["stream_id"] = recorded.entry_id
+        self.queue.finish_decision(item.item_id, state=RELEASED if kind == RELEASE else CONFIRMED, effects=effects,
+                                   actor=actor)
+        log.info("moderator decision", extra={"item_id": item.item_id, "upload_id": record.upload_id,
+                                              "decision": kind, "by": actor})
+        return Outcome(item.item_id, decision, effects, verdict=verdict)
+
+    def _bank(self, item: QueueItem, kind: str, bank: str, actor: str, reason: str) -> dict[str, Any]:
+        label = f"review item {item.item_id} ({item.record.upload_id})"[:120]
+        hashes = hashes_from_verdict(item.record.verdict)
+        assert hashes is not None  # checked before the decision was fixed
+        why = f"review item {item.item_id}: {reason}"
+        if kind == RELEASE:
+            # Makes a new bank an allow bank first; refuses a ban bank.
+            added = allow_photo(self.banks, hashes, bank=bank, actor=actor, reason=why, label=label)
+        else:
+            entries, _ = entries_from_hashes(hashes, bank, label=label, source=EntrySource.IMAGE)
+            added = self.banks.add(entries, actor=actor, reason=why)
+        key = "allow_bank" if kind == RELEASE else "ban_bank"
+        return {key: bank, "bank_entries": [e.id for e in added], "bank_version": self.banks.version()}
+
+    def _read(self, item: QueueItem) -> bytes | None:
+        path = self.photo(item)
+        if path is None:
+            return None
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def _restore(self, record: Any, data: bytes | None) -> dict[str, Any]:
+        """Put the released photo back where the worker took it from, if this host can."""
+        if data is None:
+            return {"restored_to": None, "restore_note": "the photo is no longer in the quarantine store"}
+        if not record.source_path:
+            return {"restored_to": None, "restore_note": "uploaded inline: the pipeline keeps its own copy"}
+        if self.roots is None:
+            return {"restored_to": None, "restore_note": "no source root configured on the review host"}
+        target = Path(record.source_path)
+        try:
+            parent, _ = self.roots.resolve(str(target.parent))
+        except SourceRefused as exc:
+            return {"restored_to": None, "restore_note": f"not restored: {exc.message}"}
+        dest = parent / target.name
+        if dest.exists():
+            same = dest.is_file() and not dest.is_symlink() and dest.read_bytes() == data
+            return {"restored_to": str(dest) if same else None,
+                    "restore_note": "already there" if same else "a different file now has that name: not replaced"}
+        fd, tmp = tempfile.mkstemp(dir=parent, prefix=".photosentry-restore-")
+        try:
+            os.fchmod(fd, 0o644)  # an ordinary upload again, readable by the pipeline
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, dest)  # never replaces a file that appeared meanwhile
+            except FileExistsError:
+                return {"restored_to": None, "restore_note": "a file appeared at that name: not replaced"}
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return {"restored_to": str(dest)}
+
+    def _evidence(self, item: QueueItem, data: bytes | None, decision: dict[str, Any]) -> dict[str, Any]:
+        rules = self.policy.review
+        sha = item.record.sha256
+        if data is None or not sha:
+            return {"file": "none stored"}
+        if rules.confirmed_files == "delete":
+            return {"file": "deleted"}
+        self.blocked.put(sha, data, item.record.upload_id,
+                         {"upload_id": item.record.upload_id, "verdict": item.record.verdict, "decision": decision})
+        until = float(decision["at"]) + rules.evidence_days * 86400.0
+        return {"file": "kept as evidence", "evidence_until": until}
+
+    # -- delivery ------------------------------------------------------------------------
+
+    def deliver(self, outcome: Outcome) -> dict[str, Any] | None:
+        """POST the signed decision to the upload's callback URL; records how it went."""
+        item = self.queue.get(outcome.item_id)
+        if item is None or outcome.already:
+            return None
+        url = item.record.callback_url
+        if not url:
+            return None
+        if self.signer is None:
+            result: dict[str, Any] = {"delivered": False, "error": "no callback key configured"}
+        elif self.callback_allow and not url.startswith(self.callback_allow):
+            result = {"delivered": False, "error": "callback_url is not under an allowed prefix"}
+        else:
+            import json
+
+            body = json.dumps({"event": "decision", "upload_id": item.record.upload_id, "item_id": item.item_id,
+                               "stream_id": outcome.effects.get("stream_id"), "decision": outcome.decision,
+                               "verdict": outcome.verdict}, separators=(",", ":")).encode()
+            got = post_callback(url, body, self.signer)
+            result = {"delivered": got.delivered, "attempts": got.attempts, "status": got.status, "error": got.error}
+        self.queue.set_effects(outcome.item_id, {**outcome.effects, "callback": result})
+        if not result["delivered"]:
+            log.warning("decision callback not delivered (it is on the stream)", extra={"item_id": item.item_id, **result})
+        return result
+
+    # -- retention -----------------------------------------------------------------------
+
+    def purge(self, *, now: float | None = None) -> list[str]:
+        """Delete evidence files whose retention ended; returns the item ids purged."""
+        now = time.time() if now is None else now
+        purged = []
+        for item_id in self.queue.decided_before(now):
+            item = self.queue.get(item_id)
+            if item is None or item.state != CONFIRMED:
+                continue
+            effects = dict(item.effects or {})
+            until = effects.get("evidence_until")
+            if effects.get("file") != "kept as evidence" or until is None or float(until) > now:
+                continue
+            if item.record.sha256:
+                self.blocked.discard(item.record.sha256, item.record.upload_id)
+            effects["file"] = "evidence purged"
+            effects["purged_at"] = now
+            self.queue.set_effects(item_id, effects)
+            purged.append(item_id)
+        return purged
+
+
+def final_verdict(original: dict[str, Any], decision: dict[str, Any], upload_id: str) -> dict[str, Any]:
+    """The verdict a decision delivers: the original facts, the moderator's action and reason."""
+    released = decision["decision"] == RELEASE
+    code = ReasonCode.MODERATOR_RELEASED if released else ReasonCode.MODERATOR_CONFIRMED
+    action = Action.ALLOW if released else Action.BLOCK
+    reason = {"code": code.value, "action": action.value,
+              "text": f"{'released' if released else 'confirmed'} by {decision['by']}: {decision['reason']}",
+              "detail": {"by": decision["by"], "item_id": decision["item_id"], "bank": decision.get("bank")}}
+    return {**original, "upload_id": upload_id, "action": action.value, "reasons": [reason],
+            "quarantine_reasons": list(original.get("reasons") or []), "decision": decision}
+
+
+def hashes_from_verdict(verdict: dict[str, Any]) -> ImageHashes | None:
+    """The photo's hashes as the worker recorded them in its verdict (None if it has none).
+
+    A verdict keeps the canonical value of each hash (``frames`` for animations), which
+    is all a bank entry needs: the variants are computed again at match time.
+    """
+    hashes = verdict.get("hashes")
+    if not isinstance(hashes, dict) or not isinstance(hashes.get("sha256"), str) \
+            or not isinstance(hashes.get("md5"), str):
+        return None
+    raw_frames = hashes.get("frames") if isinstance(hashes.get("frames"), list) else [{"frame": 0, **hashes}]
+    frames = []
+    for i, raw in enumerate(raw_frames):
+        if not isinstance(raw, dict):
+            continue
+        found = []
+        for algorithm in _PERCEPTUAL:
+            value = raw.get(algorithm.value)
+            if isinstance(value, str):
+                quality = hashes.get(f"{algorithm.value}_quality") if i == 0 else None
+                found.append(PerceptualHash(algorithm, value, (value,), quality if isinstance(quality, int) else None))
+        if found:
+            frame = raw.get("frame", i)
+            frames.append(FrameHashes(frame if isinstance(frame, int) else i, tuple(found)))
+    return ImageHashes(hashes["sha256"], hashes["md5"], tuple(frames))
+
+
+__all__ = ["CONFIRM", "RELEASE", "Outcome", "Reviewer", "final_verdict"]

@@ -1,0 +1,82 @@
+"""The fault drill (scripts/drill_faults.py), small: SIGKILLed workers and a Redis crash lose nothing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from photosentry import enqueue_scan
+from scripts.drill_faults import ALIVE_PREFIX, PHOTOS, STREAM, RedisProcess, run_drill
+
+PHOTOSENTRY = str(Path(sys.executable).with_name("photosentry"))
+
+pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not on PATH")
+
+
+def test_small_drill_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    report = run_drill(uploads=60, kills=2, redis_restarts=1, processes=2, seed=5, deadline_s=150,
+                       workdir=tmp_path / "drill")
+    assert (report.kills, report.restarts) == (2, 1), report.problems
+    assert report.verdicts == 60, report.problems
+    assert report.lost == report.duplicated == 0, report.problems
+    assert report.wrongly_allowed == report.store_errors == report.leftover_jobs == 0, report.problems
+    assert report.problems == []
+
+
+def _wait(predicate, timeout: float = 60.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except redis.RedisError:
+            value = None
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {predicate}")
+
+
+def test_the_pool_outlives_a_worker_restarting_while_redis_is_down(tmp_path: Path) -> None:
+    """Regression: a worker restarted while Redis was down exited with the set-up status,
+    and the supervisor then stopped the whole pool (found by the drill)."""
+    server = RedisProcess(tmp_path / "redis")
+    server.start()
+    root = tmp_path / "uploads"
+    root.mkdir()
+    env = {**os.environ, "PHOTOSENTRY_REDIS_URL": server.url, "PHOTOSENTRY_HOME": str(tmp_path / "home"),
+           "PHOTOSENTRY_SOURCE_ROOTS": str(root), "PYTHONWARNINGS": "ignore"}
+    log = (tmp_path / "worker.log").open("wb")
+    pool = subprocess.Popen([PHOTOSENTRY, "worker", "--processes", "1", "--threads", "1", "--log-format", "text"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    client = redis.Redis.from_url(server.url, socket_timeout=2)
+    try:
+        key = _wait(lambda: next(iter(client.scan_iter(match=ALIVE_PREFIX + "*")), None))
+        pid = int(client.get(key))
+        server.crash()
+        os.kill(pid, signal.SIGKILL)  # the supervisor restarts it; Redis is down while it starts
+        time.sleep(3.0)
+        assert pool.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+        server.start()
+        enqueue_scan(client, source=(PHOTOS / "coffee.jpg").read_bytes(), upload_id="after-restart")
+        entry = _wait(lambda: client.xrange(STREAM))
+        assert [f[b"upload_id"] for _, f in entry] == [b"after-restart"]
+        assert "Redis is unreachable while starting" in (tmp_path / "worker.log").read_text()
+    finally:
+        if pool.poll() is None:
+            pool.send_signal(signal.SIGTERM)
+            try:
+                pool.wait(30)
+            except subprocess.TimeoutExpired:
+                pool.kill()
+                pool.wait()
+        log.close()
+        client.close()
+        server.stop()
