@@ -22,6 +22,11 @@ class ModelScore:
     #: Position, among the frames given, of the frame that scored highest.
     frame: int = 0
     provider: str = ""
+    #: Which build of the model scored: ``fp32`` (the published file), ``int8`` or ``fp16``
+    #: (an optimised artifact verified against it).
+    variant: str = "fp32"
+    #: A detector's findings on that frame (label, confidence, box), strongest first.
+    detections: tuple["Detection", ...] = ()
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -31,7 +36,22 @@ class ModelScore:
             "labels": {k: round(v, 6) for k, v in self.labels.items()},
             "frame": self.frame,
             "provider": self.provider,
+            "variant": self.variant,
+            **({"detections": [d.to_dict() for d in self.detections]} if self.detections else {}),
         }
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One labelled box a detector found, in the frame's pixel coordinates."""
+
+    label: str
+    confidence: float
+    #: (x, y, width, height) of the box.
+    box: tuple[int, int, int, int]
+
+    def to_dict(self) -> dict[str, object]:
+        return {"label": self.label, "confidence": round(self.confidence, 4), "box": list(self.box)}
 
 
 class NudityClassifier(ABC):

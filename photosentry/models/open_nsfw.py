@@ -1,4 +1,5 @@
-"""Yahoo open_nsfw (ResNet-50) through our own ONNX Runtime session.
+"""Yahoo open_nsfw (ResNet-50): one manifest (``manifests/open_nsfw.toml``) run by the
+generic :class:`~photosentry.models.adapter.ManifestClassifier`.
 
 Preprocessing follows Yahoo's reference ``classify_nsfw.py``: resize the whole photo
 to 256x256 (bilinear), take the centre 224x224 crop, round-trip it through JPEG at
@@ -15,40 +16,25 @@ exactly (tests/test_open_nsfw.py holds us to 1e-4).
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from .classifier import ModelScore, NudityClassifier
-from .manifest import OPEN_NSFW, ModelManifest, resolve_model_file
-from .session import open_session
+from . import adapter
+from .manifest import OPEN_NSFW, ModelManifest
 
-MEAN_BGR = np.array([104.0, 117.0, 123.0], dtype=np.float32)
-RESIZE = 256
-CROP = 224
-LABELS = ("sfw", "nsfw")
+SPEC = adapter.ClassifierManifest.load("open_nsfw")
+LABELS = SPEC.output.labels
 
 
 def preprocess(rgb: np.ndarray) -> np.ndarray:
     """One RGB uint8 frame to the model's (224, 224, 3) BGR, mean-subtracted input."""
-    offset = (RESIZE - CROP) // 2
-    image = (
-        Image.fromarray(rgb)
-        .resize((RESIZE, RESIZE), resample=Image.Resampling.BILINEAR)
-        .crop((offset, offset, offset + CROP, offset + CROP))
-    )
-    with io.BytesIO() as buf:
-        image.save(buf, format="JPEG")
-        buf.seek(0)
-        with Image.open(buf) as reread:
-            bgr = np.asarray(reread.convert("RGB"), dtype=np.float32)[:, :, ::-1]
-    return np.ascontiguousarray(bgr - MEAN_BGR, dtype=np.float32)
+    return adapter.preprocess(rgb, SPEC.input)
 
 
-class OpenNsfwClassifier(NudityClassifier):
+class OpenNsfwClassifier(adapter.ManifestClassifier):
     """open_nsfw as a :class:`NudityClassifier`; its ``nsfw`` probability is the score."""
 
     manifest: ModelManifest = OPEN_NSFW
@@ -57,32 +43,8 @@ class OpenNsfwClassifier(NudityClassifier):
         self,
         *,
         model_path: str | Path | None = None,
+        artifact: Any | None = None,
         providers: Sequence[str] | None = None,
         threads: int | None = None,
     ) -> None:
-        self.model_id = self.manifest.id
-        self.model_version = self.manifest.version
-        self.path = resolve_model_file(self.manifest, model_path)
-        self._session = open_session(self.path, providers=providers, threads=threads)
-        self._input = self._session.get_inputs()[0].name
-        self.provider = self._session.get_providers()[0]
-
-    def probabilities(self, frames: Sequence[np.ndarray]) -> np.ndarray:
-        """(n, 2) array of [sfw, nsfw] probabilities, one row per frame."""
-        batch = np.stack([preprocess(f) for f in frames])
-        (out,) = self._session.run(None, {self._input: batch})
-        return np.asarray(out, dtype=np.float64)
-
-    def classify(self, frames: Sequence[np.ndarray]) -> ModelScore:
-        if not frames:
-            raise ValueError("classify needs at least one frame")
-        probs = self.probabilities(frames)
-        worst = int(np.argmax(probs[:, 1]))
-        return ModelScore(
-            model_id=self.model_id,
-            model_version=self.model_version,
-            score=float(probs[worst, 1]),
-            labels={label: float(p) for label, p in zip(LABELS, probs[worst], strict=True)},
-            frame=worst,
-            provider=self.provider,
-        )
+        super().__init__(SPEC, model_path=model_path, artifact=artifact, providers=providers, threads=threads)
