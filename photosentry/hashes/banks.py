@@ -281,6 +281,27 @@ class BankStore(ABC):
                 return cfg
         return BankConfig(name)
 
+    def get_many(self, entry_ids: Sequence[int]) -> list[BankEntry]:
+        """Several entries at once (backends override this with one round trip)."""
+        return [self.get(i) for i in entry_ids]
+
+    def active_columns(self, algorithm: Algorithm, *, chunk: int = 100_000) -> Iterator[tuple[list[int], list[str], list[str]]]:
+        """Active entries of one algorithm as (ids, values, banks) chunks in id order: the
+        columnar read that snapshots and index builds use (backends override it)."""
+        ids: list[int] = []
+        values: list[str] = []
+        banks: list[str] = []
+        for e in self.entries():
+            if e.algorithm is algorithm:
+                ids.append(e.id)
+                values.append(e.value)
+                banks.append(e.bank)
+                if len(ids) == chunk:
+                    yield ids, values, banks
+                    ids, values, banks = [], [], []
+        if ids:
+            yield ids, values, banks
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS banks (
@@ -455,6 +476,31 @@ class SqliteBankStore(BankStore):
             sql += " WHERE " + " AND ".join(where)
         for row in self._db.execute(sql + " ORDER BY id", args):
             yield _entry(row)
+
+    def get_many(self, entry_ids: Sequence[int]) -> list[BankEntry]:
+        found: dict[int, BankEntry] = {}
+        ids = [int(i) for i in entry_ids]
+        for start in range(0, len(ids), 500):
+            part = ids[start : start + 500]
+            marks = ",".join("?" * len(part))
+            for row in self._db.execute(f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE id IN ({marks})", part):
+                entry = _entry(row)
+                found[entry.id] = entry
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise BankNotFound(f"no bank entry with id {missing[0]}")
+        return [found[i] for i in ids]
+
+    def active_columns(self, algorithm: Algorithm, *, chunk: int = 100_000) -> Iterator[tuple[list[int], list[str], list[str]]]:
+        cur = self._db.execute(
+            "SELECT id, value, bank FROM entries WHERE active=1 AND algorithm=? ORDER BY id", (algorithm.value,)
+        )
+        while True:
+            rows = cur.fetchmany(chunk)
+            if not rows:
+                return
+            ids, values, banks = zip(*rows, strict=True)
+            yield list(ids), list(values), list(banks)
 
     def version(self) -> int:
         row = self._db.execute("SELECT MAX(version) FROM changes").fetchone()

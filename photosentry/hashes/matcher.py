@@ -9,11 +9,16 @@ the policy's job.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
+
+from ..errors import BankNotFound
 from .banks import BankConfig, BankEntry, BankStore, ChangeOp
 from .codecs import Algorithm
-from .index import ExactIndex, HammingIndex, HashIndex
+from .index import HashIndex, SortedExactIndex, TieredIndex, hex_to_codes
 from .signals import ImageHashes, PdqSignal
+from .snapshot import latest_snapshot
 
 
 @dataclass(frozen=True)
@@ -49,43 +54,89 @@ class Match:
         }
 
 
-@dataclass(frozen=True)
-class _Meta:
-    bank: str
-    algorithm: Algorithm
-    label: str
+#: Hamming radius each index is laid out for when no bank asks for more (the largest
+#: distance ``ban configure`` usually sets; larger distances still work, more slowly).
+_LAYOUT_RADIUS = {Algorithm.PDQ: 31, Algorithm.PHASH: 8, Algorithm.DHASH: 8}
 
 
-def _new_index(algorithm: Algorithm) -> HashIndex:
-    return HammingIndex(algorithm.bits) if algorithm.is_perceptual else ExactIndex()
+def _new_index(algorithm: Algorithm, radius: int) -> HashIndex:
+    if algorithm.is_perceptual:
+        return TieredIndex(algorithm.bits, radius)
+    return SortedExactIndex(algorithm.bits)
+
+
+_ALGORITHMS = tuple(Algorithm)
 
 
 class BankMatcher:
-    """An in-memory view of a :class:`BankStore`, at a known bank version."""
+    """An in-memory view of a :class:`BankStore`, at a known bank version.
 
-    def __init__(self, store: BankStore) -> None:
+    Per entry it keeps only the hash (in the index) and two small numbers (its bank
+    and algorithm, in arrays indexed by entry id): labels are read from the store
+    for the few entries that match.
+
+    Args:
+        store: the bank store to follow.
+        snapshot_dir: where columnar snapshots of this store live
+            (:mod:`photosentry.hashes.snapshot`); the newest one not newer than the
+            store is loaded and the change log replayed from it. Without one, every
+            active entry is read from the store.
+    """
+
+    def __init__(self, store: BankStore, *, snapshot_dir: str | Path | None = None) -> None:
         self._store = store
-        self._indexes: dict[Algorithm, HashIndex] = {a: _new_index(a) for a in Algorithm}
-        self._meta: dict[int, _Meta] = {}
         self._banks: dict[str, BankConfig] = {}
-        # Version first: anything added while we read is replayed by refresh() (adds
-        # are idempotent by id), so nothing is missed.
-        self.version = store.version()
-        for entry in store.entries():
-            self._add(entry)
         self._load_banks()
+        self._indexes: dict[Algorithm, HashIndex] = {
+            a: _new_index(a, max(_LAYOUT_RADIUS.get(a, 0), self._max_distance(a))) for a in Algorithm
+        }
+        self._bank_names: list[str] = []
+        self._bank_numbers: dict[str, int] = {}
+        self._bank_of = np.zeros(1024, dtype=np.uint16)
+        self._algo_of = np.zeros(1024, dtype=np.uint8)  # 0: not indexed; else 1 + position in Algorithm
+        self._labels: dict[int, str] = {}
+        snap = latest_snapshot(snapshot_dir, max_version=store.version()) if snapshot_dir else None
+        #: Where the in-memory view came from ("snapshot v<N>" or "store").
+        self.loaded_from = f"snapshot v{snap.version}" if snap else "store"
+        if snap is not None:
+            self.version = snap.version
+            for algorithm in Algorithm:
+                ids, codes, banks = snap.columns(algorithm)
+                numbers = np.array([self._bank_number(b) for b in snap.banks], dtype=np.uint16)
+                self._bulk(algorithm, ids, codes, numbers[banks] if len(banks) else banks)
+        else:
+            # Version first: anything added while we read is replayed by refresh()
+            # (adds are idempotent by id), so nothing is missed.
+            self.version = store.version()
+            for algorithm in Algorithm:
+                id_parts, code_parts, bank_parts = [], [], []
+                for ids, values, banks in store.active_columns(algorithm):
+                    id_parts.append(np.asarray(ids, dtype=np.int64))
+                    code_parts.append(hex_to_codes(values, algorithm.bits // 64))
+                    bank_parts.append(np.array([self._bank_number(b) for b in banks], dtype=np.uint16))
+                if id_parts:
+                    self._bulk(algorithm, np.concatenate(id_parts), np.concatenate(code_parts),
+                               np.concatenate(bank_parts))
+        self.refresh()
 
     @property
     def size(self) -> int:
-        return len(self._meta)
+        return sum(len(index) for index in self._indexes.values())
+
+    def counts(self) -> dict[Algorithm, int]:
+        return {a: len(index) for a, index in self._indexes.items()}
 
     def refresh(self) -> int:
         """Apply changes made since our version; returns how many were applied."""
         changes = self._store.changes_since(self.version)
+        if not changes:
+            return 0
+        added_ids = [c.entry_id for c in changes if c.op is ChangeOp.ADD and c.entry_id is not None]
+        added = {e.id: e for e in self._store.get_many(added_ids)} if added_ids else {}
         banks_changed = False
         for change in changes:
             if change.op is ChangeOp.ADD and change.entry_id is not None:
-                entry = self._store.get(change.entry_id)
+                entry = added[change.entry_id]
                 if entry.active:
                     self._add(entry)
             elif change.op is ChangeOp.REMOVE and change.entry_id is not None:
@@ -102,10 +153,16 @@ class BankMatcher:
 
     def match(self, hashes: ImageHashes) -> list[Match]:
         """Every active entry the photo matches, closest variant and frame per entry."""
-        best: dict[int, Match] = {}
+        best: dict[int, tuple[bool, int, int, int, Algorithm]] = {}  # id -> (weak, distance, frame, variant, algo)
+
+        def keep(entry_id: int, algorithm: Algorithm, distance: int, frame: int, variant: int, weak: bool) -> None:
+            current = best.get(entry_id)
+            if current is None or (weak, distance) < (current[0], current[1]):
+                best[entry_id] = (weak, distance, frame, variant, algorithm)
+
         for algorithm, value in hashes.exact().items():
             for hit in self._indexes[algorithm].query([value], 0):
-                self._keep(best, hit.entry_id, 0, frame=0, variant=0, weak=False)
+                keep(hit.entry_id, algorithm, 0, 0, 0, False)
         for frame in hashes.frames:
             for ph in frame.hashes:
                 index = self._indexes[ph.algorithm]
@@ -113,33 +170,76 @@ class BankMatcher:
                     continue
                 weak = ph.algorithm is Algorithm.PDQ and (ph.quality or 0) < PdqSignal.QUALITY_THRESHOLD
                 for hit in index.query(ph.variants, self._max_distance(ph.algorithm)):
-                    meta = self._meta[hit.entry_id]
-                    if hit.distance <= self.bank(meta.bank).distance(ph.algorithm):
-                        self._keep(best, hit.entry_id, hit.distance, frame=frame.frame, variant=hit.query, weak=weak)
-        return sorted(best.values(), key=lambda m: (m.weak, m.distance / m.algorithm.bits, m.entry_id))
+                    bank = self._bank_names[int(self._bank_of[hit.entry_id])]
+                    if hit.distance <= self.bank(bank).distance(ph.algorithm):
+                        keep(hit.entry_id, ph.algorithm, hit.distance, frame.frame, hit.query, weak)
+        labels = self._labels_of(list(best))
+        matches = []
+        for entry_id, (weak, distance, frame, variant, algorithm) in best.items():
+            bank = self._bank_names[int(self._bank_of[entry_id])]
+            matches.append(Match(entry_id, bank, algorithm, distance, labels.get(entry_id, ""), frame, variant, weak,
+                                 self.bank(bank).is_allow))
+        return sorted(matches, key=lambda m: (m.weak, m.distance / m.algorithm.bits, m.entry_id))
+
+    def index(self, algorithm: Algorithm) -> HashIndex:
+        return self._indexes[algorithm]
 
     # -- internals ----------------------------------------------------------------
 
-    def _keep(self, best: dict[int, Match], entry_id: int, distance: int, *, frame: int, variant: int, weak: bool) -> None:
-        current = best.get(entry_id)
-        if current is not None and (current.weak, current.distance) <= (weak, distance):
-            return
-        meta = self._meta[entry_id]
-        best[entry_id] = Match(entry_id, meta.bank, meta.algorithm, distance, meta.label, frame, variant, weak,
-                               self.bank(meta.bank).is_allow)
+    def _labels_of(self, entry_ids: list[int]) -> dict[int, str]:
+        # Labels are read only for matched entries (few), and cached: keeping 10
+        # million of them in memory would cost more than the whole index.
+        missing = [i for i in entry_ids if i not in self._labels]
+        if missing:
+            try:
+                for entry in self._store.get_many(missing):
+                    if len(self._labels) > 10_000:
+                        self._labels.clear()
+                    self._labels[entry.id] = entry.label
+            except BankNotFound:
+                pass
+        return {i: self._labels.get(i, "") for i in entry_ids}
 
     def _max_distance(self, algorithm: Algorithm) -> int:
         return max([self.bank(b).distance(algorithm) for b in self._banks] + [BankConfig("").distance(algorithm)])
 
+    def _bank_number(self, name: str) -> int:
+        number = self._bank_numbers.get(name)
+        if number is None:
+            number = self._bank_numbers[name] = len(self._bank_names)
+            self._bank_names.append(name)
+            self._banks.setdefault(name, BankConfig(name))
+        return number
+
+    def _bulk(self, algorithm: Algorithm, ids: np.ndarray, codes: np.ndarray, banks: np.ndarray) -> None:
+        if not len(ids):
+            return
+        self._grow_exact(int(ids.max()))
+        self._bank_of[ids] = banks
+        self._algo_of[ids] = _ALGORITHMS.index(algorithm) + 1
+        index = self._indexes[algorithm]
+        index.load(ids, codes)  # type: ignore[attr-defined]
+
+    def _grow_exact(self, max_id: int) -> None:
+        if max_id >= len(self._bank_of):
+            size = max(max_id + 1, 2 * len(self._bank_of))
+            bank_of = np.zeros(size, dtype=np.uint16)
+            algo_of = np.zeros(size, dtype=np.uint8)
+            bank_of[: len(self._bank_of)] = self._bank_of
+            algo_of[: len(self._algo_of)] = self._algo_of
+            self._bank_of, self._algo_of = bank_of, algo_of
+
     def _add(self, entry: BankEntry) -> None:
+        self._grow_exact(entry.id)
         self._indexes[entry.algorithm].add(entry.id, entry.value)
-        self._meta[entry.id] = _Meta(entry.bank, entry.algorithm, entry.label)
-        self._banks.setdefault(entry.bank, BankConfig(entry.bank))
+        self._bank_of[entry.id] = self._bank_number(entry.bank)
+        self._algo_of[entry.id] = _ALGORITHMS.index(entry.algorithm) + 1
+        self._labels[entry.id] = entry.label
 
     def _remove(self, entry_id: int) -> None:
-        meta = self._meta.pop(entry_id, None)
-        if meta is not None:
-            self._indexes[meta.algorithm].remove(entry_id)
+        if entry_id < len(self._algo_of) and self._algo_of[entry_id]:
+            self._indexes[_ALGORITHMS[int(self._algo_of[entry_id]) - 1]].remove(entry_id)
+            self._algo_of[entry_id] = 0
 
     def _load_banks(self) -> None:
         self._banks.update({b.name: b for b in self._store.banks()})

@@ -198,6 +198,12 @@ class RedisBankStore(BankStore):
     def get(self, entry_id: int) -> BankEntry:
         return self._get_many([int(entry_id)])[0]
 
+    def get_many(self, entry_ids: Sequence[int]) -> list[BankEntry]:
+        out: list[BankEntry] = []
+        for start in range(0, len(entry_ids), 1000):
+            out += self._get_many([int(i) for i in entry_ids[start : start + 1000]])
+        return out
+
     def entries(
         self, *, bank: str | None = None, include_removed: bool = False, group: str | None = None
     ) -> Iterator[BankEntry]:
