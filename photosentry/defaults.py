@@ -131,6 +131,24 @@ REAPER_INTERVAL_S = 1.0
 METRICS_PORT_ENV = "PHOTOSENTRY_METRICS_PORT"
 """Environment variable with the port serving Prometheus metrics (unset: no metrics server)."""
 
+# -- bulk rescans (photosentry rescan) -------------------------------------------------
+
+RESCAN_QUEUE_CAPACITY = 5000
+"""Most rescan jobs outstanding at once with --queue: enough to keep a hundred worker
+processes busy for a few seconds, while the bulk queue holds megabytes, not the input."""
+
+RESCAN_CHUNK = 200
+"""Rescan jobs enqueued per Redis round trip (one pipeline) with --queue."""
+
+RESCAN_MIN_WINDOW = 1000
+"""Fewest items a rescan lets sit between its checkpoint watermark and the newest item
+started (4x the in-flight limit when that is more). Bounds what a resume reads back,
+and how far one slow photo lets the rest run ahead."""
+
+RESCAN_CHECKPOINT_INTERVAL_S = 1.0
+"""How often a rescan fsyncs its report and rewrites its checkpoint: a second of rows is
+all a resume ever reads into memory, at the cost of one fsync a second."""
+
 # -- moderator review and repeat uploaders (photosentry review / quarantine / uploader) --
 
 REVIEW_PREFIX = "photosentry:review:"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from redis import Redis
@@ -32,6 +32,8 @@ def build_payload(
     context: Mapping[str, Any] | None = None,
     callback_url: str | None = None,
     max_inline_bytes: int = defaults.MAX_INLINE_BYTES,
+    dry_run: bool = False,
+    force: bool = False,
 ) -> dict[str, Any]:
     """The JSON job payload for one upload (validated).
 
@@ -42,6 +44,8 @@ def build_payload(
             verdict per upload id.
         context: facts the policy may use, e.g. ``{"recipient_age": 15}``.
         callback_url: where the worker POSTs the signed verdict (optional).
+        dry_run: the worker decides and records the verdict but moves nothing.
+        force: the worker scans even when the verdict cache has these bytes.
 
     Raises:
         ValueError: an invalid field (the message names it), or inline bytes over the limit.
@@ -59,7 +63,8 @@ def build_payload(
     else:
         raise ValueError(f"source must be a path or bytes, got {type(source).__name__}")
     payload = ScanPayload.from_dict(
-        {"upload_id": upload_id, "source": src, "context": dict(context or {}), "callback_url": callback_url}
+        {"upload_id": upload_id, "source": src, "context": dict(context or {}), "callback_url": callback_url,
+         "dry_run": dry_run, "force": force}
     )
     return payload.to_dict()
 
@@ -114,3 +119,49 @@ def enqueue_scan(
         job_id=job_id,
     )
     return job.id
+
+
+def enqueue_payloads(
+    redis: Redis,
+    payloads: Sequence[Mapping[str, Any]],
+    *,
+    queue: str = defaults.BULK_QUEUE,
+    job_timeout: int = defaults.JOB_TIMEOUT_S,
+    retries: int = defaults.JOB_RETRIES,
+) -> list[str]:
+    """Put many scan jobs on a queue in one Redis round trip; returns their RQ job ids.
+
+    For bulk producers (``photosentry rescan --queue``): one pipeline per chunk instead
+    of several round trips per job. Each payload is validated as :func:`build_payload`
+    does, and each job gets the same timeout, retries and fail-closed failure callback
+    as :func:`enqueue_scan`.
+
+    Raises:
+        ValueError: an invalid payload or argument (nothing is enqueued).
+    """
+    from rq import Callback, Queue, Retry
+    from rq.serializers import JSONSerializer
+
+    if queue not in defaults.QUEUES:
+        raise ValueError(f"queue must be one of {list(defaults.QUEUES)}, got {queue!r}")
+    if job_timeout < 1:
+        raise ValueError(f"job_timeout must be at least 1 second, got {job_timeout}")
+    checked = [ScanPayload.from_dict(p).to_dict() for p in payloads]
+    q = Queue(queue, connection=redis, serializer=JSONSerializer)
+    datas = [
+        Queue.prepare_data(
+            SCAN_FUNCTION,
+            args=(payload,),
+            timeout=job_timeout,
+            retry=Retry(max=retries) if retries > 0 else None,
+            on_failure=Callback(FAILURE_CALLBACK),
+            result_ttl=defaults.RESULT_TTL_S,
+            failure_ttl=defaults.FAILURE_TTL_S,
+            description=f"scan upload {payload['upload_id']}",
+        )
+        for payload in checked
+    ]
+    with redis.pipeline() as pipe:
+        jobs = q.enqueue_many(datas, pipeline=pipe)
+        pipe.execute()
+    return [job.id for job in jobs]

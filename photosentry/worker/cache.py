@@ -29,7 +29,7 @@ DEFAULT_PREFIX = "photosentry:vcache:"
 UNCACHEABLE_CODES = frozenset({"model_unavailable", "scan_failed", "source_refused"})
 
 #: Fields of a verdict that belong to one upload, not to the bytes; dropped on store.
-_PER_UPLOAD = ("subject", "context", "timings_ms", "upload_id", "cache")
+_PER_UPLOAD = ("subject", "context", "timings_ms", "upload_id", "cache", "dry_run")
 
 
 class VerdictCache:

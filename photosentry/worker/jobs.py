@@ -10,7 +10,9 @@ so a pipeline in any language can enqueue one without importing us. The RQ job c
       "source": {"path": "2026/11/u-8812.jpg"},     # inside a source root, or
                 {"bytes_b64": "<base64>"},          # the photo itself (up to 10 MB)
       "context": {"recipient_is_minor": true},      # optional; picks policy profiles
-      "callback_url": "https://app/verdicts"        # optional; signed POST of the verdict
+      "callback_url": "https://app/verdicts",       # optional; signed POST of the verdict
+      "dry_run": true,                              # optional; decide and record, move nothing
+      "force": true                                 # optional; scan even on a verdict-cache hit
     }
 
 docs/queue.md documents the Redis layout a foreign producer writes. Everything heavy
@@ -63,6 +65,10 @@ class ScanPayload:
     context: Mapping[str, Any] = field(default_factory=dict)
     callback_url: str | None = None
     version: int = PAYLOAD_VERSION
+    #: Decide and record the verdict, but leave the photo where it is (rescan --dry-run).
+    dry_run: bool = False
+    #: Scan even when the verdict cache holds a verdict for these bytes (rescan --force).
+    force: bool = False
 
     @classmethod
     def from_dict(cls, raw: object) -> "ScanPayload":
@@ -73,7 +79,7 @@ class ScanPayload:
         """
         if not isinstance(raw, Mapping):
             raise PayloadError(f"job payload must be a JSON object, got {type(raw).__name__}")
-        unknown = set(raw) - {"version", "upload_id", "source", "context", "callback_url"}
+        unknown = set(raw) - {"version", "upload_id", "source", "context", "callback_url", "dry_run", "force"}
         if unknown:
             raise PayloadError(f"unknown payload fields {sorted(unknown)}")
         version = raw.get("version", PAYLOAD_VERSION)
@@ -88,16 +94,23 @@ class ScanPayload:
         callback_url = raw.get("callback_url")
         if callback_url is not None:
             check_callback_url(callback_url)
-        return cls(upload_id, dict(source), dict(context), callback_url, version)
+        flags = {name: raw.get(name, False) for name in ("dry_run", "force")}
+        for name, value in flags.items():
+            if not isinstance(value, bool):
+                raise PayloadError(f"{name} must be true or false, got {value!r}")
+        return cls(upload_id, dict(source), dict(context), callback_url, version, **flags)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "version": self.version,
             "upload_id": self.upload_id,
             "source": dict(self.source),
             "context": dict(self.context),
             "callback_url": self.callback_url,
         }
+        # Only when set, so ordinary upload jobs keep their shape for foreign producers.
+        out.update({name: True for name in ("dry_run", "force") if getattr(self, name)})
+        return out
 
 
 def check_upload_id(value: object) -> str:

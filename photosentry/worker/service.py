@@ -212,7 +212,7 @@ class ScanService:
         else:
             assert fetched is not None
             cached = None
-            if self.settings.use_cache:
+            if self.settings.use_cache and not payload.force:
                 with _timed(stages, "cache"):
                     cache_key = self._cache_key(fetched.data, payload.context)
                     cached = self.cache.get(cache_key)
@@ -223,6 +223,8 @@ class ScanService:
             else:
                 verdict = self.scanner.scan_bytes(fetched.data, subject=subject, context=payload.context).to_dict()
         verdict["upload_id"] = payload.upload_id
+        if payload.dry_run:
+            verdict["dry_run"] = True  # readers of the stream must know nothing was moved
         verdict["timings_ms"] = {**{k: round(v, 3) for k, v in stages.items()}, **verdict.get("timings_ms", {})}
         # After the cache lookup and never cached: the hold belongs to the uploader, not the bytes.
         held = hold_for_flagged_uploader(verdict, self.uploaders)
@@ -306,7 +308,7 @@ class ScanService:
 
     def _act(self, verdict: Mapping[str, Any], fetched: Fetched | None, payload: ScanPayload) -> ActionResult | None:
         action = Action(verdict["action"])
-        if action is Action.ALLOW or fetched is None:
+        if action is Action.ALLOW or fetched is None or payload.dry_run:
             return None
         source: Path | None = fetched.path if SourceRoots.still_same(fetched) else None
         result = self.actions.apply_record(
@@ -377,7 +379,8 @@ class ScanService:
             return None
         context = raw_payload.get("context") if isinstance(raw_payload.get("context"), Mapping) else {}
         payload = ScanPayload(upload_id, raw_payload.get("source") or {}, dict(context or {}),
-                              raw_payload.get("callback_url") if isinstance(raw_payload.get("callback_url"), str) else None)
+                              raw_payload.get("callback_url") if isinstance(raw_payload.get("callback_url"), str) else None,
+                              dry_run=raw_payload.get("dry_run") is True)
         with job_context(job_id=job_id, upload_id=upload_id):
             try:
                 fetched, _ = self._fetch(payload) if isinstance(payload.source, Mapping) else (None, None)

@@ -1,0 +1,347 @@
+"""``rescan --local``: a pool of scanner processes on this machine.
+
+Each process is started with ``spawn`` (ONNX Runtime's thread pools do not survive
+``fork``) and builds its scanner once, in the pool initializer: policy, bank index,
+a one-thread model by default, warmed up. It then takes one photo at a time:
+
+    fetch (confined to the source roots, like a worker) -> verdict cache -> scan
+
+and returns the verdict. It never moves anything itself: the parent writes the
+report row first and only then moves a quarantined or blocked photo, through the
+same :class:`~photosentry.worker.actions.ActionApplier` as a worker. A kill between
+the two leaves a row whose move has not happened; resuming applies it again (moves
+are idempotent). The opposite order would leave a moved photo with no row, which a
+resume would then report as missing.
+
+With ``--redis-url`` the processes use the shared Redis bank and verdict cache, so
+their verdicts, cache entries included, are the ones queue workers would give.
+Without it they use the embedded SQLite bank of the data directory and no cache,
+like ``photosentry scan``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import signal
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import defaults
+from ..config import data_dir, ensure_private_dir
+from ..errors import UnreadableImage
+from ..worker.sources import Fetched, PathSource, SourceRefused, SourceRoots
+from ..worker.verdict import Action, ReasonCode
+from .report import missing_row, verdict_row
+from .runner import Finished
+from .source import Item
+
+#: A photo whose process died under it is tried this many times before it is given
+#: a fail-closed ``scan_failed`` verdict (a decoder crash must not loop forever).
+MAX_ATTEMPTS = 2
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    """What each pool process needs to build its scanner (picklable)."""
+
+    source_roots: tuple[str, ...]
+    data_dir: str | None = None
+    policy_path: str | None = None
+    redis_url: str | None = None
+    threads: int = 1
+    providers: tuple[str, ...] = ()
+    #: False bypasses the verdict cache on lookup (``--force``); fresh verdicts are still cached.
+    use_cache: bool = True
+    cache_ttl_s: int = defaults.VERDICT_CACHE_TTL_S
+    refresh_interval_s: float = defaults.BANK_REFRESH_INTERVAL_S
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a pool process found for one photo."""
+
+    verdict: dict[str, Any] | None = None
+    #: Set when the file does not exist (then ``verdict`` is None).
+    missing: str | None = None
+    #: The bytes read, kept only for a verdict that moves the photo.
+    fetched: Fetched | None = None
+
+
+@dataclass
+class _Task:
+    item: Item
+    upload_id: str
+    attempts: int = 0
+    future: Future[Outcome] | None = field(default=None, repr=False)
+
+
+# -- inside a pool process -------------------------------------------------------------
+
+_WORKER: "_PoolWorker | None" = None
+
+
+class _PoolWorker:
+    def __init__(self, settings: LocalSettings) -> None:
+        from ..hashes.matcher import BankMatcher
+        from ..models.open_nsfw import OpenNsfwClassifier
+        from ..worker.pipeline import Scanner
+        from ..worker.policy import Policy
+
+        self.settings = settings
+        self.policy = Policy.from_file(settings.policy_path) if settings.policy_path else Policy.default()
+        self.cache = None
+        if settings.redis_url:
+            import redis
+
+            from ..hashes.redis_banks import RedisBankStore
+            from ..worker.cache import VerdictCache
+
+            client = redis.Redis.from_url(settings.redis_url)
+            store: Any = RedisBankStore(client)
+            self.cache = VerdictCache(client, ttl_s=settings.cache_ttl_s)
+        else:
+            from ..hashes.banks import SqliteBankStore
+
+            home = ensure_private_dir(data_dir(settings.data_dir))
+            store = SqliteBankStore(home / defaults.BANK_DB_FILENAME)
+        self.classifier = OpenNsfwClassifier(threads=settings.threads, providers=list(settings.providers) or None)
+        self.scanner = Scanner(policy=self.policy, matcher=BankMatcher(store), classifier=self.classifier)
+        self.scanner.warm_up()
+        self.roots = SourceRoots(settings.source_roots)
+        self._last_refresh = time.monotonic()
+
+    def scan(self, source: str, context: dict[str, Any], upload_id: str, dry_run: bool) -> Outcome:
+        self._refresh()
+        scanner = self.scanner
+        try:
+            fetched = self.roots.fetch(PathSource(source), max_bytes=scanner.limits.max_bytes)
+        except SourceRefused as exc:
+            if isinstance(exc.__cause__, FileNotFoundError):
+                return Outcome(missing=exc.message)
+            return Outcome(self._finish(scanner.failed(ReasonCode.SOURCE_REFUSED, exc.message, subject=source,
+                                                        context=context).to_dict(), upload_id, dry_run))
+        except UnreadableImage as exc:  # too large, or a read error
+            return Outcome(self._finish(scanner.failed(ReasonCode(exc.code), exc.message, subject=source,
+                                                        context=context).to_dict(), upload_id, dry_run))
+        verdict = None
+        key = None
+        if self.cache is not None:
+            key = self._cache_key(fetched.data, context)
+            cached = self.cache.get(key) if self.settings.use_cache else None
+            if cached is not None:
+                verdict = {**cached, "subject": source, "context": dict(context), "cache": "hit", "timings_ms": {}}
+        if verdict is None:
+            verdict = scanner.scan_bytes(fetched.data, subject=source, context=context).to_dict()
+            if key is not None:
+                self.cache.put(key, verdict)  # type: ignore[union-attr]
+        verdict = self._finish(verdict, upload_id, dry_run)
+        moves = verdict["action"] != Action.ALLOW.value and not dry_run
+        return Outcome(verdict, fetched=fetched if moves else None)
+
+    def _finish(self, verdict: dict[str, Any], upload_id: str, dry_run: bool) -> dict[str, Any]:
+        verdict["upload_id"] = upload_id
+        if dry_run:
+            verdict["dry_run"] = True
+        return verdict
+
+    def _cache_key(self, data: bytes, context: dict[str, Any]) -> str:
+        # The same key a queue worker computes, so both share cache entries.
+        assert self.cache is not None
+        return self.cache.key(
+            hashlib.sha256(data).hexdigest(),
+            policy_version=self.policy.version,
+            bank_version=self.scanner.matcher.version,
+            profile=self.policy.profile_for(context).name,
+            models=[f"{self.classifier.model_id}@{self.classifier.model_version}"],
+        )
+
+    def _refresh(self) -> None:
+        now = time.monotonic()
+        if now - self._last_refresh >= self.settings.refresh_interval_s:
+            self.scanner.matcher.refresh()  # a ban made during the rescan applies to the rest of it
+            self._last_refresh = now
+
+
+def _init_process(settings: LocalSettings) -> None:
+    global _WORKER
+    # Ctrl-C reaches the whole terminal process group; only the parent decides what it means.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _WORKER = _PoolWorker(settings)
+
+
+def _scan_in_process(source: str, context: dict[str, Any], upload_id: str, dry_run: bool) -> Outcome:
+    assert _WORKER is not None, "pool initializer did not run"
+    return _WORKER.scan(source, context, upload_id, dry_run)
+
+
+def _probe() -> bool:
+    return _WORKER is not None
+
+
+# -- in the parent ---------------------------------------------------------------------
+
+
+class LocalBackend:
+    """Runs items through a process pool; see the module docstring."""
+
+    drains_on_stop = True
+
+    def __init__(self, settings: LocalSettings, *, processes: int, run_id: str, dry_run: bool,
+                 default_context: dict[str, Any]) -> None:
+        from ..worker.policy import Policy
+
+        if processes < 1:
+            raise ValueError(f"processes must be at least 1, got {processes}")
+        self.settings = settings
+        self.processes = processes
+        self.capacity = processes * 2
+        self.run_id = run_id
+        self.dry_run = dry_run
+        self.default_context = default_context
+        self.policy = Policy.from_file(settings.policy_path) if settings.policy_path else Policy.default()
+        self.actions = None
+        if not dry_run:
+            from ..worker.actions import ActionApplier, ContentStore
+
+            home = ensure_private_dir(data_dir(settings.data_dir))
+            self.actions = ActionApplier(quarantine=ContentStore(home / "quarantine"),
+                                         blocked=ContentStore(home / "blocked"))
+        self._pool = self._new_pool()
+        self._tasks: dict[Future[Outcome], _Task] = {}
+        self._ready: list[Finished] = []
+
+    def start(self) -> None:
+        """Wait until every process has loaded its model (a set-up error surfaces here)."""
+        probes = [self._pool.submit(_probe) for _ in range(self.processes)]
+        for probe in probes:
+            probe.result()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=self.processes, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_process, initargs=(self.settings,))
+
+    def submit(self, item: Item, upload_id: str) -> None:
+        self._start(_Task(item, upload_id))
+
+    def _start(self, task: _Task) -> None:
+        task.attempts += 1
+        context = {**self.default_context, **dict(task.item.context)}
+        task.future = self._pool.submit(_scan_in_process, task.item.source, context, task.upload_id, self.dry_run)
+        self._tasks[task.future] = task
+
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    def collect(self, timeout: float) -> list[Finished]:
+        out, self._ready = self._ready, []
+        if not self._tasks:
+            return out
+        done, _ = wait(list(self._tasks), timeout=0 if out else timeout, return_when=FIRST_COMPLETED)
+        broken: list[_Task] = []
+        for future in done:
+            task = self._tasks.pop(future)
+            try:
+                outcome = future.result()
+            except BrokenProcessPool:
+                broken.append(task)
+                continue
+            except Exception as exc:  # noqa: BLE001 - a bug in one scan must not end the run
+                outcome = Outcome(self._failed(task, f"{type(exc).__name__}: {exc}"))
+            out.append(self._finished(task, outcome))
+        if broken:
+            out.extend(self._recover(broken))
+        return out
+
+    def _recover(self, broken: list[_Task]) -> list[Finished]:
+        """A process died (out of memory, a crashing decoder): every task in flight failed
+        with it. Start a new pool and try each again, up to MAX_ATTEMPTS."""
+        broken += list(self._tasks.values())  # the rest of the pool's tasks failed too
+        self._tasks.clear()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = self._new_pool()
+        out = []
+        for task in broken:
+            if task.attempts >= MAX_ATTEMPTS:
+                why = f"the scanning process died {task.attempts} times on this photo"
+                out.append(self._finished(task, Outcome(self._failed(task, why))))
+            else:
+                self._start(task)
+        return out
+
+    def _failed(self, task: _Task, why: str) -> dict[str, Any]:
+        from ..worker.pipeline import failure_verdict
+
+        context = {**self.default_context, **dict(task.item.context)}
+        verdict = failure_verdict(self.policy, ReasonCode.SCAN_FAILED, why, subject=task.item.source,
+                                  context=context).to_dict()
+        verdict["upload_id"] = task.upload_id
+        return verdict
+
+    def _finished(self, task: _Task, outcome: Outcome) -> Finished:
+        if outcome.missing is not None:
+            return Finished(task.item, missing_row(task.item, outcome.missing, run=self.run_id, dry_run=self.dry_run))
+        assert outcome.verdict is not None
+        row = verdict_row(task.item, outcome.verdict, run=self.run_id, dry_run=self.dry_run)
+        act = None
+        if self.actions is not None and outcome.fetched is not None:
+            act = _Move(self.actions, Action(outcome.verdict["action"]), outcome.verdict, outcome.fetched,
+                        task.upload_id)
+        return Finished(task.item, row, act)
+
+    def settle(self, row: dict[str, Any], upload_id: str) -> bool:
+        """Apply again the move of a row written just before an interruption.
+
+        The file is moved only if it is still there and still has the bytes the row was
+        decided on; True if it was moved now.
+        """
+        if self.actions is None or not row.get("sha256"):
+            return False
+        roots = SourceRoots(self.settings.source_roots)
+        try:
+            fetched = roots.fetch(PathSource(str(row["source"])), max_bytes=defaults.MAX_BYTES)
+        except UnreadableImage:
+            return False  # gone: moved before the interruption
+        if hashlib.sha256(fetched.data).hexdigest() != row["sha256"]:
+            return False  # replaced since: a new photo, for a new scan
+        source = fetched.path if SourceRoots.still_same(fetched) else None
+        result = self.actions.apply_record(Action(row["action"]), {"rescan_row": dict(row)}, data=fetched.data,
+                                           upload_id=upload_id, source=source)
+        return result.source_removed
+
+    def close(self, *, cancel: bool = False) -> None:
+        if cancel:
+            # A second Ctrl-C: do not wait for scans in flight (resume redoes them).
+            for proc in list(getattr(self._pool, "_processes", {}).values()):
+                if proc.is_alive():
+                    proc.terminate()
+        self._pool.shutdown(wait=not cancel, cancel_futures=True)
+
+
+@dataclass(frozen=True)
+class _Move:
+    """The act of one verdict, run by the driver right after the row is written."""
+
+    actions: Any
+    action: Action
+    verdict: dict[str, Any]
+    fetched: Fetched
+    upload_id: str
+
+    def __call__(self) -> None:
+        source: Path | None = self.fetched.path if SourceRoots.still_same(self.fetched) else None
+        self.actions.apply_record(self.action, dict(self.verdict), data=self.fetched.data,
+                                  upload_id=self.upload_id, source=source)
+
+
+def default_processes() -> int:
+    """All the cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
