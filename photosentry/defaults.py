@@ -47,6 +47,10 @@ calibration photo; `photosentry models optimize/verify` refuse one that drifts m
 MODELS_DIR_NAME = "models"
 """Folder in the data directory holding optimised model artifacts and their manifest."""
 
+SECOND_MODELS_ENV = "PHOTOSENTRY_SECOND_MODELS"
+"""Environment variable listing second-opinion models a worker runs (comma-separated;
+``nudenet`` is the one there is). Off by default: NudeNet is AGPL-3.0."""
+
 PDQ_MATCH_DISTANCE = 31
 """PDQ Hamming distance (of 256 bits) that counts as a match. ThreatExchange's
 ``PDQ_CONFIDENT_MATCH_THRESHOLD``."""

@@ -197,3 +197,49 @@ def test_cli_optimize_list_verify(data_dir: Path, corpus: corpus_mod.Corpus, spe
     assert refused.exit_code == 1 and "REFUSED open_nsfw int8" in refused.output, refused.output
     listed = json.loads(runner.invoke(cli, ["models", "list", "--json"], catch_exceptions=False).output)
     assert {m["model"]: m["runs"] for m in listed["models"]}["open_nsfw"] == "fp32"
+
+
+def _install(built: ArtifactStore, data_dir: Path) -> None:
+    """Copy the session's artifacts into ``data_dir`` as `optimize` would have left them."""
+    store = ArtifactStore(data_dir)
+    store.home.mkdir(parents=True, exist_ok=True)
+    for a in built.load():
+        shutil.copyfile(a.path, store.home / a.file)
+        store.save(a)
+
+
+def test_loader_runs_the_hosts_artifact_and_says_so(built: ArtifactStore, tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from photosentry.models.loader import load_classifier
+
+    home = tmp_path / "home"
+    _install(built, home)
+    with caplog.at_level(logging.INFO, logger="photosentry.models"):
+        clf = load_classifier("open_nsfw", data_dir=home, threads=1)
+    assert clf.variant == "int8"  # this CPU-only host
+    assert "running int8 artifact" in caplog.text and "drift max" in caplog.text
+    assert load_classifier("open_nsfw", data_dir=home, threads=1, use_artifacts=False).variant == "fp32"
+
+    # An altered artifact file: a warning, and the published model instead of a failure.
+    path = ArtifactStore(home).home / "open_nsfw.int8.onnx"
+    path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="photosentry.models"):
+        clf = load_classifier("open_nsfw", data_dir=home, threads=1)
+    assert clf.variant == "fp32" and "falling back to fp32" in caplog.text
+
+
+def test_worker_service_loads_the_artifact_and_reports_it(built: ArtifactStore, tmp_path: Path, redis_server: str,
+                                                          redis_client) -> None:  # type: ignore[no-untyped-def]
+    from prometheus_client import generate_latest
+
+    from photosentry.worker.service import ScanService, ServiceSettings
+
+    home = tmp_path / "home"
+    _install(built, home)
+    service = ScanService(ServiceSettings(redis_url=redis_server, data_dir=str(home), threads=1), client=redis_client)
+    assert service.scanner.classifier.variant == "int8"
+    text = generate_latest(service.metrics.registry).decode()
+    assert 'variant="int8"' in text and "photosentry_model_info" in text

@@ -33,6 +33,15 @@ from .root import (
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads for the model. Default: all cores.")
 @click.option("--provider", "providers", multiple=True,
               help="ONNX Runtime execution provider to prefer (e.g. CUDAExecutionProvider). Repeatable.")
+@click.option("--model-manifest", "model_manifest", type=click.Path(exists=True, dir_okay=False),
+              envvar="PHOTOSENTRY_MODEL_MANIFEST",
+              help="Run another ONNX classifier described by this manifest (TOML, see"
+                   " photosentry/models/manifests/open_nsfw.toml) instead of open_nsfw.")
+@click.option("--second-model", "second_models", multiple=True, type=click.Choice(["nudenet"]),
+              help="Also run NudeNet 320n (pip install 'photosentry[nudenet]'; AGPL-3.0): its labelled boxes"
+                   " (e.g. FEMALE_BREAST_EXPOSED) show up in --json.")
+@click.option("--fp32", "fp32_only", is_flag=True,
+              help="Ignore optimised builds from `photosentry models optimize`; run the published model.")
 @click.pass_context
 def scan(
     ctx: click.Context,
@@ -42,6 +51,9 @@ def scan(
     context: tuple[str, ...],
     threads: int | None,
     providers: tuple[str, ...],
+    model_manifest: str | None,
+    second_models: tuple[str, ...],
+    fp32_only: bool,
 ) -> None:
     """Scan photos (files or folders, recursively) and print a verdict for each.
 
@@ -53,7 +65,8 @@ def scan(
     Exit status: 0 all allowed, 1 some quarantined or blocked, 2 usage error,
     3 set-up error.
     """
-    from ..models.open_nsfw import OpenNsfwClassifier
+    from ..config import data_dir
+    from ..models.loader import load_classifier
     from ..worker.pipeline import Scanner
     from ..worker.policy import Policy
 
@@ -64,8 +77,15 @@ def scan(
         raise SetupError(str(exc)) from exc
     store = open_store(ctx)
     try:
-        classifier = OpenNsfwClassifier(threads=threads, providers=list(providers) or None)
-        scanner = Scanner(policy=policy, matcher=BankMatcher(store), classifier=classifier)
+        classifier = load_classifier(model_manifest or "open_nsfw", data_dir=data_dir(ctx.obj["data_dir"]),
+                                     threads=threads, providers=list(providers) or None, use_artifacts=not fp32_only)
+        extra = []
+        if "nudenet" in second_models:
+            from ..models.nudenet import NudeNetDetector, licence_notice
+
+            click.echo(licence_notice(), err=True)
+            extra.append(NudeNetDetector(threads=threads, providers=list(providers) or None))
+        scanner = Scanner(policy=policy, matcher=BankMatcher(store), classifier=classifier, second_opinions=extra)
     except PhotoSentryError as exc:
         raise SetupError(str(exc)) from exc
 

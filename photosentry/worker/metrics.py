@@ -61,8 +61,9 @@ class Metrics:
             "photosentry_bank_version", "Bank version the worker's index is at.", registry=r, multiprocess_mode="max"
         )
         self.model_info = Gauge(
-            "photosentry_model_info", "Loaded model, its version and ONNX Runtime execution provider (value 1).",
-            ["model", "version", "provider"], registry=r, multiprocess_mode="max",
+            "photosentry_model_info",
+            "Loaded model, its version, ONNX Runtime execution provider and build (fp32, int8, fp16) (value 1).",
+            ["model", "version", "provider", "variant"], registry=r, multiprocess_mode="max",
         )
 
     def observe_verdict(self, verdict: Mapping[str, Any]) -> None:

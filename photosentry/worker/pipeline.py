@@ -62,6 +62,7 @@ class Scanner:
         limits: Limits = Limits(),
         classifier_error: str | None = None,
         decode_min_side: int | None = defaults.DECODE_MIN_SIDE,
+        second_opinions: Sequence[NudityClassifier] = (),
     ) -> None:
         """
         Args:
@@ -73,14 +74,18 @@ class Scanner:
             classifier_error: why the classifier is missing, for that reason's text.
             decode_min_side: JPEGs are decoded in the DCT domain down to this side
                 (the largest any hash or model needs); None decodes every pixel.
+            second_opinions: more models (e.g. the NudeNet detector) run after the
+                classifier on every photo it classifies; each score is decided on by
+                the policy like the first, and a failing one fails closed.
         """
         if classifier is not None:
-            policy.require_models([classifier.model_id])
+            policy.require_models([classifier.model_id, *(m.model_id for m in second_opinions)])
         self.policy = policy
         self.matcher = matcher
         self.classifier = classifier
         self.limits = limits
         self.decode_min_side = decode_min_side
+        self.second_opinions = tuple(second_opinions)
         self._classifier_error = classifier_error or "no classifier is configured"
 
     def warm_up(self) -> None:
@@ -176,6 +181,13 @@ class Scanner:
                         scores.append(self.classifier.classify(decoded.frames))
                     except ModelUnavailable as exc:
                         run.failures.append((ReasonCode.MODEL_UNAVAILABLE, str(exc)))
+            if self.classifier is not None and self.second_opinions:
+                with run.stage("second_opinion"):
+                    for model in self.second_opinions:
+                        try:
+                            scores.append(model.classify(decoded.frames))
+                        except ModelUnavailable as exc:
+                            run.failures.append((ReasonCode.MODEL_UNAVAILABLE, f"{model.model_id}: {exc}"))
         return self._verdict(subject, run, context, hashes, decoded, matches, scores)
 
     def _verdict(

@@ -289,8 +289,10 @@ def decide(
                     Reason(
                         ReasonCode.NUDITY,
                         action,
-                        f"{score.model_id} scored {score.score:.3f} (>= {action.value} threshold {limit})",
-                        {"model": score.model_id, "score": round(score.score, 6), "threshold": limit},
+                        f"{score.model_id} scored {score.score:.3f} (>= {action.value} threshold {limit})"
+                        + (f": {', '.join(_found(score))}" if score.detections else ""),
+                        {"model": score.model_id, "score": round(score.score, 6), "threshold": limit,
+                         **({"labels": _found(score)} if score.detections else {})},
                     )
                 )
                 break
@@ -454,6 +456,11 @@ def _number(value: Any) -> float | None:
         except ValueError:
             return None
     return None
+
+
+def _found(score: ModelScore) -> list[str]:
+    """A detector's labels, strongest first, so a moderator sees why (e.g. FEMALE_BREAST_EXPOSED 0.91)."""
+    return list(dict.fromkeys(f"{d.label} {d.confidence:.2f}" for d in score.detections))[:5]
 
 
 def _min(a: float | None, b: float | None) -> float | None:

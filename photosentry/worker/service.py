@@ -139,15 +139,25 @@ class ScanService:
     def _build_scanner(self) -> Any:
         # Heavy imports here, not at module import: producers import jobs, never this.
         from ..hashes.matcher import BankMatcher
-        from ..models.open_nsfw import OpenNsfwClassifier
+        from ..models.loader import load_classifier
         from .pipeline import Scanner
 
-        classifier = OpenNsfwClassifier(threads=self.settings.threads, providers=list(self.settings.providers) or None)
-        scanner = Scanner(policy=self.policy, matcher=BankMatcher(self.bank_store), classifier=classifier)
+        # The best verified artifact for this host (int8 on CPU, fp16 on GPU), else fp32.
+        classifier = load_classifier("open_nsfw", data_dir=data_dir(self.settings.data_dir), threads=self.settings.threads,
+                                     providers=list(self.settings.providers) or None)
+        second = []
+        if "nudenet" in os.environ.get(defaults.SECOND_MODELS_ENV, "").split(","):
+            from ..models.nudenet import NudeNetDetector, licence_notice
+
+            log.warning(licence_notice())
+            second.append(NudeNetDetector(threads=self.settings.threads, providers=list(self.settings.providers) or None))
+        scanner = Scanner(policy=self.policy, matcher=BankMatcher(self.bank_store), classifier=classifier,
+                          second_opinions=second)
         scanner.warm_up()
         log.info(
             "scan service ready",
-            extra={"model": classifier.model_id, "provider": classifier.provider, "bank_version": scanner.matcher.version,
+            extra={"model": classifier.model_id, "provider": classifier.provider, "model_variant": classifier.variant,
+                   "model_file": str(classifier.path), "bank_version": scanner.matcher.version,
                    "bank_entries": scanner.matcher.size, "policy_version": self.policy.version},
         )
         return scanner
@@ -156,7 +166,8 @@ class ScanService:
         classifier = getattr(self.scanner, "classifier", None)
         if classifier is not None:
             self.metrics.model_info.labels(classifier.model_id, classifier.model_version,
-                                           getattr(classifier, "provider", "")).set(1)
+                                           getattr(classifier, "provider", ""),
+                                           getattr(classifier, "variant", "fp32")).set(1)
         self._observe_index()
 
     def _observe_index(self) -> None:
