@@ -153,6 +153,10 @@ def rescan(ctx: click.Context, source: str, local: bool, processes: int | None, 
                        policy_path=policy_path, outstanding=outstanding, folder=src.kind == FOLDER)
     try:
         backend.start()  # models loaded (or Redis reached) before any file is written
+    except KeyboardInterrupt:
+        backend.close(cancel=True)
+        click.echo("\ninterrupted while starting; nothing was scanned", err=True)
+        sys.exit(INTERRUPTED)
     except Exception as exc:
         backend.close(cancel=True)
         raise SetupError(f"the rescan could not start: {type(exc).__name__}: {exc}") from exc

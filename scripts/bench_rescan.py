@@ -1,0 +1,138 @@
+#!/usr/bin/env python
+"""Benchmark `photosentry rescan`: photos per second, --local with 1 and 2 processes and
+--queue with 2 worker processes, against the scan pipeline in-process on one core.
+
+On the same photos (the test corpus copied ``--rounds`` times into a fresh tree per
+mode, so every mode moves its own blocked and quarantined copies), it measures:
+
+1. the scan pipeline in-process, one core, a one-thread model (the baseline, as in
+   scripts/bench_worker.py);
+2. `photosentry rescan TREE --local -n 1` and `-n 2` (one model thread per process);
+3. `photosentry rescan TREE --queue` with `photosentry worker -n 2 --threads 1` already
+   running on a private redis-server: chunked enqueue on the bulk queue, scan, record,
+   move, and the rescan following the verdict stream.
+
+Every rescan runs with ``--force`` so no verdict comes from the cache (the corpus
+repeats the same bytes every round). The bank holds the banned photo's hashes, so its
+copies are blocked and skip the classifier, as in production. "photos/s" is the
+rescan's own count over its own clock (after its processes loaded the model; the
+queue workers were warm); "wall s" is the whole command, start-up included.
+
+Needs the test extra (scikit-image for the corpus) and `redis-server` on PATH. From
+the repository root:
+
+    python scripts/bench_rescan.py
+    python scripts/bench_rescan.py --rounds 8
+
+Nothing here asserts a time: the numbers are for reading and vary by machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+import redis  # noqa: E402
+from rq import Worker  # noqa: E402
+
+from bench_worker import ban_photo, bench_in_process, copy_rounds, photos_of  # noqa: E402
+from photosentry.hashes.redis_banks import RedisBankStore  # noqa: E402
+from tests import corpus as corpus_mod  # noqa: E402
+from tests.redis_server import running_redis_server  # noqa: E402
+
+PHOTOSENTRY = str(Path(sys.executable).with_name("photosentry"))
+_SUMMARY = re.compile(r"(\d+) photos? reported in ([\d.]+) s")
+
+
+def run_rescan(env: dict[str, str], tree: Path, report: Path, *extra: str) -> tuple[int, float, float]:
+    """(photos, seconds on the rescan's clock, wall seconds)."""
+    cmd = [PHOTOSENTRY, "rescan", str(tree), "--report", str(report), "--force", "--no-progress", *extra]
+    started = time.perf_counter()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    wall = time.perf_counter() - started
+    if done.returncode not in (0, 1):
+        raise SystemExit(f"rescan failed ({done.returncode}):\n{done.stdout}\n{done.stderr[-3000:]}")
+    match = _SUMMARY.search(done.stdout)
+    if match is None:
+        raise SystemExit(f"no summary in the rescan's output:\n{done.stdout}")
+    return int(match.group(1)), float(match.group(2)), wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5, help="Copies of every corpus file (default 5).")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-rescan-") as tmp_name:
+        tmp = Path(tmp_name)
+        corpus = corpus_mod.build(tmp / "corpus")
+        photos = photos_of(corpus.root)
+        rows: list[tuple[str, int, float, float | None]] = []
+        n, secs = bench_in_process(photos, args.rounds, tmp / "scan-home", corpus.banned)
+        rows.append(("scan pipeline in-process, 1 core, 1 thread", n, secs, None))
+
+        with running_redis_server(tmp / "redis") as url:
+            client = redis.Redis.from_url(url)
+            ban_photo(RedisBankStore(client), corpus.banned)
+            root = tmp / "uploads"
+            root.mkdir()
+            env = {**os.environ, "PHOTOSENTRY_REDIS_URL": url, "PHOTOSENTRY_HOME": str(tmp / "home"),
+                   "PHOTOSENTRY_SOURCE_ROOTS": str(root)}
+            for processes in (1, 2):
+                tree = root / f"local-{processes}"
+                copy_rounds(photos, tree, args.rounds)
+                n, secs, wall = run_rescan(env, tree, tmp / f"local-{processes}.jsonl", "--local",
+                                           "-n", str(processes))
+                rows.append((f"rescan --local -n {processes}", n, secs, wall))
+
+            tree = root / "queue"
+            copy_rounds(photos, tree, args.rounds)
+            log = (tmp / "worker.log").open("wb")
+            workers = subprocess.Popen([PHOTOSENTRY, "worker", "-n", "2", "--threads", "1", "--log-format", "text"],
+                                       env=env, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                deadline = time.monotonic() + 120
+                while len(Worker.all(connection=client)) < 2:
+                    if workers.poll() is not None or time.monotonic() > deadline:
+                        raise SystemExit(f"workers did not start:\n{(tmp / 'worker.log').read_text()[-3000:]}")
+                    time.sleep(0.1)
+                n, secs, wall = run_rescan(env, tree, tmp / "queue.jsonl", "--queue")
+                rows.append(("rescan --queue, 2 worker processes", n, secs, wall))
+            finally:
+                workers.send_signal(signal.SIGTERM)
+                try:
+                    workers.wait(60)
+                except subprocess.TimeoutExpired:
+                    workers.kill()
+                    workers.wait()
+                log.close()
+                client.close()
+
+    base = rows[0][1] / rows[0][2]
+    print(f"\n{len(photos)} corpus files x {args.rounds} rounds; {os.cpu_count()} CPUs"
+          f" ({platform.processor() or platform.machine()}), Python {platform.python_version()}\n")
+    header = f"{'mode':<46}{'photos':>8}{'busy s':>9}{'photos/s':>10}{'vs scan':>9}{'wall s':>9}"
+    print(header)
+    print("-" * len(header))
+    for name, n, secs, wall in rows:
+        rate = n / secs
+        wall_text = f"{wall:9.2f}" if wall is not None else f"{'-':>9}"
+        print(f"{name:<46}{n:>8}{secs:>9.2f}{rate:>10.1f}{rate / base:>8.2f}x{wall_text}")
+    print("\nbusy s: the rescan's own clock (after model loading; queue workers were already warm) or the"
+          " timed loop (in-process); wall s is the whole command.")
+
+
+if __name__ == "__main__":
+    main()
