@@ -86,6 +86,12 @@ SOURCE_ROOTS_ENV = "PHOTOSENTRY_SOURCE_ROOTS"
 CALLBACK_KEY_ENV = "PHOTOSENTRY_CALLBACK_KEY"
 """Environment variable holding the shared key that signs HTTP callbacks (16+ bytes)."""
 
+CALLBACK_NETWORKS_ENV = "PHOTOSENTRY_CALLBACK_ALLOW_NETWORKS"
+"""Environment variable listing (comma-separated) networks callbacks may reach although they
+are internal, e.g. ``127.0.0.0/8``. Loopback, link-local, metadata, multicast and reserved
+addresses are refused by default: a callback URL comes from the job, i.e. from anyone who
+can write to the queue."""
+
 UPLOADS_QUEUE = "uploads"
 """High-priority queue: fresh uploads waiting for a verdict. Workers drain it first."""
 

@@ -68,8 +68,10 @@ def redis_client(redis_server: str) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
+def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
     """A local HTTP callback receiver that checks signatures with the test KEY."""
+    # It listens on loopback, which callbacks reach only when allowed (commands read this).
+    monkeypatch.setenv("PHOTOSENTRY_CALLBACK_ALLOW_NETWORKS", "127.0.0.0/8")
     r = Receiver(CallbackSigner(KEY))
     yield r
     r.close()

@@ -6,21 +6,24 @@ import json
 
 import pytest
 
-from photosentry.worker.delivery import CallbackSigner, post_callback
+from photosentry.worker.delivery import CallbackPolicy, CallbackSigner, post_callback
 
 from .callback_receiver import KEY, Receiver
 
 BODY = json.dumps({"upload_id": "u-1", "action": "block"}).encode()
+#: The receiver listens on loopback, which callbacks may only reach when allowed.
+LOCAL = CallbackPolicy(allow_networks=("127.0.0.0/8",))
 
 
 def test_signed_callback_is_accepted(receiver: Receiver) -> None:
-    result = post_callback(receiver.url, BODY, CallbackSigner(KEY), sleep=lambda s: None)
+    result = post_callback(receiver.url, BODY, CallbackSigner(KEY), policy=LOCAL, sleep=lambda s: None)
     assert result.delivered and result.attempts == 1 and result.status == 204
     assert receiver.received == [{"upload_id": "u-1", "action": "block"}]
 
 
 def test_wrong_key_is_rejected_and_not_retried(receiver: Receiver) -> None:
-    result = post_callback(receiver.url, BODY, CallbackSigner(b"another-key-of-16+bytes"), sleep=lambda s: None)
+    result = post_callback(receiver.url, BODY, CallbackSigner(b"another-key-of-16+bytes"), policy=LOCAL,
+                           sleep=lambda s: None)
     assert not result.delivered and result.attempts == 1 and result.status == 401
     assert receiver.rejected == 1 and receiver.received == []
 
@@ -28,13 +31,15 @@ def test_wrong_key_is_rejected_and_not_retried(receiver: Receiver) -> None:
 def test_server_errors_are_retried_with_backoff(receiver: Receiver) -> None:
     receiver.fail_next = [503, 500, 429]
     waits: list[float] = []
-    result = post_callback(receiver.url, BODY, CallbackSigner(KEY), backoff_s=(0.1, 0.2, 0.4, 0.8), sleep=waits.append)
+    result = post_callback(receiver.url, BODY, CallbackSigner(KEY), policy=LOCAL, backoff_s=(0.1, 0.2, 0.4, 0.8),
+                           sleep=waits.append)
     assert result.delivered and result.attempts == 4
     assert waits == [0.1, 0.2, 0.4]
 
 
 def test_unreachable_receiver_gives_up_without_raising() -> None:
-    result = post_callback("http://127.0.0.1:9/none", BODY, CallbackSigner(KEY), backoff_s=(0.0, 0.0), timeout_s=1)
+    result = post_callback("http://127.0.0.1:9/none", BODY, CallbackSigner(KEY), policy=LOCAL, backoff_s=(0.0, 0.0),
+                           timeout_s=1)
     assert not result.delivered and result.attempts == 3 and result.error
 
 

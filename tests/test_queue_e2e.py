@@ -48,6 +48,7 @@ def env(redis_server: str, tmp_path: Path) -> dict[str, str]:
         "PHOTOSENTRY_HOME": str(tmp_path / "home"),
         "PHOTOSENTRY_SOURCE_ROOTS": str(root),
         "PHOTOSENTRY_CALLBACK_KEY": KEY.decode(),
+        "PHOTOSENTRY_CALLBACK_ALLOW_NETWORKS": "127.0.0.0/8",  # the test receiver is on loopback
     }
 
 

@@ -43,7 +43,7 @@ def settings(redis_server: str, tmp_path: Path) -> ServiceSettings:
     root = tmp_path / "uploads"
     root.mkdir()
     return ServiceSettings(redis_url=redis_server, source_roots=(str(root),), data_dir=str(tmp_path / "home"),
-                           callback_key=KEY.decode(), refresh_interval_s=0.0)
+                           callback_key=KEY.decode(), refresh_interval_s=0.0, callback_networks=("127.0.0.0/8",))
 
 
 @pytest.fixture

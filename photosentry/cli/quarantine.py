@@ -22,7 +22,12 @@ from .root import SetupError, cli, split_roots, who_why_options
 def review_options(f):  # type: ignore[no-untyped-def]
     """Options every command that reads or decides the review queue shares."""
     f = click.option("--callback-allow", "callback_allow", multiple=True, metavar="PREFIX",
-                     help="Only call back URLs starting with PREFIX (repeatable), as the workers do.")(f)
+                     help="Only call back URLs under PREFIX (repeatable), as the workers do.")(f)
+    f = click.option("--callback-allow-network", "callback_networks", multiple=True, metavar="CIDR",
+                     envvar=defaults.CALLBACK_NETWORKS_ENV, callback=lambda ctx, param, v: tuple(
+                         n.strip() for item in v for n in item.split(",") if n.strip()),
+                     help="Internal network callbacks may reach, as the workers allow (repeatable). Env:"
+                          f" {defaults.CALLBACK_NETWORKS_ENV}.")(f)
     f = click.option("--callback-key-file", type=click.Path(exists=True, dir_okay=False),
                      help=f"File with the key that signs callbacks (as the workers use). Env:"
                           f" {defaults.CALLBACK_KEY_ENV} (the key itself). Without one, decisions reach the"
@@ -40,7 +45,8 @@ def review_options(f):  # type: ignore[no-untyped-def]
 
 
 def build_reviewer(ctx: click.Context, redis_url: str | None, source_roots: tuple[str, ...],
-                   policy_path: str | None, callback_key_file: str | None, callback_allow: tuple[str, ...]) -> Any:
+                   policy_path: str | None, callback_key_file: str | None, callback_allow: tuple[str, ...],
+                   callback_networks: tuple[str, ...] = ()) -> Any:
     """A Reviewer on the workers' Redis and stores, or a SetupError that says what is missing."""
     import redis as _redis
 
@@ -70,7 +76,7 @@ def build_reviewer(ctx: click.Context, redis_url: str | None, source_roots: tupl
         raise click.BadParameter(str(exc), param_hint="--callback-key-file") from exc
     home = data_dir(ctx.find_root().obj.get("data_dir"))
     return Reviewer(client, home=home, policy=policy, source_roots=source_roots, signer=signer,
-                    callback_allow=callback_allow)
+                    callback_allow=callback_allow, callback_networks=callback_networks)
 
 
 @cli.group()

@@ -46,7 +46,14 @@ from .root import (
               help=f"File holding the key that signs HTTP callbacks (16+ bytes). Env: {defaults.CALLBACK_KEY_ENV}"
                    " (the key itself).")
 @click.option("--callback-allow", "callback_allow", multiple=True, metavar="PREFIX",
-              help="Only call back URLs starting with PREFIX (repeatable). Default: any http(s) URL.")
+              help="Only call back URLs under PREFIX, e.g. https://app.example/hooks/ (same scheme, host and port,"
+                   " path below it; repeatable). Default: any http(s) host that is not internal.")
+@click.option("--callback-allow-network", "callback_networks", multiple=True, metavar="CIDR",
+              envvar=defaults.CALLBACK_NETWORKS_ENV, callback=lambda ctx, param, v: tuple(
+                  n.strip() for item in v for n in item.split(",") if n.strip()),
+              help="Let callbacks reach this internal network (loopback, link-local, metadata addresses are"
+                   " refused by default), e.g. 127.0.0.0/8 for a receiver on this host. Repeatable."
+                   f" Env: {defaults.CALLBACK_NETWORKS_ENV} (comma-separated).")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), envvar=defaults.METRICS_PORT_ENV, default=None,
               help="Serve Prometheus metrics on this port (/metrics). Default: off.")
 @click.option("--log-format", type=click.Choice(["json", "text"]), default="json", show_default=True,
@@ -57,8 +64,8 @@ from .root import (
 @click.pass_context
 def worker(ctx: click.Context, redis_url: str, processes: int, source_roots: tuple[str, ...], queues: tuple[str, ...],
            burst: bool, job_timeout: int, policy_path: str | None, threads: int | None, providers: tuple[str, ...],
-           callback_key_file: str | None, callback_allow: tuple[str, ...], metrics_port: int | None,
-           log_format: str, no_cache: bool) -> None:
+           callback_key_file: str | None, callback_allow: tuple[str, ...], callback_networks: tuple[str, ...],
+           metrics_port: int | None, log_format: str, no_cache: bool) -> None:
     """Scan queued uploads: take jobs from Redis, record and deliver verdicts.
 
     Each verdict becomes the job's result, one entry on the Redis stream
@@ -98,8 +105,14 @@ def worker(ctx: click.Context, redis_url: str, processes: int, source_roots: tup
     settings = ServiceSettings(
         redis_url=redis_url, source_roots=source_roots, data_dir=ctx.obj["data_dir"], policy_path=policy_path,
         threads=threads, providers=providers, callback_key=key, callback_allow=callback_allow,
-        use_cache=not no_cache,
+        callback_networks=callback_networks, use_cache=not no_cache,
     )
+    try:
+        from ..worker.delivery import CallbackPolicy
+
+        CallbackPolicy(allow_prefixes=callback_allow, allow_networks=callback_networks)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--callback-allow / --callback-allow-network") from exc
     try:
         status = run_pool(settings, processes=processes, burst=burst, queues=queues or defaults.QUEUES,
                           max_job_timeout=job_timeout, metrics_port=metrics_port, log_json=log_format == "json",

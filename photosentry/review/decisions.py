@@ -34,7 +34,7 @@ from ..hashes.codecs import Algorithm
 from ..hashes.redis_banks import RedisBankStore
 from ..hashes.signals import FrameHashes, ImageHashes, PerceptualHash
 from ..worker.actions import ContentStore
-from ..worker.delivery import CallbackSigner, post_callback
+from ..worker.delivery import CallbackPolicy, CallbackSigner, post_callback
 from ..worker.policy import Policy
 from ..worker.sources import SourceRefused, SourceRoots
 from ..worker.stream import VerdictStream
@@ -70,7 +70,9 @@ class Reviewer:
         policy: for the uploader penalties and what happens to a confirmed file.
         source_roots: where released files may be put back (the workers' source roots).
         signer: signs decision callbacks; None skips them (the stream still has them).
-        callback_allow: only call back URLs with one of these prefixes (empty: any).
+        callback_allow: only call back URLs under one of these prefixes (empty: any).
+        callback_networks: internal networks callbacks may reach (see
+            :class:`~photosentry.worker.delivery.CallbackPolicy`).
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class Reviewer:
         source_roots: Sequence[str] = (),
         signer: CallbackSigner | None = None,
         callback_allow: Sequence[str] = (),
+        callback_networks: Sequence[str] = (),
         bank_store: BankStore | None = None,
         queue: ReviewQueue | None = None,
         stream: VerdictStream | None = None,
@@ -97,6 +100,8 @@ class Reviewer:
         self.roots = SourceRoots(source_roots) if source_roots else None
         self.signer = signer
         self.callback_allow = tuple(callback_allow)
+        self.callback_policy = CallbackPolicy(allow_prefixes=self.callback_allow,
+                                              allow_networks=tuple(callback_networks))
 
     # -- reading -------------------------------------------------------------------------
 
@@ -310,15 +315,13 @@ class Reviewer:
             return None
         if self.signer is None:
             result: dict[str, Any] = {"delivered": False, "error": "no callback key configured"}
-        elif self.callback_allow and not url.startswith(self.callback_allow):
-            result = {"delivered": False, "error": "callback_url is not under an allowed prefix"}
         else:
             import json
 
             body = json.dumps({"event": "decision", "upload_id": item.record.upload_id, "item_id": item.item_id,
                                "stream_id": outcome.effects.get("stream_id"), "decision": outcome.decision,
                                "verdict": outcome.verdict}, separators=(",", ":")).encode()
-            got = post_callback(url, body, self.signer)
+            got = post_callback(url, body, self.signer, policy=self.callback_policy)
             result = {"delivered": got.delivered, "attempts": got.attempts, "status": got.status, "error": got.error}
         self.queue.set_effects(outcome.item_id, {**outcome.effects, "callback": result})
         if not result["delivered"]:

@@ -9,17 +9,32 @@ The signature scheme is the one webhook senders commonly use: HMAC-SHA256 over
 so a receiver can reject both forged bodies and replays of old ones. A callback that
 keeps failing is given up after its retries; the verdict itself is recorded elsewhere
 first, so a dead receiver never loses it.
+
+Where a callback may go is a :class:`CallbackPolicy`, because the URL comes from the
+job payload, and anyone who can write to the queue writes that. Without one, a job
+could make the worker POST to the cloud metadata service, to Redis on localhost, or
+to any internal address. The policy checks the scheme, the host (and, when allowed
+URLs are configured, scheme, host, port and path prefix part by part, never as a
+string prefix: ``https://app.example@evil.example/`` is not under
+``https://app.example``), then resolves the host and refuses it if *any* address is
+loopback, link-local, multicast, unspecified, reserved or a known metadata address,
+unless that address is in an allowed network. The request then goes to exactly the
+addresses that were checked (a second DNS answer cannot swap in another), with TLS
+still verified against the host name, and redirects are never followed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
+import ipaddress
+import socket
+import ssl
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 TIMESTAMP_HEADER = "X-PhotoSentry-Timestamp"
 SIGNATURE_HEADER = "X-PhotoSentry-Signature"
@@ -73,10 +88,204 @@ class CallbackResult:
     attempts: int
     status: int | None
     error: str = ""
+    #: True when the policy refused the URL: nothing was sent at all.
+    refused: bool = False
+
+
+class CallbackRefused(ValueError):
+    """A callback URL the policy does not allow; the message says why (never the query)."""
+
+
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a)
+    for a in (
+        "169.254.169.254",  # AWS, GCP, Azure, OpenStack, DigitalOcean instance metadata
+        "169.254.170.2",  # AWS ECS task metadata
+        "fd00:ec2::254",  # AWS instance metadata over IPv6
+        "100.100.100.200",  # Alibaba Cloud metadata
+        "168.63.129.16",  # Azure wire server
+    )
+)
+"""Cloud metadata endpoints: credentials live there. Refused unless their network is allowed."""
+
+_THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")  # Linux connects 0.x.x.x to the local host
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # an IPv4 address wrapped for a NAT64 gateway
+
+Resolver = Callable[..., list[tuple]]
+
+
+def _effective(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The IPv4 address an IPv6 one really reaches (mapped or NAT64), else itself."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped
+        if ip in _NAT64:
+            return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return ip
+
+
+def internal_reason(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why ``ip`` is off limits by default (``loopback``, ``metadata`` ...), or None."""
+    ip = _effective(ip)
+    if ip in METADATA_ADDRESSES:
+        return "metadata"
+    if ip.is_loopback or (isinstance(ip, ipaddress.IPv4Address) and ip in _THIS_NETWORK):
+        return "loopback"
+    if ip.is_link_local:
+        return "link-local"
+    if ip.is_multicast:
+        return "multicast"
+    if ip.is_unspecified or ip.is_reserved:
+        return "reserved"
+    return None
+
+
+@dataclass(frozen=True)
+class _Allowed:
+    scheme: str
+    host: str
+    port: int
+    path: str
+
+
+@dataclass(frozen=True)
+class Target:
+    """A checked callback URL: where to connect and what to ask for."""
+
+    scheme: str
+    host: str
+    port: int
+    #: Path and query to request.
+    path: str
+    #: The checked addresses, in resolver order; the request goes to one of these only.
+    addresses: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CallbackPolicy:
+    """Where callbacks may go (see the module docstring).
+
+    Args:
+        allow_prefixes: when not empty, a callback URL must fall under one of these
+            (``https://app.example/hooks/``: same scheme, same host, same port, and a
+            path under that path).
+        allow_networks: networks callbacks may reach although they are internal by
+            default, e.g. ``127.0.0.0/8`` for a receiver on the same host.
+        schemes: URL schemes allowed at all.
+    """
+
+    allow_prefixes: tuple[str, ...] = ()
+    allow_networks: tuple[str, ...] = ()
+    schemes: tuple[str, ...] = ("https", "http")
+    _allowed: tuple[_Allowed, ...] = field(init=False, repr=False, compare=False)
+    _networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(init=False, repr=False,
+                                                                                  compare=False)
+
+    def __post_init__(self) -> None:
+        allowed = []
+        for prefix in self.allow_prefixes:
+            parts = urlsplit(prefix)
+            if parts.scheme not in self.schemes or not parts.hostname or parts.username or parts.password:
+                raise ValueError(f"callback prefix {prefix!r} must be scheme://host[:port][/path]"
+                                 f" with a scheme in {list(self.schemes)}")
+            allowed.append(_Allowed(parts.scheme, parts.hostname.lower(), _port(parts), parts.path or "/"))
+        object.__setattr__(self, "_allowed", tuple(allowed))
+        try:
+            networks = tuple(ipaddress.ip_network(n, strict=False) for n in self.allow_networks)
+        except ValueError as exc:
+            raise ValueError(f"callback network: {exc}") from exc
+        object.__setattr__(self, "_networks", networks)
+
+    def check(self, url: str, *, resolve: Resolver = socket.getaddrinfo) -> Target:
+        """The target ``url`` names, once every rule passed.
+
+        Raises:
+            CallbackRefused: the scheme, host, port, path or an address is not allowed,
+                or the host does not resolve.
+        """
+        try:
+            parts = urlsplit(url)
+            port = _port(parts)
+        except ValueError as exc:
+            raise CallbackRefused(f"callback URL is malformed: {exc}") from exc
+        if parts.scheme not in self.schemes:
+            raise CallbackRefused(f"callback scheme {parts.scheme!r} is not allowed (only {list(self.schemes)})")
+        host = (parts.hostname or "").lower()
+        if not host:
+            raise CallbackRefused("callback URL has no host")
+        if parts.username is not None or parts.password is not None:
+            raise CallbackRefused("callback URLs may not carry credentials")
+        path = parts.path or "/"
+        if self._allowed and not any(
+            a.scheme == parts.scheme and a.host == host and a.port == port and _under(path, a.path)
+            for a in self._allowed
+        ):
+            raise CallbackRefused(f"callback to {parts.scheme}://{host}:{port}{path} is not under an allowed prefix")
+        try:
+            infos = resolve(host, port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError, OSError) as exc:
+            raise CallbackRefused(f"callback host {host!r} does not resolve: {exc}") from exc
+        addresses: list[str] = []
+        for info in infos:
+            address = str(info[4][0]).split("%", 1)[0]
+            ip = ipaddress.ip_address(address)
+            why = internal_reason(ip)
+            if why is not None and not any(_effective(ip) in n or ip in n for n in self._networks):
+                raise CallbackRefused(f"callback host {host!r} resolves to {why} address {ip}; allow its network"
+                                      " explicitly to call it")
+            if address not in addresses:
+                addresses.append(address)
+        if not addresses:
+            raise CallbackRefused(f"callback host {host!r} has no address")
+        query = f"?{parts.query}" if parts.query else ""
+        return Target(parts.scheme, host, port, path + query, tuple(addresses))
+
+
+DEFAULT_POLICY = CallbackPolicy()
+"""http(s) to any host that resolves to no internal address."""
+
+
+def _port(parts: object) -> int:
+    port = parts.port  # type: ignore[attr-defined]  # raises ValueError when out of range
+    if port is not None:
+        return int(port)
+    return 443 if parts.scheme == "https" else 80  # type: ignore[attr-defined]
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix if prefix.endswith("/") else prefix + "/")
 
 
 def _retryable(status: int) -> bool:
     return status >= 500 or status in (408, 429)
+
+
+def _send(target: Target, body: bytes, headers: Mapping[str, str], timeout_s: float) -> int:
+    """POST to the checked addresses only; returns the HTTP status (no redirect followed)."""
+
+    def connect(_address: tuple[str, int], timeout: float | None = None, source: object = None) -> socket.socket:
+        last: OSError | None = None
+        for ip in target.addresses:
+            try:
+                return socket.create_connection((ip, target.port), timeout)
+            except OSError as exc:
+                last = exc
+        raise last or OSError("no address to connect to")
+
+    conn: http.client.HTTPConnection
+    if target.scheme == "https":
+        conn = http.client.HTTPSConnection(target.host, target.port, timeout=timeout_s,
+                                           context=ssl.create_default_context())
+    else:
+        conn = http.client.HTTPConnection(target.host, target.port, timeout=timeout_s)
+    conn._create_connection = connect  # type: ignore[attr-defined]  # pin the checked addresses
+    try:
+        conn.request("POST", target.path, body=body, headers=dict(headers))
+        response = conn.getresponse()
+        response.read(64 * 1024)  # a receiver's reply is not ours to keep
+        return response.status
+    finally:
+        conn.close()
 
 
 def post_callback(
@@ -84,15 +293,23 @@ def post_callback(
     body: bytes,
     signer: CallbackSigner,
     *,
+    policy: CallbackPolicy = DEFAULT_POLICY,
     backoff_s: Sequence[float] = DEFAULT_BACKOFF_S,
     timeout_s: float = 5.0,
     sleep: Callable[[float], None] = time.sleep,
+    resolve: Resolver = socket.getaddrinfo,
 ) -> CallbackResult:
     """POST ``body`` as JSON with a fresh signature per attempt; retry with backoff.
 
-    Client errors other than 408/429 are not retried: the receiver has said no.
-    Never raises for network or HTTP failures - it reports them.
+    ``url`` is checked against ``policy`` first (and resolved once); a refused URL is
+    never contacted. Client errors other than 408/429 are not retried: the receiver
+    has said no. A redirect is not followed (it could point anywhere) and counts as
+    not delivered. Never raises for network or HTTP failures - it reports them.
     """
+    try:
+        target = policy.check(url, resolve=resolve)
+    except CallbackRefused as exc:
+        return CallbackResult(False, 0, None, f"refused: {exc}", refused=True)
     attempts = 0
     status: int | None = None
     error = ""
@@ -100,21 +317,18 @@ def post_callback(
         if wait:
             sleep(wait)
         attempts += 1
-        request = urllib.request.Request(
-            url,
-            data=body,
-            method="POST",
-            headers={"Content-Type": "application/json", **signer.headers(body)},
-        )
+        headers = {"Content-Type": "application/json", **signer.headers(body)}
         try:
-            with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - scheme checked by caller
-                status = response.status
-                if 200 <= status < 300:
-                    return CallbackResult(True, attempts, status)
-        except urllib.error.HTTPError as exc:
-            status, error = exc.code, f"HTTP {exc.code}"
-            if not _retryable(exc.code):
-                break
-        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
-            status, error = None, f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+            status = _send(target, body, headers, timeout_s)
+        except (OSError, http.client.HTTPException) as exc:
+            status, error = None, f"{type(exc).__name__}: {exc}"
+            continue
+        if 200 <= status < 300:
+            return CallbackResult(True, attempts, status)
+        error = f"HTTP {status}"
+        if 300 <= status < 400:
+            error += " (redirects are not followed)"
+            break
+        if not _retryable(status):
+            break
     return CallbackResult(False, attempts, status, error)

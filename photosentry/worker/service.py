@@ -42,7 +42,7 @@ from ..hashes.redis_banks import RedisBankStore
 from ..review.queue import QuarantineRecord, ReviewQueue
 from .actions import ActionApplier, ActionResult, ContentStore
 from .cache import VerdictCache
-from .delivery import CallbackSigner, post_callback
+from .delivery import CallbackPolicy, CallbackSigner, post_callback
 from .jobs import PayloadError, ScanPayload, check_upload_id
 from .logs import job_context
 from .metrics import Metrics
@@ -68,6 +68,9 @@ class ServiceSettings:
     callback_key: str | None = field(default=None, repr=False)
     #: If set, callbacks go only to URLs starting with one of these prefixes.
     callback_allow: tuple[str, ...] = ()
+    #: Networks callbacks may reach although internal (loopback, link-local, metadata),
+    #: e.g. ``127.0.0.0/8`` for a receiver on the same host. Default: none.
+    callback_networks: tuple[str, ...] = ()
     cache_ttl_s: int = defaults.VERDICT_CACHE_TTL_S
     #: False scans every upload even when its bytes were seen (benchmarks, audits).
     use_cache: bool = True
@@ -91,6 +94,7 @@ class ServiceSettings:
             redis_url=redis_url or os.environ.get(defaults.REDIS_URL_ENV, ""),
             source_roots=roots,
             callback_key=os.environ.get(defaults.CALLBACK_KEY_ENV) or None,
+            callback_networks=tuple(n for n in os.environ.get(defaults.CALLBACK_NETWORKS_ENV, "").split(",") if n),
         )
         return replace(base, **overrides)
 
@@ -128,6 +132,8 @@ class ScanService:
         self.review = ReviewQueue(self.redis)
         self.uploaders = UploaderLedger(self.redis, self.policy.uploaders, self.stream)
         self.signer = CallbackSigner(settings.callback_key) if settings.callback_key else None
+        self.callback_policy = CallbackPolicy(allow_prefixes=settings.callback_allow,
+                                              allow_networks=settings.callback_networks)
         self.bank_store = RedisBankStore(self.redis, prefix=settings.bank_prefix)
         self.scanner = scanner
         if self.scanner is None and load_models:
@@ -360,15 +366,15 @@ class ScanService:
             self.metrics.callbacks.labels("skipped").inc()
             log.error("callback_url given but no callback key is configured (%s)", defaults.CALLBACK_KEY_ENV)
             return
-        if self.settings.callback_allow and not url.startswith(self.settings.callback_allow):
-            self.metrics.callbacks.labels("skipped").inc()
-            log.error("callback_url is not under an allowed prefix; not called", extra={"callback_url": url})
-            return
         body = json.dumps(
             {"upload_id": payload.upload_id, "job_id": job_id, "stream_id": stream_id, "verdict": verdict},
             separators=(",", ":"),
         ).encode()
-        result = post_callback(url, body, self.signer)
+        result = post_callback(url, body, self.signer, policy=self.callback_policy)
+        if result.refused:  # the URL came from the job: never where the policy forbids
+            self.metrics.callbacks.labels("skipped").inc()
+            log.error("callback_url refused by the callback policy; not called", extra={"why": result.error})
+            return
         self.metrics.callbacks.labels("delivered" if result.delivered else "failed").inc()
         if not result.delivered:
             log.warning("callback not delivered (the verdict is on the stream)",
