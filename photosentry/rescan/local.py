@@ -89,7 +89,7 @@ _WORKER: "_PoolWorker | None" = None
 class _PoolWorker:
     def __init__(self, settings: LocalSettings) -> None:
         from ..hashes.matcher import BankMatcher
-        from ..models.open_nsfw import OpenNsfwClassifier
+        from ..models.loader import load_classifier
         from ..worker.pipeline import Scanner
         from ..worker.policy import Policy
 
@@ -110,8 +110,18 @@ class _PoolWorker:
 
             home = ensure_private_dir(data_dir(settings.data_dir))
             store = SqliteBankStore(home / defaults.BANK_DB_FILENAME)
-        self.classifier = OpenNsfwClassifier(threads=settings.threads, providers=list(settings.providers) or None)
-        self.scanner = Scanner(policy=self.policy, matcher=BankMatcher(store), classifier=self.classifier)
+        providers = list(settings.providers) or None
+        # The models a queue worker runs on this host (the verified artifact, else fp32;
+        # the second opinions named in the environment), so both modes decide alike.
+        self.classifier = load_classifier("open_nsfw", data_dir=data_dir(settings.data_dir), threads=settings.threads,
+                                          providers=providers)
+        second = []
+        if "nudenet" in os.environ.get(defaults.SECOND_MODELS_ENV, "").split(","):
+            from ..models.nudenet import NudeNetDetector
+
+            second.append(NudeNetDetector(threads=settings.threads, providers=providers))
+        self.scanner = Scanner(policy=self.policy, matcher=BankMatcher(store), classifier=self.classifier,
+                               second_opinions=second)
         self.scanner.warm_up()
         self.roots = SourceRoots(settings.source_roots)
         self._last_refresh = time.monotonic()
