@@ -12,6 +12,7 @@ from ..decode import Limits, decode, read_limited
 from ..errors import InvalidHash, PhotoSentryError, UnreadableImage
 from ..hashes.banks import BankEntry, BankKind, EntrySource, NewEntry, entries_from_hashes
 from ..hashes.codecs import Algorithm, parse_tagged
+from ..hashes.imports import ImportFormat
 from ..hashes.signals import hash_image
 from .root import (
     cli,
@@ -181,3 +182,271 @@ def ban_configure(ctx: click.Context, bank: str, pdq: int | None, phash: int | N
     close_store(store)
 
 
+# -- import / export / check / history / stats / snapshot ------------------------------
+
+
+def snapshot_dir(ctx: click.Context) -> Path:
+    """Where this store's columnar snapshots live: next to the SQLite bank, or per
+    Redis bank (several workers on one host share one)."""
+    from ..config import data_dir, ensure_private_dir
+
+    home = ensure_private_dir(data_dir(ctx.obj["data_dir"]))
+    if ctx.obj.get("bank_redis_url"):
+        return home / "bank-snapshots" / "redis"
+    return home / "bank-snapshots" / "sqlite"
+
+
+def _progress(total: int | None, desc: str, unit: str = "it"):  # type: ignore[no-untyped-def]
+    import sys
+
+    from tqdm import tqdm
+
+    # Quiet when stderr is not a terminal (cron, CI, pipes): no control characters in logs.
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=not sys.stderr.isatty(), leave=False)
+
+
+@ban.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--bank", default=None,
+              help=f"Bank for every entry (default: the file's own bank column, else {defaults.DEFAULT_BANK}).")
+@click.option("--format", "fmt", type=click.Choice([f.value for f in ImportFormat]), default="auto", show_default=True,
+    help="plain: one hash per line (VALUE, ALGO VALUE or ALGO:VALUE); csv/jsonl: our export;"
+         " te-pdq: ThreatExchange PDQ lists (PDQHEX,QUALITY); auto: guess from the name and first line.")
+@click.option("--algorithm", type=click.Choice([a.value for a in Algorithm]), default=None,
+              help="Algorithm of bare values in a plain list (64 hex digits could be PDQ or SHA-256).")
+@click.option("--label", default="", help="Label for entries whose line has none.")
+@click.option("--skip-invalid", is_flag=True, help="Import the valid lines even if some are bad (default: all or nothing).")
+@who_why_options
+@click.pass_context
+def ban_import(ctx: click.Context, file: str, bank: str | None, fmt: str, algorithm: str | None, label: str,
+               skip_invalid: bool, actor: str, reason: str) -> None:
+    """Import a hash list into a bank, all or nothing.
+
+    Every line is validated first (algorithm, length, hex, all-zero hashes); a bad line
+    is reported with its number and, without --skip-invalid, nothing is written.
+    Duplicates (in the file or already in the bank) are merged. Each new entry is in
+    the audit trail with --by and --reason. A snapshot is written afterwards so
+    workers load the bank in seconds.
+
+    \b
+    Examples:
+      photosentry ban import ncmec-md5.txt --algorithm md5 --bank csam --by importer --reason "list 2026-11"
+      photosentry ban import pdq-list.csv --format te-pdq --bank csam --by importer --reason "TE export"
+      photosentry ban export --format jsonl > banks.jsonl   # ... and on another instance:
+      photosentry ban import banks.jsonl --by importer --reason "migration"
+    """
+    import os
+    import shutil
+    import sys
+    import tempfile
+
+    from ..hashes.imports import ImportReport, iter_import
+    from ..hashes.snapshot import write_snapshot
+
+    if bank is not None:
+        try:
+            NewEntry(Algorithm.MD5, "1" * 32, bank)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--bank") from exc
+    spool = None
+    if file == "-":  # stdin is read twice (validate, then import): spool it to a private temp file
+        spool = tempfile.TemporaryFile()
+        shutil.copyfileobj(sys.stdin.buffer, spool)
+        spool.seek(0)
+        stream = spool
+    else:
+        try:
+            stream = open(file, "rb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {file}: {exc.strerror}", param_hint="FILE") from exc
+    size = os.fstat(stream.fileno()).st_size
+    kwargs = dict(fmt=ImportFormat(fmt), bank=bank, default_bank=defaults.DEFAULT_BANK,
+                  algorithm=Algorithm(algorithm) if algorithm else None, label=label, filename=file)
+    try:
+        report = ImportReport()
+        with _progress(size, "validating", "B") as bar:
+            for _ in iter_import(stream, report, progress=bar, **kwargs):  # type: ignore[arg-type]
+                pass
+        for problem in report.problems:
+            click.echo(f"{file}: {problem}", err=True)
+        if report.problem_count > len(report.problems):
+            click.echo(f"{file}: ... and {report.problem_count - len(report.problems)} more bad lines", err=True)
+        if report.problem_count and not skip_invalid:
+            raise click.ClickException(
+                f"{report.problem_count} bad line(s) of {report.lines}; nothing imported"
+                " (fix them, or pass --skip-invalid to import the valid lines)")
+        stream.seek(0)
+        store = open_store(ctx)
+        second = ImportReport()
+        with _progress(report.valid, "importing", "entries") as bar:
+            added = store.import_entries(iter_import(stream, second, **kwargs),  # type: ignore[arg-type]
+                                         actor=actor, reason=reason, progress=bar.update)
+    finally:
+        stream.close()
+    click.echo(f"{report.lines} lines: {report.valid} valid, {added} new, {report.valid - added} merged"
+               f" into existing entries, {report.problem_count} skipped; bank version {store.version()}")
+    if added:
+        snap = write_snapshot(store, snapshot_dir(ctx))
+        click.echo(f"snapshot v{snap.version} written ({sum(snap.counts.values())} entries)")
+    close_store(store)
+
+
+@ban.command("export")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="jsonl", show_default=True)
+@click.option("--bank", default=None, help="Only this bank.")
+@click.option("--all", "include_removed", is_flag=True, help="Include removed entries (they are not re-imported).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default="-",
+              help="File to write (default: standard output).")
+@click.pass_context
+def ban_export(ctx: click.Context, fmt: str, bank: str | None, include_removed: bool, output: str) -> None:
+    """Export entries with every audit field; `ban import` reads the result back.
+
+    \b
+    Examples:
+      photosentry ban export --format csv --bank csam -o csam.csv
+      photosentry ban export > everything.jsonl
+    """
+    from ..hashes.imports import write_csv, write_jsonl
+
+    store = open_store(ctx)
+    entries = store.entries(bank=bank, include_removed=include_removed)
+    with click.open_file(output, "w", encoding="utf-8") as out:
+        count = (write_csv if fmt == "csv" else write_jsonl)(entries, out)
+    if output != "-":
+        click.echo(f"{count} entries written to {output}", err=True)
+    close_store(store)
+
+
+@ban.command("check")
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="JSON Lines: one object per image with its matches.")
+@click.pass_context
+def ban_check(ctx: click.Context, images: tuple[str, ...], as_json: bool) -> None:
+    """Which bank entries do IMAGES match, at what distance, in which bank?
+
+    Exit status 0 if nothing matched, 1 if any image matched a ban bank.
+
+    \b
+    Example:
+      photosentry ban check suspicious.jpg
+    """
+    from ..hashes.matcher import BankMatcher
+
+    store = open_store(ctx)
+    matcher = BankMatcher(store, snapshot_dir=snapshot_dir(ctx))
+    flagged = False
+    for image in images:
+        path = Path(image)
+        limits = Limits()
+        try:
+            data = read_limited(path, limits.max_bytes)
+            decoded = decode(data, limits)
+        except UnreadableImage as exc:
+            click.echo(f"{path}: {exc.code}: {exc.message}", err=True)
+            flagged = True
+            continue
+        matches = matcher.match(hash_image(data, decoded.frames, decoded.frame_indices))
+        flagged |= any(not m.allow and not m.weak for m in matches)
+        if as_json:
+            click.echo(json.dumps({"image": str(path), "matches": [m.to_dict() for m in matches]}))
+            continue
+        if not matches:
+            click.echo(f"{path}: no match (bank version {matcher.version})")
+        for m in matches:
+            kind = "allow" if m.allow else "ban"
+            note = " weak (low PDQ quality)" if m.weak else ""
+            click.echo(f"{path}: entry {m.entry_id} bank {m.bank} ({kind}) {m.algorithm.value} distance {m.distance}"
+                       f" frame {m.frame} variant {m.variant}{note} {m.label}")
+    close_store(store)
+    ctx.exit(1 if flagged else 0)
+
+
+@ban.command("history")
+@click.option("--bank", default=None, help="Only changes to this bank.")
+@click.option("--entry", "entry_id", type=int, default=None, help="Only changes to this entry.")
+@click.option("--limit", type=click.IntRange(1, 1_000_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON Lines instead of a table.")
+@click.pass_context
+def ban_history(ctx: click.Context, bank: str | None, entry_id: int | None, limit: int, as_json: bool) -> None:
+    """The audit trail: who added, removed or reconfigured what, when and why (newest first).
+
+    \b
+    Examples:
+      photosentry ban history --bank csam --limit 20
+      photosentry ban history --entry 1234
+    """
+    import datetime as dt
+
+    store = open_store(ctx)
+    changes = store.history(bank=bank, entry_id=entry_id, limit=limit)
+    values = {e.id: e.tagged for e in store.get_many([c.entry_id for c in changes if c.entry_id is not None])}
+    if not as_json:
+        click.echo(f"{'VERSION':>8}  {'WHEN (UTC)':<19}  {'WHO':<14} {'WHAT':<7} {'BANK':<12} {'ENTRY':>7}  REASON / HASH")
+    for c in changes:
+        when = dt.datetime.fromtimestamp(c.at, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        value = values.get(c.entry_id, "") if c.entry_id is not None else ""
+        if as_json:
+            click.echo(json.dumps({"version": c.version, "at": c.at, "actor": c.actor, "op": c.op.value,
+                                   "bank": c.bank, "entry_id": c.entry_id, "hash": value, "reason": c.reason}))
+        else:
+            entry = str(c.entry_id) if c.entry_id is not None else "-"
+            click.echo(f"{c.version:>8}  {when:<19}  {c.actor[:14]:<14} {c.op.value:<7} {c.bank[:12]:<12} {entry:>7}"
+                       f"  {c.reason}  {value}")
+    close_store(store)
+
+
+@ban.command("stats")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def ban_stats(ctx: click.Context, as_json: bool) -> None:
+    """Entries per bank and algorithm, bank kinds and distances, the bank version and snapshot."""
+    from collections import Counter
+
+    from ..hashes.snapshot import latest_snapshot
+
+    store = open_store(ctx)
+    active: Counter[tuple[str, str]] = Counter()
+    removed: Counter[str] = Counter()
+    for algorithm in Algorithm:
+        for _, _, banks in store.active_columns(algorithm):
+            active.update((b, algorithm.value) for b in banks)
+    for entry in store.entries(include_removed=True):
+        if not entry.active:
+            removed[entry.bank] += 1
+    version = store.version()
+    snap = latest_snapshot(snapshot_dir(ctx), max_version=version)
+    rows = []
+    for cfg in store.banks():
+        counts = {a.value: active[(cfg.name, a.value)] for a in Algorithm}
+        rows.append({"bank": cfg.name, "kind": cfg.kind.value, "active": sum(counts.values()), "removed": removed[cfg.name],
+                     "by_algorithm": counts,
+                     "distances": {a.value: cfg.distance(a) for a in Algorithm if a.is_perceptual}})
+    if as_json:
+        click.echo(json.dumps({"version": version, "snapshot": snap.version if snap else None, "banks": rows}))
+    else:
+        click.echo(f"{'BANK':<16} {'KIND':<6} {'ACTIVE':>9} {'REMOVED':>8} " + " ".join(f"{a.value:>8}" for a in Algorithm)
+                   + "  DISTANCES")
+        for r in rows:
+            click.echo(f"{r['bank'][:16]:<16} {r['kind']:<6} {r['active']:>9} {r['removed']:>8} "
+                       + " ".join(f"{r['by_algorithm'][a.value]:>8}" for a in Algorithm)
+                       + "  " + ", ".join(f"{k} {v}" for k, v in r["distances"].items()))
+        lag = f"v{snap.version} ({version - snap.version} changes behind)" if snap else "none (`ban snapshot`)"
+        click.echo(f"bank version {version}; snapshot {lag}")
+    close_store(store)
+
+
+@ban.command("snapshot")
+@click.pass_context
+def ban_snapshot(ctx: click.Context) -> None:
+    """Write a columnar snapshot of the bank, so matchers (scan, worker) load it in seconds.
+
+    `ban import` writes one itself. Run it after large changes made another way (for a
+    Redis bank, on each worker host, e.g. from cron).
+    """
+    from ..hashes.snapshot import write_snapshot
+
+    store = open_store(ctx)
+    with _progress(None, "reading", "entries") as bar:
+        snap = write_snapshot(store, snapshot_dir(ctx), progress=bar.update)
+    click.echo(f"snapshot v{snap.version}: " + ", ".join(f"{k} {v}" for k, v in snap.counts.items()) + f" in {snap.path}")
+    close_store(store)

@@ -285,6 +285,40 @@ class BankStore(ABC):
         """Several entries at once (backends override this with one round trip)."""
         return [self.get(i) for i in entry_ids]
 
+    def import_entries(
+        self, entries: Iterable[NewEntry], *, actor: str, reason: str, progress: t.Callable[[int], None] | None = None
+    ) -> int:
+        """Add a stream of entries in bulk; returns how many were new (the rest merged
+        into active duplicates). Backends without transactions write chunk by chunk."""
+        _check_actor(actor, reason)
+        added = 0
+        chunk: list[NewEntry] = []
+        for entry in entries:
+            chunk.append(entry)
+            if len(chunk) == 5000:
+                added += self._import_chunk(chunk, actor, reason)
+                if progress is not None:
+                    progress(len(chunk))
+                chunk = []
+        if chunk:
+            added += self._import_chunk(chunk, actor, reason)
+            if progress is not None:
+                progress(len(chunk))
+        return added
+
+    def _import_chunk(self, chunk: list[NewEntry], actor: str, reason: str) -> int:
+        before = self.version()
+        self.add(chunk, actor=actor, reason=reason)
+        return self.version() - before
+
+    def history(self, *, bank: str | None = None, entry_id: int | None = None, limit: int = 100) -> list[Change]:
+        """The newest ``limit`` changes (optionally of one bank or entry), newest first."""
+        out = [
+            c for c in self.changes_since(0)
+            if (bank is None or c.bank == bank) and (entry_id is None or c.entry_id == entry_id)
+        ]
+        return out[::-1][:limit]
+
     def active_columns(self, algorithm: Algorithm, *, chunk: int = 100_000) -> Iterator[tuple[list[int], list[str], list[str]]]:
         """Active entries of one algorithm as (ids, values, banks) chunks in id order: the
         columnar read that snapshots and index builds use (backends override it)."""
@@ -476,6 +510,46 @@ class SqliteBankStore(BankStore):
             sql += " WHERE " + " AND ".join(where)
         for row in self._db.execute(sql + " ORDER BY id", args):
             yield _entry(row)
+
+    def import_entries(
+        self, entries: Iterable[NewEntry], *, actor: str, reason: str, progress: t.Callable[[int], None] | None = None
+    ) -> int:
+        """One transaction for the whole stream: all of it lands, or (on any error) none."""
+        _check_actor(actor, reason)
+        now = time.time()
+        added = 0
+        pending = 0
+        with self._transaction() as db:
+            for e in entries:
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO entries (algorithm, value, bank, label, reason, added_by, added_at, source, grp)"
+                    " VALUES (?,?,?,?,?,?,?,?,?)",
+                    (e.algorithm.value, e.value, e.bank, e.label, reason, actor, now, e.source.value, e.group),
+                )
+                if cur.rowcount == 1:
+                    added += 1
+                    self._log(db, ChangeOp.ADD, int(cur.lastrowid or 0), e.bank, actor, reason, now)
+                pending += 1
+                if progress is not None and pending == 10_000:
+                    progress(pending)
+                    pending = 0
+        if progress is not None and pending:
+            progress(pending)
+        return added
+
+    def history(self, *, bank: str | None = None, entry_id: int | None = None, limit: int = 100) -> list[Change]:
+        where, args = [], []
+        if bank is not None:
+            where.append("bank=?")
+            args.append(bank)
+        if entry_id is not None:
+            where.append("entry_id=?")
+            args.append(entry_id)
+        sql = "SELECT version, op, entry_id, bank, actor, reason, at FROM changes"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        rows = self._db.execute(sql + " ORDER BY version DESC LIMIT ?", [*args, int(limit)])
+        return [Change(r[0], ChangeOp(r[1]), r[2], r[3], r[4], r[5], r[6]) for r in rows]
 
     def get_many(self, entry_ids: Sequence[int]) -> list[BankEntry]:
         found: dict[int, BankEntry] = {}

@@ -1,0 +1,287 @@
+#!/usr/bin/env python
+"""Matching benchmark: per-photo query time at industry scale, next to the alternatives.
+
+    python scripts/bench_match.py --entries 10000000     # the report's run (~6 GB peak)
+    python scripts/bench_match.py                         # 1 million per algorithm, quicker
+
+Builds, per perceptual algorithm, a synthetic bank of N uniformly random hashes (the
+hard case: nothing is near anything, so every probe and candidate is wasted work) and
+plants near-duplicates: each benchmark photo has the query variants a real photo has
+(PDQ 8, pHash 8, dHash 2), and for planted photos one random variant is a copy of a
+bank entry with d random bits flipped, d uniform in 0..radius. It then measures:
+
+- ``photosentry``: the TieredIndex the matcher uses (multi-index hashing, numba),
+  per algorithm and for the whole photo (all algorithms and variants), median and p99,
+  recall on the planted items (must be 100%), memory per entry beyond the raw hash,
+  and the load time of a bank of N from a columnar snapshot (np.load + build);
+- alternative MIH layouts (other substring counts) in the same run;
+- ``numpy linear``: XOR + popcount over every row (the previous HammingIndex);
+- ``faiss IndexBinaryFlat``: FAISS's exhaustive binary range search;
+- ``faiss IndexBinaryMultiHash``: FAISS's multi-index hashing (at most 1M entries:
+  its hash maps take hundreds of bytes per entry);
+- ``threatexchange PDQIndex2``: the reference PDQ matcher (FAISS IndexFlatL2 over
+  float32 vectors, 1 KB per hash: measured at most at 1M entries, it would need 10 GB
+  at 10M).
+
+Single-threaded (FAISS and numba are pinned to one thread): the target is "one core".
+Timings are medians over ``--photos`` photos; slow baselines use fewer photos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from photosentry.hashes import mih  # noqa: E402
+from photosentry.hashes.index import TieredIndex, codes_to_hex  # noqa: E402
+
+ALGOS = (("pdq", 256, 31, 8), ("phash", 64, 10, 8), ("dhash", 64, 10, 2))
+
+
+def rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def flip(rng: np.random.Generator, code: np.ndarray, d: int) -> np.ndarray:
+    out = code.copy()
+    for bit in rng.choice(code.size * 64, d, replace=False):
+        out[bit // 64] ^= np.uint64(1) << np.uint64(63 - bit % 64)
+    return out
+
+
+def make_photos(rng, codes, radius, variants, photos, planted):  # type: ignore[no-untyped-def]
+    """Per photo: (queries N_variants x words, planted row or -1, planted distance)."""
+    words = codes.shape[1]
+    out = []
+    for p in range(photos):
+        q = rng.integers(0, 2**64 - 1, size=(variants, words), dtype=np.uint64, endpoint=True)
+        row, d = -1, -1
+        if p < planted:
+            row = int(rng.integers(0, len(codes)))
+            d = int(rng.integers(0, radius + 1))
+            q[int(rng.integers(0, variants))] = flip(rng, codes[row], d)
+        out.append((q, row, d))
+    return out
+
+
+def stats(times_s: list[float]) -> tuple[float, float]:
+    a = np.array(times_s) * 1e6
+    return float(np.median(a)), float(np.percentile(a, 99))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--entries", type=int, default=1_000_000, help="hashes per algorithm (default 1,000,000)")
+    ap.add_argument("--photos", type=int, default=300, help="benchmark photos (default 300)")
+    ap.add_argument("--planted", type=int, default=100, help="photos with a planted near-duplicate (default 100)")
+    ap.add_argument("--baseline-photos", type=int, default=5, help="photos for the slow baselines (default 5)")
+    ap.add_argument("--layouts", default="pdq:12,14,16;phash:3,4,5;dhash:3,4",
+                    help="other MIH substring counts to measure per algorithm")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--skip-baselines", action="store_true")
+    args = ap.parse_args()
+    n = args.entries
+    rng = np.random.default_rng(args.seed)
+
+    print(f"# bench_match: {n:,} entries per algorithm, {args.photos} photos ({args.planted} planted), one thread")
+    t = time.perf_counter()
+    mih.warm_up()
+    print(f"numba first-call compile: {time.perf_counter() - t:.2f} s (once per process, at index load)")
+
+    rows_out: list[tuple] = []
+    per_photo = np.zeros(args.photos)
+    recall_all = True
+    alt_layouts = {k: [int(x) for x in v.split(",")] for k, v in (p.split(":") for p in args.layouts.split(";"))}
+    tmp = Path(tempfile.mkdtemp(prefix="bench_match-"))
+    data = {}
+    for name, bits, radius, variants in ALGOS:
+        words = bits // 64
+        codes = rng.integers(0, 2**64 - 1, size=(n, words), dtype=np.uint64, endpoint=True)
+        ids = np.arange(1, n + 1, dtype=np.int64)
+        np.save(tmp / f"{name}.codes.npy", codes)
+        np.save(tmp / f"{name}.ids.npy", ids)
+        photos = make_photos(rng, codes, radius, variants, args.photos, args.planted)
+        del codes, ids
+        gc.collect()
+
+        # -- ours: load from a columnar snapshot, build, query -------------------------
+        t = time.perf_counter()
+        codes = np.load(tmp / f"{name}.codes.npy")
+        ids = np.load(tmp / f"{name}.ids.npy")
+        index = TieredIndex(bits, radius)
+        index.load(ids, codes)
+        load_s = time.perf_counter() - t
+        layout = index._base.mih.layout if index._base is not None and index._base.mih is not None else None
+        times, found = [], 0
+        for i, (q, row, d) in enumerate(photos):
+            values = codes_to_hex(q)
+            t = time.perf_counter()
+            hits = index.query(values, radius)
+            dt = time.perf_counter() - t
+            times.append(dt)
+            per_photo[i] += dt
+            if row >= 0:
+                found += any(h.entry_id == row + 1 and h.distance == d for h in hits)
+        med, p99 = stats(times)
+        mem = index.nbytes / n
+        recall = found / max(1, min(args.planted, args.photos))
+        recall_all &= recall == 1.0
+        desc = f"MIH m={layout.m}" if layout else "linear"
+        rows_out.append((name, f"photosentry ({desc})", variants, radius, med, p99, mem, load_s, recall))
+        print(f"  {name}: ours {desc}: median {med:.0f} us, p99 {p99:.0f} us, recall {recall:.0%},"
+              f" {mem:.1f} B/entry, load {load_s:.2f} s, peak RSS {rss_gb():.1f} GB", flush=True)
+        data[name] = photos
+        del index
+        gc.collect()
+
+        # -- alternative layouts, same data ---------------------------------------------
+        for m in alt_layouts.get(name, []):
+            lay = mih.split(bits, m, inline=words == 1)
+            if layout is not None and lay.m == layout.m:
+                continue
+            if max(w for _, w in lay.substrings) > 24:
+                continue
+            t = time.perf_counter()
+            seg = mih.MihSegment(codes, lay)
+            build_s = time.perf_counter() - t
+            times, found = [], 0
+            for q, row, d in photos[: max(args.planted, 50)]:
+                t = time.perf_counter()
+                h = seg.query(q, radius)
+                times.append(time.perf_counter() - t)
+                if row >= 0:
+                    found += any(int(r) == row and int(dd) == d for r, dd in zip(h.rows, h.distances, strict=True))
+            med, p99 = stats(times)
+            rows_out.append((name, f"MIH m={m}{' inline' if lay.inline else ''}", variants, radius, med, p99,
+                             seg.nbytes / n + 4, build_s + 0.0, found / max(1, args.planted)))
+            print(f"  {name}: MIH m={m}: median {med:.0f} us", flush=True)
+            del seg
+            gc.collect()
+
+        if not args.skip_baselines:
+            baselines(name, bits, radius, variants, codes, photos[: args.baseline_photos], rows_out, n)
+        del codes, ids
+        gc.collect()
+
+    totals = stats(list(per_photo))
+    print()
+    print(f"{'algorithm':<9} {'method':<34} {'var':>3} {'r':>3} {'median us':>10} {'p99 us':>10}"
+          f" {'B/entry':>8} {'load s':>7} {'recall':>7}")
+    print("-" * 101)
+    for name, method, var, r, med, p99, mem, load, recall in rows_out:
+        mem_s = f"{mem:8.1f}" if mem == mem else f"{'-':>8}"
+        load_s = f"{load:7.2f}" if load == load else f"{'-':>7}"
+        rec = f"{recall:7.0%}" if recall == recall else f"{'-':>7}"
+        print(f"{name:<9} {method:<34} {var:>3} {r:>3} {med:10.0f} {p99:10.0f} {mem_s} {load_s} {rec}")
+    print("-" * 101)
+    print(f"{'photo':<9} {'photosentry, all algorithms':<34} {18:>3} {'':>3} {totals[0]:10.0f} {totals[1]:10.0f}")
+    print(f"recall on planted items: {'100% for every algorithm' if recall_all else 'BELOW 100%'};"
+          f" peak RSS {rss_gb():.1f} GB")
+    for p in tmp.iterdir():
+        p.unlink()
+    tmp.rmdir()
+    if not recall_all:
+        sys.exit(1)
+
+
+def baselines(name, bits, radius, variants, codes, photos, rows_out, n):  # type: ignore[no-untyped-def]
+    nan = float("nan")
+    words = bits // 64
+    # numpy linear (the previous HammingIndex)
+    times = []
+    for q, _, _ in photos:
+        t = time.perf_counter()
+        for v in q:
+            np.flatnonzero(np.bitwise_count(codes ^ v).sum(axis=1) <= radius)
+        times.append(time.perf_counter() - t)
+    med, p99 = stats(times)
+    rows_out.append((name, "numpy linear (old HammingIndex)", variants, radius, med, p99, 0.0, nan, nan))
+    print(f"  {name}: numpy linear: median {med:.0f} us", flush=True)
+
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    as_bytes = codes.astype(">u8").view(np.uint8).reshape(n, bits // 8)
+    t = time.perf_counter()
+    flat = faiss.IndexBinaryFlat(bits)
+    flat.add(as_bytes)
+    build = time.perf_counter() - t
+    times, found, planted = [], 0, 0
+    for q, row, _ in photos:
+        qb = q.astype(">u8").view(np.uint8).reshape(len(q), bits // 8)
+        t = time.perf_counter()
+        lims, dist, labels = flat.range_search(qb, radius + 1)  # FAISS: strictly below the radius
+        times.append(time.perf_counter() - t)
+        if row >= 0:
+            planted += 1
+            found += int(row in set(labels.tolist()))
+    med, p99 = stats(times)
+    rows_out.append((name, "faiss IndexBinaryFlat", variants, radius, med, p99, 0.0, build,
+                     found / planted if planted else nan))
+    print(f"  {name}: faiss flat: median {med:.0f} us", flush=True)
+    del flat, as_bytes
+    gc.collect()
+
+    m = min(n, 1_000_000)
+    sub = codes[:m]
+    sub_bytes = sub.astype(">u8").view(np.uint8).reshape(m, bits // 8)
+    nhash, hbits, nflip = (8, 32, 3) if bits == 256 else (4, 16, 2)
+    try:
+        t = time.perf_counter()
+        multi = faiss.IndexBinaryMultiHash(bits, nhash, hbits)
+        multi.nflip = nflip
+        multi.add(sub_bytes)
+        build = time.perf_counter() - t
+        times = []
+        for q, _, _ in photos:
+            qb = q.astype(">u8").view(np.uint8).reshape(len(q), bits // 8)
+            t = time.perf_counter()
+            multi.range_search(qb, radius + 1)
+            times.append(time.perf_counter() - t)
+        med, p99 = stats(times)
+        rows_out.append((name, f"faiss MultiHash {nhash}x{hbits} @{m // 1000}k", variants, radius, med, p99, nan,
+                         build, nan))
+        print(f"  {name}: faiss multihash at {m:,}: median {med:.0f} us", flush=True)
+        del multi
+    except Exception as exc:  # noqa: BLE001 - report, do not abort the run
+        print(f"  {name}: faiss multihash failed: {exc}")
+    gc.collect()
+
+    if name == "pdq":
+        from threatexchange.signal_type.pdq.pdq_index2 import PDQIndex2
+
+        hexes = codes_to_hex(sub)
+        t = time.perf_counter()
+        tx = PDQIndex2(entries=((h, i) for i, h in enumerate(hexes)))
+        build = time.perf_counter() - t
+        del hexes
+        times = []
+        for q, _, _ in photos:
+            values = codes_to_hex(q)
+            t = time.perf_counter()
+            for v in values:
+                tx.query(v)
+            times.append(time.perf_counter() - t)
+        med, p99 = stats(times)
+        rows_out.append((name, f"threatexchange PDQIndex2 @{m // 1000}k", variants, radius, med, p99, nan, build, nan))
+        print(f"  {name}: threatexchange PDQIndex2 at {m:,}: median {med:.0f} us", flush=True)
+        del tx
+        gc.collect()
+    del words
+
+
+if __name__ == "__main__":
+    main()
