@@ -159,6 +159,11 @@ RESCAN_CHECKPOINT_INTERVAL_S = 1.0
 """How often a rescan fsyncs its report and rewrites its checkpoint: a second of rows is
 all a resume ever reads into memory, at the cost of one fsync a second."""
 
+RESCAN_RECORD_TTL_S = 24 * 3600
+"""Once a --queue rescan has reported an item, its "already recorded" marker on the verdict
+stream expires after this long instead of 30 days: long enough to absorb stray duplicate
+jobs, short enough that ten million markers do not hold Redis memory for a month."""
+
 # -- moderator review and repeat uploaders (photosentry review / quarantine / uploader) --
 
 REVIEW_PREFIX = "photosentry:review:"

@@ -343,6 +343,9 @@ def test_queue_rescan_decides_afresh_uploads_already_recorded(
     assert rows["u-2"]["status"] == "missing" and rows["u-2"]["action"] == ""
     run = rows["u-1"]["run"]
     assert redis_client.get(f"photosentry:verdicts:recorded:rescan:{run}:u-1") is not None
+    # The rescan's marker lasts a day once reported; the upload's own keeps its 30 days.
+    assert 0 < redis_client.ttl(f"photosentry:verdicts:recorded:rescan:{run}:u-1") <= 24 * 3600
+    assert redis_client.ttl("photosentry:verdicts:recorded:u-1") > 24 * 3600
     assert not (root / "u-1.jpg").exists()  # blocked now: moved into the blocked store by the worker
 
 

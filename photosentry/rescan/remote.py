@@ -87,6 +87,7 @@ class QueueBackend:
         self._last_sweep = time.monotonic()
         self._last_result = time.monotonic()
         self._warned_idle = False
+        self._reported: list[str] = []
 
     def start(self) -> None:
         self.client.ping()
@@ -121,6 +122,7 @@ class QueueBackend:
         out, self._ready = self._ready, []
         if out:
             self._last_result = time.monotonic()
+            self._shorten_markers()
         else:
             self._check_idle()
         return out
@@ -129,6 +131,26 @@ class QueueBackend:
         # Nothing to stop: jobs already enqueued finish on the workers, and a resume
         # reads their verdicts. Unsent items were never enqueued; a resume sends them.
         self._unsent.clear()
+        try:
+            self._shorten_markers(force=True)
+        except redis.RedisError:
+            pass  # they expire after 30 days anyway
+
+    def _shorten_markers(self, *, force: bool = False) -> None:
+        """Let the "already recorded" markers of reported items expire in a day, not 30.
+
+        A worker keeps one marker per upload id for 30 days, for retries of uploads. A
+        reported rescan item needs its marker only against stray duplicate jobs (the
+        report row already stops a resume from sending it again), and ten million
+        markers would hold over a gigabyte of Redis for a month.
+        """
+        if not self._reported or (len(self._reported) < self.chunk and not force):
+            return
+        batch, self._reported = self._reported, []
+        with self.client.pipeline(transaction=False) as pipe:
+            for uid in batch:
+                pipe.expire(f"{self.stream.stream}:recorded:{uid}", defaults.RESCAN_RECORD_TTL_S)
+            pipe.execute()
 
     # -- enqueue ---------------------------------------------------------------------
 
@@ -240,6 +262,7 @@ class QueueBackend:
             self._warned_idle = True
 
     def _row(self, pending: _Pending, verdict: dict[str, Any]) -> Finished:
+        self._reported.append(pending.upload_id)
         return Finished(pending.item, verdict_row(pending.item, verdict, run=self.run_id, dry_run=self.dry_run))
 
 
