@@ -204,9 +204,11 @@ UPLOADER_BLOCK_PENALTY = 1.0
 UPLOADER_CONFIRM_PENALTY = 1.0
 """Penalty added for each of their quarantined uploads a moderator confirmed."""
 
-UPLOADER_THRESHOLD = 3.0
-"""Score at which an uploader is flagged: three recent content blocks or confirmations.
-One mistake or one unlucky match should not flag a person; a pattern should."""
+UPLOADER_THRESHOLD = 2.5
+"""Score at which an uploader is flagged. With penalties of 1 and a 30-day half-life,
+three content blocks or confirmations within about twelve days reach it (older ones
+have decayed too far), and two never do: one mistake or one unlucky match should not
+flag a person; a pattern should."""
 
 UPLOADER_HALF_LIFE_DAYS = 30.0
 """Penalties halve every this many days, so an old incident fades and a flag lifts

@@ -166,7 +166,7 @@ def test_confirm_with_ban_blocks_re_uploads_and_counts_once(
     audit = photosentry(settings, "quarantine", "audit")
     assert "item      1 confirm  by alice" in audit.output and "ticket 881" in audit.output
     shown = photosentry(settings, "uploader", "show", "u-1")
-    assert "score     1.00 of threshold 3" in shown.output and "confirmed" in shown.output
+    assert "score     1.00 of threshold 2.5" in shown.output and "confirmed" in shown.output
 
     # A double submit changes nothing: no second entry, ban or penalty.
     again = photosentry(settings, "quarantine", "confirm", "1", "--by", "alice", "--reason", "ticket 881",

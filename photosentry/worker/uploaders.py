@@ -5,7 +5,7 @@ Verdicts count against the uploader named in the upload's context (policy
 a moderator confirmed, adds a penalty; the score halves every ``half_life_days``, so
 an old incident fades. When the score reaches the threshold the uploader is flagged:
 one ``uploader_flagged`` entry goes on the verdict stream per crossing, and the policy
-may hold their otherwise-allowed uploads for review until the score decays below it.
+may hold their otherwise-allowed uploads for review until the score decays 10% below it.
 
 Everything lives in Redis, shared by every worker and the review host::
 
@@ -35,6 +35,15 @@ from .policy import UploaderRules
 from .stream import UPLOADER_FLAGGED_EVENT, VerdictStream
 from .verdict import Action, ReasonCode
 
+FLAG_TOLERANCE = 1e-6
+"""Penalties given a moment apart have decayed by a hair: two penalties of 1 against a
+threshold of 2 must still flag, so the comparison forgives this much."""
+
+FLAG_HYSTERESIS = 0.1
+"""A flag lifts only once the score has decayed 10% below the threshold (about 4.5 days
+at a 30-day half-life). Without it a score sitting at the threshold would dip under it
+within seconds and every further penalty would count as a new crossing."""
+
 MAX_UPLOADER_ID_LEN = 200
 """Longer context values are not treated as uploader ids (they would bloat key names)."""
 
@@ -63,6 +72,8 @@ local K_SCORE, K_EVENTS, K_APPLIED, K_STREAM = KEYS[1], KEYS[2], KEYS[3], KEYS[4
 local uploader, kind, upload_id = ARGV[1], ARGV[2], ARGV[3]
 local penalty, half_life, threshold = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local maxlen, ttl, max_events, detail = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9]), ARGV[10]
+local over = threshold - tonumber(ARGV[12])
+local lifts_below = threshold * (1 - tonumber(ARGV[13]))
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local now_s = string.format('%.6f', now)
@@ -72,14 +83,14 @@ local score = tonumber(state[1]) or 0
 local at = tonumber(state[2]) or now
 local flags = tonumber(state[4]) or 0
 if now > at then score = score * math.pow(0.5, (now - at) / half_life) end
-local flagged = state[3] == '1' and score >= threshold
+local flagged = (state[3] == '1' and score >= lifts_below) or score >= over
 
 if redis.call('HSETNX', K_APPLIED, kind .. ':' .. upload_id, now_s) == 0 then
     return {0, string.format('%.17g', score), 0, flagged and 1 or 0}
 end
 score = score + penalty
 local crossed = 0
-if (not flagged) and score >= threshold then
+if (not flagged) and score >= over then
     flagged = true
     crossed = 1
     flags = flags + 1
@@ -181,7 +192,8 @@ class UploaderLedger:
             keys=[*self._keys(uploader), self.stream.stream],
             args=[uploader, kind, upload_id, repr(float(penalty)), repr(self.half_life_s), repr(self.rules.threshold),
                   self.stream.maxlen, self.history_s, self.max_events,
-                  json.dumps(dict(detail or {}), separators=(",", ":")), UPLOADER_FLAGGED_EVENT],
+                  json.dumps(dict(detail or {}), separators=(",", ":")), UPLOADER_FLAGGED_EVENT,
+                  repr(FLAG_TOLERANCE), repr(FLAG_HYSTERESIS)],
         )
         return Recorded(bool(int(new)), float(score), bool(int(crossed)), bool(int(flagged)))
 
@@ -219,25 +231,27 @@ class UploaderLedger:
 
     # -- reads ------------------------------------------------------------------------
 
-    def score(self, uploader: str) -> tuple[float, int]:
-        """The decayed score now and the number of crossings so far."""
-        raw = self.client.hmget(self._keys(uploader)[0], "score", "at", "flags")
+    def score(self, uploader: str) -> tuple[float, int, bool]:
+        """The decayed score now, the number of crossings so far, and whether flagged now."""
+        raw = self.client.hmget(self._keys(uploader)[0], "score", "at", "flags", "flagged")
         if raw[0] is None:
-            return 0.0, 0
+            return 0.0, 0, False
         seconds, micros = self.client.time()
         now = seconds + micros / 1e6
         score, at = float(raw[0]), float(raw[1] or now)
         if now > at:
             score *= 0.5 ** ((now - at) / self.half_life_s)
-        return score, int(raw[2] or 0)
+        threshold = self.rules.threshold
+        flagged = (raw[3] == b"1" and score >= threshold * (1 - FLAG_HYSTERESIS)) or score >= threshold - FLAG_TOLERANCE
+        return score, int(raw[2] or 0), flagged
 
     def is_flagged(self, uploader: str) -> tuple[bool, float]:
-        """Whether ``uploader``'s decayed score is at or over the threshold, and the score."""
-        score, _ = self.score(uploader)
-        return score >= self.rules.threshold, score
+        """Whether ``uploader`` is flagged now (see FLAG_HYSTERESIS), and their score."""
+        score, _, flagged = self.score(uploader)
+        return flagged, score
 
     def standing(self, uploader: str, *, limit: int = 100) -> Standing:
-        score, flags = self.score(uploader)
+        score, flags, flagged = self.score(uploader)
         raw_events = self.client.lrange(self._keys(uploader)[1], 0, max(0, limit - 1))
         events = []
         for raw in raw_events:
@@ -248,7 +262,7 @@ class UploaderLedger:
             event["crossed"] = event.get("crossed") == "1"
             event["detail"] = json.loads(event.get("detail") or "{}")
             events.append(event)
-        return Standing(uploader, score, self.rules.threshold, score >= self.rules.threshold, flags, tuple(events))
+        return Standing(uploader, score, self.rules.threshold, flagged, flags, tuple(events))
 
 
 def flag_reason(uploader: str, score: float, threshold: float) -> dict[str, Any]:
