@@ -25,22 +25,40 @@ def ensure_private_dir(path: Path) -> Path:
     return path
 
 
+_SECRET_QUERY_KEYS = frozenset({"password", "passwd", "pass", "token", "key", "secret"})
+
+
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, for logs and reprs.
+    """``url`` with any password (in the netloc or a ``?password=`` parameter, which
+    redis-py also reads) replaced by ``***``, for logs and reprs.
 
     >>> redact_url("redis://:s3cret@cache:6379/0")
     'redis://:***@cache:6379/0'
+    >>> redact_url("redis://cache:6379/0?password=s3cret")
+    'redis://cache:6379/0?password=***'
     """
-    from urllib.parse import urlsplit, urlunsplit
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
     try:
         parts = urlsplit(url)
+        port = parts.port
     except ValueError:
         return "<unparseable url>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    if parts.password is not None:
+        user = parts.username or ""
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        if port is not None:
+            host = f"{host}:{port}"
+        parts = parts._replace(netloc=f"{user}:***@{host}")
+    out = urlunsplit(parts) if parts.password is not None else url
+    if parts.query:
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        if any(k.lower() in _SECRET_QUERY_KEYS for k, _ in pairs):
+            # Rebuild the query only (urlunsplit would also turn unix:///x into unix:/x).
+            query = urlencode([(k, "***" if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in pairs], safe="*")
+            head, _, rest = out.partition("?")
+            fragment = rest.partition("#")[2]
+            out = f"{head}?{query}" + (f"#{fragment}" if fragment else "")
+    return out

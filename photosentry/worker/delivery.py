@@ -228,7 +228,10 @@ class CallbackPolicy:
         addresses: list[str] = []
         for info in infos:
             address = str(info[4][0]).split("%", 1)[0]
-            ip = ipaddress.ip_address(address)
+            try:
+                ip = ipaddress.ip_address(address)
+            except ValueError as exc:
+                raise CallbackRefused(f"callback host {host!r} resolved to {address!r}, not an address") from exc
             why = internal_reason(ip)
             if why is not None and not any(_effective(ip) in n or ip in n for n in self._networks):
                 raise CallbackRefused(f"callback host {host!r} resolves to {why} address {ip}; allow its network"

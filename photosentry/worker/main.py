@@ -55,6 +55,7 @@ import tempfile
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -95,6 +96,11 @@ one cut off from Redis) leaves it there. A requeued job that did run after all r
 twice, which is harmless: verdicts are recorded once per upload id."""
 BLOCK_S = 0.5
 """Longest blocking wait (on the top-priority queue) before the lower queues are polled again."""
+
+MAX_JOB_DATA_BYTES = 16 * 1024 * 1024
+"""Largest job ``data`` a worker will decompress and parse: an inline photo at the 10 MB
+limit is 13.4 MB of base64. RQ inflates zlib-compressed data without a bound, so a 1 MB
+hostile job could otherwise take a gigabyte of the worker's memory."""
 
 SETUP_EXIT_CODE = 3
 """Exit status of a worker process that could not build its service (model, policy, Redis)."""
@@ -331,12 +337,87 @@ class ReliableQueue(Queue):
                     continue
                 found = first, job_id
             queue_key, job_id = as_text(found[0]), as_text(found[1])
-            fetched = cls._fetch_dequeued_job(connection, queue_key, job_id, job_class=job_class,
-                                              serializer=serializer, death_penalty_class=death_penalty_class)
+            # A job hash is untrusted input: one RQ cannot parse (a bad date, status or
+            # timeout) used to end the worker, and recovery put it back for the next one.
+            problem = _oversized_job(connection, job_id)
+            fetched = None
+            if problem is None:
+                try:
+                    fetched = cls._fetch_dequeued_job(connection, queue_key, job_id, job_class=job_class,
+                                                      serializer=serializer, death_penalty_class=death_penalty_class)
+                except Exception as exc:  # noqa: BLE001 - whatever a hostile hash makes RQ raise
+                    problem = f"RQ cannot read the job ({type(exc).__name__}: {str(exc)[:200]})"
+            if problem is not None:
+                refuse_unreadable_job(connection, queue_key, job_id, problem)
+                continue
             if fetched is None:  # the job hash is gone: nothing to run, nothing to keep
                 connection.lrem(IntermediateQueue.get_intermediate_queue_key(queue_key), 1, job_id)
                 continue
             return fetched
+
+
+def _oversized_job(connection: redis.Redis, job_id: str) -> str | None:
+    """Why the job's data is too big to read (compressed or not), or None."""
+    key = f"rq:job:{job_id}"
+    if connection.hstrlen(key, "data") > MAX_JOB_DATA_BYTES:
+        return f"job data is over {MAX_JOB_DATA_BYTES} bytes"
+    raw = connection.hget(key, "data")
+    if raw is None:
+        return None
+    try:
+        inflater = zlib.decompressobj()
+        inflater.decompress(raw, MAX_JOB_DATA_BYTES)
+        if inflater.unconsumed_tail:
+            return f"job data inflates to over {MAX_JOB_DATA_BYTES} bytes"
+    except zlib.error:
+        pass  # not compressed: RQ reads it as it is
+    return None
+
+
+def refuse_unreadable_job(connection: redis.Redis, queue_key: str, job_id: str, why: str) -> None:
+    """Fail a dequeued job whose hash cannot be read safely, without running it.
+
+    It is taken off the intermediate list, marked failed and put in the queue's
+    FailedJobRegistry by hand (RQ cannot load it), and, when its payload is readable
+    JSON with a usable upload id, the upload gets its fail-closed verdict like any
+    other job that could not be scanned.
+    """
+    queue_name = queue_key.rsplit(":", 1)[-1]
+    log.error("job refused: %s", why, extra={"job_id": job_id})
+    key = f"rq:job:{job_id}"
+    with connection.pipeline() as pipe:
+        pipe.lrem(IntermediateQueue.get_intermediate_queue_key(queue_key), 1, job_id)
+        pipe.hset(key, mapping={"status": JobStatus.FAILED.value, "exc_info": f"refused: {why}",
+                                "ended_at": now().strftime("%Y-%m-%dT%H:%M:%S.%fZ")})
+        pipe.zadd(f"rq:failed:{queue_name}", {job_id: time.time() + defaults.FAILURE_TTL_S})
+        pipe.execute()
+    payload = _readable_payload(connection, key)
+    if payload is None:
+        return
+    try:
+        from .service import current_service
+
+        current_service().record_failure(payload, job_id=job_id, why=f"job refused: {why}")
+    except Exception:  # noqa: BLE001 - the job is failed and logged either way
+        log.exception("could not record the fail-closed verdict of refused job %s", job_id)
+
+
+def _readable_payload(connection: redis.Redis, key: str) -> dict[str, Any] | None:
+    import json
+
+    if _oversized_job(connection, key.split(":", 2)[-1]) is not None:
+        return None
+    raw = connection.hget(key, "data")
+    try:
+        raw = zlib.decompress(raw) if raw else raw
+    except zlib.error:
+        pass
+    try:
+        data = json.loads(raw) if raw else None
+        payload = data[2][0] if isinstance(data, list) and len(data) > 2 and data[2] else None
+    except (ValueError, TypeError, IndexError, KeyError):
+        return None
+    return payload if isinstance(payload, dict) else None
 
 
 # -- the worker -------------------------------------------------------------------------
