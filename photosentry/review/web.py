@@ -29,6 +29,7 @@ from fastapi import BackgroundTasks, FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware.sessions import SessionMiddleware
 
 from .. import defaults
@@ -234,14 +235,15 @@ def create_app(reviewer: Reviewer, moderators: Moderators, *, secure_cookies: bo
         bank_field = "allow_bank" if kind == RELEASE else "ban_bank"
         bank = str(form.get(bank_field) or "").strip() or None
         try:
-            outcome = reviewer.decide(item_id, kind, actor=me, reason=str(form.get("reason") or ""), bank=bank,
-                                      deliver=False)
+            # Redis, bank and file work: off the event loop, like the sync handlers.
+            outcome = await run_in_threadpool(reviewer.decide, item_id, kind, actor=me,
+                                              reason=str(form.get("reason") or ""), bank=bank, deliver=False)
         except ReviewError as exc:
             return message(request, "Not decided", exc.message + ".", 409)
         except ValueError as exc:
             return message(request, "Not decided", str(exc) + ".", 400)
         background.add_task(reviewer.deliver, outcome)
-        return go_next(me, exclude=(item_id,))
+        return await run_in_threadpool(go_next, me, (item_id,))
 
     return app
 
