@@ -141,6 +141,16 @@ REAPER_INTERVAL_S = 1.0
 METRICS_PORT_ENV = "PHOTOSENTRY_METRICS_PORT"
 """Environment variable with the port serving Prometheus metrics (unset: no metrics server)."""
 
+# -- retro-hunt (photosentry retrohunt) ----------------------------------------------
+
+HASHLOG_MAX_ENTRIES = 2_000_000
+"""Most scan records the hash log keeps (about 600 bytes each in Redis: 1.2 GB). A
+retro-hunt can only find photos still in the log; raise it with your Redis memory."""
+
+HASHLOG_RETENTION_DAYS = 30
+"""Scan records older than this are dropped: a new ban is looked for in the last
+month of uploads (industry lists usually reach us within days of a photo circulating)."""
+
 # -- bulk rescans (photosentry rescan) -------------------------------------------------
 
 RESCAN_QUEUE_CAPACITY = 5000

@@ -7,7 +7,7 @@ Exit status of ``photosentry scan`` (documented in the README):
     3  set-up error (model, policy or bank could not be loaded)
 """
 
-from . import ban, models, quarantine, queue, rescan, review, scan, uploader  # noqa: F401  (registers the subcommands)
+from . import ban, models, quarantine, queue, rescan, retrohunt, review, scan, uploader  # noqa: F401  (registers the subcommands)
 from .root import ExitCode, SetupError, cli, main
 
 __all__ = ["ExitCode", "SetupError", "cli", "main"]

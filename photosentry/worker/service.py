@@ -42,6 +42,7 @@ from ..hashes.redis_banks import RedisBankStore
 from ..review.queue import QuarantineRecord, ReviewQueue
 from .actions import ActionApplier, ActionResult, ContentStore
 from .cache import VerdictCache
+from .hashlog import HashLog, hashes_from_verdict
 from .delivery import CallbackPolicy, CallbackSigner, post_callback
 from .jobs import PayloadError, ScanPayload, check_upload_id
 from .logs import job_context
@@ -129,6 +130,7 @@ class ScanService:
         self.actions = ActionApplier(quarantine=ContentStore(home / "quarantine"), blocked=ContentStore(home / "blocked"))
         self.stream = VerdictStream(self.redis, stream=settings.stream)
         self.cache = VerdictCache(self.redis, ttl_s=settings.cache_ttl_s)
+        self.hashlog = HashLog(self.redis)
         self.review = ReviewQueue(self.redis)
         self.uploaders = UploaderLedger(self.redis, self.policy.uploaders, self.stream)
         self.signer = CallbackSigner(settings.callback_key) if settings.callback_key else None
@@ -222,6 +224,7 @@ class ScanService:
             fetched, failure = self._fetch(payload)
         subject = _subject(payload)
         cache_key = None
+        log_hashes: Any = None
         verdict: dict[str, Any] | None = None
         if failure is not None:
             code, message = failure
@@ -238,7 +241,9 @@ class ScanService:
                 verdict = {**cached, "subject": subject, "context": dict(payload.context), "cache": "hit",
                            "timings_ms": {}}
             else:
-                verdict = self.scanner.scan_bytes(fetched.data, subject=subject, context=payload.context).to_dict()
+                scanned = self.scanner.scan_bytes(fetched.data, subject=subject, context=payload.context)
+                log_hashes = scanned.hashes  # with their query variants, for retro-hunts
+                verdict = scanned.to_dict()
         verdict["upload_id"] = payload.upload_id
         if payload.dry_run:
             verdict["dry_run"] = True  # readers of the stream must know nothing was moved
@@ -248,6 +253,8 @@ class ScanService:
 
         with _timed(stages, "record"):
             recorded = self.stream.record(upload_id=payload.upload_id, job_id=job_id, verdict=verdict)
+            if recorded.new:
+                self._log_hashes(payload, verdict, log_hashes)
         if not recorded.new:
             # Another attempt of this upload recorded first: its verdict is the verdict.
             verdict = self._read_entry(recorded.entry_id) or verdict
@@ -265,6 +272,19 @@ class ScanService:
                                    "stream_id": recorded.entry_id, "new": recorded.new,
                                    "ms": round(stages["total"], 1)})
         return verdict
+
+    def _log_hashes(self, payload: ScanPayload, verdict: Mapping[str, Any], hashes: Any) -> None:
+        """Keep this scan's hashes (never the photo) for retro-hunts. Runs after the verdict
+        is recorded, and a failure here is logged, never raised: the verdict stands."""
+        try:
+            hashes = hashes if hashes is not None else hashes_from_verdict(verdict)
+            if hashes is None:
+                return
+            self.hashlog.record(upload_id=payload.upload_id, source=payload.source, context=payload.context,
+                                action=str(verdict.get("action")), bank_version=int(verdict.get("bank_version") or 0),
+                                hashes=hashes)
+        except Exception:  # noqa: BLE001 - retro-hunt data is best effort
+            log.warning("could not add the scan to the hash log", exc_info=True)
 
     def _replay(self, payload: ScanPayload, job_id: str) -> dict[str, Any] | None:
         entry_id = self.stream.recorded(payload.upload_id)
