@@ -451,3 +451,49 @@ def test_stores_are_owner_only_whatever_the_umask(tmp_path: Path, corpus: Corpus
         for p in paths:
             mode = stat.S_IMODE(p.stat().st_mode)
             assert mode == (0o700 if p.is_dir() else 0o600), f"{p} is {oct(mode)} under umask {oct(umask)}"
+
+
+# -- ban import with hostile input -------------------------------------------------------------
+
+GOOD_MD5 = "md5:0123456789abcdef0123456789abcdef"
+HOSTILE_LISTS = {
+    "huge-line.txt": b"md5:" + b"a" * (20 * 1024 * 1024) + b"\n",
+    "invalid-utf8.txt": b"md5:\xff\xfe\xfa" + b"0" * 29 + b"\n",
+    "utf16.txt": (GOOD_MD5 + "\n").encode("utf-16"),
+    "nul.txt": b"md5:0123456789abcdef\x000123456789abcdef\n",
+    "binary.bin": bytes(range(256)) * 400,
+    "photo.jpg": (Path(__file__).resolve().parents[1] / "examples" / "photos" / "coffee.jpg").read_bytes(),
+}
+
+
+@pytest.mark.parametrize("fmt", ["auto", "plain", "csv", "jsonl", "te-pdq"])
+def test_ban_import_of_hostile_files_fails_cleanly_and_imports_nothing(
+    data_dir: Path, tmp_path: Path, fmt: str
+) -> None:
+    from click.testing import CliRunner
+
+    from photosentry.cli import cli
+
+    runner = CliRunner()
+    for name, content in HOSTILE_LISTS.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        done = runner.invoke(cli, ["ban", "import", str(path), "--format", fmt, "--by", "t", "--reason", "t"])
+        assert done.exit_code == 1, (name, done.output[-500:], done.exception)
+        assert done.exception is None or isinstance(done.exception, SystemExit), (name, done.exception)
+        assert "nothing imported" in done.output and len(done.output) < 20_000, name  # no 20 MB echo
+    listed = runner.invoke(cli, ["ban", "list", "--json"])
+    assert listed.exit_code == 0 and listed.output.strip() == ""
+
+
+def test_ban_import_skip_invalid_keeps_only_the_good_line_of_a_hostile_file(data_dir: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from photosentry.cli import cli
+
+    path = tmp_path / "mixed.txt"
+    path.write_bytes(HOSTILE_LISTS["huge-line.txt"] + b"\xff\xfe\x00garbage\n" + GOOD_MD5.encode() + b"\n")
+    done = CliRunner().invoke(cli, ["ban", "import", str(path), "--skip-invalid", "--by", "t", "--reason", "t"])
+    assert done.exit_code == 0, done.output[-500:]
+    listed = CliRunner().invoke(cli, ["ban", "list", "--json"])
+    assert [json.loads(line)["value"] for line in listed.output.splitlines()] == [GOOD_MD5.split(":")[1]]

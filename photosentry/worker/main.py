@@ -68,6 +68,7 @@ from rq.executions import Execution
 from rq.job import Job, JobStatus
 from rq.job_lifecycle import record_job_failure
 from rq.serializers import JSONSerializer
+from rq.timeouts import UnixSignalDeathPenalty
 from rq.utils import as_text, now
 
 from .. import defaults
@@ -420,6 +421,24 @@ def _readable_payload(connection: redis.Redis, key: str) -> dict[str, Any] | Non
     return payload if isinstance(payload, dict) else None
 
 
+class ScanJobTimeoutException(BaseException):
+    """The job timeout, raised in the job by SIGALRM.
+
+    RQ's own JobTimeoutException is an ``Exception``, so the scan's last line of
+    fail-closed (and the decoder's catch-all) caught it and recorded a verdict of their
+    own: a slow but valid photo came out ``unreadable`` and was never retried. As a
+    BaseException it reaches RQ, which fails the attempt: the job is retried, then
+    ends ``scan_failed``, as for any other failure.
+    """
+
+
+class ScanDeathPenalty(UnixSignalDeathPenalty):
+    """RQ's SIGALRM death penalty, raising :class:`ScanJobTimeoutException`."""
+
+    def __init__(self, timeout: Any, exception: Any = None, **kwargs: Any) -> None:
+        super().__init__(timeout, ScanJobTimeoutException, **kwargs)
+
+
 # -- the worker -------------------------------------------------------------------------
 
 
@@ -436,6 +455,7 @@ class ScanWorker(SimpleWorker):
 
     allowed_functions: frozenset[str] = ALLOWED_FUNCTIONS
     queue_class = ReliableQueue
+    death_penalty_class = ScanDeathPenalty
 
     def __init__(
         self,
