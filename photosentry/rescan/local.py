@@ -182,6 +182,12 @@ def _init_process(settings: LocalSettings) -> None:
     global _WORKER
     # Ctrl-C reaches the whole terminal process group; only the parent decides what it means.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if settings.threads == 1:
+        # One core per process: OpenCV's own pool (resizing in decode and hashing) would
+        # otherwise start a thread per core in every process and oversubscribe the host.
+        import cv2
+
+        cv2.setNumThreads(1)
     _WORKER = _PoolWorker(settings)
 
 
@@ -190,8 +196,10 @@ def _scan_in_process(source: str, context: dict[str, Any], upload_id: str, dry_r
     return _WORKER.scan(source, context, upload_id, dry_run)
 
 
-def _probe() -> bool:
-    return _WORKER is not None
+def _probe() -> int:
+    assert _WORKER is not None, "pool initializer did not run"
+    time.sleep(0.02)  # long enough for a sibling that is ready to take the next probe
+    return os.getpid()
 
 
 # -- in the parent ---------------------------------------------------------------------
@@ -227,10 +235,16 @@ class LocalBackend:
         self._ready: list[Finished] = []
 
     def start(self) -> None:
-        """Wait until every process has loaded its model (a set-up error surfaces here)."""
-        probes = [self._pool.submit(_probe) for _ in range(self.processes)]
-        for probe in probes:
-            probe.result()
+        """Wait until every process has loaded its model (a set-up error surfaces here).
+
+        A process still loading takes no task, so the ready ones answer every probe;
+        probes go out until each process has answered one. Otherwise the first photos
+        would wait for the slowest model load, and timings would count it.
+        """
+        seen: set[int] = set()
+        while len(seen) < self.processes:
+            probes = [self._pool.submit(_probe) for _ in range(self.processes)]
+            seen.update(probe.result() for probe in probes)
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(max_workers=self.processes, mp_context=multiprocessing.get_context("spawn"),

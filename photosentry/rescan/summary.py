@@ -55,7 +55,7 @@ class Summary:
         rate = self.rows / elapsed if elapsed > 0 else 0.0
         lines.append("")
         statuses = ", ".join(f"{n} {s}" for s, n in sorted(self.by_status.items())) or "none"
-        lines.append(f"{self.rows} photo{'s' if self.rows != 1 else ''} reported in {elapsed:.1f} s"
+        lines.append(f"{self.rows} photo{'s' if self.rows != 1 else ''} reported in {elapsed:.2f} s"
                      f" ({rate:.1f} photos/s): {statuses}")
         extra = []
         if self.already_done:
