@@ -318,7 +318,7 @@ def structural(images: dict[str, Image.Image], bases: dict[str, bytes]) -> Itera
                   "a PDF")
     zip_buf = io.BytesIO()
     with zipfile.ZipFile(zip_buf, "w") as zf:
-        zf.writestr("photo.jpg", jpeg)
+        zf.writestr(zipfile.ZipInfo("photo.jpg", date_time=(2026, 11, 22, 0, 0, 0)), jpeg)  # no clock: same bytes
     yield Hostile("archive.jpg", "non_image", zip_buf.getvalue(), False, (NOT_IMAGE,), "a ZIP holding a JPEG")
 
     # Decompression bombs: valid headers, huge declared sizes, tiny files.
