@@ -326,7 +326,10 @@ class ScanService:
 
         matcher = getattr(self.scanner, "matcher", None)
         classifier = getattr(self.scanner, "classifier", None)
-        models = [f"{classifier.model_id}@{classifier.model_version}"] if classifier is not None else []
+        # Every model that can change the verdict, with its build: a verdict decided
+        # without a second opinion, or by another artifact, must not be served for one.
+        running = [classifier, *getattr(self.scanner, "second_opinions", ())] if classifier is not None else []
+        models = [f"{m.model_id}@{m.model_version}:{getattr(m, 'variant', 'fp32')}" for m in running]
         return self.cache.key(
             hashlib.sha256(data).hexdigest(),
             policy_version=self.policy.version,
