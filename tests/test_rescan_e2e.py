@@ -303,6 +303,8 @@ def test_queue_mode_gives_the_local_results_and_dry_run_moves_nothing(
     files = sorted(p for p in root.rglob("*") if p.is_file())
     local, queued, real = (tmp_path / f"{n}.jsonl" for n in ("local", "queued", "real"))
     rescan(env, str(root), "--report", str(local), "-n", "1", "--dry-run", "--force", check_rc=1)
+    for key in redis_client.scan_iter("photosentry:vcache:*"):
+        redis_client.delete(key)  # whatever the cache holds next, the forced queue run put there
     rescan(env, str(root), "--queue", "--report", str(queued), "--dry-run", "--force", check_rc=1)
     assert by_key(rows_of(queued)) == by_key(rows_of(local)) == expected()
     assert {r["status"] for r in rows_of(queued)} == {"scanned"}  # --force: the cache the local run filled is bypassed
@@ -311,7 +313,8 @@ def test_queue_mode_gives_the_local_results_and_dry_run_moves_nothing(
     assert len(entries) == len(TREE) and all(v["dry_run"] for v in entries)
     assert all(v["upload_id"].startswith(f"rescan:{rows_of(queued)[0]['run']}:path:") for v in entries)
 
-    # For real: the workers move the flagged photos; the verdicts come from the cache now.
+    # For real: the workers move the flagged photos; the verdicts come from the cache the
+    # forced run filled (--force skips the lookup, not the store).
     rescan(env, str(root), "--queue", "--report", str(real), check_rc=1)
     rows = rows_of(real)
     assert by_key(rows) == expected() and {r["status"] for r in rows} == {"cached"}

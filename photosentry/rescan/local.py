@@ -35,6 +35,7 @@ from typing import Any
 from .. import defaults
 from ..config import data_dir, ensure_private_dir
 from ..errors import UnreadableImage
+from ..worker.cache import VerdictCache, model_builds
 from ..worker.sources import Fetched, PathSource, SourceRefused, SourceRoots
 from ..worker.verdict import Action, ReasonCode
 from .report import missing_row, verdict_row
@@ -100,7 +101,6 @@ class _PoolWorker:
             import redis
 
             from ..hashes.redis_banks import RedisBankStore
-            from ..worker.cache import VerdictCache
 
             client = redis.Redis.from_url(settings.redis_url)
             store: Any = RedisBankStore(client)
@@ -168,7 +168,7 @@ class _PoolWorker:
             policy_version=self.policy.version,
             bank_version=self.scanner.matcher.version,
             profile=self.policy.profile_for(context).name,
-            models=[f"{self.classifier.model_id}@{self.classifier.model_version}"],
+            models=model_builds(self.scanner),
         )
 
     def _refresh(self) -> None:

@@ -32,6 +32,17 @@ UNCACHEABLE_CODES = frozenset({"model_unavailable", "scan_failed", "source_refus
 _PER_UPLOAD = ("subject", "context", "timings_ms", "upload_id", "cache", "dry_run")
 
 
+def model_builds(scanner: Any) -> list[str]:
+    """The cache key's model part for ``scanner``: every model that can change the verdict,
+    with its build (``id@version:variant``). A verdict decided without a second opinion,
+    or by another artifact, must not be served for one. Workers and ``rescan --local``
+    both key by this, so they share entries.
+    """
+    classifier = getattr(scanner, "classifier", None)
+    running = [classifier, *getattr(scanner, "second_opinions", ())] if classifier is not None else []
+    return [f"{m.model_id}@{m.model_version}:{getattr(m, 'variant', 'fp32')}" for m in running]
+
+
 class VerdictCache:
     """Verdict dicts in Redis keyed by SHA-256 + bank version + policy version."""
 

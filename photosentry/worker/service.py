@@ -41,7 +41,7 @@ from ..hashes.redis_banks import DEFAULT_PREFIX as BANK_PREFIX
 from ..hashes.redis_banks import RedisBankStore
 from ..review.queue import QuarantineRecord, ReviewQueue
 from .actions import ActionApplier, ActionResult, ContentStore
-from .cache import VerdictCache
+from .cache import VerdictCache, model_builds
 from .hashlog import HashLog, hashes_from_verdict
 from .delivery import CallbackPolicy, CallbackSigner, post_callback
 from .jobs import PayloadError, ScanPayload, check_upload_id
@@ -232,11 +232,13 @@ class ScanService:
         else:
             assert fetched is not None
             cached = None
-            if self.settings.use_cache and not payload.force:
+            if self.settings.use_cache:
                 with _timed(stages, "cache"):
                     cache_key = self._cache_key(fetched.data, payload.context)
-                    cached = self.cache.get(cache_key)
-                self.metrics.cache.labels("hit" if cached else "miss").inc()
+                    # force (a rescan's --force): skip the lookup, but still cache the fresh verdict.
+                    cached = None if payload.force else self.cache.get(cache_key)
+                if not payload.force:
+                    self.metrics.cache.labels("hit" if cached else "miss").inc()
             if cached is not None:
                 verdict = {**cached, "subject": subject, "context": dict(payload.context), "cache": "hit",
                            "timings_ms": {}}
@@ -325,11 +327,7 @@ class ScanService:
         import hashlib
 
         matcher = getattr(self.scanner, "matcher", None)
-        classifier = getattr(self.scanner, "classifier", None)
-        # Every model that can change the verdict, with its build: a verdict decided
-        # without a second opinion, or by another artifact, must not be served for one.
-        running = [classifier, *getattr(self.scanner, "second_opinions", ())] if classifier is not None else []
-        models = [f"{m.model_id}@{m.model_version}:{getattr(m, 'variant', 'fp32')}" for m in running]
+        models = model_builds(self.scanner)
         return self.cache.key(
             hashlib.sha256(data).hexdigest(),
             policy_version=self.policy.version,
