@@ -14,7 +14,7 @@ bank entry with d random bits flipped, d uniform in 0..radius. It then measures:
   per algorithm and for the whole photo (all algorithms and variants), median and p99,
   recall on the planted items (must be 100%), memory per entry beyond the raw hash,
   and the load time of a bank of N from a columnar snapshot (np.load + build);
-- alternative MIH layouts (other substring counts) in the same run;
+- alternative MIH layouts (substring counts, directory widths, inline or packed) in the same run;
 - ``numpy linear``: XOR + popcount over every row (the previous HammingIndex);
 - ``faiss IndexBinaryFlat``: FAISS's exhaustive binary range search;
 - ``faiss IndexBinaryMultiHash``: FAISS's multi-index hashing (at most 1M entries:
@@ -88,8 +88,9 @@ def main() -> None:
     ap.add_argument("--photos", type=int, default=300, help="benchmark photos (default 300)")
     ap.add_argument("--planted", type=int, default=100, help="photos with a planted near-duplicate (default 100)")
     ap.add_argument("--baseline-photos", type=int, default=5, help="photos for the slow baselines (default 5)")
-    ap.add_argument("--layouts", default="pdq:12,14,16;phash:3,4,5;dhash:3,4",
-                    help="other MIH substring counts to measure per algorithm")
+    ap.add_argument("--layouts", default="pdq:11d20,12d21,13;phash:i4,3d21;dhash:i4",
+                    help="other MIH layouts to measure per algorithm: M (packed, direct directories), MdD (packed,"
+                         " M substrings, D directory bits), iM (inline, M substrings); default %(default)s")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--skip-baselines", action="store_true")
     args = ap.parse_args()
@@ -104,7 +105,7 @@ def main() -> None:
     rows_out: list[tuple] = []
     per_photo = np.zeros(args.photos)
     recall_all = True
-    alt_layouts = {k: [int(x) for x in v.split(",")] for k, v in (p.split(":") for p in args.layouts.split(";"))}
+    alt_layouts = {k: v.split(",") for k, v in (p.split(":") for p in args.layouts.split(";"))}
     tmp = Path(tempfile.mkdtemp(prefix="bench_match-"))
     data = {}
     for name, bits, radius, variants in ALGOS:
@@ -139,7 +140,7 @@ def main() -> None:
         mem = index.nbytes / n
         recall = found / max(1, min(args.planted, args.photos))
         recall_all &= recall == 1.0
-        desc = f"MIH m={layout.m}" if layout else "linear"
+        desc = layout.describe() if layout else "linear"
         rows_out.append((name, f"photosentry ({desc})", variants, radius, med, p99, mem, load_s, recall))
         print(f"  {name}: ours {desc}: median {med:.0f} us, p99 {p99:.0f} us, recall {recall:.0%},"
               f" {mem:.1f} B/entry, load {load_s:.2f} s, peak RSS {rss_gb():.1f} GB", flush=True)
@@ -148,11 +149,9 @@ def main() -> None:
         gc.collect()
 
         # -- alternative layouts, same data ---------------------------------------------
-        for m in alt_layouts.get(name, []):
-            lay = mih.split(bits, m, inline=words == 1)
-            if layout is not None and lay.m == layout.m:
-                continue
-            if max(w for _, w in lay.substrings) > 24:
+        for spec in alt_layouts.get(name, []):
+            lay = parse_layout(spec, bits)
+            if lay == layout or max(lay.dir_widths) > 24 or (lay.inline and bits != 64):
                 continue
             t = time.perf_counter()
             seg = mih.MihSegment(codes, lay)
@@ -165,9 +164,9 @@ def main() -> None:
                 if row >= 0:
                     found += any(int(r) == row and int(dd) == d for r, dd in zip(h.rows, h.distances, strict=True))
             med, p99 = stats(times)
-            rows_out.append((name, f"MIH m={m}{' inline' if lay.inline else ''}", variants, radius, med, p99,
+            rows_out.append((name, lay.describe(), variants, radius, med, p99,
                              seg.nbytes / n + 4, build_s + 0.0, found / max(1, args.planted)))
-            print(f"  {name}: MIH m={m}: median {med:.0f} us", flush=True)
+            print(f"  {name}: {lay.describe()}: median {med:.0f} us", flush=True)
             del seg
             gc.collect()
 
@@ -178,16 +177,16 @@ def main() -> None:
 
     totals = stats(list(per_photo))
     print()
-    print(f"{'algorithm':<9} {'method':<34} {'var':>3} {'r':>3} {'median us':>10} {'p99 us':>10}"
+    print(f"{'algorithm':<9} {'method':<42} {'var':>3} {'r':>3} {'median us':>10} {'p99 us':>10}"
           f" {'B/entry':>8} {'load s':>7} {'recall':>7}")
-    print("-" * 101)
+    print("-" * 109)
     for name, method, var, r, med, p99, mem, load, recall in rows_out:
         mem_s = f"{mem:8.1f}" if mem == mem else f"{'-':>8}"
         load_s = f"{load:7.2f}" if load == load else f"{'-':>7}"
         rec = f"{recall:7.0%}" if recall == recall else f"{'-':>7}"
-        print(f"{name:<9} {method:<34} {var:>3} {r:>3} {med:10.0f} {p99:10.0f} {mem_s} {load_s} {rec}")
-    print("-" * 101)
-    print(f"{'photo':<9} {'photosentry, all algorithms':<34} {18:>3} {'':>3} {totals[0]:10.0f} {totals[1]:10.0f}")
+        print(f"{name:<9} {method:<42} {var:>3} {r:>3} {med:10.0f} {p99:10.0f} {mem_s} {load_s} {rec}")
+    print("-" * 109)
+    print(f"{'photo':<9} {'photosentry, all algorithms':<42} {18:>3} {'':>3} {totals[0]:10.0f} {totals[1]:10.0f}")
     print(f"recall on planted items: {'100% for every algorithm' if recall_all else 'BELOW 100%'};"
           f" peak RSS {rss_gb():.1f} GB")
     for p in tmp.iterdir():
@@ -195,6 +194,13 @@ def main() -> None:
     tmp.rmdir()
     if not recall_all:
         sys.exit(1)
+
+
+def parse_layout(spec: str, bits: int) -> mih.Layout:
+    if spec.startswith("i"):
+        return mih.split(bits, int(spec[1:]), inline=True)
+    m, _, d = spec.partition("d")
+    return mih.split(bits, int(m), inline=False, dir_bits=int(d or 0))
 
 
 def baselines(name, bits, radius, variants, codes, photos, rows_out, n):  # type: ignore[no-untyped-def]

@@ -31,21 +31,100 @@ def brute(codes: np.ndarray, queries: np.ndarray, r: int) -> set[tuple[int, int,
     return out
 
 
-@pytest.mark.parametrize(("bits", "m", "radius"), [(256, 12, 31), (256, 16, 31), (64, 4, 10), (64, 3, 8), (256, 11, 20)])
-def test_segment_finds_exactly_what_brute_force_finds(bits: int, m: int, radius: int) -> None:
-    rng = np.random.default_rng(bits + m)
-    words = bits // 64
-    codes = random_codes(rng, 3000, words)
-    # Plant near-duplicates at every distance up to the radius, and one just outside.
-    planted = [near(rng, codes[i], d) for i, d in enumerate(list(range(radius + 1)) + [radius + 1])]
-    queries = np.vstack(planted + [random_codes(rng, 3, words)])
-    layout = mih.split(bits, m, inline=words == 1)
-    seg = mih.MihSegment(codes, layout)
-    for r in (radius, radius // 2, 0):
+def check_exact(seg: mih.MihSegment, codes: np.ndarray, queries: np.ndarray, radii: tuple[int, ...]) -> None:
+    for r in radii:
         hits = seg.query(queries, r)
         got = set(zip(hits.rows.tolist(), hits.distances.tolist(), hits.queries.tolist(), strict=True))
-        assert got == brute(codes, queries, r)
-    assert (radius + 1, radius + 1, radius + 1) not in got
+        assert got == brute(codes, queries, r), (seg.layout.describe(), r)
+
+
+def planted(rng: np.random.Generator, codes: np.ndarray, radius: int) -> np.ndarray:
+    """Near-duplicates of rows 0.. at every distance 0..radius+1, then unrelated hashes."""
+    words = codes.shape[1]
+    out = [near(rng, codes[i], d) for i, d in enumerate(list(range(radius + 1)) + [radius + 1])]
+    return np.vstack(out + [random_codes(rng, 3, words)])
+
+
+@pytest.mark.parametrize(
+    ("bits", "m", "dir_bits", "inline", "radius"),
+    [
+        (256, 11, 13, False, 31),  # the 10M PDQ shape: 24/23-bit substrings, 10-11 low bits packed
+        (256, 12, 0, False, 31),  # direct directories (row numbers only)
+        (256, 16, 12, False, 31),
+        (256, 11, 14, False, 20),
+        (64, 3, 0, True, 10),  # the 10M pHash/dHash shape
+        (64, 4, 0, True, 10),
+        (64, 3, 15, False, 8),  # packed 64-bit
+    ],
+)
+def test_segment_finds_exactly_what_brute_force_finds(bits: int, m: int, dir_bits: int, inline: bool, radius: int) -> None:
+    rng = np.random.default_rng(bits + m + dir_bits)
+    words = bits // 64
+    codes = random_codes(rng, 3000, words)
+    queries = planted(rng, codes, radius)
+    layout = mih.split(bits, m, inline=inline, dir_bits=dir_bits)
+    assert layout.dir_widths == tuple(min(w, dir_bits or w) for _, w in layout.substrings)
+    seg = mih.MihSegment(codes, layout)
+    check_exact(seg, codes, queries, (radius, radius // 2, 0, radius + 8))
+    hits = seg.query(queries, radius)
+    assert (radius + 1, radius + 1, radius + 1) not in set(
+        zip(hits.rows.tolist(), hits.distances.tolist(), hits.queries.tolist(), strict=True)
+    )
+
+
+def test_packed_layout_is_exact_for_flips_on_both_sides_of_every_substring_boundary() -> None:
+    # A probe flips directory bits and leaves the rest of the radius to the packed low
+    # bits: plant differences right at each substring's directory/low-bit cut and at
+    # the edges between substrings, including substrings that straddle a 64-bit word.
+    rng = np.random.default_rng(17)
+    layout = mih.split(256, 11, inline=False, dir_bits=20)
+    codes = random_codes(rng, 2000, 4)
+    edges = sorted({s for s, _ in layout.substrings} | {s + w - 1 for s, w in layout.substrings}
+                   | {s + d for (s, _), d in zip(layout.substrings, layout.dir_widths, strict=True)}
+                   | {s + d - 1 for (s, _), d in zip(layout.substrings, layout.dir_widths, strict=True)})
+    queries = []
+    for i, edge in enumerate(edges):
+        code = codes[i].copy()
+        # the bits of one substring around the edge, then random bits elsewhere up to 31
+        flips = {b for b in (edge - 1, edge, edge + 1) if 0 <= b < 256}
+        while len(flips) < 31:
+            flips.add(int(rng.integers(0, 256)))
+        for bit in flips:
+            code[bit // 64] ^= np.uint64(1) << np.uint64(63 - bit % 64)
+        queries.append(code)
+    seg = mih.MihSegment(codes, layout)
+    check_exact(seg, codes, np.vstack(queries), (31, 30))
+
+
+def test_all_variants_of_a_photo_in_one_call_report_which_variant_hit() -> None:
+    rng = np.random.default_rng(23)
+    codes = random_codes(rng, 4000, 4)
+    seg = mih.MihSegment(codes, mih.split(256, 11, inline=False, dir_bits=14))
+    variants = random_codes(rng, 8, 4)
+    variants[5] = near(rng, codes[1234], 31)
+    variants[2] = near(rng, codes[77], 0)
+    hits = seg.query(variants, 31)
+    got = set(zip(hits.rows.tolist(), hits.distances.tolist(), hits.queries.tolist(), strict=True))
+    assert got == {(1234, 31, 5), (77, 0, 2)}
+
+
+def test_many_hits_grow_the_output() -> None:
+    # More hits than the first output buffer (256): every one is still returned.
+    rng = np.random.default_rng(29)
+    base = random_codes(rng, 1, 1)[0]
+    codes = np.vstack([near(rng, base, int(d)) for d in rng.integers(0, 5, 1500)] + [random_codes(rng, 500, 1)])
+    for layout in (mih.split(64, 3, inline=True), mih.split(64, 3, inline=False, dir_bits=12)):
+        seg = mih.MihSegment(codes, layout)
+        check_exact(seg, codes, base[None, :], (6,))
+
+
+def test_segment_refuses_rows_that_do_not_fit_a_packed_word() -> None:
+    layout = mih.split(256, 8, inline=False, dir_bits=8)  # 32-bit substrings: 24 low bits
+    assert not mih._fits_words(layout, 1 << 9)
+    with pytest.raises(ValueError):
+        mih.MihSegment(np.zeros((1 << 9, 4), dtype=np.uint64), layout)
+    with pytest.raises(ValueError):
+        mih.MihSegment(np.zeros((10, 4), dtype=np.uint64), mih.split(256, 11, inline=True))
 
 
 def test_layout_pigeonhole_radii_cover_the_radius() -> None:
@@ -63,13 +142,22 @@ def test_plan_layout_picks_linear_for_small_banks_and_fits_the_memory_budget() -
     for n in (10**6, 10**7):
         for bits, r in ((256, 31), (64, 10), (64, 8)):
             layout = mih.plan_layout(bits, r, n)
-            assert layout is not None and mih.fits_budget(layout, n)
-            if n == 10**7:  # at industry scale the offsets tables are amortised too
+            assert layout is not None and mih.fits_budget(layout, n) and mih._fits_words(layout, n)
+            if n == 10**7:  # at industry scale the directories are amortised too
                 assert mih.extra_bytes(layout, n) <= mih.MAX_EXTRA_BYTES_PER_ENTRY
+    # The issue's shapes at 10M: wide packed substrings for PDQ, inline 21-22 bits for 64-bit.
+    pdq = mih.plan_layout(256, 31, 10**7)
+    assert pdq is not None and not pdq.inline and pdq.m == 11 and max(pdq.dir_widths) < 23
+    assert mih.plan_layout(64, 10, 10**7) == mih.split(64, 3, inline=True)
 
 
-def test_tiered_index_matches_the_linear_index_through_adds_removes_and_folds(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("force_mih", [False, True])
+def test_tiered_index_matches_the_linear_index_through_adds_removes_and_folds(
+    monkeypatch: pytest.MonkeyPatch, force_mih: bool
+) -> None:
     monkeypatch.setattr(index_mod, "BUFFER_ROWS", 64)
+    if force_mih:  # every segment, delta included, gets a packed multi-index
+        monkeypatch.setattr(mih, "_LINEAR_NS_PER_WORD", 1e9)
     rng = np.random.default_rng(7)
     tiered, linear = TieredIndex(256, 31), HammingIndex(256)
     base = random_codes(rng, 2000, 4)
@@ -89,6 +177,9 @@ def test_tiered_index_matches_the_linear_index_through_adds_removes_and_folds(mo
             linear.add(next_id, v)
             next_id += 1
     assert len(tiered) == len(linear)
+    if force_mih:
+        assert tiered._base is not None and tiered._base.mih is not None and not tiered._base.mih.layout.inline
+        assert tiered._delta is None or tiered._delta.mih is not None
     queries = [codes_to_hex(near(rng, base[i], 10)[None, :])[0] for i in range(0, 2000, 50)]
     want = {(h.entry_id, h.distance, h.query) for h in linear.query(queries, 31)}
     got = {(h.entry_id, h.distance, h.query) for h in tiered.query(queries, 31)}

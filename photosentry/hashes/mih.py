@@ -8,20 +8,30 @@ the general pigeonhole principle of Qin et al.): cut the ``bits``-bit hash into 
 substrings. If two hashes are within ``r`` bits, write ``r = m*q + s`` (0 <= s < m);
 then one of the first ``s + 1`` substrings is within ``q`` bits, or one of the others
 within ``q - 1`` (otherwise the distance would be at least ``(s+1)(q+1) + (m-s-1)q >
-r``). Each substring has a table from its value to the rows holding it (counting sort:
-one offsets array and one row array per table). A query enumerates the values within
-each substring's radius, looks them up, and verifies every candidate row against the
-full hash. With the substring width near log2(N) a bucket holds about one row, so a
-query costs a few thousand probes, whatever N is.
+r``). Each substring has a table from its value to the rows holding it (counting sort).
+A query enumerates the values within each substring's radius, looks them up, and
+verifies every candidate against the full hash. What costs is random memory reads
+(a probe, a candidate), so the layouts below are about reading fewer cache lines.
 
-Two layouts, picked per algorithm (``plan_layout``):
+Two layouts, picked per algorithm and bank size (``plan_layout``):
 
-- ``rows``: each table holds 32-bit row numbers; candidates are verified against the
-  one copy of the codes. Used for 256-bit PDQ, where copying the codes per table
-  would cost 32 bytes x m per entry.
-- ``inline``: each table holds its own copy of the 64-bit codes in bucket order, so a
-  bucket is verified with a sequential scan (no random access per candidate). Used for
-  64-bit pHash/dHash, whose best layout has large buckets (4 x 16-bit substrings).
+- ``packed`` (256-bit PDQ): a table is a directory indexed by the top ``D`` bits of
+  its substring (``2**D + 1`` offsets) and one 32-bit word per row that packs the row
+  number with the substring's remaining ``L = width - D`` low bits. A probe reads one
+  directory slot and scans its short bucket, keeping the words whose low bits are
+  within the radius left after the directory bits' flips; survivors are verified
+  against the one copy of the codes. So substrings can be wider than the offsets
+  memory would allow with direct addressing (``width`` 23-24 with ``D`` = 21 at 10M),
+  which cuts candidates ~5x at 4 bytes per row per table. ``D`` = width is the plain
+  "row numbers" layout.
+- ``inline`` (64-bit pHash/dHash): each table holds its own copy of the 64-bit codes
+  in bucket order, so a bucket is verified with a sequential scan and no random
+  access per candidate (direct addressing: substrings of 21-22 bits).
+
+A query call takes every variant of a photo at once and runs in phases (enumerate
+every probe, read every bucket's bounds, scan every bucket, verify every candidate),
+so the random reads of a phase do not wait on each other: memory-level parallelism,
+not instruction count, sets the speed.
 
 A segment is immutable once built (building is a counting sort, O(N) per table, in
 numba). :class:`~photosentry.hashes.index.TieredIndex` layers a small linear buffer
@@ -29,7 +39,7 @@ and a tombstone set over segments so adds and removes never rebuild the big one.
 
 The kernels are compiled by numba on first use (``cache=False``: nothing is written
 into site-packages, so read-only installs work; ``warm_up`` compiles them up front,
-about 2-4 s, measured by ``scripts/bench_match.py``).
+a few seconds, measured by ``scripts/bench_match.py``).
 """
 
 from __future__ import annotations
@@ -41,7 +51,10 @@ import numpy as np
 
 try:  # numba is a core dependency; the guard only gives a clear message if it is broken
     import numba
-    from numba import njit
+    from llvmlite import ir
+    from numba import njit, types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
 except ImportError as exc:  # pragma: no cover
     raise ImportError("photosentry needs numba for its hash index: pip install 'numba>=0.60'") from exc
 
@@ -55,16 +68,37 @@ MAX_SUBSTRING_RADIUS = 4
 
 @dataclass(frozen=True)
 class Layout:
-    """How a segment cuts hashes into substrings."""
+    """How a segment cuts hashes into substrings, and how each table is stored."""
 
     bits: int
     #: (first bit, width) of each substring, widest first.
     substrings: tuple[tuple[int, int], ...]
+    #: True: tables hold copies of the (64-bit) codes; False: packed 32-bit words.
     inline: bool
+    #: Packed layout: directory bits per table (at most the substring width; 0 = the
+    #: full width, i.e. direct addressing). The inline layout always uses the full width.
+    dir_bits: int = 0
 
     @property
     def m(self) -> int:
         return len(self.substrings)
+
+    @property
+    def dir_widths(self) -> tuple[int, ...]:
+        if self.inline or not self.dir_bits:
+            return tuple(w for _, w in self.substrings)
+        return tuple(min(w, self.dir_bits) for _, w in self.substrings)
+
+    @property
+    def low_bits(self) -> int:
+        """Most substring bits a packed word carries beside the row number."""
+        return max(w - d for (_, w), d in zip(self.substrings, self.dir_widths, strict=True))
+
+    def describe(self) -> str:
+        if self.inline:
+            return f"inline m={self.m}"
+        widths = sorted({w for _, w in self.substrings}, reverse=True)
+        return f"packed m={self.m} w={'/'.join(map(str, widths))} dir={max(self.dir_widths)}"
 
     def radii(self, radius: int) -> np.ndarray:
         """Per-substring search radius for a query radius (general pigeonhole); -1 = skip."""
@@ -73,56 +107,72 @@ class Layout:
         out[: s + 1] = q
         return out
 
+    def _terms(self, radius: int):  # type: ignore[no-untyped-def]
+        return [
+            (w, d, int(k))
+            for (_, w), d, k in zip(self.substrings, self.dir_widths, self.radii(radius), strict=True)
+            if k >= 0
+        ]
+
     def probes(self, radius: int) -> int:
-        return sum(_ball(w, int(k)) for (_, w), k in zip(self.substrings, self.radii(radius), strict=True) if k >= 0)
+        """Directory slots (buckets) read per query."""
+        return sum(_ball(d, k) for _, d, k in self._terms(radius))
+
+    def expected_scanned(self, radius: int, n: int) -> float:
+        """Table words read per query on uniform random data (bucket sizes)."""
+        return sum(_ball(d, k) * n / 2.0**d for _, d, k in self._terms(radius))
 
     def expected_candidates(self, radius: int, n: int) -> float:
-        return sum(
-            _ball(w, int(k)) * n / 2.0**w
-            for (_, w), k in zip(self.substrings, self.radii(radius), strict=True)
-            if k >= 0
-        )
+        """Rows verified against the full hash per query on uniform random data."""
+        return sum(_ball(w, k) * n / 2.0**w for w, _, k in self._terms(radius))
 
 
 def _ball(width: int, k: int) -> int:
     return sum(math.comb(width, i) for i in range(k + 1))
 
 
-def split(bits: int, m: int, inline: bool) -> Layout:
+def split(bits: int, m: int, inline: bool, dir_bits: int = 0) -> Layout:
     """``m`` substrings of near-equal width covering all ``bits``, widest first."""
     base, extra = divmod(bits, m)
     widths = [base + 1] * extra + [base] * (m - extra)
     starts = np.cumsum([0] + widths[:-1])
-    return Layout(bits, tuple((int(s), int(w)) for s, w in zip(starts, widths, strict=True)), inline)
+    subs = tuple((int(s), int(w)) for s, w in zip(starts, widths, strict=True))
+    return Layout(bits, subs, inline, 0 if inline or dir_bits >= max(widths) else dir_bits)
 
 
-# Cost model for plan_layout, in nanoseconds, measured on one core of the bench host
-# (scripts/bench_match.py prints the real numbers): a probe is one or two cache
-# misses; a candidate is a cache miss (rows layout) or a sequential compare (inline).
-_PROBE_NS = 15.0
-_CANDIDATE_NS = {False: 12.0, True: 0.8}
+# Cost model for plan_layout, in nanoseconds per query variant, fitted to
+# scripts/bench_match.py's layouts at 10M entries on the 2-core development host (one
+# core, other work running beside it): a probe is two cache misses (directory slot,
+# bucket) plus a mispredicted loop exit; a scanned word is a compare in a short,
+# randomly placed run; a packed candidate is one more miss (its code).
+_PROBE_NS = 21.0
+_SCAN_NS = {False: 3.9, True: 3.3}
+_VERIFY_NS = 18.0
 _LINEAR_NS_PER_WORD = 0.7
-#: Widest substring: its offsets table has 2**width entries (4 bytes each).
-_MAX_WIDTH = 24
+#: Widest directory: it has 2**width entries (4 bytes each).
+_MAX_DIR_BITS = 24
+#: Widest substring of the packed layout (its low bits share a word with the row).
+_MAX_PACKED_WIDTH = 32
 #: Memory budget of a segment beyond its one copy of the codes, in bytes per entry
 #: (the index keeps 4 more for the entry id: 64 in all) ...
 MAX_EXTRA_BYTES_PER_ENTRY = 60
-#: ... except that the offsets tables, whose size does not depend on the bank's, may
-#: always use this much: a small bank is better served by a fast layout.
-OFFSETS_ALLOWANCE = 128 * 1024 * 1024
+#: ... except that the directories, whose size does not depend on the bank's, may
+#: always use this much: a small bank is better served by a fast layout (16 MB keeps
+#: 1M-entry banks within the budget too).
+OFFSETS_ALLOWANCE = 16 * 1024 * 1024
 
 
 def extra_bytes(layout: Layout, n: int) -> float:
-    """Bytes per entry a segment of ``n`` rows needs beyond the codes (tables and offsets)."""
+    """Bytes per entry a segment of ``n`` rows needs beyond the codes (tables and directories)."""
     return _per_row(layout) + _offsets_bytes(layout) / max(n, 1)
 
 
 def _per_row(layout: Layout) -> int:
-    return layout.m * (4 + (8 * layout.bits // 64 if layout.inline else 0))
+    return layout.m * (12 if layout.inline else 4)
 
 
 def _offsets_bytes(layout: Layout) -> int:
-    return sum(4 * ((1 << w) + 1) for _, w in layout.substrings)
+    return sum(4 * ((1 << d) + 1) for d in layout.dir_widths)
 
 
 def fits_budget(layout: Layout, n: int) -> bool:
@@ -132,25 +182,50 @@ def fits_budget(layout: Layout, n: int) -> bool:
     )
 
 
+def _fits_words(layout: Layout, n: int) -> bool:
+    """A packed word holds the row number and the low bits: n * 2**L <= 2**32."""
+    return layout.inline or (max(n, 1) - 1) < (1 << (32 - layout.low_bits))
+
+
+def cost_ns(layout: Layout, radius: int, n: int) -> float:
+    """Modelled time of one query variant (see the constants above)."""
+    probes = layout.probes(radius)
+    scanned = layout.expected_scanned(radius, n)
+    cost = probes * _PROBE_NS + scanned * _SCAN_NS[layout.inline]
+    if not layout.inline:
+        cost += layout.expected_candidates(radius, n) * _VERIFY_NS
+    return cost
+
+
+def candidate_layouts(bits: int, radius: int, n: int, *, inline: bool | None = None) -> list[Layout]:
+    """Every layout plan_layout considers for these parameters (valid, within budget)."""
+    words = bits // 64
+    kinds = [inline] if inline is not None else ([True, False] if words == 1 else [False])
+    out = []
+    for m in range(1, bits + 1):
+        for kind in kinds:
+            layout = split(bits, m, kind)
+            widths = [w for _, w in layout.substrings]
+            if min(widths) < 8:
+                continue
+            if int(layout.radii(radius).max()) > MAX_SUBSTRING_RADIUS:
+                continue
+            if kind:
+                options = [layout] if max(widths) <= _MAX_DIR_BITS else []
+            else:
+                if max(widths) > _MAX_PACKED_WIDTH:
+                    continue
+                options = [split(bits, m, False, d) for d in range(8, min(max(widths), _MAX_DIR_BITS) + 1)]
+            out += [o for o in options if fits_budget(o, n) and _fits_words(o, n)]
+    return out
+
+
 def plan_layout(bits: int, radius: int, n: int, *, inline: bool | None = None) -> Layout | None:
     """The cheapest layout for ``n`` hashes searched within ``radius`` that fits the memory
     budget; None if a linear scan is cheaper (small banks)."""
-    words = bits // 64
-    if inline is None:
-        inline = words == 1
-    best, best_cost = None, n * words * _LINEAR_NS_PER_WORD
-    for m in range(1, bits + 1):
-        layout = split(bits, m, inline)
-        widths = [w for _, w in layout.substrings]
-        if max(widths) > _MAX_WIDTH:
-            continue
-        if min(widths) < 8:
-            break
-        if int(layout.radii(radius).max()) > MAX_SUBSTRING_RADIUS:
-            continue
-        if not fits_budget(layout, n):
-            continue
-        cost = layout.probes(radius) * _PROBE_NS + layout.expected_candidates(radius, n) * _CANDIDATE_NS[inline]
+    best, best_cost = None, n * (bits // 64) * _LINEAR_NS_PER_WORD
+    for layout in candidate_layouts(bits, radius, n, inline=inline):
+        cost = cost_ns(layout, radius, n)
         if cost < best_cost:
             best, best_cost = layout, cost
     return best
@@ -183,31 +258,69 @@ def _substring(code: np.ndarray, start: int, width: int) -> np.uint64:
     return (hi << np.uint64(lo_n)) | lo
 
 
+#: Probes/candidates ahead of use that the kernels prefetch: a scan or verify step does
+#: enough work that the out-of-order window alone keeps only a few misses in flight.
+_AHEAD = 16
+
+
+@intrinsic
+def _prefetch(typingctx, arr, idx):  # type: ignore[no-untyped-def]
+    """Hint the CPU to fetch ``arr[idx]`` into cache (LLVM's prefetch; never faults)."""
+    sig = types.void(arr, idx)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
+        i32 = ir.IntType(32)
+        if getattr(ptr.type, "is_opaque", False):  # llvmlite >= 0.45 (opaque pointers)
+            name = "llvm.prefetch.p0"
+        else:
+            name, ptr = "llvm.prefetch.p0i8", builder.bitcast(ptr, ir.IntType(8).as_pointer())
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]),
+                                            name)
+        builder.call(fn, [ptr, i32(0), i32(3), i32(1)])  # read, high locality, data cache
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @njit(cache=False, nogil=True)
-def _keys(codes: np.ndarray, start: int, width: int) -> np.ndarray:
+def _build_packed(codes, start, width, low_bits, offsets, words):  # type: ignore[no-untyped-def]
+    """Counting sort on the top bits of one substring: directory + packed words."""
     n = codes.shape[0]
-    out = np.empty(n, dtype=np.uint64)
+    offsets[:] = 0
+    shift = np.uint64(low_bits)
+    mask = (np.uint64(1) << shift) - np.uint64(1)
     for i in range(n):
-        out[i] = _substring(codes[i], start, width)
-    return out
-
-
-@njit(cache=False, nogil=True)
-def _counting_sort(keys: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """offsets (2**width + 1) and the rows in bucket order (stable)."""
-    size = 1 << width
-    offsets = np.zeros(size + 1, dtype=np.uint32)
-    for k in keys:
-        offsets[k + 1] += 1
-    for i in range(size):
+        offsets[np.int64(_substring(codes[i], start, width) >> shift) + 1] += 1
+    for i in range(offsets.shape[0] - 1):
         offsets[i + 1] += offsets[i]
     fill = offsets[:-1].copy()
-    rows = np.empty(keys.shape[0], dtype=np.uint32)
-    for i in range(keys.shape[0]):
-        k = keys[i]
-        rows[fill[k]] = i
-        fill[k] += 1
-    return offsets, rows
+    for i in range(n):
+        key = _substring(codes[i], start, width)
+        h = np.int64(key >> shift)
+        p = fill[h]
+        fill[h] = p + 1
+        words[p] = np.uint32((np.uint64(i) << shift) | (key & mask))
+
+
+@njit(cache=False, nogil=True)
+def _build_inline(codes, start, width, offsets, tcodes, trows):  # type: ignore[no-untyped-def]
+    """Counting sort on one substring: offsets + codes and rows in bucket order."""
+    n = codes.shape[0]
+    offsets[:] = 0
+    for i in range(n):
+        offsets[np.int64(_substring(codes[i], start, width)) + 1] += 1
+    for i in range(offsets.shape[0] - 1):
+        offsets[i + 1] += offsets[i]
+    fill = offsets[:-1].copy()
+    for i in range(n):
+        h = np.int64(_substring(codes[i], start, width))
+        p = fill[h]
+        fill[h] = p + 1
+        tcodes[p] = codes[i, 0]
+        trows[p] = i
 
 
 @njit(cache=False, nogil=True)
@@ -219,117 +332,174 @@ def _ball_size(width: int, k: int) -> int:
     return total
 
 
-@njit(cache=False, nogil=True)
-def _mih_query(
-    codes, table_rows, table_codes, offsets, off_bases, starts, widths, inline, queries, radii, max_dist,
-    out_rows, out_dist, out_query,
-):
-    """Every (row, query) within ``max_dist``; returns how many (may exceed the output size).
+@njit(cache=False, nogil=True, inline="always")
+def _enumerate(key, width, k, base, tag, probe_at, probe_tag, c):  # type: ignore[no-untyped-def]
+    """Append every key within ``k`` bits of ``key`` (``width`` bits) as a probe; the tag
+    carries the radius left for the bits beyond the directory (low 3 bits)."""
+    one = np.uint64(1)
+    probe_at[c] = base + np.int64(key)
+    probe_tag[c] = tag | k
+    c += 1
+    if k >= 1:
+        for i in range(width):
+            k1 = key ^ (one << np.uint64(i))
+            probe_at[c] = base + np.int64(k1)
+            probe_tag[c] = tag | (k - 1)
+            c += 1
+            if k >= 2:
+                for j in range(i + 1, width):
+                    k2 = k1 ^ (one << np.uint64(j))
+                    probe_at[c] = base + np.int64(k2)
+                    probe_tag[c] = tag | (k - 2)
+                    c += 1
+                    if k >= 3:
+                        for h in range(j + 1, width):
+                            k3 = k2 ^ (one << np.uint64(h))
+                            probe_at[c] = base + np.int64(k3)
+                            probe_tag[c] = tag | (k - 3)
+                            c += 1
+                            if k >= 4:
+                                for g in range(h + 1, width):
+                                    probe_at[c] = base + np.int64(k3 ^ (one << np.uint64(g)))
+                                    probe_tag[c] = tag
+                                    c += 1
+    return c
 
-    Per query in phases, so the random memory reads of one phase do not wait on each
-    other (no data-dependent branch between them): 1 enumerate the probe keys of every
-    table, 2 read each probe's bucket bounds and first row, 3 gather candidate rows,
-    4 verify candidates against the full hash.
-    """
-    n = codes.shape[0]
-    words = queries.shape[1]
+
+# A probe's tag: query number << 16 | table << 8 | radius left (no division in the scan).
+_TAG_Q = 16
+_TAG_T = 8
+
+
+@njit(cache=False, nogil=True)
+def _probes(queries, starts, widths, dwidths, radii, off_bases):  # type: ignore[no-untyped-def]
+    """Phase 1, every variant at once: directory slots, tags, and each (query, table)'s
+    low substring bits."""
+    nq = queries.shape[0]
     m = starts.shape[0]
-    total = 0
+    per_q = 0
     for t in range(m):
         if radii[t] >= 0:
-            total += _ball_size(widths[t], radii[t])
-    probe_at = np.empty(total, dtype=np.int64)
-    probe_t = np.empty(total, dtype=np.int64)
-    lo = np.empty(total, dtype=np.int64)
-    hi = np.empty(total, dtype=np.int64)
-    first = np.empty(total, dtype=np.uint32)
-    cand = np.empty(max(16, 2 * total), dtype=np.uint32)
-    count = 0
-    md = np.uint64(max_dist)
+            per_q += _ball_size(dwidths[t], radii[t])
+    probe_at = np.empty(per_q * nq, dtype=np.int64)
+    probe_tag = np.empty(per_q * nq, dtype=np.int64)
+    qlow = np.empty(nq * m, dtype=np.uint64)
     one = np.uint64(1)
-    for qi in range(queries.shape[0]):
-        q = queries[qi]
-        c = 0
+    c = 0
+    for qi in range(nq):
         for t in range(m):
             k = radii[t]
             if k < 0:
                 continue
-            width = widths[t]
-            base = off_bases[t]
-            key = _substring(q, starts[t], width)
-            probe_at[c] = base + np.int64(key)
-            probe_t[c] = t
-            c += 1
-            if k >= 1:
-                for i in range(width):
-                    k1 = key ^ (one << np.uint64(i))
-                    probe_at[c] = base + np.int64(k1)
-                    probe_t[c] = t
-                    c += 1
-                    if k >= 2:
-                        for j in range(i + 1, width):
-                            k2 = k1 ^ (one << np.uint64(j))
-                            probe_at[c] = base + np.int64(k2)
-                            probe_t[c] = t
-                            c += 1
-                            if k >= 3:
-                                for h in range(j + 1, width):
-                                    k3 = k2 ^ (one << np.uint64(h))
-                                    probe_at[c] = base + np.int64(k3)
-                                    probe_t[c] = t
-                                    c += 1
-                                    if k >= 4:
-                                        for g in range(h + 1, width):
-                                            probe_at[c] = base + np.int64(k3 ^ (one << np.uint64(g)))
-                                            probe_t[c] = t
-                                            c += 1
-        for i in range(c):
-            a = probe_at[i]
-            s = np.int64(offsets[a])
-            lo[i] = s
-            hi[i] = np.int64(offsets[a + 1])
-            if not inline:
-                first[i] = table_rows[probe_t[i] * n + min(s, n - 1)]
-        if inline:
-            for i in range(c):
-                t_base = probe_t[i] * n
-                for slot in range(t_base + lo[i], t_base + hi[i]):
-                    d = np.uint64(0)
-                    for w in range(words):
-                        d += _popcount64(table_codes[slot, w] ^ q[w])
-                    if d <= md:
-                        if count < out_rows.shape[0]:
-                            out_rows[count] = table_rows[slot]
-                            out_dist[count] = d
-                            out_query[count] = qi
-                        count += 1
+            low = np.uint64(widths[t] - dwidths[t])
+            key = _substring(queries[qi], starts[t], widths[t])
+            qlow[qi * m + t] = key & ((one << low) - one)
+            tag = (qi << _TAG_Q) | (t << _TAG_T)
+            c = _enumerate(key >> low, dwidths[t], k, off_bases[t], tag, probe_at, probe_tag, c)
+    return probe_at, probe_tag, qlow
+
+
+@njit(cache=False, nogil=True)
+def _packed_query(
+    codes, flat, words, offsets, off_bases, starts, widths, dwidths, radii, queries, max_dist, out_rows, out_dist, out_query,
+):
+    """Every (row, query) within ``max_dist``; returns how many (may exceed the output size)."""
+    n = codes.shape[0]
+    nw = queries.shape[1]
+    m = starts.shape[0]
+    probe_at, probe_tag, qlow = _probes(queries, starts, widths, dwidths, radii, off_bases)
+    c = probe_at.shape[0]
+    # Phase 2: bucket bounds (independent reads), and a prefetch of each bucket.
+    lo = np.empty(c, dtype=np.int64)
+    size = np.empty(c, dtype=np.int64)
+    scanned = 0
+    for i in range(c):
+        if i + _AHEAD < c:
+            _prefetch(offsets, probe_at[i + _AHEAD])
+        a = probe_at[i]
+        start = np.int64(offsets[a])
+        lo[i] = ((probe_tag[i] >> _TAG_T) & 0xFF) * n + start
+        size[i] = np.int64(offsets[a + 1]) - start
+        scanned += size[i]
+    # Phase 3: scan the buckets, keep words whose low bits are within the radius left
+    # (branch-free: about a quarter pass, a branch would mispredict).
+    cand_row = np.empty(scanned + 1, dtype=np.uint32)
+    cand_q = np.empty(scanned + 1, dtype=np.int32)
+    nc = 0
+    for i in range(c):
+        if i + _AHEAD < c:
+            _prefetch(words, lo[i + _AHEAD])
+        tag = probe_tag[i]
+        t = (tag >> _TAG_T) & 0xFF
+        qi = tag >> _TAG_Q
+        rem = np.uint64(tag & 7)
+        low = np.uint64(widths[t] - dwidths[t])
+        mask = (np.uint64(1) << low) - np.uint64(1)
+        ql = qlow[qi * m + t]
+        for p in range(lo[i], lo[i] + size[i]):
+            w = np.uint64(words[p])
+            cand_row[nc] = np.uint32(w >> low)
+            cand_q[nc] = qi
+            nc += _popcount64((w ^ ql) & mask) <= rem
+    # Phase 4: verify against the full hash (independent reads; hits are rare).
+    count = 0
+    cap = out_rows.shape[0]
+    md = np.uint64(max_dist)
+    for j in range(nc):
+        if j + _AHEAD < nc:
+            _prefetch(flat, np.int64(cand_row[j + _AHEAD]) * nw)
+        row = cand_row[j]
+        qi = cand_q[j]
+        d = np.uint64(0)
+        for w in range(nw):
+            d += _popcount64(codes[row, w] ^ queries[qi, w])
+        if d <= md:
+            if count < cap:
+                out_rows[count] = row
+                out_dist[count] = d
+                out_query[count] = qi
+            count += 1
+    return count
+
+
+@njit(cache=False, nogil=True)
+def _inline_query(
+    tcodes, trows, offsets, off_bases, starts, widths, radii, queries, max_dist, out_rows, out_dist, out_query,
+):
+    """Inline layout (64-bit codes): every (row, query) within ``max_dist``."""
+    m = starts.shape[0]
+    n = tcodes.shape[0] // m
+    probe_at, probe_tag, _ = _probes(queries, starts, widths, widths, radii, off_bases)
+    c = probe_at.shape[0]
+    lo = np.empty(c, dtype=np.int64)
+    hi = np.empty(c, dtype=np.int64)
+    for i in range(c):
+        if i + _AHEAD < c:
+            _prefetch(offsets, probe_at[i + _AHEAD])
+        a = probe_at[i]
+        base = np.int64((probe_tag[i] >> _TAG_T) & 0xFF) * n
+        lo[i] = base + np.int64(offsets[a])
+        hi[i] = base + np.int64(offsets[a + 1])
+    count = 0
+    cap = out_rows.shape[0]
+    md = np.uint64(max_dist)
+    for i in range(c):
+        if i + _AHEAD < c:
+            _prefetch(tcodes, lo[i + _AHEAD])
+        qi = probe_tag[i] >> _TAG_Q
+        q = queries[qi, 0]
+        # A hit is rare: first a branch-free pass over the bucket that LLVM vectorises,
+        # then the bucket again, with the output, only when it holds one.
+        near = 0
+        for p in range(lo[i], hi[i]):
+            near += _popcount64(tcodes[p] ^ q) <= md
+        if near == 0:
             continue
-        # Buckets hold about one row: take each bucket's first row without a branch,
-        # then the rare longer buckets.
-        if cand.shape[0] < c + 16:
-            cand = np.empty(2 * c + 16, dtype=np.uint32)
-        nc = 0
-        for i in range(c):
-            cand[nc] = first[i]
-            nc += hi[i] > lo[i]
-        for i in range(c):
-            if hi[i] - lo[i] > 1:
-                t_base = probe_t[i] * n
-                for p in range(lo[i] + 1, hi[i]):
-                    if nc == cand.shape[0]:
-                        grown = np.empty(2 * nc, dtype=np.uint32)
-                        grown[:nc] = cand[:nc]
-                        cand = grown
-                    cand[nc] = table_rows[t_base + p]
-                    nc += 1
-        for i in range(nc):
-            row = cand[i]
-            d = np.uint64(0)
-            for w in range(words):
-                d += _popcount64(codes[row, w] ^ q[w])
+        for p in range(lo[i], hi[i]):
+            d = _popcount64(tcodes[p] ^ q)
             if d <= md:
-                if count < out_rows.shape[0]:
-                    out_rows[count] = row
+                if count < cap:
+                    out_rows[count] = trows[p]
                     out_dist[count] = d
                     out_query[count] = qi
                 count += 1
@@ -391,6 +561,10 @@ class MihSegment:
             raise ValueError(f"codes must be N x {layout.bits // 64} uint64, got {codes.shape} {codes.dtype}")
         if codes.shape[0] >= 2**32:
             raise ValueError("a segment holds fewer than 2**32 rows")
+        if layout.inline and layout.bits != 64:
+            raise ValueError("the inline layout is for 64-bit hashes")
+        if not _fits_words(layout, codes.shape[0]):
+            raise ValueError(f"{codes.shape[0]} rows and {layout.low_bits} low bits do not fit a 32-bit word")
         _ensure_compiled()  # at load time, so no scan waits for the compiler
         self.codes = np.ascontiguousarray(codes)
         self.layout = layout
@@ -398,20 +572,22 @@ class MihSegment:
         m = layout.m
         self._starts = np.array([s for s, _ in layout.substrings], dtype=np.int64)
         self._widths = np.array([w for _, w in layout.substrings], dtype=np.int64)
-        sizes = [(1 << int(w)) + 1 for w in self._widths]
+        self._dwidths = np.array(layout.dir_widths, dtype=np.int64)
+        sizes = [(1 << int(d)) + 1 for d in self._dwidths]
         self._off_bases = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         self._offsets = np.empty(int(sum(sizes)), dtype=np.uint32)
-        self._rows = np.empty(m * n, dtype=np.uint32)
-        words = codes.shape[1]
-        self._tcodes = np.empty((m * n if layout.inline else 0, words), dtype=np.uint64)
+        self._words = np.empty(0 if layout.inline else m * n, dtype=np.uint32)
+        self._tcodes = np.empty(m * n if layout.inline else 0, dtype=np.uint64)
+        self._trows = np.empty(m * n if layout.inline else 0, dtype=np.uint32)
         for t, (start, width) in enumerate(layout.substrings):
-            keys = _keys(self.codes, start, width)
-            offsets, rows = _counting_sort(keys, width)
-            base = int(self._off_bases[t])
-            self._offsets[base : base + len(offsets)] = offsets
-            self._rows[t * n : (t + 1) * n] = rows
+            base, size = int(self._off_bases[t]), sizes[t]
+            offsets = self._offsets[base : base + size]
+            rows = slice(t * n, (t + 1) * n)
             if layout.inline:
-                self._tcodes[t * n : (t + 1) * n] = self.codes[rows]
+                _build_inline(self.codes, start, width, offsets, self._tcodes[rows], self._trows[rows])
+            else:
+                low = width - int(self._dwidths[t])
+                _build_packed(self.codes, start, width, low, offsets, self._words[rows])
 
     def __len__(self) -> int:
         return int(self.codes.shape[0])
@@ -419,16 +595,25 @@ class MihSegment:
     @property
     def nbytes(self) -> int:
         """Memory beyond the one copy of the codes."""
-        return int(self._offsets.nbytes + self._rows.nbytes + self._tcodes.nbytes)
+        return int(self._offsets.nbytes + self._words.nbytes + self._tcodes.nbytes + self._trows.nbytes)
 
     def query(self, queries: np.ndarray, max_distance: int) -> Hits:
+        """Every (row, query) pair within ``max_distance``; ``queries`` is Q x words
+        (all variants of a photo in one call). A row reached through several tables
+        may be reported more than once."""
         radii = self.layout.radii(max_distance)
         if int(radii.max()) > MAX_SUBSTRING_RADIUS:
             return linear_query(self.codes, len(self), queries, max_distance)
+        if self.layout.inline:
+            return _run(
+                _inline_query,
+                (self._tcodes, self._trows, self._offsets, self._off_bases, self._starts, self._widths, radii,
+                 queries, int(max_distance)),
+            )
         return _run(
-            _mih_query,
-            (self.codes, self._rows, self._tcodes, self._offsets, self._off_bases, self._starts, self._widths,
-             self.layout.inline, queries, radii, int(max_distance)),
+            _packed_query,
+            (self.codes, self.codes.reshape(-1), self._words, self._offsets, self._off_bases, self._starts, self._widths, self._dwidths,
+             radii, queries, int(max_distance)),
         )
 
 
@@ -476,10 +661,14 @@ def warm_up() -> float:
     rng = np.random.default_rng(0)
     for words in (1, 4):
         codes = rng.integers(0, 2**63, size=(64, words), dtype=np.uint64)
-        seg = MihSegment(codes, split(64 * words, 4 * words, inline=words == 1))
-        seg.query(codes[:2], 8)
+        for inline in {words == 1, False}:
+            seg = MihSegment(codes, split(64 * words, 4 * words, inline=inline, dir_bits=10))
+            seg.query(codes[:2], 8)
         linear_query(codes, 64, codes[:2], 8)
     return time.perf_counter() - start
 
 
-__all__ = ["Hits", "Layout", "MihSegment", "extra_bytes", "linear_query", "plan_layout", "split", "warm_up", "numba"]
+__all__ = [
+    "Hits", "Layout", "MihSegment", "candidate_layouts", "cost_ns", "extra_bytes", "linear_query", "plan_layout",
+    "split", "warm_up", "numba",
+]
