@@ -114,6 +114,16 @@ def create_app(reviewer: Reviewer, moderators: Moderators, *, secure_cookies: bo
         return message(request, "Refused", "This form is stale or was not sent by this page (CSRF check"
                                            " failed). Go back, reload and try again.", 403)
 
+    async def signed_form(request: Request) -> tuple[str, Any] | Response:
+        """The signed-in moderator and their CSRF-checked form, or the refusal to send."""
+        me = moderator(request)
+        if me is None:
+            return to_login()
+        form = await request.form()
+        if not csrf_ok(request, form.get(CSRF_FIELD)):
+            return forbidden(request)
+        return me, form
+
     def go_next(me: str, exclude: tuple[str, ...] = ()) -> RedirectResponse:
         item_id = reviewer.queue.claim_next(me, exclude=exclude)
         return RedirectResponse(f"/item/{item_id}" if item_id else "/?empty=1", status_code=303)
@@ -159,12 +169,10 @@ def create_app(reviewer: Reviewer, moderators: Moderators, *, secure_cookies: bo
 
     @app.post("/next")
     async def next_item(request: Request) -> Response:
-        me = moderator(request)
-        if me is None:
-            return to_login()
-        form = await request.form()
-        if not csrf_ok(request, form.get(CSRF_FIELD)):
-            return forbidden(request)
+        checked = await signed_form(request)
+        if isinstance(checked, Response):
+            return checked
+        me, _ = checked
         return go_next(me)
 
     # -- one item ------------------------------------------------------------------------
@@ -212,23 +220,19 @@ def create_app(reviewer: Reviewer, moderators: Moderators, *, secure_cookies: bo
 
     @app.post("/item/{item_id}/skip")
     async def skip(request: Request, item_id: str) -> Response:
-        me = moderator(request)
-        if me is None:
-            return to_login()
-        form = await request.form()
-        if not csrf_ok(request, form.get(CSRF_FIELD)):
-            return forbidden(request)
+        checked = await signed_form(request)
+        if isinstance(checked, Response):
+            return checked
+        me, _ = checked
         reviewer.queue.unclaim(item_id, me)
         return go_next(me, exclude=(item_id,))
 
     @app.post("/item/{item_id}/decide")
     async def decide(request: Request, item_id: str, background: BackgroundTasks) -> Response:
-        me = moderator(request)
-        if me is None:
-            return to_login()
-        form = await request.form()
-        if not csrf_ok(request, form.get(CSRF_FIELD)):
-            return forbidden(request)
+        checked = await signed_form(request)
+        if isinstance(checked, Response):
+            return checked
+        me, form = checked
         kind = str(form.get("decision") or "")
         if kind not in (RELEASE, CONFIRM):
             return message(request, "Bad request", "Choose release or confirm.", 400)
