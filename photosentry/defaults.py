@@ -44,6 +44,26 @@ MODEL_DRIFT_TOLERANCE = 0.03
 calibration photo; `photosentry models optimize/verify` refuse one that drifts more
 (or that flips any allow/quarantine/block decision on those photos)."""
 
+SCAN_BATCH_GPU = 16
+"""Frames per model call when bulk work (``Scanner.scan_many``, ``rescan --local``) runs
+on a GPU: one call per photo leaves a GPU mostly idle, and 16 224x224 inputs (10 MB)
+fill it well without holding many photos back; ``--batch`` tunes it per host."""
+
+SCAN_BATCH_CPU = 8
+"""Frames per model call for bulk work on CPU. One-thread ONNX Runtime gains little
+from batching (scripts/bench_scan.py --batch: a few percent in photos/s); 8 takes that
+gain while a batch still waits on only a few photos."""
+
+SCAN_BATCH_MAX_BYTES = 256 * 1024 * 1024
+"""Most memory (bytes read plus decoded pixels) held by photos waiting for one batched
+model call; a batch of large PNGs is cut short at this, so batching never multiplies a
+process's worst case by the batch size."""
+
+RESCAN_BATCH_LINGER_S = 0.5
+"""A ``rescan --local`` batch still being filled is sent anyway once its first photo
+has waited this long, so a slow input (a sparse folder walk, --rate) never holds photos
+back for a batch to fill."""
+
 MODELS_DIR_NAME = "models"
 """Folder in the data directory holding optimised model artifacts and their manifest."""
 

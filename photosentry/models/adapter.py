@@ -221,6 +221,10 @@ class ManifestClassifier(NudityClassifier):
         self._input = self._session.get_inputs()[0].name
         self.provider = self._session.get_providers()[0]
         self._unsafe = [self.spec.output.labels.index(label) for label in self.spec.output.unsafe]
+        # A dynamically quantised build scales its activations by the range of the whole
+        # call, so a photo's score would depend on the photos batched with it.
+        self.batches_across_photos = not (artifact is not None
+                                          and str(getattr(artifact, "method", "")).startswith("dynamic"))
 
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:
         return preprocess(rgb, self.spec.input)
@@ -257,7 +261,29 @@ class ManifestClassifier(NudityClassifier):
     def classify(self, frames: Sequence[np.ndarray]) -> ModelScore:
         if not frames:
             raise ValueError("classify needs at least one frame")
-        probs = self.probabilities(frames)
+        return self._score(self.probabilities(frames))
+
+    def classify_many(
+        self, photos: Sequence[Sequence[np.ndarray]], *, batch_size: int = DEFAULT_BATCH
+    ) -> list[ModelScore]:
+        """One score per photo, the frames of all of them run ``batch_size`` at a time
+        (frames of different photos share a call); each photo's score is the max over its
+        own frames, as :meth:`classify` gives it."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if any(not frames for frames in photos):
+            raise ValueError("classify needs at least one frame")
+        if not self.batches_across_photos:
+            return [self.classify(frames) for frames in photos]
+        probs = self.probabilities([f for frames in photos for f in frames], batch_size=batch_size)
+        out, start = [], 0
+        for frames in photos:
+            out.append(self._score(probs[start : start + len(frames)]))
+            start += len(frames)
+        return out
+
+    def _score(self, probs: np.ndarray) -> ModelScore:
+        """One photo's frames' probabilities to its score: the most unsafe frame's."""
         scores = self.unsafe_scores(probs)
         worst = int(np.argmax(scores))
         return ModelScore(

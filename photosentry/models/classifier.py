@@ -63,3 +63,14 @@ class NudityClassifier(ABC):
     @abstractmethod
     def classify(self, frames: Sequence[np.ndarray]) -> ModelScore:
         """Score RGB uint8 frames of one photo; the highest-scoring frame wins."""
+
+    def classify_many(self, photos: Sequence[Sequence[np.ndarray]], *, batch_size: int) -> list[ModelScore]:
+        """Score several photos (each its frames): one :class:`ModelScore` per photo, in order,
+        each equal to what :meth:`classify` gives that photo alone.
+
+        This default scores them one by one; a model that can run frames of different
+        photos in one call overrides it. ``batch_size`` is the most frames per model call.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        return [self.classify(frames) for frames in photos]

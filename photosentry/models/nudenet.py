@@ -163,7 +163,26 @@ class NudeNetDetector(NudityClassifier):
     def classify(self, frames: Sequence[np.ndarray]) -> ModelScore:
         if not frames:
             raise ValueError("classify needs at least one frame")
-        per_frame = self.detect(frames)
+        return self._score(self.detect(frames))
+
+    def classify_many(self, photos: Sequence[Sequence[np.ndarray]], *, batch_size: int) -> list[ModelScore]:
+        """One score per photo, the frames of all of them detected ``batch_size`` at a time."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if any(not frames for frames in photos):
+            raise ValueError("classify needs at least one frame")
+        flat = [f for frames in photos for f in frames]
+        per_frame: list[list[Detection]] = []
+        for start in range(0, len(flat), batch_size):
+            per_frame.extend(self.detect(flat[start : start + batch_size]))
+        out, start = [], 0
+        for frames in photos:
+            out.append(self._score(per_frame[start : start + len(frames)]))
+            start += len(frames)
+        return out
+
+    def _score(self, per_frame: Sequence[Sequence[Detection]]) -> ModelScore:
+        """One photo's frames' detections to its score: the frame with the strongest unsafe one."""
         scores = [self.score_of(d) for d in per_frame]
         worst = int(np.argmax(scores))
         labels: dict[str, float] = {}

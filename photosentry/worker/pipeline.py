@@ -5,7 +5,9 @@
 Long-lived parts (the policy, the bank matcher, the classifier) are built once and
 passed in, so a worker keeps them warm across photos. Every failure inside a stage
 becomes a fail-closed reason; the classifier is skipped when a bank match already
-blocks. This module knows nothing of Redis or RQ.
+blocks. For bulk work, :meth:`Scanner.scan_many` runs the same stages with the
+classify stage batched across photos, each verdict as a scan alone would give it.
+This module knows nothing of Redis or RQ.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import io
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +50,43 @@ class _Run:
             yield
         finally:
             self.timings[name] = self.timings.get(name, 0.0) + (time.perf_counter() - start) * 1000.0
+
+
+@dataclass
+class _Photo:
+    """One photo between the stages: what is known of it so far."""
+
+    data: bytes
+    subject: str
+    context: Mapping[str, Any]
+    run: _Run
+    decoded: DecodedImage | None = None
+    hashes: ImageHashes | None = None
+    matches: list[Match] = field(default_factory=list)
+    scores: list[ModelScore] = field(default_factory=list)
+    #: Decoded, and not already blocked by a bank match or a failure.
+    needs_models: bool = False
+    #: Set once decided (by the catch-all for an unexpected error, or at the end).
+    verdict: Verdict | None = None
+
+    @property
+    def frame_count(self) -> int:
+        return len(self.decoded.frames) if self.decoded is not None else 0
+
+    @property
+    def held_bytes(self) -> int:
+        """Memory this photo holds while it waits for the models: its bytes and pixels."""
+        pixels = sum(f.nbytes for f in self.decoded.frames) if self.decoded is not None else 0
+        return len(self.data) + pixels
+
+
+@dataclass(frozen=True)
+class ScanItem:
+    """One photo for :meth:`Scanner.scan_many`: its bytes, and what scan_bytes would be given."""
+
+    data: bytes
+    subject: str = ""
+    context: Mapping[str, Any] | None = None
 
 
 class Scanner:
@@ -116,6 +155,59 @@ class Scanner:
         """Scan bytes already in memory."""
         return self._scan(data, subject, context or {}, _Run())
 
+    def scan_many(self, items: Iterable[ScanItem], *, batch_size: int | None = None) -> list[Verdict]:
+        """Scan many photos, the models run over several photos' frames per call.
+
+        Each photo is decoded, hashed and matched alone; a photo already decided (a
+        bank block, an unreadable file) never waits for the models. The rest are
+        classified together, up to ``batch_size`` frames per model call (an animation's
+        frames are batched with other photos' and its score is the max over its own),
+        then decided one by one. Every verdict equals what :meth:`scan_bytes` gives that
+        photo alone; the classify time of a call is shared by its photos' frame counts.
+        If a batched call fails, each of its photos is classified alone, so a bad photo
+        costs only its own verdict. ``items`` is consumed as it goes: at most
+        ``batch_size`` frames and ``defaults.SCAN_BATCH_MAX_BYTES`` of photos wait at once.
+
+        Args:
+            items: the photos, in order; the verdicts come back in the same order.
+            batch_size: most frames per model call; None: :meth:`default_batch_size`.
+        """
+        size = self.default_batch_size() if batch_size is None else batch_size
+        if size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {size}")
+        verdicts: list[Verdict] = []
+        waiting: list[tuple[int, _Photo]] = []
+        frames = held = 0
+
+        def flush() -> None:
+            group = [photo for _, photo in waiting]
+            self._classify_group(group, size)
+            for index, photo in waiting:
+                verdicts[index] = self._conclude(photo)
+            waiting.clear()
+
+        for item in items:
+            photo = _Photo(item.data, item.subject, item.context or {}, _Run())
+            self._guarded(photo, self._prepare)
+            if not photo.needs_models:
+                verdicts.append(self._conclude(photo))
+                continue
+            verdicts.append(None)  # type: ignore[arg-type]  # filled by flush()
+            waiting.append((len(verdicts) - 1, photo))
+            frames += photo.frame_count
+            held += photo.held_bytes
+            if frames >= size or held >= defaults.SCAN_BATCH_MAX_BYTES:
+                flush()
+                frames = held = 0
+        if waiting:
+            flush()
+        return verdicts
+
+    def default_batch_size(self) -> int:
+        """Frames per model call for :meth:`scan_many` on the classifier's provider."""
+        provider = getattr(self.classifier, "provider", "CPUExecutionProvider")
+        return defaults.SCAN_BATCH_CPU if provider == "CPUExecutionProvider" else defaults.SCAN_BATCH_GPU
+
     def failed(
         self,
         code: ReasonCode,
@@ -135,26 +227,53 @@ class Scanner:
     # -- stages -------------------------------------------------------------------
 
     def _scan(self, data: bytes, subject: str, context: Mapping[str, Any], run: _Run) -> Verdict:
-        try:
-            return self._stages(data, subject, context, run)
-        except Exception as exc:  # noqa: BLE001 - the last line of fail-closed
-            log.exception("scan of %r failed", subject)
-            run.failures.append((ReasonCode.SCAN_FAILED, f"{type(exc).__name__}: {exc}"))
-            return self._verdict(subject, run, context, _safe_hash(data), None, [], [])
+        photo = _Photo(data, subject, context, run)
+        self._guarded(photo, self._prepare)
+        if photo.needs_models:
+            self._guarded(photo, self._classify)
+        return self._conclude(photo)
 
-    def _stages(self, data: bytes, subject: str, context: Mapping[str, Any], run: _Run) -> Verdict:
+    def _guarded(self, photo: "_Photo", stage: Callable[["_Photo"], None]) -> None:
+        """Run one stage of ``photo``; an unexpected error decides it (fail closed) and no
+        later stage runs."""
+        if photo.verdict is not None:
+            return
+        try:
+            stage(photo)
+        except Exception as exc:  # noqa: BLE001 - the last line of fail-closed
+            photo.verdict = self._crashed(photo, exc)
+
+    def _crashed(self, photo: "_Photo", exc: Exception) -> Verdict:
+        log.exception("scan of %r failed", photo.subject)
+        photo.needs_models = False
+        photo.run.failures.append((ReasonCode.SCAN_FAILED, f"{type(exc).__name__}: {exc}"))
+        return self._verdict(photo.subject, photo.run, photo.context, _safe_hash(photo.data), None, [], [])
+
+    def _conclude(self, photo: "_Photo") -> Verdict:
+        if photo.verdict is None:
+            try:
+                photo.verdict = self._verdict(photo.subject, photo.run, photo.context, photo.hashes, photo.decoded,
+                                              photo.matches, photo.scores)
+            except Exception as exc:  # noqa: BLE001 - the last line of fail-closed
+                photo.verdict = self._crashed(photo, exc)
+        return photo.verdict
+
+    def _prepare(self, photo: "_Photo") -> None:
+        """decode -> hash -> match, and whether the models still have a say."""
+        run, data = photo.run, photo.data
         decoded: DecodedImage | None = None
         with run.stage("decode"):
             try:
                 decoded = decode(data, self.limits, min_side=self.decode_min_side)
             except UnreadableImage as exc:
                 run.failures.append((ReasonCode(exc.code), exc.message))
+        photo.decoded = decoded
 
         with run.stage("hash"):
             if decoded is None:
-                hashes = hash_bytes(data)
+                photo.hashes = hash_bytes(data)
             else:
-                hashes = hash_image(data, decoded.frames, decoded.frame_indices)
+                photo.hashes = hash_image(data, decoded.frames, decoded.frame_indices)
                 if decoded.frames_truncated:
                     run.failures.append(
                         (
@@ -164,31 +283,78 @@ class Scanner:
                         )
                     )
 
-        matches: list[Match] = []
         if self.matcher is not None:
             with run.stage("match"):
-                matches = self.matcher.match(hashes)
+                photo.matches = self.matcher.match(photo.hashes)
 
-        scores: list[ModelScore] = []
-        profile = self.policy.profile_for(context)
-        already, _ = decide(profile, matches=matches, failures=run.failures)
-        if decoded is not None and already is not Action.BLOCK:
-            with run.stage("classify"):
-                if self.classifier is None:
-                    run.failures.append((ReasonCode.MODEL_UNAVAILABLE, self._classifier_error))
-                else:
-                    try:
-                        scores.append(self.classifier.classify(decoded.frames))
-                    except ModelUnavailable as exc:
-                        run.failures.append((ReasonCode.MODEL_UNAVAILABLE, str(exc)))
-            if self.classifier is not None and self.second_opinions:
-                with run.stage("second_opinion"):
-                    for model in self.second_opinions:
-                        try:
-                            scores.append(model.classify(decoded.frames))
-                        except ModelUnavailable as exc:
-                            run.failures.append((ReasonCode.MODEL_UNAVAILABLE, f"{model.model_id}: {exc}"))
-        return self._verdict(subject, run, context, hashes, decoded, matches, scores)
+        profile = self.policy.profile_for(photo.context)
+        already, _ = decide(profile, matches=photo.matches, failures=run.failures)
+        photo.needs_models = decoded is not None and already is not Action.BLOCK
+
+    def _classify(self, photo: "_Photo") -> None:
+        """The classifier, then the second opinions, on one photo's frames."""
+        with photo.run.stage("classify"):
+            if self.classifier is None:
+                photo.run.failures.append((ReasonCode.MODEL_UNAVAILABLE, self._classifier_error))
+            else:
+                self._score_one(self.classifier, photo)
+        if self.classifier is not None and self.second_opinions:
+            with photo.run.stage("second_opinion"):
+                for model in self.second_opinions:
+                    self._score_one(model, photo)
+
+    def _score_one(self, model: NudityClassifier, photo: "_Photo") -> None:
+        assert photo.decoded is not None
+        try:
+            photo.scores.append(model.classify(photo.decoded.frames))
+        except ModelUnavailable as exc:
+            text = str(exc) if model is self.classifier else f"{model.model_id}: {exc}"
+            photo.run.failures.append((ReasonCode.MODEL_UNAVAILABLE, text))
+
+    # -- batches (scan_many) -----------------------------------------------------------
+
+    def _classify_group(self, group: list["_Photo"], batch_size: int) -> None:
+        """The models over a group of photos, frames of different photos in one call."""
+        if self.classifier is None or len(group) == 1:
+            for photo in group:
+                self._guarded(photo, self._classify)
+            return
+        self._score_batched(self.classifier, group, "classify", batch_size)
+        for model in self.second_opinions:
+            # A photo the catch-all decided while scored alone gets no second opinion,
+            # as in scan_bytes, where the error ends the scan.
+            self._score_batched(model, [p for p in group if p.verdict is None], "second_opinion", batch_size)
+
+    def _score_batched(self, model: NudityClassifier, group: list["_Photo"], stage: str, batch_size: int) -> None:
+        """One model over ``group`` in batched calls; if a call fails, each photo is scored
+        alone, so one bad photo (or a batch too big for the device) costs only its own verdict."""
+        if not group:
+            return
+        start = time.perf_counter()
+        scores: list[ModelScore] | None
+        try:
+            scores = model.classify_many([p.decoded.frames for p in group], batch_size=batch_size)  # type: ignore[union-attr]
+            if len(scores) != len(group):
+                raise ValueError(f"{len(scores)} scores for {len(group)} photos")
+        except Exception as exc:  # noqa: BLE001 - each photo gets its own chance below
+            log.warning("%s: a batch of %d photos failed (%s: %s); scoring them one by one",
+                        model.model_id, len(group), type(exc).__name__, exc)
+            scores = None
+        # The call's time, shared by frame count: what each photo cost the model.
+        elapsed_ms = (time.perf_counter() - start) * 1000.0
+        frames = sum(p.frame_count for p in group)
+        for photo in group:
+            photo.run.timings[stage] = photo.run.timings.get(stage, 0.0) + elapsed_ms * photo.frame_count / frames
+        if scores is not None:
+            for photo, score in zip(group, scores, strict=True):
+                photo.scores.append(score)
+            return
+        for photo in group:
+            self._guarded(photo, lambda p: self._score_alone(model, p, stage))
+
+    def _score_alone(self, model: NudityClassifier, photo: "_Photo", stage: str) -> None:
+        with photo.run.stage(stage):
+            self._score_one(model, photo)
 
     def _verdict(
         self,
