@@ -32,6 +32,10 @@ _KEPT = ("mode", "dry_run", "force", "since", "context", "report_format")
               help="--local: scanner processes. Default: all cores.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="--local: model threads per process.")
+@click.option("--batch", "batch", type=click.IntRange(min=1), default=None, metavar="N",
+              help="--local: frames per model call; each process takes N photos at a time and runs the model"
+                   f" over them together (verdicts are the same as one by one). Default: {defaults.SCAN_BATCH_GPU}"
+                   f" when the model runs on a GPU, {defaults.SCAN_BATCH_CPU} on CPU.")
 @click.option("--redis-url", envvar=defaults.REDIS_URL_ENV, default=None, metavar="URL",
               help=f"Redis of the queues, the shared bank and the verdict cache. Needed for --queue; with --local"
                    f" it makes the processes use the shared bank and cache. Env: {defaults.REDIS_URL_ENV}.")
@@ -67,7 +71,7 @@ _KEPT = ("mode", "dry_run", "force", "since", "context", "report_format")
 @click.option("--progress/--no-progress", default=None,
               help="Show the progress bar. Default: only when stderr is a terminal.")
 @click.pass_context
-def rescan(ctx: click.Context, source: str, local: bool, processes: int | None, threads: int,
+def rescan(ctx: click.Context, source: str, local: bool, processes: int | None, threads: int, batch: int | None,
            redis_url: str | None, source_roots: tuple[str, ...], report_path: str | None,
            report_format: str | None, resume: bool, dry_run: bool, force: bool, since_text: str | None,
            rate: float | None, context: tuple[str, ...], policy_path: str | None, outstanding: int,
@@ -90,6 +94,7 @@ def rescan(ctx: click.Context, source: str, local: bool, processes: int | None, 
       photosentry rescan /srv/photos --dry-run --since 2026-11-01 --report try.csv
       photosentry rescan uploads.jsonl --source-root /srv/photos --queue --rate 500 --report nov.jsonl
       photosentry rescan uploads.jsonl --report nov.jsonl --resume      # after Ctrl-C or a crash
+      photosentry rescan /srv/photos -n 1 --batch 32 --report nov.jsonl  # a GPU host: one process, big batches
 
     Ctrl-C stops cleanly and prints the command that resumes; a killed run resumes
     the same way. Exit status: 0 all allowed, 1 some not allowed (quarantine, block,
@@ -149,7 +154,8 @@ def rescan(ctx: click.Context, source: str, local: bool, processes: int | None, 
         raise click.UsageError("--local with a manifest needs --source-root (the folder its paths lie in)")
     report.parent.mkdir(parents=True, exist_ok=True)
 
-    backend = _backend(ctx, checkpoint, roots=roots, processes=processes, threads=threads, redis_url=redis_url,
+    backend = _backend(ctx, checkpoint, roots=roots, processes=processes, threads=threads, batch=batch,
+                       redis_url=redis_url,
                        policy_path=policy_path, outstanding=outstanding, folder=src.kind == FOLDER)
     try:
         backend.start()  # models loaded (or Redis reached) before any file is written
@@ -220,7 +226,7 @@ def _check_same_run(ctx: click.Context, checkpoint: Any, src: Any, wanted: dict[
 
 
 def _backend(ctx: click.Context, checkpoint: Any, *, roots: tuple[str, ...], processes: int | None, threads: int,
-             redis_url: str | None, policy_path: str | None, outstanding: int, folder: bool) -> Any:
+             batch: int | None, redis_url: str | None, policy_path: str | None, outstanding: int, folder: bool) -> Any:
     if checkpoint.mode == "queue":
         import redis as _redis
 
@@ -248,6 +254,6 @@ def _backend(ctx: click.Context, checkpoint: Any, *, roots: tuple[str, ...], pro
         except PhotoSentryError as exc:
             raise SetupError(str(exc)) from exc
     settings = LocalSettings(source_roots=roots, data_dir=ctx.obj["data_dir"], policy_path=policy_path,
-                             redis_url=redis_url, threads=threads, use_cache=not checkpoint.force)
+                             redis_url=redis_url, threads=threads, use_cache=not checkpoint.force, batch_size=batch)
     return LocalBackend(settings, processes=processes or default_processes(), run_id=checkpoint.run_id,
                         dry_run=checkpoint.dry_run, default_context=dict(checkpoint.context))

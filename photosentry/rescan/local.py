@@ -2,11 +2,17 @@
 
 Each process is started with ``spawn`` (ONNX Runtime's thread pools do not survive
 ``fork``) and builds its scanner once, in the pool initializer: policy, bank index,
-a one-thread model by default, warmed up. It then takes one photo at a time:
+a one-thread model by default, warmed up. It then takes a batch of photos at a time
+(``--batch``: frames per model call, default by the model's provider):
 
-    fetch (confined to the source roots, like a worker) -> verdict cache -> scan
+    fetch each (confined to the source roots, like a worker) -> verdict cache ->
+    Scanner.scan_many over the rest (the model runs over several photos per call)
 
-and returns the verdict. It never moves anything itself: the parent writes the
+and returns one verdict per photo; each equals what a one-photo scan gives. A batch
+being filled is sent when full, when a process would otherwise sit idle, or after
+``RESCAN_BATCH_LINGER_S``. A batch whose process died is retried photo by photo, and
+only those solo attempts count towards ``MAX_ATTEMPTS``, so a photo that crashes its
+decoder costs only its own verdict. It never moves anything itself: the parent writes the
 report row first and only then moves a quarantined or blocked photo, through the
 same :class:`~photosentry.worker.actions.ActionApplier` as a worker. A kill between
 the two leaves a row whose move has not happened; resuming applies it again (moves
@@ -26,9 +32,10 @@ import multiprocessing
 import os
 import signal
 import time
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +66,8 @@ class LocalSettings:
     providers: tuple[str, ...] = ()
     #: False bypasses the verdict cache on lookup (``--force``); fresh verdicts are still cached.
     use_cache: bool = True
+    #: Frames per model call (and photos per pool task); None: the scanner's default for its provider.
+    batch_size: int | None = None
     cache_ttl_s: int = defaults.VERDICT_CACHE_TTL_S
     refresh_interval_s: float = defaults.BANK_REFRESH_INTERVAL_S
 
@@ -72,14 +81,16 @@ class Outcome:
     missing: str | None = None
     #: The bytes read, kept only for a verdict that moves the photo.
     fetched: Fetched | None = None
+    #: An unexpected error for this photo alone (the parent makes it a ``scan_failed`` verdict).
+    error: str | None = None
 
 
 @dataclass
 class _Task:
     item: Item
     upload_id: str
+    #: Attempts alone in a pool task (a batch that died is retried photo by photo).
     attempts: int = 0
-    future: Future[Outcome] | None = field(default=None, repr=False)
 
 
 # -- inside a pool process -------------------------------------------------------------
@@ -123,11 +134,46 @@ class _PoolWorker:
         self.scanner = Scanner(policy=self.policy, matcher=BankMatcher(store), classifier=self.classifier,
                                second_opinions=second)
         self.scanner.warm_up()
+        self.batch_size = settings.batch_size or self.scanner.default_batch_size()
         self.roots = SourceRoots(settings.source_roots)
         self._last_refresh = time.monotonic()
 
-    def scan(self, source: str, context: dict[str, Any], upload_id: str, dry_run: bool) -> Outcome:
+    def scan_many(self, tasks: list[tuple[str, dict[str, Any], str]], dry_run: bool) -> list[Outcome]:
+        """One outcome per (source, context, upload id), in order; never raises for one photo."""
+        from ..worker.pipeline import ScanItem
+
         self._refresh()
+        outcomes: list[Outcome | None] = [None] * len(tasks)
+        to_scan: list[tuple[int, Fetched, str | None]] = []
+
+        def items() -> Iterator[ScanItem]:
+            # Consumed by scan_many as it goes: a photo is read only when the batch has room.
+            for index, (source, context, upload_id) in enumerate(tasks):
+                try:
+                    found = self._lookup(source, context, upload_id, dry_run)
+                except Exception as exc:  # noqa: BLE001 - a bug or a Redis error costs this photo only
+                    found = Outcome(error=f"{type(exc).__name__}: {exc}")
+                if isinstance(found, Outcome):
+                    outcomes[index] = found
+                    continue
+                fetched, key = found
+                to_scan.append((index, fetched, key))
+                yield ScanItem(fetched.data, source, context)
+
+        verdicts = self.scanner.scan_many(items(), batch_size=self.batch_size)
+        for (index, fetched, key), verdict in zip(to_scan, verdicts, strict=True):
+            source, context, upload_id = tasks[index]
+            try:
+                outcomes[index] = self._decided(verdict.to_dict(), fetched, key, upload_id, dry_run)
+            except Exception as exc:  # noqa: BLE001 - as above
+                outcomes[index] = Outcome(error=f"{type(exc).__name__}: {exc}")
+        assert all(o is not None for o in outcomes)
+        return outcomes  # type: ignore[return-value]
+
+    def _lookup(self, source: str, context: dict[str, Any], upload_id: str,
+                dry_run: bool) -> Outcome | tuple[Fetched, str | None]:
+        """An outcome without scanning (missing, refused, cached), or the bytes to scan and
+        their cache key."""
         scanner = self.scanner
         try:
             fetched = self.roots.fetch(PathSource(source), max_bytes=scanner.limits.max_bytes)
@@ -139,17 +185,22 @@ class _PoolWorker:
         except UnreadableImage as exc:  # too large, or a read error
             return Outcome(self._finish(scanner.failed(ReasonCode(exc.code), exc.message, subject=source,
                                                         context=context).to_dict(), upload_id, dry_run))
-        verdict = None
         key = None
         if self.cache is not None:
             key = self._cache_key(fetched.data, context)
             cached = self.cache.get(key) if self.settings.use_cache else None
             if cached is not None:
                 verdict = {**cached, "subject": source, "context": dict(context), "cache": "hit", "timings_ms": {}}
-        if verdict is None:
-            verdict = scanner.scan_bytes(fetched.data, subject=source, context=context).to_dict()
-            if key is not None:
-                self.cache.put(key, verdict)  # type: ignore[union-attr]
+                return self._moving(verdict, fetched, upload_id, dry_run)
+        return fetched, key
+
+    def _decided(self, verdict: dict[str, Any], fetched: Fetched, key: str | None, upload_id: str,
+                 dry_run: bool) -> Outcome:
+        if key is not None:
+            self.cache.put(key, verdict)  # type: ignore[union-attr]
+        return self._moving(verdict, fetched, upload_id, dry_run)
+
+    def _moving(self, verdict: dict[str, Any], fetched: Fetched, upload_id: str, dry_run: bool) -> Outcome:
         verdict = self._finish(verdict, upload_id, dry_run)
         moves = verdict["action"] != Action.ALLOW.value and not dry_run
         return Outcome(verdict, fetched=fetched if moves else None)
@@ -191,22 +242,23 @@ def _init_process(settings: LocalSettings) -> None:
     _WORKER = _PoolWorker(settings)
 
 
-def _scan_in_process(source: str, context: dict[str, Any], upload_id: str, dry_run: bool) -> Outcome:
+def _scan_in_process(tasks: list[tuple[str, dict[str, Any], str]], dry_run: bool) -> list[Outcome]:
     assert _WORKER is not None, "pool initializer did not run"
-    return _WORKER.scan(source, context, upload_id, dry_run)
+    return _WORKER.scan_many(tasks, dry_run)
 
 
-def _probe() -> int:
+def _probe() -> tuple[int, int]:
+    """(this process's id, its batch size)."""
     assert _WORKER is not None, "pool initializer did not run"
     time.sleep(0.02)  # long enough for a sibling that is ready to take the next probe
-    return os.getpid()
+    return os.getpid(), _WORKER.batch_size
 
 
 # -- in the parent ---------------------------------------------------------------------
 
 
 class LocalBackend:
-    """Runs items through a process pool; see the module docstring."""
+    """Runs items through a process pool, a batch per pool task; see the module docstring."""
 
     drains_on_stop = True
 
@@ -216,9 +268,12 @@ class LocalBackend:
 
         if processes < 1:
             raise ValueError(f"processes must be at least 1, got {processes}")
+        if settings.batch_size is not None and settings.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {settings.batch_size}")
         self.settings = settings
         self.processes = processes
-        self.capacity = processes * 2
+        #: Photos per pool task; the processes' own batch size once start() has asked them.
+        self.batch_size = settings.batch_size or 1
         self.run_id = run_id
         self.dry_run = dry_run
         self.default_context = default_context
@@ -231,61 +286,93 @@ class LocalBackend:
             self.actions = ActionApplier(quarantine=ContentStore(home / "quarantine"),
                                          blocked=ContentStore(home / "blocked"))
         self._pool = self._new_pool()
-        self._tasks: dict[Future[Outcome], _Task] = {}
+        self._tasks: dict[Future[list[Outcome]], list[_Task]] = {}
+        self._filling: list[_Task] = []
+        self._filling_since = 0.0
         self._ready: list[Finished] = []
+
+    @property
+    def capacity(self) -> int:
+        """Photos in flight: a batch running in every process and one waiting for it."""
+        return self.processes * 2 * self.batch_size
 
     def start(self) -> None:
         """Wait until every process has loaded its model (a set-up error surfaces here).
 
         A process still loading takes no task, so the ready ones answer every probe;
         probes go out until each process has answered one. Otherwise the first photos
-        would wait for the slowest model load, and timings would count it.
+        would wait for the slowest model load, and timings would count it. The answers
+        carry each process's batch size (chosen for its model's provider).
         """
-        seen: set[int] = set()
+        seen: dict[int, int] = {}
         while len(seen) < self.processes:
             probes = [self._pool.submit(_probe) for _ in range(self.processes)]
             seen.update(probe.result() for probe in probes)
+        self.batch_size = min(seen.values())
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(max_workers=self.processes, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_init_process, initargs=(self.settings,))
 
     def submit(self, item: Item, upload_id: str) -> None:
-        self._start(_Task(item, upload_id))
+        if not self._filling:
+            self._filling_since = time.monotonic()
+        self._filling.append(_Task(item, upload_id))
+        if len(self._filling) >= self.batch_size:
+            self._send()
 
-    def _start(self, task: _Task) -> None:
-        task.attempts += 1
-        context = {**self.default_context, **dict(task.item.context)}
-        task.future = self._pool.submit(_scan_in_process, task.item.source, context, task.upload_id, self.dry_run)
-        self._tasks[task.future] = task
+    def _send(self) -> None:
+        """The batch being filled goes to the pool."""
+        batch, self._filling = self._filling, []
+        if batch:
+            self._start(batch)
+
+    def _start(self, batch: list[_Task]) -> None:
+        if len(batch) == 1:
+            batch[0].attempts += 1
+        payload = [(t.item.source, {**self.default_context, **dict(t.item.context)}, t.upload_id) for t in batch]
+        future = self._pool.submit(_scan_in_process, payload, self.dry_run)
+        self._tasks[future] = batch
 
     def in_flight(self) -> int:
-        return len(self._tasks)
+        return sum(len(batch) for batch in self._tasks.values()) + len(self._filling)
 
     def collect(self, timeout: float) -> list[Finished]:
+        # A batch still filling goes now if the driver is about to wait (it cannot start
+        # more, has no more, or is held by --rate) while a process has nothing to do, or
+        # once its first photo has lingered: it never waits for photos that are not coming.
+        idle = timeout > 0 and len(self._tasks) < self.processes
+        if self._filling and (idle or time.monotonic() - self._filling_since >= defaults.RESCAN_BATCH_LINGER_S):
+            self._send()
         out, self._ready = self._ready, []
         if not self._tasks:
             return out
         done, _ = wait(list(self._tasks), timeout=0 if out else timeout, return_when=FIRST_COMPLETED)
         broken: list[_Task] = []
         for future in done:
-            task = self._tasks.pop(future)
+            batch = self._tasks.pop(future)
             try:
-                outcome = future.result()
+                outcomes = future.result()
             except BrokenProcessPool:
-                broken.append(task)
+                broken.extend(batch)
                 continue
             except Exception as exc:  # noqa: BLE001 - a bug in one scan must not end the run
-                outcome = Outcome(self._failed(task, f"{type(exc).__name__}: {exc}"))
-            out.append(self._finished(task, outcome))
+                if len(batch) > 1:
+                    for task in batch:  # find the photo it belongs to; the others get their verdicts
+                        self._start([task])
+                    continue
+                outcomes = [Outcome(error=f"{type(exc).__name__}: {exc}")]
+            out.extend(self._finished(task, outcome) for task, outcome in zip(batch, outcomes, strict=True))
         if broken:
             out.extend(self._recover(broken))
         return out
 
     def _recover(self, broken: list[_Task]) -> list[Finished]:
         """A process died (out of memory, a crashing decoder): every task in flight failed
-        with it. Start a new pool and try each again, up to MAX_ATTEMPTS."""
-        broken += list(self._tasks.values())  # the rest of the pool's tasks failed too
+        with it. Start a new pool and try each photo again, alone, up to MAX_ATTEMPTS
+        attempts alone."""
+        for batch in self._tasks.values():  # the rest of the pool's tasks failed too
+            broken.extend(batch)
         self._tasks.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._pool = self._new_pool()
@@ -295,7 +382,7 @@ class LocalBackend:
                 why = f"the scanning process died {task.attempts} times on this photo"
                 out.append(self._finished(task, Outcome(self._failed(task, why))))
             else:
-                self._start(task)
+                self._start([task])
         return out
 
     def _failed(self, task: _Task, why: str) -> dict[str, Any]:
@@ -308,6 +395,8 @@ class LocalBackend:
         return verdict
 
     def _finished(self, task: _Task, outcome: Outcome) -> Finished:
+        if outcome.error is not None:
+            outcome = Outcome(self._failed(task, outcome.error))
         if outcome.missing is not None:
             return Finished(task.item, missing_row(task.item, outcome.missing, run=self.run_id, dry_run=self.dry_run))
         assert outcome.verdict is not None
