@@ -121,6 +121,17 @@ BULK_QUEUE = "bulk"
 QUEUES = (UPLOADS_QUEUE, BULK_QUEUE)
 """Queues in priority order, as a worker listens to them."""
 
+BULK_VERDICT_STREAM = "photosentry:verdicts:bulk"
+"""Stream that verdicts of jobs taken from the bulk queue are recorded on (the queue the
+job came from decides, never its payload). Uploads keep ``photosentry:verdicts``, so a
+rescan of millions of photos trims only this stream, never an unread upload verdict."""
+
+BULK_VERDICT_STREAM_MAXLEN = 1_000_000
+"""Approximate cap on the bulk verdict stream (XADD MAXLEN ~). A ``rescan --queue`` reads
+its verdicts as they come (and falls back to job results), so it needs only a few
+thousand; the rest is slack for a pipeline acting on rescan results: at 500 photos a
+second it holds the last half hour, in about as much Redis memory as the uploads stream."""
+
 MAX_INLINE_BYTES = 10 * 1024 * 1024
 """Largest photo carried inline (base64) in a job payload. Every inline byte sits in
 Redis memory until a worker takes the job; bigger photos should be sent by path."""

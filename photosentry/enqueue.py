@@ -83,14 +83,16 @@ def enqueue_scan(
 ) -> str:
     """Put one scan job on a queue; returns the RQ job id.
 
-    The verdict arrives as the job's result, as an entry on the verdict stream and,
-    when ``callback_url`` is given, as a signed POST. A job that fails or times out
+    The verdict arrives as the job's result, as an entry on the verdict stream of
+    ``queue`` (``photosentry:verdicts`` for uploads, ``photosentry:verdicts:bulk`` for
+    bulk) and, when ``callback_url`` is given, as a signed POST. A job that fails or times out
     after ``retries`` retries still ends in a recorded ``scan_failed`` quarantine.
 
     Args:
         redis: connection to the Redis the workers listen on.
         source, upload_id, context, callback_url: see :func:`build_payload`.
-        queue: ``uploads`` (default, high priority) or ``bulk`` (rescans).
+        queue: ``uploads`` (default, high priority) or ``bulk`` (rescans; their
+            verdicts go on the bulk stream, so they never trim upload verdicts).
         job_timeout: seconds one attempt may run.
         retries: attempts after the first one fails.
         job_id: a job id of your own (default: a random one).

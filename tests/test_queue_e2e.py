@@ -235,15 +235,19 @@ def test_metrics_are_served_for_the_whole_pool(
 ) -> None:
     photo = corpus.clean["coffee"].read_bytes()
     jobs = {f"m-{i}": enqueue_scan(redis_client, source=photo, upload_id=f"m-{i}") for i in range(3)}
+    jobs["b-0"] = enqueue_scan(redis_client, source=photo, upload_id="b-0", queue="bulk")
     wait_until(lambda: results(redis_client, jobs))
 
     def scrape() -> str:
         with urllib.request.urlopen(pool.metrics_url, timeout=5) as response:  # type: ignore[attr-defined]
             return response.read().decode()
 
-    text = wait_until(lambda: (t := scrape()) and 'photosentry_scans_total{action="allow",reason="clean"} 3.0' in t and t)
+    # Verdicts are counted per stream: uploads on photosentry:verdicts, bulk on its own.
+    uploads = 'photosentry_scans_total{action="allow",reason="clean",stream="photosentry:verdicts"} 3.0'
+    bulk = 'photosentry_scans_total{action="allow",reason="clean",stream="photosentry:verdicts:bulk"} 1.0'
+    text = wait_until(lambda: (t := scrape()) and uploads in t and bulk in t and t)
     lookups = re.findall(r'^photosentry_cache_lookups_total\{result="(?:hit|miss)"\} ([0-9.]+)$', text, re.M)
-    assert sum(float(n) for n in lookups) == 3.0  # two processes may both miss the same new photo
+    assert sum(float(n) for n in lookups) == 4.0  # two processes may both miss the same new photo
     assert 'photosentry_queue_depth{queue="uploads"} 0.0' in text
     assert 'photosentry_model_info{model="open_nsfw",provider="CPUExecutionProvider"' in text
     assert 'photosentry_stage_seconds_count{stage="classify"}' in text

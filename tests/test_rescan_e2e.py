@@ -1,7 +1,7 @@
 """`photosentry rescan` end to end: real photos, a real redis-server, real worker processes.
 
 Local mode runs its own process pool; queue mode enqueues on the bulk queue and follows
-the verdict stream while `photosentry worker` processes scan. Interrupted runs (SIGKILL,
+the bulk verdict stream while `photosentry worker` processes scan. Interrupted runs (SIGKILL,
 Ctrl-C) are resumed and every photo must be in the report exactly once.
 """
 
@@ -309,8 +309,9 @@ def test_queue_mode_gives_the_local_results_and_dry_run_moves_nothing(
     assert by_key(rows_of(queued)) == by_key(rows_of(local)) == expected()
     assert {r["status"] for r in rows_of(queued)} == {"scanned"}  # --force: the cache the local run filled is bypassed
     assert sorted(p for p in root.rglob("*") if p.is_file()) == files  # a dry run leaves every file in place
-    entries = [json.loads(f[b"verdict"]) for _, f in redis_client.xrange("photosentry:verdicts")]
+    entries = [json.loads(f[b"verdict"]) for _, f in redis_client.xrange("photosentry:verdicts:bulk")]
     assert len(entries) == len(TREE) and all(v["dry_run"] for v in entries)
+    assert not redis_client.exists("photosentry:verdicts")  # the uploads stream is left alone
     assert all(v["upload_id"].startswith(f"rescan:{rows_of(queued)[0]['run']}:path:") for v in entries)
 
     # For real: the workers move the flagged photos; the verdicts come from the cache the
@@ -345,9 +346,15 @@ def test_queue_rescan_decides_afresh_uploads_already_recorded(
     assert (rows["u-1"]["action"], rows["u-1"]["reasons"][0]) == ("block", "bank_match")
     assert rows["u-2"]["status"] == "missing" and rows["u-2"]["action"] == ""
     run = rows["u-1"]["run"]
-    assert redis_client.get(f"photosentry:verdicts:recorded:rescan:{run}:u-1") is not None
+    # The rescan's verdict and marker are on the bulk stream; the uploads stream still has
+    # only the upload's own verdict.
+    [(_, fields)] = redis_client.xrange("photosentry:verdicts:bulk")
+    assert fields[b"upload_id"].decode() == f"rescan:{run}:u-1"
+    assert [f[b"upload_id"] for _, f in redis_client.xrange("photosentry:verdicts")] == [b"u-1"]
+    assert redis_client.get(f"photosentry:verdicts:bulk:recorded:rescan:{run}:u-1") is not None
+    assert redis_client.get(f"photosentry:verdicts:recorded:rescan:{run}:u-1") is None
     # The rescan's marker lasts a day once reported; the upload's own keeps its 30 days.
-    assert 0 < redis_client.ttl(f"photosentry:verdicts:recorded:rescan:{run}:u-1") <= 24 * 3600
+    assert 0 < redis_client.ttl(f"photosentry:verdicts:bulk:recorded:rescan:{run}:u-1") <= 24 * 3600
     assert redis_client.ttl("photosentry:verdicts:recorded:u-1") > 24 * 3600
     assert not (root / "u-1.jpg").exists()  # blocked now: moved into the blocked store by the worker
 

@@ -79,10 +79,13 @@ def run_burst(client: redis.Redis, service: ScanService | None, **kwargs: Any) -
             signal.signal(sig, handler)
 
 
-def stream_entries(client: redis.Redis) -> list[dict[str, Any]]:
+UPLOADS_STREAM, BULK_STREAM = "photosentry:verdicts", "photosentry:verdicts:bulk"
+
+
+def stream_entries(client: redis.Redis, stream: str = UPLOADS_STREAM) -> list[dict[str, Any]]:
     return [
         {"upload_id": f[b"upload_id"].decode(), "job_id": f[b"job_id"].decode(), "verdict": json.loads(f[b"verdict"])}
-        for _, f in client.xrange("photosentry:verdicts")
+        for _, f in client.xrange(stream)
     ]
 
 
@@ -253,9 +256,11 @@ def test_uploads_queue_is_drained_before_bulk(
     bulk = [enqueue_scan(redis_client, source=photo, upload_id=f"bulk-{i}", queue="bulk") for i in range(2)]
     uploads = [enqueue_scan(redis_client, source=photo, upload_id=f"up-{i}") for i in range(2)]
     run_burst(redis_client, ScanService(settings, client=redis_client, scanner=scanner))
-    order = [e["upload_id"] for e in stream_entries(redis_client)]
-    assert order == ["up-0", "up-1", "bulk-0", "bulk-1"]
-    assert len(bulk + uploads) == 4
+    # Each queue's verdicts on its own stream; every upload was done before any bulk job began.
+    assert [e["upload_id"] for e in stream_entries(redis_client)] == ["up-0", "up-1"]
+    assert [e["upload_id"] for e in stream_entries(redis_client, BULK_STREAM)] == ["bulk-0", "bulk-1"]
+    jobs = {j: Job.fetch(j, connection=redis_client, serializer=JSONSerializer) for j in bulk + uploads}
+    assert max(jobs[j].ended_at for j in uploads) <= min(jobs[j].started_at for j in bulk)
     # Every job went through its intermediate list (LMOVE) and was taken off it once started.
     assert not redis_client.exists("rq:queue:uploads:intermediate", "rq:queue:bulk:intermediate")
 
@@ -270,7 +275,7 @@ def test_a_job_moved_by_a_worker_killed_before_registering_it_is_recovered_once(
     # What a dying worker's ReliableQueue.dequeue_any did before the kill, by hand.
     assert redis_client.lmove("rq:queue:bulk", "rq:queue:bulk:intermediate") == job_id.encode()
     run_burst(redis_client, service)  # a live worker: the job is in no queue, so it is not run
-    assert stream_entries(redis_client) == []
+    assert stream_entries(redis_client, BULK_STREAM) == []
 
     queues = ["uploads", "bulk"]
     assert recover_intermediate(redis_client, queues) == []  # first sighting: maybe a live worker's window
@@ -284,7 +289,7 @@ def test_a_job_moved_by_a_worker_killed_before_registering_it_is_recovered_once(
     run_burst(redis_client, service)
     job = Job.fetch(job_id, connection=redis_client, serializer=JSONSerializer)
     assert job.get_status() == JobStatus.FINISHED and job.retries_left == 2  # no retry used: nothing ran
-    [entry] = stream_entries(redis_client)
+    [entry] = stream_entries(redis_client, BULK_STREAM)
     assert entry["upload_id"] == "window-1" and entry["verdict"]["action"] == "allow"
     assert not redis_client.exists("rq:queue:bulk:intermediate")
     assert recover_intermediate(redis_client, queues, clock=later) == []

@@ -68,8 +68,10 @@ def worker(ctx: click.Context, redis_url: str, processes: int, source_roots: tup
            metrics_port: int | None, log_format: str, no_cache: bool) -> None:
     """Scan queued uploads: take jobs from Redis, record and deliver verdicts.
 
-    Each verdict becomes the job's result, one entry on the Redis stream
-    photosentry:verdicts, and (when the job has a callback_url) a signed POST.
+    Each verdict becomes the job's result, one entry on a Redis stream
+    (photosentry:verdicts for the uploads queue, photosentry:verdicts:bulk for the
+    bulk queue: rescans never crowd out upload verdicts), and, when the job has a
+    callback_url, a signed POST.
     Quarantined and blocked photos are moved into the quarantine/ and blocked/
     stores under the data directory. A job that keeps failing ends quarantined
     with reason scan_failed: nothing is ever allowed unscanned.
@@ -142,7 +144,8 @@ def worker(ctx: click.Context, redis_url: str, processes: int, source_roots: tup
               help="Upload context for the policy, e.g. --context recipient_is_minor=true. Repeatable.")
 @click.option("--callback-url", default=None, help="URL the worker POSTs the signed verdict to.")
 @click.option("--queue", type=click.Choice(list(defaults.QUEUES)), default=defaults.UPLOADS_QUEUE, show_default=True,
-              help="uploads (high priority) or bulk (rescans).")
+              help="uploads (high priority; verdicts on photosentry:verdicts) or bulk (rescans; verdicts on"
+                   f" {defaults.BULK_VERDICT_STREAM}).")
 @click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
               help="Wait up to SECONDS for the verdicts and print them; exit 1 if any is not allow.")
 def enqueue(redis_url: str, paths: tuple[str, ...], inline: bool, as_given: bool, upload_id: str | None,
@@ -182,7 +185,7 @@ def enqueue(redis_url: str, paths: tuple[str, ...], inline: bool, as_given: bool
             click.echo(f"{job_id} {uid} {raw}")
         if wait_s is None:
             return
-        flagged = _wait_for_verdicts(client, jobs, wait_s)
+        flagged = _wait_for_verdicts(client, jobs, wait_s, queue)
     except _redis.RedisError as exc:
         raise SetupError(f"cannot reach Redis: {exc}") from exc
     finally:
@@ -190,15 +193,16 @@ def enqueue(redis_url: str, paths: tuple[str, ...], inline: bool, as_given: bool
     sys.exit(ExitCode.FLAGGED if flagged else ExitCode.ALLOWED)
 
 
-def _wait_for_verdicts(client, jobs: list[tuple[str, str, str]], wait_s: float) -> bool:  # type: ignore[no-untyped-def]
+def _wait_for_verdicts(client, jobs: list[tuple[str, str, str]], wait_s: float,  # type: ignore[no-untyped-def]
+                       queue: str) -> bool:
     from rq.job import Job, JobStatus
     from rq.serializers import JSONSerializer
 
-    from ..worker.stream import VerdictStream
+    from ..worker.stream import VerdictStream, stream_for_queue
 
     deadline = time.monotonic() + wait_s
     pending = {job_id: (uid, raw) for job_id, uid, raw in jobs}
-    stream = VerdictStream(client)
+    stream = VerdictStream(client, stream=stream_for_queue(queue))  # where workers record this queue's jobs
     flagged = False
     while pending and time.monotonic() < deadline:
         for job_id, (uid, raw) in list(pending.items()):
@@ -215,7 +219,7 @@ def _wait_for_verdicts(client, jobs: list[tuple[str, str, str]], wait_s: float) 
             flagged |= verdict.get("action") != "allow"
             click.echo(f"{verdict.get('action', '?'):<11}{codes[:19]:<20}{raw}")
         time.sleep(0.1)
-    for uid, raw in pending.values():
+    for _uid, raw in pending.values():
         flagged = True
         click.echo(f"{'pending':<11}{'':<20}{raw}")
     return flagged

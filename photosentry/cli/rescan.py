@@ -26,8 +26,8 @@ _KEPT = ("mode", "dry_run", "force", "since", "context", "report_format")
 @click.argument("source", type=click.Path(exists=True))
 @click.option("--local/--queue", "local", default=True,
               help="--local (default): scan in a process pool on this machine. --queue: enqueue on the bulk"
-                   " queue so every worker host shares the work, and follow the verdict stream until all are"
-                   " done.")
+                   " queue so every worker host shares the work, and follow the bulk verdict stream"
+                   f" ({defaults.BULK_VERDICT_STREAM}) until all are done; the uploads stream is left alone.")
 @click.option("--processes", "-n", type=click.IntRange(min=1), default=None,
               help="--local: scanner processes. Default: all cores.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from .. import defaults
 from .root import ExitCode, SetupError, cli, redis_url_option
 
 #: Redis key holding the bank version the last retro-hunt covered.
@@ -18,7 +19,8 @@ LAST_VERSION_KEY = "photosentry:retrohunt:version"
               help="Hunt for entries added after this bank version (default: where the last hunt stopped).")
 @click.option("--requeue", is_flag=True,
               help="Queue a rescan (bulk queue) of every matching upload that was sent by path; its new verdict"
-                   " gets upload id '<id>:retrohunt:<version>'.")
+                   " gets upload id '<id>:retrohunt:<version>' and is recorded on the bulk verdict stream"
+                   f" {defaults.BULK_VERDICT_STREAM}.")
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines, one object per match.")
 @click.pass_context
 def retrohunt(ctx: click.Context, redis_url: str, since_version: int | None, requeue: bool, as_json: bool) -> None:
@@ -27,6 +29,8 @@ def retrohunt(ctx: click.Context, redis_url: str, since_version: int | None, req
     Workers keep every scanned photo's hashes (never the photo) in a hash log with
     bounded retention (defaults: 2 million scans, 30 days). This reads that log and
     matches it against the new entries of ban banks, without decoding any image.
+    With --requeue, the workers' new verdicts go on the bulk verdict stream
+    (photosentry:verdicts:bulk), like a rescan's, never on the uploads stream.
     Exit status 1 if anything matched.
 
     \b
@@ -63,7 +67,7 @@ def retrohunt(ctx: click.Context, redis_url: str, since_version: int | None, req
             if isinstance(path, str):
                 upload_id = f"{hit.record.upload_id}:retrohunt:{until}"[:200]
                 job = enqueue_scan(client, source=path, upload_id=upload_id, context=dict(hit.record.context),
-                                   queue="bulk", job_id=None)
+                                   queue=defaults.BULK_QUEUE, job_id=None)
                 requeued += 1
         if as_json:
             click.echo(json.dumps({**hit.to_dict(), "requeued_job": job}))
@@ -72,6 +76,7 @@ def retrohunt(ctx: click.Context, redis_url: str, since_version: int | None, req
             click.echo(f"{r.upload_id}  was {r.action:<10} now matches entry {hit.entry.id} of bank {hit.entry.bank}"
                        f" ({hit.entry.algorithm.value} distance {hit.distance}){'  requeued ' + job if job else ''}")
     client.set(LAST_VERSION_KEY, until)
+    where = f" (verdicts on {defaults.BULK_VERDICT_STREAM})" if requeued else ""
     click.echo(f"retrohunt: {len(entries)} new entries (bank versions {since_version + 1}..{until}), {len(log)} scans"
-               f" in the log, {hits} matches, {requeued} requeued", err=True)
+               f" in the log, {hits} matches, {requeued} requeued{where}", err=True)
     ctx.exit(ExitCode.FLAGGED if hits else ExitCode.ALLOWED)

@@ -1,4 +1,4 @@
-"""``rescan --queue``: jobs on the bulk queue, verdicts followed on the verdict stream.
+"""``rescan --queue``: jobs on the bulk queue, verdicts followed on the bulk verdict stream.
 
 Items are enqueued in chunks (one Redis pipeline per chunk, :func:`enqueue_payloads`)
 with at most ``capacity`` outstanding, so the bulk queue never holds the whole input
@@ -7,8 +7,10 @@ empty). Every worker host that listens on ``bulk`` shares the work.
 
 Each item is decided under its rescan upload id (:func:`.runner.upload_id_for`), so
 a worker that recorded the upload's first verdict long ago still scans it afresh.
-Verdicts are read from the stream (``XREAD`` from the entry before the first
-enqueue). Before a chunk is enqueued, the recorded marker of each id is checked: an
+Workers record bulk jobs' verdicts on their own stream (``photosentry:verdicts:bulk``,
+:func:`~photosentry.worker.stream.stream_for_queue`), so however many photos a rescan
+sends, the uploads stream the platform reads is untouched. Verdicts are read from the
+bulk stream (``XREAD`` from the entry before the first enqueue). Before a chunk is enqueued, the recorded marker of each id is checked: an
 item decided by a job of an interrupted run is reported from its stream entry and
 not enqueued again. A periodic sweep covers entries the reader cannot see (trimmed
 from the stream: the job's result is used) and jobs that failed without a verdict
@@ -29,7 +31,7 @@ import redis
 
 from .. import defaults
 from ..enqueue import build_payload, enqueue_payloads
-from ..worker.stream import DEFAULT_STREAM, VerdictStream
+from ..worker.stream import VerdictStream, stream_for_queue
 from .report import missing_row, verdict_row
 from .runner import Finished
 from .source import Item, resolve_entry
@@ -65,7 +67,7 @@ class QueueBackend:
         source_roots: Sequence[str] = (),
         capacity: int = defaults.RESCAN_QUEUE_CAPACITY,
         chunk: int = defaults.RESCAN_CHUNK,
-        stream: str = DEFAULT_STREAM,
+        stream: str | None = None,
         job_timeout: int = defaults.JOB_TIMEOUT_S,
         stderr: Any = None,
     ) -> None:
@@ -77,7 +79,8 @@ class QueueBackend:
         self.roots = tuple(source_roots)
         self.capacity = capacity
         self.chunk = chunk
-        self.stream = VerdictStream(client, stream=stream)
+        # The stream workers record bulk-queue jobs on (where this run's verdicts land).
+        self.stream = VerdictStream(client, stream=stream or stream_for_queue(defaults.BULK_QUEUE))
         self.job_timeout = job_timeout
         self.stderr = stderr or sys.stderr
         self._last_id = "0-0"

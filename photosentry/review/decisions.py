@@ -8,7 +8,8 @@ One decision, in order (the same for the CLI and the web page):
     3 effects  each one idempotent, so a crash here is finished by submitting again:
                bank entries (a ban, or an allow-bank entry), the uploader penalty, the
                file (restored, kept as evidence or deleted), the decision entry on the
-               verdict stream (one per upload)
+               uploads verdict stream (one per upload; there too for an item a bulk
+               job quarantined, whose verdict is on photosentry:verdicts:bulk)
     4 finish   the item is marked released / confirmed and its lease dropped
     5 deliver  the signed callback to the upload's callback_url (at least once)
 
@@ -226,8 +227,11 @@ class Reviewer:
         if record.sha256 and record.stored:
             self.quarantine.discard(record.sha256, record.upload_id)
         verdict = final_verdict(record.verdict, decision, record.upload_id)
+        # On the uploads stream even for a rescan's (bulk) item: the platform acts on a
+        # decision, decisions come at human speed, and a rescan must not trim them.
         recorded = self.stream.record_decision(upload_id=record.upload_id, item_id=item.item_id,
-                                               decision=decision, verdict=verdict)
+                                               decision=decision, verdict=verdict,
+                                               verdict_stream=record.stream or self.stream.stream)
         effects["stream_id"] = recorded.entry_id
         self.queue.finish_decision(item.item_id, state=RELEASED if kind == RELEASE else CONFIRMED, effects=effects,
                                    actor=actor)

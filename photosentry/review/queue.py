@@ -168,6 +168,11 @@ class QuarantineRecord:
     job_id: str = ""
     #: The verdict's entry on the verdict stream.
     stream_id: str = ""
+    #: The stream ``stream_id`` is on: photosentry:verdicts:bulk for a bulk job (a
+    #: rescan), else photosentry:verdicts (also what an empty value, an item queued
+    #: before bulk jobs had a stream of their own, means). Decisions always go on the
+    #: uploads stream (docs/review.md).
+    stream: str = ""
     #: SHA-256 of the photo: its folder in the content-addressed quarantine store.
     sha256: str | None = None
     #: The photo's bytes are in the quarantine store (False: nothing could be read or kept).

@@ -153,7 +153,12 @@ def scan_upload(payload: dict[str, Any]) -> dict[str, Any]:
     from .service import current_service
 
     job = get_current_job()
-    return current_service().scan(payload, job_id=job.id if job is not None else "")
+    # The queue the job was taken from picks the verdict stream (bulk or uploads): RQ
+    # sets origin when the job is enqueued, and a retry or a recovery keeps it, so every
+    # attempt and the final give-up record on the same stream. A payload field could not
+    # be trusted to: any producer could write one.
+    return current_service().scan(payload, job_id=job.id if job is not None else "",
+                                  queue=job.origin if job is not None else None)
 
 
 def on_scan_failure(

@@ -398,7 +398,7 @@ def refuse_unreadable_job(connection: redis.Redis, queue_key: str, job_id: str, 
     try:
         from .service import current_service
 
-        current_service().record_failure(payload, job_id=job_id, why=f"job refused: {why}")
+        current_service().record_failure(payload, job_id=job_id, why=f"job refused: {why}", queue=queue_name)
     except Exception:  # noqa: BLE001 - the job is failed and logged either way
         log.exception("could not record the fail-closed verdict of refused job %s", job_id)
 

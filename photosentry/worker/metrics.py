@@ -35,8 +35,9 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
         self.scans = Counter(
-            "photosentry_scans", "Verdicts recorded, by action and most severe reason code.", ["action", "reason"],
-            registry=r,
+            "photosentry_scans", "Verdicts recorded, by action, most severe reason code and verdict stream"
+            " (photosentry:verdicts for uploads, photosentry:verdicts:bulk for the bulk queue).",
+            ["action", "reason", "stream"], registry=r,
         )
         self.stage_seconds = Histogram(
             "photosentry_stage_seconds",
@@ -66,9 +67,9 @@ class Metrics:
             ["model", "version", "provider", "variant"], registry=r, multiprocess_mode="max",
         )
 
-    def observe_verdict(self, verdict: Mapping[str, Any]) -> None:
+    def observe_verdict(self, verdict: Mapping[str, Any], *, stream: str = "") -> None:
         reasons = verdict.get("reasons") or [{}]
-        self.scans.labels(str(verdict.get("action", "")), str(reasons[0].get("code", ""))).inc()
+        self.scans.labels(str(verdict.get("action", "")), str(reasons[0].get("code", "")), stream).inc()
 
     def observe_stages(self, timings_ms: Mapping[str, float]) -> None:
         for stage, ms in timings_ms.items():

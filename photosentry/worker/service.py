@@ -12,7 +12,9 @@ One job, in order (docs/queue.md has the why of the order):
     3 fetch     bytes from a confined source; a refusal is a verdict, not a crash
     4 cache     SHA-256 + bank version + policy version -> cached verdict
     5 scan      the pipeline (decode, hash, match, classify, decide)
-    6 record    one stream entry per upload (idempotent) - the verdict is durable now
+    6 record    one stream entry per upload (idempotent) - the verdict is durable now;
+                on photosentry:verdicts:bulk for a job from the bulk queue (RQ's
+                job.origin decides, never the payload), else on photosentry:verdicts
     7 act       quarantine/block move the file into their stores; allow leaves it
     8 deliver   the signed HTTP callback; its failure never loses the verdict
 
@@ -78,7 +80,11 @@ class ServiceSettings:
     refresh_interval_s: float = defaults.BANK_REFRESH_INTERVAL_S
     max_inline_bytes: int = defaults.MAX_INLINE_BYTES
     bank_prefix: str = BANK_PREFIX
+    #: Uploads' verdicts, moderator decisions and uploader flags: what the platform acts on.
     stream: str = DEFAULT_STREAM
+    #: Verdicts of jobs taken from the bulk queue, with a cap of their own.
+    bulk_stream: str = defaults.BULK_VERDICT_STREAM
+    bulk_stream_maxlen: int = defaults.BULK_VERDICT_STREAM_MAXLEN
 
     def __repr__(self) -> str:
         return (
@@ -129,6 +135,7 @@ class ScanService:
         home = ensure_private_dir(data_dir(settings.data_dir))
         self.actions = ActionApplier(quarantine=ContentStore(home / "quarantine"), blocked=ContentStore(home / "blocked"))
         self.stream = VerdictStream(self.redis, stream=settings.stream)
+        self.bulk_stream = VerdictStream(self.redis, stream=settings.bulk_stream, maxlen=settings.bulk_stream_maxlen)
         self.cache = VerdictCache(self.redis, ttl_s=settings.cache_ttl_s)
         self.hashlog = HashLog(self.redis)
         self.review = ReviewQueue(self.redis)
@@ -200,8 +207,16 @@ class ScanService:
             log.info("bank index refreshed", extra={"changes": applied, "bank_version": matcher.version})
         return applied
 
-    def scan(self, raw_payload: object, *, job_id: str) -> dict[str, Any]:
+    def stream_for(self, queue: str | None) -> VerdictStream:
+        """The stream a job from ``queue`` (RQ's ``job.origin``) records on; see
+        :func:`~photosentry.worker.stream.stream_for_queue`. None: the uploads stream."""
+        return self.bulk_stream if queue == defaults.BULK_QUEUE else self.stream
+
+    def scan(self, raw_payload: object, *, job_id: str, queue: str | None = None) -> dict[str, Any]:
         """Run one scan job; returns the recorded verdict dict.
+
+        Args:
+            queue: the RQ queue the job was taken from; picks the verdict stream.
 
         Raises:
             PayloadError: the payload can never be scanned (permanent, not retried).
@@ -209,14 +224,14 @@ class ScanService:
         """
         payload = ScanPayload.from_dict(raw_payload)
         with job_context(job_id=job_id, upload_id=payload.upload_id):
-            return self._scan(payload, job_id)
+            return self._scan(payload, job_id, self.stream_for(queue))
 
-    def _scan(self, payload: ScanPayload, job_id: str) -> dict[str, Any]:
+    def _scan(self, payload: ScanPayload, job_id: str, stream: VerdictStream) -> dict[str, Any]:
         started = time.perf_counter()
         stages: dict[str, float] = {}
         self.refresh_banks()
 
-        replayed = self._replay(payload, job_id)
+        replayed = self._replay(payload, job_id, stream)
         if replayed is not None:
             return replayed
 
@@ -254,24 +269,24 @@ class ScanService:
         held = hold_for_flagged_uploader(verdict, self.uploaders)
 
         with _timed(stages, "record"):
-            recorded = self.stream.record(upload_id=payload.upload_id, job_id=job_id, verdict=verdict)
+            recorded = stream.record(upload_id=payload.upload_id, job_id=job_id, verdict=verdict)
             if recorded.new:
                 self._log_hashes(payload, verdict, log_hashes)
         if not recorded.new:
             # Another attempt of this upload recorded first: its verdict is the verdict.
-            verdict = self._read_entry(recorded.entry_id) or verdict
+            verdict = self._read_entry(recorded.entry_id, stream) or verdict
         elif cache_key is not None and verdict.get("cache") != "hit" and not held:
             self.cache.put(cache_key, verdict)
         with _timed(stages, "act"):
             acted = self._act(verdict, fetched, payload)
-            self._follow_up(verdict, payload, job_id, recorded.entry_id, fetched, acted)
+            self._follow_up(verdict, payload, job_id, recorded.entry_id, fetched, acted, stream)
         with _timed(stages, "callback"):
-            self._deliver(verdict, payload, job_id, recorded.entry_id)
+            self._deliver(verdict, payload, job_id, recorded.entry_id, stream)
         stages["total"] = (time.perf_counter() - started) * 1000.0
-        self.metrics.observe_verdict(verdict)
+        self.metrics.observe_verdict(verdict, stream=stream.stream)
         self.metrics.observe_stages({**verdict.get("timings_ms", {}), **stages})
         log.info("verdict", extra={"action": verdict.get("action"), "reasons": _codes(verdict),
-                                   "stream_id": recorded.entry_id, "new": recorded.new,
+                                   "stream": stream.stream, "stream_id": recorded.entry_id, "new": recorded.new,
                                    "ms": round(stages["total"], 1)})
         return verdict
 
@@ -288,21 +303,24 @@ class ScanService:
         except Exception:  # noqa: BLE001 - retro-hunt data is best effort
             log.warning("could not add the scan to the hash log", exc_info=True)
 
-    def _replay(self, payload: ScanPayload, job_id: str) -> dict[str, Any] | None:
-        entry_id = self.stream.recorded(payload.upload_id)
+    def _replay(self, payload: ScanPayload, job_id: str, stream: VerdictStream) -> dict[str, Any] | None:
+        # The marker lives under the stream the first attempt recorded on: a retried or
+        # recovered job goes back to the queue it came from, so it is the same stream.
+        entry_id = stream.recorded(payload.upload_id)
         if entry_id is None:
             return None
-        verdict = self._read_entry(entry_id)
+        verdict = self._read_entry(entry_id, stream)
         if verdict is None:
             return None  # trimmed from the stream: decide again (the stream keeps the first)
-        log.info("upload already decided; re-applying and re-delivering", extra={"stream_id": entry_id})
+        log.info("upload already decided; re-applying and re-delivering",
+                 extra={"stream": stream.stream, "stream_id": entry_id})
         try:
             fetched, _ = self._fetch(payload)
         except Exception:  # noqa: BLE001 - the file may be gone: it was moved by the first attempt
             fetched = None
         acted = self._act(verdict, fetched, payload)
-        self._follow_up(verdict, payload, job_id, entry_id, fetched, acted)
-        self._deliver(verdict, payload, job_id, entry_id)
+        self._follow_up(verdict, payload, job_id, entry_id, fetched, acted, stream)
+        self._deliver(verdict, payload, job_id, entry_id, stream)
         return verdict
 
     def _fetch(self, payload: ScanPayload) -> tuple[Fetched | None, tuple[ReasonCode, str] | None]:
@@ -336,8 +354,8 @@ class ScanService:
             models=models,
         )
 
-    def _read_entry(self, entry_id: str) -> dict[str, Any] | None:
-        entries = self.stream.client.xrange(self.stream.stream, min=entry_id, max=entry_id, count=1)
+    def _read_entry(self, entry_id: str, stream: VerdictStream) -> dict[str, Any] | None:
+        entries = stream.client.xrange(stream.stream, min=entry_id, max=entry_id, count=1)
         if not entries:
             return None
         fields = entries[0][1]
@@ -358,9 +376,12 @@ class ScanService:
         return result
 
     def _follow_up(self, verdict: Mapping[str, Any], payload: ScanPayload, job_id: str, stream_id: str,
-                   fetched: Fetched | None, acted: ActionResult | None) -> None:
+                   fetched: Fetched | None, acted: ActionResult | None, stream: VerdictStream) -> None:
         """Queue a quarantined upload for moderators and count the verdict against its
-        uploader. Both are idempotent per upload, so a replayed job repeats them safely."""
+        uploader. Both are idempotent per upload, so a replayed job repeats them safely.
+        The review item names the stream its verdict is on (``stream_id`` is an id there);
+        an uploader crossing the threshold is announced on the uploads stream whatever
+        the job's queue (the ledger writes there)."""
         if getattr(payload, "dry_run", False):  # a rescan that only reports
             return
         if verdict.get("action") == Action.QUARANTINE.value:
@@ -369,7 +390,7 @@ class ScanService:
             moved_from = fetched.path if acted is not None and acted.source_removed and fetched is not None else None
             item_id, new = self.review.index(QuarantineRecord(
                 upload_id=payload.upload_id, verdict=dict(verdict), queued_at=time.time(), job_id=job_id,
-                stream_id=stream_id, sha256=sha, stored=stored,
+                stream_id=stream_id, stream=stream.stream, sha256=sha, stored=stored,
                 source_path=str(moved_from) if moved_from is not None else None,
                 callback_url=payload.callback_url, uploader_id=uploader_of(payload.context, self.policy.uploaders),
             ))
@@ -379,7 +400,8 @@ class ScanService:
         if counted is not None and counted.crossed:
             log.warning("uploader flagged", extra={"score": round(counted.score, 3)})
 
-    def _deliver(self, verdict: Mapping[str, Any], payload: ScanPayload, job_id: str, stream_id: str) -> None:
+    def _deliver(self, verdict: Mapping[str, Any], payload: ScanPayload, job_id: str, stream_id: str,
+                 stream: VerdictStream) -> None:
         url = payload.callback_url
         if not url:
             return
@@ -388,7 +410,8 @@ class ScanService:
             log.error("callback_url given but no callback key is configured (%s)", defaults.CALLBACK_KEY_ENV)
             return
         body = json.dumps(
-            {"upload_id": payload.upload_id, "job_id": job_id, "stream_id": stream_id, "verdict": verdict},
+            {"upload_id": payload.upload_id, "job_id": job_id, "stream": stream.stream, "stream_id": stream_id,
+             "verdict": verdict},
             separators=(",", ":"),
         ).encode()
         result = post_callback(url, body, self.signer, policy=self.callback_policy)
@@ -403,11 +426,14 @@ class ScanService:
 
     # -- giving up -----------------------------------------------------------------------
 
-    def record_failure(self, raw_payload: Mapping[str, Any], *, job_id: str, why: str) -> dict[str, Any] | None:
+    def record_failure(self, raw_payload: Mapping[str, Any], *, job_id: str, why: str,
+                       queue: str | None = None) -> dict[str, Any] | None:
         """Record, act on and deliver the fail-closed ``scan_failed`` verdict of a job
-        that will not be tried again. Returns the recorded verdict (the first one, if
-        the upload was already decided), or None when the payload has no usable upload id.
+        that will not be tried again, on the stream of ``queue`` (the job's origin), as
+        its attempts would have. Returns the recorded verdict (the first one, if the
+        upload was already decided), or None when the payload has no usable upload id.
         """
+        stream = self.stream_for(queue)
         from .pipeline import failure_verdict
 
         try:
@@ -430,15 +456,16 @@ class ScanService:
                 data=fetched.data if fetched else None, bank_version=matcher.version if matcher else 0,
             ).to_dict()
             verdict["upload_id"] = upload_id
-            recorded = self.stream.record(upload_id=upload_id, job_id=job_id, verdict=verdict)
+            recorded = stream.record(upload_id=upload_id, job_id=job_id, verdict=verdict)
             if not recorded.new:
-                verdict = self._read_entry(recorded.entry_id) or verdict
+                verdict = self._read_entry(recorded.entry_id, stream) or verdict
             acted = self._act(verdict, fetched, payload)
-            self._follow_up(verdict, payload, job_id, recorded.entry_id, fetched, acted)
-            self._deliver(verdict, payload, job_id, recorded.entry_id)
-            self.metrics.observe_verdict(verdict)
+            self._follow_up(verdict, payload, job_id, recorded.entry_id, fetched, acted, stream)
+            self._deliver(verdict, payload, job_id, recorded.entry_id, stream)
+            self.metrics.observe_verdict(verdict, stream=stream.stream)
             log.warning("job given up: fail-closed verdict recorded",
-                        extra={"action": verdict.get("action"), "why": why, "new": recorded.new})
+                        extra={"action": verdict.get("action"), "why": why, "new": recorded.new,
+                               "stream": stream.stream, "stream_id": recorded.entry_id})
             return verdict
 
 
@@ -481,7 +508,7 @@ def fail_closed(job: Any, connection: Any, exc: BaseException | None, *, service
         why = f"job failed after {attempts} attempt{'s' if attempts != 1 else ''}: {type(exc).__name__ if exc else 'lost'}"
         if exc is not None and str(exc):
             why += f": {str(exc)[:300]}"
-        service.record_failure(raw, job_id=job.id, why=why)
+        service.record_failure(raw, job_id=job.id, why=why, queue=getattr(job, "origin", None))
     except Exception:  # noqa: BLE001 - a raising callback would hide the job's own error
         log.exception("could not record the fail-closed verdict of job %s", getattr(job, "id", "?"))
 

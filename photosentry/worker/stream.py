@@ -5,6 +5,15 @@ the work and a crashed consumer's entries are re-delivered. A job can run more t
 once (a worker killed mid-job is retried), so recording is idempotent per upload: a
 Lua script sets ``<prefix>recorded:<upload_id>`` and appends to the stream in one
 atomic step, and a repeat returns the first entry's id instead of appending again.
+
+Two streams, chosen by the queue a job was taken from (:func:`stream_for_queue`):
+uploads jobs record on ``photosentry:verdicts``, bulk jobs (rescans, retro-hunt
+requeues) on ``photosentry:verdicts:bulk``, each with its own cap, so millions of bulk
+verdicts can never trim an upload verdict the pipeline has not read yet. A job's
+recorded marker lives under the stream it was recorded on, and a retried or recovered
+job returns to the queue it came from, so its replay finds it there. Moderator
+decisions and ``uploader_flagged`` entries always go on the uploads stream: the
+platform acts on them, and they come at human speed.
 """
 
 from __future__ import annotations
@@ -14,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+
+from .. import defaults
 
 DEFAULT_STREAM = "photosentry:verdicts"
 VERDICT_EVENT = "verdict"
@@ -36,6 +47,16 @@ local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV,
 redis.call('SET', KEYS[2], id, 'EX', ARGV[2])
 return {id, 1}
 """
+
+
+def stream_for_queue(queue: str | None, *, uploads: str = DEFAULT_STREAM,
+                     bulk: str = defaults.BULK_VERDICT_STREAM) -> str:
+    """The stream a job's verdict goes on, by the RQ queue it was taken from (``job.origin``).
+
+    Only the bulk queue has a stream of its own; any other queue (and no queue: a scan
+    called directly) records on the uploads stream, where the platform is listening.
+    """
+    return bulk if queue == defaults.BULK_QUEUE else uploads
 
 
 @dataclass(frozen=True)
@@ -82,11 +103,13 @@ class VerdictStream:
         return Recorded(_text(entry_id), bool(int(new)))
 
     def record_decision(self, *, upload_id: str, item_id: str, decision: dict[str, Any],
-                        verdict: dict[str, Any]) -> Recorded:
+                        verdict: dict[str, Any], verdict_stream: str | None = None) -> Recorded:
         """Append a moderator's decision on ``upload_id``, at most once per upload.
 
         A separate marker (``<stream>:decided:<upload_id>``) keeps it apart from the
-        verdict entry: consumers tell the two apart by ``event``.
+        verdict entry: consumers tell the two apart by ``event``. ``verdict_stream``
+        names the stream holding the worker's verdict the decision replaces (the bulk
+        stream for a rescan's item; the field is left out when not given).
         """
         if not upload_id:
             raise ValueError("upload_id is required to record a decision")
@@ -98,6 +121,8 @@ class VerdictStream:
             "decision": json.dumps(decision, separators=(",", ":")),
             "verdict": json.dumps(verdict, separators=(",", ":")),
         }
+        if verdict_stream:
+            fields["verdict_stream"] = verdict_stream
         flat: list[str] = [x for kv in fields.items() for x in kv]
         entry_id, new = self._record(
             keys=[self.stream, f"{self.stream}:decided:{upload_id}"],
