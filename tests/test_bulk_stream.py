@@ -165,6 +165,8 @@ def test_a_bulk_quarantine_is_reviewed_and_its_decision_goes_on_the_uploads_stre
     [verdict_entry] = entries(redis_client, BULK)
     [item] = ReviewQueue(redis_client).pending()
     assert (item.record.stream, item.record.stream_id) == (BULK, verdict_entry["id"])
+    shown = photosentry(settings, "quarantine", "show", item.item_id)
+    assert f"verdict   {BULK} entry {verdict_entry['id']}" in shown.output, shown.output
 
     done = photosentry(settings, "quarantine", "confirm", item.item_id, "--by", "alice", "--reason", "confirmed")
     assert done.exit_code == 0, done.output

@@ -85,7 +85,8 @@ def quarantine() -> None:
 
     Workers queue every upload they quarantine. A decision is recorded with who made
     it and why, appended to the audit trail, and delivered to the upload pipeline like
-    a verdict: a `decision` entry on the stream photosentry:verdicts and a signed
+    a verdict: a `decision` entry on the stream photosentry:verdicts (also for a photo
+    a rescan quarantined, whose verdict is on photosentry:verdicts:bulk) and a signed
     callback to the upload's callback_url. The photos are read from the quarantine
     store under --data-dir, so run this where the workers' data directory is mounted.
 
@@ -146,6 +147,8 @@ def quarantine_show(ctx: click.Context, item_id: str, as_json: bool, **opts: Any
         ("item", item.item_id), ("state", item.state + (f" (in review by {item.claimed_by})" if item.claimed_by
                                                          else "")),
         ("upload", record.upload_id), ("queued", _when(record.queued_at)),
+        # Where the worker's verdict is: the bulk stream for a photo a rescan quarantined.
+        ("verdict", f"{record.stream or 'photosentry:verdicts'} entry {record.stream_id or '-'}"),
         ("uploader", record.uploader_id or "-"), ("policy", f"{verdict.get('policy_version')} profile"
                                                             f" {verdict.get('profile')}"),
         ("file", str(photo) if photo else "not in the quarantine store on this host"),
