@@ -49,10 +49,12 @@ SCAN_BATCH_GPU = 16
 on a GPU: one call per photo leaves a GPU mostly idle, and 16 224x224 inputs (10 MB)
 fill it well without holding many photos back; ``--batch`` tunes it per host."""
 
-SCAN_BATCH_CPU = 8
+SCAN_BATCH_CPU = 4
 """Frames per model call for bulk work on CPU. One-thread ONNX Runtime gains little
-from batching (scripts/bench_scan.py --batch: a few percent in photos/s); 8 takes that
-gain while a batch still waits on only a few photos."""
+from batching: ResNet-50 alone runs ~10% more frames/s at 8-32 than at 1, but whole
+scans measured within noise of one by one (scripts/bench_scan.py --batch, 0.91-1.09x on
+the corpus, 0.98-1.03x on 2-24 MP photos; scripts/bench_rescan.py --batches likewise).
+A small batch keeps one code path with GPU hosts while holding few photos back."""
 
 SCAN_BATCH_MAX_BYTES = 256 * 1024 * 1024
 """Most memory (bytes read plus decoded pixels) held by photos waiting for one batched

@@ -7,7 +7,10 @@ mode, so every mode moves its own blocked and quarantined copies), it measures:
 
 1. the scan pipeline in-process, one core, a one-thread model (the baseline, as in
    scripts/bench_worker.py);
-2. `photosentry rescan TREE --local -n 1` and `-n 2` (one model thread per process);
+2. `photosentry rescan TREE --local -n 1` and `-n 2` (one model thread per process,
+   the default batch, ``defaults.SCAN_BATCH_CPU`` frames per model call on CPU), and
+   `-n 1 --batch B` for each B of ``--batches`` (default 1: one photo per model call,
+   as before batching; repeat a size to see the run-to-run noise);
 3. `photosentry rescan TREE --queue` with `photosentry worker -n 2 --threads 1` already
    running on a private redis-server: chunked enqueue on the bulk queue, scan, record,
    move, and the rescan following the verdict stream.
@@ -23,6 +26,7 @@ the repository root:
 
     python scripts/bench_rescan.py
     python scripts/bench_rescan.py --rounds 8
+    python scripts/bench_rescan.py --batches 1,8,16,32
 
 Nothing here asserts a time: the numbers are for reading and vary by machine.
 """
@@ -73,6 +77,8 @@ def run_rescan(env: dict[str, str], tree: Path, report: Path, *extra: str) -> tu
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="Copies of every corpus file (default 5).")
+    parser.add_argument("--batches", default="1", metavar="B,B,...",
+                        help="Also run --local -n 1 --batch B for each (default 1: one photo per model call).")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-rescan-") as tmp_name:
@@ -96,6 +102,12 @@ def main() -> None:
                 n, secs, wall = run_rescan(env, tree, tmp / f"local-{processes}.jsonl", "--local",
                                            "-n", str(processes))
                 rows.append((f"rescan --local -n {processes}", n, secs, wall))
+            for i, batch in enumerate(int(b) for b in args.batches.split(",") if b):
+                tree = root / f"local-batch-{i}-{batch}"  # a size may be repeated, to see the noise
+                copy_rounds(photos, tree, args.rounds)
+                n, secs, wall = run_rescan(env, tree, tmp / f"local-batch-{i}-{batch}.jsonl", "--local", "-n", "1",
+                                           "--batch", str(batch))
+                rows.append((f"rescan --local -n 1 --batch {batch}", n, secs, wall))
 
             tree = root / "queue"
             copy_rounds(photos, tree, args.rounds)

@@ -12,7 +12,10 @@ One run, on one core (the process is pinned to one CPU; every model runs one thr
 2. open_nsfw fp32 against the int8 artifact, per photo (preprocessing included), with
    the decisions each would take under every profile of the shipped policy;
 3. with --hash-drift, how many hash bits the fast decode moves against a full decode;
-4. where a CUDA provider exists, GPU photos/s at batch 1 and 64, fp32 against fp16.
+4. where a CUDA provider exists, GPU photos/s at batch 1 and 64, fp32 against fp16;
+5. with --batch, bulk scans: Scanner.scan_many (the model over 8, 16, 32 frames per
+   call, as `rescan --local --batch N`) against scan_bytes one photo at a time, for
+   the int8 artifact and fp32, rounds alternated.
 
 Photos: by default every JPEG in /usr/share/backgrounds, which Debian's
 lomiri-wallpapers-16.04 and lomiri-wallpapers-20.04 packages install (19 real photos
@@ -335,6 +338,34 @@ def gpu_figures(frames: list[np.ndarray], home: Path) -> list[list[object]] | st
     return rows
 
 
+def time_batches(scanners: dict[str, object], datas: list[tuple[str, bytes]], sizes: list[int],
+                 rounds: int) -> list[list[object]]:
+    """files/s of scan_bytes one by one against scan_many at each batch size, per build."""
+    from photosentry.worker.pipeline import ScanItem
+
+    secs: dict[tuple[str, str], float] = {}
+    for scanner in scanners.values():  # warm-up at every size
+        scanner.scan_many([ScanItem(d, s) for s, d in datas], batch_size=max(sizes))  # type: ignore[attr-defined]
+    for _ in range(rounds):  # alternate the paths round by round, so drift in machine load hits all alike
+        for build, scanner in scanners.items():
+            start = time.perf_counter()
+            for subject, data in datas:
+                scanner.scan_bytes(data, subject=subject)  # type: ignore[attr-defined]
+            secs[build, "one by one"] = secs.get((build, "one by one"), 0.0) + time.perf_counter() - start
+            for size in sizes:
+                start = time.perf_counter()
+                scanner.scan_many([ScanItem(d, s) for s, d in datas], batch_size=size)  # type: ignore[attr-defined]
+                secs[build, f"batch {size}"] = secs.get((build, f"batch {size}"), 0.0) + time.perf_counter() - start
+    rows: list[list[object]] = []
+    n = len(datas) * rounds
+    for build in scanners:
+        base = n / secs[build, "one by one"]
+        for how in ["one by one", *(f"batch {size}" for size in sizes)]:
+            rate = n / secs[build, how]
+            rows.append([f"{build} {how}", n, rate, f"{rate / base:.2f}x"])
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -362,6 +393,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all-cores", action="store_true", help="do not pin the process to one CPU")
     parser.add_argument("--cli", action="store_true", help="also time `photosentry scan FOLDER` as a subprocess")
     parser.add_argument("--no-baseline", action="store_true", help="skip the naive-path baseline")
+    parser.add_argument("--batch", default="", metavar="SIZES",
+                        help="also time bulk scans (Scanner.scan_many) at these batch sizes, e.g. 8,16,32,"
+                        " against one photo at a time")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.warmup < 0 or args.random_entries < 0:
         parser.error("--rounds must be >= 1, --warmup and --random-entries >= 0")
@@ -534,6 +568,20 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("4. GPU (photos/s, model only):")
             print_table(["build", "provider", "photos/s"], gpu)
+
+        if args.batch:
+            sizes = [int(x) for x in args.batch.split(",")]
+            datas = [(str(p), read_limited(p, defaults.MAX_BYTES)) for p in files]
+            builds = {classifier.variant: scanner}
+            if classifier.variant != "fp32":
+                builds["fp32"] = Scanner(policy=Policy.default(), matcher=scanner.matcher,
+                                         classifier=OpenNsfwClassifier(threads=1))
+            print()
+            print(f"5. bulk scans: Scanner.scan_many (frames per model call) vs scan_bytes one by one;"
+                  f" {len(files)} files ({n_photos} photos, {n_other} hostile) x {args.rounds} rounds, bytes in"
+                  f" memory, one core, one model thread")
+            print_table(["build and path", "files", "files/s", "vs one by one"],
+                        time_batches(builds, datas, sizes, args.rounds))
 
         if args.cli:
             wall, rc, summary = time_cli(folder, home, 1)
