@@ -37,7 +37,6 @@ import argparse
 import os
 import platform
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -49,14 +48,13 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 import redis  # noqa: E402
-from rq import Worker  # noqa: E402
 
 from bench_worker import ban_photo, bench_in_process, copy_rounds, photos_of  # noqa: E402
 from photosentry.hashes.redis_banks import RedisBankStore  # noqa: E402
 from tests import corpus as corpus_mod  # noqa: E402
 from tests.redis_server import running_redis_server  # noqa: E402
+from tests.workers import PHOTOSENTRY, log_tail, pool_started, start_pool, stop_pool  # noqa: E402
 
-PHOTOSENTRY = str(Path(sys.executable).with_name("photosentry"))
 _SUMMARY = re.compile(r"(\d+) photos? reported in ([\d.]+) s")
 
 
@@ -111,25 +109,15 @@ def main() -> None:
 
             tree = root / "queue"
             copy_rounds(photos, tree, args.rounds)
-            log = (tmp / "worker.log").open("wb")
-            workers = subprocess.Popen([PHOTOSENTRY, "worker", "-n", "2", "--threads", "1", "--log-format", "text"],
-                                       env=env, stdout=log, stderr=subprocess.STDOUT)
+            log = tmp / "worker.log"
+            workers = start_pool(env, log, "-n", "2", "--threads", "1", "--log-format", "text")
             try:
-                deadline = time.monotonic() + 120
-                while len(Worker.all(connection=client)) < 2:
-                    if workers.poll() is not None or time.monotonic() > deadline:
-                        raise SystemExit(f"workers did not start:\n{(tmp / 'worker.log').read_text()[-3000:]}")
-                    time.sleep(0.1)
+                if not pool_started(workers, client, 2, timeout=120):
+                    raise SystemExit(f"workers did not start:\n{log_tail(log)}")
                 n, secs, wall = run_rescan(env, tree, tmp / "queue.jsonl", "--queue")
                 rows.append(("rescan --queue, 2 worker processes", n, secs, wall))
             finally:
-                workers.send_signal(signal.SIGTERM)
-                try:
-                    workers.wait(60)
-                except subprocess.TimeoutExpired:
-                    workers.kill()
-                    workers.wait()
-                log.close()
+                stop_pool(workers, timeout=60)
                 client.close()
 
     base = rows[0][1] / rows[0][2]

@@ -67,8 +67,8 @@ from photosentry.hashes.banks import EntrySource, NewEntry  # noqa: E402
 from photosentry.hashes.redis_banks import RedisBankStore  # noqa: E402
 from photosentry.hashes.signals import hash_image  # noqa: E402
 from scripts import make_hostile  # noqa: E402
+from tests.workers import start_pool, stop_pool  # noqa: E402
 
-PHOTOSENTRY = str(Path(sys.executable).with_name("photosentry"))
 PHOTOS = REPO / "examples" / "photos"
 CLEAN = ("astronaut.jpg", "chelsea.jpg", "coffee.jpg")
 BANNED = "rocket.jpg"
@@ -328,10 +328,8 @@ def run_drill(*, uploads: int = 1000, kills: int = 10, redis_restarts: int = 1, 
         env = {**os.environ, "PHOTOSENTRY_REDIS_URL": server.url, "PHOTOSENTRY_HOME": str(home),
                "PHOTOSENTRY_SOURCE_ROOTS": str(root), "PYTHONWARNINGS": "ignore"}
         env.pop("PHOTOSENTRY_CALLBACK_KEY", None)
-        with log_path.open("wb") as log:
-            pool = subprocess.Popen([PHOTOSENTRY, "worker", "--processes", str(processes), "--threads", "1",
-                                     "--log-format", "text", "--job-timeout", str(job_timeout)],
-                                    env=env, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
+        pool = start_pool(env, log_path, "--processes", str(processes), "--threads", "1", "--log-format", "text",
+                          "--job-timeout", str(job_timeout), cwd=workdir)
         for up in plan:
             source: str | bytes = up.data if up.path is None else up.path
             enqueue_scan(client, source=source, upload_id=up.upload_id)
@@ -381,13 +379,8 @@ def run_drill(*, uploads: int = 1000, kills: int = 10, redis_restarts: int = 1, 
         report.elapsed_s = time.monotonic() - started
         check(client, plan, root, home, report)
     finally:
-        if pool is not None and pool.poll() is None:
-            pool.send_signal(signal.SIGTERM)
-            try:
-                pool.wait(60)
-            except subprocess.TimeoutExpired:
-                pool.kill()
-                pool.wait()
+        if pool is not None:
+            stop_pool(pool, timeout=60)
         server.stop()
         if not report.ok or report.problems:
             tail = log_path.read_text(errors="replace")[-4000:] if log_path.exists() else ""

@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ import redis
 from photosentry import enqueue_scan
 from scripts.drill_faults import ALIVE_PREFIX, PHOTOS, STREAM, RedisProcess, run_drill
 
-PHOTOSENTRY = str(Path(sys.executable).with_name("photosentry"))
+from .workers import start_pool, stop_pool, wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not on PATH")
 
@@ -31,17 +30,8 @@ def test_small_drill_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     assert report.problems == []
 
 
-def _wait(predicate, timeout: float = 60.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except redis.RedisError:
-            value = None
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {predicate}")
+#: Redis is crashed and restarted here: a wait sees an error as "not yet".
+_wait = partial(wait_until, timeout=60.0, every=0.1, retry_on=(redis.RedisError,))
 
 
 def test_the_pool_outlives_a_worker_restarting_while_redis_is_down(tmp_path: Path) -> None:
@@ -53,9 +43,7 @@ def test_the_pool_outlives_a_worker_restarting_while_redis_is_down(tmp_path: Pat
     root.mkdir()
     env = {**os.environ, "PHOTOSENTRY_REDIS_URL": server.url, "PHOTOSENTRY_HOME": str(tmp_path / "home"),
            "PHOTOSENTRY_SOURCE_ROOTS": str(root), "PYTHONWARNINGS": "ignore"}
-    log = (tmp_path / "worker.log").open("wb")
-    pool = subprocess.Popen([PHOTOSENTRY, "worker", "--processes", "1", "--threads", "1", "--log-format", "text"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    pool = start_pool(env, tmp_path / "worker.log", "--processes", "1", "--threads", "1", "--log-format", "text")
     client = redis.Redis.from_url(server.url, socket_timeout=2)
     try:
         key = _wait(lambda: next(iter(client.scan_iter(match=ALIVE_PREFIX + "*")), None))
@@ -70,13 +58,6 @@ def test_the_pool_outlives_a_worker_restarting_while_redis_is_down(tmp_path: Pat
         assert [f[b"upload_id"] for _, f in entry] == [b"after-restart"]
         assert "Redis is unreachable while starting" in (tmp_path / "worker.log").read_text()
     finally:
-        if pool.poll() is None:
-            pool.send_signal(signal.SIGTERM)
-            try:
-                pool.wait(30)
-            except subprocess.TimeoutExpired:
-                pool.kill()
-                pool.wait()
-        log.close()
+        stop_pool(pool)
         client.close()
         server.stop()

@@ -14,10 +14,10 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import urllib.request
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,9 @@ from photosentry import enqueue_scan
 
 from .corpus import Corpus
 from .callback_receiver import KEY, Receiver
+from . import workers
+from .workers import PHOTOSENTRY, log_tail, pool_started, start_pool, stop_pool
 
-PHOTOSENTRY = str(Path(sys.executable).with_name("photosentry"))
 DEADLINE_S = 60.0
 
 
@@ -52,18 +53,15 @@ def env(redis_server: str, tmp_path: Path) -> dict[str, str]:
     }
 
 
+WORKER_ARGS = ("--processes", "2", "--threads", "1")
+
+
 def worker_cmd(*extra: str) -> list[str]:
-    return [PHOTOSENTRY, "worker", "--processes", "2", "--threads", "1", *extra]
+    return [PHOTOSENTRY, "worker", *WORKER_ARGS, *extra]
 
 
-def wait_until(predicate: Any, timeout: float = DEADLINE_S, every: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {predicate}")
+#: Every wait here gives up after DEADLINE_S unless it says otherwise.
+wait_until = partial(workers.wait_until, timeout=DEADLINE_S)
 
 
 def results(client: redis.Redis, jobs: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -91,23 +89,15 @@ def ban(env: dict[str, str], photo: Path) -> None:
 @pytest.fixture
 def pool(env: dict[str, str], tmp_path: Path, redis_client: redis.Redis) -> Iterator[subprocess.Popen[bytes]]:
     """Two long-running worker processes under their supervisor, stopped with SIGTERM after the test."""
-    log = (tmp_path / "worker.log").open("wb")
+    log = tmp_path / "worker.log"
     port = _free_port()
-    proc = subprocess.Popen(worker_cmd("--metrics-port", str(port)), env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = start_pool(env, log, *WORKER_ARGS, "--metrics-port", str(port))
     proc.metrics_url = f"http://127.0.0.1:{port}/metrics"  # type: ignore[attr-defined]
     try:
-        wait_until(lambda: len(Worker.all(connection=redis_client)) == 2 or proc.poll() is not None)
-        assert proc.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+        assert pool_started(proc, redis_client, 2, DEADLINE_S), log_tail(log)
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
+        stop_pool(proc)
 
 
 def _free_port() -> int:

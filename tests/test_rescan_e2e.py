@@ -12,23 +12,23 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from rq import Worker
 
 from photosentry import enqueue_scan
 from photosentry.rescan.report import read_rows
 
 from .corpus import Corpus
+from . import workers
+from .workers import PHOTOSENTRY, log_tail, pool_started, start_pool, stop_pool
 
-PHOTOSENTRY = str(Path(sys.executable).with_name("photosentry"))
 DEADLINE_S = 90.0
 
 #: name in the tree -> (corpus photo, expected action, expected first reason)
@@ -74,32 +74,17 @@ def banned(env: dict[str, str], corpus: Corpus) -> None:
 @pytest.fixture
 def pool(env: dict[str, str], tmp_path: Path, redis_client: redis.Redis) -> Iterator[subprocess.Popen[bytes]]:
     """One long-running worker process (listening on uploads, then bulk)."""
-    log = (tmp_path / "worker.log").open("wb")
-    proc = subprocess.Popen([PHOTOSENTRY, "worker", "--processes", "1", "--threads", "1", "--log-format", "text"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    log = tmp_path / "worker.log"
+    proc = start_pool(env, log, "--processes", "1", "--threads", "1", "--log-format", "text")
     try:
-        wait_until(lambda: len(Worker.all(connection=redis_client)) == 1 or proc.poll() is not None)
-        assert proc.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+        assert pool_started(proc, redis_client, 1, DEADLINE_S), log_tail(log)
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
+        stop_pool(proc)
 
 
-def wait_until(predicate: Any, timeout: float = DEADLINE_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {predicate}")
+#: Every wait here gives up after DEADLINE_S unless it says otherwise.
+wait_until = partial(workers.wait_until, timeout=DEADLINE_S)
 
 
 def rescan(env: dict[str, str], *args: str, check_rc: int | None = None) -> subprocess.CompletedProcess[str]:
