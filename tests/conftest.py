@@ -9,9 +9,13 @@ import pytest
 import redis
 
 from photosentry.hashes.banks import SqliteBankStore
+from photosentry.hashes.matcher import BankMatcher
+from photosentry.hashes.redis_banks import RedisBankStore
 from photosentry.models.open_nsfw import OpenNsfwClassifier
 from photosentry.worker.delivery import CallbackSigner
+from photosentry.worker.pipeline import Scanner
 from photosentry.worker.policy import Policy
+from photosentry.worker.service import ScanService, ServiceSettings
 
 from . import corpus as corpus_mod
 from .callback_receiver import KEY, Receiver
@@ -75,3 +79,21 @@ def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
     r = Receiver(CallbackSigner(KEY))
     yield r
     r.close()
+
+
+@pytest.fixture
+def settings(redis_server: str, tmp_path: Path) -> ServiceSettings:
+    """An in-process worker's settings: the private Redis, an empty source root, a fresh home,
+    the test KEY with callbacks to the loopback receiver allowed, banks re-read on every job."""
+    root = tmp_path / "uploads"
+    root.mkdir()
+    return ServiceSettings(redis_url=redis_server, source_roots=(str(root),), data_dir=str(tmp_path / "home"),
+                           callback_key=KEY.decode(), refresh_interval_s=0.0, callback_networks=("127.0.0.0/8",))
+
+
+@pytest.fixture
+def service(redis_client: redis.Redis, settings: ServiceSettings, policy: Policy,
+            classifier: OpenNsfwClassifier) -> ScanService:
+    """An in-process worker's service: the real scanner on the shared Redis bank."""
+    scanner = Scanner(policy=policy, matcher=BankMatcher(RedisBankStore(redis_client)), classifier=classifier)
+    return ScanService(settings, client=redis_client, scanner=scanner)

@@ -24,16 +24,11 @@ from rq.serializers import JSONSerializer
 
 from photosentry import enqueue_scan
 from photosentry.enqueue import build_payload
-from photosentry.hashes.matcher import BankMatcher
-from photosentry.hashes.redis_banks import RedisBankStore
-from photosentry.models.open_nsfw import OpenNsfwClassifier
 from photosentry.review.queue import ReviewQueue
 from photosentry.worker.main import give_up_with_verdict, recover_abandoned
-from photosentry.worker.pipeline import Scanner
-from photosentry.worker.policy import Policy
 from photosentry.worker.service import ScanService, ServiceSettings
 
-from .callback_receiver import KEY, Receiver
+from .callback_receiver import Receiver
 from .corpus import Corpus
 from .test_quarantine import bank_photo, photosentry, quarantined
 from .test_security import plant_job
@@ -41,21 +36,6 @@ from .test_worker import _take_job_as_dead_worker, run_burst
 
 UPLOADS, BULK = "photosentry:verdicts", "photosentry:verdicts:bulk"
 QUEUES = ["uploads", "bulk"]
-
-
-@pytest.fixture
-def settings(redis_server: str, tmp_path: Path) -> ServiceSettings:
-    root = tmp_path / "uploads"
-    root.mkdir()
-    return ServiceSettings(redis_url=redis_server, source_roots=(str(root),), data_dir=str(tmp_path / "home"),
-                           callback_key=KEY.decode(), refresh_interval_s=0.0, callback_networks=("127.0.0.0/8",))
-
-
-@pytest.fixture
-def service(redis_client: redis.Redis, settings: ServiceSettings, policy: Policy,
-            classifier: OpenNsfwClassifier) -> ScanService:
-    scanner = Scanner(policy=policy, matcher=BankMatcher(RedisBankStore(redis_client)), classifier=classifier)
-    return ScanService(settings, client=redis_client, scanner=scanner)
 
 
 def entries(client: redis.Redis, stream: str) -> list[dict[str, Any]]:

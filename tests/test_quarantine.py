@@ -23,34 +23,15 @@ from rq.serializers import JSONSerializer
 from photosentry import enqueue_scan
 from photosentry.cli import cli
 from photosentry.hashes.banks import entries_from_hashes
-from photosentry.hashes.matcher import BankMatcher
 from photosentry.hashes.redis_banks import RedisBankStore
 from photosentry.hashes.signals import hash_image
 from photosentry.decode import Limits, decode
-from photosentry.models.open_nsfw import OpenNsfwClassifier
 from photosentry.review.queue import ReviewQueue
-from photosentry.worker.pipeline import Scanner
-from photosentry.worker.policy import Policy
 from photosentry.worker.service import ScanService, ServiceSettings
 
 from .callback_receiver import KEY, Receiver
 from .corpus import Corpus
 from .test_worker import run_burst
-
-
-@pytest.fixture
-def settings(redis_server: str, tmp_path: Path) -> ServiceSettings:
-    root = tmp_path / "uploads"
-    root.mkdir()
-    return ServiceSettings(redis_url=redis_server, source_roots=(str(root),), data_dir=str(tmp_path / "home"),
-                           callback_key=KEY.decode(), refresh_interval_s=0.0, callback_networks=("127.0.0.0/8",))
-
-
-@pytest.fixture
-def service(redis_client: redis.Redis, settings: ServiceSettings, policy: Policy,
-            classifier: OpenNsfwClassifier) -> ScanService:
-    scanner = Scanner(policy=policy, matcher=BankMatcher(RedisBankStore(redis_client)), classifier=classifier)
-    return ScanService(settings, client=redis_client, scanner=scanner)
 
 
 def bank_photo(client: redis.Redis, photo: Path, bank: str) -> None:

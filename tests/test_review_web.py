@@ -29,7 +29,7 @@ from photosentry.worker.service import ScanService, ServiceSettings
 
 from .callback_receiver import KEY, Receiver
 from .corpus import Corpus
-from .test_quarantine import quarantined, service, settings, stream_entries, upload  # noqa: F401  (fixtures)
+from .test_quarantine import quarantined, stream_entries, upload
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -52,7 +52,7 @@ def tokens(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 
 
 @pytest.fixture
-def site(redis_client: redis.Redis, settings: ServiceSettings, tokens: tuple[Path, dict[str, str]]) -> Iterator[str]:  # noqa: F811
+def site(redis_client: redis.Redis, settings: ServiceSettings, tokens: tuple[Path, dict[str, str]]) -> Iterator[str]:
     import uvicorn
 
     from photosentry.review.web import create_app
@@ -95,7 +95,7 @@ def sign_in(page: object, site: str, token: str) -> None:
 
 
 def test_moderator_reviews_blurred_items_by_keyboard_and_the_ban_blocks_a_re_upload(
-    redis_client: redis.Redis, service: ScanService, settings: ServiceSettings, corpus: Corpus,  # noqa: F811
+    redis_client: redis.Redis, service: ScanService, settings: ServiceSettings, corpus: Corpus,
     receiver: Receiver, site: str, browser: object, tokens: tuple[Path, dict[str, str]], tmp_path: Path,
 ) -> None:
     root = Path(settings.source_roots[0])

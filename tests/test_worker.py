@@ -35,15 +35,7 @@ from photosentry.worker.policy import Policy
 from photosentry.worker.service import ScanService, ServiceSettings, install
 
 from .corpus import Corpus
-from .callback_receiver import KEY, Receiver
-
-
-@pytest.fixture
-def settings(redis_server: str, tmp_path: Path) -> ServiceSettings:
-    root = tmp_path / "uploads"
-    root.mkdir()
-    return ServiceSettings(redis_url=redis_server, source_roots=(str(root),), data_dir=str(tmp_path / "home"),
-                           callback_key=KEY.decode(), refresh_interval_s=0.0, callback_networks=("127.0.0.0/8",))
+from .callback_receiver import Receiver
 
 
 @pytest.fixture
