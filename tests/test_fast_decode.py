@@ -14,7 +14,6 @@ multi-megapixel photos, scripts/bench_scan.py --hash-drift).
 from __future__ import annotations
 
 import io
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ from photosentry.hashes.signals import hash_image
 from photosentry.worker.pipeline import Scanner
 from photosentry.worker.policy import Policy
 from photosentry.worker.verdict import Action, ReasonCode
+from scripts.make_hostile import jpeg_with_size
 
 from . import corpus as corpus_mod
 
@@ -95,22 +95,8 @@ def test_exif_orientation_is_applied_to_reduced_frames(corpus: corpus_mod.Corpus
     assert np.abs(shrunk.astype(int) - fast.frames[0].astype(int)).mean() < 6
 
 
-def _jpeg_declaring(width: int, height: int, source: bytes) -> bytes:
-    """``source`` with its SOF header patched to declare ``width x height``."""
-    data = bytearray(source)
-    i = 2
-    while i < len(data):
-        marker = data[i + 1]
-        length = struct.unpack(">H", data[i + 2 : i + 4])[0]
-        if marker in (0xC0, 0xC1, 0xC2):
-            data[i + 5 : i + 9] = struct.pack(">HH", height, width)
-            return bytes(data)
-        i += 2 + length
-    raise AssertionError("no SOF marker")
-
-
 def test_decode_limits_stay_in_force_on_the_fast_path(corpus: corpus_mod.Corpus) -> None:
-    bomb = _jpeg_declaring(60_000, 60_000, corpus.banned.read_bytes())
+    bomb = jpeg_with_size(corpus.banned.read_bytes(), 60_000, 60_000)
     with pytest.raises(UnreadableImage) as info:
         decode(bomb, min_side=512)
     assert info.value.code == DECOMPRESSION_BOMB
