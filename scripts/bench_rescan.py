@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -49,7 +48,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 import redis  # noqa: E402
 
-from bench_worker import ban_photo, bench_in_process, copy_rounds, photos_of  # noqa: E402
+from bench_worker import ban_photo, bench_in_process, copy_rounds, photos_of, print_table  # noqa: E402
 from photosentry.hashes.redis_banks import RedisBankStore  # noqa: E402
 from tests import corpus as corpus_mod  # noqa: E402
 from tests.redis_server import running_redis_server  # noqa: E402
@@ -120,18 +119,9 @@ def main() -> None:
                 stop_pool(workers, timeout=60)
                 client.close()
 
-    base = rows[0][1] / rows[0][2]
-    print(f"\n{len(photos)} corpus files x {args.rounds} rounds; {os.cpu_count()} CPUs"
-          f" ({platform.processor() or platform.machine()}), Python {platform.python_version()}\n")
-    header = f"{'mode':<46}{'photos':>8}{'busy s':>9}{'photos/s':>10}{'vs scan':>9}{'wall s':>9}"
-    print(header)
-    print("-" * len(header))
-    for name, n, secs, wall in rows:
-        rate = n / secs
-        wall_text = f"{wall:9.2f}" if wall is not None else f"{'-':>9}"
-        print(f"{name:<46}{n:>8}{secs:>9.2f}{rate:>10.1f}{rate / base:>8.2f}x{wall_text}")
-    print("\nbusy s: the rescan's own clock (after model loading; queue workers were already warm) or the"
-          " timed loop (in-process); wall s is the whole command.")
+    print_table(rows, len(photos), args.rounds, unit="photos", mode_width=46,
+                note="busy s: the rescan's own clock (after model loading; queue workers were already warm) or"
+                     " the timed loop (in-process); wall s is the whole command.")
 
 
 if __name__ == "__main__":

@@ -143,6 +143,24 @@ def bench_workers(url: str, files: list[Path], root: Path, home: Path, processes
     return len(jobs), (last - first).total_seconds(), wall
 
 
+def print_table(rows: list[tuple[str, int, float, float | None]], files: int, rounds: int, *, unit: str,
+                mode_width: int, note: str) -> None:
+    """Each mode's count, busy seconds, rate, rate over the first row's (the baseline) and wall seconds."""
+    rate_width = len(unit) + 4  # "uploads/s" and two spaces
+    base = rows[0][1] / rows[0][2]
+    print(f"\n{files} corpus files x {rounds} rounds; {os.cpu_count()} CPUs"
+          f" ({platform.processor() or platform.machine()}), Python {platform.python_version()}\n")
+    header = (f"{'mode':<{mode_width}}{unit:>8}{'busy s':>9}{unit + '/s':>{rate_width}}{'vs scan':>9}"
+              f"{'wall s':>9}")
+    print(header)
+    print("-" * len(header))
+    for name, n, secs, wall in rows:
+        rate = n / secs
+        wall_text = f"{wall:9.2f}" if wall is not None else f"{'-':>9}"
+        print(f"{name:<{mode_width}}{n:>8}{secs:>9.2f}{rate:>{rate_width}.1f}{rate / base:>8.2f}x{wall_text}")
+    print(f"\n{note}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="Times every photo is uploaded (default 5).")
@@ -169,18 +187,9 @@ def main() -> None:
             n, busy, wall = bench_workers(url, files, root, tmp / "home-dup", 2, cache=True, banned=corpus.banned)
             rows.append(("worker, 2 processes, duplicates (cache on)", n, busy, wall))
 
-    base = rows[0][1] / rows[0][2]
-    print(f"\n{len(photos)} corpus files x {args.rounds} rounds; {os.cpu_count()} CPUs"
-          f" ({platform.processor() or platform.machine()}), Python {platform.python_version()}\n")
-    header = f"{'mode':<52}{'uploads':>8}{'busy s':>9}{'uploads/s':>11}{'vs scan':>9}{'wall s':>9}"
-    print(header)
-    print("-" * len(header))
-    for name, n, secs, wall in rows:
-        rate = n / secs
-        wall_text = f"{wall:9.2f}" if wall is not None else f"{'-':>9}"
-        print(f"{name:<52}{n:>8}{secs:>9.2f}{rate:>11.1f}{rate / base:>8.2f}x{wall_text}")
-    print("\nbusy s: first job start to last job end (workers) or the timed loop (in-process);"
-          " wall s adds process start-up and model loading.")
+    print_table(rows, len(photos), args.rounds, unit="uploads", mode_width=52,
+                note="busy s: first job start to last job end (workers) or the timed loop (in-process);"
+                     " wall s adds process start-up and model loading.")
 
 
 if __name__ == "__main__":
