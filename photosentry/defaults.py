@@ -92,6 +92,12 @@ DHASH_MATCH_DISTANCE = 8
 """dHash distance (of 64 bits) that counts as a match: copies stay within 7 except
 rotations (PDQ and pHash catch those); unrelated photos are at least 15 apart."""
 
+AUTO_SNAPSHOT_MIN_ENTRIES = 100_000
+"""A matcher that had to read this many entries or more from the store itself (no
+usable snapshot) saves what it read as a snapshot, so the next scan, worker or rescan
+on the host loads in seconds. Reading 100,000 entries from SQLite takes about a second;
+below that a snapshot saves little and would only fill the disk."""
+
 DEFAULT_BANK = "banned"
 """Bank that ``photosentry ban add`` writes to when no ``--bank`` is given; the
 default policy blocks its matches."""

@@ -370,6 +370,35 @@ def test_invalid_hash_is_rejected_before_reaching_the_store(
     assert list(bank_store.entries(include_removed=True)) == []
 
 
+# -- store identity ------------------------------------------------------------------
+
+
+def test_store_id_is_stable_across_connections_and_writes(open_store: OpenStore) -> None:
+    first = open_store()
+    store_id = first.store_id()
+    assert len(store_id) == 32 and int(store_id, 16) >= 0
+    first.add([entry(1)], actor="a", reason="r")
+    assert open_store().store_id() == store_id == first.store_id()
+
+
+def test_another_store_has_another_id(backend: BackendSpec, open_store: OpenStore, tmp_path: Path) -> None:
+    ours = open_store().store_id()
+    kind, location = backend
+    if kind == "sqlite":
+        # A deleted and recreated file is another store, even at the same path.
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(location + suffix):
+                os.remove(location + suffix)
+        other, close = _open(backend)
+    else:
+        client = redis.Redis.from_url(location)
+        other, close = RedisBankStore(client, prefix="other:"), client.close
+    try:
+        assert other.store_id() != ours
+    finally:
+        close()
+
+
 # -- a matcher follows writes made through another connection ----------------------
 
 

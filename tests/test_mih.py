@@ -225,9 +225,9 @@ def test_snapshot_round_trips_and_ignores_newer_ones(tmp_path, store: SqliteBank
               actor="a", reason="r")
     snap = write_snapshot(store, tmp_path / "snaps")
     assert snap.version == store.version() and snap.counts["pdq"] == 1
-    ids, codes, banks = latest_snapshot(tmp_path / "snaps", max_version=store.version()).columns(Algorithm.PDQ)
+    ids, codes, banks = latest_snapshot(tmp_path / "snaps", max_version=store.version(), store_id=store.store_id()).columns(Algorithm.PDQ)
     assert codes_to_hex(codes) == ["ab" * 32] and snap.banks[int(banks[0])] == "csam"
-    assert latest_snapshot(tmp_path / "snaps", max_version=snap.version - 1) is None
+    assert latest_snapshot(tmp_path / "snaps", max_version=snap.version - 1, store_id=store.store_id()) is None
 
 
 def test_matcher_from_snapshot_replays_later_changes(tmp_path, store: SqliteBankStore) -> None:  # type: ignore[no-untyped-def]

@@ -10,7 +10,7 @@ import click
 from .. import defaults
 from ..decode import Limits, decode, read_limited
 from ..errors import InvalidHash, PhotoSentryError, UnreadableImage
-from ..hashes.banks import BankEntry, BankKind, EntrySource, NewEntry, entries_from_hashes
+from ..hashes.banks import BankEntry, BankKind, BankStore, EntrySource, NewEntry, entries_from_hashes
 from ..hashes.codecs import Algorithm, parse_tagged
 from ..hashes.imports import ImportFormat
 from ..hashes.signals import hash_image
@@ -185,15 +185,13 @@ def ban_configure(ctx: click.Context, bank: str, pdq: int | None, phash: int | N
 # -- import / export / check / history / stats / snapshot ------------------------------
 
 
-def snapshot_dir(ctx: click.Context) -> Path:
-    """Where this store's columnar snapshots live: next to the SQLite bank, or per
-    Redis bank (several workers on one host share one)."""
+def snapshot_dir(ctx: click.Context, store: BankStore) -> Path:
+    """Where this store's columnar snapshots live: ``<data dir>/bank-snapshots/<store id>``,
+    shared with scan, workers and rescans on this host that open the same store."""
     from ..config import data_dir, ensure_private_dir
+    from ..hashes.snapshot import snapshot_dir as store_snapshot_dir
 
-    home = ensure_private_dir(data_dir(ctx.obj["data_dir"]))
-    if ctx.obj.get("bank_redis_url"):
-        return home / "bank-snapshots" / "redis"
-    return home / "bank-snapshots" / "sqlite"
+    return store_snapshot_dir(ensure_private_dir(data_dir(ctx.obj["data_dir"])), store)
 
 
 def _progress(total: int | None, desc: str, unit: str = "it"):  # type: ignore[no-untyped-def]
@@ -286,7 +284,7 @@ def ban_import(ctx: click.Context, file: str, bank: str | None, fmt: str, algori
     click.echo(f"{report.lines} lines: {report.valid} valid, {added} new, {report.valid - added} merged"
                f" into existing entries, {report.problem_count} skipped; bank version {store.version()}")
     if added:
-        snap = write_snapshot(store, snapshot_dir(ctx))
+        snap = write_snapshot(store, snapshot_dir(ctx, store))
         click.echo(f"snapshot v{snap.version} written ({sum(snap.counts.values())} entries)")
     close_store(store)
 
@@ -333,7 +331,7 @@ def ban_check(ctx: click.Context, images: tuple[str, ...], as_json: bool) -> Non
     from ..hashes.matcher import BankMatcher
 
     store = open_store(ctx)
-    matcher = BankMatcher(store, snapshot_dir=snapshot_dir(ctx))
+    matcher = BankMatcher(store, snapshot_dir=snapshot_dir(ctx, store))
     flagged = False
     for image in images:
         path = Path(image)
@@ -414,7 +412,7 @@ def ban_stats(ctx: click.Context, as_json: bool) -> None:
         if not entry.active:
             removed[entry.bank] += 1
     version = store.version()
-    snap = latest_snapshot(snapshot_dir(ctx), max_version=version)
+    snap = latest_snapshot(snapshot_dir(ctx, store), max_version=version, store_id=store.store_id())
     rows = []
     for cfg in store.banks():
         counts = {a.value: active[(cfg.name, a.value)] for a in Algorithm}
@@ -447,6 +445,6 @@ def ban_snapshot(ctx: click.Context) -> None:
 
     store = open_store(ctx)
     with _progress(None, "reading", "entries") as bar:
-        snap = write_snapshot(store, snapshot_dir(ctx), progress=bar.update)
+        snap = write_snapshot(store, snapshot_dir(ctx, store), progress=bar.update)
     click.echo(f"snapshot v{snap.version}: " + ", ".join(f"{k} {v}" for k, v in snap.counts.items()) + f" in {snap.path}")
     close_store(store)

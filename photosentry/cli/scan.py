@@ -65,7 +65,8 @@ def scan(
     Exit status: 0 all allowed, 1 some quarantined or blocked, 2 usage error,
     3 set-up error.
     """
-    from ..config import data_dir
+    from ..config import data_dir, ensure_private_dir
+    from ..hashes.snapshot import snapshot_dir
     from ..models.loader import load_classifier
     from ..worker.pipeline import Scanner
     from ..worker.policy import Policy
@@ -85,7 +86,9 @@ def scan(
 
             click.echo(licence_notice(), err=True)
             extra.append(NudeNetDetector(threads=threads, providers=list(providers) or None))
-        scanner = Scanner(policy=policy, matcher=BankMatcher(store), classifier=classifier, second_opinions=extra)
+        # The host's snapshot of this store when there is one (seconds, not minutes, for millions).
+        matcher = BankMatcher(store, snapshot_dir=snapshot_dir(ensure_private_dir(data_dir(ctx.obj["data_dir"])), store))
+        scanner = Scanner(policy=policy, matcher=matcher, classifier=classifier, second_opinions=extra)
     except PhotoSentryError as exc:
         raise SetupError(str(exc)) from exc
 
@@ -105,7 +108,8 @@ def scan(
         per = f", {elapsed / total * 1000:.0f} ms/photo" if total else ""
         summary = ", ".join(f"{counts[a]} {a}" for a in ("allow", "quarantine", "block"))
         click.echo(f"\n{total} photo{'s' if total != 1 else ''}: {summary}{per}"
-                   f" (policy {policy.version}, bank version {scanner.matcher.version if scanner.matcher else 0})")
+                   f" (policy {policy.version}, bank version {scanner.matcher.version if scanner.matcher else 0},"
+                   f" loaded from {scanner.matcher.loaded_from if scanner.matcher else 'nothing'})")
     close_store(store)
     ctx.exit(ExitCode.FLAGGED if counts["quarantine"] or counts["block"] else ExitCode.ALLOWED)
 

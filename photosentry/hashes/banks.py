@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+import uuid
 import typing as t
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
@@ -236,6 +237,13 @@ class BankStore(ABC):
     def banks(self) -> list[BankConfig]:
         """Every bank that has been configured or written to."""
 
+    @abstractmethod
+    def store_id(self) -> str:
+        """A random id given to this store when it was created, the same for every process
+        that opens it (32 hex digits). Versions only order changes *within* one store: a
+        snapshot of another store (another Redis, another prefix, a recreated file) must
+        never be taken for this one's, and the id is what tells them apart."""
+
     @t.final
     def configure_bank(
         self,
@@ -367,6 +375,11 @@ CREATE UNIQUE INDEX IF NOT EXISTS entries_active_unique
     ON entries (bank, algorithm, value) WHERE active = 1;
 CREATE INDEX IF NOT EXISTS entries_value ON entries (algorithm, value);
 CREATE INDEX IF NOT EXISTS entries_grp ON entries (grp) WHERE grp != '';
+-- Facts about the file itself (store_id); created with the schema, so older files gain it.
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS changes (
     version INTEGER PRIMARY KEY AUTOINCREMENT,
     op TEXT NOT NULL,
@@ -403,6 +416,10 @@ class SqliteBankStore(BankStore):
         columns = {r[1] for r in self._db.execute("PRAGMA table_info(banks)")}
         if "kind" not in columns:
             self._db.execute("ALTER TABLE banks ADD COLUMN kind TEXT NOT NULL DEFAULT 'ban'")
+        # Files written before store ids existed get one now; OR IGNORE: the first of
+        # several processes opening the file at once wins, and all read the same id.
+        self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?)", (uuid.uuid4().hex,))
+        self._store_id = str(self._db.execute("SELECT value FROM meta WHERE key='store_id'").fetchone()[0])
 
     def close(self) -> None:
         self._db.close()
@@ -578,6 +595,9 @@ class SqliteBankStore(BankStore):
                 return
             ids, values, banks = zip(*rows, strict=True)
             yield list(ids), list(values), list(banks)
+
+    def store_id(self) -> str:
+        return self._store_id
 
     def version(self) -> int:
         row = self._db.execute("SELECT MAX(version) FROM changes").fetchone()

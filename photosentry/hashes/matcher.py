@@ -1,6 +1,6 @@
 """Match a photo's hashes against the active banks, kept in memory and refreshed.
 
-The matcher loads every active entry once, then follows the bank's change log
+The matcher loads every active entry once (from a snapshot when there is one), then follows the bank's change log
 (``refresh``) so a moderator's ban reaches a running process without a rebuild.
 It returns facts (which entry, which bank, how far); deciding what a match means is
 the policy's job.
@@ -8,17 +8,21 @@ the policy's job.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .. import defaults
 from ..errors import BankNotFound
 from .banks import BankConfig, BankEntry, BankStore, ChangeOp
 from .codecs import Algorithm
 from .index import HashIndex, SortedExactIndex, TieredIndex, hex_to_codes
 from .signals import ImageHashes, PdqSignal
-from .snapshot import latest_snapshot
+from .snapshot import Snapshot, latest_snapshot, save_snapshot
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -80,10 +84,19 @@ class BankMatcher:
         snapshot_dir: where columnar snapshots of this store live
             (:mod:`photosentry.hashes.snapshot`); the newest one not newer than the
             store is loaded and the change log replayed from it. Without one, every
-            active entry is read from the store.
+            active entry is read from the store, and when that was at least
+            ``auto_snapshot_min`` entries, saved as a snapshot there (best effort) so
+            the next process on this host loads fast.
+        auto_snapshot_min: see ``snapshot_dir``.
     """
 
-    def __init__(self, store: BankStore, *, snapshot_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        store: BankStore,
+        *,
+        snapshot_dir: str | Path | None = None,
+        auto_snapshot_min: int = defaults.AUTO_SNAPSHOT_MIN_ENTRIES,
+    ) -> None:
         self._store = store
         self._banks: dict[str, BankConfig] = {}
         self._load_banks()
@@ -95,19 +108,33 @@ class BankMatcher:
         self._bank_of = np.zeros(1024, dtype=np.uint16)
         self._algo_of = np.zeros(1024, dtype=np.uint8)  # 0: not indexed; else 1 + position in Algorithm
         self._labels: dict[int, str] = {}
-        snap = latest_snapshot(snapshot_dir, max_version=store.version()) if snapshot_dir else None
         #: Where the in-memory view came from ("snapshot v<N>" or "store").
-        self.loaded_from = f"snapshot v{snap.version}" if snap else "store"
+        self.loaded_from = "store"
+        #: The snapshot this matcher wrote after reading a large bank from the store, if any.
+        self.wrote_snapshot: Snapshot | None = None
+        snap = None
+        if snapshot_dir is not None:
+            store_id = store.store_id()
+            snap = latest_snapshot(snapshot_dir, max_version=store.version(), store_id=store_id)
         if snap is not None:
+            try:
+                columns = {a: snap.columns(a) for a in Algorithm}
+            except (OSError, ValueError) as exc:
+                # Pruned by a concurrent writer or damaged: the store is the truth.
+                log.warning("bank snapshot %s unreadable (%s); reading the store", snap.path, exc)
+                snap = None
+        if snap is not None:
+            self.loaded_from = f"snapshot v{snap.version}"
             self.version = snap.version
-            for algorithm in Algorithm:
-                ids, codes, banks = snap.columns(algorithm)
-                numbers = np.array([self._bank_number(b) for b in snap.banks], dtype=np.uint16)
+            numbers = np.array([self._bank_number(b) for b in snap.banks], dtype=np.uint16)
+            for algorithm, (ids, codes, banks) in columns.items():
                 self._bulk(algorithm, ids, codes, numbers[banks] if len(banks) else banks)
+            del columns
         else:
             # Version first: anything added while we read is replayed by refresh()
             # (adds are idempotent by id), so nothing is missed.
             self.version = store.version()
+            read: dict[Algorithm, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
             for algorithm in Algorithm:
                 id_parts, code_parts, bank_parts = [], [], []
                 for ids, values, banks in store.active_columns(algorithm):
@@ -115,8 +142,11 @@ class BankMatcher:
                     code_parts.append(hex_to_codes(values, algorithm.bits // 64))
                     bank_parts.append(np.array([self._bank_number(b) for b in banks], dtype=np.uint16))
                 if id_parts:
-                    self._bulk(algorithm, np.concatenate(id_parts), np.concatenate(code_parts),
-                               np.concatenate(bank_parts))
+                    read[algorithm] = (np.concatenate(id_parts), np.concatenate(code_parts), np.concatenate(bank_parts))
+                    self._bulk(algorithm, *read[algorithm])
+            if snapshot_dir is not None and sum(len(c[0]) for c in read.values()) >= auto_snapshot_min:
+                self._save_snapshot(Path(snapshot_dir), store_id, read)
+            del read
         self.refresh()
 
     @property
@@ -185,6 +215,19 @@ class BankMatcher:
         return self._indexes[algorithm]
 
     # -- internals ----------------------------------------------------------------
+
+    def _save_snapshot(
+        self, directory: Path, store_id: str, read: dict[Algorithm, tuple[np.ndarray, np.ndarray, np.ndarray]]
+    ) -> None:
+        # What we just read, at the version read before it: no second pass over the
+        # store. Best effort: a full disk or a read-only data dir must not stop a scan.
+        try:
+            self.wrote_snapshot = save_snapshot(
+                directory, store_id=store_id, version=self.version, banks=list(self._bank_names), columns=read
+            )
+            log.info("bank snapshot v%d written to %s", self.version, self.wrote_snapshot.path)
+        except Exception as exc:  # logged, never raised
+            log.warning("could not write a bank snapshot to %s: %s", directory, exc)
 
     def _labels_of(self, entry_ids: list[int]) -> dict[int, str]:
         # Labels are read only for matched entries (few), and cached: keeping 10

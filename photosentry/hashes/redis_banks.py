@@ -15,6 +15,7 @@ Keys, all under ``prefix`` (plain strings and JSON; no pickle, never an image):
 - ``changes``: a sorted set of JSON changes scored by version, so a worker at
   version N reads only what came after N.
 - ``banks`` (name -> JSON config) and ``names`` (every bank configured or written to).
+- ``store_id``: a random id, set once (SET NX) by the first process that asks for it.
 
 Needs Redis 5 or newer (scripts replicate their effects, so they may read the clock).
 The scripts build per-entry key names themselves, so this assumes one Redis server
@@ -26,6 +27,8 @@ entry the first attempt made, and a repeated remove changes nothing.
 from __future__ import annotations
 
 import json
+import re
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 
 import redis
@@ -46,6 +49,8 @@ from .codecs import Algorithm
 
 DEFAULT_PREFIX = "photosentry:bank:"
 """Key prefix of the bank; a different prefix is a separate bank store in the same database."""
+
+_STORE_ID = re.compile(r"[0-9a-f]{32}")
 
 _FIXED_KEYS = ("version", "next_id", "ids", "active", "dedup", "changes", "names", "banks")
 
@@ -153,6 +158,7 @@ class RedisBankStore(BankStore):
         self._add = client.register_script(_ADD)
         self._remove = client.register_script(_REMOVE)
         self._configure = client.register_script(_CONFIGURE)
+        self._store_id: str | None = None
 
     def __repr__(self) -> str:
         return f"RedisBankStore({self._r!r}, prefix={self.prefix!r})"
@@ -232,6 +238,17 @@ class RedisBankStore(BankStore):
 
     def version(self) -> int:
         return int(self._r.get(self.prefix + "version") or 0)
+
+    def store_id(self) -> str:
+        if self._store_id is None:
+            key = self.prefix + "store_id"
+            # NX: of several processes asking at once, the first one's id sticks.
+            self._r.set(key, uuid.uuid4().hex, nx=True)
+            value = _text(self._r.get(key) or b"")
+            if not _STORE_ID.fullmatch(value):
+                raise ValueError(f"{key} holds {value!r}, not a store id (32 hex digits)")
+            self._store_id = value
+        return self._store_id
 
     def changes_since(self, version: int) -> list[Change]:
         changes = []

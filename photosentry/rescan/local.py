@@ -101,6 +101,7 @@ _WORKER: "_PoolWorker | None" = None
 class _PoolWorker:
     def __init__(self, settings: LocalSettings) -> None:
         from ..hashes.matcher import BankMatcher
+        from ..hashes.snapshot import snapshot_dir
         from ..models.loader import load_classifier
         from ..worker.pipeline import Scanner
         from ..worker.policy import Policy
@@ -119,8 +120,7 @@ class _PoolWorker:
         else:
             from ..hashes.banks import SqliteBankStore
 
-            home = ensure_private_dir(data_dir(settings.data_dir))
-            store = SqliteBankStore(home / defaults.BANK_DB_FILENAME)
+            store = SqliteBankStore(ensure_private_dir(data_dir(settings.data_dir)) / defaults.BANK_DB_FILENAME)
         providers = list(settings.providers) or None
         # The models a queue worker runs on this host (the verified artifact, else fp32;
         # the second opinions named in the environment), so both modes decide alike.
@@ -131,8 +131,10 @@ class _PoolWorker:
             from ..models.nudenet import NudeNetDetector
 
             second.append(NudeNetDetector(threads=settings.threads, providers=providers))
-        self.scanner = Scanner(policy=self.policy, matcher=BankMatcher(store), classifier=self.classifier,
-                               second_opinions=second)
+        # Every pool process loads the host's snapshot of the store when there is one.
+        snapshots = snapshot_dir(ensure_private_dir(data_dir(settings.data_dir)), store)
+        self.scanner = Scanner(policy=self.policy, matcher=BankMatcher(store, snapshot_dir=snapshots),
+                               classifier=self.classifier, second_opinions=second)
         self.scanner.warm_up()
         self.batch_size = settings.batch_size or self.scanner.default_batch_size()
         self.roots = SourceRoots(settings.source_roots)

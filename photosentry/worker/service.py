@@ -154,6 +154,7 @@ class ScanService:
     def _build_scanner(self) -> Any:
         # Heavy imports here, not at module import: producers import jobs, never this.
         from ..hashes.matcher import BankMatcher
+        from ..hashes.snapshot import snapshot_dir
         from ..models.loader import load_classifier
         from .pipeline import Scanner
 
@@ -166,14 +167,18 @@ class ScanService:
 
             log.warning(licence_notice())
             second.append(NudeNetDetector(threads=self.settings.threads, providers=list(self.settings.providers) or None))
-        scanner = Scanner(policy=self.policy, matcher=BankMatcher(self.bank_store), classifier=classifier,
-                          second_opinions=second)
+        # Workers on one host share the snapshot of their bank store (the first to read
+        # a large bank from Redis writes it), so a restart loads millions in seconds.
+        snapshots = snapshot_dir(ensure_private_dir(data_dir(self.settings.data_dir)), self.bank_store)
+        scanner = Scanner(policy=self.policy, matcher=BankMatcher(self.bank_store, snapshot_dir=snapshots),
+                          classifier=classifier, second_opinions=second)
         scanner.warm_up()
         log.info(
             "scan service ready",
             extra={"model": classifier.model_id, "provider": classifier.provider, "model_variant": classifier.variant,
                    "model_file": str(classifier.path), "bank_version": scanner.matcher.version,
-                   "bank_entries": scanner.matcher.size, "policy_version": self.policy.version},
+                   "bank_entries": scanner.matcher.size,
+                   "bank_loaded_from": scanner.matcher.loaded_from, "policy_version": self.policy.version},
         )
         return scanner
 
