@@ -48,9 +48,8 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 import redis  # noqa: E402
 
-from bench_worker import ban_photo, bench_in_process, copy_rounds, photos_of, print_table  # noqa: E402
+from bench_worker import ban_photo, copy_rounds, corpus_and_baseline, print_table  # noqa: E402
 from photosentry.hashes.redis_banks import RedisBankStore  # noqa: E402
-from tests import corpus as corpus_mod  # noqa: E402
 from tests.redis_server import running_redis_server  # noqa: E402
 from tests.workers import PHOTOSENTRY, log_tail, pool_started, start_pool, stop_pool  # noqa: E402
 
@@ -80,11 +79,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-rescan-") as tmp_name:
         tmp = Path(tmp_name)
-        corpus = corpus_mod.build(tmp / "corpus")
-        photos = photos_of(corpus.root)
-        rows: list[tuple[str, int, float, float | None]] = []
-        n, secs = bench_in_process(photos, args.rounds, tmp / "scan-home", corpus.banned)
-        rows.append(("scan pipeline in-process, 1 core, 1 thread", n, secs, None))
+        corpus, photos, rows = corpus_and_baseline(tmp, args.rounds)
 
         with running_redis_server(tmp / "redis") as url:
             client = redis.Redis.from_url(url)

@@ -54,6 +54,8 @@ from tests import corpus as corpus_mod  # noqa: E402
 from tests.redis_server import running_redis_server  # noqa: E402
 
 PHOTOSENTRY = str(Path(sys.executable).with_name("photosentry"))
+#: A table row: mode, photos or uploads, busy seconds, wall seconds (None for the in-process baseline).
+Row = tuple[str, int, float, float | None]
 
 
 def ban_photo(store: BankStore, path: Path) -> None:
@@ -143,7 +145,15 @@ def bench_workers(url: str, files: list[Path], root: Path, home: Path, processes
     return len(jobs), (last - first).total_seconds(), wall
 
 
-def print_table(rows: list[tuple[str, int, float, float | None]], files: int, rounds: int, *, unit: str,
+def corpus_and_baseline(tmp: Path, rounds: int) -> tuple[corpus_mod.Corpus, list[Path], list[Row]]:
+    """The test corpus built under ``tmp``, its files, and the table's first row: the baseline."""
+    corpus = corpus_mod.build(tmp / "corpus")
+    photos = photos_of(corpus.root)
+    n, secs = bench_in_process(photos, rounds, tmp / "scan-home", corpus.banned)
+    return corpus, photos, [("scan pipeline in-process, 1 core, 1 thread", n, secs, None)]
+
+
+def print_table(rows: list[Row], files: int, rounds: int, *, unit: str,
                 mode_width: int, note: str) -> None:
     """Each mode's count, busy seconds, rate, rate over the first row's (the baseline) and wall seconds."""
     rate_width = len(unit) + 4  # "uploads/s" and two spaces
@@ -168,12 +178,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp_name:
         tmp = Path(tmp_name)
-        corpus = corpus_mod.build(tmp / "corpus")
-        photos = photos_of(corpus.root)
-        rows: list[tuple[str, int, float, float | None]] = []
-
-        n, secs = bench_in_process(photos, args.rounds, tmp / "scan-home", corpus.banned)
-        rows.append(("scan pipeline in-process, 1 core, 1 thread", n, secs, None))
+        corpus, photos, rows = corpus_and_baseline(tmp, args.rounds)
         with running_redis_server(tmp / "redis") as url:
             for processes in (1, 2):
                 root = tmp / f"uploads-{processes}"
