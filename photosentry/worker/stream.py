@@ -95,12 +95,7 @@ class VerdictStream:
             "action": str(verdict.get("action", "")),
             "verdict": json.dumps(verdict, separators=(",", ":")),
         }
-        flat: list[str] = [x for kv in fields.items() for x in kv]
-        entry_id, new = self._record(
-            keys=[self.stream, f"{self.stream}:recorded:{upload_id}"],
-            args=[self.maxlen, self.record_ttl_s, *flat],
-        )
-        return Recorded(_text(entry_id), bool(int(new)))
+        return self._append_once(f"{self.stream}:recorded:{upload_id}", fields)
 
     def record_decision(self, *, upload_id: str, item_id: str, decision: dict[str, Any],
                         verdict: dict[str, Any], verdict_stream: str | None = None) -> Recorded:
@@ -123,11 +118,12 @@ class VerdictStream:
         }
         if verdict_stream:
             fields["verdict_stream"] = verdict_stream
+        return self._append_once(f"{self.stream}:decided:{upload_id}", fields)
+
+    def _append_once(self, marker: str, fields: dict[str, str]) -> Recorded:
+        """XADD ``fields`` unless ``marker`` is set; set it to the new entry's id (one Lua step)."""
         flat: list[str] = [x for kv in fields.items() for x in kv]
-        entry_id, new = self._record(
-            keys=[self.stream, f"{self.stream}:decided:{upload_id}"],
-            args=[self.maxlen, self.record_ttl_s, *flat],
-        )
+        entry_id, new = self._record(keys=[self.stream, marker], args=[self.maxlen, self.record_ttl_s, *flat])
         return Recorded(_text(entry_id), bool(int(new)))
 
     def recorded(self, upload_id: str) -> str | None:
