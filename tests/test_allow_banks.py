@@ -26,8 +26,15 @@ WHO = {"actor": "mod@example.org", "reason": "released false positive"}
 MINORS = {"recipient_is_minor": True}
 
 
-def m(bank: str, entry_id: int, *, allow: bool = False, weak: bool = False) -> Match:
-    return Match(entry_id, bank, Algorithm.PDQ, 3, weak=weak, allow=allow)
+def m(bank: str, entry_id: int, *, allow: bool = False, weak: bool = False,
+      algorithm: Algorithm = Algorithm.PDQ, distance: int = 3) -> Match:
+    return Match(entry_id, bank, algorithm, distance, weak=weak, allow=allow)
+
+
+def released(bank: str, entry_id: int, *, weak: bool = False) -> list[Match]:
+    """Allow matches of a released photo's near copy: its PDQ and its pHash both match."""
+    return [m(bank, entry_id, allow=True, weak=weak),
+            m(bank, entry_id + 1000, allow=True, algorithm=Algorithm.PHASH, distance=2)]
 
 
 def score(value: float) -> ModelScore:
@@ -44,17 +51,17 @@ def hashes_of(path: Path):
 
 
 def test_allow_match_suppresses_ban_match_and_keeps_it_visible(policy: Policy) -> None:
-    action, reasons = decide(policy.base, matches=[m("banned", 1), m("fp", 2, allow=True)])
+    action, reasons = decide(policy.base, matches=[m("banned", 1), *released("fp", 2)])
     assert action is Action.ALLOW
     assert [r.code for r in reasons] == [ReasonCode.ALLOW_LISTED]
     detail = reasons[0].detail
-    assert detail["allow_banks"] == ["fp"] and detail["allow_entry_ids"] == [2]
+    assert detail["allow_banks"] == ["fp"] and detail["allow_entry_ids"] == [2, 1002]
     assert [s["code"] for s in detail["suppressed"]] == ["bank_match"]
     assert detail["suppressed"][0]["detail"]["bank"] == "banned"
 
 
 def test_allow_match_suppresses_a_model_quarantine_but_not_for_minors(policy: Policy) -> None:
-    allow = [m("fp", 2, allow=True)]
+    allow = released("fp", 2)
     action, reasons = decide(policy.base, matches=allow, scores=[score(0.8)])
     assert action is Action.ALLOW and reasons[0].code is ReasonCode.ALLOW_LISTED
     minors = policy.profile_for(MINORS)
@@ -67,19 +74,19 @@ def test_allow_match_suppresses_a_model_quarantine_but_not_for_minors(policy: Po
 
 def test_failures_are_never_suppressed(policy: Policy) -> None:
     action, reasons = decide(
-        policy.base, matches=[m("banned", 1), m("fp", 2, allow=True)], failures=[(ReasonCode.UNREADABLE, "bad")]
+        policy.base, matches=[m("banned", 1), *released("fp", 2)], failures=[(ReasonCode.UNREADABLE, "bad")]
     )
     assert action is Action.QUARANTINE
     assert [r.code for r in reasons] == [ReasonCode.UNREADABLE, ReasonCode.ALLOW_LISTED]
 
 
 def test_weak_allow_match_suppresses_nothing(policy: Policy) -> None:
-    action, reasons = decide(policy.base, matches=[m("banned", 1), m("fp", 2, allow=True, weak=True)])
+    action, reasons = decide(policy.base, matches=[m("banned", 1), *released("fp", 2, weak=True)])
     assert action is Action.BLOCK and [r.code for r in reasons] == [ReasonCode.BANK_MATCH]
 
 
 def test_allow_match_alone_is_clean(policy: Policy) -> None:
-    action, reasons = decide(policy.base, matches=[m("fp", 2, allow=True)])
+    action, reasons = decide(policy.base, matches=[*released("fp", 2)])
     assert action is Action.ALLOW and reasons[0].code is ReasonCode.CLEAN
 
 
@@ -89,14 +96,48 @@ def test_never_suppress_banks_and_profile_narrowing() -> None:
         '[allow]\nsuppresses = ["bank_match"]\nnever_suppress_banks = ["csam"]\n'
         '[profiles.kids]\nwhen_true = ["kid"]\n[profiles.kids.allow]\nsuppresses = []\n'
     )
-    action, reasons = decide(policy.base, matches=[m("csam", 1), m("banned", 3), m("fp", 2, allow=True)])
+    action, reasons = decide(policy.base, matches=[m("csam", 1), m("banned", 3), *released("fp", 2)])
     assert action is Action.BLOCK
     assert [r.code for r in reasons] == [ReasonCode.BANK_MATCH, ReasonCode.ALLOW_LISTED]
     assert reasons[0].detail["bank"] == "csam"
-    action, _ = decide(policy.base, matches=[m("fp", 2, allow=True)], scores=[score(0.8)])
+    action, _ = decide(policy.base, matches=[*released("fp", 2)], scores=[score(0.8)])
     assert action is Action.QUARANTINE  # nudity is not in this policy's suppresses
     kids = policy.profile_for({"kid": True})
-    assert decide(kids, matches=[m("banned", 3), m("fp", 2, allow=True)])[0] is Action.BLOCK
+    assert decide(kids, matches=[m("banned", 3), *released("fp", 2)])[0] is Action.BLOCK
+
+
+def test_one_forged_perceptual_collision_clears_nothing(policy: Policy) -> None:
+    """A photo that collides with a released photo in one perceptual hash only (cheap to
+    forge) keeps its ban match and its model quarantine."""
+    collision = [m("fp", 2, allow=True, algorithm=Algorithm.PHASH, distance=1)]
+    action, reasons = decide(policy.base, matches=[m("csam", 1), *collision])
+    assert action is Action.BLOCK and [r.code for r in reasons] == [ReasonCode.BANK_MATCH]
+    action, reasons = decide(policy.base, matches=collision, scores=[score(0.8)])
+    assert action is Action.QUARANTINE and [r.code for r in reasons] == [ReasonCode.NUDITY]
+
+
+def test_a_ban_match_is_cleared_only_by_an_allow_match_as_close_in_its_own_hash(policy: Policy) -> None:
+    # Released photo's near copy (PDQ 3, pHash 2); the ban entry matches by dHash: no
+    # allow entry of that hash vouches for the distance, so the ban stands.
+    action, reasons = decide(policy.base, matches=[m("banned", 1, algorithm=Algorithm.DHASH, distance=4),
+                                                   *released("fp", 2)])
+    assert action is Action.BLOCK and reasons[0].code is ReasonCode.BANK_MATCH
+    # A PDQ ban match closer than the allow match stands; a farther one is cleared.
+    action, _ = decide(policy.base, matches=[m("banned", 1, distance=1), *released("fp", 2)])
+    assert action is Action.BLOCK
+    action, reasons = decide(policy.base, matches=[m("banned", 1, distance=9), *released("fp", 2)])
+    assert action is Action.ALLOW and reasons[0].code is ReasonCode.ALLOW_LISTED
+
+
+def test_exact_bytes_released_clear_every_match_but_exact_bans_need_exact_allows(policy: Policy) -> None:
+    exact_allow = m("fp", 2, allow=True, algorithm=Algorithm.SHA256, distance=0)
+    action, reasons = decide(policy.base, matches=[m("banned", 1, algorithm=Algorithm.SHA256, distance=0),
+                                                   m("banned", 3), exact_allow])
+    assert action is Action.ALLOW and reasons[0].code is ReasonCode.ALLOW_LISTED
+    # Near copies in two perceptual hashes do not clear a ban of these exact bytes.
+    action, reasons = decide(policy.base, matches=[m("banned", 1, algorithm=Algorithm.SHA256, distance=0),
+                                                   *released("fp", 2)])
+    assert action is Action.BLOCK and reasons[0].detail["entry_ids"] == [1]
 
 
 @pytest.mark.parametrize(

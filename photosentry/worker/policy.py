@@ -260,79 +260,94 @@ def decide(
     for code, text in failures:
         reasons.append(Reason(code, profile.fail_closed[code], text))
 
+    allowed = [m for m in matches if m.allow and not m.weak]  # a low-quality PDQ hash vouches for nothing
+    vouched = _vouched_for(allowed)
+    rules = profile.allow
+    suppressed: list[Reason] = []
     by_bank: dict[str, list[Match]] = {}
-    allowed: list[Match] = []
     for m in matches:
-        if m.weak:  # a low-quality PDQ hash does not match on its own
-            continue
-        if m.allow:
-            allowed.append(m)
-        else:
+        if not m.weak and not m.allow:  # a low-quality PDQ hash does not match on its own
             by_bank.setdefault(m.bank, []).append(m)
     for bank, hits in by_bank.items():
-        closest = min(hits, key=lambda m: m.distance / m.algorithm.bits)
-        reasons.append(
-            Reason(
-                ReasonCode.BANK_MATCH,
-                profile.bank_action(bank),
-                f"matches {len(hits)} entr{'y' if len(hits) == 1 else 'ies'} of bank {bank!r}"
-                f" (closest: entry {closest.entry_id}, {closest.algorithm.value} distance {closest.distance})",
-                {"bank": bank, "entry_ids": sorted(m.entry_id for m in hits)},
-            )
-        )
+        if vouched and ReasonCode.BANK_MATCH in rules.suppresses and bank not in rules.never_suppress_banks:
+            cleared = [h for h in hits if _cleared(h, allowed)]
+            hits = [h for h in hits if not _cleared(h, allowed)]
+            if cleared:
+                suppressed.append(_bank_reason(profile, bank, cleared))
+        if hits:
+            reasons.append(_bank_reason(profile, bank, hits))
 
     for score in scores:
         thresholds = profile.models.get(score.model_id, Thresholds())
         for action, limit in ((Action.BLOCK, thresholds.block), (Action.QUARANTINE, thresholds.quarantine)):
             if limit is not None and score.score >= limit:
-                reasons.append(
-                    Reason(
-                        ReasonCode.NUDITY,
-                        action,
-                        f"{score.model_id} scored {score.score:.3f} (>= {action.value} threshold {limit})"
-                        + (f": {', '.join(_found(score))}" if score.detections else ""),
-                        {"model": score.model_id, "score": round(score.score, 6), "threshold": limit,
-                         **({"labels": _found(score)} if score.detections else {})},
-                    )
+                reason = Reason(
+                    ReasonCode.NUDITY,
+                    action,
+                    f"{score.model_id} scored {score.score:.3f} (>= {action.value} threshold {limit})"
+                    + (f": {', '.join(_found(score))}" if score.detections else ""),
+                    {"model": score.model_id, "score": round(score.score, 6), "threshold": limit,
+                     **({"labels": _found(score)} if score.detections else {})},
                 )
+                (suppressed if vouched and ReasonCode.NUDITY in rules.suppresses else reasons).append(reason)
                 break
 
-    if allowed:
-        reasons = _suppress(profile.allow, allowed, reasons)
+    if suppressed:
+        reasons.append(_allow_listed(allowed, suppressed))
     if not reasons:
         return Action.ALLOW, (Reason(ReasonCode.CLEAN, Action.ALLOW, "no bank match and no score over a threshold"),)
     reasons.sort(key=lambda r: -r.action.severity)
     return Action.most_severe([r.action for r in reasons]), tuple(reasons)
 
 
-def _suppress(rules: AllowRules, allowed: Sequence[Match], reasons: list[Reason]) -> list[Reason]:
-    """Drop the reasons an allow match may suppress; record them in one ``allow_listed`` reason."""
-    kept, suppressed = [], []
-    for r in reasons:
-        bank = r.detail.get("bank") if r.code is ReasonCode.BANK_MATCH else None
-        if r.code in rules.suppresses and bank not in rules.never_suppress_banks:
-            suppressed.append(r)
-        else:
-            kept.append(r)
-    if not suppressed:
-        return kept
+def _vouched_for(allowed: Sequence[Match]) -> bool:
+    """Whether allow matches identify this photo as a released one: its exact bytes, or
+    near copies in at least two perceptual hashes. One perceptual hash alone never
+    vouches: single-hash collisions are easy to forge, and a forged collision with a
+    released photo must not clear a banned one."""
+    if any(not a.algorithm.is_perceptual for a in allowed):
+        return True
+    return len({a.algorithm for a in allowed}) >= 2
+
+
+def _cleared(ban: Match, allowed: Sequence[Match]) -> bool:
+    """A ban match is cleared by the released photo's exact bytes, or by an allow entry of
+    the same perceptual hash at least as close as the ban entry (an exact ban match is
+    cleared only by exact bytes)."""
+    return any(
+        not a.algorithm.is_perceptual
+        or (ban.algorithm.is_perceptual and a.algorithm is ban.algorithm and a.distance <= ban.distance)
+        for a in allowed
+    )
+
+
+def _bank_reason(profile: Profile, bank: str, hits: Sequence[Match]) -> Reason:
+    closest = min(hits, key=lambda m: m.distance / m.algorithm.bits)
+    return Reason(
+        ReasonCode.BANK_MATCH,
+        profile.bank_action(bank),
+        f"matches {len(hits)} entr{'y' if len(hits) == 1 else 'ies'} of bank {bank!r}"
+        f" (closest: entry {closest.entry_id}, {closest.algorithm.value} distance {closest.distance})",
+        {"bank": bank, "entry_ids": sorted(m.entry_id for m in hits)},
+    )
+
+
+def _allow_listed(allowed: Sequence[Match], suppressed: Sequence[Reason]) -> Reason:
+    """The one reason recording what allow matches suppressed (the matches stay in the verdict)."""
     closest = min(allowed, key=lambda m: m.distance / m.algorithm.bits)
     banks = sorted({m.bank for m in allowed})
-    kept.append(
-        Reason(
-            ReasonCode.ALLOW_LISTED,
-            Action.ALLOW,
-            f"allow bank {', '.join(repr(b) for b in banks)} (entry {closest.entry_id},"
-            f" {closest.algorithm.value} distance {closest.distance}) suppressed "
-            + ", ".join(f"{r.code.value} ({r.action.value})" for r in suppressed),
-            {
-                "allow_banks": banks,
-                "allow_entry_ids": sorted(m.entry_id for m in allowed),
-                "suppressed": [r.to_dict() for r in suppressed],
-            },
-        )
+    return Reason(
+        ReasonCode.ALLOW_LISTED,
+        Action.ALLOW,
+        f"allow bank {', '.join(repr(b) for b in banks)} (entry {closest.entry_id},"
+        f" {closest.algorithm.value} distance {closest.distance}) suppressed "
+        + ", ".join(f"{r.code.value} ({r.action.value})" for r in suppressed),
+        {
+            "allow_banks": banks,
+            "allow_entry_ids": sorted(m.entry_id for m in allowed),
+            "suppressed": [r.to_dict() for r in suppressed],
+        },
     )
-    return kept
 
 
 # -- parsing helpers ------------------------------------------------------------------
