@@ -335,3 +335,28 @@ def test_animated_frame_reported(store: SqliteBankStore, corpus: corpus_mod.Corp
     store.add(entries_for(hashes_of(corpus_mod.jpeg_bytes(banned)), only={Algorithm.PDQ}), **WHO)
     (hit,) = BankMatcher(store).match(animation)
     assert hit.frame == 2
+
+
+def _open_and_read_ids(paths: list[str], start_at: float) -> list[str]:
+    import time
+
+    time.sleep(max(0.0, start_at - time.time()))  # every process opens at the same instant
+    ids = []
+    for path in paths:
+        with SqliteBankStore(path) as store:
+            ids.append(store.store_id())
+    return ids
+
+
+def test_many_processes_opening_a_new_bank_file_at_once_all_succeed(tmp_path: Path) -> None:
+    """A rescan pool or a worker fleet starting on a fresh data directory opens the new
+    file from several processes at once; SQLite's lock-upgrade deadlock must not fail one."""
+    import multiprocessing
+    import time
+
+    paths = [str(tmp_path / f"banks-{i}.sqlite3") for i in range(20)]
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        start_at = time.time() + 3.0  # after the spawned interpreters have started
+        results = pool.starmap(_open_and_read_ids, [(paths, start_at)] * 4)
+    for i in range(len(paths)):
+        assert len({ids[i] for ids in results}) == 1, "every process reads the one store id"

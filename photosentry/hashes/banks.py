@@ -8,6 +8,7 @@ worker holding version N can catch up by reading the changes after N.
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import time
 import uuid
@@ -397,6 +398,10 @@ _ENTRY_COLUMNS = (
 )
 
 
+SQLITE_OPEN_TIMEOUT_S = 30.0
+"""How long opening the bank file waits for other processes' locks."""
+
+
 class SqliteBankStore(BankStore):
     """The embedded backend: one SQLite file, safe for several processes on one host."""
 
@@ -405,11 +410,22 @@ class SqliteBankStore(BankStore):
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         # isolation_level=None: we open transactions ourselves (BEGIN IMMEDIATE) so a
         # version number is never handed out twice by concurrent writers.
-        self._db = sqlite3.connect(str(self.path), isolation_level=None, timeout=30.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
-        self._migrate()
+        self._db = sqlite3.connect(str(self.path), isolation_level=None, timeout=SQLITE_OPEN_TIMEOUT_S)
+        # Several processes opening a new file at once (a rescan pool, a worker fleet)
+        # can meet SQLite's lock-upgrade deadlock: it answers "database is locked" at
+        # once instead of waiting, so the set-up is retried until the timeout.
+        deadline = time.monotonic() + SQLITE_OPEN_TIMEOUT_S
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA foreign_keys=ON")
+                self._db.executescript(_SCHEMA)
+                self._migrate()
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(random.uniform(0.02, 0.1))
 
     def _migrate(self) -> None:
         # Bank files written before allow banks existed lack the `kind` column.
