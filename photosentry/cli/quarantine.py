@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from .. import defaults
-from .root import SetupError, cli, split_roots, who_why_options
+from .root import SetupError, cli, connect_redis, split_roots, who_why_options
 
 
 def review_options(f):  # type: ignore[no-untyped-def]
@@ -48,9 +48,7 @@ def build_reviewer(ctx: click.Context, redis_url: str | None, source_roots: tupl
                    policy_path: str | None, callback_key_file: str | None, callback_allow: tuple[str, ...],
                    callback_networks: tuple[str, ...] = ()) -> Any:
     """A Reviewer on the workers' Redis and stores, or a SetupError that says what is missing."""
-    import redis as _redis
-
-    from ..config import data_dir, redact_url
+    from ..config import data_dir
     from ..errors import PolicyError
     from ..review.decisions import Reviewer
     from ..worker.delivery import CallbackSigner
@@ -58,11 +56,7 @@ def build_reviewer(ctx: click.Context, redis_url: str | None, source_roots: tupl
 
     if not redis_url:
         raise click.UsageError(f"give --redis-url (or set {defaults.REDIS_URL_ENV}): the review queue is in Redis")
-    client = _redis.Redis.from_url(redis_url)
-    try:
-        client.ping()
-    except _redis.RedisError as exc:
-        raise SetupError(f"cannot reach Redis at {redact_url(redis_url)}: {exc}") from exc
+    client = connect_redis(redis_url)
     try:
         policy = Policy.from_file(policy_path) if policy_path else Policy.default()
     except PolicyError as exc:

@@ -13,7 +13,7 @@ import click
 from click.core import ParameterSource
 
 from .. import defaults
-from .root import ExitCode, SetupError, cli, context_pairs, split_roots
+from .root import ExitCode, SetupError, cli, connect_redis, context_pairs, split_roots
 
 INTERRUPTED = 130
 """Exit status after Ctrl-C (128 + SIGINT, as shells report it)."""
@@ -228,18 +228,11 @@ def _check_same_run(ctx: click.Context, checkpoint: Any, src: Any, wanted: dict[
 def _backend(ctx: click.Context, checkpoint: Any, *, roots: tuple[str, ...], processes: int | None, threads: int,
              batch: int | None, redis_url: str | None, policy_path: str | None, outstanding: int, folder: bool) -> Any:
     if checkpoint.mode == "queue":
-        import redis as _redis
-
-        from ..config import redact_url
         from ..rescan.remote import QueueBackend
 
         if not redis_url:
             raise click.UsageError(f"--queue needs --redis-url (or {defaults.REDIS_URL_ENV})")
-        client = _redis.Redis.from_url(redis_url)
-        try:
-            client.ping()
-        except _redis.RedisError as exc:
-            raise SetupError(f"cannot reach Redis at {redact_url(redis_url)}: {exc}") from exc
+        client = connect_redis(redis_url)
         return QueueBackend(client, run_id=checkpoint.run_id, dry_run=checkpoint.dry_run, force=checkpoint.force,
                             default_context=dict(checkpoint.context), source_roots=() if folder else roots,
                             capacity=outstanding)

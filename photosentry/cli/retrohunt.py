@@ -7,7 +7,7 @@ import json
 import click
 
 from .. import defaults
-from .root import ExitCode, SetupError, cli, redis_url_option
+from .root import ExitCode, cli, connect_redis, redis_url_option
 
 #: Redis key holding the bank version the last retro-hunt covered.
 LAST_VERSION_KEY = "photosentry:retrohunt:version"
@@ -39,19 +39,12 @@ def retrohunt(ctx: click.Context, redis_url: str, since_version: int | None, req
       photosentry retrohunt                        # report matches since the last hunt
       photosentry retrohunt --since-version 0 --requeue --json
     """
-    import redis as _redis
-
-    from ..config import redact_url
     from ..enqueue import enqueue_scan
     from ..hashes.redis_banks import RedisBankStore
     from ..worker.hashlog import HashLog
     from ..worker.retrohunt import hunt, new_entries
 
-    client = _redis.Redis.from_url(redis_url)
-    try:
-        client.ping()
-    except _redis.RedisError as exc:
-        raise SetupError(f"cannot reach Redis at {redact_url(redis_url)}: {exc}") from exc
+    client = connect_redis(redis_url)
     store = RedisBankStore(client)
     if since_version is None:
         since_version = int(client.get(LAST_VERSION_KEY) or 0)

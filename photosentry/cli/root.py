@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
+from typing import Any
 from enum import IntEnum
 from pathlib import Path
 
@@ -40,23 +41,29 @@ class SetupError(click.ClickException):
 def open_store(ctx: click.Context) -> BankStore:
     redis_url = ctx.obj.get("bank_redis_url")
     if redis_url:
-        import redis as _redis
-
         from ..hashes.redis_banks import RedisBankStore
 
-        client = _redis.Redis.from_url(redis_url)
-        try:
-            client.ping()
-        except _redis.RedisError as exc:
-            from ..config import redact_url
-
-            raise SetupError(f"cannot reach the Redis bank at {redact_url(redis_url)}: {exc}") from exc
-        return RedisBankStore(client)
+        return RedisBankStore(connect_redis(redis_url, what="the Redis bank"))
     home = ensure_private_dir(data_dir(ctx.obj["data_dir"]))
     try:
         return SqliteBankStore(home / defaults.BANK_DB_FILENAME)
     except Exception as exc:  # sqlite3 raises several types for a bad file
         raise SetupError(f"cannot open the bank database in {home}: {exc}") from exc
+
+
+def connect_redis(redis_url: str, *, what: str = "Redis") -> Any:
+    """A client for ``redis_url`` that answered a PING, or a SetupError naming ``what``
+    (the password is never shown)."""
+    import redis as _redis
+
+    from ..config import redact_url
+
+    client = _redis.Redis.from_url(redis_url)
+    try:
+        client.ping()
+    except _redis.RedisError as exc:
+        raise SetupError(f"cannot reach {what} at {redact_url(redis_url)}: {exc}") from exc
+    return client
 
 
 def close_store(store: BankStore) -> None:
