@@ -100,26 +100,14 @@ def enqueue_scan(
     Raises:
         ValueError: an invalid argument.
     """
-    from rq import Callback, Queue, Retry
+    from rq import Queue
     from rq.serializers import JSONSerializer
 
-    if queue not in defaults.QUEUES:
-        raise ValueError(f"queue must be one of {list(defaults.QUEUES)}, got {queue!r}")
-    if job_timeout < 1:
-        raise ValueError(f"job_timeout must be at least 1 second, got {job_timeout}")
+    _check_queue_args(queue, job_timeout)
     payload = build_payload(source=source, upload_id=upload_id, context=context, callback_url=callback_url)
     q = Queue(queue, connection=redis, serializer=JSONSerializer)
-    job = q.enqueue(
-        SCAN_FUNCTION,
-        args=(payload,),
-        job_timeout=job_timeout,
-        retry=Retry(max=retries) if retries > 0 else None,
-        on_failure=Callback(FAILURE_CALLBACK),
-        result_ttl=defaults.RESULT_TTL_S,
-        failure_ttl=defaults.FAILURE_TTL_S,
-        description=f"scan upload {upload_id}",
-        job_id=job_id,
-    )
+    job = q.enqueue(SCAN_FUNCTION, args=(payload,), job_timeout=job_timeout, job_id=job_id,
+                    description=f"scan upload {upload_id}", **_job_options(retries))
     return job.id
 
 
@@ -141,29 +129,38 @@ def enqueue_payloads(
     Raises:
         ValueError: an invalid payload or argument (nothing is enqueued).
     """
-    from rq import Callback, Queue, Retry
+    from rq import Queue
     from rq.serializers import JSONSerializer
 
-    if queue not in defaults.QUEUES:
-        raise ValueError(f"queue must be one of {list(defaults.QUEUES)}, got {queue!r}")
-    if job_timeout < 1:
-        raise ValueError(f"job_timeout must be at least 1 second, got {job_timeout}")
+    _check_queue_args(queue, job_timeout)
     checked = [ScanPayload.from_dict(p).to_dict() for p in payloads]
     q = Queue(queue, connection=redis, serializer=JSONSerializer)
     datas = [
-        Queue.prepare_data(
-            SCAN_FUNCTION,
-            args=(payload,),
-            timeout=job_timeout,
-            retry=Retry(max=retries) if retries > 0 else None,
-            on_failure=Callback(FAILURE_CALLBACK),
-            result_ttl=defaults.RESULT_TTL_S,
-            failure_ttl=defaults.FAILURE_TTL_S,
-            description=f"scan upload {payload['upload_id']}",
-        )
+        Queue.prepare_data(SCAN_FUNCTION, args=(payload,), timeout=job_timeout,
+                           description=f"scan upload {payload['upload_id']}", **_job_options(retries))
         for payload in checked
     ]
     with redis.pipeline() as pipe:
         jobs = q.enqueue_many(datas, pipeline=pipe)
         pipe.execute()
     return [job.id for job in jobs]
+
+
+def _check_queue_args(queue: str, job_timeout: int) -> None:
+    if queue not in defaults.QUEUES:
+        raise ValueError(f"queue must be one of {list(defaults.QUEUES)}, got {queue!r}")
+    if job_timeout < 1:
+        raise ValueError(f"job_timeout must be at least 1 second, got {job_timeout}")
+
+
+def _job_options(retries: int) -> dict[str, Any]:
+    """What every scan job gets, however it is enqueued: retries, the fail-closed
+    failure callback and how long results are kept."""
+    from rq import Callback, Retry
+
+    return {
+        "retry": Retry(max=retries) if retries > 0 else None,
+        "on_failure": Callback(FAILURE_CALLBACK),
+        "result_ttl": defaults.RESULT_TTL_S,
+        "failure_ttl": defaults.FAILURE_TTL_S,
+    }
