@@ -54,7 +54,8 @@ def calibration(corpus: corpus_mod.Corpus) -> CalibrationSet:
 @pytest.fixture(scope="session")
 def built(tmp_path_factory: pytest.TempPathFactory, spec: ClassifierManifest, calibration: CalibrationSet) -> ArtifactStore:
     store = ArtifactStore(tmp_path_factory.mktemp("home"))
-    reports = optimize(spec, store, calibration, POLICY_THRESHOLDS, methods=("qoperator-percentile",))
+    reports = optimize(spec, store, calibration, POLICY_THRESHOLDS, variants=("int8", "fp16"),
+                       methods=("qoperator-percentile",))
     assert [r.variant for r in reports if r.artifact is not None] == ["int8", "fp16"], [r.refused for r in reports]
     return store
 
@@ -228,7 +229,7 @@ def test_loader_runs_the_hosts_artifact_and_says_so(built: ArtifactStore, tmp_pa
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="photosentry.models"):
         clf = load_classifier("open_nsfw", data_dir=home, threads=1)
-    assert clf.variant == "fp32" and "falling back to fp32" in caplog.text
+    assert clf.variant == "fp32" and "unusable" in caplog.text and "sha256" in caplog.text
 
 
 def test_worker_service_loads_the_artifact_and_reports_it(built: ArtifactStore, tmp_path: Path, redis_server: str,

@@ -94,6 +94,8 @@ def list_models(ctx: click.Context, as_json: bool) -> None:
       photosentry models list
     """
     from ..models.artifacts import Host, select_artifact
+    from ..models.openvino_runtime import bf16_unavailable
+    from ..models.openvino_runtime import version as openvino_version
     from ..models.manifest import BUILTIN_MANIFESTS, builtin, file_sha256, resolve_model_file
 
     host = Host.current()
@@ -119,9 +121,11 @@ def list_models(ctx: click.Context, as_json: bool) -> None:
             file_ok = "missing or altered"
         arts.append({**a.to_dict(), "file_status": file_ok, "passes": a.passes})
     if as_json:
-        click.echo(json.dumps({"host_providers": list(host.providers), "models": rows, "artifacts": arts}, indent=2))
+        click.echo(json.dumps({"host_providers": list(host.providers), "cpu_bf16": host.cpu_bf16,
+                               "models": rows, "artifacts": arts}, indent=2))
         return
     click.echo(f"host execution providers: {', '.join(host.providers)}")
+    click.echo(f"bf16 on this CPU: {'yes (OpenVINO ' + openvino_version() + ')' if host.cpu_bf16 else bf16_unavailable()}")
     click.echo(f"{'MODEL':<14}{'KIND':<11}{'STATUS':<13}{'RUNS':<6}LICENCE")
     for r in rows:
         click.echo(f"{r['model']:<14}{r['kind']:<11}{r['status']:<13}{r['runs']:<6}{r['license']}")
@@ -139,8 +143,9 @@ def list_models(ctx: click.Context, as_json: bool) -> None:
 @models.command()
 @click.option("--calibration", "calibration", multiple=True, required=True, type=click.Path(exists=True),
               help="Real photos (files or folders) like the ones you scan, to calibrate and check on. Repeatable.")
-@click.option("--variant", "variants", multiple=True, type=click.Choice(["int8", "fp16"]),
-              help="Build only this (default: both). int8 is for CPU hosts, fp16 for GPU hosts.")
+@click.option("--variant", "variants", multiple=True, type=click.Choice(["int8", "bf16", "fp16"]),
+              help="Build only this (default: all this host can build). int8 and bf16 are for CPU hosts"
+                   " (bf16 needs OpenVINO and a CPU with native bf16, i.e. Intel AMX), fp16 for GPU hosts.")
 @click.option("--method", "methods", multiple=True,
               help="int8 methods to try (default: all of qdq-minmax, qdq-percentile, qoperator-minmax,"
                    " qoperator-percentile, dynamic); the fastest that passes is kept.")
@@ -149,8 +154,9 @@ def list_models(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def optimize(ctx: click.Context, calibration: tuple[str, ...], variants: tuple[str, ...], methods: tuple[str, ...],
              limit: int | None, model: str, manifest: str | None, policy_path: str | None, threads: int) -> None:
-    """Build int8 and fp16 versions of a model for this data directory, keep the
-    fastest that changes no decision, and record how each was checked.
+    """Build int8, bf16 and fp16 versions of a model for this data directory, keep
+    the fastest that changes no decision, and record how each was checked. Workers
+    then run the fastest kept build their host can run (see `models list`).
 
     Every candidate is timed on the calibration photos and its scores compared with
     the original (fp32) model's: it is refused if any score moves more than 0.03 or
@@ -162,6 +168,8 @@ def optimize(ctx: click.Context, calibration: tuple[str, ...], variants: tuple[s
       photosentry models optimize --calibration /srv/uploads/sample-2026-11
       photosentry models optimize --calibration a/ --calibration b/ --variant int8 --threads 1
     """
+    from ..models.artifacts import VARIANTS
+    from ..models.openvino_runtime import bf16_unavailable
     from ..models.optimize import INT8_METHODS, load_calibration
     from ..models.optimize import optimize as run_optimize
 
@@ -180,8 +188,13 @@ def optimize(ctx: click.Context, calibration: tuple[str, ...], variants: tuple[s
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--calibration") from exc
     click.echo(f"calibrating on {len(cal.files)} photos (set {cal.digest[:12]}), thresholds {pairs}")
+    if not variants:
+        variants = VARIANTS
+        if why_not := bf16_unavailable():
+            click.echo(f"bf16: skipped: {why_not}")
+            variants = tuple(v for v in VARIANTS if v != "bf16")
     try:
-        reports = run_optimize(spec, _store(ctx), cal, pairs, variants=variants or ("int8", "fp16"),
+        reports = run_optimize(spec, _store(ctx), cal, pairs, variants=variants,
                                methods=methods or INT8_METHODS, threads=threads, progress=click.echo)
     except ModelUnavailable as exc:
         raise SetupError(str(exc)) from exc

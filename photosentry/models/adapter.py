@@ -33,7 +33,7 @@ from PIL import Image
 
 from .classifier import ModelScore, NudityClassifier
 from .manifest import ModelManifest, read_manifest, resolve_model_file
-from .session import open_session
+from .session import ONNXRUNTIME, open_session
 
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -217,7 +217,8 @@ class ManifestClassifier(NudityClassifier):
         else:
             self.path = resolve_model_file(self.manifest, model_path)
             self.variant = "fp32"
-        self._session = open_session(self.path, providers=providers, threads=threads)
+        self._session = open_session(self.path, providers=providers, threads=threads,
+                                     runtime=getattr(artifact, "runtime", ONNXRUNTIME))
         self._input = self._session.get_inputs()[0].name
         self.provider = self._session.get_providers()[0]
         self._unsafe = [self.spec.output.labels.index(label) for label in self.spec.output.unsafe]

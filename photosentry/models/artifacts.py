@@ -1,12 +1,14 @@
-"""Optimised model artifacts (int8 for CPU hosts, fp16 for GPU hosts) and which one a
-host should run.
+"""Optimised model artifacts (int8 or bf16 for CPU hosts, fp16 for GPU hosts) and which
+one a host should run.
 
 `photosentry models optimize` writes artifacts into ``<data dir>/models/`` and
 records each in ``artifacts.json`` beside them: the source model's sha256, how it was
 made, the calibration photos (a digest of their sha256s, and the files), the drift
 measured against fp32 on them, the decisions it would flip (must be none), and the
 speed measured. A worker runs the best *verified* artifact for its host: fp16 where
-CUDA or TensorRT is available, int8 on a CPU-only host, else the published fp32 file.
+CUDA or TensorRT is available; on a CPU-only host the faster (as measured by
+`optimize` on this host) of bf16 (OpenVINO, only on CPUs with native bf16) and int8;
+else the published fp32 file.
 An artifact whose file no longer has its recorded sha256, or that was made from
 another model file, is never used.
 """
@@ -25,14 +27,15 @@ from typing import Any
 from .. import defaults
 from ..errors import ModelUnavailable
 from .manifest import file_sha256
-from .session import CPU
+from .session import CPU, ONNXRUNTIME, OPENVINO
 
 log = logging.getLogger(__name__)
 
 MANIFEST_FILENAME = "artifacts.json"
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-VARIANTS = ("int8", "fp16")
-TARGET_OF = {"int8": "cpu", "fp16": "gpu"}
+VARIANTS = ("int8", "bf16", "fp16")
+TARGET_OF = {"int8": "cpu", "bf16": "cpu", "fp16": "gpu"}
+RUNTIME_OF = {"int8": ONNXRUNTIME, "bf16": OPENVINO, "fp16": ONNXRUNTIME}
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,7 @@ class Artifact:
     """One optimised model file and the evidence it may stand in for fp32."""
 
     model_id: str
-    #: ``int8`` or ``fp16``.
+    #: ``int8``, ``bf16`` or ``fp16``.
     variant: str
     #: File name inside the artifacts folder.
     file: str
@@ -61,12 +64,18 @@ class Artifact:
     created_at: str = ""
     verified_at: str = ""
     onnxruntime: str = ""
+    #: OpenVINO's version, for a bf16 artifact (its blob loads only in that version).
+    openvino: str = ""
     #: Folder holding ``file``; not serialised.
     home: Path | None = field(default=None, compare=False)
 
     @property
     def target(self) -> str:
         return TARGET_OF.get(self.variant, "cpu")
+
+    @property
+    def runtime(self) -> str:
+        return RUNTIME_OF.get(self.variant, ONNXRUNTIME)
 
     @property
     def passes(self) -> bool:
@@ -160,6 +169,8 @@ class Host:
 
     #: Execution providers the session will use, best first (see session.choose_providers).
     providers: tuple[str, ...]
+    #: Whether OpenVINO is installed and the CPU has native bf16 (the bf16 artifact runs).
+    cpu_bf16: bool = False
 
     @property
     def gpu(self) -> bool:
@@ -167,44 +178,53 @@ class Host:
 
     @classmethod
     def current(cls, requested: Sequence[str] | None = None) -> "Host":
+        from .openvino_runtime import bf16_unavailable
         from .session import choose_providers
 
-        return cls(tuple(choose_providers(requested)))
+        return cls(tuple(choose_providers(requested)), cpu_bf16=bf16_unavailable() is None)
 
 
 def preferred_variants(host: Host) -> tuple[str, ...]:
-    """Best first: fp16 on a GPU (tensor cores; int8 there needs TensorRT calibration of
-    its own), int8 on a CPU (VNNI integer dot products)."""
-    return ("fp16",) if host.gpu else ("int8",)
+    """What this host may run: fp16 on a GPU (tensor cores; int8 there needs TensorRT
+    calibration of its own); on a CPU, bf16 where it has native bf16 units (AMX), and
+    int8 (VNNI integer dot products)."""
+    if host.gpu:
+        return ("fp16",)
+    return ("bf16", "int8") if host.cpu_bf16 else ("int8",)
+
+
+def ranked_artifacts(artifacts: Iterable[Artifact], *, model_id: str, source_sha256: str, host: Host) -> list[Artifact]:
+    """The artifacts ``host`` may run for the model whose fp32 file has ``source_sha256``,
+    best first: fastest as measured when they were built (on this data directory's
+    host), then in preferred_variants order. Only entries whose evidence passes
+    qualify; each file's own sha256 is checked when it is opened."""
+    order = preferred_variants(host)
+    usable = [a for a in artifacts
+              if a.model_id == model_id and a.source_sha256 == source_sha256 and a.passes and a.variant in order]
+    return sorted(usable, key=lambda a: (float(a.measurements.get("ms") or "inf"), order.index(a.variant)))
 
 
 def select_artifact(artifacts: Iterable[Artifact], *, model_id: str, source_sha256: str, host: Host) -> Artifact | None:
-    """The artifact ``host`` should run for the model whose fp32 file has ``source_sha256``,
-    or None for the fp32 file itself. Only entries whose evidence passes qualify; the
-    file's own sha256 is checked when it is opened."""
-    usable = [a for a in artifacts if a.model_id == model_id and a.source_sha256 == source_sha256 and a.passes]
-    for variant in preferred_variants(host):
-        for a in usable:
-            if a.variant == variant:
-                return a
-    return None
+    """The artifact ``host`` should run, or None for the fp32 file itself (see ranked_artifacts)."""
+    ranked = ranked_artifacts(artifacts, model_id=model_id, source_sha256=source_sha256, host=host)
+    return ranked[0] if ranked else None
 
 
-def artifact_for_host(
+def artifacts_for_host(
     data_dir: Path | None, *, model_id: str, source_sha256: str, providers: Sequence[str] | None = None
-) -> Artifact | None:
-    """The verified artifact to load on this host, or None (log says why)."""
+) -> list[Artifact]:
+    """The verified artifacts this host may load, best first; empty for fp32 (the log says why)."""
     if data_dir is None:
-        return None
+        return []
     host = Host.current(providers)
     try:
-        chosen = select_artifact(
+        ranked = ranked_artifacts(
             ArtifactStore(data_dir).load(), model_id=model_id, source_sha256=source_sha256, host=host
         )
     except ModelUnavailable as exc:
         log.warning("ignoring optimised models: %s; using fp32", exc)
-        return None
-    if chosen is None:
+        return []
+    if not ranked:
         log.info("no verified %s artifact for %s on this host (%s); using fp32",
                  "/".join(preferred_variants(host)), model_id, host.providers[0] if host.providers else CPU)
-    return chosen
+    return ranked

@@ -1,10 +1,11 @@
 """Load a classifier the way a worker should run it on this host.
 
-The best verified artifact for the host (fp16 with CUDA/TensorRT, int8 on CPU) from
-the data directory, else the published fp32 file; one log line says which, because
-"which build made this decision" is the first question after a surprising verdict.
-An artifact that fails its sha256 check at load is skipped with a warning: the scan
-falls back to fp32 rather than failing.
+The best verified artifact for the host (fp16 with CUDA/TensorRT; on a CPU the faster
+of bf16 and int8) from the data directory, else the published fp32 file; one log line
+says which, because "which build made this decision" is the first question after a
+surprising verdict. An artifact that fails its sha256 check or will not load (a bf16
+blob from another OpenVINO version) is skipped with a warning: the scan falls back to
+the next artifact, then to fp32, rather than failing.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from ..errors import ModelUnavailable
 from .adapter import ClassifierManifest, ManifestClassifier
-from .artifacts import artifact_for_host
+from .artifacts import artifacts_for_host
 from .manifest import file_sha256, resolve_model_file
 
 log = logging.getLogger(__name__)
@@ -35,15 +36,15 @@ def load_classifier(
         ModelUnavailable: the fp32 model itself cannot be resolved or loaded.
     """
     spec = manifest if isinstance(manifest, ClassifierManifest) else ClassifierManifest.load(manifest)
-    artifact = None
+    artifacts = []
     if use_artifacts and data_dir is not None:
         source_sha = file_sha256(resolve_model_file(spec.model))
-        artifact = artifact_for_host(data_dir, model_id=spec.model.id, source_sha256=source_sha, providers=providers)
-    if artifact is not None:
+        artifacts = artifacts_for_host(data_dir, model_id=spec.model.id, source_sha256=source_sha, providers=providers)
+    for artifact in artifacts:
         try:
             clf = ManifestClassifier(spec, artifact=artifact, providers=providers, threads=threads)
         except ModelUnavailable as exc:
-            log.warning("artifact %s unusable (%s); falling back to fp32", artifact.file, exc)
+            log.warning("artifact %s unusable (%s); trying the next build", artifact.file, exc)
         else:
             log.info("model %s: running %s artifact %s on %s (%s)", spec.model.id, clf.variant, clf.path,
                      clf.provider, artifact.describe())

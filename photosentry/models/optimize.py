@@ -7,6 +7,11 @@ slower than fp32 on a CPU. Each candidate method is built, timed on one thread a
 scored on the calibration photos; the fastest one that keeps every score within the
 tolerance of fp32 and flips no allow/quarantine/block decision wins.
 
+bf16 (CPU with native bf16 units, i.e. Intel AMX): OpenVINO compiles the fp32 graph
+for this CPU in bfloat16 and the compiled model is exported as the artifact; built
+only where OpenVINO is installed and the CPU has native bf16 (see
+:mod:`photosentry.models.openvino_runtime`), refused with the reason elsewhere.
+
 fp16 (GPU): weights and activations converted to float16 with float32 inputs and
 outputs kept, so callers do not change. It is verified on whatever provider this host
 has (CPU here when no GPU is present, which checks the numbers, not the speed).
@@ -37,9 +42,11 @@ from .. import defaults
 from ..decode import decode, read_limited
 from ..errors import ModelUnavailable, UnreadableImage
 from .adapter import ClassifierManifest, ManifestClassifier
-from .artifacts import Artifact, ArtifactStore
+from .artifacts import RUNTIME_OF, VARIANTS, Artifact, ArtifactStore
 from .manifest import file_sha256, resolve_model_file
-from .session import CPU, open_session
+from .openvino_runtime import bf16_unavailable, build_bf16
+from .openvino_runtime import version as openvino_version
+from .session import CPU, ONNXRUNTIME, OPENVINO, open_session
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +55,9 @@ Thresholds = Sequence[tuple[float | None, float | None]]
 
 INT8_METHODS = ("qdq-minmax", "qdq-percentile", "qoperator-minmax", "qoperator-percentile", "dynamic")
 """Candidates `optimize` builds and measures for int8, by name."""
+
+_SUFFIX = {ONNXRUNTIME: "onnx", OPENVINO: "blob"}
+"""Artifact file names: ONNX graphs, or OpenVINO's exported compiled model."""
 
 _QUANT_OPSET = 13
 """Per-channel QuantizeLinear needs opset 13; the published open_nsfw graph is opset 9."""
@@ -167,16 +177,13 @@ def band(score: float, thresholds: tuple[float | None, float | None]) -> int:
     return 0
 
 
-def _session(path: Path, providers: Sequence[str] | None, threads: int) -> ort.InferenceSession:
-    return open_session(path, providers=providers, threads=threads)
-
-
 def score_and_time(
-    classifier: ManifestClassifier, path: Path, inputs: np.ndarray, *, providers: Sequence[str] | None, threads: int
+    classifier: ManifestClassifier, path: Path, inputs: np.ndarray, *, providers: Sequence[str] | None, threads: int,
+    runtime: str = ONNXRUNTIME,
 ) -> tuple[np.ndarray, float]:
     """Unsafe scores of each input (one at a time, as a scan runs) and the ms per run
     (lower quartile of the runs)."""
-    session = _session(path, providers, threads)
+    session = open_session(path, providers=providers, threads=threads, runtime=runtime)
     name = session.get_inputs()[0].name
     session.run(None, {name: inputs[:1]})  # warm-up: arena allocation
     probs, times = [], []
@@ -298,7 +305,7 @@ def optimize(
     calibration: CalibrationSet,
     thresholds: Thresholds,
     *,
-    variants: Sequence[str] = ("int8", "fp16"),
+    variants: Sequence[str] = VARIANTS,
     methods: Sequence[str] = INT8_METHODS,
     threads: int = 1,
     providers: Sequence[str] | None = None,
@@ -322,21 +329,30 @@ def optimize(
     store.home.mkdir(parents=True, exist_ok=True, mode=0o700)
     reports = []
     for variant in variants:
-        if variant not in ("int8", "fp16"):
-            raise ValueError(f"unknown variant {variant!r} (int8, fp16)")
-        todo = list(methods) if variant == "int8" else ["fp16"]
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown variant {variant!r} ({', '.join(VARIANTS)})")
+        if variant == "bf16" and (why_not := bf16_unavailable()):
+            store.remove(spec.model.id, variant)
+            reports.append(OptimizeReport(variant, None, fp32_ms, [], refused=f"not built on this host: {why_not}"))
+            progress(f"bf16: not built: {why_not}")
+            continue
+        todo = list(methods) if variant == "int8" else [variant]
+        runtime = RUNTIME_OF[variant]
         candidates: list[dict[str, Any]] = []
         best: tuple[float, Path, str, Evaluation] | None = None
         for method in todo:
-            dest = store.home / f".{spec.model.id}.{variant}.{method}.onnx"
+            dest = store.home / f".{spec.model.id}.{variant}.{method}.{_SUFFIX[runtime]}"
             started = time.perf_counter()
             try:
                 if variant == "int8":
                     description = build_int8(source, dest, method, inputs if calibration_inputs is None
                                              else calibration_inputs, reference_clf._input)
+                elif variant == "bf16":
+                    description = build_bf16(source, dest, threads=threads)
                 else:
                     description = build_fp16(source, dest)
-                scores, ms = score_and_time(reference_clf, dest, inputs, providers=providers, threads=threads)
+                scores, ms = score_and_time(reference_clf, dest, inputs, providers=providers, threads=threads,
+                                            runtime=runtime)
             except (ModelUnavailable, ValueError, RuntimeError, OSError) as exc:
                 candidates.append({"method": method, "error": str(exc)})
                 progress(f"{variant} {method}: failed: {exc}")
@@ -363,7 +379,7 @@ def optimize(
                                           refused="no candidate kept scores within tolerance without flipping a decision"))
             continue
         ms, tmp_path, description, ev = best
-        final = store.home / f"{spec.model.id}.{variant}.onnx"
+        final = store.home / f"{spec.model.id}.{variant}.{_SUFFIX[runtime]}"
         tmp_path.replace(final)
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         artifact = store.save(Artifact(
@@ -375,6 +391,7 @@ def optimize(
                           "threads": threads, "provider": (list(providers) if providers else [CPU])[0],
                           "candidates": candidates},
             created_at=now, verified_at=now, onnxruntime=ort.__version__,
+            openvino=openvino_version() if runtime == OPENVINO else "",
         ))
         reports.append(OptimizeReport(variant, artifact, fp32_ms, candidates))
     return reports
@@ -406,5 +423,5 @@ def verify(
     clf = ManifestClassifier(spec, providers=[CPU], threads=threads)
     inputs = np.stack([clf.preprocess(f) for f in calibration.frames])
     reference, _ = score_and_time(clf, source, inputs, providers=providers, threads=threads)
-    scores, ms = score_and_time(clf, path, inputs, providers=providers, threads=threads)
+    scores, ms = score_and_time(clf, path, inputs, providers=providers, threads=threads, runtime=artifact.runtime)
     return evaluate(scores, reference, thresholds, calibration.files, ms, tolerance)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import onnxruntime as ort
 
@@ -35,8 +36,25 @@ def choose_providers(requested: Sequence[str] | None = None) -> list[str]:
     return [*chosen, CPU]
 
 
-def open_session(path: Path, *, providers: Sequence[str] | None = None, threads: int | None = None) -> ort.InferenceSession:
-    """Load ``path`` into an InferenceSession with the chosen providers and thread count."""
+ONNXRUNTIME = "onnxruntime"
+OPENVINO = "openvino"
+RUNTIMES = (ONNXRUNTIME, OPENVINO)
+
+
+def open_session(
+    path: Path, *, providers: Sequence[str] | None = None, threads: int | None = None, runtime: str = ONNXRUNTIME
+) -> Any:
+    """Load ``path`` into an InferenceSession with the chosen providers and thread count;
+    ``runtime="openvino"``: an exported OpenVINO model (the bf16 artifact) behind the
+    same interface."""
+    if runtime == OPENVINO:
+        from .openvino_runtime import OpenVinoSession
+
+        session = OpenVinoSession(path, threads=threads)
+        log.info("loaded %s with %s", path.name, session.get_providers()[0])
+        return session
+    if runtime != ONNXRUNTIME:
+        raise ModelUnavailable(f"unknown model runtime {runtime!r} (known: {', '.join(RUNTIMES)})")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads is not None:
