@@ -168,8 +168,6 @@ def optimize(ctx: click.Context, calibration: tuple[str, ...], variants: tuple[s
       photosentry models optimize --calibration /srv/uploads/sample-2026-11
       photosentry models optimize --calibration a/ --calibration b/ --variant int8 --threads 1
     """
-    from ..models.artifacts import VARIANTS
-    from ..models.openvino_runtime import bf16_unavailable
     from ..models.optimize import INT8_METHODS, load_calibration
     from ..models.optimize import optimize as run_optimize
 
@@ -188,13 +186,8 @@ def optimize(ctx: click.Context, calibration: tuple[str, ...], variants: tuple[s
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--calibration") from exc
     click.echo(f"calibrating on {len(cal.files)} photos (set {cal.digest[:12]}), thresholds {pairs}")
-    if not variants:
-        variants = VARIANTS
-        if why_not := bf16_unavailable():
-            click.echo(f"bf16: skipped: {why_not}")
-            variants = tuple(v for v in VARIANTS if v != "bf16")
     try:
-        reports = run_optimize(spec, _store(ctx), cal, pairs, variants=variants,
+        reports = run_optimize(spec, _store(ctx), cal, pairs, variants=variants or None,
                                methods=methods or INT8_METHODS, threads=threads, progress=click.echo)
     except ModelUnavailable as exc:
         raise SetupError(str(exc)) from exc

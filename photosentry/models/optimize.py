@@ -305,7 +305,7 @@ def optimize(
     calibration: CalibrationSet,
     thresholds: Thresholds,
     *,
-    variants: Sequence[str] = VARIANTS,
+    variants: Sequence[str] | None = None,
     methods: Sequence[str] = INT8_METHODS,
     threads: int = 1,
     providers: Sequence[str] | None = None,
@@ -316,6 +316,9 @@ def optimize(
     """Build, measure and verify each variant; record the winners in ``store``.
 
     Args:
+        variants: what to build; None: every variant this host can build (bf16 is
+            skipped, with a progress line saying why, where it cannot run). A variant
+            asked for by name that cannot be built here is reported refused.
         calibration_inputs: model inputs to calibrate int8 ranges on, instead of the
             calibration photos' (tests use it to build a deliberately bad artifact;
             the verdict on the artifact is still measured on the photos).
@@ -327,6 +330,11 @@ def optimize(
     reference, fp32_ms = score_and_time(reference_clf, source, inputs, providers=providers, threads=threads)
     progress(f"fp32: {fp32_ms:.2f} ms per photo on {threads} thread(s), {len(inputs)} calibration photos")
     store.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if variants is None:
+        variants = VARIANTS
+        if why_not := bf16_unavailable():
+            progress(f"bf16: skipped: {why_not}")
+            variants = tuple(v for v in VARIANTS if v != "bf16")
     reports = []
     for variant in variants:
         if variant not in VARIANTS:

@@ -47,14 +47,19 @@ def open_session(
     """Load ``path`` into an InferenceSession with the chosen providers and thread count;
     ``runtime="openvino"``: an exported OpenVINO model (the bf16 artifact) behind the
     same interface."""
+    if runtime not in RUNTIMES:
+        raise ModelUnavailable(f"unknown model runtime {runtime!r} (known: {', '.join(RUNTIMES)})")
     if runtime == OPENVINO:
         from .openvino_runtime import OpenVinoSession
 
-        session = OpenVinoSession(path, threads=threads)
-        log.info("loaded %s with %s", path.name, session.get_providers()[0])
-        return session
-    if runtime != ONNXRUNTIME:
-        raise ModelUnavailable(f"unknown model runtime {runtime!r} (known: {', '.join(RUNTIMES)})")
+        session: Any = OpenVinoSession(path, threads=threads)
+    else:
+        session = _onnxruntime_session(path, providers, threads)
+    log.info("loaded %s with provider %s", path.name, session.get_providers()[0])
+    return session
+
+
+def _onnxruntime_session(path: Path, providers: Sequence[str] | None, threads: int | None) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads is not None:
@@ -66,5 +71,4 @@ def open_session(
         session = ort.InferenceSession(str(path), sess_options=options, providers=choose_providers(providers))
     except Exception as exc:  # onnxruntime raises its own untyped errors
         raise ModelUnavailable(f"could not load {str(path)!r}: {exc}") from exc
-    log.info("loaded %s with provider %s", path.name, session.get_providers()[0])
     return session
