@@ -54,15 +54,22 @@ def planted(rng: np.random.Generator, codes: np.ndarray, radius: int) -> np.ndar
         (256, 11, 14, False, 20),
         (64, 3, 0, True, 10),  # the 10M pHash/dHash shape
         (64, 4, 0, True, 10),
+        (64, (17, 17, 17, 13), 0, True, 10),  # the 10M pHash/dHash plan: uneven widths
+        (64, (15, 13, 12, 12, 12), 0, True, 10),
         (64, 3, 15, False, 8),  # packed 64-bit
     ],
 )
-def test_segment_finds_exactly_what_brute_force_finds(bits: int, m: int, dir_bits: int, inline: bool, radius: int) -> None:
-    rng = np.random.default_rng(bits + m + dir_bits)
+def test_segment_finds_exactly_what_brute_force_finds(
+    bits: int, m: int | tuple[int, ...], dir_bits: int, inline: bool, radius: int
+) -> None:
+    rng = np.random.default_rng(bits + (m if isinstance(m, int) else sum(m) * len(m)) + dir_bits)
     words = bits // 64
     codes = random_codes(rng, 3000, words)
     queries = planted(rng, codes, radius)
-    layout = mih.split(bits, m, inline=inline, dir_bits=dir_bits)
+    if isinstance(m, int):
+        layout = mih.split(bits, m, inline=inline, dir_bits=dir_bits)
+    else:
+        layout = mih.from_widths(bits, m, inline=inline, dir_bits=dir_bits)
     assert layout.dir_widths == tuple(min(w, dir_bits or w) for _, w in layout.substrings)
     seg = mih.MihSegment(codes, layout)
     check_exact(seg, codes, queries, (radius, radius // 2, 0, radius + 8))
@@ -145,10 +152,28 @@ def test_plan_layout_picks_linear_for_small_banks_and_fits_the_memory_budget() -
             assert layout is not None and mih.fits_budget(layout, n) and mih._fits_words(layout, n)
             if n == 10**7:  # at industry scale the directories are amortised too
                 assert mih.extra_bytes(layout, n) <= mih.MAX_EXTRA_BYTES_PER_ENTRY
-    # The shapes at 10M: wide packed substrings for PDQ, inline 21-22 bits for 64-bit.
+    # The shapes at 10M: wide packed substrings for PDQ; for 64-bit, three
+    # 17-bit tables at radius 2 and a 13-bit one at radius 1 (small directories that
+    # stay in cache, long runs fetched ahead).
     pdq = mih.plan_layout(256, 31, 10**7)
     assert pdq is not None and not pdq.inline and pdq.m == 11 and max(pdq.dir_widths) < 23
-    assert mih.plan_layout(64, 10, 10**7) == mih.split(64, 3, inline=True)
+    ph = mih.plan_layout(64, 10, 10**7)
+    assert ph == mih.from_widths(64, (17, 17, 17, 13), inline=True)
+    assert ph.radii(10).tolist() == [2, 2, 2, 1]
+
+
+def test_uneven_widths_and_their_pigeonhole_radii() -> None:
+    layout = mih.from_widths(64, (13, 17, 17, 17), inline=True)  # sorted widest first
+    assert layout.substrings == ((0, 17), (17, 17), (34, 17), (51, 13))
+    with pytest.raises(ValueError):
+        mih.from_widths(64, (17, 17, 17), inline=True)
+    # every width tuple the planner enumerates covers the bits, widest first, in range
+    assert not list(mih._width_tuples(64, 2, 8, 24))  # two tables would need 32-bit directories
+    for m in (3, 4, 5):
+        tuples = list(mih._width_tuples(64, m, 8, 24))
+        assert tuples and len(set(tuples)) == len(tuples)
+        for ws in tuples:
+            assert sum(ws) == 64 and list(ws) == sorted(ws, reverse=True) and 8 <= min(ws) and max(ws) <= 24
 
 
 @pytest.mark.parametrize("force_mih", [False, True])

@@ -44,6 +44,8 @@ a few seconds, measured by ``scripts/bench_match.py``).
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -95,9 +97,9 @@ class Layout:
         return max(w - d for (_, w), d in zip(self.substrings, self.dir_widths, strict=True))
 
     def describe(self) -> str:
-        if self.inline:
-            return f"inline m={self.m}"
         widths = sorted({w for _, w in self.substrings}, reverse=True)
+        if self.inline:
+            return f"inline m={self.m} w={'/'.join(map(str, widths))}"
         return f"packed m={self.m} w={'/'.join(map(str, widths))} dir={max(self.dir_widths)}"
 
     def radii(self, radius: int) -> np.ndarray:
@@ -127,6 +129,7 @@ class Layout:
         return sum(_ball(w, k) * n / 2.0**w for w, _, k in self._terms(radius))
 
 
+@functools.lru_cache(maxsize=4096)
 def _ball(width: int, k: int) -> int:
     return sum(math.comb(width, i) for i in range(k + 1))
 
@@ -134,21 +137,51 @@ def _ball(width: int, k: int) -> int:
 def split(bits: int, m: int, inline: bool, dir_bits: int = 0) -> Layout:
     """``m`` substrings of near-equal width covering all ``bits``, widest first."""
     base, extra = divmod(bits, m)
-    widths = [base + 1] * extra + [base] * (m - extra)
-    starts = np.cumsum([0] + widths[:-1])
-    subs = tuple((int(s), int(w)) for s, w in zip(starts, widths, strict=True))
+    return from_widths(bits, [base + 1] * extra + [base] * (m - extra), inline, dir_bits)
+
+
+def from_widths(bits: int, widths, inline: bool, dir_bits: int = 0) -> Layout:  # type: ignore[no-untyped-def]
+    """Substrings of the given widths (sorted widest first) covering all ``bits``."""
+    widths = sorted(map(int, widths), reverse=True)
+    if sum(widths) != bits or min(widths) < 1:
+        raise ValueError(f"substring widths {widths} do not cover {bits} bits")
+    subs = tuple(zip(itertools.accumulate([0, *widths[:-1]]), widths, strict=True))
     return Layout(bits, subs, inline, 0 if inline or dir_bits >= max(widths) else dir_bits)
+
+
+@functools.lru_cache(maxsize=64)
+def _inline_layouts(bits: int, m: int) -> tuple[Layout, ...]:
+    return tuple(from_widths(bits, ws, True) for ws in _width_tuples(bits, m, 8, _MAX_DIR_BITS))
+
+
+def _width_tuples(bits: int, m: int, low: int, high: int):  # type: ignore[no-untyped-def]
+    """Every non-increasing tuple of ``m`` widths in [low, high] summing to ``bits``."""
+    if m == 1:
+        if low <= bits <= high:
+            yield (bits,)
+        return
+    for w in range(min(high, bits - low * (m - 1)), low - 1, -1):
+        if w * m < bits:
+            break
+        for rest in _width_tuples(bits - w, m - 1, low, w):
+            yield (w, *rest)
 
 
 # Cost model for plan_layout, in nanoseconds per query variant, fitted to
 # scripts/bench_match.py's layouts at 10M entries on the 2-core development host (one
-# core, other work running beside it): a probe is two cache misses (directory slot,
-# bucket) plus a mispredicted loop exit; a scanned word is a compare in a short,
-# randomly placed run; a packed candidate is one more miss (its code).
-_PROBE_NS = 21.0
-_SCAN_NS = {False: 3.9, True: 3.3}
+# core, other work running beside it). Packed: a probe is two cache misses (directory
+# slot, bucket) plus a mispredicted loop exit; a scanned word is a compare in a short,
+# randomly placed run; a candidate is one more miss (its code). Inline: a scanned
+# code is a compare in a run fetched ahead (so per word, not per line, and the same
+# for short and long runs); a probe is a directory miss, or next to nothing when all
+# the directories are small enough to stay in cache.
+_PROBE_NS = {False: 21.0, True: 30.0}
+_CACHED_PROBE_NS = 10.0
+_SCAN_NS = {False: 3.9, True: 1.35}
 _VERIFY_NS = 18.0
 _LINEAR_NS_PER_WORD = 0.7
+#: Directories (all tables of a segment) this small stay in the core's caches.
+_CACHED_DIRECTORY_BYTES = 4 * 1024 * 1024
 #: Widest directory: it has 2**width entries (4 bytes each).
 _MAX_DIR_BITS = 24
 #: Widest substring of the packed layout (its low bits share a word with the row).
@@ -191,7 +224,10 @@ def cost_ns(layout: Layout, radius: int, n: int) -> float:
     """Modelled time of one query variant (see the constants above)."""
     probes = layout.probes(radius)
     scanned = layout.expected_scanned(radius, n)
-    cost = probes * _PROBE_NS + scanned * _SCAN_NS[layout.inline]
+    probe_ns = _PROBE_NS[layout.inline]
+    if layout.inline and _offsets_bytes(layout) <= _CACHED_DIRECTORY_BYTES:
+        probe_ns = _CACHED_PROBE_NS
+    cost = probes * probe_ns + scanned * _SCAN_NS[layout.inline]
     if not layout.inline:
         cost += layout.expected_candidates(radius, n) * _VERIFY_NS
     return cost
@@ -204,16 +240,16 @@ def candidate_layouts(bits: int, radius: int, n: int, *, inline: bool | None = N
     out = []
     for m in range(1, bits + 1):
         for kind in kinds:
-            layout = split(bits, m, kind)
-            widths = [w for _, w in layout.substrings]
-            if min(widths) < 8:
-                continue
-            if int(layout.radii(radius).max()) > MAX_SUBSTRING_RADIUS:
-                continue
             if kind:
-                options = [layout] if max(widths) <= _MAX_DIR_BITS else []
+                # Inline tables are directly addressed, so widths need not be equal: a
+                # narrow last substring with a smaller radius can save the most probes.
+                options = [o for o in _inline_layouts(bits, m) if int(o.radii(radius).max()) <= MAX_SUBSTRING_RADIUS]
             else:
-                if max(widths) > _MAX_PACKED_WIDTH:
+                layout = split(bits, m, kind)
+                widths = [w for _, w in layout.substrings]
+                if min(widths) < 8 or max(widths) > _MAX_PACKED_WIDTH:
+                    continue
+                if int(layout.radii(radius).max()) > MAX_SUBSTRING_RADIUS:
                     continue
                 options = [split(bits, m, False, d) for d in range(8, min(max(widths), _MAX_DIR_BITS) + 1)]
             out += [o for o in options if fits_budget(o, n) and _fits_words(o, n)]
@@ -473,6 +509,7 @@ def _inline_query(
     c = probe_at.shape[0]
     lo = np.empty(c, dtype=np.int64)
     hi = np.empty(c, dtype=np.int64)
+    scanned = 0
     for i in range(c):
         if i + _AHEAD < c:
             _prefetch(offsets, probe_at[i + _AHEAD])
@@ -480,16 +517,24 @@ def _inline_query(
         base = np.int64((probe_tag[i] >> _TAG_T) & 0xFF) * n
         lo[i] = base + np.int64(offsets[a])
         hi[i] = base + np.int64(offsets[a + 1])
+        scanned += hi[i] - lo[i]
+    # Buckets run from one line (wide substrings) to a hundred (narrow ones): fetch
+    # every line of a bucket far enough ahead that about _LINES_AHEAD lines are in
+    # flight, so a scan never starts on a miss, whatever the bucket sizes.
+    lines = scanned // max(c, 1) // 8 + 1
+    ahead = max(2, min(_AHEAD, _LINES_AHEAD // lines))
+    for i in range(min(ahead, c)):
+        _prefetch_run(tcodes, lo[i], hi[i])
     count = 0
     cap = out_rows.shape[0]
     md = np.uint64(max_dist)
     for i in range(c):
-        if i + _AHEAD < c:
-            _prefetch(tcodes, lo[i + _AHEAD])
+        if i + ahead < c:
+            _prefetch_run(tcodes, lo[i + ahead], hi[i + ahead])
         qi = probe_tag[i] >> _TAG_Q
         q = queries[qi, 0]
-        # A hit is rare: first a branch-free pass over the bucket that LLVM vectorises,
-        # then the bucket again, with the output, only when it holds one.
+        # A hit is rare: first a branch-free pass over the bucket, then the bucket
+        # again, with the output, only when it holds one.
         near = 0
         for p in range(lo[i], hi[i]):
             near += _popcount64(tcodes[p] ^ q) <= md
@@ -504,6 +549,22 @@ def _inline_query(
                     out_query[count] = qi
                 count += 1
     return count
+
+
+#: Inline scans: lines in flight ahead of the scan, and the most fetched per bucket
+#: (the hardware streamer takes over longer runs).
+_LINES_AHEAD = 24
+_BUCKET_LINES = 24
+
+
+@njit(cache=False, nogil=True, inline="always")
+def _prefetch_run(arr, lo, hi):  # type: ignore[no-untyped-def]
+    step = 64 // arr.itemsize
+    end = min(hi, lo + _BUCKET_LINES * step)
+    for p in range(lo, end, step):
+        _prefetch(arr, p)
+    if end > lo:
+        _prefetch(arr, end - 1)  # the last line when the run starts mid-line
 
 
 @njit(cache=False, nogil=True)
@@ -669,6 +730,6 @@ def warm_up() -> float:
 
 
 __all__ = [
-    "Hits", "Layout", "MihSegment", "candidate_layouts", "cost_ns", "extra_bytes", "linear_query", "plan_layout",
-    "split", "warm_up", "numba",
+    "Hits", "Layout", "MihSegment", "candidate_layouts", "cost_ns", "extra_bytes", "from_widths", "linear_query",
+    "plan_layout", "split", "warm_up", "numba",
 ]
