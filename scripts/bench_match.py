@@ -88,9 +88,10 @@ def main() -> None:
     ap.add_argument("--photos", type=int, default=300, help="benchmark photos (default 300)")
     ap.add_argument("--planted", type=int, default=100, help="photos with a planted near-duplicate (default 100)")
     ap.add_argument("--baseline-photos", type=int, default=5, help="photos for the slow baselines (default 5)")
-    ap.add_argument("--layouts", default="pdq:11d20,12d21,13;phash:i4,3d21;dhash:i4",
+    ap.add_argument("--layouts", default="pdq:11d20,12d21,13;phash:i3,i4,3d21;dhash:i3,i4",
                     help="other MIH layouts to measure per algorithm: M (packed, direct directories), MdD (packed,"
-                         " M substrings, D directory bits), iM (inline, M substrings); default %(default)s")
+                         " M substrings, D directory bits), iM (inline, M equal substrings), iA-B-C (inline,"
+                         " substrings of A, B and C bits); default %(default)s")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--skip-baselines", action="store_true")
     args = ap.parse_args()
@@ -197,6 +198,8 @@ def main() -> None:
 
 
 def parse_layout(spec: str, bits: int) -> mih.Layout:
+    if spec.startswith("i") and "-" in spec:
+        return mih.from_widths(bits, [int(w) for w in spec[1:].split("-")], inline=True)
     if spec.startswith("i"):
         return mih.split(bits, int(spec[1:]), inline=True)
     m, _, d = spec.partition("d")
