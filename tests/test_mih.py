@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from numba import njit
 
 from photosentry.hashes import index as index_mod
 from photosentry.hashes import mih
@@ -57,11 +58,20 @@ def planted(rng: np.random.Generator, codes: np.ndarray, radius: int) -> np.ndar
         (64, (17, 17, 17, 13), 0, True, 10),  # the 10M pHash/dHash plan: uneven widths
         (64, (15, 13, 12, 12, 12), 0, True, 10),
         (64, 3, 15, False, 8),  # packed 64-bit
+        # Long buckets (47 words, 12 codes): the vector scans take several 16-word and
+        # 8-code steps per bucket, the last one partial.
+        (256, 11, 6, False, 31),
+        (64, 8, 0, True, 10),
     ],
 )
+@pytest.mark.parametrize("vector", [False, True], ids=["scalar-scan", "vector-scan"])
 def test_segment_finds_exactly_what_brute_force_finds(
-    bits: int, m: int | tuple[int, ...], dir_bits: int, inline: bool, radius: int
+    bits: int, m: int | tuple[int, ...], dir_bits: int, inline: bool, radius: int, vector: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Both scans run on any host: where the CPU lacks AVX-512, LLVM emulates the vector
+    # intrinsics lane by lane (slow, still exact), so the vector path is checked in CI too.
+    monkeypatch.setattr(mih, "VECTOR_SCAN", vector)
     rng = np.random.default_rng(bits + (m if isinstance(m, int) else sum(m) * len(m)) + dir_bits)
     words = bits // 64
     codes = random_codes(rng, 3000, words)
@@ -123,6 +133,51 @@ def test_many_hits_grow_the_output() -> None:
     for layout in (mih.split(64, 3, inline=True), mih.split(64, 3, inline=False, dir_bits=12)):
         seg = mih.MihSegment(codes, layout)
         check_exact(seg, codes, base[None, :], (6,))
+
+
+@pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 31, 32, 33])
+def test_vector_scans_take_exactly_the_lanes_of_a_bucket(size: int) -> None:
+    # Words and codes right after the bucket would pass the filter: a lane past its end
+    # must be neither counted nor stored, and the stores must land packed at the offset.
+    rng = np.random.default_rng(size)
+    words = rng.integers(0, 2**32, size + 40, dtype=np.uint32)
+    words[size + 3 :] = np.uint32(5 << 3 | 5)  # row 5, low bits equal to the query's
+    out = np.full(size + 40, 7, dtype=np.uint32)
+    queries = np.full(size + 40, 9, dtype=np.int32)
+    got = _vector_scan(words, 3, size, 5, 7, 1, 3, out, queries, 2)
+    want = [int(w) >> 3 for w in words[3 : 3 + size] if bin((int(w) ^ 5) & 7).count("1") <= 1]
+    assert got == len(want)
+    assert out[2 : 2 + got].tolist() == want
+    assert (out[2 + got :] == 7).all() and (out[:2] == 7).all()
+    assert (queries[2 : 2 + got] == 4).all()
+    codes = rng.integers(0, 2**64 - 1, size + 20, dtype=np.uint64, endpoint=True)
+    q = np.uint64(0x0123456789ABCDEF)
+    codes[size + 3 :] = q
+    codes[3 : 3 + size : 5] = q ^ np.uint64(0b101)  # within 2 bits, every fifth lane
+    want_mask = sum(1 << i for i in range(size) if bin(int(codes[3 + i]) ^ int(q)).count("1") <= 2)
+    assert _vector_near(codes, 3, size, q, 2) == want_mask
+
+
+@njit
+def _vector_scan(words, p, n, ql, mask, rem, low, out, queries, at):  # type: ignore[no-untyped-def]
+    # The packed kernel's loop: 16 words a step, queries filled ahead of the rows.
+    end, count = p + n, 0
+    while p < end:
+        mih._fill16(queries, at + count, 4)
+        count += mih._scan_words16(words, p, end - p, np.uint64(ql), np.uint64(mask), np.uint64(rem), np.uint64(low),
+                                   out, at + count)
+        p += 16
+    return count
+
+
+@njit
+def _vector_near(codes, p, n, q, max_dist):  # type: ignore[no-untyped-def]
+    end, mask, lane = p + n, 0, 0
+    while p < end:
+        mask |= mih._near8(codes, p, end - p, q, np.uint64(max_dist)) << lane
+        p += 8
+        lane += 8
+    return mask
 
 
 def test_segment_refuses_rows_that_do_not_fit_a_packed_word() -> None:

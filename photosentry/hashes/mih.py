@@ -51,6 +51,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -325,6 +326,123 @@ def _prefetch(typingctx, arr, idx):  # type: ignore[no-untyped-def]
     return sig, codegen
 
 
+def _host_has_vector_popcount() -> bool:
+    """True where the compiled kernels can use 512-bit vector popcounts (AVX-512F and
+    VPOPCNTDQ). numba compiles for this host's CPU, so the vector intrinsics below are
+    correct everywhere; without these instructions LLVM would emulate them lane by lane,
+    slower than the scalar loops, so the kernels take the scalar path there."""
+    forced = os.environ.get("PHOTOSENTRY_MIH_VECTOR", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    if numba.config.CPU_NAME not in (None, "host"):  # a portable build: no host features
+        return False
+    try:
+        from llvmlite import binding
+
+        features = set(binding.get_host_cpu_features().flatten().split(","))
+    except Exception:  # pragma: no cover - an llvmlite that cannot tell: stay scalar
+        return False
+    return {"+avx512f", "+avx512vpopcntdq"} <= features
+
+
+#: Whether the kernels scan buckets with vector instructions (16 packed words or 8 codes
+#: at a time, no per-word branch). Decided once per process from the host's CPU;
+#: ``PHOTOSENTRY_MIH_VECTOR=0`` or ``1`` overrides it (benchmarks, tests).
+VECTOR_SCAN = _host_has_vector_popcount()
+
+
+def _vector(builder, ty, value):  # type: ignore[no-untyped-def]
+    """``value`` (an integer) in every lane of vector type ``ty``."""
+    i32 = ir.IntType(32)
+    lane = ty.element
+    if value.type.width > lane.width:
+        value = builder.trunc(value, lane)
+    elif value.type.width < lane.width:
+        value = builder.zext(value, lane)
+    one = builder.insert_element(ir.Constant(ty, ir.Undefined), value, i32(0))
+    return builder.shuffle_vector(one, ir.Constant(ty, ir.Undefined), ir.Constant(ir.VectorType(i32, ty.count), [0] * ty.count))
+
+
+def _first_lanes(builder, ty, n):  # type: ignore[no-untyped-def]
+    """A lane mask of vector type ``ty``'s width: lanes ``0 .. n-1`` set (n may exceed it)."""
+    lanes = ir.Constant(ty, list(range(ty.count)))
+    top = builder.select(builder.icmp_signed(">", n, n.type(ty.count)), n.type(ty.count), n)
+    return builder.icmp_unsigned("<", lanes, _vector(builder, ty, top))
+
+
+def _element_pointer(context, builder, aryty, ary, idx):  # type: ignore[no-untyped-def]
+    array = context.make_array(aryty)(context, builder, ary)
+    return cgutils.get_item_pointer(context, builder, aryty, array, [idx], wraparound=False)
+
+
+def _declare(builder, name, ret, args):  # type: ignore[no-untyped-def]
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
+
+
+@intrinsic
+def _scan_words16(typingctx, words, p, n, ql, mask, rem, low, out, at):  # type: ignore[no-untyped-def]
+    """Packed bucket scan, 16 words at once: of ``words[p : p + min(n, 16)]``, store the
+    row (``word >> low``) of each word whose low bits are within ``rem`` of ``ql`` at
+    ``out[at:]``, packed together; return how many. Lanes past ``n`` are neither read
+    (a masked load does not fault) nor stored."""
+    sig = types.int64(words, p, n, ql, mask, rem, low, out, at)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        i1, i16, i32 = ir.IntType(1), ir.IntType(16), ir.IntType(32)
+        vec, lanes = ir.VectorType(i32, 16), ir.VectorType(i1, 16)
+        src = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        dst = _element_pointer(context, builder, signature.args[7], args[7], args[8])
+        valid = _first_lanes(builder, vec, args[2])
+        load = _declare(builder, "llvm.masked.load.v16i32.p0", vec, [src.type, i32, lanes, vec])
+        v = builder.call(load, [src, i32(4), valid, ir.Constant(vec, None)])
+        diff = builder.and_(builder.xor(v, _vector(builder, vec, args[3])), _vector(builder, vec, args[4]))
+        bits = builder.call(_declare(builder, "llvm.ctpop.v16i32", vec, [vec]), [diff])
+        keep = builder.and_(builder.icmp_unsigned("<=", bits, _vector(builder, vec, args[5])), valid)
+        rows = builder.lshr(v, _vector(builder, vec, args[6]))
+        store = _declare(builder, "llvm.masked.compressstore.v16i32", ir.VoidType(), [vec, dst.type, lanes])
+        builder.call(store, [rows, dst, keep])
+        kept = builder.call(_declare(builder, "llvm.ctpop.i16", i16, [i16]), [builder.bitcast(keep, i16)])
+        return builder.zext(kept, ir.IntType(64))
+
+    return sig, codegen
+
+
+@intrinsic
+def _fill16(typingctx, out, at, value):  # type: ignore[no-untyped-def]
+    """``out[at : at + 16] = value`` in one store (``out`` keeps 16 spare slots at its end)."""
+    sig = types.void(out, at, value)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        lane = context.get_value_type(signature.args[0].dtype)
+        vec = ir.VectorType(lane, 16)
+        dst = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        store = builder.store(_vector(builder, vec, args[2]), builder.bitcast(dst, vec.as_pointer()))
+        store.align = lane.width // 8
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _near8(typingctx, codes, p, n, q, max_dist):  # type: ignore[no-untyped-def]
+    """Inline bucket scan, 8 codes at once: a bit mask of the lanes of
+    ``codes[p : p + min(n, 8)]`` within ``max_dist`` bits of ``q`` (0: none)."""
+    sig = types.int64(codes, p, n, q, max_dist)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        i1, i8, i32, i64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
+        vec, lanes = ir.VectorType(i64, 8), ir.VectorType(i1, 8)
+        src = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        valid = _first_lanes(builder, vec, args[2])
+        load = _declare(builder, "llvm.masked.load.v8i64.p0", vec, [src.type, i32, lanes, vec])
+        v = builder.call(load, [src, i32(8), valid, ir.Constant(vec, None)])
+        bits = builder.call(_declare(builder, "llvm.ctpop.v8i64", vec, [vec]), [builder.xor(v, _vector(builder, vec, args[3]))])
+        near = builder.and_(builder.icmp_unsigned("<=", bits, _vector(builder, vec, args[4])), valid)
+        return builder.zext(builder.bitcast(near, i8), i64)
+
+    return sig, codegen
+
+
 @njit(cache=False, nogil=True)
 def _build_packed(codes, start, width, low_bits, offsets, words):  # type: ignore[no-untyped-def]
     """Counting sort on the top bits of one substring: directory + packed words."""
@@ -441,9 +559,11 @@ def _probes(queries, starts, widths, dwidths, radii, off_bases):  # type: ignore
 
 @njit(cache=False, nogil=True)
 def _packed_query(
-    codes, flat, words, offsets, off_bases, starts, widths, dwidths, radii, queries, max_dist, out_rows, out_dist, out_query,
+    codes, flat, words, offsets, off_bases, starts, widths, dwidths, radii, queries, max_dist, vector,
+    out_rows, out_dist, out_query,
 ):
-    """Every (row, query) within ``max_dist``; returns how many (may exceed the output size)."""
+    """Every (row, query) within ``max_dist``; returns how many (may exceed the output size).
+    ``vector``: scan buckets 16 words at a time (see VECTOR_SCAN)."""
     n = codes.shape[0]
     nw = queries.shape[1]
     m = starts.shape[0]
@@ -462,13 +582,17 @@ def _packed_query(
         size[i] = np.int64(offsets[a + 1]) - start
         scanned += size[i]
     # Phase 3: scan the buckets, keep words whose low bits are within the radius left
-    # (branch-free: about a quarter pass, a branch would mispredict).
-    cand_row = np.empty(scanned + 1, dtype=np.uint32)
-    cand_q = np.empty(scanned + 1, dtype=np.int32)
+    # (branch-free: about a quarter pass, a branch would mispredict). The vector scan
+    # takes a whole bucket (~5 words at 10M) in one step, so there is no loop exit to
+    # mispredict either; the candidate arrays keep 16 spare slots for its stores.
+    cand_row = np.empty(scanned + 16, dtype=np.uint32)
+    cand_q = np.empty(scanned + 16, dtype=np.int32)
     nc = 0
     for i in range(c):
         if i + _AHEAD < c:
             _prefetch(words, lo[i + _AHEAD])
+            if vector:  # the bucket's last line, when it straddles two
+                _prefetch(words, lo[i + _AHEAD] + size[i + _AHEAD])
         tag = probe_tag[i]
         t = (tag >> _TAG_T) & 0xFF
         qi = tag >> _TAG_Q
@@ -476,6 +600,13 @@ def _packed_query(
         low = np.uint64(widths[t] - dwidths[t])
         mask = (np.uint64(1) << low) - np.uint64(1)
         ql = qlow[qi * m + t]
+        if vector:
+            p, end = lo[i], lo[i] + size[i]
+            while p < end:
+                _fill16(cand_q, nc, qi)
+                nc += _scan_words16(words, p, end - p, ql, mask, rem, low, cand_row, nc)
+                p += 16
+            continue
         for p in range(lo[i], lo[i] + size[i]):
             w = np.uint64(words[p])
             cand_row[nc] = np.uint32(w >> low)
@@ -504,9 +635,10 @@ def _packed_query(
 
 @njit(cache=False, nogil=True)
 def _inline_query(
-    tcodes, trows, offsets, off_bases, starts, widths, radii, queries, max_dist, out_rows, out_dist, out_query,
+    tcodes, trows, offsets, off_bases, starts, widths, radii, queries, max_dist, vector, out_rows, out_dist, out_query,
 ):
-    """Inline layout (64-bit codes): every (row, query) within ``max_dist``."""
+    """Inline layout (64-bit codes): every (row, query) within ``max_dist``. ``vector``:
+    the first pass takes 8 codes at a time (see VECTOR_SCAN)."""
     m = starts.shape[0]
     n = tcodes.shape[0] // m
     probe_at, probe_tag, _ = _probes(queries, starts, widths, widths, radii, off_bases)
@@ -540,8 +672,14 @@ def _inline_query(
         # A hit is rare: first a branch-free pass over the bucket, then the bucket
         # again, with the output, only when it holds one.
         near = 0
-        for p in range(lo[i], hi[i]):
-            near += _popcount64(tcodes[p] ^ q) <= md
+        if vector:
+            p = lo[i]
+            while p < hi[i]:
+                near |= _near8(tcodes, p, hi[i] - p, q, md)
+                p += 8
+        else:
+            for p in range(lo[i], hi[i]):
+                near += _popcount64(tcodes[p] ^ q) <= md
         if near == 0:
             continue
         for p in range(lo[i], hi[i]):
@@ -673,12 +811,12 @@ class MihSegment:
             return _run(
                 _inline_query,
                 (self._tcodes, self._trows, self._offsets, self._off_bases, self._starts, self._widths, radii,
-                 queries, int(max_distance)),
+                 queries, int(max_distance), VECTOR_SCAN),
             )
         return _run(
             _packed_query,
             (self.codes, self.codes.reshape(-1), self._words, self._offsets, self._off_bases, self._starts, self._widths, self._dwidths,
-             radii, queries, int(max_distance)),
+             radii, queries, int(max_distance), VECTOR_SCAN),
         )
 
 
