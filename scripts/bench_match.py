@@ -102,6 +102,8 @@ def main() -> None:
     t = time.perf_counter()
     mih.warm_up()
     print(f"numba first-call compile: {time.perf_counter() - t:.2f} s (once per process, at index load)")
+    print("bucket scans: " + ("vector (AVX-512 VPOPCNTDQ); the scalar scans are measured beside them on the same layout"
+                              if mih.VECTOR_SCAN else "scalar (this CPU has no AVX-512 VPOPCNTDQ)"))
 
     rows_out: list[tuple] = []
     per_photo = np.zeros(args.photos)
@@ -150,24 +152,35 @@ def main() -> None:
         gc.collect()
 
         # -- alternative layouts, same data ---------------------------------------------
+        # Where this host runs the vector scans, our own layout comes first as a bare
+        # segment with each scan (the photosentry row adds hex parsing and the tiered
+        # index's merge): the kernel change, measured in the same run on the same data.
+        alternatives = [(layout, True), (layout, False)] if mih.VECTOR_SCAN and layout is not None else []
         for spec in alt_layouts.get(name, []):
             lay = parse_layout(spec, bits)
             if lay == layout or max(lay.dir_widths) > 24 or (lay.inline and bits != 64):
                 continue
+            alternatives.append((lay, mih.VECTOR_SCAN))
+        for lay, vector in alternatives:
             t = time.perf_counter()
             seg = mih.MihSegment(codes, lay)
             build_s = time.perf_counter() - t
+            desc = lay.describe() + ((", vector scan" if vector else ", scalar scan") if lay == layout else "")
             times, found = [], 0
-            for q, row, d in photos[: max(args.planted, 50)]:
-                t = time.perf_counter()
-                h = seg.query(q, radius)
-                times.append(time.perf_counter() - t)
-                if row >= 0:
-                    found += any(int(r) == row and int(dd) == d for r, dd in zip(h.rows, h.distances, strict=True))
+            vector_scan, mih.VECTOR_SCAN = mih.VECTOR_SCAN, vector
+            try:
+                for q, row, d in photos[: max(args.planted, 50)]:
+                    t = time.perf_counter()
+                    h = seg.query(q, radius)
+                    times.append(time.perf_counter() - t)
+                    if row >= 0:
+                        found += any(int(r) == row and int(dd) == d for r, dd in zip(h.rows, h.distances, strict=True))
+            finally:
+                mih.VECTOR_SCAN = vector_scan
             med, p99 = stats(times)
-            rows_out.append((name, lay.describe(), variants, radius, med, p99,
+            rows_out.append((name, desc, variants, radius, med, p99,
                              seg.nbytes / n + 4, build_s + 0.0, found / max(1, args.planted)))
-            print(f"  {name}: {lay.describe()}: median {med:.0f} us", flush=True)
+            print(f"  {name}: {desc}: median {med:.0f} us", flush=True)
             del seg
             gc.collect()
 

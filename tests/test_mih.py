@@ -199,7 +199,11 @@ def test_layout_pigeonhole_radii_cover_the_radius() -> None:
                 assert int((radii + 1).sum()) >= r + 1
 
 
-def test_plan_layout_picks_linear_for_small_banks_and_fits_the_memory_budget() -> None:
+@pytest.mark.parametrize("vector", [False, True], ids=["scalar-scan", "vector-scan"])
+def test_plan_layout_picks_linear_for_small_banks_and_fits_the_memory_budget(
+    vector: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mih, "VECTOR_SCAN", vector)  # each kernel family has its own cost model
     assert mih.plan_layout(256, 31, 500) is None
     for n in (10**6, 10**7):
         for bits, r in ((256, 31), (64, 10), (64, 8)):

@@ -184,6 +184,13 @@ _PROBE_NS = {False: 21.0, True: 30.0}
 _CACHED_PROBE_NS = 10.0
 _SCAN_NS = {False: 3.9, True: 1.35}
 _VERIFY_NS = 18.0
+# The vector scans (VECTOR_SCAN), fitted the same way on session 5's host (Intel Xeon
+# with AVX-512, ~200 ns DRAM latency). A packed bucket costs its first line plus a
+# compare per word (a bucket step has no loop exit to mispredict, so longer buckets
+# cost only their extra lines); what a directory read costs now shows, and it depends on
+# how much of the directories the caches hold: ~4 ns per read at 12 MB, ~11 at 92 MB.
+_VECTOR_BUCKET_NS = 20.0
+_VECTOR_SCAN_NS = {False: 1.2, True: 1.15}
 _LINEAR_NS_PER_WORD = 0.7
 #: Directories (all tables of a segment) this small stay in the core's caches.
 _CACHED_DIRECTORY_BYTES = 4 * 1024 * 1024
@@ -225,14 +232,24 @@ def _fits_words(layout: Layout, n: int) -> bool:
     return layout.inline or (max(n, 1) - 1) < (1 << (32 - layout.low_bits))
 
 
-def cost_ns(layout: Layout, radius: int, n: int) -> float:
-    """Modelled time of one query variant (see the constants above)."""
+def _directory_read_ns(directory_bytes: int) -> float:
+    """A directory read by the vector kernels: cheap while the directories fit the
+    caches, then ~1.9 ns more for each doubling (measured from 12 MB to 92 MB)."""
+    return 2.0 + 1.9 * max(0.0, math.log2(directory_bytes / _CACHED_DIRECTORY_BYTES))
+
+
+def cost_ns(layout: Layout, radius: int, n: int, *, vector: bool | None = None) -> float:
+    """Modelled time of one query variant (see the constants above) with the vector or
+    the scalar scans (default: the ones this host runs)."""
+    vector = VECTOR_SCAN if vector is None else vector
     probes = layout.probes(radius)
     scanned = layout.expected_scanned(radius, n)
     probe_ns = _PROBE_NS[layout.inline]
     if layout.inline and _offsets_bytes(layout) <= _CACHED_DIRECTORY_BYTES:
         probe_ns = _CACHED_PROBE_NS
-    cost = probes * probe_ns + scanned * _SCAN_NS[layout.inline]
+    if vector and not layout.inline:
+        probe_ns = _directory_read_ns(_offsets_bytes(layout)) + _VECTOR_BUCKET_NS
+    cost = probes * probe_ns + scanned * (_VECTOR_SCAN_NS if vector else _SCAN_NS)[layout.inline]
     if not layout.inline:
         cost += layout.expected_candidates(radius, n) * _VERIFY_NS
     return cost
@@ -261,12 +278,15 @@ def candidate_layouts(bits: int, radius: int, n: int, *, inline: bool | None = N
     return out
 
 
-def plan_layout(bits: int, radius: int, n: int, *, inline: bool | None = None) -> Layout | None:
+def plan_layout(
+    bits: int, radius: int, n: int, *, inline: bool | None = None, vector: bool | None = None
+) -> Layout | None:
     """The cheapest layout for ``n`` hashes searched within ``radius`` that fits the memory
-    budget; None if a linear scan is cheaper (small banks)."""
+    budget; None if a linear scan is cheaper (small banks). ``vector``: plan for the
+    vector or the scalar scans (default: the ones this host runs)."""
     best, best_cost = None, n * (bits // 64) * _LINEAR_NS_PER_WORD
     for layout in candidate_layouts(bits, radius, n, inline=inline):
-        cost = cost_ns(layout, radius, n)
+        cost = cost_ns(layout, radius, n, vector=vector)
         if cost < best_cost:
             best, best_cost = layout, cost
     return best
