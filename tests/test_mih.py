@@ -180,6 +180,27 @@ def _vector_near(codes, p, n, q, max_dist):  # type: ignore[no-untyped-def]
     return mask
 
 
+@pytest.mark.parametrize("vector", [False, True], ids=["scalar-scan", "vector-scan"])
+def test_packed_directories_are_compact_unless_a_block_holds_256_rows(vector: bool, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(mih, "VECTOR_SCAN", vector)
+    rng = np.random.default_rng(31)
+    layout = mih.split(256, 11, inline=False, dir_bits=12)
+    codes = random_codes(rng, 3000, 4)
+    seg = mih.MihSegment(codes, layout)
+    slots = sum(1 << d for d in layout.dir_widths)
+    assert seg._compact and seg._offsets.size == 0
+    assert seg._dir_ends.nbytes + seg._dir_base.nbytes == slots + 4 * slots // 16  # 1.25 bytes a slot
+    assert seg.nbytes == seg._dir_ends.nbytes + seg._dir_base.nbytes + seg._words.nbytes
+    check_exact(seg, codes, planted(rng, codes, 31), (31, 12))
+    # 400 near-duplicates share the first substring: one block of table 0 overflows a
+    # byte, so the segment keeps the plain 32-bit offsets, and finds the same rows.
+    crowd = np.vstack([near(rng, codes[0], int(d)) for d in rng.integers(0, 12, 400)] + [codes])
+    crowd[:400, 0] = (crowd[:400, 0] & np.uint64(0x000000FFFFFFFFFF)) | (codes[0, 0] & np.uint64(0xFFFFFF0000000000))
+    seg = mih.MihSegment(crowd, layout)
+    assert not seg._compact and seg._offsets.size == slots + layout.m
+    check_exact(seg, crowd, np.vstack([codes[0], planted(rng, crowd[400:], 31)]), (31, 12))
+
+
 def test_segment_refuses_rows_that_do_not_fit_a_packed_word() -> None:
     layout = mih.split(256, 8, inline=False, dir_bits=8)  # 32-bit substrings: 24 low bits
     assert not mih._fits_words(layout, 1 << 9)
@@ -211,11 +232,13 @@ def test_plan_layout_picks_linear_for_small_banks_and_fits_the_memory_budget(
             assert layout is not None and mih.fits_budget(layout, n) and mih._fits_words(layout, n)
             if n == 10**7:  # at industry scale the directories are amortised too
                 assert mih.extra_bytes(layout, n) <= mih.MAX_EXTRA_BYTES_PER_ENTRY
-    # The shapes at 10M: wide packed substrings for PDQ; for 64-bit, three
-    # 17-bit tables at radius 2 and a 13-bit one at radius 1 (small directories that
-    # stay in cache, long runs fetched ahead).
+    # The shapes at 10M: 11 wide packed substrings for PDQ, with directories
+    # of 21 bits for the vector scans (23 for the scalar ones, whose buckets cost more
+    # per word); for 64-bit, three 17-bit tables at radius 2 and a 13-bit one at
+    # radius 1 (small directories that stay in cache, long runs fetched ahead).
     pdq = mih.plan_layout(256, 31, 10**7)
-    assert pdq is not None and not pdq.inline and pdq.m == 11 and max(pdq.dir_widths) < 23
+    assert pdq is not None and not pdq.inline and pdq.m == 11
+    assert max(pdq.dir_widths) == (21 if vector else 23)
     ph = mih.plan_layout(64, 10, 10**7)
     assert ph == mih.from_widths(64, (17, 17, 17, 13), inline=True)
     assert ph.radii(10).tolist() == [2, 2, 2, 1]

@@ -181,6 +181,9 @@ def _width_tuples(bits: int, m: int, low: int, high: int):  # type: ignore[no-un
 # for short and long runs); a probe is a directory miss, or next to nothing when all
 # the directories are small enough to stay in cache.
 _PROBE_NS = {False: 21.0, True: 30.0}
+#: ... of which the packed probe's bucket miss (the rest is its directory read, which
+#: _directory_read_ns models from the directories' size: 10.5 ns at 92 MB).
+_PACKED_BUCKET_NS = 10.5
 _CACHED_PROBE_NS = 10.0
 _SCAN_NS = {False: 3.9, True: 1.35}
 _VERIFY_NS = 18.0
@@ -217,6 +220,8 @@ def _per_row(layout: Layout) -> int:
 
 
 def _offsets_bytes(layout: Layout) -> int:
+    if not layout.inline and min(layout.dir_widths) >= 4:  # compact (MihSegment, _compact_directories)
+        return sum((1 << d) + 4 * (1 << d) // _DIR_BLOCK for d in layout.dir_widths)
     return sum(4 * ((1 << d) + 1) for d in layout.dir_widths)
 
 
@@ -247,8 +252,8 @@ def cost_ns(layout: Layout, radius: int, n: int, *, vector: bool | None = None) 
     probe_ns = _PROBE_NS[layout.inline]
     if layout.inline and _offsets_bytes(layout) <= _CACHED_DIRECTORY_BYTES:
         probe_ns = _CACHED_PROBE_NS
-    if vector and not layout.inline:
-        probe_ns = _directory_read_ns(_offsets_bytes(layout)) + _VECTOR_BUCKET_NS
+    if not layout.inline:
+        probe_ns = _directory_read_ns(_offsets_bytes(layout)) + (_VECTOR_BUCKET_NS if vector else _PACKED_BUCKET_NS)
     cost = probes * probe_ns + scanned * (_VECTOR_SCAN_NS if vector else _SCAN_NS)[layout.inline]
     if not layout.inline:
         cost += layout.expected_candidates(radius, n) * _VERIFY_NS
@@ -322,6 +327,8 @@ def _substring(code: np.ndarray, start: int, width: int) -> np.uint64:
 #: Probes/candidates ahead of use that the kernels prefetch: a scan or verify step does
 #: enough work that the out-of-order window alone keeps only a few misses in flight.
 _AHEAD = 16
+#: Directory slots per block of the compact directory (one 32-bit offset per block).
+_DIR_BLOCK = 16
 
 
 @intrinsic
@@ -579,27 +586,38 @@ def _probes(queries, starts, widths, dwidths, radii, off_bases):  # type: ignore
 
 @njit(cache=False, nogil=True)
 def _packed_query(
-    codes, flat, words, offsets, off_bases, starts, widths, dwidths, radii, queries, max_dist, vector,
-    out_rows, out_dist, out_query,
+    codes, flat, words, offsets, dir_base, dir_ends, bases, compact, starts, widths, dwidths, radii, queries, max_dist,
+    vector, out_rows, out_dist, out_query,
 ):
     """Every (row, query) within ``max_dist``; returns how many (may exceed the output size).
-    ``vector``: scan buckets 16 words at a time (see VECTOR_SCAN)."""
+    ``compact``: the directories are ``dir_base``/``dir_ends`` (see _compact_directories),
+    else ``offsets``; ``bases``: where each table's slots start in them. ``vector``: scan
+    buckets 16 words at a time (see VECTOR_SCAN)."""
     n = codes.shape[0]
     nw = queries.shape[1]
     m = starts.shape[0]
-    probe_at, probe_tag, qlow = _probes(queries, starts, widths, dwidths, radii, off_bases)
+    probe_at, probe_tag, qlow = _probes(queries, starts, widths, dwidths, radii, bases)
     c = probe_at.shape[0]
     # Phase 2: bucket bounds (independent reads), and a prefetch of each bucket.
     lo = np.empty(c, dtype=np.int64)
     size = np.empty(c, dtype=np.int64)
     scanned = 0
     for i in range(c):
-        if i + _AHEAD < c:
-            _prefetch(offsets, probe_at[i + _AHEAD])
         a = probe_at[i]
-        start = np.int64(offsets[a])
+        if compact:
+            if i + _AHEAD < c:
+                _prefetch(dir_ends, probe_at[i + _AHEAD])
+                _prefetch(dir_base, probe_at[i + _AHEAD] // _DIR_BLOCK)
+            block = np.int64(dir_base[a // _DIR_BLOCK])
+            start = block + np.int64(dir_ends[a - 1]) if a % _DIR_BLOCK else block
+            end = block + np.int64(dir_ends[a])
+        else:
+            if i + _AHEAD < c:
+                _prefetch(offsets, probe_at[i + _AHEAD])
+            start = np.int64(offsets[a])
+            end = np.int64(offsets[a + 1])
         lo[i] = ((probe_tag[i] >> _TAG_T) & 0xFF) * n + start
-        size[i] = np.int64(offsets[a + 1]) - start
+        size[i] = end - start
         scanned += size[i]
     # Phase 3: scan the buckets, keep words whose low bits are within the radius left
     # (branch-free: about a quarter pass, a branch would mispredict). The vector scan
@@ -773,6 +791,29 @@ def _run(kernel, args, cap: int = 256) -> Hits:  # type: ignore[no-untyped-def]
         cap = int(count)
 
 
+def _compact_directories(offsets: np.ndarray, dwidths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The packed tables' directories in 1.25 bytes a slot instead of 4: a 32-bit offset
+    per block of 16 slots, and each slot's end as one byte counted from its block's
+    offset (a slot starts where the previous one in its block ends, or at the block's
+    offset). 92 MB of PDQ directories at 10M become 29 MB, which the caches keep far
+    more of. Empty arrays where some block holds 256 rows or more (a bank with many
+    hashes sharing a substring): those tables keep the plain 32-bit offsets."""
+    empty = (np.empty(0, dtype=np.uint32), np.empty(0, dtype=np.uint8))
+    if int(dwidths.min()) < 4:  # a table smaller than a block
+        return empty
+    bases, ends, at = [], [], 0
+    for d in dwidths.tolist():
+        table = offsets[at : at + (1 << d) + 1].astype(np.int64)
+        at += (1 << d) + 1
+        block = table[:-1 : _DIR_BLOCK]
+        rel = table[1:] - np.repeat(block, _DIR_BLOCK)
+        if int(rel.max()) > 255:
+            return empty
+        bases.append(block.astype(np.uint32))
+        ends.append(rel.astype(np.uint8))
+    return np.concatenate(bases), np.concatenate(ends)
+
+
 class MihSegment:
     """An immutable multi-index over ``codes`` (N x words, uint64, big-endian bit order).
 
@@ -811,6 +852,11 @@ class MihSegment:
             else:
                 low = width - int(self._dwidths[t])
                 _build_packed(self.codes, start, width, low, offsets, self._words[rows])
+        self._dir_base, self._dir_ends = _compact_directories(self._offsets, self._dwidths)
+        self._slot_bases = np.concatenate([[0], np.cumsum(1 << self._dwidths)[:-1]]).astype(np.int64)
+        self._compact = not layout.inline and self._dir_ends.size > 0
+        if self._compact:
+            self._offsets = np.empty(0, dtype=np.uint32)  # the compact form replaces it
 
     def __len__(self) -> int:
         return int(self.codes.shape[0])
@@ -818,7 +864,8 @@ class MihSegment:
     @property
     def nbytes(self) -> int:
         """Memory beyond the one copy of the codes."""
-        return int(self._offsets.nbytes + self._words.nbytes + self._tcodes.nbytes + self._trows.nbytes)
+        return int(self._offsets.nbytes + self._dir_base.nbytes + self._dir_ends.nbytes + self._words.nbytes
+                   + self._tcodes.nbytes + self._trows.nbytes)
 
     def query(self, queries: np.ndarray, max_distance: int) -> Hits:
         """Every (row, query) pair within ``max_distance``; ``queries`` is Q x words
@@ -835,8 +882,9 @@ class MihSegment:
             )
         return _run(
             _packed_query,
-            (self.codes, self.codes.reshape(-1), self._words, self._offsets, self._off_bases, self._starts, self._widths, self._dwidths,
-             radii, queries, int(max_distance), VECTOR_SCAN),
+            (self.codes, self.codes.reshape(-1), self._words, self._offsets, self._dir_base, self._dir_ends,
+             self._slot_bases if self._compact else self._off_bases, self._compact, self._starts, self._widths,
+             self._dwidths, radii, queries, int(max_distance), VECTOR_SCAN),
         )
 
 
