@@ -159,24 +159,26 @@ def test_vector_scans_take_exactly_the_lanes_of_a_bucket(size: int) -> None:
 
 
 @njit
-def _vector_scan(words, p, n, ql, mask, rem, low, out, queries, at):  # type: ignore[no-untyped-def]
-    # The packed kernel's loop: 16 words a step, queries filled ahead of the rows.
-    end, count = p + n, 0
+def _vector_scan(words, lo, n, ql, mask, rem, low, out, queries, at):  # type: ignore[no-untyped-def]
+    # The packed kernel's loop: 16-word steps from the line before the bucket, queries
+    # filled ahead of the rows.
+    p, end, count = lo - lo % 16, lo + n, 0
     while p < end:
         mih._fill16(queries, at + count, 4)
-        count += mih._scan_words16(words, p, end - p, np.uint64(ql), np.uint64(mask), np.uint64(rem), np.uint64(low),
-                                   out, at + count)
+        count += mih._scan_words16(words, p, lo - p, end - p, np.uint64(ql), np.uint64(mask), np.uint64(rem),
+                                   np.uint64(low), out, at + count)
         p += 16
     return count
 
 
 @njit
-def _vector_near(codes, p, n, q, max_dist):  # type: ignore[no-untyped-def]
-    end, mask, lane = p + n, 0, 0
+def _vector_near(codes, lo, n, q, max_dist):  # type: ignore[no-untyped-def]
+    # The inline kernel's loop: a mask of the bucket's codes within max_dist, lane 0 = lo.
+    p, end, mask = lo - lo % 8, lo + n, 0
     while p < end:
-        mask |= mih._near8(codes, p, end - p, q, np.uint64(max_dist)) << lane
+        step = mih._near8(codes, p, lo - p, end - p, q, np.uint64(max_dist))
+        mask |= step << (p - lo) if p >= lo else step >> (lo - p)
         p += 8
-        lane += 8
     return mask
 
 
@@ -189,6 +191,7 @@ def test_packed_directories_are_compact_unless_a_block_holds_256_rows(vector: bo
     seg = mih.MihSegment(codes, layout)
     slots = sum(1 << d for d in layout.dir_widths)
     assert seg._compact and seg._offsets.size == 0
+    assert seg._words.ctypes.data % 64 == 0  # the vector scans step line by line
     assert seg._dir_ends.nbytes + seg._dir_base.nbytes == slots + 4 * slots // 16  # 1.25 bytes a slot
     assert seg.nbytes == seg._dir_ends.nbytes + seg._dir_base.nbytes + seg._words.nbytes
     check_exact(seg, codes, planted(rng, codes, 31), (31, 12))

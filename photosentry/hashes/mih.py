@@ -390,11 +390,16 @@ def _vector(builder, ty, value):  # type: ignore[no-untyped-def]
     return builder.shuffle_vector(one, ir.Constant(ty, ir.Undefined), ir.Constant(ir.VectorType(i32, ty.count), [0] * ty.count))
 
 
-def _first_lanes(builder, ty, n):  # type: ignore[no-untyped-def]
-    """A lane mask of vector type ``ty``'s width: lanes ``0 .. n-1`` set (n may exceed it)."""
+def _lanes_between(builder, ty, first, last):  # type: ignore[no-untyped-def]
+    """A lane mask of vector type ``ty``'s width: lanes ``first .. last-1`` set. Either
+    bound may lie outside the lanes (a step in the middle of a long bucket)."""
+    def clamp(x):  # type: ignore[no-untyped-def]
+        x = builder.select(builder.icmp_signed("<", x, x.type(0)), x.type(0), x)
+        return builder.select(builder.icmp_signed(">", x, x.type(ty.count)), x.type(ty.count), x)
+
     lanes = ir.Constant(ty, list(range(ty.count)))
-    top = builder.select(builder.icmp_signed(">", n, n.type(ty.count)), n.type(ty.count), n)
-    return builder.icmp_unsigned("<", lanes, _vector(builder, ty, top))
+    return builder.and_(builder.icmp_unsigned(">=", lanes, _vector(builder, ty, clamp(first))),
+                        builder.icmp_unsigned("<", lanes, _vector(builder, ty, clamp(last))))
 
 
 def _element_pointer(context, builder, aryty, ary, idx):  # type: ignore[no-untyped-def]
@@ -407,25 +412,27 @@ def _declare(builder, name, ret, args):  # type: ignore[no-untyped-def]
 
 
 @intrinsic
-def _scan_words16(typingctx, words, p, n, ql, mask, rem, low, out, at):  # type: ignore[no-untyped-def]
-    """Packed bucket scan, 16 words at once: of ``words[p : p + min(n, 16)]``, store the
-    row (``word >> low``) of each word whose low bits are within ``rem`` of ``ql`` at
-    ``out[at:]``, packed together; return how many. Lanes past ``n`` are neither read
-    (a masked load does not fault) nor stored."""
-    sig = types.int64(words, p, n, ql, mask, rem, low, out, at)
+def _scan_words16(typingctx, words, p, first, last, ql, mask, rem, low, out, at):  # type: ignore[no-untyped-def]
+    """Packed bucket scan, 16 words at once: of lanes ``first .. last-1`` of
+    ``words[p : p + 16]``, store the row (``word >> low``) of each word whose low bits
+    are within ``rem`` of ``ql`` at ``out[at:]``, packed together; return how many.
+    Other lanes are neither stored nor read (a masked load does not fault). Callers
+    keep ``p`` at a multiple of 16 in a line-aligned table: a load that straddled two
+    lines would fetch both, even for lanes it masks out."""
+    sig = types.int64(words, p, first, last, ql, mask, rem, low, out, at)
 
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
         i1, i16, i32 = ir.IntType(1), ir.IntType(16), ir.IntType(32)
         vec, lanes = ir.VectorType(i32, 16), ir.VectorType(i1, 16)
         src = _element_pointer(context, builder, signature.args[0], args[0], args[1])
-        dst = _element_pointer(context, builder, signature.args[7], args[7], args[8])
-        valid = _first_lanes(builder, vec, args[2])
+        dst = _element_pointer(context, builder, signature.args[8], args[8], args[9])
+        valid = _lanes_between(builder, vec, args[2], args[3])
         load = _declare(builder, "llvm.masked.load.v16i32.p0", vec, [src.type, i32, lanes, vec])
         v = builder.call(load, [src, i32(4), valid, ir.Constant(vec, None)])
-        diff = builder.and_(builder.xor(v, _vector(builder, vec, args[3])), _vector(builder, vec, args[4]))
+        diff = builder.and_(builder.xor(v, _vector(builder, vec, args[4])), _vector(builder, vec, args[5]))
         bits = builder.call(_declare(builder, "llvm.ctpop.v16i32", vec, [vec]), [diff])
-        keep = builder.and_(builder.icmp_unsigned("<=", bits, _vector(builder, vec, args[5])), valid)
-        rows = builder.lshr(v, _vector(builder, vec, args[6]))
+        keep = builder.and_(builder.icmp_unsigned("<=", bits, _vector(builder, vec, args[6])), valid)
+        rows = builder.lshr(v, _vector(builder, vec, args[7]))
         store = _declare(builder, "llvm.masked.compressstore.v16i32", ir.VoidType(), [vec, dst.type, lanes])
         builder.call(store, [rows, dst, keep])
         kept = builder.call(_declare(builder, "llvm.ctpop.i16", i16, [i16]), [builder.bitcast(keep, i16)])
@@ -451,20 +458,21 @@ def _fill16(typingctx, out, at, value):  # type: ignore[no-untyped-def]
 
 
 @intrinsic
-def _near8(typingctx, codes, p, n, q, max_dist):  # type: ignore[no-untyped-def]
-    """Inline bucket scan, 8 codes at once: a bit mask of the lanes of
-    ``codes[p : p + min(n, 8)]`` within ``max_dist`` bits of ``q`` (0: none)."""
-    sig = types.int64(codes, p, n, q, max_dist)
+def _near8(typingctx, codes, p, first, last, q, max_dist):  # type: ignore[no-untyped-def]
+    """Inline bucket scan, 8 codes at once: a bit mask of lanes ``first .. last-1`` of
+    ``codes[p : p + 8]`` within ``max_dist`` bits of ``q`` (0: none). ``p`` a multiple
+    of 8 in a line-aligned table, as for _scan_words16."""
+    sig = types.int64(codes, p, first, last, q, max_dist)
 
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
         i1, i8, i32, i64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
         vec, lanes = ir.VectorType(i64, 8), ir.VectorType(i1, 8)
         src = _element_pointer(context, builder, signature.args[0], args[0], args[1])
-        valid = _first_lanes(builder, vec, args[2])
+        valid = _lanes_between(builder, vec, args[2], args[3])
         load = _declare(builder, "llvm.masked.load.v8i64.p0", vec, [src.type, i32, lanes, vec])
         v = builder.call(load, [src, i32(8), valid, ir.Constant(vec, None)])
-        bits = builder.call(_declare(builder, "llvm.ctpop.v8i64", vec, [vec]), [builder.xor(v, _vector(builder, vec, args[3]))])
-        near = builder.and_(builder.icmp_unsigned("<=", bits, _vector(builder, vec, args[4])), valid)
+        bits = builder.call(_declare(builder, "llvm.ctpop.v8i64", vec, [vec]), [builder.xor(v, _vector(builder, vec, args[4]))])
+        near = builder.and_(builder.icmp_unsigned("<=", bits, _vector(builder, vec, args[5])), valid)
         return builder.zext(builder.bitcast(near, i8), i64)
 
     return sig, codegen
@@ -630,7 +638,7 @@ def _packed_query(
         if i + _AHEAD < c:
             _prefetch(words, lo[i + _AHEAD])
             if vector:  # the bucket's last line, when it straddles two
-                _prefetch(words, lo[i + _AHEAD] + size[i + _AHEAD])
+                _prefetch(words, lo[i + _AHEAD] + max(size[i + _AHEAD] - 1, 0))
         tag = probe_tag[i]
         t = (tag >> _TAG_T) & 0xFF
         qi = tag >> _TAG_Q
@@ -638,11 +646,11 @@ def _packed_query(
         low = np.uint64(widths[t] - dwidths[t])
         mask = (np.uint64(1) << low) - np.uint64(1)
         ql = qlow[qi * m + t]
-        if vector:
-            p, end = lo[i], lo[i] + size[i]
+        if vector:  # 16-word steps on line boundaries: as many steps as lines
+            p, end = lo[i] - lo[i] % 16, lo[i] + size[i]
             while p < end:
                 _fill16(cand_q, nc, qi)
-                nc += _scan_words16(words, p, end - p, ql, mask, rem, low, cand_row, nc)
+                nc += _scan_words16(words, p, lo[i] - p, end - p, ql, mask, rem, low, cand_row, nc)
                 p += 16
             continue
         for p in range(lo[i], lo[i] + size[i]):
@@ -710,10 +718,10 @@ def _inline_query(
         # A hit is rare: first a branch-free pass over the bucket, then the bucket
         # again, with the output, only when it holds one.
         near = 0
-        if vector:
-            p = lo[i]
+        if vector:  # 8-code steps on line boundaries
+            p = lo[i] - lo[i] % 8
             while p < hi[i]:
-                near |= _near8(tcodes, p, hi[i] - p, q, md)
+                near |= _near8(tcodes, p, lo[i] - p, hi[i] - p, q, md)
                 p += 8
         else:
             for p in range(lo[i], hi[i]):
@@ -791,6 +799,15 @@ def _run(kernel, args, cap: int = 256) -> Hits:  # type: ignore[no-untyped-def]
         cap = int(count)
 
 
+def _line_aligned(n: int, dtype) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """An empty array of ``n`` items starting on a 64-byte cache line (numpy's allocator
+    gives 16 bytes), so the vector scans' line-sized steps never straddle two lines."""
+    size = n * np.dtype(dtype).itemsize
+    raw = np.empty(size + 64, dtype=np.uint8)
+    start = -raw.ctypes.data % 64
+    return raw[start : start + size].view(dtype)
+
+
 def _compact_directories(offsets: np.ndarray, dwidths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The packed tables' directories in 1.25 bytes a slot instead of 4: a 32-bit offset
     per block of 16 slots, and each slot's end as one byte counted from its block's
@@ -840,8 +857,8 @@ class MihSegment:
         sizes = [(1 << int(d)) + 1 for d in self._dwidths]
         self._off_bases = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         self._offsets = np.empty(int(sum(sizes)), dtype=np.uint32)
-        self._words = np.empty(0 if layout.inline else m * n, dtype=np.uint32)
-        self._tcodes = np.empty(m * n if layout.inline else 0, dtype=np.uint64)
+        self._words = _line_aligned(0 if layout.inline else m * n, np.uint32)
+        self._tcodes = _line_aligned(m * n if layout.inline else 0, np.uint64)
         self._trows = np.empty(m * n if layout.inline else 0, dtype=np.uint32)
         for t, (start, width) in enumerate(layout.substrings):
             base, size = int(self._off_bases[t]), sizes[t]
