@@ -50,6 +50,7 @@ def planted(rng: np.random.Generator, codes: np.ndarray, radius: int) -> np.ndar
     ("bits", "m", "dir_bits", "inline", "radius"),
     [
         (256, 11, 13, False, 31),  # the 10M PDQ shape: 24/23-bit substrings, 10-11 low bits packed
+        (256, (24,) * 6 + (23,) * 4 + (20,), 13, False, 31),  # the 10M PDQ plan: a narrow last one at radius 1
         (256, 12, 0, False, 31),  # direct directories (row numbers only)
         (256, 16, 12, False, 31),
         (256, 11, 14, False, 20),
@@ -235,12 +236,15 @@ def test_plan_layout_picks_linear_for_small_banks_and_fits_the_memory_budget(
             assert layout is not None and mih.fits_budget(layout, n) and mih._fits_words(layout, n)
             if n == 10**7:  # at industry scale the directories are amortised too
                 assert mih.extra_bytes(layout, n) <= mih.MAX_EXTRA_BYTES_PER_ENTRY
-    # The shapes at 10M: 11 wide packed substrings for PDQ, with directories
-    # of 21 bits for the vector scans (23 for the scalar ones, whose buckets cost more
-    # per word); for 64-bit, three 17-bit tables at radius 2 and a 13-bit one at
-    # radius 1 (small directories that stay in cache, long runs fetched ahead).
+    # The shapes at 10M: 11 wide packed substrings for PDQ, the last one (radius
+    # 1) narrower, with directories of 21 bits for the vector scans (23 for the scalar
+    # ones, whose buckets cost more per word); for 64-bit, three 17-bit tables at radius
+    # 2 and a 13-bit one at radius 1 (small directories that stay in cache, long runs
+    # fetched ahead).
     pdq = mih.plan_layout(256, 31, 10**7)
     assert pdq is not None and not pdq.inline and pdq.m == 11
+    assert [w for _, w in pdq.substrings] == [24] * 6 + [23] * 4 + [20]
+    assert pdq.radii(31).tolist() == [2] * 10 + [1]
     assert max(pdq.dir_widths) == (21 if vector else 23)
     ph = mih.plan_layout(64, 10, 10**7)
     assert ph == mih.from_widths(64, (17, 17, 17, 13), inline=True)

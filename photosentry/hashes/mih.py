@@ -278,9 +278,33 @@ def candidate_layouts(bits: int, radius: int, n: int, *, inline: bool | None = N
                     continue
                 if int(layout.radii(radius).max()) > MAX_SUBSTRING_RADIUS:
                     continue
-                options = [split(bits, m, False, d) for d in range(8, min(max(widths), _MAX_DIR_BITS) + 1)]
+                options = [
+                    from_widths(bits, ws, False, d)
+                    for ws in _packed_widths(bits, m, radius)
+                    for d in range(8, min(max(ws), _MAX_DIR_BITS) + 1)
+                ]
             out += [o for o in options if fits_budget(o, n) and _fits_words(o, n)]
     return out
+
+
+def _packed_widths(bits: int, m: int, radius: int) -> list[tuple[int, ...]]:
+    """Substring widths worth trying for a packed layout: near-equal, and, where the
+    pigeonhole leaves the last substrings a smaller radius, those narrower (fewer bits
+    cost them few candidates, and the others widen: at 10M PDQ 24x6/23x4/20 verifies
+    10% fewer rows than 24x3/23x8)."""
+    base = [w for _, w in split(bits, m, False).substrings]
+    q, s = divmod(radius, m)
+    narrow = m - s - 1  # substrings searched at radius q - 1
+    options = [tuple(base)]
+    if 0 < narrow < m and q >= 1:
+        for cut in range(1, 7):
+            last = base[-1] - cut
+            wide = bits - last * narrow
+            if last < 8:
+                break
+            per, extra = divmod(wide, m - narrow)
+            options.append(tuple([per + 1] * extra + [per] * (m - narrow - extra) + [last] * narrow))
+    return [ws for ws in options if max(ws) <= _MAX_PACKED_WIDTH]
 
 
 def plan_layout(
