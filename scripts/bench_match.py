@@ -88,10 +88,11 @@ def main() -> None:
     ap.add_argument("--photos", type=int, default=300, help="benchmark photos (default 300)")
     ap.add_argument("--planted", type=int, default=100, help="photos with a planted near-duplicate (default 100)")
     ap.add_argument("--baseline-photos", type=int, default=5, help="photos for the slow baselines (default 5)")
-    ap.add_argument("--layouts", default="pdq:11d20,12d21,13;phash:i3,i4,3d21;dhash:i3,i4",
+    ap.add_argument("--layouts", default="pdq:11d21,11d20,12d21;phash:i17-17-17-13,f4,i3,3d21;dhash:i17-17-17-13,f4",
                     help="other MIH layouts to measure per algorithm: M (packed, direct directories), MdD (packed,"
                          " M substrings, D directory bits), iM (inline, M equal substrings), iA-B-C (inline,"
-                         " substrings of A, B and C bits); default %(default)s")
+                         " substrings of A, B and C bits), fM and fA-B-C (the same with 32-bit fragment tables);"
+                         " default %(default)s")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--skip-baselines", action="store_true")
     args = ap.parse_args()
@@ -153,19 +154,23 @@ def main() -> None:
 
         # -- alternative layouts, same data ---------------------------------------------
         # Where this host runs the vector scans, our own layout comes first as a bare
-        # segment with each scan (the photosentry row adds hex parsing and the tiered
-        # index's merge): the kernel change, measured in the same run on the same data.
-        alternatives = [(layout, True), (layout, False)] if mih.VECTOR_SCAN and layout is not None else []
+        # segment (the photosentry row adds hex parsing and the tiered index's merge),
+        # then what a host without them would run: the scalar scans on their own plan
+        # (fragment tables are for vector scans only). Same run, same data.
+        alternatives = []
+        if mih.VECTOR_SCAN and layout is not None:
+            alternatives = [(layout, True), (mih.plan_layout(bits, radius, n, vector=False), False)]
         for spec in alt_layouts.get(name, []):
             lay = parse_layout(spec, bits)
-            if lay == layout or max(lay.dir_widths) > 24 or (lay.inline and bits != 64):
+            if lay in (layout, *(a for a, _ in alternatives)) or max(lay.dir_widths) > 24 or (lay.inline and bits != 64):
                 continue
             alternatives.append((lay, mih.VECTOR_SCAN))
         for lay, vector in alternatives:
             t = time.perf_counter()
             seg = mih.MihSegment(codes, lay)
             build_s = time.perf_counter() - t
-            desc = lay.describe() + ((", vector scan" if vector else ", scalar scan") if lay == layout else "")
+            desc = lay.describe() + ((", vector scan" if vector else ", scalar scan") if len(alternatives) > 1
+                                     and (lay, vector) in alternatives[:2] else "")
             times, found = [], 0
             vector_scan, mih.VECTOR_SCAN = mih.VECTOR_SCAN, vector
             try:
@@ -211,10 +216,11 @@ def main() -> None:
 
 
 def parse_layout(spec: str, bits: int) -> mih.Layout:
-    if spec.startswith("i") and "-" in spec:
-        return mih.from_widths(bits, [int(w) for w in spec[1:].split("-")], inline=True)
-    if spec.startswith("i"):
-        return mih.split(bits, int(spec[1:]), inline=True)
+    fragments = spec.startswith("f")  # fragment tables: the inline specs with f for i
+    if spec[:1] in "if" and "-" in spec:
+        return mih.from_widths(bits, [int(w) for w in spec[1:].split("-")], inline=True, fragments=fragments)
+    if spec[:1] in "if":
+        return mih.split(bits, int(spec[1:]), inline=True, fragments=fragments)
     m, _, d = spec.partition("d")
     return mih.split(bits, int(m), inline=False, dir_bits=int(d or 0))
 

@@ -63,11 +63,15 @@ def planted(rng: np.random.Generator, codes: np.ndarray, radius: int) -> np.ndar
         # 8-code steps per bucket, the last one partial.
         (256, 11, 6, False, 31),
         (64, 8, 0, True, 10),
+        # Fragment tables: the 10M plan's shape, a long-bucket one, and equal widths.
+        (64, (17, 17, 16, 14), 0, "fragments", 10),
+        (64, 8, 0, "fragments", 10),
+        (64, 4, 0, "fragments", 8),
     ],
 )
 @pytest.mark.parametrize("vector", [False, True], ids=["scalar-scan", "vector-scan"])
 def test_segment_finds_exactly_what_brute_force_finds(
-    bits: int, m: int | tuple[int, ...], dir_bits: int, inline: bool, radius: int, vector: bool,
+    bits: int, m: int | tuple[int, ...], dir_bits: int, inline: bool | str, radius: int, vector: bool,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Both scans run on any host: where the CPU lacks AVX-512, LLVM emulates the vector
@@ -77,10 +81,11 @@ def test_segment_finds_exactly_what_brute_force_finds(
     words = bits // 64
     codes = random_codes(rng, 3000, words)
     queries = planted(rng, codes, radius)
+    fragments = inline == "fragments"
     if isinstance(m, int):
-        layout = mih.split(bits, m, inline=inline, dir_bits=dir_bits)
+        layout = mih.split(bits, m, inline=bool(inline), dir_bits=dir_bits, fragments=fragments)
     else:
-        layout = mih.from_widths(bits, m, inline=inline, dir_bits=dir_bits)
+        layout = mih.from_widths(bits, m, inline=bool(inline), dir_bits=dir_bits, fragments=fragments)
     assert layout.dir_widths == tuple(min(w, dir_bits or w) for _, w in layout.substrings)
     seg = mih.MihSegment(codes, layout)
     check_exact(seg, codes, queries, (radius, radius // 2, 0, radius + 8))
@@ -126,12 +131,15 @@ def test_all_variants_of_a_photo_in_one_call_report_which_variant_hit() -> None:
     assert got == {(1234, 31, 5), (77, 0, 2)}
 
 
-def test_many_hits_grow_the_output() -> None:
-    # More hits than the first output buffer (256): every one is still returned.
+def test_many_hits_grow_the_output(monkeypatch: pytest.MonkeyPatch) -> None:
+    # More hits than the first output buffer (256), and more fragment survivors than
+    # the first survivor buffer: every one is still returned.
+    monkeypatch.setattr(mih, "_SURVIVOR_ROOM", 8)
     rng = np.random.default_rng(29)
     base = random_codes(rng, 1, 1)[0]
     codes = np.vstack([near(rng, base, int(d)) for d in rng.integers(0, 5, 1500)] + [random_codes(rng, 500, 1)])
-    for layout in (mih.split(64, 3, inline=True), mih.split(64, 3, inline=False, dir_bits=12)):
+    for layout in (mih.split(64, 3, inline=True), mih.split(64, 3, inline=False, dir_bits=12),
+                   mih.split(64, 3, inline=True, fragments=True)):
         seg = mih.MihSegment(codes, layout)
         check_exact(seg, codes, base[None, :], (6,))
 
@@ -212,6 +220,10 @@ def test_segment_refuses_rows_that_do_not_fit_a_packed_word() -> None:
         mih.MihSegment(np.zeros((1 << 9, 4), dtype=np.uint64), layout)
     with pytest.raises(ValueError):
         mih.MihSegment(np.zeros((10, 4), dtype=np.uint64), mih.split(256, 11, inline=True))
+    with pytest.raises(ValueError):  # fragments are 32 bits beside an inline table's substring
+        mih.split(64, 4, inline=False, dir_bits=12, fragments=True)
+    with pytest.raises(ValueError):
+        mih.from_widths(64, (40, 24), inline=True, fragments=True)
 
 
 def test_layout_pigeonhole_radii_cover_the_radius() -> None:
@@ -238,16 +250,20 @@ def test_plan_layout_picks_linear_for_small_banks_and_fits_the_memory_budget(
                 assert mih.extra_bytes(layout, n) <= mih.MAX_EXTRA_BYTES_PER_ENTRY
     # The shapes at 10M: 11 wide packed substrings for PDQ, the last one (radius
     # 1) narrower, with directories of 21 bits for the vector scans (23 for the scalar
-    # ones, whose buckets cost more per word); for 64-bit, three 17-bit tables at radius
-    # 2 and a 13-bit one at radius 1 (small directories that stay in cache, long runs
-    # fetched ahead).
+    # ones, whose buckets cost more per word); for 64-bit, four tables at radii 2/2/2/1
+    # with small directories that stay in cache: 32-bit fragments of 17/17/16/14 bits
+    # for the vector scans (half the lines to stream), code copies of 17/17/17/13 for
+    # the scalar ones (compute-bound, so fragments and their survivors gain nothing).
     pdq = mih.plan_layout(256, 31, 10**7)
     assert pdq is not None and not pdq.inline and pdq.m == 11
     assert [w for _, w in pdq.substrings] == [24] * 6 + [23] * 4 + [20]
     assert pdq.radii(31).tolist() == [2] * 10 + [1]
     assert max(pdq.dir_widths) == (21 if vector else 23)
     ph = mih.plan_layout(64, 10, 10**7)
-    assert ph == mih.from_widths(64, (17, 17, 17, 13), inline=True)
+    if vector:
+        assert ph == mih.from_widths(64, (17, 17, 16, 14), inline=True, fragments=True)
+    else:
+        assert ph == mih.from_widths(64, (17, 17, 17, 13), inline=True)
     assert ph.radii(10).tolist() == [2, 2, 2, 1]
 
 

@@ -85,6 +85,9 @@ class Layout:
     #: Packed layout: directory bits per table (at most the substring width; 0 = the
     #: full width, i.e. direct addressing). The inline layout always uses the full width.
     dir_bits: int = 0
+    #: Inline layout: tables hold 32 bits of each code from outside their substring
+    #: (and the row) instead of the whole code; see _fragment_query.
+    fragments: bool = False
 
     @property
     def m(self) -> int:
@@ -104,7 +107,7 @@ class Layout:
     def describe(self) -> str:
         widths = sorted({w for _, w in self.substrings}, reverse=True)
         if self.inline:
-            return f"inline m={self.m} w={'/'.join(map(str, widths))}"
+            return f"{'fragment' if self.fragments else 'inline'} m={self.m} w={'/'.join(map(str, widths))}"
         return f"packed m={self.m} w={'/'.join(map(str, widths))} dir={max(self.dir_widths)}"
 
     def radii(self, radius: int) -> np.ndarray:
@@ -133,30 +136,56 @@ class Layout:
         """Rows verified against the full hash per query on uniform random data."""
         return sum(_ball(w, k) * n / 2.0**w for w, _, k in self._terms(radius))
 
+    def expected_survivors(self, radius: int, n: int) -> float:
+        """Fragment layout: rows whose 32-bit fragment passes, verified against the full
+        hash, per query on uniform random data. A probe that flips f substring bits
+        leaves ``radius - f`` to the fragment."""
+        return sum(
+            math.comb(w, f) * n / 2.0**w * _fragment_pass(radius - f)
+            for w, _, k in self._terms(radius)
+            for f in range(k + 1)
+        )
+
 
 @functools.lru_cache(maxsize=4096)
 def _ball(width: int, k: int) -> int:
     return sum(math.comb(width, i) for i in range(k + 1))
 
 
-def split(bits: int, m: int, inline: bool, dir_bits: int = 0) -> Layout:
+#: Bits of a code a fragment table keeps beside each row.
+FRAGMENT_BITS = 32
+
+
+@functools.lru_cache(maxsize=256)
+def _fragment_pass(distance: int) -> float:
+    """Chance that two random fragments are within ``distance`` bits."""
+    return _ball(FRAGMENT_BITS, max(-1, min(distance, FRAGMENT_BITS))) / 2.0**FRAGMENT_BITS if distance >= 0 else 0.0
+
+
+def split(bits: int, m: int, inline: bool, dir_bits: int = 0, *, fragments: bool = False) -> Layout:
     """``m`` substrings of near-equal width covering all ``bits``, widest first."""
     base, extra = divmod(bits, m)
-    return from_widths(bits, [base + 1] * extra + [base] * (m - extra), inline, dir_bits)
+    return from_widths(bits, [base + 1] * extra + [base] * (m - extra), inline, dir_bits, fragments=fragments)
 
 
-def from_widths(bits: int, widths, inline: bool, dir_bits: int = 0) -> Layout:  # type: ignore[no-untyped-def]
+def from_widths(bits: int, widths, inline: bool, dir_bits: int = 0, *, fragments: bool = False) -> Layout:  # type: ignore[no-untyped-def]
     """Substrings of the given widths (sorted widest first) covering all ``bits``."""
     widths = sorted(map(int, widths), reverse=True)
     if sum(widths) != bits or min(widths) < 1:
         raise ValueError(f"substring widths {widths} do not cover {bits} bits")
+    if fragments and (not inline or max(widths) + FRAGMENT_BITS > bits):
+        raise ValueError("fragment tables are inline tables with room for a fragment beside the substring")
     subs = tuple(zip(itertools.accumulate([0, *widths[:-1]]), widths, strict=True))
-    return Layout(bits, subs, inline, 0 if inline or dir_bits >= max(widths) else dir_bits)
+    return Layout(bits, subs, inline, 0 if inline or dir_bits >= max(widths) else dir_bits, fragments)
 
 
 @functools.lru_cache(maxsize=64)
 def _inline_layouts(bits: int, m: int) -> tuple[Layout, ...]:
-    return tuple(from_widths(bits, ws, True) for ws in _width_tuples(bits, m, 8, _MAX_DIR_BITS))
+    return tuple(
+        from_widths(bits, ws, True, fragments=fragments)
+        for ws in _width_tuples(bits, m, 8, _MAX_DIR_BITS)
+        for fragments in (False, True)
+    )
 
 
 def _width_tuples(bits: int, m: int, low: int, high: int):  # type: ignore[no-untyped-def]
@@ -194,6 +223,12 @@ _VERIFY_NS = 18.0
 # how much of the directories the caches hold: ~4 ns per read at 12 MB, ~11 at 92 MB.
 _VECTOR_BUCKET_NS = 20.0
 _VECTOR_SCAN_NS = {False: 1.2, True: 1.15}
+# Fragment tables (session 5's host, 10M, four layouts): a fragment costs about half a
+# code with the vector scans (half the lines to stream) and a little less than one
+# with the scalar ones (compute-bound); a survivor two more random reads (its row,
+# then its code), batched.
+_FRAGMENT_SCAN_NS = {False: 1.25, True: 0.6}
+_SURVIVOR_NS = 25.0
 _LINEAR_NS_PER_WORD = 0.7
 #: Directories (all tables of a segment) this small stay in the core's caches.
 _CACHED_DIRECTORY_BYTES = 4 * 1024 * 1024
@@ -216,7 +251,8 @@ def extra_bytes(layout: Layout, n: int) -> float:
 
 
 def _per_row(layout: Layout) -> int:
-    return layout.m * (12 if layout.inline else 4)
+    """Table bytes per row: a packed word; a code copy and its row; a fragment and its row."""
+    return layout.m * ((8 if layout.fragments else 12) if layout.inline else 4)
 
 
 def _offsets_bytes(layout: Layout) -> int:
@@ -254,6 +290,8 @@ def cost_ns(layout: Layout, radius: int, n: int, *, vector: bool | None = None) 
         probe_ns = _CACHED_PROBE_NS
     if not layout.inline:
         probe_ns = _directory_read_ns(_offsets_bytes(layout)) + (_VECTOR_BUCKET_NS if vector else _PACKED_BUCKET_NS)
+    if layout.fragments:
+        return probes * probe_ns + scanned * _FRAGMENT_SCAN_NS[vector] + layout.expected_survivors(radius, n) * _SURVIVOR_NS
     cost = probes * probe_ns + scanned * (_VECTOR_SCAN_NS if vector else _SCAN_NS)[layout.inline]
     if not layout.inline:
         cost += layout.expected_candidates(radius, n) * _VERIFY_NS
@@ -481,25 +519,36 @@ def _fill16(typingctx, out, at, value):  # type: ignore[no-untyped-def]
     return sig, codegen
 
 
-@intrinsic
-def _near8(typingctx, codes, p, first, last, q, max_dist):  # type: ignore[no-untyped-def]
-    """Inline bucket scan, 8 codes at once: a bit mask of lanes ``first .. last-1`` of
-    ``codes[p : p + 8]`` within ``max_dist`` bits of ``q`` (0: none). ``p`` a multiple
-    of 8 in a line-aligned table, as for _scan_words16."""
-    sig = types.int64(codes, p, first, last, q, max_dist)
+def _near_lanes(lanes: int, bits: int):  # type: ignore[no-untyped-def]
+    """An intrinsic ``near(arr, p, first, last, q, max_dist)``: a bit mask of lanes
+    ``first .. last-1`` of ``arr[p : p + lanes]`` (``bits``-bit items) within
+    ``max_dist`` bits of ``q`` (0: none). ``p`` a multiple of ``lanes`` in a line-aligned
+    table, as for _scan_words16."""
 
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        i1, i8, i32, i64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
-        vec, lanes = ir.VectorType(i64, 8), ir.VectorType(i1, 8)
-        src = _element_pointer(context, builder, signature.args[0], args[0], args[1])
-        valid = _lanes_between(builder, vec, args[2], args[3])
-        load = _declare(builder, "llvm.masked.load.v8i64.p0", vec, [src.type, i32, lanes, vec])
-        v = builder.call(load, [src, i32(8), valid, ir.Constant(vec, None)])
-        bits = builder.call(_declare(builder, "llvm.ctpop.v8i64", vec, [vec]), [builder.xor(v, _vector(builder, vec, args[4]))])
-        near = builder.and_(builder.icmp_unsigned("<=", bits, _vector(builder, vec, args[5])), valid)
-        return builder.zext(builder.bitcast(near, i8), i64)
+    @intrinsic
+    def near(typingctx, arr, p, first, last, q, max_dist):  # type: ignore[no-untyped-def]
+        sig = types.int64(arr, p, first, last, q, max_dist)
 
-    return sig, codegen
+        def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+            i1, i32, item = ir.IntType(1), ir.IntType(32), ir.IntType(bits)
+            vec, mask = ir.VectorType(item, lanes), ir.VectorType(i1, lanes)
+            src = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+            valid = _lanes_between(builder, vec, args[2], args[3])
+            load = _declare(builder, f"llvm.masked.load.v{lanes}i{bits}.p0", vec, [src.type, i32, mask, vec])
+            v = builder.call(load, [src, i32(bits // 8), valid, ir.Constant(vec, None)])
+            ctpop = _declare(builder, f"llvm.ctpop.v{lanes}i{bits}", vec, [vec])
+            diff = builder.call(ctpop, [builder.xor(v, _vector(builder, vec, args[4]))])
+            near = builder.and_(builder.icmp_unsigned("<=", diff, _vector(builder, vec, args[5])), valid)
+            return builder.zext(builder.bitcast(near, ir.IntType(lanes)), ir.IntType(64))
+
+        return sig, codegen
+
+    return near
+
+
+#: 8 inline codes (64-bit) or 16 fragments (32-bit) at a time: one 64-byte line.
+_near8 = _near_lanes(8, 64)
+_near16 = _near_lanes(16, 32)
 
 
 @njit(cache=False, nogil=True)
@@ -537,6 +586,34 @@ def _build_inline(codes, start, width, offsets, tcodes, trows):  # type: ignore[
         p = fill[h]
         fill[h] = p + 1
         tcodes[p] = codes[i, 0]
+        trows[p] = i
+
+
+@njit(cache=False, nogil=True, inline="always")
+def _fragment(code: np.uint64, start: int, width: int) -> np.uint64:
+    # The FRAGMENT_BITS bits that follow the substring (wrapping past the last bit):
+    # none of them is a substring bit, so they add to what the probe already matched.
+    turn = np.uint64((start + width) & 63)
+    if turn:
+        code = (code << turn) | (code >> (np.uint64(64) - turn))
+    return code >> np.uint64(64 - FRAGMENT_BITS)
+
+
+@njit(cache=False, nogil=True)
+def _build_fragments(codes, start, width, offsets, frags, trows):  # type: ignore[no-untyped-def]
+    """Counting sort on one substring: offsets + fragments and rows in bucket order."""
+    n = codes.shape[0]
+    offsets[:] = 0
+    for i in range(n):
+        offsets[np.int64(_substring(codes[i], start, width)) + 1] += 1
+    for i in range(offsets.shape[0] - 1):
+        offsets[i + 1] += offsets[i]
+    fill = offsets[:-1].copy()
+    for i in range(n):
+        h = np.int64(_substring(codes[i], start, width))
+        p = fill[h]
+        fill[h] = p + 1
+        frags[p] = np.uint32(_fragment(codes[i, 0], start, width))
         trows[p] = i
 
 
@@ -763,16 +840,117 @@ def _inline_query(
     return count
 
 
+@njit(cache=False, nogil=True)
+def _fragment_query(
+    codes, frags, trows, offsets, off_bases, starts, widths, radii, queries, max_dist, vector, spos, sq, out_rows,
+    out_dist, out_query,
+):
+    """Fragment layout (64-bit codes): every (row, query) within ``max_dist``.
+
+    A table holds, in bucket order, 32 bits of each code from outside its substring:
+    half the bytes of the inline layout's copies, so half the lines to stream. A row
+    whose substring is f bits from the query's (the probe's flips) can only match if
+    its fragment is within ``max_dist - f``; those survivors (~300 per 8-variant pHash
+    query at 10M, radius 10) are then read back, row and code, and verified.
+    ``spos``/``sq`` hold the survivors (position, query); if they are too small, returns
+    minus how many there were, and the caller calls again with room for them (arrays
+    grown inside the loop would cost reference counting on every bucket)."""
+    m = starts.shape[0]
+    n = frags.shape[0] // m
+    nq = queries.shape[0]
+    probe_at, probe_tag, _ = _probes(queries, starts, widths, widths, radii, off_bases)
+    c = probe_at.shape[0]
+    qfrag = np.empty(nq * m, dtype=np.uint64)
+    for qi in range(nq):
+        for t in range(m):
+            qfrag[qi * m + t] = _fragment(queries[qi, 0], starts[t], widths[t])
+    lo = np.empty(c, dtype=np.int64)
+    hi = np.empty(c, dtype=np.int64)
+    lines = 0
+    for i in range(c):
+        if i + _AHEAD < c:
+            _prefetch(offsets, probe_at[i + _AHEAD])
+        a = probe_at[i]
+        base = np.int64((probe_tag[i] >> _TAG_T) & 0xFF) * n
+        lo[i] = base + np.int64(offsets[a])
+        hi[i] = base + np.int64(offsets[a + 1])
+        lines += min((hi[i] - lo[i]) // 16 + 1, _FRAGMENT_BUCKET_LINES)
+    # Short runs (5 lines for a 17-bit table at 10M): many buckets ahead, each fetched
+    # up to _FRAGMENT_BUCKET_LINES (the hardware streamer takes the rest of long ones).
+    ahead = max(2, min(_AHEAD, _FRAGMENT_LINES_AHEAD // (lines // max(c, 1) + 1)))
+    for i in range(min(ahead, c)):
+        _prefetch_run(frags, lo[i], hi[i], _FRAGMENT_BUCKET_LINES)
+    room = spos.shape[0]
+    ns = 0
+    md = np.int64(max_dist)
+    for i in range(c):
+        if i + ahead < c:
+            _prefetch_run(frags, lo[i + ahead], hi[i + ahead], _FRAGMENT_BUCKET_LINES)
+        tag = probe_tag[i]
+        qi = tag >> _TAG_Q
+        t = (tag >> _TAG_T) & 0xFF
+        bound = np.uint64(md - (radii[t] - (tag & 7)))  # the radius left after the probe's flips
+        qf = qfrag[qi * m + t]
+        if vector:  # 16-fragment steps on line boundaries; survivors are rare
+            p = lo[i] - lo[i] % 16
+            while p < hi[i]:
+                near = _near16(frags, p, lo[i] - p, hi[i] - p, qf, bound)
+                while near:
+                    if ns < room:
+                        spos[ns] = p + np.int64(_popcount64(np.uint64((near & -near) - 1)))
+                        sq[ns] = qi
+                    ns += 1
+                    near &= near - 1
+                p += 16
+        else:  # as the inline scan: a branch-free pass, then the bucket again if needed
+            near = 0
+            for p in range(lo[i], hi[i]):
+                near += _popcount64(np.uint64(frags[p]) ^ qf) <= bound
+            if near == 0:
+                continue
+            for p in range(lo[i], hi[i]):
+                if _popcount64(np.uint64(frags[p]) ^ qf) <= bound:
+                    if ns < room:
+                        spos[ns] = p
+                        sq[ns] = qi
+                    ns += 1
+    if ns > room:
+        return -ns
+    # The survivors' rows, then their codes: independent reads, fetched ahead.
+    rows = np.empty(ns, dtype=np.int64)
+    for j in range(ns):
+        if j + _AHEAD < ns:
+            _prefetch(trows, spos[j + _AHEAD])
+        rows[j] = trows[spos[j]]
+    count = 0
+    cap = out_rows.shape[0]
+    for j in range(ns):
+        if j + _AHEAD < ns:
+            _prefetch(codes, rows[j + _AHEAD])
+        d = _popcount64(codes[rows[j], 0] ^ queries[sq[j], 0])
+        if d <= np.uint64(max_dist):
+            if count < cap:
+                out_rows[count] = rows[j]
+                out_dist[count] = d
+                out_query[count] = sq[j]
+            count += 1
+    return count
+
+
 #: Inline scans: lines in flight ahead of the scan, and the most fetched per bucket
 #: (the hardware streamer takes over longer runs).
 _LINES_AHEAD = 24
 _BUCKET_LINES = 24
+#: The same for fragment scans (measured on session 5's host at 10M: 10 lines a
+#: bucket, ~8 buckets ahead).
+_FRAGMENT_LINES_AHEAD = 80
+_FRAGMENT_BUCKET_LINES = 10
 
 
 @njit(cache=False, nogil=True, inline="always")
-def _prefetch_run(arr, lo, hi):  # type: ignore[no-untyped-def]
+def _prefetch_run(arr, lo, hi, max_lines=_BUCKET_LINES):  # type: ignore[no-untyped-def]
     step = 64 // arr.itemsize
-    end = min(hi, lo + _BUCKET_LINES * step)
+    end = min(hi, lo + max_lines * step)
     for p in range(lo, end, step):
         _prefetch(arr, p)
     if end > lo:
@@ -812,12 +990,21 @@ class Hits:
         self.rows, self.distances, self.queries = rows, distances, queries
 
 
-def _run(kernel, args, cap: int = 256) -> Hits:  # type: ignore[no-untyped-def]
+#: Survivors a fragment query has room for at first (~2,400 for 8 pHash variants at
+#: 10M); more make it call again with room for all.
+_SURVIVOR_ROOM = 8192
+
+
+def _run(kernel, args, cap: int = 256) -> Hits | int:  # type: ignore[no-untyped-def]
+    """Call ``kernel`` until its output fits; an int is the room a kernel asked for
+    (a negative return: see _fragment_query)."""
     while True:
         rows = np.empty(cap, dtype=np.uint32)
         dist = np.empty(cap, dtype=np.uint64)
         qs = np.empty(cap, dtype=np.int64)
         count = kernel(*args, rows, dist, qs)
+        if count < 0:
+            return -int(count)
         if count <= cap:
             return Hits(rows[:count], dist[:count].astype(np.int64), qs[:count])
         cap = int(count)
@@ -882,13 +1069,16 @@ class MihSegment:
         self._off_bases = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         self._offsets = np.empty(int(sum(sizes)), dtype=np.uint32)
         self._words = _line_aligned(0 if layout.inline else m * n, np.uint32)
-        self._tcodes = _line_aligned(m * n if layout.inline else 0, np.uint64)
+        self._tcodes = _line_aligned(m * n if layout.inline and not layout.fragments else 0, np.uint64)
+        self._frags = _line_aligned(m * n if layout.fragments else 0, np.uint32)
         self._trows = np.empty(m * n if layout.inline else 0, dtype=np.uint32)
         for t, (start, width) in enumerate(layout.substrings):
             base, size = int(self._off_bases[t]), sizes[t]
             offsets = self._offsets[base : base + size]
             rows = slice(t * n, (t + 1) * n)
-            if layout.inline:
+            if layout.fragments:
+                _build_fragments(self.codes, start, width, offsets, self._frags[rows], self._trows[rows])
+            elif layout.inline:
                 _build_inline(self.codes, start, width, offsets, self._tcodes[rows], self._trows[rows])
             else:
                 low = width - int(self._dwidths[t])
@@ -906,7 +1096,7 @@ class MihSegment:
     def nbytes(self) -> int:
         """Memory beyond the one copy of the codes."""
         return int(self._offsets.nbytes + self._dir_base.nbytes + self._dir_ends.nbytes + self._words.nbytes
-                   + self._tcodes.nbytes + self._trows.nbytes)
+                   + self._tcodes.nbytes + self._frags.nbytes + self._trows.nbytes)
 
     def query(self, queries: np.ndarray, max_distance: int) -> Hits:
         """Every (row, query) pair within ``max_distance``; ``queries`` is Q x words
@@ -915,6 +1105,18 @@ class MihSegment:
         radii = self.layout.radii(max_distance)
         if int(radii.max()) > MAX_SUBSTRING_RADIUS:
             return linear_query(self.codes, len(self), queries, max_distance)
+        if self.layout.fragments:
+            room = _SURVIVOR_ROOM
+            while True:
+                hits = _run(
+                    _fragment_query,
+                    (self.codes, self._frags, self._trows, self._offsets, self._off_bases, self._starts, self._widths,
+                     radii, queries, int(max_distance), VECTOR_SCAN, np.empty(room, dtype=np.int64),
+                     np.empty(room, dtype=np.int64)),
+                )
+                if isinstance(hits, Hits):
+                    return hits
+                room = hits
         if self.layout.inline:
             return _run(
                 _inline_query,
@@ -973,8 +1175,9 @@ def warm_up() -> float:
     rng = np.random.default_rng(0)
     for words in (1, 4):
         codes = rng.integers(0, 2**63, size=(64, words), dtype=np.uint64)
-        for inline in {words == 1, False}:
-            seg = MihSegment(codes, split(64 * words, 4 * words, inline=inline, dir_bits=10))
+        kinds = [(True, False), (True, True), (False, False)] if words == 1 else [(False, False)]
+        for inline, fragments in kinds:
+            seg = MihSegment(codes, split(64 * words, 4 * words, inline=inline, dir_bits=10, fragments=fragments))
             seg.query(codes[:2], 8)
         linear_query(codes, 64, codes[:2], 8)
     return time.perf_counter() - start
