@@ -159,7 +159,9 @@ FRAGMENT_BITS = 32
 @functools.lru_cache(maxsize=256)
 def _fragment_pass(distance: int) -> float:
     """Chance that two random fragments are within ``distance`` bits."""
-    return _ball(FRAGMENT_BITS, max(-1, min(distance, FRAGMENT_BITS))) / 2.0**FRAGMENT_BITS if distance >= 0 else 0.0
+    if distance < 0:
+        return 0.0
+    return _ball(FRAGMENT_BITS, min(distance, FRAGMENT_BITS)) / 2.0**FRAGMENT_BITS
 
 
 def split(bits: int, m: int, inline: bool, dir_bits: int = 0, *, fragments: bool = False) -> Layout:
@@ -209,11 +211,11 @@ def _width_tuples(bits: int, m: int, low: int, high: int):  # type: ignore[no-un
 # code is a compare in a run fetched ahead (so per word, not per line, and the same
 # for short and long runs); a probe is a directory miss, or next to nothing when all
 # the directories are small enough to stay in cache.
-_PROBE_NS = {False: 21.0, True: 30.0}
-#: ... of which the packed probe's bucket miss (the rest is its directory read, which
-#: _directory_read_ns models from the directories' size: 10.5 ns at 92 MB).
-_PACKED_BUCKET_NS = 10.5
+_INLINE_PROBE_NS = 30.0
 _CACHED_PROBE_NS = 10.0
+#: A packed probe was fitted at 21 ns with 92 MB of directories: 10.5 ns its bucket,
+#: the rest its directory read, which _directory_read_ns models from their size.
+_PACKED_BUCKET_NS = 10.5
 _SCAN_NS = {False: 3.9, True: 1.35}
 _VERIFY_NS = 18.0
 # The vector scans (VECTOR_SCAN), fitted the same way on session 5's host (Intel Xeon
@@ -274,8 +276,8 @@ def _fits_words(layout: Layout, n: int) -> bool:
 
 
 def _directory_read_ns(directory_bytes: int) -> float:
-    """A directory read by the vector kernels: cheap while the directories fit the
-    caches, then ~1.9 ns more for each doubling (measured from 12 MB to 92 MB)."""
+    """A packed table's directory read: cheap while the directories fit the caches,
+    then ~1.9 ns more for each doubling (measured from 12 MB to 92 MB)."""
     return 2.0 + 1.9 * max(0.0, math.log2(directory_bytes / _CACHED_DIRECTORY_BYTES))
 
 
@@ -285,10 +287,9 @@ def cost_ns(layout: Layout, radius: int, n: int, *, vector: bool | None = None) 
     vector = VECTOR_SCAN if vector is None else vector
     probes = layout.probes(radius)
     scanned = layout.expected_scanned(radius, n)
-    probe_ns = _PROBE_NS[layout.inline]
-    if layout.inline and _offsets_bytes(layout) <= _CACHED_DIRECTORY_BYTES:
-        probe_ns = _CACHED_PROBE_NS
-    if not layout.inline:
+    if layout.inline:
+        probe_ns = _CACHED_PROBE_NS if _offsets_bytes(layout) <= _CACHED_DIRECTORY_BYTES else _INLINE_PROBE_NS
+    else:
         probe_ns = _directory_read_ns(_offsets_bytes(layout)) + (_VECTOR_BUCKET_NS if vector else _PACKED_BUCKET_NS)
     if layout.fragments:
         return probes * probe_ns + scanned * _FRAGMENT_SCAN_NS[vector] + layout.expected_survivors(radius, n) * _SURVIVOR_NS
@@ -473,6 +474,30 @@ def _declare(builder, name, ret, args):  # type: ignore[no-untyped-def]
     return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
 
 
+def _masked_load(builder, vec, src, mask):  # type: ignore[no-untyped-def]
+    """``llvm.masked.load`` of vector type ``vec`` from element pointer ``src``. LLVM 17
+    and later have only opaque pointers (name suffix ``.p0``); before, the intrinsic
+    takes a pointer to the vector type and says so in its name (numba 0.60: LLVM 14)."""
+    i32 = ir.IntType(32)
+    name = f"llvm.masked.load.v{vec.count}i{vec.element.width}"
+    if _TYPED_POINTERS:
+        src = builder.bitcast(src, vec.as_pointer())
+        name += f".p0v{vec.count}i{vec.element.width}"
+    else:
+        name += ".p0"
+    load = _declare(builder, name, vec, [src.type, i32, ir.VectorType(ir.IntType(1), vec.count), vec])
+    return builder.call(load, [src, i32(vec.element.width // 8), mask, ir.Constant(vec, None)])
+
+
+def _llvm_has_typed_pointers() -> bool:
+    from llvmlite import binding
+
+    return binding.llvm_version_info[0] < 17
+
+
+_TYPED_POINTERS = _llvm_has_typed_pointers()
+
+
 @intrinsic
 def _scan_words16(typingctx, words, p, first, last, ql, mask, rem, low, out, at):  # type: ignore[no-untyped-def]
     """Packed bucket scan, 16 words at once: of lanes ``first .. last-1`` of
@@ -489,8 +514,7 @@ def _scan_words16(typingctx, words, p, first, last, ql, mask, rem, low, out, at)
         src = _element_pointer(context, builder, signature.args[0], args[0], args[1])
         dst = _element_pointer(context, builder, signature.args[8], args[8], args[9])
         valid = _lanes_between(builder, vec, args[2], args[3])
-        load = _declare(builder, "llvm.masked.load.v16i32.p0", vec, [src.type, i32, lanes, vec])
-        v = builder.call(load, [src, i32(4), valid, ir.Constant(vec, None)])
+        v = _masked_load(builder, vec, src, valid)
         diff = builder.and_(builder.xor(v, _vector(builder, vec, args[4])), _vector(builder, vec, args[5]))
         bits = builder.call(_declare(builder, "llvm.ctpop.v16i32", vec, [vec]), [diff])
         keep = builder.and_(builder.icmp_unsigned("<=", bits, _vector(builder, vec, args[6])), valid)
@@ -530,12 +554,10 @@ def _near_lanes(lanes: int, bits: int):  # type: ignore[no-untyped-def]
         sig = types.int64(arr, p, first, last, q, max_dist)
 
         def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-            i1, i32, item = ir.IntType(1), ir.IntType(32), ir.IntType(bits)
-            vec, mask = ir.VectorType(item, lanes), ir.VectorType(i1, lanes)
+            vec = ir.VectorType(ir.IntType(bits), lanes)
             src = _element_pointer(context, builder, signature.args[0], args[0], args[1])
             valid = _lanes_between(builder, vec, args[2], args[3])
-            load = _declare(builder, f"llvm.masked.load.v{lanes}i{bits}.p0", vec, [src.type, i32, mask, vec])
-            v = builder.call(load, [src, i32(bits // 8), valid, ir.Constant(vec, None)])
+            v = _masked_load(builder, vec, src, valid)
             ctpop = _declare(builder, f"llvm.ctpop.v{lanes}i{bits}", vec, [vec])
             diff = builder.call(ctpop, [builder.xor(v, _vector(builder, vec, args[4]))])
             near = builder.and_(builder.icmp_unsigned("<=", diff, _vector(builder, vec, args[5])), valid)
@@ -572,8 +594,9 @@ def _build_packed(codes, start, width, low_bits, offsets, words):  # type: ignor
 
 
 @njit(cache=False, nogil=True)
-def _build_inline(codes, start, width, offsets, tcodes, trows):  # type: ignore[no-untyped-def]
-    """Counting sort on one substring: offsets + codes and rows in bucket order."""
+def _build_inline(codes, start, width, offsets, tcodes, frags, trows):  # type: ignore[no-untyped-def]
+    """Counting sort on one substring: offsets, and in bucket order the rows and either
+    the codes (``tcodes``) or their fragments (``frags``); the other one is empty."""
     n = codes.shape[0]
     offsets[:] = 0
     for i in range(n):
@@ -585,7 +608,10 @@ def _build_inline(codes, start, width, offsets, tcodes, trows):  # type: ignore[
         h = np.int64(_substring(codes[i], start, width))
         p = fill[h]
         fill[h] = p + 1
-        tcodes[p] = codes[i, 0]
+        if tcodes.shape[0]:
+            tcodes[p] = codes[i, 0]
+        else:
+            frags[p] = np.uint32(_fragment(codes[i, 0], start, width))
         trows[p] = i
 
 
@@ -597,24 +623,6 @@ def _fragment(code: np.uint64, start: int, width: int) -> np.uint64:
     if turn:
         code = (code << turn) | (code >> (np.uint64(64) - turn))
     return code >> np.uint64(64 - FRAGMENT_BITS)
-
-
-@njit(cache=False, nogil=True)
-def _build_fragments(codes, start, width, offsets, frags, trows):  # type: ignore[no-untyped-def]
-    """Counting sort on one substring: offsets + fragments and rows in bucket order."""
-    n = codes.shape[0]
-    offsets[:] = 0
-    for i in range(n):
-        offsets[np.int64(_substring(codes[i], start, width)) + 1] += 1
-    for i in range(offsets.shape[0] - 1):
-        offsets[i + 1] += offsets[i]
-    fill = offsets[:-1].copy()
-    for i in range(n):
-        h = np.int64(_substring(codes[i], start, width))
-        p = fill[h]
-        fill[h] = p + 1
-        frags[p] = np.uint32(_fragment(codes[i, 0], start, width))
-        trows[p] = i
 
 
 @njit(cache=False, nogil=True)
@@ -1076,10 +1084,8 @@ class MihSegment:
             base, size = int(self._off_bases[t]), sizes[t]
             offsets = self._offsets[base : base + size]
             rows = slice(t * n, (t + 1) * n)
-            if layout.fragments:
-                _build_fragments(self.codes, start, width, offsets, self._frags[rows], self._trows[rows])
-            elif layout.inline:
-                _build_inline(self.codes, start, width, offsets, self._tcodes[rows], self._trows[rows])
+            if layout.inline:
+                _build_inline(self.codes, start, width, offsets, self._tcodes[rows], self._frags[rows], self._trows[rows])
             else:
                 low = width - int(self._dwidths[t])
                 _build_packed(self.codes, start, width, low, offsets, self._words[rows])
