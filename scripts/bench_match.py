@@ -14,7 +14,10 @@ bank entry with d random bits flipped, d uniform in 0..radius. It then measures:
   per algorithm and for the whole photo (all algorithms and variants), median and p99,
   recall on the planted items (must be 100%), memory per entry beyond the raw hash,
   and the load time of a bank of N from a columnar snapshot (np.load + build);
-- alternative MIH layouts (substring counts, directory widths, inline or packed) in the same run;
+- where this host runs the vector scans, our layout as a bare segment with them, and the
+  scalar scans on the layout they would plan (what a host without AVX-512 VPOPCNTDQ runs);
+- alternative MIH layouts (substring counts, directory widths; packed, inline or
+  fragment tables) in the same run;
 - ``numpy linear``: XOR + popcount over every row (the previous HammingIndex);
 - ``faiss IndexBinaryFlat``: FAISS's exhaustive binary range search;
 - ``faiss IndexBinaryMultiHash``: FAISS's multi-index hashing (at most 1M entries:
@@ -103,8 +106,9 @@ def main() -> None:
     t = time.perf_counter()
     mih.warm_up()
     print(f"numba first-call compile: {time.perf_counter() - t:.2f} s (once per process, at index load)")
-    print("bucket scans: " + ("vector (AVX-512 VPOPCNTDQ); the scalar scans are measured beside them on the same layout"
-                              if mih.VECTOR_SCAN else "scalar (this CPU has no AVX-512 VPOPCNTDQ)"))
+    print("bucket scans: " + ("vector (AVX-512 VPOPCNTDQ); the scalar scans are measured beside them, on the layout"
+                              " a host without it would plan" if mih.VECTOR_SCAN else "scalar (this CPU has no AVX-512"
+                              " VPOPCNTDQ)"))
 
     rows_out: list[tuple] = []
     per_photo = np.zeros(args.photos)
