@@ -13,24 +13,34 @@ A query enumerates the values within each substring's radius, looks them up, and
 verifies every candidate against the full hash. What costs is random memory reads
 (a probe, a candidate), so the layouts below are about reading fewer cache lines.
 
-Two layouts, picked per algorithm and bank size (``plan_layout``):
+Three layouts, picked per algorithm, bank size and kernel family (``plan_layout``):
 
 - ``packed`` (256-bit PDQ): a table is a directory indexed by the top ``D`` bits of
-  its substring (``2**D + 1`` offsets) and one 32-bit word per row that packs the row
-  number with the substring's remaining ``L = width - D`` low bits. A probe reads one
-  directory slot and scans its short bucket, keeping the words whose low bits are
-  within the radius left after the directory bits' flips; survivors are verified
-  against the one copy of the codes. So substrings can be wider than the offsets
-  memory would allow with direct addressing (``width`` 23-24 with ``D`` = 21 at 10M),
-  which cuts candidates ~5x at 4 bytes per row per table. ``D`` = width is the plain
-  "row numbers" layout.
-- ``inline`` (64-bit pHash/dHash): each table holds its own copy of the 64-bit codes
-  in bucket order, so a bucket is verified with a sequential scan and no random
-  access per candidate. Tables are directly addressed, and their widths need not be
-  equal: at 10M, three 17-bit tables at radius 2 and one 13-bit table at radius 1.
-  Their directories (1.6 MB in all) stay in cache, so a probe costs almost nothing,
-  and the longer buckets (76 and 1,221 codes) are fetched ahead whole: a sequential
-  scan of 52,000 codes beats 3,600 probes of 3 x 22/21-bit tables, two misses each.
+  its substring and one 32-bit word per row that packs the row number with the
+  substring's remaining ``L = width - D`` low bits. A probe reads one directory slot
+  and scans its short bucket, keeping the words whose low bits are within the radius
+  left after the directory bits' flips; survivors are verified against the one copy
+  of the codes. So substrings can be wider than the offsets memory would allow with
+  direct addressing (``width`` 20-24 with ``D`` = 21 at 10M). The directories are
+  compact (a 32-bit offset per 16 slots and a byte per slot, see
+  _compact_directories): 29 MB instead of 92 at 10M, which the caches keep more of.
+- ``fragment`` (64-bit pHash/dHash): each table holds, in bucket order, 32 bits of
+  each code from outside its substring and the row. A bucket is filtered with a
+  sequential scan of 4-byte fragments (a row can only match if its fragment is within
+  the radius the probe's flips left), and the few that pass are verified against the
+  full code: half the lines of ``inline`` to stream.
+- ``inline`` (64-bit): each table holds its own copy of the 64-bit codes in bucket
+  order, verified by a sequential scan with no random access per candidate; the
+  scalar kernels' choice (their scan is bound by compares, not lines).
+
+Inline and fragment tables are directly addressed, and their widths need not be
+equal: at 10M, three 17-bit tables at radius 2 and one 13-bit at radius 1 (copies),
+or 17/17/16/14 (fragments). Their directories (1.6 MB in all) stay in cache, so a
+probe costs almost nothing, and the long buckets are fetched ahead whole.
+
+On CPUs with AVX-512 VPOPCNTDQ the bucket scans take one cache line per step (masked
+load, vector popcount, compress-store; see VECTOR_SCAN), elsewhere scalar loops; each
+kernel family has its own cost model, so a host plans for the kernels it runs.
 
 A query call takes every variant of a photo at once and runs in phases (enumerate
 every probe, read every bucket's bounds, scan every bucket, verify every candidate),
