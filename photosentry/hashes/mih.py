@@ -799,6 +799,23 @@ def _packed_query(
 
 
 @njit(cache=False, nogil=True)
+def _direct_buckets(probe_at, probe_tag, offsets, n):  # type: ignore[no-untyped-def]
+    """Where each probe's bucket lies in directly addressed tables of ``n`` rows each
+    (inline, fragment): independent directory reads, fetched ahead."""
+    c = probe_at.shape[0]
+    lo = np.empty(c, dtype=np.int64)
+    hi = np.empty(c, dtype=np.int64)
+    for i in range(c):
+        if i + _AHEAD < c:
+            _prefetch(offsets, probe_at[i + _AHEAD])
+        a = probe_at[i]
+        base = np.int64((probe_tag[i] >> _TAG_T) & 0xFF) * n
+        lo[i] = base + np.int64(offsets[a])
+        hi[i] = base + np.int64(offsets[a + 1])
+    return lo, hi
+
+
+@njit(cache=False, nogil=True)
 def _inline_query(
     tcodes, trows, offsets, off_bases, starts, widths, radii, queries, max_dist, vector, out_rows, out_dist, out_query,
 ):
@@ -808,17 +825,8 @@ def _inline_query(
     n = tcodes.shape[0] // m
     probe_at, probe_tag, _ = _probes(queries, starts, widths, widths, radii, off_bases)
     c = probe_at.shape[0]
-    lo = np.empty(c, dtype=np.int64)
-    hi = np.empty(c, dtype=np.int64)
-    scanned = 0
-    for i in range(c):
-        if i + _AHEAD < c:
-            _prefetch(offsets, probe_at[i + _AHEAD])
-        a = probe_at[i]
-        base = np.int64((probe_tag[i] >> _TAG_T) & 0xFF) * n
-        lo[i] = base + np.int64(offsets[a])
-        hi[i] = base + np.int64(offsets[a + 1])
-        scanned += hi[i] - lo[i]
+    lo, hi = _direct_buckets(probe_at, probe_tag, offsets, n)
+    scanned = np.int64((hi - lo).sum())
     # Buckets run from one line (wide substrings) to a hundred (narrow ones): fetch
     # every line of a bucket far enough ahead that about _LINES_AHEAD lines are in
     # flight, so a scan never starts on a miss, whatever the bucket sizes.
@@ -882,16 +890,9 @@ def _fragment_query(
     for qi in range(nq):
         for t in range(m):
             qfrag[qi * m + t] = _fragment(queries[qi, 0], starts[t], widths[t])
-    lo = np.empty(c, dtype=np.int64)
-    hi = np.empty(c, dtype=np.int64)
+    lo, hi = _direct_buckets(probe_at, probe_tag, offsets, n)
     lines = 0
     for i in range(c):
-        if i + _AHEAD < c:
-            _prefetch(offsets, probe_at[i + _AHEAD])
-        a = probe_at[i]
-        base = np.int64((probe_tag[i] >> _TAG_T) & 0xFF) * n
-        lo[i] = base + np.int64(offsets[a])
-        hi[i] = base + np.int64(offsets[a + 1])
         lines += min((hi[i] - lo[i]) // 16 + 1, _FRAGMENT_BUCKET_LINES)
     # Short runs (5 lines for a 17-bit table at 10M): many buckets ahead, each fetched
     # up to _FRAGMENT_BUCKET_LINES (the hardware streamer takes the rest of long ones).
