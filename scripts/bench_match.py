@@ -162,22 +162,22 @@ def main() -> None:
         # -- alternative layouts, same data ---------------------------------------------
         # Where this host runs the vector scans, our own layout comes first as a bare
         # segment (the photosentry row adds hex parsing and the tiered index's merge),
-        # then what a host without them would run: the scalar scans on their own plan
-        # (fragment tables are for vector scans only). Same run, same data.
+        # then what a host without them would run: the scalar scans on their own plan.
+        # Same run, same data.
         alternatives = []
         if mih.VECTOR_SCAN and layout is not None:
-            alternatives = [(layout, True), (mih.plan_layout(bits, radius, n, vector=False), False)]
+            alternatives = [(layout, True, ", vector scan"),
+                            (mih.plan_layout(bits, radius, n, vector=False), False, ", scalar scan")]
         for spec in alt_layouts.get(name, []):
             lay = parse_layout(spec, bits)
-            if lay in (layout, *(a for a, _ in alternatives)) or max(lay.dir_widths) > 24 or (lay.inline and bits != 64):
+            if lay in (layout, *(a for a, _, _ in alternatives)) or max(lay.dir_widths) > 24 or (lay.inline and bits != 64):
                 continue
-            alternatives.append((lay, mih.VECTOR_SCAN))
-        for lay, vector in alternatives:
+            alternatives.append((lay, mih.VECTOR_SCAN, ""))
+        for lay, vector, suffix in alternatives:
             t = time.perf_counter()
             seg = mih.MihSegment(codes, lay)
             build_s = time.perf_counter() - t
-            desc = lay.describe() + ((", vector scan" if vector else ", scalar scan") if len(alternatives) > 1
-                                     and (lay, vector) in alternatives[:2] else "")
+            desc = lay.describe() + suffix
             times, found = [], 0
             vector_scan, mih.VECTOR_SCAN = mih.VECTOR_SCAN, vector
             try:

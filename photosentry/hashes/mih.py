@@ -1100,9 +1100,12 @@ class MihSegment:
             else:
                 low = width - int(self._dwidths[t])
                 _build_packed(self.codes, start, width, low, offsets, self._words[rows])
-        self._dir_base, self._dir_ends = _compact_directories(self._offsets, self._dwidths)
+        # Inline and fragment directories are small and stay plain (the kernels index them
+        # directly); only packed tables get the compact form.
+        empty = np.empty(0, dtype=np.uint32), np.empty(0, dtype=np.uint8)
+        self._dir_base, self._dir_ends = empty if layout.inline else _compact_directories(self._offsets, self._dwidths)
         self._slot_bases = np.concatenate([[0], np.cumsum(1 << self._dwidths)[:-1]]).astype(np.int64)
-        self._compact = not layout.inline and self._dir_ends.size > 0
+        self._compact = self._dir_ends.size > 0
         if self._compact:
             self._offsets = np.empty(0, dtype=np.uint32)  # the compact form replaces it
 
