@@ -36,6 +36,7 @@ from photosentry.worker.service import ScanService, ServiceSettings, install
 
 from .corpus import Corpus
 from .callback_receiver import Receiver
+from .workers import wait_until
 
 
 @pytest.fixture
@@ -304,6 +305,26 @@ def test_a_running_jobs_intermediate_entry_is_not_requeued(redis_client: redis.R
     assert not redis_client.exists("rq:queue:uploads:intermediate")
     assert redis_client.lrange("rq:queue:uploads", 0, -1) == [job_id.encode()]
     assert recover_abandoned(redis_client, ["uploads", "bulk"]) == []
+
+
+def test_a_stopping_worker_does_not_wait_on_its_command_listener(redis_client: redis.Redis) -> None:
+    """The race behind a SIGTERMed pool that hung: the listener has read the UNSUBSCRIBE reply first.
+
+    redis-py >= 8.2 joins the listener without a bound and RQ's own listener then waits
+    60 s to be subscribed again; the bound here is far below that, not a speed target.
+    """
+    import threading
+
+    worker = ScanWorker(connection=redis_client, name="photosentry.test.listener")
+    worker.subscribe()
+    wait_until(lambda: worker.pubsub.subscribed, timeout=10)
+    worker.pubsub.unsubscribe()
+    wait_until(lambda: not worker.pubsub.subscribed, timeout=10)  # the listener took the reply
+    stopper = threading.Thread(target=worker.unsubscribe, daemon=True)
+    stopper.start()
+    stopper.join(20)
+    assert not stopper.is_alive(), "the worker is stuck stopping its pubsub listener"
+    assert not worker.pubsub_thread.is_alive()
 
 
 CHILD_WORKER = """

@@ -103,6 +103,10 @@ MAX_JOB_DATA_BYTES = 16 * 1024 * 1024
 limit is 13.4 MB of base64. RQ inflates zlib-compressed data without a bound, so a 1 MB
 hostile job could otherwise take a gigabyte of the worker's memory."""
 
+COMMAND_POLL_S = 0.5
+"""Longest read of the listener for RQ's pubsub commands; it bounds how long a stopping
+worker waits for that thread (see :meth:`ScanWorker.subscribe`)."""
+
 SETUP_EXIT_CODE = 3
 """Exit status of a worker process that could not build its service (model, policy, Redis)."""
 REDIS_RETRY_MAX_S = 10.0
@@ -504,6 +508,19 @@ class ScanWorker(SimpleWorker):
         except redis.RedisError:
             pass
         super().teardown()
+
+    def subscribe(self) -> None:
+        # RQ's own subscribe listens for `rq` commands (shutdown, stop-job) with 60 s
+        # reads. redis-py 8.2 made PubSubWorkerThread.stop() join the listener without
+        # a bound, and once the listener has read the UNSUBSCRIBE reply it waits those
+        # 60 s to be subscribed again: a SIGTERMed worker then took a minute to exit
+        # (tests/test_queue_e2e.py::test_sigterm_stops_the_pool_cleanly, one run in ~9).
+        # Short reads bound the stop by COMMAND_POLL_S on any redis-py.
+        self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(sleep_time=COMMAND_POLL_S, daemon=True,
+                                                       exception_handler=self._pubsub_exception_handler)
 
     def _beat(self) -> None:
         self.connection.set(alive_key(self.name), os.getpid(), px=int(self.alive_ttl_s * 1000))
