@@ -508,14 +508,29 @@ def _llvm_has_typed_pointers() -> bool:
 _TYPED_POINTERS = _llvm_has_typed_pointers()
 
 
+def _llvm_has_vector_compress() -> bool:
+    from llvmlite import binding
+
+    return binding.llvm_version_info[0] >= 19  # llvm.experimental.vector.compress
+
+
+#: Whether _scan_words16 compresses in a register (LLVM 19+) or, before, with LLVM's
+#: compress-store (which x86 lowers to the memory form).
+_HAS_VECTOR_COMPRESS = _llvm_has_vector_compress()
+
+
 @intrinsic
 def _scan_words16(typingctx, words, p, first, last, ql, mask, rem, low, out, at):  # type: ignore[no-untyped-def]
     """Packed bucket scan, 16 words at once: of lanes ``first .. last-1`` of
     ``words[p : p + 16]``, store the row (``word >> low``) of each word whose low bits
     are within ``rem`` of ``ql`` at ``out[at:]``, packed together; return how many.
-    Other lanes are neither stored nor read (a masked load does not fault). Callers
-    keep ``p`` at a multiple of 16 in a line-aligned table: a load that straddled two
-    lines would fetch both, even for lanes it masks out."""
+    Other lanes are not read (a masked load does not fault). Callers keep ``p`` at a
+    multiple of 16 in a line-aligned table: a load that straddled two lines would
+    fetch both, even for lanes it masks out. ``out[at : at + 16]`` is written whole
+    (past the kept rows with junk the next step overwrites), so ``out`` keeps 16 spare
+    slots: the rows are compressed in a register and stored with one plain store. A
+    compress straight to memory (VPCOMPRESSD m512) is microcoded on AMD Zen 4 and made
+    this kernel 1.4x slower there than the scalar loop; see docs/matching.md."""
     sig = types.int64(words, p, first, last, ql, mask, rem, low, out, at)
 
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
@@ -529,8 +544,14 @@ def _scan_words16(typingctx, words, p, first, last, ql, mask, rem, low, out, at)
         bits = builder.call(_declare(builder, "llvm.ctpop.v16i32", vec, [vec]), [diff])
         keep = builder.and_(builder.icmp_unsigned("<=", bits, _vector(builder, vec, args[6])), valid)
         rows = builder.lshr(v, _vector(builder, vec, args[7]))
-        store = _declare(builder, "llvm.masked.compressstore.v16i32", ir.VoidType(), [vec, dst.type, lanes])
-        builder.call(store, [rows, dst, keep])
+        if _HAS_VECTOR_COMPRESS:
+            compress = _declare(builder, "llvm.experimental.vector.compress.v16i32", vec, [vec, lanes, vec])
+            packed = builder.call(compress, [rows, keep, ir.Constant(vec, ir.Undefined)])
+            store = builder.store(packed, builder.bitcast(dst, vec.as_pointer()))
+            store.align = 4
+        else:
+            store = _declare(builder, "llvm.masked.compressstore.v16i32", ir.VoidType(), [vec, dst.type, lanes])
+            builder.call(store, [rows, dst, keep])
         kept = builder.call(_declare(builder, "llvm.ctpop.i16", i16, [i16]), [builder.bitcast(keep, i16)])
         return builder.zext(kept, ir.IntType(64))
 
