@@ -39,7 +39,7 @@ or 17/17/16/14 (fragments). Their directories (1.6 MB in all) stay in cache, so 
 probe costs almost nothing, and the long buckets are fetched ahead whole.
 
 On CPUs with AVX-512 VPOPCNTDQ the bucket scans take one cache line per step (masked
-load, vector popcount, compress-store; see VECTOR_SCAN), elsewhere scalar loops; each
+load, vector popcount, compress; see VECTOR_SCAN), elsewhere scalar loops; each
 kernel family has its own cost model, so a host plans for the kernels it runs.
 
 A query call takes every variant of a photo at once and runs in phases (enumerate
@@ -499,24 +499,22 @@ def _masked_load(builder, vec, src, mask):  # type: ignore[no-untyped-def]
     return builder.call(load, [src, i32(vec.element.width // 8), mask, ir.Constant(vec, None)])
 
 
-def _llvm_has_typed_pointers() -> bool:
+def _store(builder, value, dst):  # type: ignore[no-untyped-def]
+    """A plain (unaligned) store of vector ``value`` at element pointer ``dst``."""
+    store = builder.store(value, builder.bitcast(dst, value.type.as_pointer()))
+    store.align = value.type.element.width // 8
+
+
+def _llvm_major() -> int:
     from llvmlite import binding
 
-    return binding.llvm_version_info[0] < 17
+    return int(binding.llvm_version_info[0])
 
 
-_TYPED_POINTERS = _llvm_has_typed_pointers()
-
-
-def _llvm_has_vector_compress() -> bool:
-    from llvmlite import binding
-
-    return binding.llvm_version_info[0] >= 19  # llvm.experimental.vector.compress
-
-
-#: Whether _scan_words16 compresses in a register (LLVM 19+) or, before, with LLVM's
-#: compress-store (which x86 lowers to the memory form).
-_HAS_VECTOR_COMPRESS = _llvm_has_vector_compress()
+_TYPED_POINTERS = _llvm_major() < 17
+#: Whether _scan_words16 compresses in a register (``llvm.experimental.vector.compress``,
+#: LLVM 19+) or, before, with LLVM's compress-store (which x86 lowers to the memory form).
+_HAS_VECTOR_COMPRESS = _llvm_major() >= 19
 
 
 @intrinsic
@@ -546,9 +544,7 @@ def _scan_words16(typingctx, words, p, first, last, ql, mask, rem, low, out, at)
         rows = builder.lshr(v, _vector(builder, vec, args[7]))
         if _HAS_VECTOR_COMPRESS:
             compress = _declare(builder, "llvm.experimental.vector.compress.v16i32", vec, [vec, lanes, vec])
-            packed = builder.call(compress, [rows, keep, ir.Constant(vec, ir.Undefined)])
-            store = builder.store(packed, builder.bitcast(dst, vec.as_pointer()))
-            store.align = 4
+            _store(builder, builder.call(compress, [rows, keep, ir.Constant(vec, ir.Undefined)]), dst)
         else:
             store = _declare(builder, "llvm.masked.compressstore.v16i32", ir.VoidType(), [vec, dst.type, lanes])
             builder.call(store, [rows, dst, keep])
@@ -567,8 +563,7 @@ def _fill16(typingctx, out, at, value):  # type: ignore[no-untyped-def]
         lane = context.get_value_type(signature.args[0].dtype)
         vec = ir.VectorType(lane, 16)
         dst = _element_pointer(context, builder, signature.args[0], args[0], args[1])
-        store = builder.store(_vector(builder, vec, args[2]), builder.bitcast(dst, vec.as_pointer()))
-        store.align = lane.width // 8
+        _store(builder, _vector(builder, vec, args[2]), dst)
         return context.get_dummy_value()
 
     return sig, codegen
