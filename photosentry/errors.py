@@ -43,3 +43,8 @@ class ModelUnavailable(PhotoSentryError):
 
 class PolicyError(PhotoSentryError, ValueError):
     """A policy file is malformed or would break a non-negotiable (e.g. allow on failure)."""
+
+
+class JobRefused(PhotoSentryError):
+    """A queued job a worker will not run as written (not JSON, not our function, or
+    behaviour fields in its hash that are not ours); its upload still gets a verdict."""

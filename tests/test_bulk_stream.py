@@ -25,7 +25,7 @@ from rq.serializers import JSONSerializer
 from photosentry import enqueue_scan
 from photosentry.enqueue import build_payload
 from photosentry.review.queue import ReviewQueue
-from photosentry.worker.main import give_up_with_verdict, recover_abandoned
+from photosentry.worker.recovery import give_up_with_verdict, recover_abandoned
 from photosentry.worker.service import ScanService, ServiceSettings
 
 from .callback_receiver import Receiver

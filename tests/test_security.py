@@ -27,7 +27,8 @@ from photosentry.models.open_nsfw import OpenNsfwClassifier
 from photosentry.worker.actions import ActionApplier, ContentStore
 from photosentry.worker.delivery import CallbackPolicy, CallbackRefused, CallbackSigner, post_callback
 from photosentry.worker.jobs import SCAN_FUNCTION
-from photosentry.worker.main import MAX_JOB_DATA_BYTES, ScanWorker
+from photosentry.worker.dequeue import MAX_JOB_DATA_BYTES
+from photosentry.worker.scan_worker import ScanWorker
 from photosentry.worker.pipeline import Scanner
 from photosentry.worker.policy import Policy
 from photosentry.worker.service import ScanService, ServiceSettings, install

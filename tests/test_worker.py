@@ -28,8 +28,8 @@ from photosentry.hashes.matcher import BankMatcher
 from photosentry.hashes.redis_banks import RedisBankStore
 from photosentry.models.open_nsfw import OpenNsfwClassifier
 from photosentry.worker.jobs import SCAN_FUNCTION
-from photosentry.worker.main import (ScanWorker, alive_key, give_up_with_verdict, recover_abandoned,
-                                     recover_intermediate)
+from photosentry.worker.recovery import alive_key, give_up_with_verdict, recover_abandoned, recover_intermediate
+from photosentry.worker.scan_worker import ScanWorker
 from photosentry.worker.pipeline import Scanner
 from photosentry.worker.policy import Policy
 from photosentry.worker.service import ScanService, ServiceSettings, install
@@ -329,7 +329,7 @@ def test_a_stopping_worker_does_not_wait_on_its_command_listener(redis_client: r
 
 CHILD_WORKER = """
 import sys, redis
-from photosentry.worker.main import ScanWorker
+from photosentry.worker.scan_worker import ScanWorker
 from photosentry.worker.pipeline import Scanner
 from photosentry.worker.policy import Policy
 from photosentry.worker.service import ScanService, ServiceSettings, install

@@ -87,7 +87,7 @@ def worker(ctx: click.Context, redis_url: str, processes: int, source_roots: tup
     """
     from ..errors import PolicyError
     from ..worker import logs
-    from ..worker.main import run_pool
+    from ..worker.supervisor import run_pool
     from ..worker.service import ServiceSettings
 
     logs.configure(logging.DEBUG if ctx.find_root().params.get("verbose") else logging.INFO,

@@ -42,6 +42,7 @@ from typing import Any
 from .. import defaults
 from ..config import data_dir, ensure_private_dir
 from ..errors import UnreadableImage
+from ..procs import end_with_parent
 from ..worker.cache import VerdictCache, model_builds
 from ..worker.sources import Fetched, PathSource, SourceRefused, SourceRoots
 from ..worker.verdict import Action, ReasonCode
@@ -231,8 +232,11 @@ class _PoolWorker:
             self._last_refresh = now
 
 
-def _init_process(settings: LocalSettings) -> None:
+def _init_process(settings: LocalSettings, parent_pid: int) -> None:
     global _WORKER
+    # A rescan killed with SIGKILL must not leave its pool scanning (and moving files)
+    # on its own; its checkpoint lets a new run resume instead.
+    end_with_parent(parent_pid, signal.SIGKILL)
     # Ctrl-C reaches the whole terminal process group; only the parent decides what it means.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if settings.threads == 1:
@@ -314,7 +318,7 @@ class LocalBackend:
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(max_workers=self.processes, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_process, initargs=(self.settings,))
+                                   initializer=_init_process, initargs=(self.settings, os.getpid()))
 
     def submit(self, item: Item, upload_id: str) -> None:
         if not self._filling:

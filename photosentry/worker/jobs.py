@@ -145,7 +145,7 @@ def check_callback_url(url: object) -> str:
 def scan_upload(payload: dict[str, Any]) -> dict[str, Any]:
     """Scan one upload; returns the verdict dict (also RQ's job result).
 
-    Runs inside a :class:`photosentry.worker.main.ScanWorker`, which built the warm
+    Runs inside a :class:`photosentry.worker.scan_worker.ScanWorker`, which built the warm
     service (models, bank index, stores) before its first job.
     """
     from rq import get_current_job

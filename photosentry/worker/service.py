@@ -38,7 +38,7 @@ import redis
 from .. import defaults
 from ..config import data_dir, ensure_private_dir, redact_url
 from ..decode import Limits
-from ..errors import UnreadableImage
+from ..errors import JobRefused, UnreadableImage
 from ..hashes.redis_banks import DEFAULT_PREFIX as BANK_PREFIX
 from ..hashes.redis_banks import RedisBankStore
 from ..review.queue import QuarantineRecord, ReviewQueue
@@ -494,7 +494,7 @@ def current_service() -> ScanService:
 def fail_closed(job: Any, connection: Any, exc: BaseException | None, *, service: ScanService | None = None) -> None:
     """Body of the RQ failure callback; see :func:`photosentry.worker.jobs.on_scan_failure`."""
     try:
-        if isinstance(exc, PayloadError):
+        if isinstance(exc, (PayloadError, JobRefused)):
             job.retries_left = 0  # permanent: retrying cannot help
         if job.retries_left:
             log.warning("job attempt failed; it will be retried",
@@ -510,9 +510,13 @@ def fail_closed(job: Any, connection: Any, exc: BaseException | None, *, service
             return
         service = service or _CURRENT or ScanService(ServiceSettings.from_env(), client=connection, load_models=False)
         attempts = int((job.meta or {}).get("attempts", 0) or 0) or 1
-        why = f"job failed after {attempts} attempt{'s' if attempts != 1 else ''}: {type(exc).__name__ if exc else 'lost'}"
-        if exc is not None and str(exc):
-            why += f": {str(exc)[:300]}"
+        if isinstance(exc, JobRefused):
+            why = f"job refused: {str(exc)[:300]}"
+        else:
+            why = (f"job failed after {attempts} attempt{'s' if attempts != 1 else ''}:"
+                   f" {type(exc).__name__ if exc else 'lost'}")
+            if exc is not None and str(exc):
+                why += f": {str(exc)[:300]}"
         service.record_failure(raw, job_id=job.id, why=why, queue=getattr(job, "origin", None))
     except Exception:  # noqa: BLE001 - a raising callback would hide the job's own error
         log.exception("could not record the fail-closed verdict of job %s", getattr(job, "id", "?"))

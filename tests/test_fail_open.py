@@ -1,0 +1,136 @@
+"""The fail-open holes of the first hostile review, each written as the attack.
+
+A producer writes the whole job hash, not only the payload; an upload id can come back
+with other bytes; a callback receiver can hang; a context value can be unreadable; a
+rescan can be SIGKILLed. Each test below failed on the code before its fix.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from photosentry.worker.jobs import FAILURE_CALLBACK, SCAN_FUNCTION
+from photosentry.worker.service import ScanService
+
+from .callback_receiver import Receiver
+from .evil_callbacks import MARKS_ENV
+from .test_security import plant_job, run_burst, stream
+
+EVIL = "tests.evil_callbacks.mark"
+
+
+@pytest.fixture
+def marks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "evil-marks"
+    monkeypatch.setenv(MARKS_ENV, str(path))
+    return path
+
+
+def _verdict_of(client: redis.Redis, upload_id: str, stream_name: str = "photosentry:verdicts") -> dict[str, Any]:
+    found = [json.loads(f[b"verdict"]) for _, f in client.xrange(stream_name) if f[b"upload_id"] == upload_id.encode()]
+    assert len(found) == 1, f"{len(found)} verdicts for {upload_id} on {stream_name}"
+    return found[0]
+
+
+# -- 1. a job hash cannot switch fail-closed off -------------------------------------------------
+
+
+def test_a_job_naming_its_own_failure_callback_still_ends_in_a_recorded_verdict(
+    redis_client: redis.Redis, service: ScanService, marks: Path
+) -> None:
+    """The attack as reported: builtins.print as failure callback, no retries, a payload
+    that fails for good. It ended `failed` with no verdict: the upload was lost."""
+    payload = {"version": 99, "upload_id": "fc-1", "source": {"bytes_b64": "aGVsbG8="}}
+    redis_client.hset("rq:job:fc-job", mapping={"data": json.dumps([SCAN_FUNCTION, None, [payload], {}]),
+                                                "status": "queued", "origin": "uploads",
+                                                "created_at": "2026-11-22T10:00:00.000000Z",
+                                                "failure_callback_name": EVIL, "retries_left": "0"})
+    redis_client.rpush("rq:queue:uploads", "fc-job")
+    run_burst(redis_client, service)
+    assert not marks.exists(), "the worker called a function the job hash chose"
+    verdict = _verdict_of(redis_client, "fc-1")
+    assert verdict["action"] == "quarantine" and verdict["reasons"][0]["code"] == "scan_failed"
+    assert redis_client.hget("rq:job:fc-job", "status") == b"failed"
+    assert redis_client.hget("rq:job:fc-job", "failure_callback_name") == FAILURE_CALLBACK.encode()
+
+
+@pytest.mark.parametrize("fields", [
+    {"success_callback_name": EVIL},
+    {"failure_callback_name": EVIL},
+    {"stopped_callback_name": EVIL},
+    {"dependency_ids": json.dumps(["some-other-job"])},
+    {"repeats_left": "3", "repeat_intervals": "[0]"},
+    {"rate_limit_key": "x", "rate_limit_concurrency": "1"},
+], ids=["success-callback", "failure-callback", "stopped-callback", "dependencies", "repeats", "rate-limit"])
+def test_behaviour_fields_a_producer_sets_refuse_the_job_and_record_its_verdict(
+    redis_client: redis.Redis, service: ScanService, marks: Path, fields: dict[str, str]
+) -> None:
+    plant_job(redis_client, "odd-job", "odd-1", **fields)
+    plant_job(redis_client, "good-job", "good-1")
+    run_burst(redis_client, service)
+    assert not marks.exists()
+    verdict = _verdict_of(redis_client, "odd-1")
+    assert verdict["action"] == "quarantine" and verdict["reasons"][0]["code"] == "scan_failed"
+    assert "refused" in verdict["reasons"][0]["text"]
+    assert redis_client.hget("rq:job:odd-job", "status") == b"failed"
+    stored = redis_client.hgetall("rq:job:odd-job")
+    for name in (b"success_callback_name", b"stopped_callback_name", b"dependency_ids", b"repeats_left",
+                 b"rate_limit_key", b"webhooks"):
+        assert stored.get(name, b"") in (b"", b"[]"), f"{name!r} kept: {stored[name]!r}"
+    assert stored[b"failure_callback_name"] == FAILURE_CALLBACK.encode()
+    assert _verdict_of(redis_client, "good-1")["reasons"][0]["code"] == "not_an_image"  # scanned as usual
+
+
+@pytest.mark.parametrize("status", ["finished", "failed"])
+def test_webhooks_in_a_job_hash_are_never_sent(
+    redis_client: redis.Redis, service: ScanService, receiver: Receiver, status: str
+) -> None:
+    """RQ 3 POSTs a job's webhooks to any URL it names: a way past the callback policy."""
+    hooks = json.dumps([{"url": receiver.url, "job_status": status, "method": "POST"}])
+    plant_job(redis_client, "hook-job", "hook-1", webhooks=hooks)
+    run_burst(redis_client, service)
+    assert receiver.received == [] and receiver.rejected == 0
+    assert _verdict_of(redis_client, "hook-1")["action"] == "quarantine"
+
+
+def test_a_job_is_recorded_on_the_stream_of_the_queue_it_came_from_not_the_one_it_claims(
+    redis_client: redis.Redis, service: ScanService
+) -> None:
+    """`origin` picks the verdict stream; a hash claiming `bulk` on the uploads queue hid
+    its verdict from the pipeline reading photosentry:verdicts."""
+    plant_job(redis_client, "origin-job", "origin-1", origin="bulk")
+    run_burst(redis_client, service)
+    assert _verdict_of(redis_client, "origin-1")["reasons"][0]["code"] == "not_an_image"
+    assert redis_client.xlen("photosentry:verdicts:bulk") == 0
+
+
+def test_retries_and_timeouts_a_producer_writes_are_bounded(
+    redis_client: redis.Redis, service: ScanService
+) -> None:
+    payload = {"version": 99, "upload_id": "loop-1", "source": {"bytes_b64": "aGVsbG8="}}
+    plant_job(redis_client, "loop-job", "loop-1", retries_left="100000", retry_intervals="[0]", timeout="999999",
+              data=json.dumps([SCAN_FUNCTION, None, [payload], {}]))
+    run_burst(redis_client, service)
+    stored = redis_client.hgetall("rq:job:loop-job")
+    assert int(stored[b"timeout"]) <= 60
+    assert stored[b"status"] == b"failed"  # PayloadError is permanent whatever retries_left said
+    assert _verdict_of(redis_client, "loop-1")["reasons"][0]["code"] == "scan_failed"
+
+
+@pytest.mark.parametrize("data", [
+    [SCAN_FUNCTION, None, [{"version": 1, "upload_id": "kw-1", "source": {"bytes_b64": "aGVsbG8="}}], {"x": 1}],
+    [SCAN_FUNCTION, "os", [{"version": 1, "upload_id": "kw-1", "source": {"bytes_b64": "aGVsbG8="}}], {}],
+    [SCAN_FUNCTION, None, [{"version": 1, "upload_id": "kw-1", "source": {"bytes_b64": "aGVsbG8="}}, 2], {}],
+], ids=["kwargs", "instance", "two-args"])
+def test_a_scan_job_of_another_shape_is_refused_with_a_verdict(
+    redis_client: redis.Redis, service: ScanService, data: list[Any]
+) -> None:
+    plant_job(redis_client, "shape-job", "kw-1", data=json.dumps(data))
+    run_burst(redis_client, service)
+    verdict = _verdict_of(redis_client, "kw-1")
+    assert verdict["reasons"][0]["code"] == "scan_failed" and "refused" in verdict["reasons"][0]["text"]
