@@ -134,3 +134,87 @@ def test_a_scan_job_of_another_shape_is_refused_with_a_verdict(
     run_burst(redis_client, service)
     verdict = _verdict_of(redis_client, "kw-1")
     assert verdict["reasons"][0]["code"] == "scan_failed" and "refused" in verdict["reasons"][0]["text"]
+
+
+# -- 5. pool processes end with their parent, however it dies -------------------------------------
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_a_sigkilled_local_rescan_leaves_no_pool_process_behind(
+    redis_server: str, corpus: Any, tmp_path: Path
+) -> None:
+    import os
+    import shutil
+    import signal
+    import subprocess
+
+    from .workers import PHOTOSENTRY, wait_until
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    for i in range(12):
+        shutil.copyfile(corpus.clean["coffee"], root / f"{i:02d}.jpg")
+    env = {**os.environ, "PHOTOSENTRY_HOME": str(tmp_path / "home")}
+    env.pop("PHOTOSENTRY_POLICY", None)
+    log = (tmp_path / "rescan.log").open("wb")
+    proc = subprocess.Popen([PHOTOSENTRY, "rescan", str(root), "--report", str(tmp_path / "r.jsonl"), "-n", "2",
+                             "--rate", "1", "--dry-run"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        # Both pool processes are up (spawned children, besides multiprocessing's resource tracker).
+        pool = wait_until(lambda: (lambda c: c if len(c) >= 2 else None)(_children(proc.pid)), timeout=90)
+        wait_until(lambda: (tmp_path / "r.jsonl").exists() and (tmp_path / "r.jsonl").stat().st_size > 0,
+                   timeout=90)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        wait_until(lambda: not any(_alive(p) for p in pool), timeout=15)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        log.close()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_a_sigkilled_worker_supervisor_leaves_no_worker_behind(
+    redis_server: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    import os
+    import signal
+
+    from .workers import log_tail, pool_started, start_pool, wait_until
+
+    env = {**os.environ, "PHOTOSENTRY_REDIS_URL": redis_server, "PHOTOSENTRY_HOME": str(tmp_path / "home")}
+    log = tmp_path / "worker.log"
+    proc = start_pool(env, log, "--processes", "2", "--threads", "1", "--log-format", "text")
+    try:
+        assert pool_started(proc, redis_client, 2, 90), log_tail(log)
+        workers = _children(proc.pid)
+        assert len(workers) >= 2
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        wait_until(lambda: not any(_alive(p) for p in workers), timeout=40)
+    finally:
+        for pid in _children(proc.pid):
+            os.kill(pid, signal.SIGKILL)
