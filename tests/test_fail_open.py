@@ -218,3 +218,60 @@ def test_a_sigkilled_worker_supervisor_leaves_no_worker_behind(
     finally:
         for pid in _children(proc.pid):
             os.kill(pid, signal.SIGKILL)
+
+
+# -- 4. context values nobody can read ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["recipient_age=abc", "recipient_is_minor=maybe", "uploader_age=fifteen"])
+def test_scan_refuses_an_unreadable_context_with_exit_2(data_dir: Path, corpus: Any, value: str) -> None:
+    from click.testing import CliRunner
+
+    from photosentry.cli import cli
+
+    result = CliRunner().invoke(cli, ["scan", "--context", value, str(corpus.clean["coffee"])])
+    assert result.exit_code == 2, result.output
+    key = value.split("=")[0]
+    assert key in result.output and "--context" in result.output
+
+
+@pytest.mark.parametrize("value", ["recipient_age=15", "recipient_is_minor=true", "recipient_age=40"])
+def test_scan_reads_context_strings_as_numbers_and_flags(data_dir: Path, corpus: Any, value: str) -> None:
+    from click.testing import CliRunner
+
+    from photosentry.cli import cli
+
+    result = CliRunner().invoke(cli, ["scan", "--json", "--threads", "1", "--context", value,
+                                      str(corpus.clean["coffee"])])
+    assert result.exit_code == 0, result.output
+    verdict = json.loads(result.output.splitlines()[0])
+    assert verdict["profile"] == ("default" if value.endswith("40") else "minors")
+
+
+@pytest.mark.parametrize("context,profile,note", [
+    ({"recipient_age": "fifteen"}, "minors", True),
+    ({"recipient_is_minor": "maybe"}, "minors", True),
+    ({"recipient_age": "15"}, "minors", False),
+    ({"recipient_is_minor": "true"}, "minors", False),
+    ({"recipient_age": "40"}, "default", False),
+])
+def test_a_queued_job_with_an_unreadable_context_gets_the_strictest_profile_and_a_reason(
+    redis_client: redis.Redis, service: ScanService, corpus: Any, context: dict[str, str], profile: str, note: bool
+) -> None:
+    import base64
+
+    from photosentry import enqueue_scan
+
+    data = corpus.clean["coffee"].read_bytes()
+    enqueue_scan(redis_client, source=data, upload_id="ctx-1", context=context)
+    run_burst(redis_client, service)
+    verdict = _verdict_of(redis_client, "ctx-1")
+    assert verdict["profile"] == profile
+    codes = [r["code"] for r in verdict["reasons"]]
+    assert ("context_unreadable" in codes) is note
+    assert codes[0] == "clean"  # still decided on the photo itself
+    # A second upload of the same bytes with a readable context is not served that reason from the cache.
+    enqueue_scan(redis_client, source=base64.b64decode(base64.b64encode(data)), upload_id="ctx-2",
+                 context={"recipient_age": "15"})
+    run_burst(redis_client, service)
+    assert "context_unreadable" not in [r["code"] for r in _verdict_of(redis_client, "ctx-2")["reasons"]]

@@ -143,19 +143,49 @@ def test_minors_profile_selected(policy: Policy, context: dict) -> None:
     [
         {},
         {"recipient_age": 30},
+        {"recipient_age": "30"},
         {"recipient_age": 18},
-        {"recipient_age": "thirty"},
-        {"recipient_age": True},  # a bool is not an age
+        {"recipient_age": ""},
         {"recipient_is_minor": "false"},
         {"recipient_is_minor": "0"},
         {"recipient_is_minor": None},
         {"some_other_key": "true"},
+        {"some_other_key": "fifteen"},  # no profile reads it
     ],
 )
 def test_minors_profile_not_selected(policy: Policy, context: dict) -> None:
     profile = policy.profile_for(context)
     assert profile is policy.base
     assert profile.name == "default"
+
+
+@pytest.mark.parametrize(
+    "context",
+    [
+        # These two once fell back to the adult profile in silence (issue #15).
+        {"recipient_age": "thirty"},
+        {"recipient_age": True},  # a bool is not an age
+        {"recipient_age": "fifteen"},
+        {"recipient_is_minor": "maybe"},
+        {"uploader_is_minor": 2},
+        {"audience_includes_minors": "sometimes", "recipient_age": 30},
+    ],
+)
+def test_an_unreadable_context_value_selects_the_profiles_that_read_it_and_says_so(
+    policy: Policy, context: dict
+) -> None:
+    profile = policy.profile_for(context)
+    assert profile.name == "minors"
+    assert profile.models["open_nsfw"] == Thresholds(0.30, 0.80)
+    assert profile.unreadable_context
+    action, reasons = decide(profile, scores=[score(0.01)])
+    assert action is Action.ALLOW
+    assert codes(reasons) == ["clean", "context_unreadable"]
+    note = reasons[1]
+    assert note.detail["profile"] == "minors" and note.detail["unreadable"]
+    assert next(iter(context)) in note.text
+    # stricter thresholds do apply: 0.5 is allowed for adults, quarantined here
+    assert decide(profile, scores=[score(0.5)])[0] is Action.QUARANTINE
 
 
 def test_profiles_only_make_things_stricter() -> None:

@@ -122,7 +122,7 @@ def rescan(ctx: click.Context, source: str, local: bool, processes: int | None, 
         "dry_run": dry_run,
         "force": force,
         "since": _since(since_text, parse_time),
-        "context": context_pairs(context),
+        "context": context_pairs(context, policy_path=policy_path),
         "report_format": format_for(report, report_format),
     }
     resume_state = None

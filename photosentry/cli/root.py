@@ -100,13 +100,30 @@ def cli(ctx: click.Context, data_dir: str | None, verbose: bool) -> None:
 # -- shared by subcommands ------------------------------------------------------------
 
 
-def context_pairs(values: Sequence[str]) -> dict[str, str]:
+def context_pairs(values: Sequence[str], *, policy_path: str | None = None) -> dict[str, str]:
+    """``--context KEY=VALUE`` options as a dict, checked against the policy's profiles
+    (the file at ``policy_path``, else the shipped one): a value a profile reads but
+    cannot (``recipient_age=abc``) is a usage error, never a silent adult profile."""
     out = {}
     for item in values:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--context")
         out[key.strip()] = value.strip()
+    if out:
+        from ..errors import PolicyError
+        from ..worker.policy import Policy
+
+        try:
+            policy = Policy.from_file(policy_path) if policy_path else Policy.default()
+        except PolicyError:
+            return out  # the command reports the policy's own set-up error
+        unreadable = policy.read_context(out).unreadable
+        if unreadable:
+            raise click.BadParameter(
+                "; ".join(f"{key}={out[key]!r}: {why}" for key, why in sorted(unreadable.items()))
+                + " (flags take true/false, yes/no or 1/0; ages and other limits take a number)",
+                param_hint="--context")
     return out
 
 

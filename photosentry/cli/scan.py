@@ -71,7 +71,7 @@ def scan(
     from ..worker.pipeline import Scanner
     from ..worker.policy import Policy
 
-    ctx_values = context_pairs(context)
+    ctx_values = context_pairs(context, policy_path=policy_path)
     try:
         policy = Policy.from_file(policy_path) if policy_path else Policy.default()
     except PhotoSentryError as exc:

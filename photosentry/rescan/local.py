@@ -221,7 +221,7 @@ class _PoolWorker:
             hashlib.sha256(data).hexdigest(),
             policy_version=self.policy.version,
             bank_version=self.scanner.matcher.version,
-            profile=self.policy.profile_for(context).name,
+            profile=self.policy.profile_for(context).cache_name,
             models=model_builds(self.scanner),
         )
 

@@ -26,7 +26,9 @@ from .. import defaults
 DEFAULT_PREFIX = "photosentry:vcache:"
 
 #: Reason codes that say "we did not really look": such verdicts are not cached.
-UNCACHEABLE_CODES = frozenset({"model_unavailable", "scan_failed", "source_refused"})
+UNCACHEABLE_CODES = frozenset({"model_unavailable", "scan_failed", "source_refused",
+                               # about the upload's context, not its bytes
+                               "context_unreadable"})
 
 #: Fields of a verdict that belong to one upload, not to the bytes; dropped on store.
 _PER_UPLOAD = ("subject", "context", "timings_ms", "upload_id", "cache", "dry_run")

@@ -9,6 +9,7 @@ allow a photo that was not fully scanned.
 from __future__ import annotations
 
 import importlib.resources
+import math
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,7 @@ POLICY_ENV = "PHOTOSENTRY_POLICY"
 
 DEFAULT_PROFILE = "default"
 _TRUE_STRINGS = frozenset({"1", "true", "yes", "on", "y", "t"})
+_FALSE_STRINGS = frozenset({"0", "false", "no", "off", "n", "f"})
 
 
 @dataclass(frozen=True)
@@ -67,9 +69,18 @@ class Profile:
     default_bank_action: Action
     fail_closed: Mapping[ReasonCode, Action]
     allow: AllowRules = AllowRules()
+    #: Context values the policy reads but could not (``recipient_age='fifteen'``): every
+    #: profile that reads them applies, and the verdict says so.
+    unreadable_context: tuple[str, ...] = ()
 
     def bank_action(self, bank: str) -> Action:
         return self.bank_actions.get(bank, self.default_bank_action)
+
+    @property
+    def cache_name(self) -> str:
+        """The profile's part of a verdict-cache key: an unreadable context is part of the
+        verdict (its reason), so such uploads never share entries with readable ones."""
+        return self.name + ("!unreadable" if self.unreadable_context else "")
 
 
 @dataclass(frozen=True)
@@ -82,14 +93,33 @@ class _ProfileRule:
     bank_actions: Mapping[str, Action]
     allow: AllowRules | None = None
 
-    def applies(self, context: Mapping[str, Any]) -> bool:
-        if any(_truthy(context.get(key)) for key in self.when_true):
+    def applies(self, reading: "ContextReading") -> bool:
+        """Whether the context selects this profile. A key it reads that holds an
+        unreadable value selects it too: a producer's typo must never mean the adult
+        rules for a child."""
+        if any(key in reading.unreadable for key in (*self.when_true, *self.when_under)):
             return True
-        for key, limit in self.when_under.items():
-            number = _number(context.get(key))
-            if number is not None and number < limit:
-                return True
-        return False
+        if any(reading.flags.get(key) for key in self.when_true):
+            return True
+        return any(reading.numbers.get(key, limit) < limit for key, limit in self.when_under.items())
+
+
+@dataclass(frozen=True)
+class ContextReading:
+    """The context values the policy's profiles read, as typed values.
+
+    Producers in any language send strings: ``"15"`` is 15 and ``"true"`` is true.
+    A value that is neither (``"fifteen"``, ``"maybe"``, ``-1`` for a flag) is kept in
+    ``unreadable`` with why; a missing, null or empty value is simply absent.
+    """
+
+    flags: Mapping[str, bool]
+    numbers: Mapping[str, float]
+    #: key -> why its value could not be read.
+    unreadable: Mapping[str, str]
+
+    def notes(self) -> tuple[str, ...]:
+        return tuple(f"{key}: {why}" for key, why in sorted(self.unreadable.items()))
 
 
 @dataclass(frozen=True)
@@ -212,9 +242,36 @@ class Policy:
 
     # -- use ----------------------------------------------------------------------
 
+    def read_context(self, context: Mapping[str, Any]) -> ContextReading:
+        """The values of ``context`` that any profile reads, parsed (see :class:`ContextReading`)."""
+        flags: dict[str, bool] = {}
+        numbers: dict[str, float] = {}
+        unreadable: dict[str, str] = {}
+        for rule in self.rules:
+            for key in rule.when_true:
+                if key in context and key not in flags and key not in unreadable:
+                    try:
+                        flag = read_flag(context[key])
+                    except ValueError as exc:
+                        unreadable[key] = str(exc)
+                    else:
+                        if flag is not None:
+                            flags[key] = flag
+            for key in rule.when_under:
+                if key in context and key not in numbers and key not in unreadable:
+                    try:
+                        number = read_number(context[key])
+                    except ValueError as exc:
+                        unreadable[key] = str(exc)
+                    else:
+                        if number is not None:
+                            numbers[key] = number
+        return ContextReading(flags, numbers, unreadable)
+
     def profile_for(self, context: Mapping[str, Any]) -> Profile:
         """The base rules made stricter by every profile the context selects."""
-        applied = [r for r in self.rules if r.applies(context)]
+        reading = self.read_context(context)
+        applied = [r for r in self.rules if r.applies(reading)]
         if not applied:
             return self.base
         models = dict(self.base.models)
@@ -235,6 +292,7 @@ class Policy:
             default_bank_action=self.base.default_bank_action,
             fail_closed=self.base.fail_closed,
             allow=allow,
+            unreadable_context=reading.notes(),
         )
 
     def require_models(self, model_ids: Sequence[str]) -> None:
@@ -295,8 +353,15 @@ def decide(
     if suppressed:
         reasons.append(_allow_listed(allowed, suppressed))
     if not reasons:
-        return Action.ALLOW, (Reason(ReasonCode.CLEAN, Action.ALLOW, "no bank match and no score over a threshold"),)
-    reasons.sort(key=lambda r: -r.action.severity)
+        reasons.append(Reason(ReasonCode.CLEAN, Action.ALLOW, "no bank match and no score over a threshold"))
+    if profile.unreadable_context:
+        reasons.append(Reason(
+            ReasonCode.CONTEXT_UNREADABLE, Action.ALLOW,
+            f"context could not be read ({'; '.join(profile.unreadable_context)}): profile {profile.name!r},"
+            " the strictest it could select, applies",
+            {"unreadable": list(profile.unreadable_context), "profile": profile.name},
+        ))
+    reasons.sort(key=lambda r: -r.action.severity)  # stable: a clean photo's first reason stays `clean`
     return Action.most_severe([r.action for r in reasons]), tuple(reasons)
 
 
@@ -454,23 +519,46 @@ def _review_rules(table: Any, where: str) -> ReviewRules:
     return ReviewRules(confirmed_files=files, evidence_days=float(days))
 
 
-def _truthy(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in _TRUE_STRINGS
-    return bool(value) if isinstance(value, (bool, int, float)) else False
+def read_flag(value: Any) -> bool | None:
+    """A context flag: true/false, 1/0, or their strings (``"true"``, ``"no"`` ...).
 
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
+    Returns None when absent (null or an empty string). Raises ValueError, saying what
+    was given, for anything else: ``"maybe"`` is not a no.
+    """
+    if value is None:
         return None
-    if isinstance(value, (int, float)):
-        return float(value)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
     if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
+        text = value.strip().lower()
+        if not text:
             return None
-    return None
+        if text in _TRUE_STRINGS:
+            return True
+        if text in _FALSE_STRINGS:
+            return False
+    raise ValueError(f"{value!r} is not true or false")
+
+
+def read_number(value: Any) -> float | None:
+    """A context number: a JSON number or its string (``"15"``). None when absent (null
+    or an empty string); ValueError, saying what was given, for anything else."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise ValueError(f"{value!r} is not a number") from None
+    else:
+        raise ValueError(f"{value!r} is not a number")
+    if not math.isfinite(number):
+        raise ValueError(f"{value!r} is not a finite number")
+    return number
 
 
 def _found(score: ModelScore) -> list[str]:

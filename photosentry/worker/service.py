@@ -355,7 +355,7 @@ class ScanService:
             hashlib.sha256(data).hexdigest(),
             policy_version=self.policy.version,
             bank_version=matcher.version if matcher is not None else 0,
-            profile=self.policy.profile_for(context).name,
+            profile=self.policy.profile_for(context).cache_name,
             models=models,
         )
 

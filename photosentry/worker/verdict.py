@@ -81,6 +81,9 @@ class ReasonCode(str, Enum):
     MODERATOR_RELEASED = "moderator_released"
     #: A moderator reviewed the quarantined photo and blocked it.
     MODERATOR_CONFIRMED = "moderator_confirmed"
+    #: A context value a policy profile reads could not be read (``recipient_age="fifteen"``),
+    #: so every profile reading it applied; the detail names the values. Never lowers an action.
+    CONTEXT_UNREADABLE = "context_unreadable"
 
 
 FAILURE_CODES = frozenset(
