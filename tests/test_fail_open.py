@@ -275,3 +275,87 @@ def test_a_queued_job_with_an_unreadable_context_gets_the_strictest_profile_and_
                  context={"recipient_age": "15"})
     run_burst(redis_client, service)
     assert "context_unreadable" not in [r["code"] for r in _verdict_of(redis_client, "ctx-2")["reasons"]]
+
+
+# -- 2. a reused upload id never replays another file's verdict -----------------------------------
+
+
+def _all_verdicts(client: redis.Redis, upload_id: str) -> list[dict[str, Any]]:
+    return [json.loads(f[b"verdict"]) for _, f in client.xrange("photosentry:verdicts")
+            if f[b"upload_id"] == upload_id.encode()]
+
+
+def test_a_reused_upload_id_does_not_replay_allow_onto_another_file(
+    redis_client: redis.Redis, service: ScanService, corpus: Any
+) -> None:
+    """The attack as reported: job 1 a clean photo is allowed; job 2, same upload id, a
+    garbage file, got job 1's allow (and SHA-256) and the garbage stayed in the root."""
+    import hashlib
+
+    from photosentry import enqueue_scan
+
+    root = Path(service.settings.source_roots[0])
+    (root / "clean.jpg").write_bytes(corpus.clean["coffee"].read_bytes())
+    garbage = b"\x00garbage that is no photo" * 100
+    (root / "garbage.jpg").write_bytes(garbage)
+    enqueue_scan(redis_client, source="clean.jpg", upload_id="X")
+    run_burst(redis_client, service)
+    enqueue_scan(redis_client, source="garbage.jpg", upload_id="X")
+    run_burst(redis_client, service)
+
+    first, second = _all_verdicts(redis_client, "X")
+    assert first["action"] == "allow"
+    assert second["action"] == "quarantine"
+    assert second["hashes"]["sha256"] == hashlib.sha256(garbage).hexdigest()
+    codes = [r["code"] for r in second["reasons"]]
+    assert "upload_id_reused" in codes and "not_an_image" in codes  # scanned on its own, and held
+    assert not (root / "garbage.jpg").exists()  # moved into the quarantine store
+    assert (root / "clean.jpg").exists()
+    # It is queued for review on its own, not folded into the first file's (allowed) upload.
+    assert service.review.pending_count() == 1
+
+    # The same bytes again (a retried job) replay their own verdict; nothing new is recorded.
+    enqueue_scan(redis_client, source="clean.jpg", upload_id="X")
+    enqueue_scan(redis_client, source=garbage, upload_id="X")
+    run_burst(redis_client, service)
+    assert len(_all_verdicts(redis_client, "X")) == 2
+
+
+def test_a_reused_upload_id_with_a_banned_file_is_still_blocked(
+    redis_client: redis.Redis, service: ScanService, corpus: Any
+) -> None:
+    import hashlib
+
+    from photosentry import enqueue_scan
+    from photosentry.hashes.banks import EntrySource, NewEntry
+    from photosentry.hashes.codecs import Algorithm
+
+    service.bank_store.add([NewEntry(Algorithm.SHA256, hashlib.sha256(corpus.banned.read_bytes()).hexdigest(),
+                                     "banned", source=EntrySource.MODERATOR)], actor="mod", reason="test")
+    enqueue_scan(redis_client, source=corpus.clean["coffee"].read_bytes(), upload_id="Y")
+    run_burst(redis_client, service)
+    enqueue_scan(redis_client, source=corpus.banned.read_bytes(), upload_id="Y")
+    run_burst(redis_client, service)
+    first, second = _all_verdicts(redis_client, "Y")
+    assert first["action"] == "allow" and second["action"] == "block"
+    assert {"bank_match", "upload_id_reused"} <= {r["code"] for r in second["reasons"]}
+
+
+def test_a_job_given_up_under_a_reused_upload_id_is_not_handed_the_first_verdict(
+    redis_client: redis.Redis, service: ScanService, corpus: Any
+) -> None:
+    """The give-up path (a payload that fails for good) had the same hole."""
+    from photosentry import enqueue_scan
+
+    root = Path(service.settings.source_roots[0])
+    (root / "clean.jpg").write_bytes(corpus.clean["coffee"].read_bytes())
+    (root / "other.jpg").write_bytes(corpus.clean["astronaut"].read_bytes())
+    enqueue_scan(redis_client, source="clean.jpg", upload_id="Z")
+    run_burst(redis_client, service)
+    payload = {"version": 99, "upload_id": "Z", "source": {"path": "other.jpg"}}
+    plant_job(redis_client, "z-job", "Z", data=json.dumps([SCAN_FUNCTION, None, [payload], {}]))
+    run_burst(redis_client, service)
+    first, second = _all_verdicts(redis_client, "Z")
+    assert first["action"] == "allow" and second["action"] == "quarantine"
+    assert {"scan_failed", "upload_id_reused"} <= {r["code"] for r in second["reasons"]}
+    assert not (root / "other.jpg").exists()

@@ -231,7 +231,8 @@ class Reviewer:
         # decision, decisions come at human speed, and a rescan must not trim them.
         recorded = self.stream.record_decision(upload_id=record.upload_id, item_id=item.item_id,
                                                decision=decision, verdict=verdict,
-                                               verdict_stream=record.stream or self.stream.stream)
+                                               verdict_stream=record.stream or self.stream.stream,
+                                               key=record.record_key)
         effects["stream_id"] = recorded.entry_id
         self.queue.finish_decision(item.item_id, state=RELEASED if kind == RELEASE else CONFIRMED, effects=effects,
                                    actor=actor)

@@ -182,6 +182,14 @@ class QuarantineRecord:
     source_path: str | None = None
     callback_url: str | None = None
     uploader_id: str | None = None
+    #: What the verdict was recorded under: the upload id, or ``<upload id>#<sha256
+    #: prefix>`` for another file sent under an upload id already decided. Empty: the
+    #: upload id (items queued before reused ids were told apart).
+    key: str = ""
+
+    @property
+    def record_key(self) -> str:
+        return self.key or self.upload_id
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, separators=(",", ":"))
@@ -254,7 +262,7 @@ class ReviewQueue:
     def index(self, record: QuarantineRecord) -> tuple[str, bool]:
         """Queue ``record`` for review unless its upload is queued already: (item id, new)."""
         item_id, new = self._index(
-            keys=[self._key("by_upload", record.upload_id), self._key("next_id"), self._key("pending")],
+            keys=[self._key("by_upload", record.record_key), self._key("next_id"), self._key("pending")],
             args=[self.prefix, repr(float(record.queued_at)), record.to_json()],
         )
         return _text(item_id), bool(int(new))

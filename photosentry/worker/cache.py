@@ -27,8 +27,8 @@ DEFAULT_PREFIX = "photosentry:vcache:"
 
 #: Reason codes that say "we did not really look": such verdicts are not cached.
 UNCACHEABLE_CODES = frozenset({"model_unavailable", "scan_failed", "source_refused",
-                               # about the upload's context, not its bytes
-                               "context_unreadable"})
+                               # about the upload, not its bytes
+                               "context_unreadable", "upload_id_reused"})
 
 #: Fields of a verdict that belong to one upload, not to the bytes; dropped on store.
 _PER_UPLOAD = ("subject", "context", "timings_ms", "upload_id", "cache", "dry_run")

@@ -151,9 +151,17 @@ class Scanner:
                 return self._verdict(subject, run, context or {}, None, None, [], [])
         return self._scan(data, subject, context or {}, run)
 
-    def scan_bytes(self, data: bytes, *, subject: str = "", context: Mapping[str, Any] | None = None) -> Verdict:
-        """Scan bytes already in memory."""
-        return self._scan(data, subject, context or {}, _Run())
+    def scan_bytes(self, data: bytes, *, subject: str = "", context: Mapping[str, Any] | None = None,
+                   failures: Sequence[tuple[ReasonCode, str]] = ()) -> Verdict:
+        """Scan bytes already in memory.
+
+        Args:
+            failures: facts known before the scan that keep it from being a clean one
+                (e.g. ``upload_id_reused``); the policy decides on them with the rest.
+        """
+        run = _Run()
+        run.failures.extend(failures)
+        return self._scan(data, subject, context or {}, run)
 
     def scan_many(self, items: Iterable[ScanItem], *, batch_size: int | None = None) -> list[Verdict]:
         """Scan many photos, the models run over several photos' frames per call.
@@ -216,12 +224,13 @@ class Scanner:
         subject: str = "",
         context: Mapping[str, Any] | None = None,
         data: bytes | None = None,
+        also: Sequence[tuple[ReasonCode, str]] = (),
     ) -> Verdict:
         """The fail-closed verdict for a photo that never reached the stages
         (a refused source, a file too large to read ...)."""
         return failure_verdict(
             self.policy, code, message, subject=subject, context=context, data=data,
-            bank_version=self.matcher.version if self.matcher else 0,
+            bank_version=self.matcher.version if self.matcher else 0, also=also,
         )
 
     # -- stages -------------------------------------------------------------------
@@ -387,14 +396,17 @@ def failure_verdict(
     context: Mapping[str, Any] | None = None,
     data: bytes | None = None,
     bank_version: int = 0,
+    also: Sequence[tuple[ReasonCode, str]] = (),
 ) -> Verdict:
-    """A verdict from one failure alone, under ``policy``'s fail-closed rules.
+    """A verdict from one failure (and the failures in ``also``) alone, under
+    ``policy``'s fail-closed rules.
 
     Needs no scanner (no model, no bank), so it can be built wherever a job is given
     up on, e.g. by whichever process finds a job abandoned by a dead worker.
     """
     run = _Run()
     run.failures.append((code, message))
+    run.failures.extend(also)
     return _build_verdict(
         policy,
         run,

@@ -24,6 +24,7 @@ policy still know nothing of either.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -51,7 +52,7 @@ from .logs import job_context
 from .metrics import Metrics
 from .policy import Policy
 from .sources import Fetched, PathSource, Source, SourceRefused, SourceRoots, decode_inline
-from .stream import DEFAULT_STREAM, VerdictStream
+from .stream import DEFAULT_STREAM, Recorded, VerdictStream
 from .uploaders import UploaderLedger, hold_for_flagged_uploader, uploader_of
 from .verdict import Action, ReasonCode
 
@@ -236,23 +237,25 @@ class ScanService:
         stages: dict[str, float] = {}
         self.refresh_banks()
 
-        replayed = self._replay(payload, job_id, stream)
-        if replayed is not None:
-            return replayed
-
         with _timed(stages, "fetch"):
             fetched, failure = self._fetch(payload)
+        claim = self._claim(payload, fetched, stream)
+        if claim.verdict is not None:
+            return self._replay(claim, payload, job_id, fetched, stream)
+
         subject = _subject(payload)
         cache_key = None
         log_hashes: Any = None
         verdict: dict[str, Any] | None = None
+        before = claim.failures()
         if failure is not None:
             code, message = failure
-            verdict = self.scanner.failed(code, message, subject=subject, context=payload.context).to_dict()
+            verdict = self.scanner.failed(code, message, subject=subject, context=payload.context,
+                                          also=before).to_dict()
         else:
             assert fetched is not None
             cached = None
-            if self.settings.use_cache:
+            if self.settings.use_cache and not before:
                 with _timed(stages, "cache"):
                     cache_key = self._cache_key(fetched.data, payload.context)
                     # force (a rescan's --force): skip the lookup, but still cache the fresh verdict.
@@ -263,7 +266,8 @@ class ScanService:
                 verdict = {**cached, "subject": subject, "context": dict(payload.context), "cache": "hit",
                            "timings_ms": {}}
             else:
-                scanned = self.scanner.scan_bytes(fetched.data, subject=subject, context=payload.context)
+                scanned = self.scanner.scan_bytes(fetched.data, subject=subject, context=payload.context,
+                                                  failures=before)
                 log_hashes = scanned.hashes  # with their query variants, for retro-hunts
                 verdict = scanned.to_dict()
         verdict["upload_id"] = payload.upload_id
@@ -274,7 +278,7 @@ class ScanService:
         held = hold_for_flagged_uploader(verdict, self.uploaders)
 
         with _timed(stages, "record"):
-            recorded = stream.record(upload_id=payload.upload_id, job_id=job_id, verdict=verdict)
+            recorded = stream.record(upload_id=payload.upload_id, job_id=job_id, verdict=verdict, key=claim.key)
             if recorded.new:
                 self._log_hashes(payload, verdict, log_hashes)
         if not recorded.new:
@@ -284,7 +288,7 @@ class ScanService:
             self.cache.put(cache_key, verdict)
         with _timed(stages, "act"):
             acted = self._act(verdict, fetched, payload)
-            self._follow_up(verdict, payload, job_id, recorded.entry_id, fetched, acted, stream)
+            self._follow_up(verdict, payload, job_id, recorded.entry_id, fetched, acted, stream, claim.key)
         with _timed(stages, "callback"):
             self._deliver(verdict, payload, job_id, recorded.entry_id, stream)
         stages["total"] = (time.perf_counter() - started) * 1000.0
@@ -294,6 +298,29 @@ class ScanService:
                                    "stream": stream.stream, "stream_id": recorded.entry_id, "new": recorded.new,
                                    "ms": round(stages["total"], 1)})
         return verdict
+
+    def _claim(self, payload: ScanPayload, fetched: Fetched | None, stream: VerdictStream) -> "_Claim":
+        """What this job's verdict is recorded under, and whether one is there already.
+
+        An upload id's first verdict answers only for the bytes it was decided on: a
+        retried or recovered job with the same bytes replays it (so does a job whose file
+        is gone after a quarantine or block moved it). Any other file under that id (a
+        pipeline bug or an attack: job 1 a clean photo, job 2 anything) is recorded under
+        ``<upload id>#<sha256 prefix>``, scanned on its own and held with reason
+        ``upload_id_reused``; it never gets the first file's verdict.
+        """
+        upload_id = payload.upload_id
+        entry_id = stream.recorded(upload_id)
+        first = self._read_entry(entry_id, stream) if entry_id is not None else None
+        if first is None:  # none yet, or trimmed from the stream (the marker keeps the first)
+            return _Claim(upload_id)
+        sha = hashlib.sha256(fetched.data).hexdigest() if fetched is not None else None
+        first_sha = (first.get("hashes") or {}).get("sha256")
+        if (sha is not None and sha == first_sha) or (sha is None and first.get("action") != Action.ALLOW.value):
+            return _Claim(upload_id, entry_id, first)
+        key = f"{upload_id}#{sha[:16] if sha else 'unread'}"
+        again = stream.recorded(key)
+        return _Claim(key, again, self._read_entry(again, stream) if again else None, reused_from=first)
 
     def _log_hashes(self, payload: ScanPayload, verdict: Mapping[str, Any], hashes: Any) -> None:
         """Keep this scan's hashes (never the photo) for retro-hunts. Runs after the verdict
@@ -308,25 +335,17 @@ class ScanService:
         except Exception:  # noqa: BLE001 - retro-hunt data is best effort
             log.warning("could not add the scan to the hash log", exc_info=True)
 
-    def _replay(self, payload: ScanPayload, job_id: str, stream: VerdictStream) -> dict[str, Any] | None:
-        # The marker lives under the stream the first attempt recorded on: a retried or
-        # recovered job goes back to the queue it came from, so it is the same stream.
-        entry_id = stream.recorded(payload.upload_id)
-        if entry_id is None:
-            return None
-        verdict = self._read_entry(entry_id, stream)
-        if verdict is None:
-            return None  # trimmed from the stream: decide again (the stream keeps the first)
+    def _replay(self, claim: "_Claim", payload: ScanPayload, job_id: str, fetched: Fetched | None,
+                stream: VerdictStream) -> dict[str, Any]:
+        """The verdict already recorded for these bytes, re-acted on and re-delivered (a
+        retried or recovered job): acting and following up are idempotent per upload."""
+        assert claim.verdict is not None and claim.entry_id is not None
         log.info("upload already decided; re-applying and re-delivering",
-                 extra={"stream": stream.stream, "stream_id": entry_id})
-        try:
-            fetched, _ = self._fetch(payload)
-        except Exception:  # noqa: BLE001 - the file may be gone: it was moved by the first attempt
-            fetched = None
-        acted = self._act(verdict, fetched, payload)
-        self._follow_up(verdict, payload, job_id, entry_id, fetched, acted, stream)
-        self._deliver(verdict, payload, job_id, entry_id, stream)
-        return verdict
+                 extra={"stream": stream.stream, "stream_id": claim.entry_id})
+        acted = self._act(claim.verdict, fetched, payload)
+        self._follow_up(claim.verdict, payload, job_id, claim.entry_id, fetched, acted, stream, claim.key)
+        self._deliver(claim.verdict, payload, job_id, claim.entry_id, stream)
+        return claim.verdict
 
     def _fetch(self, payload: ScanPayload) -> tuple[Fetched | None, tuple[ReasonCode, str] | None]:
         limits: Limits = getattr(self.scanner, "limits", Limits())
@@ -347,8 +366,6 @@ class ScanService:
         raise SourceRefused(f"source must have exactly one of 'path' or 'bytes_b64', got {sorted(keys)}")
 
     def _cache_key(self, data: bytes, context: Mapping[str, Any]) -> str:
-        import hashlib
-
         matcher = getattr(self.scanner, "matcher", None)
         models = model_builds(self.scanner)
         return self.cache.key(
@@ -381,7 +398,7 @@ class ScanService:
         return result
 
     def _follow_up(self, verdict: Mapping[str, Any], payload: ScanPayload, job_id: str, stream_id: str,
-                   fetched: Fetched | None, acted: ActionResult | None, stream: VerdictStream) -> None:
+                   fetched: Fetched | None, acted: ActionResult | None, stream: VerdictStream, key: str) -> None:
         """Queue a quarantined upload for moderators and count the verdict against its
         uploader. Both are idempotent per upload, so a replayed job repeats them safely.
         The review item names the stream its verdict is on (``stream_id`` is an id there);
@@ -398,6 +415,7 @@ class ScanService:
                 stream_id=stream_id, stream=stream.stream, sha256=sha, stored=stored,
                 source_path=str(moved_from) if moved_from is not None else None,
                 callback_url=payload.callback_url, uploader_id=uploader_of(payload.context, self.policy.uploaders),
+                key=key,
             ))
             if new:
                 log.info("queued for review", extra={"item_id": item_id})
@@ -455,17 +473,22 @@ class ScanService:
                 fetched, _ = self._fetch(payload) if isinstance(payload.source, Mapping) else (None, None)
             except Exception:  # noqa: BLE001 - giving up must not fail
                 fetched = None
-            matcher = getattr(self.scanner, "matcher", None)
-            verdict = failure_verdict(
-                self.policy, ReasonCode.SCAN_FAILED, why, subject=_subject(payload), context=payload.context,
-                data=fetched.data if fetched else None, bank_version=matcher.version if matcher else 0,
-            ).to_dict()
-            verdict["upload_id"] = upload_id
-            recorded = stream.record(upload_id=upload_id, job_id=job_id, verdict=verdict)
-            if not recorded.new:
-                verdict = self._read_entry(recorded.entry_id, stream) or verdict
+            claim = self._claim(payload, fetched, stream)
+            if claim.verdict is not None:  # decided for these bytes before: that verdict stands
+                verdict, recorded = claim.verdict, Recorded(claim.entry_id or "", False)
+            else:
+                matcher = getattr(self.scanner, "matcher", None)
+                verdict = failure_verdict(
+                    self.policy, ReasonCode.SCAN_FAILED, why, subject=_subject(payload), context=payload.context,
+                    data=fetched.data if fetched else None, bank_version=matcher.version if matcher else 0,
+                    also=claim.failures(),
+                ).to_dict()
+                verdict["upload_id"] = upload_id
+                recorded = stream.record(upload_id=upload_id, job_id=job_id, verdict=verdict, key=claim.key)
+                if not recorded.new:
+                    verdict = self._read_entry(recorded.entry_id, stream) or verdict
             acted = self._act(verdict, fetched, payload)
-            self._follow_up(verdict, payload, job_id, recorded.entry_id, fetched, acted, stream)
+            self._follow_up(verdict, payload, job_id, recorded.entry_id, fetched, acted, stream, claim.key)
             self._deliver(verdict, payload, job_id, recorded.entry_id, stream)
             self.metrics.observe_verdict(verdict, stream=stream.stream)
             log.warning("job given up: fail-closed verdict recorded",
@@ -523,6 +546,29 @@ def fail_closed(job: Any, connection: Any, exc: BaseException | None, *, service
 
 
 # -- helpers ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """Where a job's verdict is recorded (see :meth:`ScanService._claim`)."""
+
+    #: The record key: the upload id, or ``<upload id>#<sha256 prefix>`` for a reused id.
+    key: str
+    #: The verdict already recorded under ``key`` (to replay), and its stream entry.
+    entry_id: str | None = None
+    verdict: dict[str, Any] | None = None
+    #: The verdict the upload id was first decided with, when this is another file.
+    reused_from: dict[str, Any] | None = None
+
+    def failures(self) -> list[tuple[ReasonCode, str]]:
+        if self.reused_from is None:
+            return []
+        first = self.reused_from
+        sha = (first.get("hashes") or {}).get("sha256")
+        return [(ReasonCode.UPLOAD_ID_REUSED,
+                 f"upload id {first.get('upload_id')!r} was already decided ({first.get('action')}) for"
+                 f" {'other bytes (sha256 ' + sha[:16] + '...)' if sha else 'a file that was never read'};"
+                 " this file was scanned on its own and held")]
 
 
 class _timed:

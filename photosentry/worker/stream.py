@@ -84,8 +84,11 @@ class VerdictStream:
         self.record_ttl_s = record_ttl_s
         self._record = client.register_script(_RECORD)
 
-    def record(self, *, upload_id: str, job_id: str, verdict: dict[str, Any], event: str = "verdict") -> Recorded:
-        """Append ``verdict`` for ``upload_id`` unless one was already recorded."""
+    def record(self, *, upload_id: str, job_id: str, verdict: dict[str, Any], event: str = "verdict",
+               key: str | None = None) -> Recorded:
+        """Append ``verdict`` for ``upload_id`` unless one was already recorded under
+        ``key`` (default: the upload id; see :func:`photosentry.worker.service` on a reused
+        upload id, whose other file is recorded under ``<upload id>#<sha256 prefix>``)."""
         if not upload_id:
             raise ValueError("upload_id is required to record a verdict")
         fields = {
@@ -95,10 +98,11 @@ class VerdictStream:
             "action": str(verdict.get("action", "")),
             "verdict": json.dumps(verdict, separators=(",", ":")),
         }
-        return self._append_once(f"{self.stream}:recorded:{upload_id}", fields)
+        return self._append_once(f"{self.stream}:recorded:{key or upload_id}", fields)
 
     def record_decision(self, *, upload_id: str, item_id: str, decision: dict[str, Any],
-                        verdict: dict[str, Any], verdict_stream: str | None = None) -> Recorded:
+                        verdict: dict[str, Any], verdict_stream: str | None = None,
+                        key: str | None = None) -> Recorded:
         """Append a moderator's decision on ``upload_id``, at most once per upload.
 
         A separate marker (``<stream>:decided:<upload_id>``) keeps it apart from the
@@ -118,7 +122,7 @@ class VerdictStream:
         }
         if verdict_stream:
             fields["verdict_stream"] = verdict_stream
-        return self._append_once(f"{self.stream}:decided:{upload_id}", fields)
+        return self._append_once(f"{self.stream}:decided:{key or upload_id}", fields)
 
     def _append_once(self, marker: str, fields: dict[str, str]) -> Recorded:
         """XADD ``fields`` unless ``marker`` is set; set it to the new entry's id (one Lua step)."""
@@ -126,9 +130,9 @@ class VerdictStream:
         entry_id, new = self._record(keys=[self.stream, marker], args=[self.maxlen, self.record_ttl_s, *flat])
         return Recorded(_text(entry_id), bool(int(new)))
 
-    def recorded(self, upload_id: str) -> str | None:
-        """The stream entry id of ``upload_id``'s verdict, if one was recorded."""
-        value = self.client.get(f"{self.stream}:recorded:{upload_id}")
+    def recorded(self, key: str) -> str | None:
+        """The stream entry id of the verdict recorded under ``key`` (an upload id), if any."""
+        value = self.client.get(f"{self.stream}:recorded:{key}")
         return None if value is None else _text(value)
 
 

@@ -81,6 +81,9 @@ class ReasonCode(str, Enum):
     MODERATOR_RELEASED = "moderator_released"
     #: A moderator reviewed the quarantined photo and blocked it.
     MODERATOR_CONFIRMED = "moderator_confirmed"
+    #: Another file came under an upload id already decided for different bytes: it is
+    #: scanned on its own and held, never handed the other file's verdict.
+    UPLOAD_ID_REUSED = "upload_id_reused"
     #: A context value a policy profile reads could not be read (``recipient_age="fifteen"``),
     #: so every profile reading it applied; the detail names the values. Never lowers an action.
     CONTEXT_UNREADABLE = "context_unreadable"
@@ -98,6 +101,7 @@ FAILURE_CODES = frozenset(
         ReasonCode.MODEL_UNAVAILABLE,
         ReasonCode.SCAN_FAILED,
         ReasonCode.SOURCE_REFUSED,
+        ReasonCode.UPLOAD_ID_REUSED,
     }
 )
 """Reasons that mean "not fully scanned": the policy may never map them to allow."""
