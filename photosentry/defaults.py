@@ -153,6 +153,13 @@ JOB_RETRIES = 2
 """Retries after a failed, timed-out or abandoned attempt (three attempts in all),
 after which the upload gets a fail-closed ``scan_failed`` verdict."""
 
+CALLBACK_THREADS = 4
+"""Callback delivery threads per worker process: a receiver that hangs for a whole attempt
+holds up one thread's callbacks, never a scan (photosentry/worker/outbox.py)."""
+
+CALLBACK_DRAIN_S = 10.0
+"""How long a stopping worker keeps delivering callbacks that are already due."""
+
 MAX_JOB_RETRIES = 5
 """Most retries a worker grants a job, whatever its hash says: a producer writes
 ``retries_left``, and a photo that kills workers must reach its verdict in minutes."""

@@ -8,6 +8,7 @@ rescan can be SIGKILLed. Each test below failed on the code before its fix.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -359,3 +360,96 @@ def test_a_job_given_up_under_a_reused_upload_id_is_not_handed_the_first_verdict
     assert first["action"] == "allow" and second["action"] == "quarantine"
     assert {"scan_failed", "upload_id_reused"} <= {r["code"] for r in second["reasons"]}
     assert not (root / "other.jpg").exists()
+
+
+# -- 3. a slow receiver never holds up scanning; no callback is lost ------------------------------
+
+
+def test_a_hanging_receiver_does_not_hold_up_the_next_upload(
+    redis_server: str, redis_client: redis.Redis, corpus: Any, tmp_path: Path
+) -> None:
+    """The attack as reported: one worker process, a receiver that holds the connection
+    open, and the next queued upload waited 20 s. Now the next upload is decided while
+    the receiver still holds the first callback's connection (inline delivery could only
+    get to it after giving that connection up)."""
+    import os
+
+    from photosentry import enqueue_scan
+    from photosentry.worker.delivery import CallbackSigner
+
+    from .callback_receiver import KEY, HangingReceiver
+    from .workers import log_tail, pool_started, start_pool, stop_pool, wait_until
+
+    hanging = HangingReceiver(CallbackSigner(KEY))
+    env = {**os.environ, "PHOTOSENTRY_REDIS_URL": redis_server, "PHOTOSENTRY_HOME": str(tmp_path / "home"),
+           "PHOTOSENTRY_CALLBACK_KEY": KEY.decode(), "PHOTOSENTRY_CALLBACK_ALLOW_NETWORKS": "127.0.0.0/8"}
+    env.pop("PHOTOSENTRY_POLICY", None)
+    log = tmp_path / "worker.log"
+    pool = start_pool(env, log, "--processes", "1", "--threads", "1", "--log-format", "text")
+    try:
+        assert pool_started(pool, redis_client, 1, 90), log_tail(log)
+        enqueue_scan(redis_client, source=corpus.clean["coffee"].read_bytes(), upload_id="first",
+                     callback_url=hanging.url)
+        wait_until(lambda: hanging.held >= 1, timeout=60)  # its callback's connection is open, and held
+        enqueue_scan(redis_client, source=corpus.clean["astronaut"].read_bytes(), upload_id="next")
+        wait_until(lambda: any(f[b"upload_id"] == b"next" for _, f in redis_client.xrange("photosentry:verdicts")),
+                   timeout=60)
+        assert hanging.held >= 1, "the next upload was decided only after the slow receiver let go"
+        hanging.release.set()
+        # The first callback still arrives, signed, once the receiver answers.
+        wait_until(lambda: hanging.received, timeout=30)
+        assert [c["upload_id"] for c in hanging.received] == ["first"]
+    finally:
+        hanging.close()
+        stop_pool(pool)
+
+
+def test_a_callback_recorded_by_a_process_that_then_died_is_still_delivered(
+    redis_client: redis.Redis, service: ScanService, receiver: Receiver
+) -> None:
+    """The verdict and its callback are written in one step; a process that dies after it
+    (before any attempt, or mid-attempt while holding its lease) loses nothing."""
+    from photosentry.worker.outbox import CallbackOutbox, PendingCallback
+    from photosentry.worker.stream import VerdictStream
+
+    outbox = CallbackOutbox(redis_client, lease_s=0.3)
+    verdicts = VerdictStream(redis_client)
+    recorded = verdicts.record(upload_id="dies-1", job_id="j1", verdict={"action": "allow", "reasons": []},
+                               callback=PendingCallback(outbox, receiver.url))
+    assert recorded.new and outbox.pending() == 1
+    taken = outbox.take()  # a deliverer takes it ... and its process dies mid-attempt
+    assert taken is not None and taken.attempt == 1 and outbox.take() is None  # leased to it
+    deliverer = service.deliverer(threads=1)
+    assert deliverer is not None
+    deliverer.outbox = outbox
+    time.sleep(0.4)  # the dead deliverer's lease runs out
+    again = outbox.take()
+    assert again is not None and again.attempt == 2
+    deliverer.deliver(again)
+    [body] = receiver.received
+    assert body["upload_id"] == "dies-1" and body["stream_id"] == recorded.entry_id
+    assert body["verdict"] == {"action": "allow", "reasons": []}
+    assert outbox.pending() == 0
+
+
+def test_a_callback_that_keeps_failing_is_recorded_as_given_up(
+    redis_client: redis.Redis, service: ScanService, receiver: Receiver
+) -> None:
+    from photosentry.worker.outbox import CallbackOutbox, PendingCallback
+    from photosentry.worker.stream import VerdictStream
+
+    outbox = CallbackOutbox(redis_client, backoff_s=(0.0, 0.0))
+    VerdictStream(redis_client).record(upload_id="down-1", job_id="j1", verdict={"action": "block"},
+                                       callback=PendingCallback(outbox, receiver.url))
+    receiver.fail_next = [503, 503, 503]
+    deliverer = service.deliverer(threads=1)
+    assert deliverer is not None
+    deliverer.outbox = outbox
+    for _ in range(3):
+        taken = outbox.take()
+        assert taken is not None
+        deliverer.deliver(taken)
+    assert outbox.take() is None and outbox.pending() == 0
+    [(_, entry)] = redis_client.xrange(outbox.given_up_key)
+    assert entry[b"upload_id"] == b"down-1" and entry[b"attempts"] == b"3" and b"503" in entry[b"error"]
+    assert receiver.received == []

@@ -31,9 +31,10 @@ import http.client
 import ipaddress
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 TIMESTAMP_HEADER = "X-PhotoSentry-Timestamp"
@@ -43,6 +44,8 @@ DEFAULT_TOLERANCE_S = 300
 """How old a signed callback may be before a receiver should refuse it as a replay."""
 DEFAULT_BACKOFF_S: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
 """Waits between attempts: five attempts over about 7.5 s."""
+DEFAULT_ATTEMPT_TIMEOUT_S = 5.0
+"""Longest one attempt may take, connecting, sending and reading the answer together."""
 
 
 class CallbackSigner:
@@ -90,6 +93,8 @@ class CallbackResult:
     error: str = ""
     #: True when the policy refused the URL: nothing was sent at all.
     refused: bool = False
+    #: Whether another attempt may help (network error, 5xx, 408, 429).
+    retryable: bool = False
 
 
 class CallbackRefused(ValueError):
@@ -264,16 +269,32 @@ def _retryable(status: int) -> bool:
 
 
 def _send(target: Target, body: bytes, headers: Mapping[str, str], timeout_s: float) -> int:
-    """POST to the checked addresses only; returns the HTTP status (no redirect followed)."""
+    """POST to the checked addresses only; returns the HTTP status (no redirect followed).
+
+    The whole exchange ends within ``timeout_s``: a socket timeout bounds each read, but a
+    receiver dripping one byte at a time would reset it forever, so a timer shuts the
+    socket down at the deadline whatever is in progress.
+    """
+    opened: list[socket.socket] = []
 
     def connect(_address: tuple[str, int], timeout: float | None = None, source: object = None) -> socket.socket:
         last: OSError | None = None
         for ip in target.addresses:
             try:
-                return socket.create_connection((ip, target.port), timeout)
+                sock = socket.create_connection((ip, target.port), timeout)
             except OSError as exc:
                 last = exc
+                continue
+            opened.append(sock)
+            return sock
         raise last or OSError("no address to connect to")
+
+    def cut() -> None:
+        for sock in opened:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     conn: http.client.HTTPConnection
     if target.scheme == "https":
@@ -282,13 +303,48 @@ def _send(target: Target, body: bytes, headers: Mapping[str, str], timeout_s: fl
     else:
         conn = http.client.HTTPConnection(target.host, target.port, timeout=timeout_s)
     conn._create_connection = connect  # type: ignore[attr-defined]  # pin the checked addresses
+    deadline = threading.Timer(timeout_s, cut)
+    deadline.daemon = True
+    deadline.start()
     try:
         conn.request("POST", target.path, body=body, headers=dict(headers))
         response = conn.getresponse()
         response.read(64 * 1024)  # a receiver's reply is not ours to keep
         return response.status
     finally:
+        deadline.cancel()
         conn.close()
+
+
+def attempt_callback(
+    url: str,
+    body: bytes,
+    signer: CallbackSigner,
+    *,
+    policy: CallbackPolicy = DEFAULT_POLICY,
+    timeout_s: float = DEFAULT_ATTEMPT_TIMEOUT_S,
+    resolve: Resolver = socket.getaddrinfo,
+) -> CallbackResult:
+    """One signed POST of ``body`` to ``url``, within ``timeout_s`` in all.
+
+    ``url`` is checked against ``policy`` first (and resolved once); a refused URL is
+    never contacted. ``retryable`` in the result says whether another attempt may
+    help: network errors, 5xx, 408 and 429 may; other answers (a 4xx, a redirect,
+    which is never followed) are final. Never raises for network or HTTP failures.
+    """
+    try:
+        target = policy.check(url, resolve=resolve)
+    except CallbackRefused as exc:
+        return CallbackResult(False, 0, None, f"refused: {exc}", refused=True)
+    headers = {"Content-Type": "application/json", **signer.headers(body)}
+    try:
+        status = _send(target, body, headers, timeout_s)
+    except (OSError, http.client.HTTPException) as exc:
+        return CallbackResult(False, 1, None, f"{type(exc).__name__}: {exc}", retryable=True)
+    if 200 <= status < 300:
+        return CallbackResult(True, 1, status)
+    error = f"HTTP {status}" + (" (redirects are not followed)" if 300 <= status < 400 else "")
+    return CallbackResult(False, 1, status, error, retryable=_retryable(status))
 
 
 def post_callback(
@@ -298,40 +354,22 @@ def post_callback(
     *,
     policy: CallbackPolicy = DEFAULT_POLICY,
     backoff_s: Sequence[float] = DEFAULT_BACKOFF_S,
-    timeout_s: float = 5.0,
+    timeout_s: float = DEFAULT_ATTEMPT_TIMEOUT_S,
     sleep: Callable[[float], None] = time.sleep,
     resolve: Resolver = socket.getaddrinfo,
 ) -> CallbackResult:
-    """POST ``body`` as JSON with a fresh signature per attempt; retry with backoff.
+    """:func:`attempt_callback` with retries and backoff, waiting in the caller's thread.
 
-    ``url`` is checked against ``policy`` first (and resolved once); a refused URL is
-    never contacted. Client errors other than 408/429 are not retried: the receiver
-    has said no. A redirect is not followed (it could point anywhere) and counts as
-    not delivered. Never raises for network or HTTP failures - it reports them.
+    For callers where waiting is fine (a moderator's decision); queue workers deliver
+    through the :mod:`~photosentry.worker.outbox` instead, off the scan path.
     """
-    try:
-        target = policy.check(url, resolve=resolve)
-    except CallbackRefused as exc:
-        return CallbackResult(False, 0, None, f"refused: {exc}", refused=True)
+    result = CallbackResult(False, 0, None)
     attempts = 0
-    status: int | None = None
-    error = ""
     for wait in (0.0, *backoff_s):
         if wait:
             sleep(wait)
-        attempts += 1
-        headers = {"Content-Type": "application/json", **signer.headers(body)}
-        try:
-            status = _send(target, body, headers, timeout_s)
-        except (OSError, http.client.HTTPException) as exc:
-            status, error = None, f"{type(exc).__name__}: {exc}"
-            continue
-        if 200 <= status < 300:
-            return CallbackResult(True, attempts, status)
-        error = f"HTTP {status}"
-        if 300 <= status < 400:
-            error += " (redirects are not followed)"
+        result = attempt_callback(url, body, signer, policy=policy, timeout_s=timeout_s, resolve=resolve)
+        attempts += result.attempts
+        if result.delivered or result.refused or not result.retryable:
             break
-        if not _retryable(status):
-            break
-    return CallbackResult(False, attempts, status, error)
+    return replace(result, attempts=attempts)

@@ -46,7 +46,8 @@ class Metrics:
         )
         self.cache = Counter("photosentry_cache_lookups", "Verdict cache lookups by result (hit, miss).", ["result"], registry=r)
         self.callbacks = Counter(
-            "photosentry_callbacks", "HTTP callbacks by outcome (delivered, failed, skipped).", ["outcome"], registry=r
+            "photosentry_callbacks", "HTTP callback attempts by outcome (delivered; failed, to be retried;"
+            " given_up after the last attempt; skipped: no key, or a URL the callback policy refuses).", ["outcome"], registry=r
         )
         self.refused = Counter(
             "photosentry_jobs_refused", "Jobs refused before running (not JSON, function not allowed).", ["why"], registry=r

@@ -108,6 +108,7 @@ class ScanWorker(SimpleWorker):
         alive_ttl_s: float = defaults.WORKER_ALIVE_TTL_S,
         recover_interval_s: float = defaults.REAPER_INTERVAL_S,
         metrics: Any | None = None,
+        callback_drain_s: float = defaults.CALLBACK_DRAIN_S,
         **kwargs: Any,
     ) -> None:
         serializer = kwargs.setdefault("serializer", JSONSerializer)
@@ -123,6 +124,8 @@ class ScanWorker(SimpleWorker):
         self.alive_ttl_s = alive_ttl_s
         self.recover_interval_s = recover_interval_s
         self.metrics = metrics
+        self.callback_drain_s = callback_drain_s
+        self._deliverer: Any | None = None
         self._current_job: Job | None = None
         self._job_started_mono: float | None = None
         self._stop_thread = threading.Event()
@@ -137,11 +140,17 @@ class ScanWorker(SimpleWorker):
         self._recover()
         self._thread = threading.Thread(target=self._liveness_loop, name="photosentry-liveness", daemon=True)
         self._thread.start()
+        self._deliverer = _installed_deliverer()
+        if self._deliverer is not None:
+            self._deliverer.start()
 
     def teardown(self) -> None:
         self._stop_thread.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._deliverer is not None:
+            # A burst run's last verdicts (or a stopping worker's) still reach their receivers.
+            self._deliverer.stop(drain_s=self.callback_drain_s)
         try:
             self.connection.delete(alive_key(self.name))
         except redis.RedisError:
@@ -263,3 +272,14 @@ class ScanWorker(SimpleWorker):
     def _execution_id(self) -> str | None:
         execution = next(iter(self.executions.values()), None)
         return execution.id if execution is not None else None
+
+
+def _installed_deliverer() -> Any | None:
+    """Callback delivery threads for the scan service installed in this process, if any."""
+    from .service import current_service
+
+    try:
+        service = current_service()
+    except RuntimeError:
+        return None
+    return service.deliverer()

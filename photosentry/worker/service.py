@@ -46,7 +46,8 @@ from ..review.queue import QuarantineRecord, ReviewQueue
 from .actions import ActionApplier, ActionResult, ContentStore
 from .cache import VerdictCache, model_builds
 from .hashlog import HashLog, hashes_from_verdict
-from .delivery import CallbackPolicy, CallbackSigner, post_callback
+from .delivery import CallbackPolicy, CallbackSigner
+from .outbox import CallbackDeliverer, CallbackOutbox, PendingCallback
 from .jobs import PayloadError, ScanPayload, check_upload_id
 from .logs import job_context
 from .metrics import Metrics
@@ -144,6 +145,7 @@ class ScanService:
         self.signer = CallbackSigner(settings.callback_key) if settings.callback_key else None
         self.callback_policy = CallbackPolicy(allow_prefixes=settings.callback_allow,
                                               allow_networks=settings.callback_networks)
+        self.outbox = CallbackOutbox(self.redis)
         self.bank_store = RedisBankStore(self.redis, prefix=settings.bank_prefix)
         self.scanner = scanner
         if self.scanner is None and load_models:
@@ -278,7 +280,8 @@ class ScanService:
         held = hold_for_flagged_uploader(verdict, self.uploaders)
 
         with _timed(stages, "record"):
-            recorded = stream.record(upload_id=payload.upload_id, job_id=job_id, verdict=verdict, key=claim.key)
+            recorded = stream.record(upload_id=payload.upload_id, job_id=job_id, verdict=verdict, key=claim.key,
+                                     callback=self._callback(payload))
             if recorded.new:
                 self._log_hashes(payload, verdict, log_hashes)
         if not recorded.new:
@@ -289,8 +292,6 @@ class ScanService:
         with _timed(stages, "act"):
             acted = self._act(verdict, fetched, payload)
             self._follow_up(verdict, payload, job_id, recorded.entry_id, fetched, acted, stream, claim.key)
-        with _timed(stages, "callback"):
-            self._deliver(verdict, payload, job_id, recorded.entry_id, stream)
         stages["total"] = (time.perf_counter() - started) * 1000.0
         self.metrics.observe_verdict(verdict, stream=stream.stream)
         self.metrics.observe_stages({**verdict.get("timings_ms", {}), **stages})
@@ -337,14 +338,13 @@ class ScanService:
 
     def _replay(self, claim: "_Claim", payload: ScanPayload, job_id: str, fetched: Fetched | None,
                 stream: VerdictStream) -> dict[str, Any]:
-        """The verdict already recorded for these bytes, re-acted on and re-delivered (a
-        retried or recovered job): acting and following up are idempotent per upload."""
+        """The verdict already recorded for these bytes, re-acted on (a retried or recovered
+        job): acting and following up are idempotent per upload. Its callback was queued
+        when it was recorded, so it is not queued again."""
         assert claim.verdict is not None and claim.entry_id is not None
-        log.info("upload already decided; re-applying and re-delivering",
-                 extra={"stream": stream.stream, "stream_id": claim.entry_id})
+        log.info("upload already decided; re-applying", extra={"stream": stream.stream, "stream_id": claim.entry_id})
         acted = self._act(claim.verdict, fetched, payload)
         self._follow_up(claim.verdict, payload, job_id, claim.entry_id, fetched, acted, stream, claim.key)
-        self._deliver(claim.verdict, payload, job_id, claim.entry_id, stream)
         return claim.verdict
 
     def _fetch(self, payload: ScanPayload) -> tuple[Fetched | None, tuple[ReasonCode, str] | None]:
@@ -423,29 +423,22 @@ class ScanService:
         if counted is not None and counted.crossed:
             log.warning("uploader flagged", extra={"score": round(counted.score, 3)})
 
-    def _deliver(self, verdict: Mapping[str, Any], payload: ScanPayload, job_id: str, stream_id: str,
-                 stream: VerdictStream) -> None:
-        url = payload.callback_url
-        if not url:
-            return
+    def _callback(self, payload: ScanPayload) -> PendingCallback | None:
+        """The callback to queue with this job's verdict, if it asks for one we can sign."""
+        if not payload.callback_url:
+            return None
         if self.signer is None:
             self.metrics.callbacks.labels("skipped").inc()
             log.error("callback_url given but no callback key is configured (%s)", defaults.CALLBACK_KEY_ENV)
-            return
-        body = json.dumps(
-            {"upload_id": payload.upload_id, "job_id": job_id, "stream": stream.stream, "stream_id": stream_id,
-             "verdict": verdict},
-            separators=(",", ":"),
-        ).encode()
-        result = post_callback(url, body, self.signer, policy=self.callback_policy)
-        if result.refused:  # the URL came from the job: never where the policy forbids
-            self.metrics.callbacks.labels("skipped").inc()
-            log.error("callback_url refused by the callback policy; not called", extra={"why": result.error})
-            return
-        self.metrics.callbacks.labels("delivered" if result.delivered else "failed").inc()
-        if not result.delivered:
-            log.warning("callback not delivered (the verdict is on the stream)",
-                        extra={"attempts": result.attempts, "status": result.status, "error": result.error})
+            return None
+        return PendingCallback(self.outbox, payload.callback_url)
+
+    def deliverer(self, *, threads: int = defaults.CALLBACK_THREADS) -> CallbackDeliverer | None:
+        """Delivery threads for this process's outbox (None without a callback key)."""
+        if self.signer is None:
+            return None
+        return CallbackDeliverer(self.outbox, self.signer, policy=self.callback_policy, threads=threads,
+                                 observe=lambda outcome: self.metrics.callbacks.labels(outcome).inc())
 
     # -- giving up -----------------------------------------------------------------------
 
@@ -484,12 +477,12 @@ class ScanService:
                     also=claim.failures(),
                 ).to_dict()
                 verdict["upload_id"] = upload_id
-                recorded = stream.record(upload_id=upload_id, job_id=job_id, verdict=verdict, key=claim.key)
+                recorded = stream.record(upload_id=upload_id, job_id=job_id, verdict=verdict, key=claim.key,
+                                         callback=self._callback(payload))
                 if not recorded.new:
                     verdict = self._read_entry(recorded.entry_id, stream) or verdict
             acted = self._act(verdict, fetched, payload)
             self._follow_up(verdict, payload, job_id, recorded.entry_id, fetched, acted, stream, claim.key)
-            self._deliver(verdict, payload, job_id, recorded.entry_id, stream)
             self.metrics.observe_verdict(verdict, stream=stream.stream)
             log.warning("job given up: fail-closed verdict recorded",
                         extra={"action": verdict.get("action"), "why": why, "new": recorded.new,

@@ -25,6 +25,7 @@ from typing import Any
 import redis
 
 from .. import defaults
+from .outbox import PendingCallback
 
 DEFAULT_STREAM = "photosentry:verdicts"
 VERDICT_EVENT = "verdict"
@@ -40,11 +41,26 @@ DEFAULT_MAXLEN = 1_000_000
 DEFAULT_RECORD_TTL_S = 30 * 24 * 3600
 """How long the per-upload "already recorded" marker is kept (longer than any retry)."""
 
+# KEYS: stream, marker[, callback outbox's due set]. ARGV: maxlen, marker TTL, the number n
+# of field arguments, the n fields[, outbox item prefix, callback URL, URL tag, now].
 _RECORD = """
 local existing = redis.call('GET', KEYS[2])
 if existing then return {existing, 0} end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 3))
+local n = tonumber(ARGV[3])
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 4, 3 + n))
 redis.call('SET', KEYS[2], id, 'EX', ARGV[2])
+if KEYS[3] then
+  local callback = KEYS[1] .. '|' .. id .. '|' .. ARGV[6 + n]
+  local item = {'url', ARGV[5 + n], 'stream', KEYS[1], 'stream_id', id, 'attempts', '0'}
+  for i = 4, 3 + n, 2 do
+    if ARGV[i] == 'upload_id' or ARGV[i] == 'job_id' or ARGV[i] == 'verdict' then
+      table.insert(item, ARGV[i])
+      table.insert(item, ARGV[i + 1])
+    end
+  end
+  redis.call('HSET', ARGV[4 + n] .. callback, unpack(item))
+  redis.call('ZADD', KEYS[3], ARGV[7 + n], callback)
+end
 return {id, 1}
 """
 
@@ -85,10 +101,15 @@ class VerdictStream:
         self._record = client.register_script(_RECORD)
 
     def record(self, *, upload_id: str, job_id: str, verdict: dict[str, Any], event: str = "verdict",
-               key: str | None = None) -> Recorded:
+               key: str | None = None, callback: PendingCallback | None = None) -> Recorded:
         """Append ``verdict`` for ``upload_id`` unless one was already recorded under
-        ``key`` (default: the upload id; see :func:`photosentry.worker.service` on a reused
-        upload id, whose other file is recorded under ``<upload id>#<sha256 prefix>``)."""
+        ``key`` (default: the upload id; see :meth:`ScanService._claim` on a reused upload
+        id, whose other file is recorded under ``<upload id>#<sha256 prefix>``).
+
+        With ``callback``, the verdict's callback is queued in its outbox in the same
+        atomic step, so a process dying right after can never leave a recorded verdict
+        whose callback nobody will send.
+        """
         if not upload_id:
             raise ValueError("upload_id is required to record a verdict")
         fields = {
@@ -98,7 +119,7 @@ class VerdictStream:
             "action": str(verdict.get("action", "")),
             "verdict": json.dumps(verdict, separators=(",", ":")),
         }
-        return self._append_once(f"{self.stream}:recorded:{key or upload_id}", fields)
+        return self._append_once(f"{self.stream}:recorded:{key or upload_id}", fields, callback)
 
     def record_decision(self, *, upload_id: str, item_id: str, decision: dict[str, Any],
                         verdict: dict[str, Any], verdict_stream: str | None = None,
@@ -124,10 +145,16 @@ class VerdictStream:
             fields["verdict_stream"] = verdict_stream
         return self._append_once(f"{self.stream}:decided:{key or upload_id}", fields)
 
-    def _append_once(self, marker: str, fields: dict[str, str]) -> Recorded:
-        """XADD ``fields`` unless ``marker`` is set; set it to the new entry's id (one Lua step)."""
+    def _append_once(self, marker: str, fields: dict[str, str], callback: PendingCallback | None = None) -> Recorded:
+        """XADD ``fields`` unless ``marker`` is set; set it to the new entry's id, and queue
+        ``callback`` (one Lua step)."""
         flat: list[str] = [x for kv in fields.items() for x in kv]
-        entry_id, new = self._record(keys=[self.stream, marker], args=[self.maxlen, self.record_ttl_s, *flat])
+        keys, args = [self.stream, marker], [self.maxlen, self.record_ttl_s, len(flat), *flat]
+        if callback is not None:
+            due_key, extra = callback.outbox.record_args(callback.url)
+            keys.append(due_key)
+            args.extend(extra)
+        entry_id, new = self._record(keys=keys, args=args)
         return Recorded(_text(entry_id), bool(int(new)))
 
     def recorded(self, key: str) -> str | None:
