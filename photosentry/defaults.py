@@ -194,6 +194,17 @@ REAPER_INTERVAL_S = 1.0
 METRICS_PORT_ENV = "PHOTOSENTRY_METRICS_PORT"
 """Environment variable with the port serving Prometheus metrics (unset: no metrics server)."""
 
+METRICS_HOST = "127.0.0.1"
+"""Address the metrics listener binds by default: this host only. In a container,
+where Prometheus scrapes from outside, set ``--metrics-host 0.0.0.0`` (or the pod's
+address) and let the network policy decide who may reach it."""
+
+METRICS_HOST_ENV = "PHOTOSENTRY_METRICS_HOST"
+
+LOG_FORMAT_ENV = "PHOTOSENTRY_LOG_FORMAT"
+"""Environment variable choosing ``json`` or ``text`` logs for every long-running command
+(worker and review page alike)."""
+
 # -- retro-hunt (photosentry retrohunt) ----------------------------------------------
 
 HASHLOG_MAX_ENTRIES = 2_000_000

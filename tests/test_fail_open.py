@@ -453,3 +453,65 @@ def test_a_callback_that_keeps_failing_is_recorded_as_given_up(
     [(_, entry)] = redis_client.xrange(outbox.given_up_key)
     assert entry[b"upload_id"] == b"down-1" and entry[b"attempts"] == b"3" and b"503" in entry[b"error"]
     assert receiver.received == []
+
+
+# -- also: where the metrics listener binds, one log format for every service --------------------
+
+
+def test_the_metrics_listener_binds_this_host_only_unless_told_otherwise(tmp_path: Path) -> None:
+    import subprocess
+
+    from prometheus_client import CollectorRegistry
+
+    from photosentry.worker.metrics import serve
+
+    from .workers import PHOTOSENTRY
+
+    for given, bound in ((None, "127.0.0.1"), ("0.0.0.0", "0.0.0.0")):
+        server, thread = serve(0, CollectorRegistry(), **({"addr": given} if given else {}))
+        try:
+            assert server.server_address[0] == bound
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(5)
+    help_text = subprocess.run([PHOTOSENTRY, "worker", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "--metrics-host" in help_text and "PHOTOSENTRY_METRICS_HOST" in help_text
+
+
+def test_the_review_page_logs_json_like_the_workers(tmp_path: Path, redis_server: str) -> None:
+    """Its log lines (uvicorn's included) go through the workers' formatter."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import urllib.request
+
+    from .workers import PHOTOSENTRY, wait_until
+
+    config = tmp_path / "review.toml"
+    config.write_text(subprocess.run([PHOTOSENTRY, "review", "token", "alice"], capture_output=True, text=True,
+                                     check=True).stdout)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PHOTOSENTRY_HOME": str(tmp_path / "home"), "PHOTOSENTRY_REDIS_URL": redis_server}
+    log = tmp_path / "review.log"
+    with log.open("wb") as fh:
+        proc = subprocess.Popen([PHOTOSENTRY, "review", "--config", str(config), "--port", str(port)], env=env,
+                                stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        def up() -> bool:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).read()
+                return True
+            except OSError:
+                return False
+        wait_until(up, timeout=60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    lines = [line for line in log.read_text().splitlines() if line.startswith("{")]
+    records = [json.loads(line) for line in lines]
+    assert any(r["logger"].startswith("uvicorn") for r in records), log.read_text()[-2000:]
+    assert any("GET /" in r["msg"] for r in records)

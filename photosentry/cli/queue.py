@@ -16,6 +16,7 @@ from .root import (
     SetupError,
     cli,
     context_pairs,
+    log_format_option,
     redis_url_option,
     split_roots,
 )
@@ -56,8 +57,10 @@ from .root import (
                    f" Env: {defaults.CALLBACK_NETWORKS_ENV} (comma-separated).")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), envvar=defaults.METRICS_PORT_ENV, default=None,
               help="Serve Prometheus metrics on this port (/metrics). Default: off.")
-@click.option("--log-format", type=click.Choice(["json", "text"]), default="json", show_default=True,
-              help="Log lines as JSON objects (with upload_id and job_id) or plain text.")
+@click.option("--metrics-host", default=defaults.METRICS_HOST, show_default=True, envvar=defaults.METRICS_HOST_ENV,
+              help="Address the metrics listener binds. In a container scraped from outside use 0.0.0.0 (or"
+                   f" the pod address). Env: {defaults.METRICS_HOST_ENV}.")
+@log_format_option
 @click.option("--no-cache", is_flag=True,
               help="Scan every upload even if the same bytes were decided under the same banks and policy"
                    " (benchmarks, audits). Default: duplicates cost one Redis lookup.")
@@ -65,7 +68,7 @@ from .root import (
 def worker(ctx: click.Context, redis_url: str, processes: int, source_roots: tuple[str, ...], queues: tuple[str, ...],
            burst: bool, job_timeout: int, policy_path: str | None, threads: int | None, providers: tuple[str, ...],
            callback_key_file: str | None, callback_allow: tuple[str, ...], callback_networks: tuple[str, ...],
-           metrics_port: int | None, log_format: str, no_cache: bool) -> None:
+           metrics_port: int | None, metrics_host: str, log_format: str, no_cache: bool) -> None:
     """Scan queued uploads: take jobs from Redis, record and deliver verdicts.
 
     Each verdict becomes the job's result, one entry on a Redis stream
@@ -117,7 +120,8 @@ def worker(ctx: click.Context, redis_url: str, processes: int, source_roots: tup
         raise click.BadParameter(str(exc), param_hint="--callback-allow / --callback-allow-network") from exc
     try:
         status = run_pool(settings, processes=processes, burst=burst, queues=queues or defaults.QUEUES,
-                          max_job_timeout=job_timeout, metrics_port=metrics_port, log_json=log_format == "json",
+                          max_job_timeout=job_timeout, metrics_port=metrics_port, metrics_host=metrics_host,
+                          log_json=log_format == "json",
                           verbose=bool(ctx.find_root().params.get("verbose")))
     except Exception as exc:  # redis down, port taken ...
         import redis as _redis

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import click
 
 from .. import defaults
+from ..worker import logs
 from .quarantine import build_reviewer, review_options
-from .root import SetupError, cli
+from .root import SetupError, cli, log_format_option
 
 
 @cli.group(invoke_without_command=True)
@@ -22,9 +24,10 @@ from .root import SetupError, cli
               help="Mark the session cookie Secure (set this when moderators reach the page over HTTPS).")
 @click.option("--lease", "lease_s", type=click.IntRange(10, 3600), default=defaults.REVIEW_LEASE_S, show_default=True,
               help="Seconds an opened item stays reserved for its moderator without a heartbeat.")
+@log_format_option
 @click.pass_context
 def review(ctx: click.Context, config_path: str | None, host: str, port: int, secure_cookies: bool, lease_s: int,
-           **opts: Any) -> None:
+           log_format: str, **opts: Any) -> None:
     """Serve the review page: the quarantine queue, one item at a time.
 
     Moderators sign in with their token, take the oldest item nobody else has,
@@ -67,8 +70,12 @@ def review(ctx: click.Context, config_path: str | None, host: str, port: int, se
         click.echo(f"warning: listening on {host}: anyone who can reach it can try to sign in; use HTTPS in front"
                    " and --secure-cookies", err=True)
     click.echo(f"review page on http://{host}:{port}/ for {len(moderators.digests)} moderator(s)", err=True)
+    # The workers' log set-up, so both services ship the same lines: uvicorn's own
+    # loggers (errors, access lines) propagate to it instead of printing plain text.
+    logs.configure(logging.DEBUG if ctx.find_root().params.get("verbose") else logging.INFO,
+                   json_format=log_format == "json")
     uvicorn.run(create_app(reviewer, moderators, secure_cookies=secure_cookies), host=host, port=port,
-                log_level="info", proxy_headers=False, server_header=False)
+                log_config=None, log_level="info", proxy_headers=False, server_header=False)
 
 
 @review.command("token")

@@ -146,6 +146,14 @@ def who_why_options(f):  # type: ignore[no-untyped-def]
     return f
 
 
+def log_format_option(f):  # type: ignore[no-untyped-def]
+    """``--log-format``, the same for every long-running command (worker, review page)."""
+    return click.option("--log-format", type=click.Choice(["json", "text"]), default="json", show_default=True,
+                        envvar=defaults.LOG_FORMAT_ENV,
+                        help="Log lines as JSON objects (one per line, with upload and job ids where there are"
+                             f" any) or plain text. Env: {defaults.LOG_FORMAT_ENV}.")(f)
+
+
 def redis_url_option(f):  # type: ignore[no-untyped-def]
     return click.option(
         "--redis-url", envvar=defaults.REDIS_URL_ENV, required=True, metavar="URL",

@@ -21,6 +21,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .. import defaults
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 #: Stage latency buckets in seconds: cache hits take ~1 ms, a scan ~100 ms, a slow
@@ -115,6 +117,6 @@ def mark_process_dead(pid: int) -> None:
         multiprocess.mark_process_dead(pid)
 
 
-def serve(port: int, registry: CollectorRegistry, addr: str = "0.0.0.0") -> Any:
+def serve(port: int, registry: CollectorRegistry, addr: str = defaults.METRICS_HOST) -> Any:
     """Serve ``registry`` on ``http://addr:port/metrics`` from a daemon thread."""
     return start_http_server(port, addr=addr, registry=registry)

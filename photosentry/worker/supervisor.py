@@ -84,6 +84,7 @@ def run_pool(
     queues: Sequence[str] = defaults.QUEUES,
     max_job_timeout: int = defaults.JOB_TIMEOUT_S,
     metrics_port: int | None = None,
+    metrics_host: str = defaults.METRICS_HOST,
     log_json: bool = True,
     verbose: bool = False,
     shutdown_grace_s: float | None = None,
@@ -107,8 +108,8 @@ def run_pool(
         os.environ[metrics_mod.MULTIPROC_ENV] = multiproc_dir
         registry = metrics_mod.multiprocess_registry()
         registry.register(metrics_mod.QueueDepthCollector(client, queues))
-        metrics_mod.serve(metrics_port, registry)
-        log.info("serving metrics on :%d/metrics", metrics_port)
+        metrics_mod.serve(metrics_port, registry, addr=metrics_host)
+        log.info("serving metrics on %s:%d/metrics", metrics_host, metrics_port)
 
     ctx = multiprocessing.get_context("spawn")
     children: dict[str, Any] = {}
