@@ -22,7 +22,8 @@ from typing import Any
 from redis import Redis
 
 from . import defaults
-from .worker.jobs import FAILURE_CALLBACK, SCAN_FUNCTION, ScanPayload
+from .worker.jobs import FAILURE_CALLBACK, SCAN_FUNCTION
+from .worker.payload import ScanPayload
 
 
 def build_payload(

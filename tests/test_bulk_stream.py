@@ -24,7 +24,7 @@ from rq.serializers import JSONSerializer
 
 from photosentry import enqueue_scan
 from photosentry.enqueue import build_payload
-from photosentry.review.queue import ReviewQueue
+from photosentry.worker.review_queue import ReviewQueue
 from photosentry.worker.recovery import give_up_with_verdict, recover_abandoned
 from photosentry.worker.service import ScanService, ServiceSettings
 

@@ -16,7 +16,8 @@ from rq.serializers import JSONSerializer
 from photosentry import enqueue_scan
 from photosentry.config import redact_url
 from photosentry.enqueue import build_payload
-from photosentry.worker.jobs import FAILURE_CALLBACK, SCAN_FUNCTION, PayloadError, ScanPayload
+from photosentry.worker.jobs import FAILURE_CALLBACK, SCAN_FUNCTION
+from photosentry.worker.payload import PayloadError, ScanPayload
 
 
 def test_job_is_json_with_the_documented_payload(redis_client: redis.Redis) -> None:

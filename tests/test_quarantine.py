@@ -26,7 +26,7 @@ from photosentry.hashes.banks import entries_from_hashes
 from photosentry.hashes.redis_banks import RedisBankStore
 from photosentry.hashes.signals import hash_image
 from photosentry.decode import Limits, decode
-from photosentry.review.queue import ReviewQueue
+from photosentry.worker.review_queue import ReviewQueue
 from photosentry.worker.service import ScanService, ServiceSettings
 
 from .callback_receiver import KEY, Receiver
@@ -251,7 +251,7 @@ def test_evidence_is_purged_after_its_retention(
 
 
 def test_two_moderators_never_hold_the_same_item(redis_client: redis.Redis) -> None:
-    from photosentry.review.queue import QuarantineRecord
+    from photosentry.worker.review_queue import QuarantineRecord
 
     queue = ReviewQueue(redis_client, lease_s=30)
     for i in range(3):

@@ -15,7 +15,7 @@ from photosentry.rescan.report import ReportWriter, drop_partial_line, read_rows
 from photosentry.rescan.runner import upload_id_for
 from photosentry.rescan.source import FolderSource, Item, ManifestSource, parse_line, parse_time
 from photosentry.enqueue import build_payload
-from photosentry.worker.jobs import MAX_UPLOAD_ID_LEN, PayloadError, ScanPayload, check_upload_id
+from photosentry.worker.payload import MAX_UPLOAD_ID_LEN, PayloadError, ScanPayload, check_upload_id
 
 
 def touch(path: Path, data: bytes = b"x") -> Path:

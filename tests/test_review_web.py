@@ -23,7 +23,7 @@ import redis
 
 from photosentry.review.decisions import Reviewer
 from photosentry.review.moderators import Moderators, new_token
-from photosentry.review.queue import ReviewQueue
+from photosentry.worker.review_queue import ReviewQueue
 from photosentry.worker.delivery import CallbackSigner
 from photosentry.worker.service import ScanService, ServiceSettings
 

@@ -13,7 +13,7 @@ from photosentry.errors import PolicyError
 from photosentry.hashes.matcher import BankMatcher
 from photosentry.hashes.redis_banks import RedisBankStore
 from photosentry.models.open_nsfw import OpenNsfwClassifier
-from photosentry.review.queue import ReviewQueue
+from photosentry.worker.review_queue import ReviewQueue
 from photosentry.worker.pipeline import Scanner
 from photosentry.worker.policy import Policy, UploaderRules
 from photosentry.worker.service import ScanService, ServiceSettings

@@ -176,7 +176,7 @@ def quarantine_show(ctx: click.Context, item_id: str, as_json: bool, **opts: Any
 
 def _decide(ctx: click.Context, kind: str, item_id: str, actor: str, reason: str, bank: str | None,
             opts: dict[str, Any]) -> None:
-    from ..review.queue import ReviewError
+    from ..worker.review_queue import ReviewError
 
     reviewer = build_reviewer(ctx, **opts)
     try:

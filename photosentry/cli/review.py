@@ -55,7 +55,7 @@ def review(ctx: click.Context, config_path: str | None, host: str, port: int, se
         raise SetupError(f"the review page needs its extra packages ({exc.name} is missing):"
                          " pip install 'photosentry[review]'") from exc
     from ..review.moderators import ConfigError, Moderators
-    from ..review.queue import ReviewQueue
+    from ..worker.review_queue import ReviewQueue
 
     if not config_path:
         raise click.UsageError(f"give --config FILE (or set {defaults.REVIEW_CONFIG_ENV}): the moderators who may"
@@ -91,7 +91,7 @@ def review_token(name: str) -> None:
       photosentry review token alice >> /etc/photosentry/review.toml
     """
     from ..review.moderators import new_token
-    from ..review.queue import check_moderator
+    from ..worker.review_queue import check_moderator
 
     try:
         name = check_moderator(name)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .. import defaults
-from ..worker.jobs import MAX_UPLOAD_ID_LEN
+from ..worker.payload import MAX_UPLOAD_ID_LEN
 from .checkpoint import Checkpoint, OrderWindow, ResumeState
 from .ratelimit import TokenBucket
 from .report import ReportWriter, invalid_row

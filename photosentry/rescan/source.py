@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Union
 
-from ..worker.jobs import PayloadError, check_context, check_upload_id
+from ..worker.payload import PayloadError, check_context, check_upload_id
 
 OrderKey = Union[tuple[str, ...], int]
 

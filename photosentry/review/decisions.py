@@ -41,7 +41,7 @@ from ..worker.sources import SourceRefused, SourceRoots
 from ..worker.stream import VerdictStream
 from ..worker.uploaders import UploaderLedger
 from ..worker.verdict import Action, ReasonCode
-from .queue import CONFIRMED, RELEASED, QueueItem, ReviewError, ReviewQueue, check_moderator
+from ..worker.review_queue import CONFIRMED, RELEASED, QueueItem, ReviewError, ReviewQueue, check_moderator
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .queue import check_moderator
+from ..worker.review_queue import check_moderator
 
 
 class ConfigError(ValueError):

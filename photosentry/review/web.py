@@ -35,7 +35,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from .. import defaults
 from .decisions import CONFIRM, RELEASE, Reviewer
 from .moderators import Moderators
-from .queue import PENDING, QueueItem, ReviewError
+from ..worker.review_queue import PENDING, QueueItem, ReviewError
 
 log = logging.getLogger(__name__)
 

@@ -42,13 +42,13 @@ from ..decode import Limits
 from ..errors import JobRefused, UnreadableImage
 from ..hashes.redis_banks import DEFAULT_PREFIX as BANK_PREFIX
 from ..hashes.redis_banks import RedisBankStore
-from ..review.queue import QuarantineRecord, ReviewQueue
+from .review_queue import QuarantineRecord, ReviewQueue
 from .actions import ActionApplier, ActionResult, ContentStore
 from .cache import VerdictCache, model_builds
 from .hashlog import HashLog, hashes_from_verdict
 from .delivery import CallbackPolicy, CallbackSigner
 from .outbox import CallbackDeliverer, CallbackOutbox, PendingCallback
-from .jobs import PayloadError, ScanPayload, check_upload_id
+from .payload import PayloadError, ScanPayload, check_upload_id
 from .logs import job_context
 from .metrics import Metrics
 from .policy import Policy
