@@ -9,8 +9,10 @@ the policy's job.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -56,6 +58,21 @@ class Match:
             "weak": self.weak,
             "allow": self.allow,
         }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> "Match":
+        """The inverse of :meth:`to_dict` (a recorded verdict's match)."""
+        return cls(
+            entry_id=int(raw["entry_id"]),
+            bank=str(raw["bank"]),
+            algorithm=Algorithm(raw["algorithm"]),
+            distance=int(raw["distance"]),
+            label=str(raw.get("label", "")),
+            frame=int(raw.get("frame", 0)),
+            variant=int(raw.get("variant", 0)),
+            weak=bool(raw.get("weak", False)),
+            allow=bool(raw.get("allow", False)),
+        )
 
 
 #: Hamming radius each index is laid out for when no bank asks for more (the largest

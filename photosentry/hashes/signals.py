@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import imagehash
 import numpy as np
@@ -177,16 +178,49 @@ class ImageHashes:
         """Canonical values only (variants are a matching detail)."""
         out: dict[str, object] = {"sha256": self.sha256, "md5": self.md5}
         if self.frames:
-            first = self.frames[0]
-            for h in first.hashes:
-                out[h.algorithm.value] = h.value
-                if h.quality is not None:
-                    out[f"{h.algorithm.value}_quality"] = h.quality
+            out.update(_frame_dict(self.frames[0]))
         if len(self.frames) > 1:
-            out["frames"] = [
-                {"frame": f.frame, **{h.algorithm.value: h.value for h in f.hashes}} for f in self.frames
-            ]
+            out["frames"] = [{"frame": f.frame, **_frame_dict(f)} for f in self.frames]
         return out
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> "ImageHashes":
+        """The inverse of :meth:`to_dict`: canonical values (a hash's only variant is
+        itself; matching computes variants from pixels, never from a record).
+
+        Raises:
+            ValueError: ``raw`` has no SHA-256 and MD5 (not a hashes record).
+        """
+        sha256, md5 = raw.get("sha256"), raw.get("md5")
+        if not isinstance(sha256, str) or not isinstance(md5, str):
+            raise ValueError("a hashes record needs its sha256 and md5")
+        listed = raw.get("frames")
+        entries = listed if isinstance(listed, list) else [{"frame": 0, **raw}]
+        frames = []
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, Mapping):
+                continue
+            found = []
+            for signal in FRAME_SIGNALS:
+                name = signal.algorithm.value
+                value = entry.get(name)
+                if isinstance(value, str):
+                    quality = entry.get(f"{name}_quality", raw.get(f"{name}_quality") if i == 0 else None)
+                    found.append(PerceptualHash(signal.algorithm, value, (value,),
+                                                quality if isinstance(quality, int) else None))
+            if found:
+                frame = entry.get("frame", i)
+                frames.append(FrameHashes(frame if isinstance(frame, int) else i, tuple(found)))
+        return cls(sha256, md5, tuple(frames))
+
+
+def _frame_dict(frame: FrameHashes) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for h in frame.hashes:
+        out[h.algorithm.value] = h.value
+        if h.quality is not None:
+            out[f"{h.algorithm.value}_quality"] = h.quality
+    return out
 
 
 def hash_bytes(data: bytes) -> ImageHashes:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -40,6 +41,20 @@ class ModelScore:
             **({"detections": [d.to_dict() for d in self.detections]} if self.detections else {}),
         }
 
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> "ModelScore":
+        """The inverse of :meth:`to_dict` (a recorded verdict's score)."""
+        return cls(
+            model_id=str(raw["model"]),
+            model_version=str(raw.get("version", "")),
+            score=float(raw["score"]),
+            labels={str(k): float(v) for k, v in dict(raw.get("labels") or {}).items()},
+            frame=int(raw.get("frame", 0)),
+            provider=str(raw.get("provider", "")),
+            variant=str(raw.get("variant", "fp32")),
+            detections=tuple(Detection.from_dict(d) for d in raw.get("detections") or ()),
+        )
+
 
 @dataclass(frozen=True)
 class Detection:
@@ -52,6 +67,11 @@ class Detection:
 
     def to_dict(self) -> dict[str, object]:
         return {"label": self.label, "confidence": round(self.confidence, 4), "box": list(self.box)}
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> "Detection":
+        x, y, w, h = (int(v) for v in raw["box"])
+        return cls(str(raw["label"]), float(raw["confidence"]), (x, y, w, h))
 
 
 class NudityClassifier(ABC):

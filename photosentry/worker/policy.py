@@ -13,7 +13,7 @@ import math
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from .. import defaults
 from ..errors import PolicyError
 from ..hashes.matcher import Match
 from ..models.classifier import ModelScore
-from .verdict import FAILURE_CODES, Action, Reason, ReasonCode
+from .verdict import FAILURE_CODES, Action, FlaggedUploader, ModeratorDecision, Reason, ReasonCode, Verdict
 
 POLICY_ENV = "PHOTOSENTRY_POLICY"
 """Environment variable naming a policy file to use instead of the shipped default."""
@@ -72,6 +72,8 @@ class Profile:
     #: Context values the policy reads but could not (``recipient_age='fifteen'``): every
     #: profile that reads them applies, and the verdict says so.
     unreadable_context: tuple[str, ...] = ()
+    #: Hold a flagged uploader's otherwise-allowed uploads for review (``[uploaders]``).
+    hold_flagged_uploaders: bool = True
 
     def bank_action(self, bank: str) -> Action:
         return self.bank_actions.get(bank, self.default_bank_action)
@@ -203,6 +205,7 @@ class Policy:
             fail_closed[code] = action
         if given:
             raise PolicyError(f"{where}: unknown fail_closed keys {sorted(given)}")
+        uploaders = _uploader_rules(raw.get("uploaders", {}), f"{where}: uploaders")
         base = Profile(
             name=DEFAULT_PROFILE,
             models=_models(raw.get("models", {}), f"{where}: models"),
@@ -210,6 +213,7 @@ class Policy:
             default_bank_action=default_bank_action,
             fail_closed=fail_closed,
             allow=_allow_rules(raw.get("allow", {}), f"{where}: allow"),
+            hold_flagged_uploaders=uploaders.quarantine_flagged,
         )
         rules = []
         for name, body in dict(raw.get("profiles", {})).items():
@@ -236,8 +240,7 @@ class Policy:
                     allow=_allow_rules(body["allow"], f"{w}.allow") if "allow" in body else None,
                 )
             )
-        return cls(version=version.strip(), base=base, rules=tuple(rules), source=source,
-                   uploaders=_uploader_rules(raw.get("uploaders", {}), f"{where}: uploaders"),
+        return cls(version=version.strip(), base=base, rules=tuple(rules), source=source, uploaders=uploaders,
                    review=_review_rules(raw.get("review", {}), f"{where}: review"))
 
     # -- use ----------------------------------------------------------------------
@@ -293,7 +296,21 @@ class Policy:
             fail_closed=self.base.fail_closed,
             allow=allow,
             unreadable_context=reading.notes(),
+            hold_flagged_uploaders=self.base.hold_flagged_uploaders,
         )
+
+    def redecide(self, verdict: Verdict, *, uploader: FlaggedUploader | None = None,
+                 moderator: ModeratorDecision | None = None) -> Verdict:
+        """``verdict`` decided again from its own facts with ``uploader`` or ``moderator``
+        added (a cached verdict for a flagged uploader; a moderator's decision), through
+        the same :func:`decide` as a scan."""
+        profile = self.profile_for(verdict.context)
+        action, reasons = decide(profile, matches=verdict.matches, scores=verdict.scores,
+                                 failures=verdict.failures(), uploader=uploader, moderator=moderator)
+        if moderator is None:
+            return replace(verdict, action=action, reasons=reasons)
+        return replace(verdict, action=action, reasons=reasons, decision=moderator,
+                       quarantine_reasons=verdict.reasons)
 
     def require_models(self, model_ids: Sequence[str]) -> None:
         """Refuse to run a model the policy has no thresholds for (its score would be ignored)."""
@@ -308,12 +325,22 @@ def decide(
     matches: Sequence[Match] = (),
     scores: Sequence[ModelScore] = (),
     failures: Sequence[tuple[ReasonCode, str]] = (),
+    uploader: FlaggedUploader | None = None,
+    moderator: ModeratorDecision | None = None,
 ) -> tuple[Action, tuple[Reason, ...]]:
-    """The action and its reasons, most severe first.
+    """The action and its reasons, most severe first: the one place facts become both.
 
-    ``failures`` are (code, text) pairs for anything that kept the photo from being
-    fully scanned; each maps through ``fail_closed`` and can never yield allow.
+    Args:
+        failures: (code, text) pairs for anything that kept the photo from being fully
+            scanned; each maps through ``fail_closed`` and can never yield allow.
+        uploader: the upload's uploader is flagged; a photo that would be allowed is
+            held for review (``uploader_flagged``) when the profile says so. It never
+            lowers an action.
+        moderator: a moderator reviewed the quarantined photo; their decision is the
+            action (release: allow, confirm: block), whatever the other facts say.
     """
+    if moderator is not None:
+        return _moderated(moderator)
     reasons: list[Reason] = []
     for code, text in failures:
         reasons.append(Reason(code, profile.fail_closed[code], text))
@@ -362,7 +389,27 @@ def decide(
             {"unreadable": list(profile.unreadable_context), "profile": profile.name},
         ))
     reasons.sort(key=lambda r: -r.action.severity)  # stable: a clean photo's first reason stays `clean`
-    return Action.most_severe([r.action for r in reasons]), tuple(reasons)
+    action = Action.most_severe([r.action for r in reasons])
+    if uploader is not None and profile.hold_flagged_uploaders and action is Action.ALLOW:
+        return Action.QUARANTINE, (_flagged(uploader), *reasons)
+    return action, tuple(reasons)
+
+
+def _flagged(uploader: FlaggedUploader) -> Reason:
+    return Reason(
+        ReasonCode.UPLOADER_FLAGGED, Action.QUARANTINE,
+        f"uploader {uploader.uploader_id!r} is flagged: penalty score {uploader.score:.2f} >= threshold"
+        f" {uploader.threshold:g}",
+        {"uploader_id": uploader.uploader_id, "score": round(uploader.score, 6), "threshold": uploader.threshold},
+    )
+
+
+def _moderated(decision: ModeratorDecision) -> tuple[Action, tuple[Reason, ...]]:
+    action = Action.ALLOW if decision.released else Action.BLOCK
+    code = ReasonCode.MODERATOR_RELEASED if decision.released else ReasonCode.MODERATOR_CONFIRMED
+    return action, (Reason(code, action,
+                           f"{'released' if decision.released else 'confirmed'} by {decision.by}: {decision.reason}",
+                           {"by": decision.by, "item_id": decision.item_id, "bank": decision.bank}),)
 
 
 def _vouched_for(allowed: Sequence[Match]) -> bool:

@@ -8,9 +8,10 @@ its reason codes are a stable, documented vocabulary.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, ClassVar
 
 from .. import decode as _decode
 from ..hashes.matcher import Match
@@ -122,6 +123,11 @@ class Reason:
             out["detail"] = self.detail
         return out
 
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> "Reason":
+        return cls(ReasonCode(raw["code"]), Action(raw["action"]), str(raw.get("text", "")),
+                   dict(raw.get("detail") or {}))
+
 
 @dataclass(frozen=True)
 class MediaInfo:
@@ -144,6 +150,56 @@ class MediaInfo:
             "notes": list(self.notes),
         }
 
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> "MediaInfo":
+        return cls(str(raw["format"]), int(raw["width"]), int(raw["height"]), int(raw["frame_count"]),
+                   int(raw["frames_scanned"]), tuple(str(n) for n in raw.get("notes") or ()))
+
+
+@dataclass(frozen=True)
+class ModeratorDecision:
+    """A moderator's decision on a quarantined upload: a fact the policy decides on last."""
+
+    #: ``release`` (allow) or ``confirm`` (block).
+    decision: str
+    item_id: str
+    upload_id: str
+    by: str
+    reason: str
+    #: The bank the photo's hashes went into with the decision, if any.
+    bank: str | None = None
+    at: float = 0.0
+
+    RELEASE: ClassVar[str] = "release"
+    CONFIRM: ClassVar[str] = "confirm"
+
+    def __post_init__(self) -> None:
+        if self.decision not in (self.RELEASE, self.CONFIRM):
+            raise ValueError(f"a decision is release or confirm, not {self.decision!r}")
+
+    @property
+    def released(self) -> bool:
+        return self.decision == self.RELEASE
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"decision": self.decision, "item_id": self.item_id, "upload_id": self.upload_id, "by": self.by,
+                "reason": self.reason, "bank": self.bank, "at": self.at}
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> "ModeratorDecision":
+        return cls(str(raw["decision"]), str(raw["item_id"]), str(raw.get("upload_id", "")), str(raw["by"]),
+                   str(raw.get("reason", "")), raw.get("bank") if isinstance(raw.get("bank"), str) else None,
+                   float(raw.get("at") or 0.0))
+
+
+@dataclass(frozen=True)
+class FlaggedUploader:
+    """The upload's uploader is flagged (penalty score over the policy's threshold)."""
+
+    uploader_id: str
+    score: float
+    threshold: float
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -162,13 +218,28 @@ class Verdict:
     #: Milliseconds per pipeline stage, in the order they ran.
     timings_ms: dict[str, float] = field(default_factory=dict)
     context: dict[str, Any] = field(default_factory=dict)
+    # -- what a queue worker adds for one upload --------------------------------------
+    #: The upload this verdict is for (queue jobs and rescans; None for a plain scan).
+    upload_id: str | None = None
+    #: Decided earlier for the same bytes under the same rules (the verdict cache).
+    cache_hit: bool = False
+    #: Recorded, but nothing was moved (``rescan --dry-run``).
+    dry_run: bool = False
+    # -- a moderator's decision replacing a quarantine -------------------------------
+    decision: ModeratorDecision | None = None
+    #: The reasons the photo was quarantined for, before the decision.
+    quarantine_reasons: tuple[Reason, ...] = ()
 
     @property
     def reason_codes(self) -> list[str]:
         return [r.code.value for r in self.reasons]
 
+    def failures(self) -> list[tuple[ReasonCode, str]]:
+        """The facts that kept the photo from a full scan, as the policy was given them."""
+        return [(r.code, r.text) for r in self.reasons if r.code in FAILURE_CODES]
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "subject": self.subject,
             "action": self.action.value,
             "reasons": [r.to_dict() for r in self.reasons],
@@ -182,6 +253,47 @@ class Verdict:
             "bank_version": self.bank_version,
             "context": self.context,
         }
+        # Only when set, so a plain scan's JSON keeps its shape.
+        if self.upload_id is not None:
+            out["upload_id"] = self.upload_id
+        if self.cache_hit:
+            out["cache"] = "hit"
+        if self.dry_run:
+            out["dry_run"] = True  # readers of the stream must know nothing was moved
+        if self.decision is not None:
+            out["quarantine_reasons"] = [r.to_dict() for r in self.quarantine_reasons]
+            out["decision"] = self.decision.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> "Verdict":
+        """The inverse of :meth:`to_dict`: a verdict read back from the stream, the cache,
+        a review record or a store sidecar. Fields a record leaves out (the cache keeps
+        no per-upload ones) take their defaults.
+
+        Raises:
+            ValueError, KeyError, TypeError: ``raw`` is not a verdict record.
+        """
+        hashes, media, decision = raw.get("hashes"), raw.get("media"), raw.get("decision")
+        return cls(
+            subject=str(raw.get("subject", "")),
+            action=Action(raw["action"]),
+            reasons=tuple(Reason.from_dict(r) for r in raw.get("reasons") or ()),
+            policy_version=str(raw.get("policy_version", "")),
+            profile=str(raw.get("profile", "")),
+            bank_version=int(raw.get("bank_version") or 0),
+            matches=tuple(Match.from_dict(m) for m in raw.get("matches") or ()),
+            scores=tuple(ModelScore.from_dict(s) for s in raw.get("scores") or ()),
+            hashes=ImageHashes.from_dict(hashes) if isinstance(hashes, Mapping) else None,
+            media=MediaInfo.from_dict(media) if isinstance(media, Mapping) else None,
+            timings_ms={str(k): float(v) for k, v in dict(raw.get("timings_ms") or {}).items()},
+            context=dict(raw.get("context") or {}),
+            upload_id=str(raw["upload_id"]) if raw.get("upload_id") is not None else None,
+            cache_hit=raw.get("cache") == "hit",
+            dry_run=raw.get("dry_run") is True,
+            decision=ModeratorDecision.from_dict(decision) if isinstance(decision, Mapping) else None,
+            quarantine_reasons=tuple(Reason.from_dict(r) for r in raw.get("quarantine_reasons") or ()),
+        )
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=False, separators=(",", ":"))
