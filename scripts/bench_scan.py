@@ -89,7 +89,7 @@ def build_bank(home: Path, mode: str, random_entries: int, corpus_banned: Path |
     """Fill ``home``/banks.sqlite3; returns (entries, description)."""
     from photosentry import defaults
     from photosentry.decode import decode, read_limited
-    from photosentry.hashes.banks import EntrySource, NewEntry, SqliteBankStore
+    from photosentry.hashes.banks import EntrySource, NewEntry, open_store
     from photosentry.hashes.codecs import Algorithm
     from photosentry.hashes.signals import hash_image
 
@@ -128,7 +128,7 @@ def build_bank(home: Path, mode: str, random_entries: int, corpus_banned: Path |
             entries.append(NewEntry(algorithm, value, defaults.DEFAULT_BANK, "random", EntrySource.IMPORT))
     if random_entries:
         what.append(f"{random_entries} random hashes per perceptual algorithm")
-    with SqliteBankStore(home / defaults.BANK_DB_FILENAME) as store:
+    with open_store(sqlite=home / defaults.BANK_DB_FILENAME) as store:
         if entries:
             store.add(entries, actor="bench_scan", reason="benchmark bank")
     return len(entries), "; ".join(what) or "empty"
@@ -421,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1 or args.warmup < 0 or args.random_entries < 0:
         parser.error("--rounds must be >= 1, --warmup and --random-entries >= 0")
 
-    from photosentry.hashes.banks import SqliteBankStore
+    from photosentry.hashes.banks import open_store
     from photosentry.hashes.matcher import BankMatcher
     from photosentry.models.artifacts import ArtifactStore
     from photosentry.models.loader import load_classifier
@@ -463,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         print("building the int8/bf16/fp16 artifacts (photosentry models optimize) ...", flush=True)
         optimize_log = build_artifacts(home / "", methods)
 
-        store = SqliteBankStore(home / "banks.sqlite3")
+        store = open_store(sqlite=home / "banks.sqlite3")
         load_start = time.perf_counter()
         classifier = load_classifier("open_nsfw", data_dir=home, threads=1)
         scanner = Scanner(policy=Policy.default(), matcher=BankMatcher(store), classifier=classifier)

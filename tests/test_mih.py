@@ -8,9 +8,9 @@ from numba import njit
 
 from photosentry.hashes import index as index_mod
 from photosentry.hashes import mih
-from photosentry.hashes.mih import plan, segment, simd
 from photosentry.hashes.banks import SqliteBankStore
 from photosentry.hashes.index import HammingIndex, SortedExactIndex, TieredIndex, codes_to_hex, hex_to_codes
+from photosentry.hashes.mih import plan, segment, simd
 from photosentry.hashes.snapshot import latest_snapshot, write_snapshot
 
 

@@ -112,15 +112,15 @@ class _PoolWorker:
         if settings.redis_url:
             import redis
 
-            from ..hashes.redis_banks import RedisBankStore
+            from ..hashes.banks import open_store
 
             client = redis.Redis.from_url(settings.redis_url)
-            store: Any = RedisBankStore(client)
+            store: Any = open_store(redis=client)
             self.cache = VerdictCache(client, ttl_s=settings.cache_ttl_s)
         else:
-            from ..hashes.banks import SqliteBankStore
+            from ..hashes.banks import open_store
 
-            store = SqliteBankStore(ensure_private_dir(data_dir(settings.data_dir)) / defaults.BANK_DB_FILENAME)
+            store = open_store(sqlite=ensure_private_dir(data_dir(settings.data_dir)) / defaults.BANK_DB_FILENAME)
         providers = list(settings.providers) or None
         # The models a queue worker runs on this host (the verified artifact, else fp32;
         # the second opinions named in the environment), so both modes decide alike.

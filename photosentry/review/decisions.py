@@ -30,9 +30,8 @@ from typing import Any
 
 import redis
 
-from ..hashes.banks import BankStore, EntrySource, allow_photo, entries_from_hashes
+from ..hashes.banks import BankStore, EntrySource, allow_photo, entries_from_hashes, open_store
 from ..hashes.codecs import Algorithm
-from ..hashes.redis_banks import RedisBankStore
 from ..hashes.signals import FrameHashes, ImageHashes, PerceptualHash
 from ..worker.actions import ContentStore
 from ..worker.delivery import CallbackPolicy, CallbackSigner, post_callback
@@ -94,7 +93,7 @@ class Reviewer:
         self.policy = policy or Policy.default()
         self.queue = queue or ReviewQueue(client)
         self.stream = stream or VerdictStream(client)
-        self.banks = bank_store or RedisBankStore(client)
+        self.banks = bank_store or open_store(redis=client)
         self.ledger = UploaderLedger(client, self.policy.uploaders, self.stream)
         self.quarantine = ContentStore(Path(home) / "quarantine")
         self.blocked = ContentStore(Path(home) / "blocked")

@@ -39,8 +39,8 @@ from .. import defaults
 from ..config import data_dir, ensure_private_dir, redact_url
 from ..decode import Limits
 from ..errors import UnreadableImage
-from ..hashes.redis_banks import DEFAULT_PREFIX as BANK_PREFIX
-from ..hashes.redis_banks import RedisBankStore
+from ..hashes.banks import DEFAULT_PREFIX as BANK_PREFIX
+from ..hashes.banks import open_store
 from ..review.queue import QuarantineRecord, ReviewQueue
 from .actions import ActionApplier, ActionResult, ContentStore
 from .cache import VerdictCache, model_builds
@@ -143,7 +143,7 @@ class ScanService:
         self.signer = CallbackSigner(settings.callback_key) if settings.callback_key else None
         self.callback_policy = CallbackPolicy(allow_prefixes=settings.callback_allow,
                                               allow_networks=settings.callback_networks)
-        self.bank_store = RedisBankStore(self.redis, prefix=settings.bank_prefix)
+        self.bank_store = open_store(redis=self.redis, prefix=settings.bank_prefix)
         self.scanner = scanner
         if self.scanner is None and load_models:
             self.scanner = self._build_scanner()
