@@ -43,3 +43,8 @@ class ModelUnavailable(PhotoSentryError):
 
 class PolicyError(PhotoSentryError, ValueError):
     """A policy file is malformed or would break a non-negotiable (e.g. allow on failure)."""
+
+
+class RegistryError(PhotoSentryError):
+    """A registry of an extension point (hash algorithms, signals, models) is inconsistent:
+    a programming error, raised when the registry is built (at import)."""

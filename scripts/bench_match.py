@@ -49,10 +49,14 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from photosentry.hashes import mih  # noqa: E402
+from photosentry.hashes.algorithms import Algorithm  # noqa: E402
 from photosentry.hashes.mih import simd  # noqa: E402
 from photosentry.hashes.index import TieredIndex, codes_to_hex  # noqa: E402
 
-ALGOS = (("pdq", 256, 31, 8), ("phash", 64, 10, 8), ("dhash", 64, 10, 2))
+#: (name, bits, radius, query variants) per perceptual algorithm: PDQ at its default
+#: distance (64-bit ones at --radius-64), and the variants each signal gives a photo.
+ALGOS = tuple((a.value, a.bits, a.spec.default_distance, variants)
+              for a, variants in ((Algorithm.PDQ, 8), (Algorithm.PHASH, 8), (Algorithm.DHASH, 2)))
 
 
 def rss_gb() -> float:

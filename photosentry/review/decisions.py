@@ -30,8 +30,8 @@ from typing import Any
 
 import redis
 
+from ..hashes.algorithms import PERCEPTUAL
 from ..hashes.banks import BankStore, EntrySource, allow_photo, entries_from_hashes, open_store
-from ..hashes.codecs import Algorithm
 from ..hashes.signals import FrameHashes, ImageHashes, PerceptualHash
 from ..worker.actions import ContentStore
 from ..worker.delivery import CallbackPolicy, CallbackSigner, post_callback
@@ -45,7 +45,6 @@ from .queue import CONFIRMED, RELEASED, QueueItem, ReviewError, ReviewQueue, che
 log = logging.getLogger(__name__)
 
 RELEASE, CONFIRM = "release", "confirm"
-_PERCEPTUAL = (Algorithm.PDQ, Algorithm.PHASH, Algorithm.DHASH)
 
 
 @dataclass(frozen=True)
@@ -382,7 +381,7 @@ def hashes_from_verdict(verdict: dict[str, Any]) -> ImageHashes | None:
         if not isinstance(raw, dict):
             continue
         found = []
-        for algorithm in _PERCEPTUAL:
+        for algorithm in PERCEPTUAL:
             value = raw.get(algorithm.value)
             if isinstance(value, str):
                 quality = hashes.get(f"{algorithm.value}_quality") if i == 0 else None

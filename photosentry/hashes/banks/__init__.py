@@ -20,7 +20,17 @@ from __future__ import annotations
 import typing as t
 from pathlib import Path
 
-from .model import BankConfig, BankEntry, BankKind, Change, ChangeOp, EntrySource, NewEntry, entries_from_hashes
+from .model import (
+    BankConfig,
+    BankEntry,
+    BankKind,
+    Change,
+    ChangeOp,
+    EntrySource,
+    NewEntry,
+    check_bank_name,
+    entries_from_hashes,
+)
 from .sqlite import SQLITE_OPEN_TIMEOUT_S, SqliteBankStore
 from .store import BankStore, allow_photo
 
@@ -31,8 +41,8 @@ if t.TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_PREFIX", "SQLITE_OPEN_TIMEOUT_S", "BankConfig", "BankEntry", "BankKind", "BankStore", "Change",
-    "ChangeOp", "EntrySource", "NewEntry", "RedisBankStore", "SqliteBankStore", "allow_photo", "entries_from_hashes",
-    "open_store",
+    "ChangeOp", "EntrySource", "NewEntry", "RedisBankStore", "SqliteBankStore", "allow_photo", "check_bank_name",
+    "entries_from_hashes", "open_store",
 ]
 
 

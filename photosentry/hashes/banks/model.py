@@ -10,7 +10,7 @@ from enum import Enum
 
 from ...errors import InvalidHash
 from ..codecs import Algorithm, normalize
-from ..signals import SIGNALS, ImageHashes, PdqSignal
+from ..signals import ImageHashes
 
 
 class EntrySource(str, Enum):
@@ -54,7 +54,7 @@ class NewEntry:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "value", normalize(self.algorithm, self.value))
-        _check_bank_name(self.bank)
+        check_bank_name(self.bank)
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ class BankConfig:
     def distance(self, algorithm: Algorithm) -> int:
         if not algorithm.is_perceptual:
             return 0
-        return self.distances.get(algorithm, SIGNALS[algorithm].default_distance)
+        return self.distances.get(algorithm, algorithm.spec.default_distance)
 
 
 @dataclass(frozen=True)
@@ -126,21 +126,19 @@ def entries_from_hashes(
 
     Every hash of the photo becomes an entry: SHA-256, MD5 and each frame's PDQ,
     pHash and dHash. A degenerate perceptual hash (a blank frame) is skipped with a
-    warning; a low-quality PDQ hash is kept, with a warning that it will not match on
-    its own.
+    warning; a weak one (PDQ below its quality threshold) is kept, with a warning that
+    it will not match on its own.
     """
     group = hashes.sha256
-    entries = [
-        NewEntry(Algorithm.SHA256, hashes.sha256, bank, label, source, group),
-        NewEntry(Algorithm.MD5, hashes.md5, bank, label, source, group),
-    ]
+    entries = [NewEntry(algorithm, value, bank, label, source, group) for algorithm, value in hashes.exact().items()]
     warnings: list[str] = []
     for frame in hashes.frames:
         for ph in frame.hashes:
-            if ph.algorithm is Algorithm.PDQ and (ph.quality or 0) < PdqSignal.QUALITY_THRESHOLD:
+            if ph.weak:
+                spec = ph.algorithm.spec
                 warnings.append(
-                    f"frame {frame.frame}: PDQ quality {ph.quality} is below {PdqSignal.QUALITY_THRESHOLD};"
-                    " its PDQ hash will not match on its own"
+                    f"frame {frame.frame}: {spec.label} quality {ph.quality} is below {spec.quality_threshold};"
+                    f" its {spec.label} hash will not match on its own"
                 )
             try:
                 entries.append(NewEntry(ph.algorithm, ph.value, bank, label, source, group))
@@ -150,7 +148,8 @@ def entries_from_hashes(
 
 
 
-def _check_bank_name(name: str) -> None:
+def check_bank_name(name: str) -> None:
+    """Raise ValueError unless ``name`` can name a bank."""
     if not name or len(name) > 64 or not all(c.isalnum() or c in "-_." for c in name):
         raise ValueError(f"{name!r} is not a valid bank name (letters, digits, - _ . ; up to 64)")
 
@@ -166,5 +165,5 @@ def _check_distances(distances: dict[Algorithm, int]) -> None:
     for algorithm, distance in distances.items():
         if not algorithm.is_perceptual:
             raise InvalidHash(f"{algorithm.value} is matched exactly; it takes no distance")
-        if not 0 <= distance < algorithm.bits // 2:
-            raise ValueError(f"{algorithm.value} distance must be in 0..{algorithm.bits // 2 - 1}, got {distance}")
+        if not 0 <= distance <= algorithm.spec.max_distance:
+            raise ValueError(f"{algorithm.value} distance must be in 0..{algorithm.spec.max_distance}, got {distance}")

@@ -15,17 +15,20 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from ...errors import BankNotFound
+from ..algorithms import PERCEPTUAL
 from ..codecs import Algorithm
 from .model import BankConfig, BankEntry, BankKind, Change, ChangeOp, EntrySource, NewEntry, _check_actor
 from .store import BankStore
+
+#: A bank's distance for each perceptual algorithm (NULL: the default), one column each,
+#: named by the algorithm registry (``pdq_distance`` ...).
+_DISTANCE_COLUMNS = {a: a.spec.distance_column for a in PERCEPTUAL}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS banks (
     name TEXT PRIMARY KEY,
     description TEXT NOT NULL DEFAULT '',
-    pdq_distance INTEGER,
-    phash_distance INTEGER,
-    dhash_distance INTEGER,
+{distance_columns}
     kind TEXT NOT NULL DEFAULT 'ban'
 );
 CREATE TABLE IF NOT EXISTS entries (
@@ -63,7 +66,14 @@ CREATE TABLE IF NOT EXISTS changes (
     reason TEXT NOT NULL,
     at REAL NOT NULL
 );
-"""
+""".format(distance_columns="\n".join(f"    {c} INTEGER," for c in _DISTANCE_COLUMNS.values()))
+
+_BANK_COLUMNS = ", ".join(["name", "description", "kind", *_DISTANCE_COLUMNS.values()])
+_UPSERT_BANK = (
+    f"INSERT INTO banks ({_BANK_COLUMNS}) VALUES ({', '.join('?' * (3 + len(_DISTANCE_COLUMNS)))})"
+    " ON CONFLICT(name) DO UPDATE SET "
+    + ", ".join(f"{c}=excluded.{c}" for c in _BANK_COLUMNS.split(", ")[1:])
+)
 
 _ENTRY_COLUMNS = (
     "id, algorithm, value, bank, label, reason, added_by, added_at, source, grp, active, "
@@ -105,6 +115,10 @@ class SqliteBankStore(BankStore):
         columns = {r[1] for r in self._db.execute("PRAGMA table_info(banks)")}
         if "kind" not in columns:
             self._db.execute("ALTER TABLE banks ADD COLUMN kind TEXT NOT NULL DEFAULT 'ban'")
+        # ... and files written before an algorithm was registered lack its distance.
+        for column in _DISTANCE_COLUMNS.values():
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE banks ADD COLUMN {column} INTEGER")
         # Files written before store ids existed get one now; OR IGNORE: the first of
         # several processes opening the file at once wins, and all read the same id.
         self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?)", (uuid.uuid4().hex,))
@@ -169,20 +183,7 @@ class SqliteBankStore(BankStore):
         kind: BankKind,
     ) -> None:
         with self._transaction() as db:
-            db.execute(
-                "INSERT INTO banks (name, description, pdq_distance, phash_distance, dhash_distance, kind)"
-                " VALUES (?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET description=excluded.description,"
-                " pdq_distance=excluded.pdq_distance, phash_distance=excluded.phash_distance,"
-                " dhash_distance=excluded.dhash_distance, kind=excluded.kind",
-                (
-                    name,
-                    description,
-                    distances.get(Algorithm.PDQ),
-                    distances.get(Algorithm.PHASH),
-                    distances.get(Algorithm.DHASH),
-                    kind.value,
-                ),
-            )
+            db.execute(_UPSERT_BANK, (name, description, kind.value, *(distances.get(a) for a in _DISTANCE_COLUMNS)))
             self._log(db, ChangeOp.BANK, None, name, actor, reason, time.time())
 
     # -- reads --------------------------------------------------------------------
@@ -294,21 +295,10 @@ class SqliteBankStore(BankStore):
         return [Change(r[0], ChangeOp(r[1]), r[2], r[3], r[4], r[5], r[6]) for r in rows]
 
     def banks(self) -> list[BankConfig]:
-        configured = {
-            r[0]: BankConfig(
-                r[0],
-                {
-                    a: d
-                    for a, d in ((Algorithm.PDQ, r[2]), (Algorithm.PHASH, r[3]), (Algorithm.DHASH, r[4]))
-                    if d is not None
-                },
-                r[1],
-                BankKind(r[5]),
-            )
-            for r in self._db.execute(
-                "SELECT name, description, pdq_distance, phash_distance, dhash_distance, kind FROM banks"
-            )
-        }
+        configured = {}
+        for name, description, kind, *distances in self._db.execute(f"SELECT {_BANK_COLUMNS} FROM banks"):
+            given = {a: d for a, d in zip(_DISTANCE_COLUMNS, distances, strict=True) if d is not None}
+            configured[name] = BankConfig(name, given, description, BankKind(kind))
         for (name,) in self._db.execute("SELECT DISTINCT bank FROM entries"):
             configured.setdefault(name, BankConfig(name))
         return sorted(configured.values(), key=lambda b: b.name)

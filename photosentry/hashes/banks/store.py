@@ -20,7 +20,7 @@ from .model import (
     EntrySource,
     NewEntry,
     _check_actor,
-    _check_bank_name,
+    check_bank_name,
     _check_distances,
     entries_from_hashes,
 )
@@ -83,7 +83,7 @@ class BankStore(ABC):
         ``kind=None`` keeps the bank's current kind (``ban`` for a new bank), so a caller
         that only tunes distances can never turn an allow bank into a ban bank.
         """
-        _check_bank_name(name)
+        check_bank_name(name)
         _check_actor(actor, reason)
         _check_distances(distances)
         if kind is None:
