@@ -421,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     from photosentry.hashes.matcher import BankMatcher
     from photosentry.models.artifacts import ArtifactStore
     from photosentry.models.loader import load_classifier
+    from photosentry.models.registry import DEFAULT_CLASSIFIER
     from photosentry.models.open_nsfw import OpenNsfwClassifier
     from photosentry.models.optimize import INT8_METHODS
     from photosentry.worker.pipeline import Scanner
@@ -461,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
 
         store = open_store(sqlite=home / "banks.sqlite3")
         load_start = time.perf_counter()
-        classifier = load_classifier("open_nsfw", data_dir=home, threads=1)
+        classifier = load_classifier(DEFAULT_CLASSIFIER, data_dir=home, threads=1)
         scanner = Scanner(policy=Policy.default(), matcher=BankMatcher(store), classifier=classifier)
         load_ms = (time.perf_counter() - load_start) * 1000.0
         photos: dict[Path, bool] = {p: decodable(p) for p in files}

@@ -156,17 +156,16 @@ class ScanService:
         from ..hashes.matcher import BankMatcher
         from ..hashes.snapshot import snapshot_dir
         from ..models.loader import load_classifier
+        from ..models.registry import DEFAULT_CLASSIFIER, second_opinions
         from .pipeline import Scanner
 
         # The best verified artifact for this host (int8 on CPU, fp16 on GPU), else fp32.
-        classifier = load_classifier("open_nsfw", data_dir=data_dir(self.settings.data_dir), threads=self.settings.threads,
+        classifier = load_classifier(DEFAULT_CLASSIFIER, data_dir=data_dir(self.settings.data_dir), threads=self.settings.threads,
                                      providers=list(self.settings.providers) or None)
         second = []
-        if "nudenet" in os.environ.get(defaults.SECOND_MODELS_ENV, "").split(","):
-            from ..models.nudenet import NudeNetDetector, licence_notice
-
-            log.warning(licence_notice())
-            second.append(NudeNetDetector(threads=self.settings.threads, providers=list(self.settings.providers) or None))
+        for opinion in second_opinions(os.environ.get(defaults.SECOND_MODELS_ENV, "").split(",")):
+            log.warning(opinion.notice())
+            second.append(opinion.build(threads=self.settings.threads, providers=list(self.settings.providers) or None))
         # Workers on one host share the snapshot of their bank store (the first to read
         # a large bank from Redis writes it), so a restart loads millions in seconds.
         snapshots = snapshot_dir(ensure_private_dir(data_dir(self.settings.data_dir)), self.bank_store)
