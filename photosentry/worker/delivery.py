@@ -36,6 +36,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from ..errors import CallbackRefused
+
 TIMESTAMP_HEADER = "X-PhotoSentry-Timestamp"
 SIGNATURE_HEADER = "X-PhotoSentry-Signature"
 SIGNATURE_VERSION = "v1"
@@ -90,10 +92,6 @@ class CallbackResult:
     error: str = ""
     #: True when the policy refused the URL: nothing was sent at all.
     refused: bool = False
-
-
-class CallbackRefused(ValueError):
-    """A callback URL the policy does not allow; the message says why (never the query)."""
 
 
 METADATA_ADDRESSES = frozenset(
