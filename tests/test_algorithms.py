@@ -88,13 +88,12 @@ def test_sqlite_banks_table_has_a_distance_column_per_perceptual_algorithm(tmp_p
 
 
 def test_a_bank_file_missing_a_distance_column_gains_it_and_keeps_its_banks(tmp_path: Path) -> None:
-    # A file written before an algorithm was registered: no dhash_distance column.
+    # A file written before dHash was registered: the same file without its column.
     path = tmp_path / "banks.sqlite3"
-    db = sqlite3.connect(path)
-    db.execute("CREATE TABLE banks (name TEXT PRIMARY KEY, description TEXT NOT NULL DEFAULT '',"
-               " pdq_distance INTEGER, phash_distance INTEGER, kind TEXT NOT NULL DEFAULT 'ban')")
-    db.execute("INSERT INTO banks (name, description, phash_distance) VALUES ('old', 'kept', 5)")
-    db.commit()
+    with SqliteBankStore(path) as store:
+        store.configure_bank("old", distances={Algorithm.PHASH: 5}, description="kept", actor="a", reason="r")
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE banks DROP COLUMN dhash_distance")
     db.close()
     with SqliteBankStore(path) as store:
         assert store.bank("old").distances == {Algorithm.PHASH: 5}
