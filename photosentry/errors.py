@@ -2,7 +2,13 @@
 
 Inside the pipeline failures are exceptions; at the edges (a verdict, a CLI exit
 status) they become values with stable codes. Each exception that can reach a verdict
-carries the reason code it turns into.
+carries the reason code it turns into. Every one is a :class:`PhotoSentryError`, so a
+caller can tell ours from a library's; the modules whose API raises one also export it
+(``worker.jobs.PayloadError``, ``review.queue.ReviewError`` ...).
+
+Not here, on purpose: ``worker.main.ScanJobTimeoutException`` is a ``BaseException``
+so that no ``except Exception`` in a scan can swallow a job timeout; the CLI's
+``SetupError`` is a ``click.ClickException`` carrying its exit status.
 """
 
 from __future__ import annotations
@@ -26,6 +32,16 @@ class UnreadableImage(PhotoSentryError):
         self.message = message
 
 
+class SourceRefused(UnreadableImage):
+    """A job's source was refused by confinement; nothing was read."""
+
+    #: Its reason code (``ReasonCode.SOURCE_REFUSED``).
+    CODE = "source_refused"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(self.CODE, message)
+
+
 class InvalidHash(PhotoSentryError, ValueError):
     """A hash string or value is malformed for its algorithm."""
 
@@ -43,6 +59,36 @@ class ModelUnavailable(PhotoSentryError):
 
 class PolicyError(PhotoSentryError, ValueError):
     """A policy file is malformed or would break a non-negotiable (e.g. allow on failure)."""
+
+
+class PayloadError(PhotoSentryError, ValueError):
+    """A job payload that can never be scanned (no usable upload_id, wrong version...).
+
+    Permanent: the job is not retried. When the upload id is usable the worker still
+    records a fail-closed verdict for it.
+    """
+
+
+class CallbackRefused(PhotoSentryError, ValueError):
+    """A callback URL the policy does not allow; the message says why (never the query)."""
+
+
+class ReviewError(PhotoSentryError):
+    """A decision or claim that cannot be made; ``code`` says why (held, missing, ...)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class ConfigError(PhotoSentryError, ValueError):
+    """The moderators' config file is unusable; the message says where."""
+
+
+class RegistryError(PhotoSentryError):
+    """A registry of an extension point (hash algorithms, signals, models) is inconsistent:
+    a programming error, raised when the registry is built (at import)."""
 
 
 class JobRefused(PhotoSentryError):

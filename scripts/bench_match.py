@@ -49,9 +49,14 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from photosentry.hashes import mih  # noqa: E402
+from photosentry.hashes.algorithms import Algorithm  # noqa: E402
+from photosentry.hashes.mih import simd  # noqa: E402
 from photosentry.hashes.index import TieredIndex, codes_to_hex  # noqa: E402
 
-ALGOS = (("pdq", 256, 31, 8), ("phash", 64, 10, 8), ("dhash", 64, 10, 2))
+#: (name, bits, radius, query variants) per perceptual algorithm: PDQ at its default
+#: distance (64-bit ones at --radius-64), and the variants each signal gives a photo.
+ALGOS = tuple((a.value, a.bits, a.spec.default_distance, variants)
+              for a, variants in ((Algorithm.PDQ, 8), (Algorithm.PHASH, 8), (Algorithm.DHASH, 2)))
 
 
 def rss_gb() -> float:
@@ -109,7 +114,7 @@ def main() -> None:
     mih.warm_up()
     print(f"numba first-call compile: {time.perf_counter() - t:.2f} s (once per process, at index load)")
     print("bucket scans: " + ("vector (AVX-512 VPOPCNTDQ); the scalar scans are measured beside them, on the layout"
-                              " a host without it would plan" if mih.VECTOR_SCAN else "scalar (this CPU has no AVX-512"
+                              " a host without it would plan" if simd.VECTOR_SCAN else "scalar (this CPU has no AVX-512"
                               " VPOPCNTDQ)"))
 
     rows_out: list[tuple] = []
@@ -165,21 +170,21 @@ def main() -> None:
         # then what a host without them would run: the scalar scans on their own plan.
         # Same run, same data.
         alternatives = []
-        if mih.VECTOR_SCAN and layout is not None:
+        if simd.VECTOR_SCAN and layout is not None:
             alternatives = [(layout, True, ", vector scan"),
                             (mih.plan_layout(bits, radius, n, vector=False), False, ", scalar scan")]
         for spec in alt_layouts.get(name, []):
             lay = parse_layout(spec, bits)
             if lay in (layout, *(a for a, _, _ in alternatives)) or max(lay.dir_widths) > 24 or (lay.inline and bits != 64):
                 continue
-            alternatives.append((lay, mih.VECTOR_SCAN, ""))
+            alternatives.append((lay, simd.VECTOR_SCAN, ""))
         for lay, vector, suffix in alternatives:
             t = time.perf_counter()
             seg = mih.MihSegment(codes, lay)
             build_s = time.perf_counter() - t
             desc = lay.describe() + suffix
             times, found = [], 0
-            vector_scan, mih.VECTOR_SCAN = mih.VECTOR_SCAN, vector
+            vector_scan, simd.VECTOR_SCAN = simd.VECTOR_SCAN, vector
             try:
                 for q, row, d in photos[: max(args.planted, 50)]:
                     t = time.perf_counter()
@@ -188,7 +193,7 @@ def main() -> None:
                     if row >= 0:
                         found += any(int(r) == row and int(dd) == d for r, dd in zip(h.rows, h.distances, strict=True))
             finally:
-                mih.VECTOR_SCAN = vector_scan
+                simd.VECTOR_SCAN = vector_scan
             med, p99 = stats(times)
             rows_out.append((name, desc, variants, radius, med, p99,
                              seg.nbytes / n + 4, build_s + 0.0, found / max(1, args.planted)))

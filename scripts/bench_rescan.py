@@ -49,7 +49,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 import redis  # noqa: E402
 
 from bench_worker import ban_photo, copy_rounds, corpus_and_baseline, print_table  # noqa: E402
-from photosentry.hashes.redis_banks import RedisBankStore  # noqa: E402
+from photosentry.hashes.banks import open_store  # noqa: E402
 from tests.redis_server import running_redis_server  # noqa: E402
 from tests.workers import PHOTOSENTRY, log_tail, pool_started, start_pool, stop_pool  # noqa: E402
 
@@ -83,7 +83,7 @@ def main() -> None:
 
         with running_redis_server(tmp / "redis") as url:
             client = redis.Redis.from_url(url)
-            ban_photo(RedisBankStore(client), corpus.banned)
+            ban_photo(open_store(redis=client), corpus.banned)
             root = tmp / "uploads"
             root.mkdir()
             env = {**os.environ, "PHOTOSENTRY_REDIS_URL": url, "PHOTOSENTRY_HOME": str(tmp / "home"),

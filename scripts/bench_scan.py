@@ -89,21 +89,15 @@ def build_bank(home: Path, mode: str, random_entries: int, corpus_banned: Path |
     """Fill ``home``/banks.sqlite3; returns (entries, description)."""
     from photosentry import defaults
     from photosentry.decode import decode, read_limited
-    from photosentry.hashes.banks import EntrySource, NewEntry, SqliteBankStore
-    from photosentry.hashes.codecs import Algorithm
+    from photosentry.hashes.algorithms import PERCEPTUAL
+    from photosentry.hashes.banks import EntrySource, NewEntry, entries_from_hashes, open_store
     from photosentry.hashes.signals import hash_image
 
     def image_entries(path: Path) -> list[NewEntry]:
         data = read_limited(path, defaults.MAX_BYTES)
         decoded = decode(data)
         hashes = hash_image(data, decoded.frames, decoded.frame_indices)
-        out = [
-            NewEntry(Algorithm.SHA256, hashes.sha256, defaults.DEFAULT_BANK, path.name, EntrySource.IMAGE, hashes.sha256),
-            NewEntry(Algorithm.MD5, hashes.md5, defaults.DEFAULT_BANK, path.name, EntrySource.IMAGE, hashes.sha256),
-        ]
-        for ph in hashes.frames[0].hashes:
-            out.append(NewEntry(ph.algorithm, ph.value, defaults.DEFAULT_BANK, path.name, EntrySource.IMAGE, hashes.sha256))
-        return out
+        return entries_from_hashes(hashes, defaults.DEFAULT_BANK, label=path.name)[0]
 
     entries: list[NewEntry] = []
     what = []
@@ -122,13 +116,13 @@ def build_bank(home: Path, mode: str, random_entries: int, corpus_banned: Path |
         entries += image_entries(corpus_banned)
         what.append("hashes of the corpus's banned photo (its copies are blocked and skip the classifier)")
     rng = random.Random(1234)
-    for algorithm in (Algorithm.PDQ, Algorithm.PHASH, Algorithm.DHASH):
+    for algorithm in PERCEPTUAL:
         for _ in range(random_entries):
-            value = f"{rng.getrandbits(algorithm.bits):0{algorithm.bits // 4}x}"
+            value = f"{rng.getrandbits(algorithm.bits):0{algorithm.spec.hex_digits}x}"
             entries.append(NewEntry(algorithm, value, defaults.DEFAULT_BANK, "random", EntrySource.IMPORT))
     if random_entries:
         what.append(f"{random_entries} random hashes per perceptual algorithm")
-    with SqliteBankStore(home / defaults.BANK_DB_FILENAME) as store:
+    with open_store(sqlite=home / defaults.BANK_DB_FILENAME) as store:
         if entries:
             store.add(entries, actor="bench_scan", reason="benchmark bank")
     return len(entries), "; ".join(what) or "empty"
@@ -314,16 +308,17 @@ def hash_drift(files: list[Path]) -> dict[str, list[int]]:
     """Bits each hash moves between a full decode and the scan's fast decode."""
     from photosentry import defaults
     from photosentry.decode import decode, read_limited
-    from photosentry.hashes.codecs import Algorithm, hamming
+    from photosentry.hashes.algorithms import PERCEPTUAL
+    from photosentry.hashes.codecs import hamming
     from photosentry.hashes.signals import hash_image
 
-    out: dict[str, list[int]] = {"pdq": [], "phash": [], "dhash": [], "reduction": []}
+    out: dict[str, list[int]] = {**{a.value: [] for a in PERCEPTUAL}, "reduction": []}
     for path in files:
         data = read_limited(path, defaults.MAX_BYTES)
         full, fast = decode(data), decode(data, min_side=defaults.DECODE_MIN_SIDE)
         a = hash_image(data, full.frames, full.frame_indices).frames[0]
         b = hash_image(data, fast.frames, fast.frame_indices).frames[0]
-        for alg in (Algorithm.PDQ, Algorithm.PHASH, Algorithm.DHASH):
+        for alg in PERCEPTUAL:
             out[alg.value].append(hamming(a.get(alg).value, b.get(alg).value))  # type: ignore[union-attr]
         out["reduction"].append(fast.reduction)
     return out
@@ -421,10 +416,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1 or args.warmup < 0 or args.random_entries < 0:
         parser.error("--rounds must be >= 1, --warmup and --random-entries >= 0")
 
-    from photosentry.hashes.banks import SqliteBankStore
+    from photosentry.hashes.algorithms import PERCEPTUAL
+    from photosentry.hashes.banks import open_store
     from photosentry.hashes.matcher import BankMatcher
     from photosentry.models.artifacts import ArtifactStore
     from photosentry.models.loader import load_classifier
+    from photosentry.models.registry import DEFAULT_CLASSIFIER
     from photosentry.models.open_nsfw import OpenNsfwClassifier
     from photosentry.models.optimize import INT8_METHODS
     from photosentry.worker.pipeline import Scanner
@@ -463,9 +460,9 @@ def main(argv: list[str] | None = None) -> int:
         print("building the int8/bf16/fp16 artifacts (photosentry models optimize) ...", flush=True)
         optimize_log = build_artifacts(home / "", methods)
 
-        store = SqliteBankStore(home / "banks.sqlite3")
+        store = open_store(sqlite=home / "banks.sqlite3")
         load_start = time.perf_counter()
-        classifier = load_classifier("open_nsfw", data_dir=home, threads=1)
+        classifier = load_classifier(DEFAULT_CLASSIFIER, data_dir=home, threads=1)
         scanner = Scanner(policy=Policy.default(), matcher=BankMatcher(store), classifier=classifier)
         load_ms = (time.perf_counter() - load_start) * 1000.0
         photos: dict[Path, bool] = {p: decodable(p) for p in files}
@@ -604,9 +601,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"3. hash bits moved by the fast decode (min side {defaults.DECODE_MIN_SIDE}) vs a full decode:")
             drift = hash_drift(photo_files)
             print_table(["hash", "median bits", "max bits", "match distance"], [
-                ["pdq (of 256)", float(med(drift["pdq"])), max(drift["pdq"]), defaults.PDQ_MATCH_DISTANCE],
-                ["phash (of 64)", float(med(drift["phash"])), max(drift["phash"]), defaults.PHASH_MATCH_DISTANCE],
-                ["dhash (of 64)", float(med(drift["dhash"])), max(drift["dhash"]), defaults.DHASH_MATCH_DISTANCE],
+                [f"{a.value} (of {a.bits})", float(med(drift[a.value])), max(drift[a.value]), a.spec.default_distance]
+                for a in PERCEPTUAL
             ])
             print(f"reductions used: {dict(sorted(Counter(drift['reduction']).items()))}")
 

@@ -47,8 +47,7 @@ from rq.serializers import JSONSerializer  # noqa: E402
 
 from photosentry import enqueue_scan  # noqa: E402
 from photosentry.decode import decode  # noqa: E402
-from photosentry.hashes.banks import BankStore, EntrySource, NewEntry, SqliteBankStore  # noqa: E402
-from photosentry.hashes.redis_banks import RedisBankStore  # noqa: E402
+from photosentry.hashes.banks import BankStore, EntrySource, NewEntry, open_store  # noqa: E402
 from photosentry.hashes.signals import hash_image  # noqa: E402
 from tests import corpus as corpus_mod  # noqa: E402
 from tests.redis_server import running_redis_server  # noqa: E402
@@ -92,7 +91,7 @@ def bench_in_process(photos: list[Path], rounds: int, home: Path, banned: Path) 
     from photosentry.worker.policy import Policy
 
     home.mkdir(parents=True)
-    store = SqliteBankStore(home / "banks.sqlite3")
+    store = open_store(sqlite=home / "banks.sqlite3")
     ban_photo(store, banned)
     affinity = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(affinity)})
@@ -118,7 +117,7 @@ def bench_workers(url: str, files: list[Path], root: Path, home: Path, processes
     """Enqueue every file, then drain with `photosentry worker --burst`; (jobs, busy s, wall s)."""
     client = redis.Redis.from_url(url)
     client.flushdb()
-    ban_photo(RedisBankStore(client), banned)
+    ban_photo(open_store(redis=client), banned)
     jobs = [enqueue_scan(client, source=str(f), upload_id=f"bench-{i}") for i, f in enumerate(files)]
     env = {**os.environ, "PHOTOSENTRY_REDIS_URL": url, "PHOTOSENTRY_HOME": str(home),
            "PHOTOSENTRY_SOURCE_ROOTS": str(root)}

@@ -63,8 +63,7 @@ from rq import Worker  # noqa: E402
 
 from photosentry import enqueue_scan  # noqa: E402
 from photosentry.decode import decode  # noqa: E402
-from photosentry.hashes.banks import EntrySource, NewEntry  # noqa: E402
-from photosentry.hashes.redis_banks import RedisBankStore  # noqa: E402
+from photosentry.hashes.banks import EntrySource, NewEntry, open_store  # noqa: E402
 from photosentry.hashes.signals import hash_image  # noqa: E402
 from scripts import make_hostile  # noqa: E402
 from tests.workers import start_pool, stop_pool  # noqa: E402
@@ -215,8 +214,8 @@ def ban(client: redis.Redis, photo: Path) -> None:
     image = decode(data)
     hashes = hash_image(data, image.frames, image.frame_indices)
     values = {**hashes.exact(), **{h.algorithm: h.value for f in hashes.frames for h in f.hashes}}
-    RedisBankStore(client).add([NewEntry(a, v, "banned", label=photo.name, source=EntrySource.IMAGE)
-                                for a, v in values.items()], actor="drill", reason="fault drill")
+    open_store(redis=client).add([NewEntry(a, v, "banned", label=photo.name, source=EntrySource.IMAGE)
+                                  for a, v in values.items()], actor="drill", reason="fault drill")
 
 
 # -- the run ------------------------------------------------------------------------------------

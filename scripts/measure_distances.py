@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
-from photosentry import defaults
 from photosentry.decode import decode
-from photosentry.hashes.signals import DHashSignal, FrameSignal, PdqSignal, PHashSignal
+from photosentry.hashes.algorithms import Algorithm
+from photosentry.hashes.signals import FRAME_SIGNALS, FrameSignal, PdqSignal
 
 try:
     import skimage.data
@@ -59,7 +59,7 @@ SYNTHETIC = {
 #: unrelated-pair statistics.
 RELATED_PAIRS = {frozenset({"motorcycle_left", "motorcycle_right"})}
 
-SIGNALS: tuple[type[FrameSignal], ...] = (PdqSignal, PHashSignal, DHashSignal)
+SIGNALS: tuple[type[FrameSignal], ...] = FRAME_SIGNALS
 
 
 # -- transforms -----------------------------------------------------------------------
@@ -127,20 +127,24 @@ class Hashed:
     value: dict[str, str]
     variants: dict[str, tuple[str, ...]]
     pdq_quality: int
+    #: Algorithms whose hash is too weak to match on its own (the registry's rule: PDQ's quality).
+    weak: frozenset[str]
 
 
 def hash_file_bytes(data: bytes) -> Hashed:
     decoded = decode(data)
     rgb = decoded.frames[0]
     image = Image.fromarray(rgb)
-    value, variants, quality = {}, {}, 0
+    value, variants, quality, weak = {}, {}, 0, set()
     for signal in SIGNALS:
         ph = signal.hash_frame(rgb, image)
         value[signal.algorithm.value] = ph.value
         variants[signal.algorithm.value] = ph.variants
         if ph.quality is not None:
             quality = ph.quality
-    return Hashed(value, variants, quality)
+        if ph.weak:
+            weak.add(signal.algorithm.value)
+    return Hashed(value, variants, quality, frozenset(weak))
 
 
 def encode(img: Image.Image, fmt: str, quality: int = 90) -> bytes:
@@ -203,11 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--closest", type=int, default=5, help="list this many closest unrelated pairs (default 5)")
     args = parser.parse_args(argv)
 
-    thresholds = {
-        "pdq": defaults.PDQ_MATCH_DISTANCE,
-        "phash": defaults.PHASH_MATCH_DISTANCE,
-        "dhash": defaults.DHASH_MATCH_DISTANCE,
-    }
+    thresholds = {s.algorithm.value: s.algorithm.spec.default_distance for s in SIGNALS}
     algorithms = [s.algorithm.value for s in SIGNALS]
 
     files = sorted(p for p in DATA_DIR.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 data = encode(copy, args.copy_format)
             q = hash_file_bytes(data)
-            if q.pdq_quality < PdqSignal.QUALITY_THRESHOLD:
+            if q.weak:
                 weak[t.name] += 1
             row: list[object] = [name, t.name]
             hit = []
@@ -258,8 +258,8 @@ def main(argv: list[str] | None = None) -> int:
                 d = match_distance(originals[name], q, a)
                 distances[a][t.name].append(d)
                 row.append(d)
-                # A PDQ match from a low-quality query hash is weak and never counts alone.
-                if d <= thresholds[a] and not (a == "pdq" and q.pdq_quality < PdqSignal.QUALITY_THRESHOLD):
+                # A match from a weak (low-quality PDQ) query hash never counts alone.
+                if d <= thresholds[a] and a not in q.weak:
                     hit.append(a)
             caught_any[t.name].append(name if hit else "")
             row.append(q.pdq_quality)
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for a in algorithms:
         limit = thresholds[a]
-        bits = 256 if a == "pdq" else 64
+        bits = Algorithm(a).bits
         unrelated = sorted(d for d, _, _ in pair_distances[a])
         print(f"== {a} ({bits} bits, default match distance {limit}) ==")
         rows = []
@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     print("== what another distance would do (64-bit hashes) ==")
     sweep = (4, 6, 8, 10, 12, 14, 16, 18)
     rows = []
-    for a in ("phash", "dhash"):
+    for a in (a for a in algorithms if Algorithm(a).bits == 64):
         copies = [d for ds in distances[a].values() for d in ds]
         crops = [d for t in ("crop 3%", "crop 5%") for d in distances[a][t]]
         unrelated = [d for d, _, _ in pair_distances[a]]
@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         if any(weak.values())
         else f"every copy has PDQ quality >= {PdqSignal.QUALITY_THRESHOLD}"
     )
-    low = [n for n in names if originals[n].pdq_quality < PdqSignal.QUALITY_THRESHOLD]
+    low = [n for n in names if originals[n].weak]
     if low:
         print(f"originals with PDQ quality < {PdqSignal.QUALITY_THRESHOLD}: {', '.join(low)}")
     return 0

@@ -9,8 +9,8 @@ import pytest
 import redis
 
 from photosentry.hashes.banks import SqliteBankStore
+from photosentry.hashes.banks.redis import RedisBankStore
 from photosentry.hashes.matcher import BankMatcher
-from photosentry.hashes.redis_banks import RedisBankStore
 from photosentry.models.open_nsfw import OpenNsfwClassifier
 from photosentry.worker.delivery import CallbackSigner
 from photosentry.worker.pipeline import Scanner

@@ -10,9 +10,9 @@ import pytest
 from photosentry.decode import decode
 from photosentry.errors import PolicyError
 from photosentry.hashes.banks import BankKind, SqliteBankStore, allow_photo, entries_from_hashes
+from photosentry.hashes.banks.redis import RedisBankStore
 from photosentry.hashes.codecs import Algorithm
 from photosentry.hashes.matcher import BankMatcher, Match
-from photosentry.hashes.redis_banks import RedisBankStore
 from photosentry.hashes.signals import hash_image
 from photosentry.models.classifier import ModelScore
 from photosentry.models.open_nsfw import OpenNsfwClassifier

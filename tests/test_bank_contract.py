@@ -21,6 +21,7 @@ import pytest
 import redis
 
 from photosentry.errors import BankNotFound, InvalidHash
+from photosentry.hashes import banks
 from photosentry.hashes.banks import (
     BankConfig,
     BankStore,
@@ -29,9 +30,9 @@ from photosentry.hashes.banks import (
     NewEntry,
     SqliteBankStore,
 )
+from photosentry.hashes.banks.redis import RedisBankStore
 from photosentry.hashes.codecs import Algorithm
 from photosentry.hashes.matcher import BankMatcher
-from photosentry.hashes.redis_banks import RedisBankStore
 from photosentry.hashes.signals import SIGNALS, FrameHashes, ImageHashes, PerceptualHash
 
 #: (backend, location): a SQLite file path or a Redis URL. Plain strings, so that
@@ -63,11 +64,12 @@ def flip_bits(value: str, count: int) -> str:
 
 def _open(spec: BackendSpec) -> tuple[BankStore, Callable[[], None]]:
     kind, location = spec
+    # Through the factory every caller uses, so the contract covers what they get.
     if kind == "sqlite":
-        s = SqliteBankStore(location)
+        s = banks.open_store(sqlite=location)
         return s, s.close
     client = redis.Redis.from_url(location)
-    return RedisBankStore(client), client.close
+    return banks.open_store(redis=client), client.close
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -514,3 +516,33 @@ def test_redis_prefixes_separate_stores_and_hold_every_key(redis_client: redis.R
     assert keys and all(k.startswith(("one:", "photosentry:bank:")) for k in keys)
     # Plain strings: what an operator sees with redis-cli.
     assert redis_client.hget("one:entry:1", "value") == fake_hash(Algorithm.SHA256, 1).encode()
+
+
+# -- the factory -----------------------------------------------------------------
+
+
+def test_open_store_picks_the_backend_and_refuses_ambiguous_arguments(
+    tmp_path: Path, redis_client: redis.Redis
+) -> None:
+    with banks.open_store(sqlite=tmp_path / "b.sqlite3") as store:
+        assert isinstance(store, SqliteBankStore) and store.path == tmp_path / "b.sqlite3"
+    shared = banks.open_store(redis=redis_client, prefix="p:")
+    assert isinstance(shared, RedisBankStore) and shared.prefix == "p:"
+    assert banks.open_store(redis=redis_client).prefix == "photosentry:bank:"  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="exactly one"):
+        banks.open_store()
+    with pytest.raises(ValueError, match="exactly one"):
+        banks.open_store(redis=redis_client, sqlite=tmp_path / "c.sqlite3")
+    with pytest.raises(ValueError, match="prefix"):
+        banks.open_store(sqlite=tmp_path / "c.sqlite3", prefix="p:")
+    assert not (tmp_path / "c.sqlite3").exists()
+
+
+def test_importing_the_banks_package_leaves_redis_py_unloaded() -> None:
+    # The CLI and scans that use only the SQLite bank never pay for redis-py.
+    import subprocess
+    import sys
+
+    code = ("import sys, photosentry.hashes.banks as b; assert 'redis' not in sys.modules;"
+            " b.RedisBankStore; assert 'redis' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -10,6 +10,7 @@ from photosentry.hashes import index as index_mod
 from photosentry.hashes import mih
 from photosentry.hashes.banks import SqliteBankStore
 from photosentry.hashes.index import HammingIndex, SortedExactIndex, TieredIndex, codes_to_hex, hex_to_codes
+from photosentry.hashes.mih import plan, segment, simd
 from photosentry.hashes.snapshot import latest_snapshot, write_snapshot
 
 
@@ -76,7 +77,7 @@ def test_segment_finds_exactly_what_brute_force_finds(
 ) -> None:
     # Both scans run on any host: where the CPU lacks AVX-512, LLVM emulates the vector
     # intrinsics lane by lane (slow, still exact), so the vector path is checked in CI too.
-    monkeypatch.setattr(mih, "VECTOR_SCAN", vector)
+    monkeypatch.setattr(simd, "VECTOR_SCAN", vector)
     rng = np.random.default_rng(bits + (m if isinstance(m, int) else sum(m) * len(m)) + dir_bits)
     words = bits // 64
     codes = random_codes(rng, 3000, words)
@@ -134,7 +135,7 @@ def test_all_variants_of_a_photo_in_one_call_report_which_variant_hit() -> None:
 def test_many_hits_grow_the_output(monkeypatch: pytest.MonkeyPatch) -> None:
     # More hits than the first output buffer (256), and more fragment survivors than
     # the first survivor buffer: every one is still returned.
-    monkeypatch.setattr(mih, "_SURVIVOR_ROOM", 8)
+    monkeypatch.setattr(segment, "_SURVIVOR_ROOM", 8)
     rng = np.random.default_rng(29)
     base = random_codes(rng, 1, 1)[0]
     codes = np.vstack([near(rng, base, int(d)) for d in rng.integers(0, 5, 1500)] + [random_codes(rng, 500, 1)])
@@ -174,8 +175,8 @@ def _vector_scan(words, lo, n, ql, mask, rem, low, out, queries, at):  # type: i
     # filled ahead of the rows.
     p, end, count = lo - lo % 16, lo + n, 0
     while p < end:
-        mih._fill16(queries, at + count, 4)
-        count += mih._scan_words16(words, p, lo - p, end - p, np.uint64(ql), np.uint64(mask), np.uint64(rem),
+        simd._fill16(queries, at + count, 4)
+        count += simd._scan_words16(words, p, lo - p, end - p, np.uint64(ql), np.uint64(mask), np.uint64(rem),
                                    np.uint64(low), out, at + count)
         p += 16
     return count
@@ -186,7 +187,7 @@ def _vector_near(codes, lo, n, q, max_dist):  # type: ignore[no-untyped-def]
     # The inline kernel's loop: a mask of the bucket's codes within max_dist, lane 0 = lo.
     p, end, mask = lo - lo % 8, lo + n, 0
     while p < end:
-        step = mih._near8(codes, p, lo - p, end - p, q, np.uint64(max_dist))
+        step = simd._near8(codes, p, lo - p, end - p, q, np.uint64(max_dist))
         mask |= step << (p - lo) if p >= lo else step >> (lo - p)
         p += 8
     return mask
@@ -194,7 +195,7 @@ def _vector_near(codes, lo, n, q, max_dist):  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("vector", [False, True], ids=["scalar-scan", "vector-scan"])
 def test_packed_directories_are_compact_unless_a_block_holds_256_rows(vector: bool, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(mih, "VECTOR_SCAN", vector)
+    monkeypatch.setattr(simd, "VECTOR_SCAN", vector)
     rng = np.random.default_rng(31)
     layout = mih.split(256, 11, inline=False, dir_bits=12)
     codes = random_codes(rng, 3000, 4)
@@ -216,7 +217,7 @@ def test_packed_directories_are_compact_unless_a_block_holds_256_rows(vector: bo
 
 def test_segment_refuses_rows_that_do_not_fit_a_packed_word() -> None:
     layout = mih.split(256, 8, inline=False, dir_bits=8)  # 32-bit substrings: 24 low bits
-    assert not mih._fits_words(layout, 1 << 9)
+    assert not plan._fits_words(layout, 1 << 9)
     with pytest.raises(ValueError):
         mih.MihSegment(np.zeros((1 << 9, 4), dtype=np.uint64), layout)
     with pytest.raises(ValueError):
@@ -241,12 +242,12 @@ def test_layout_pigeonhole_radii_cover_the_radius() -> None:
 def test_plan_layout_picks_linear_for_small_banks_and_fits_the_memory_budget(
     vector: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(mih, "VECTOR_SCAN", vector)  # each kernel family has its own cost model
+    monkeypatch.setattr(simd, "VECTOR_SCAN", vector)  # each kernel family has its own cost model
     assert mih.plan_layout(256, 31, 500) is None
     for n in (10**6, 10**7):
         for bits, r in ((256, 31), (64, 10), (64, 8)):
             layout = mih.plan_layout(bits, r, n)
-            assert layout is not None and mih.fits_budget(layout, n) and mih._fits_words(layout, n)
+            assert layout is not None and mih.fits_budget(layout, n) and plan._fits_words(layout, n)
             if n == 10**7:  # at industry scale the directories are amortised too
                 assert mih.extra_bytes(layout, n) <= mih.MAX_EXTRA_BYTES_PER_ENTRY
     # The shapes at 10M: 11 wide packed substrings for PDQ, the last one (radius
@@ -274,9 +275,9 @@ def test_uneven_widths_and_their_pigeonhole_radii() -> None:
     with pytest.raises(ValueError):
         mih.from_widths(64, (17, 17, 17), inline=True)
     # every width tuple the planner enumerates covers the bits, widest first, in range
-    assert not list(mih._width_tuples(64, 2, 8, 24))  # two tables would need 32-bit directories
+    assert not list(plan._width_tuples(64, 2, 8, 24))  # two tables would need 32-bit directories
     for m in (3, 4, 5):
-        tuples = list(mih._width_tuples(64, m, 8, 24))
+        tuples = list(plan._width_tuples(64, m, 8, 24))
         assert tuples and len(set(tuples)) == len(tuples)
         for ws in tuples:
             assert sum(ws) == 64 and list(ws) == sorted(ws, reverse=True) and 8 <= min(ws) and max(ws) <= 24
@@ -288,7 +289,7 @@ def test_tiered_index_matches_the_linear_index_through_adds_removes_and_folds(
 ) -> None:
     monkeypatch.setattr(index_mod, "BUFFER_ROWS", 64)
     if force_mih:  # every segment, delta included, gets a packed multi-index
-        monkeypatch.setattr(mih, "_LINEAR_NS_PER_WORD", 1e9)
+        monkeypatch.setattr(plan, "_LINEAR_NS_PER_WORD", 1e9)
     rng = np.random.default_rng(7)
     tiered, linear = TieredIndex(256, 31), HammingIndex(256)
     base = random_codes(rng, 2000, 4)

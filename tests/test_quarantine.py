@@ -23,7 +23,7 @@ from rq.serializers import JSONSerializer
 from photosentry import enqueue_scan
 from photosentry.cli import cli
 from photosentry.hashes.banks import entries_from_hashes
-from photosentry.hashes.redis_banks import RedisBankStore
+from photosentry.hashes.banks.redis import RedisBankStore
 from photosentry.hashes.signals import hash_image
 from photosentry.decode import Limits, decode
 from photosentry.worker.review_queue import ReviewQueue

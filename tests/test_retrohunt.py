@@ -13,7 +13,7 @@ from rq.serializers import JSONSerializer
 from photosentry.cli import cli
 from photosentry.decode import decode
 from photosentry.hashes.banks import entries_from_hashes
-from photosentry.hashes.redis_banks import RedisBankStore
+from photosentry.hashes.banks.redis import RedisBankStore
 from photosentry.hashes.signals import hash_image
 from photosentry.worker.hashlog import HashLog, pack_hashes, unpack_hashes
 

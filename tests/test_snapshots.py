@@ -17,10 +17,10 @@ from photosentry import defaults
 from photosentry.cli import cli
 from photosentry.decode import Limits, decode
 from photosentry.hashes.banks import BankStore, NewEntry, SqliteBankStore
+from photosentry.hashes.banks.redis import RedisBankStore
 from photosentry.hashes.codecs import Algorithm
 from photosentry.hashes.index import codes_to_hex, hex_to_codes
 from photosentry.hashes.matcher import BankMatcher
-from photosentry.hashes.redis_banks import RedisBankStore
 from photosentry.hashes.signals import FrameHashes, ImageHashes, PerceptualHash, hash_image
 from photosentry.hashes.snapshot import latest_snapshot, save_snapshot, snapshot_dir, write_snapshot
 

@@ -10,8 +10,8 @@ import pytest
 import redis
 
 from photosentry.errors import PolicyError
+from photosentry.hashes.banks.redis import RedisBankStore
 from photosentry.hashes.matcher import BankMatcher
-from photosentry.hashes.redis_banks import RedisBankStore
 from photosentry.models.open_nsfw import OpenNsfwClassifier
 from photosentry.worker.review_queue import ReviewQueue
 from photosentry.worker.pipeline import Scanner

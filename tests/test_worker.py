@@ -23,9 +23,9 @@ from rq.serializers import JSONSerializer
 
 from photosentry import enqueue_scan
 from photosentry.hashes.banks import EntrySource, NewEntry
+from photosentry.hashes.banks.redis import RedisBankStore
 from photosentry.hashes.codecs import Algorithm
 from photosentry.hashes.matcher import BankMatcher
-from photosentry.hashes.redis_banks import RedisBankStore
 from photosentry.models.open_nsfw import OpenNsfwClassifier
 from photosentry.worker.jobs import SCAN_FUNCTION
 from photosentry.worker.recovery import alive_key, give_up_with_verdict, recover_abandoned, recover_intermediate

@@ -10,7 +10,8 @@ import click
 from .. import defaults
 from ..decode import Limits, decode, read_limited
 from ..errors import InvalidHash, PhotoSentryError, UnreadableImage
-from ..hashes.banks import BankEntry, BankKind, BankStore, EntrySource, NewEntry, entries_from_hashes
+from ..hashes.algorithms import PERCEPTUAL
+from ..hashes.banks import BankEntry, BankKind, BankStore, EntrySource, NewEntry, check_bank_name, entries_from_hashes
 from ..hashes.codecs import Algorithm, parse_tagged
 from ..hashes.imports import ImportFormat
 from ..hashes.signals import hash_image
@@ -140,19 +141,27 @@ def ban_remove(ctx: click.Context, entry_ids: tuple[int, ...], groups: tuple[str
     close_store(store)
 
 
+def distance_options(f):  # type: ignore[no-untyped-def]
+    """A ``--<algorithm>`` match-distance option per perceptual algorithm, from the registry
+    (passed to the command by algorithm name: ``pdq=``, ``phash=`` ...)."""
+    for algorithm in reversed(PERCEPTUAL):  # click lists options in the reverse order they are added
+        spec = algorithm.spec
+        f = click.option(spec.cli_option, algorithm.value, type=click.IntRange(0, spec.max_distance), default=None,
+                         help=f"{spec.label} match distance (default {spec.default_distance}).")(f)
+    return f
+
+
 @ban.command("configure")
 @click.argument("bank")
-@click.option("--pdq", type=click.IntRange(0, 127), default=None, help=f"PDQ match distance (default {defaults.PDQ_MATCH_DISTANCE}).")
-@click.option("--phash", type=click.IntRange(0, 31), default=None, help=f"pHash match distance (default {defaults.PHASH_MATCH_DISTANCE}).")
-@click.option("--dhash", type=click.IntRange(0, 31), default=None, help=f"dHash match distance (default {defaults.DHASH_MATCH_DISTANCE}).")
+@distance_options
 @click.option("--description", default=None, help="What this bank holds (kept if not given).")
 @click.option("--kind", type=click.Choice([k.value for k in BankKind]), default=None,
               help="ban: matches count against a photo (new banks). allow: known false positives; a match"
                    " suppresses ban matches as the policy's [allow] table permits. Kept if not given.")
 @who_why_options
 @click.pass_context
-def ban_configure(ctx: click.Context, bank: str, pdq: int | None, phash: int | None, dhash: int | None,
-                  description: str | None, kind: str | None, actor: str, reason: str) -> None:
+def ban_configure(ctx: click.Context, bank: str, description: str | None, kind: str | None, actor: str, reason: str,
+                  **distances: int | None) -> None:
     """Set how close a perceptual hash must be to match in BANK, and what kind of bank it is.
 
     Lower is stricter (fewer false matches, more missed copies). Only the distances
@@ -164,7 +173,7 @@ def ban_configure(ctx: click.Context, bank: str, pdq: int | None, phash: int | N
       photosentry ban configure moderation --phash 6 --by alice --reason "fewer false matches"
       photosentry ban configure false_positives --kind allow --by alice --reason "released photos"
     """
-    given = {a: d for a, d in ((Algorithm.PDQ, pdq), (Algorithm.PHASH, phash), (Algorithm.DHASH, dhash)) if d is not None}
+    given = {Algorithm(name): d for name, d in distances.items() if d is not None}
     store = open_store(ctx)
     current = store.bank(bank)
     try:
@@ -178,7 +187,7 @@ def ban_configure(ctx: click.Context, bank: str, pdq: int | None, phash: int | N
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
-    click.echo(f"{cfg.name} ({cfg.kind.value}): " + ", ".join(f"{a.value} <= {cfg.distance(a)}" for a in Algorithm if a.is_perceptual))
+    click.echo(f"{cfg.name} ({cfg.kind.value}): " + ", ".join(f"{a.value} <= {cfg.distance(a)}" for a in PERCEPTUAL))
     close_store(store)
 
 
@@ -243,7 +252,7 @@ def ban_import(ctx: click.Context, file: str, bank: str | None, fmt: str, algori
 
     if bank is not None:
         try:
-            NewEntry(Algorithm.MD5, "1" * 32, bank)
+            check_bank_name(bank)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--bank") from exc
     spool = None
@@ -418,7 +427,7 @@ def ban_stats(ctx: click.Context, as_json: bool) -> None:
         counts = {a.value: active[(cfg.name, a.value)] for a in Algorithm}
         rows.append({"bank": cfg.name, "kind": cfg.kind.value, "active": sum(counts.values()), "removed": removed[cfg.name],
                      "by_algorithm": counts,
-                     "distances": {a.value: cfg.distance(a) for a in Algorithm if a.is_perceptual}})
+                     "distances": {a.value: cfg.distance(a) for a in PERCEPTUAL}})
     if as_json:
         click.echo(json.dumps({"version": version, "snapshot": snap.version if snap else None, "banks": rows}))
     else:

@@ -9,6 +9,7 @@ import click
 
 from ..config import data_dir, ensure_private_dir
 from ..errors import ModelUnavailable, PhotoSentryError
+from ..models.registry import DEFAULT_CLASSIFIER
 from .root import ExitCode, SetupError, cli
 
 
@@ -66,7 +67,7 @@ def _store(ctx: click.Context) -> Any:
 
 
 _model_options = [
-    click.option("--model", default="open_nsfw", show_default=True, help="Shipped model id."),
+    click.option("--model", default=DEFAULT_CLASSIFIER, show_default=True, help="Shipped model id."),
     click.option("--model-manifest", "manifest", type=click.Path(exists=True, dir_okay=False),
                  help="An operator's model manifest (TOML) instead of a shipped model."),
     click.option("--policy", "policy_path", type=click.Path(exists=True, dir_okay=False), envvar="PHOTOSENTRY_POLICY",

@@ -40,12 +40,12 @@ def retrohunt(ctx: click.Context, redis_url: str, since_version: int | None, req
       photosentry retrohunt --since-version 0 --requeue --json
     """
     from ..enqueue import enqueue_scan
-    from ..hashes.redis_banks import RedisBankStore
+    from ..hashes.banks import open_store
     from ..worker.hashlog import HashLog
     from ..worker.retrohunt import hunt, new_entries
 
     client = connect_redis(redis_url)
-    store = RedisBankStore(client)
+    store = open_store(redis=client)
     if since_version is None:
         since_version = int(client.get(LAST_VERSION_KEY) or 0)
     entries, until = new_entries(store, since_version)

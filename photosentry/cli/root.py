@@ -22,7 +22,8 @@ import click
 from .. import defaults
 from ..config import data_dir, ensure_private_dir
 from ..errors import ModelUnavailable
-from ..hashes.banks import BankStore, SqliteBankStore
+from ..hashes import banks
+from ..hashes.banks import BankStore
 
 
 class ExitCode(IntEnum):
@@ -41,12 +42,10 @@ class SetupError(click.ClickException):
 def open_store(ctx: click.Context) -> BankStore:
     redis_url = ctx.obj.get("bank_redis_url")
     if redis_url:
-        from ..hashes.redis_banks import RedisBankStore
-
-        return RedisBankStore(connect_redis(redis_url, what="the Redis bank"))
+        return banks.open_store(redis=connect_redis(redis_url, what="the Redis bank"))
     home = ensure_private_dir(data_dir(ctx.obj["data_dir"]))
     try:
-        return SqliteBankStore(home / defaults.BANK_DB_FILENAME)
+        return banks.open_store(sqlite=home / defaults.BANK_DB_FILENAME)
     except Exception as exc:  # sqlite3 raises several types for a bad file
         raise SetupError(f"cannot open the bank database in {home}: {exc}") from exc
 
@@ -67,9 +66,7 @@ def connect_redis(redis_url: str, *, what: str = "Redis") -> Any:
 
 
 def close_store(store: BankStore) -> None:
-    close = getattr(store, "close", None)
-    if close is not None:
-        close()
+    store.close()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -10,6 +10,7 @@ import click
 
 from ..errors import PhotoSentryError
 from ..hashes.matcher import BankMatcher
+from ..models.registry import DEFAULT_CLASSIFIER, SECOND_OPINION_NAMES, second_opinions
 from .root import (
     ExitCode,
     SetupError,
@@ -37,7 +38,7 @@ from .root import (
               envvar="PHOTOSENTRY_MODEL_MANIFEST",
               help="Run another ONNX classifier described by this manifest (TOML, see"
                    " photosentry/models/manifests/open_nsfw.toml) instead of open_nsfw.")
-@click.option("--second-model", "second_models", multiple=True, type=click.Choice(["nudenet"]),
+@click.option("--second-model", "second_models", multiple=True, type=click.Choice(SECOND_OPINION_NAMES),
               help="Also run NudeNet 320n (pip install 'photosentry[nudenet]'; AGPL-3.0): its labelled boxes"
                    " (e.g. FEMALE_BREAST_EXPOSED) show up in --json.")
 @click.option("--fp32", "fp32_only", is_flag=True,
@@ -78,14 +79,12 @@ def scan(
         raise SetupError(str(exc)) from exc
     store = open_store(ctx)
     try:
-        classifier = load_classifier(model_manifest or "open_nsfw", data_dir=data_dir(ctx.obj["data_dir"]),
+        classifier = load_classifier(model_manifest or DEFAULT_CLASSIFIER, data_dir=data_dir(ctx.obj["data_dir"]),
                                      threads=threads, providers=list(providers) or None, use_artifacts=not fp32_only)
         extra = []
-        if "nudenet" in second_models:
-            from ..models.nudenet import NudeNetDetector, licence_notice
-
-            click.echo(licence_notice(), err=True)
-            extra.append(NudeNetDetector(threads=threads, providers=list(providers) or None))
+        for opinion in second_opinions(second_models):
+            click.echo(opinion.notice(), err=True)
+            extra.append(opinion.build(threads=threads, providers=list(providers) or None))
         # The host's snapshot of this store when there is one (seconds, not minutes, for millions).
         matcher = BankMatcher(store, snapshot_dir=snapshot_dir(ensure_private_dir(data_dir(ctx.obj["data_dir"])), store))
         scanner = Scanner(policy=policy, matcher=matcher, classifier=classifier, second_opinions=extra)

@@ -4,57 +4,22 @@
 - PDQ uses ThreatExchange's 64-hex-digit form (bit 0 of the hash vector is the most
   significant bit of the first digit).
 - SHA-256 and MD5 are lowercase hex.
-Written as ``algo:value`` wherever the algorithm is not implied.
+Written as ``algo:value`` wherever the algorithm is not implied. Each algorithm's
+width (so its number of hex digits) comes from the registry in :mod:`.algorithms`.
 """
 
 from __future__ import annotations
 
 import string
-from enum import Enum
 
 import numpy as np
 
 from ..errors import InvalidHash
+from .algorithms import Algorithm
 
+#: ``Algorithm`` is defined with its registry in :mod:`.algorithms`; most code imports it from here.
+__all__ = ["Algorithm", "bits_to_hex", "hamming", "hex_to_words", "normalize", "parse_tagged"]
 
-class Algorithm(str, Enum):
-    """Every hash algorithm a bank entry can hold."""
-
-    #: SHA-256 of the file's bytes (exact match only).
-    SHA256 = "sha256"
-    #: MD5 of the file's bytes (exact match only; industry lists still ship it).
-    MD5 = "md5"
-    #: Meta's PDQ, 256 bits, robust to re-encoding and resizing; 8 dihedral variants.
-    PDQ = "pdq"
-    #: imagehash's DCT perceptual hash, 64 bits.
-    PHASH = "phash"
-    #: imagehash's difference hash, 64 bits.
-    DHASH = "dhash"
-
-    @property
-    def bits(self) -> int:
-        return _BITS[self]
-
-    @property
-    def is_perceptual(self) -> bool:
-        return self in (Algorithm.PDQ, Algorithm.PHASH, Algorithm.DHASH)
-
-    @classmethod
-    def parse(cls, name: str) -> "Algorithm":
-        try:
-            return cls(name.strip().lower())
-        except ValueError:
-            known = ", ".join(a.value for a in cls)
-            raise InvalidHash(f"{name!r} is not a known hash algorithm (known: {known})") from None
-
-
-_BITS = {
-    Algorithm.SHA256: 256,
-    Algorithm.MD5: 128,
-    Algorithm.PDQ: 256,
-    Algorithm.PHASH: 64,
-    Algorithm.DHASH: 64,
-}
 _HEX = frozenset(string.hexdigits)
 
 
@@ -66,7 +31,7 @@ def normalize(algorithm: Algorithm, value: str) -> str:
             all-one hash (what hashers emit for blank images; it would match noise).
     """
     text = value.strip().lower()
-    digits = algorithm.bits // 4
+    digits = algorithm.spec.hex_digits
     if len(text) != digits:
         raise InvalidHash(
             f"{value!r} is not a valid {algorithm.value} hash: expected {digits} hex digits, got {len(text)}"

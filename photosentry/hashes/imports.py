@@ -222,12 +222,14 @@ def _parse(
 
 
 def _guess(value: str) -> Algorithm:
+    """The one algorithm whose hashes have this many hex digits (MD5's 32 are unique)."""
     digits = len(value.strip())
-    if digits == 32:
-        return Algorithm.MD5
+    fits = [a for a in Algorithm if a.spec.hex_digits == digits]
+    if len(fits) == 1:
+        return fits[0]
     raise _Bad(
         f"a bare {digits}-digit value is ambiguous: write 'ALGO VALUE' or pass --algorithm"
-        + (" (pdq or sha256)" if digits == 64 else " (phash or dhash)" if digits == 16 else "")
+        + (f" ({' or '.join(a.value for a in fits)})" if fits else "")
     )
 
 

@@ -21,7 +21,7 @@ from ..errors import BankNotFound
 from .banks import BankConfig, BankEntry, BankStore, ChangeOp
 from .codecs import Algorithm
 from .index import HashIndex, SortedExactIndex, TieredIndex, hex_to_codes
-from .signals import ImageHashes, PdqSignal
+from .signals import ImageHashes
 from .snapshot import Snapshot, latest_snapshot, save_snapshot
 
 log = logging.getLogger(__name__)
@@ -75,11 +75,6 @@ class Match:
         )
 
 
-#: Hamming radius each index is laid out for when no bank asks for more (the largest
-#: distance ``ban configure`` usually sets; larger distances still work, more slowly).
-_LAYOUT_RADIUS = {Algorithm.PDQ: 31, Algorithm.PHASH: 8, Algorithm.DHASH: 8}
-
-
 def _new_index(algorithm: Algorithm, radius: int) -> HashIndex:
     if algorithm.is_perceptual:
         return TieredIndex(algorithm.bits, radius)
@@ -117,9 +112,9 @@ class BankMatcher:
         self._store = store
         self._banks: dict[str, BankConfig] = {}
         self._load_banks()
-        self._indexes: dict[Algorithm, HashIndex] = {
-            a: _new_index(a, max(_LAYOUT_RADIUS.get(a, 0), self._max_distance(a))) for a in Algorithm
-        }
+        # Each index is laid out for the widest distance a bank asks for, and never less
+        # than the algorithm's default (_max_distance counts it); wider ones still work, more slowly.
+        self._indexes: dict[Algorithm, HashIndex] = {a: _new_index(a, self._max_distance(a)) for a in Algorithm}
         self._bank_names: list[str] = []
         self._bank_numbers: dict[str, int] = {}
         self._bank_of = np.zeros(1024, dtype=np.uint16)
@@ -215,7 +210,7 @@ class BankMatcher:
                 index = self._indexes[ph.algorithm]
                 if not len(index):
                     continue
-                weak = ph.algorithm is Algorithm.PDQ and (ph.quality or 0) < PdqSignal.QUALITY_THRESHOLD
+                weak = ph.weak
                 for hit in index.query(ph.variants, self._max_distance(ph.algorithm)):
                     bank = self._bank_names[int(self._bank_of[hit.entry_id])]
                     if hit.distance <= self.bank(bank).distance(ph.algorithm):

@@ -5,6 +5,10 @@ the exact ones hash bytes, the perceptual ones hash a decoded RGB frame and also
 the *query variants* that matching tries (PDQ's 8 dihedral transforms, pHash's 8,
 dHash's mirror) so a flipped or rotated copy still meets its banned original. Only the
 canonical value is ever stored or shown; variants exist for matching.
+
+What an algorithm *is* (width, default distance, quality threshold) is in the registry
+of :mod:`.algorithms`; a signal is how to compute it, and :data:`SIGNALS` holds one per
+algorithm.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import numpy as np
 import pdqhash
 from PIL import Image
 
-from .. import defaults
+from ..errors import RegistryError
 from .codecs import Algorithm, bits_to_hex
 
 
@@ -35,13 +39,24 @@ class PerceptualHash:
     #: PDQ's own quality score (0-100); None for algorithms without one.
     quality: int | None = None
 
+    @property
+    def weak(self) -> bool:
+        """Too low a quality to match on its own (the algorithm's rule; see AlgorithmSpec.is_weak)."""
+        return self.algorithm.spec.is_weak(self.quality)
+
 
 class Signal(ABC):
-    """A hash algorithm: its name, width and default match distance."""
+    """How to compute one hash algorithm; its facts come from the algorithm registry."""
 
     algorithm: ClassVar[Algorithm]
-    #: Largest Hamming distance that counts as a match by default (0 = exact only).
+    #: Largest Hamming distance that counts as a match by default (0 = exact only),
+    #: copied from the registry (``Algorithm.spec``) when the subclass is defined.
     default_distance: ClassVar[int] = 0
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "algorithm" in cls.__dict__:
+            cls.default_distance = cls.algorithm.spec.default_distance
 
 
 class BytesSignal(Signal):
@@ -80,8 +95,8 @@ class Md5Signal(BytesSignal):
 
 class PdqSignal(FrameSignal):
     algorithm = Algorithm.PDQ
-    default_distance = defaults.PDQ_MATCH_DISTANCE
-    QUALITY_THRESHOLD: ClassVar[int] = defaults.PDQ_QUALITY_THRESHOLD
+    #: ThreatExchange's name for it (``PdqSignal.QUALITY_THRESHOLD``), from the registry.
+    QUALITY_THRESHOLD: ClassVar[int] = Algorithm.PDQ.spec.quality_threshold or 0
 
     @classmethod
     def hash_frame(cls, rgb: np.ndarray, image: Image.Image) -> PerceptualHash:
@@ -112,7 +127,6 @@ _DHASH_WIDTH, _DHASH_HEIGHT = 9, 8  # imagehash.dhash: hash_size + 1 columns
 
 class PHashSignal(FrameSignal):
     algorithm = Algorithm.PHASH
-    default_distance = defaults.PHASH_MATCH_DISTANCE
 
     @classmethod
     def hash_frame(cls, rgb: np.ndarray, image: Image.Image) -> PerceptualHash:
@@ -131,7 +145,6 @@ class PHashSignal(FrameSignal):
 
 class DHashSignal(FrameSignal):
     algorithm = Algorithm.DHASH
-    default_distance = defaults.DHASH_MATCH_DISTANCE
 
     @classmethod
     def hash_frame(cls, rgb: np.ndarray, image: Image.Image) -> PerceptualHash:
@@ -146,10 +159,29 @@ class DHashSignal(FrameSignal):
         return PerceptualHash(cls.algorithm, value, (value, mirrored))
 
 
+def _signal_registry(
+    bytes_signals: tuple[type[BytesSignal], ...], frame_signals: tuple[type[FrameSignal], ...]
+) -> dict[Algorithm, type[Signal]]:
+    """One signal per algorithm, each of the kind its algorithm needs (a real check, not
+    an ``assert``: ``python -O`` must not skip it)."""
+    out: dict[Algorithm, type[Signal]] = {}
+    for signal in (*bytes_signals, *frame_signals):
+        if signal.algorithm in out:
+            other = out[signal.algorithm].__name__
+            raise RegistryError(f"{signal.__name__} and {other} both hash {signal.algorithm.value}")
+        if issubclass(signal, FrameSignal) != signal.algorithm.is_perceptual:
+            raise RegistryError(f"{signal.__name__}: {signal.algorithm.value} is "
+                                f"{'perceptual' if signal.algorithm.is_perceptual else 'exact'}, the signal is not")
+        out[signal.algorithm] = signal
+    missing = [a.value for a in Algorithm if a not in out]
+    if missing:
+        raise RegistryError(f"hash algorithms without a signal: {', '.join(missing)}")
+    return out
+
+
 BYTES_SIGNALS: tuple[type[BytesSignal], ...] = (Sha256Signal, Md5Signal)
 FRAME_SIGNALS: tuple[type[FrameSignal], ...] = (PdqSignal, PHashSignal, DHashSignal)
-SIGNALS: dict[Algorithm, type[Signal]] = {s.algorithm: s for s in (*BYTES_SIGNALS, *FRAME_SIGNALS)}
-assert len(SIGNALS) == len(BYTES_SIGNALS) + len(FRAME_SIGNALS), "duplicate signal algorithm"
+SIGNALS: dict[Algorithm, type[Signal]] = _signal_registry(BYTES_SIGNALS, FRAME_SIGNALS)
 
 
 @dataclass(frozen=True)

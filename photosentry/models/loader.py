@@ -18,12 +18,13 @@ from ..errors import ModelUnavailable
 from .adapter import ClassifierManifest, ManifestClassifier
 from .artifacts import artifacts_for_host
 from .manifest import file_sha256, resolve_model_file
+from .registry import DEFAULT_CLASSIFIER
 
 log = logging.getLogger(__name__)
 
 
 def load_classifier(
-    manifest: ClassifierManifest | str | Path = "open_nsfw",
+    manifest: ClassifierManifest | str | Path = DEFAULT_CLASSIFIER,
     *,
     data_dir: Path | None = None,
     providers: Sequence[str] | None = None,

@@ -104,6 +104,7 @@ class _PoolWorker:
         from ..hashes.matcher import BankMatcher
         from ..hashes.snapshot import snapshot_dir
         from ..models.loader import load_classifier
+        from ..models.registry import DEFAULT_CLASSIFIER, second_opinions
         from ..worker.pipeline import Scanner
         from ..worker.policy import Policy
 
@@ -113,25 +114,23 @@ class _PoolWorker:
         if settings.redis_url:
             import redis
 
-            from ..hashes.redis_banks import RedisBankStore
+            from ..hashes.banks import open_store
 
             client = redis.Redis.from_url(settings.redis_url)
-            store: Any = RedisBankStore(client)
+            store: Any = open_store(redis=client)
             self.cache = VerdictCache(client, ttl_s=settings.cache_ttl_s)
         else:
-            from ..hashes.banks import SqliteBankStore
+            from ..hashes.banks import open_store
 
-            store = SqliteBankStore(ensure_private_dir(data_dir(settings.data_dir)) / defaults.BANK_DB_FILENAME)
+            store = open_store(sqlite=ensure_private_dir(data_dir(settings.data_dir)) / defaults.BANK_DB_FILENAME)
         providers = list(settings.providers) or None
         # The models a queue worker runs on this host (the verified artifact, else fp32;
         # the second opinions named in the environment), so both modes decide alike.
-        self.classifier = load_classifier("open_nsfw", data_dir=data_dir(settings.data_dir), threads=settings.threads,
+        self.classifier = load_classifier(DEFAULT_CLASSIFIER, data_dir=data_dir(settings.data_dir), threads=settings.threads,
                                           providers=providers)
         second = []
-        if "nudenet" in os.environ.get(defaults.SECOND_MODELS_ENV, "").split(","):
-            from ..models.nudenet import NudeNetDetector
-
-            second.append(NudeNetDetector(threads=settings.threads, providers=providers))
+        for opinion in second_opinions(os.environ.get(defaults.SECOND_MODELS_ENV, "").split(",")):
+            second.append(opinion.build(threads=settings.threads, providers=providers))
         # Every pool process loads the host's snapshot of the store when there is one.
         snapshots = snapshot_dir(ensure_private_dir(data_dir(settings.data_dir)), store)
         self.scanner = Scanner(policy=self.policy, matcher=BankMatcher(store, snapshot_dir=snapshots),

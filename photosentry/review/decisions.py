@@ -30,9 +30,8 @@ from typing import Any
 
 import redis
 
-from ..hashes.banks import BankStore, EntrySource, allow_photo, entries_from_hashes
-from ..hashes.codecs import Algorithm
-from ..hashes.redis_banks import RedisBankStore
+from ..hashes.algorithms import PERCEPTUAL
+from ..hashes.banks import BankStore, EntrySource, allow_photo, entries_from_hashes, open_store
 from ..hashes.signals import FrameHashes, ImageHashes, PerceptualHash
 from ..worker.actions import ContentStore
 from ..worker.delivery import CallbackPolicy, CallbackSigner, post_callback
@@ -46,7 +45,6 @@ from ..worker.review_queue import CONFIRMED, RELEASED, QueueItem, ReviewError, R
 log = logging.getLogger(__name__)
 
 RELEASE, CONFIRM = "release", "confirm"
-_PERCEPTUAL = (Algorithm.PDQ, Algorithm.PHASH, Algorithm.DHASH)
 
 
 @dataclass(frozen=True)
@@ -94,7 +92,7 @@ class Reviewer:
         self.policy = policy or Policy.default()
         self.queue = queue or ReviewQueue(client)
         self.stream = stream or VerdictStream(client)
-        self.banks = bank_store or RedisBankStore(client)
+        self.banks = bank_store or open_store(redis=client)
         self.ledger = UploaderLedger(client, self.policy.uploaders, self.stream)
         self.quarantine = ContentStore(Path(home) / "quarantine")
         self.blocked = ContentStore(Path(home) / "blocked")
@@ -384,7 +382,7 @@ def hashes_from_verdict(verdict: dict[str, Any]) -> ImageHashes | None:
         if not isinstance(raw, dict):
             continue
         found = []
-        for algorithm in _PERCEPTUAL:
+        for algorithm in PERCEPTUAL:
             value = raw.get(algorithm.value)
             if isinstance(value, str):
                 quality = hashes.get(f"{algorithm.value}_quality") if i == 0 else None

@@ -21,11 +21,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import ConfigError
 from ..worker.review_queue import check_moderator
-
-
-class ConfigError(ValueError):
-    """The moderators' config file is unusable; the message says where."""
 
 
 @dataclass(frozen=True)

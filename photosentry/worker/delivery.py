@@ -37,6 +37,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
+from ..errors import CallbackRefused
+
 TIMESTAMP_HEADER = "X-PhotoSentry-Timestamp"
 SIGNATURE_HEADER = "X-PhotoSentry-Signature"
 SIGNATURE_VERSION = "v1"
@@ -95,10 +97,6 @@ class CallbackResult:
     refused: bool = False
     #: Whether another attempt may help (network error, 5xx, 408, 429).
     retryable: bool = False
-
-
-class CallbackRefused(ValueError):
-    """A callback URL the policy does not allow; the message says why (never the query)."""
 
 
 METADATA_ADDRESSES = frozenset(

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import PhotoSentryError
+from ..errors import PayloadError
 
 PAYLOAD_VERSION = 1
 """Version of the payload schema; a worker refuses versions it does not know."""
@@ -36,14 +36,6 @@ MAX_UPLOAD_ID_LEN = 200
 MAX_URL_LEN = 2048
 MAX_CONTEXT_KEYS = 64
 _SCALARS = (str, int, float, bool, type(None))
-
-
-class PayloadError(PhotoSentryError, ValueError):
-    """A job payload that can never be scanned (no usable upload_id, wrong version...).
-
-    Permanent: the job is not retried. When the upload id is usable the worker still
-    records a fail-closed verdict for it.
-    """
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ import numpy as np
 from ..hashes.banks import BankConfig, BankEntry, BankStore, ChangeOp
 from ..hashes.codecs import Algorithm
 from ..hashes.index import TieredIndex, hex_to_codes
-from ..hashes.signals import PdqSignal
 from .hashlog import HashLog, ScanRecord
 
 
@@ -81,7 +80,7 @@ def hunt(log: HashLog, store: BankStore, entries: list[BankEntry], *, chunk: int
                 best[key] = RetroHit(records[i], entry, distance, frame, variant)
 
         for i, record in enumerate(records):
-            for value, algorithm in ((record.hashes.sha256, Algorithm.SHA256), (record.hashes.md5, Algorithm.MD5)):
+            for algorithm, value in record.hashes.exact().items():
                 for entry in exact.get((algorithm, value), ()):
                     keep(i, entry, 0, 0, 0)
         for algorithm, group in perceptual.items():
@@ -92,8 +91,8 @@ def hunt(log: HashLog, store: BankStore, entries: list[BankEntry], *, chunk: int
                     ph = frame.get(algorithm)
                     if ph is None:
                         continue
-                    if algorithm is Algorithm.PDQ and (ph.quality or 0) < PdqSignal.QUALITY_THRESHOLD:
-                        continue  # a weak PDQ hash does not match on its own
+                    if ph.weak:
+                        continue  # a weak hash (PDQ below its quality threshold) does not match on its own
                     for v, value in enumerate(ph.variants):
                         rows.append((i, frame.frame, v))
                         values.append(value)

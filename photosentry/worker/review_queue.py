@@ -34,6 +34,7 @@ from typing import Any
 import redis
 
 from .. import defaults
+from ..errors import ReviewError
 
 PENDING, DECIDING, RELEASED, CONFIRMED = "pending", "deciding", "released", "confirmed"
 STATES = (PENDING, DECIDING, RELEASED, CONFIRMED)
@@ -147,15 +148,6 @@ redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 if redis.call('GET', KEYS[3]) == ARGV[5] then redis.call('DEL', KEYS[3]) end
 return 1
 """
-
-
-class ReviewError(Exception):
-    """A decision or claim that cannot be made; ``code`` says why (held, missing, ...)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)

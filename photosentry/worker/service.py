@@ -40,8 +40,8 @@ from .. import defaults
 from ..config import data_dir, ensure_private_dir, redact_url
 from ..decode import Limits
 from ..errors import JobRefused, UnreadableImage
-from ..hashes.redis_banks import DEFAULT_PREFIX as BANK_PREFIX
-from ..hashes.redis_banks import RedisBankStore
+from ..hashes.banks import DEFAULT_PREFIX as BANK_PREFIX
+from ..hashes.banks import open_store
 from .review_queue import QuarantineRecord, ReviewQueue
 from .actions import ActionApplier, ActionResult, ContentStore
 from .cache import VerdictCache, model_builds
@@ -146,7 +146,7 @@ class ScanService:
         self.callback_policy = CallbackPolicy(allow_prefixes=settings.callback_allow,
                                               allow_networks=settings.callback_networks)
         self.outbox = CallbackOutbox(self.redis)
-        self.bank_store = RedisBankStore(self.redis, prefix=settings.bank_prefix)
+        self.bank_store = open_store(redis=self.redis, prefix=settings.bank_prefix)
         self.scanner = scanner
         if self.scanner is None and load_models:
             self.scanner = self._build_scanner()
@@ -159,17 +159,16 @@ class ScanService:
         from ..hashes.matcher import BankMatcher
         from ..hashes.snapshot import snapshot_dir
         from ..models.loader import load_classifier
+        from ..models.registry import DEFAULT_CLASSIFIER, second_opinions
         from .pipeline import Scanner
 
         # The best verified artifact for this host (int8 on CPU, fp16 on GPU), else fp32.
-        classifier = load_classifier("open_nsfw", data_dir=data_dir(self.settings.data_dir), threads=self.settings.threads,
+        classifier = load_classifier(DEFAULT_CLASSIFIER, data_dir=data_dir(self.settings.data_dir), threads=self.settings.threads,
                                      providers=list(self.settings.providers) or None)
         second = []
-        if "nudenet" in os.environ.get(defaults.SECOND_MODELS_ENV, "").split(","):
-            from ..models.nudenet import NudeNetDetector, licence_notice
-
-            log.warning(licence_notice())
-            second.append(NudeNetDetector(threads=self.settings.threads, providers=list(self.settings.providers) or None))
+        for opinion in second_opinions(os.environ.get(defaults.SECOND_MODELS_ENV, "").split(",")):
+            log.warning(opinion.notice())
+            second.append(opinion.build(threads=self.settings.threads, providers=list(self.settings.providers) or None))
         # Workers on one host share the snapshot of their bank store (the first to read
         # a large bank from Redis writes it), so a restart loads millions in seconds.
         snapshots = snapshot_dir(ensure_private_dir(data_dir(self.settings.data_dir)), self.bank_store)

@@ -38,19 +38,12 @@ from pathlib import Path
 
 from .. import defaults
 from ..decode import TOO_LARGE, read_limited
-from ..errors import UnreadableImage
+from ..errors import SourceRefused, UnreadableImage
 
-SOURCE_REFUSED = "source_refused"
+SOURCE_REFUSED = SourceRefused.CODE
 """Reason code of a job whose source was refused before anything was read."""
 
 _PROC_FD = Path("/proc/self/fd")
-
-
-class SourceRefused(UnreadableImage):
-    """A job's source was refused by confinement; nothing was read."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(SOURCE_REFUSED, message)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The shared bank backend: one Redis that every worker on every host reads and writes.
 
-Same contract as :class:`~photosentry.hashes.banks.SqliteBankStore`. Each write is one
+Same contract as :class:`~photosentry.hashes.banks.sqlite.SqliteBankStore`. Each write is one
 Lua script, because Redis runs a script atomically: the version counter, the entry
 hash, the active-duplicate index and the change log can never be seen half-updated,
 and two processes adding the same hash at once end with one active entry.
@@ -33,19 +33,10 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import redis
 
-from ..errors import BankNotFound
-from .banks import (
-    BankConfig,
-    BankEntry,
-    BankKind,
-    BankStore,
-    Change,
-    ChangeOp,
-    EntrySource,
-    NewEntry,
-    _check_actor,
-)
-from .codecs import Algorithm
+from ...errors import BankNotFound
+from ..codecs import Algorithm
+from .model import BankConfig, BankEntry, BankKind, Change, ChangeOp, EntrySource, NewEntry, _check_actor
+from .store import BankStore
 
 DEFAULT_PREFIX = "photosentry:bank:"
 """Key prefix of the bank; a different prefix is a separate bank store in the same database."""
