@@ -84,11 +84,9 @@ def copy_rounds(photos: list[Path], dest: Path, rounds: int) -> list[Path]:
 
 
 def bench_in_process(photos: list[Path], rounds: int, home: Path, banned: Path) -> tuple[int, float]:
-    """The scan pipeline on one core: Scanner.scan_path over every photo, ``rounds`` times."""
-    from photosentry.hashes.matcher import BankMatcher
-    from photosentry.models.open_nsfw import OpenNsfwClassifier
-    from photosentry.worker.pipeline import Scanner
-    from photosentry.worker.policy import Policy
+    """The scan pipeline on one core: Scanner.scan_path over every photo, ``rounds`` times,
+    with the scanner a worker builds (the same assembly, one model thread)."""
+    from photosentry.worker.assembly import ScannerSpec, build_scanner
 
     home.mkdir(parents=True)
     store = open_store(sqlite=home / "banks.sqlite3")
@@ -96,9 +94,7 @@ def bench_in_process(photos: list[Path], rounds: int, home: Path, banned: Path) 
     affinity = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(affinity)})
     try:
-        scanner = Scanner(policy=Policy.default(), matcher=BankMatcher(store),
-                          classifier=OpenNsfwClassifier(threads=1))
-        scanner.warm_up()
+        scanner = build_scanner(ScannerSpec(data_dir=str(home), threads=1), store)
         for photo in photos:  # one warm round, as a long-running process would be
             scanner.scan_path(photo)
         start = time.perf_counter()

@@ -20,9 +20,8 @@ from pathlib import Path
 import click
 
 from .. import defaults
-from ..config import data_dir, ensure_private_dir
+from ..config import data_dir
 from ..errors import ModelUnavailable
-from ..hashes import banks
 from ..hashes.banks import BankStore
 
 
@@ -40,14 +39,17 @@ class SetupError(click.ClickException):
 
 
 def open_store(ctx: click.Context) -> BankStore:
+    """The bank a command works on: the shared Redis bank with ``--redis-url``, else the
+    data directory's SQLite bank."""
+    from ..worker.assembly import open_bank_store
+
     redis_url = ctx.obj.get("bank_redis_url")
     if redis_url:
-        return banks.open_store(redis=connect_redis(redis_url, what="the Redis bank"))
-    home = ensure_private_dir(data_dir(ctx.obj["data_dir"]))
+        return open_bank_store(redis=connect_redis(redis_url, what="the Redis bank"))
     try:
-        return banks.open_store(sqlite=home / defaults.BANK_DB_FILENAME)
+        return open_bank_store(data_dir_=ctx.obj["data_dir"])
     except Exception as exc:  # sqlite3 raises several types for a bad file
-        raise SetupError(f"cannot open the bank database in {home}: {exc}") from exc
+        raise SetupError(f"cannot open the bank database in {data_dir(ctx.obj['data_dir'])}: {exc}") from exc
 
 
 def connect_redis(redis_url: str, *, what: str = "Redis") -> Any:

@@ -9,8 +9,7 @@ from collections import Counter
 import click
 
 from ..errors import PhotoSentryError
-from ..hashes.matcher import BankMatcher
-from ..models.registry import DEFAULT_CLASSIFIER, SECOND_OPINION_NAMES, second_opinions
+from ..models.registry import DEFAULT_CLASSIFIER, SECOND_OPINION_NAMES
 from .root import (
     ExitCode,
     SetupError,
@@ -66,10 +65,7 @@ def scan(
     Exit status: 0 all allowed, 1 some quarantined or blocked, 2 usage error,
     3 set-up error.
     """
-    from ..config import data_dir, ensure_private_dir
-    from ..hashes.snapshot import snapshot_dir
-    from ..models.loader import load_classifier
-    from ..worker.pipeline import Scanner
+    from ..worker.assembly import ScannerSpec, build_scanner
     from ..worker.policy import Policy
 
     ctx_values = context_pairs(context, policy_path=policy_path)
@@ -78,16 +74,13 @@ def scan(
     except PhotoSentryError as exc:
         raise SetupError(str(exc)) from exc
     store = open_store(ctx)
+    spec = ScannerSpec(data_dir=ctx.obj["data_dir"], threads=threads, providers=providers,
+                       classifier=model_manifest or DEFAULT_CLASSIFIER, second_opinions=second_models,
+                       use_artifacts=not fp32_only)
     try:
-        classifier = load_classifier(model_manifest or DEFAULT_CLASSIFIER, data_dir=data_dir(ctx.obj["data_dir"]),
-                                     threads=threads, providers=list(providers) or None, use_artifacts=not fp32_only)
-        extra = []
-        for opinion in second_opinions(second_models):
-            click.echo(opinion.notice(), err=True)
-            extra.append(opinion.build(threads=threads, providers=list(providers) or None))
-        # The host's snapshot of this store when there is one (seconds, not minutes, for millions).
-        matcher = BankMatcher(store, snapshot_dir=snapshot_dir(ensure_private_dir(data_dir(ctx.obj["data_dir"])), store))
-        scanner = Scanner(policy=policy, matcher=matcher, classifier=classifier, second_opinions=extra)
+        # No warm-up: a one-off scan would pay for it, and timings are per run, not per photo.
+        scanner = build_scanner(spec, store, policy=policy, warm=False,
+                                notice=lambda text: click.echo(text, err=True))
     except PhotoSentryError as exc:
         raise SetupError(str(exc)) from exc
 

@@ -9,6 +9,7 @@ the policy's job.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +111,7 @@ class BankMatcher:
         auto_snapshot_min: int = defaults.AUTO_SNAPSHOT_MIN_ENTRIES,
     ) -> None:
         self._store = store
+        self._refreshed_at = time.monotonic()
         self._banks: dict[str, BankConfig] = {}
         self._load_banks()
         # Each index is laid out for the widest distance a bank asks for, and never less
@@ -168,8 +170,18 @@ class BankMatcher:
     def counts(self) -> dict[Algorithm, int]:
         return {a: len(index) for a, index in self._indexes.items()}
 
-    def refresh(self) -> int:
-        """Apply changes made since our version; returns how many were applied."""
+    def refresh(self, *, every_s: float = 0.0) -> int:
+        """Apply changes made since our version; returns how many were applied.
+
+        Args:
+            every_s: do nothing if the last refresh was less than this long ago (a
+                worker refreshes before every job; one small read per interval bounds
+                how stale a ban can be).
+        """
+        now = time.monotonic()
+        if every_s > 0 and now - self._refreshed_at < every_s:
+            return 0
+        self._refreshed_at = now
         changes = self._store.changes_since(self.version)
         if not changes:
             return 0
