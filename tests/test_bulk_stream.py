@@ -99,7 +99,7 @@ def test_a_retried_bulk_job_replays_its_verdict_from_the_bulk_stream(
                           queue="bulk", retries=1)
     # A worker takes the job, records its verdict (what scan_upload does), then dies.
     job = _take_job_as_dead_worker(redis_client, "photosentry.test.dead-bulk")
-    first = service.scan(job.args[0], job_id=job.id, queue=job.origin)
+    first = service.scan(job.args[0], job_id=job.id, queue=job.origin).to_dict()
     assert recover_abandoned(redis_client, QUEUES) == [(job_id, "requeued")]
     assert redis_client.lrange("rq:queue:bulk", 0, -1) == [job_id.encode()]  # back on its own queue
 

@@ -20,7 +20,7 @@ from photosentry.worker.service import ScanService
 
 from .callback_receiver import Receiver
 from .evil_callbacks import MARKS_ENV
-from .test_security import plant_job, run_burst, stream
+from .test_security import plant_job, run_burst
 
 EVIL = "tests.evil_callbacks.mark"
 

@@ -79,7 +79,7 @@ def test_worker_queues_each_quarantined_upload_once_with_everything_a_moderator_
     [item] = queue.pending()
     record = item.record
     assert (item.item_id, item.state, record.upload_id, record.uploader_id) == ("1", "pending", "up-1", "u-1")
-    assert record.verdict["matches"] and record.verdict["hashes"]["pdq"] == verdict["hashes"]["pdq"]
+    assert record.verdict.matches and record.verdict.hashes.to_dict()["pdq"] == verdict["hashes"]["pdq"]
     assert record.context == {"uploader_id": "u-1", "recipient_age": 30}
     assert record.callback_url == receiver.url and record.stored
     assert record.source_path == str((root / "coffee.jpg").resolve())
@@ -252,11 +252,13 @@ def test_evidence_is_purged_after_its_retention(
 
 def test_two_moderators_never_hold_the_same_item(redis_client: redis.Redis) -> None:
     from photosentry.worker.review_queue import QuarantineRecord
+    from photosentry.worker.verdict import Verdict
 
     queue = ReviewQueue(redis_client, lease_s=30)
+    held = Verdict.from_dict({"action": "quarantine"})
     for i in range(3):
-        queue.index(QuarantineRecord(upload_id=f"u{i}", verdict={"action": "quarantine"}, queued_at=100.0 + i))
-    assert queue.index(QuarantineRecord(upload_id="u0", verdict={}, queued_at=1.0)) == ("1", False)
+        queue.index(QuarantineRecord(upload_id=f"u{i}", verdict=held, queued_at=100.0 + i))
+    assert queue.index(QuarantineRecord(upload_id="u0", verdict=held, queued_at=1.0)) == ("1", False)
     assert queue.claim_next("alice") == "1"
     assert queue.claim_next("bob") == "2"
     assert queue.claim_next("alice") == "1"  # still hers: the same item again, renewed

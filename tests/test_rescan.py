@@ -16,6 +16,7 @@ from photosentry.rescan.runner import upload_id_for
 from photosentry.rescan.source import FolderSource, Item, ManifestSource, parse_line, parse_time
 from photosentry.enqueue import build_payload
 from photosentry.worker.payload import MAX_UPLOAD_ID_LEN, PayloadError, ScanPayload, check_upload_id
+from photosentry.worker.verdict import Verdict
 
 
 def touch(path: Path, data: bytes = b"x") -> Path:
@@ -105,8 +106,10 @@ def test_upload_ids_are_stable_per_run_and_valid() -> None:
 
 def _row(key: object, action: str = "allow") -> dict:
     item = Item(key if isinstance(key, int) else tuple(str(key).split("/")), f"/p/{key}")  # type: ignore[arg-type]
-    return verdict_row(item, {"action": action, "reasons": [{"code": "clean", "text": "t\nwith newline"}],
-                              "hashes": {"sha256": "ab"}}, run="r", dry_run=False)
+    verdict = Verdict.from_dict({"action": action, "reasons": [{"code": "clean", "action": action,
+                                                                "text": "t\nwith newline"}],
+                                 "hashes": {"sha256": "ab", "md5": "cd"}})
+    return verdict_row(item, verdict, run="r", dry_run=False)
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv"])

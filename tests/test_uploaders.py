@@ -19,6 +19,7 @@ from photosentry.worker.policy import Policy, UploaderRules
 from photosentry.worker.service import ScanService, ServiceSettings
 from photosentry.worker.stream import VerdictStream
 from photosentry.worker.uploaders import UploaderLedger, uploader_of
+from photosentry.worker.verdict import Verdict
 
 from .corpus import Corpus
 from .test_quarantine import bank_photo, photosentry, upload
@@ -78,11 +79,12 @@ def test_only_content_blocks_and_confirmations_cost_penalties(redis_client: redi
     block = {"action": "block", "context": ctx, "reasons": [{"code": "bank_match", "action": "block"}]}
     failed = {"action": "block", "context": ctx, "reasons": [{"code": "decompression_bomb", "action": "block"}]}
     held = {"action": "quarantine", "context": ctx, "reasons": [{"code": "nudity", "action": "quarantine"}]}
-    assert book.record_verdict({"action": "allow", "context": ctx}, upload_id="0") is None
-    assert book.record_verdict(failed, upload_id="1").score == 0.0
-    assert book.record_verdict(held, upload_id="2").score == 0.0
-    assert book.record_verdict(block, upload_id="3").score == pytest.approx(1.0)
-    assert book.record_verdict({**block, "context": {}}, upload_id="4") is None
+    v = Verdict.from_dict  # the verdicts as a worker records them
+    assert book.record_verdict(v({"action": "allow", "context": ctx}), upload_id="0") is None
+    assert book.record_verdict(v(failed), upload_id="1").score == 0.0
+    assert book.record_verdict(v(held), upload_id="2").score == 0.0
+    assert book.record_verdict(v(block), upload_id="3").score == pytest.approx(1.0)
+    assert book.record_verdict(v({**block, "context": {}}), upload_id="4") is None
     assert book.record_decision("u-3", upload_id="2", confirmed=False, actor="a", item_id="1").score == \
         pytest.approx(1.0)
     assert [e["kind"] for e in book.standing("u-3").events] == ["released", "block", "quarantine", "block_failure"]

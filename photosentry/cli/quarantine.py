@@ -135,7 +135,7 @@ def quarantine_show(ctx: click.Context, item_id: str, as_json: bool, **opts: Any
     if as_json:
         click.echo(json.dumps(item.to_dict(), indent=1))
         return
-    record, verdict = item.record, item.record.verdict
+    record, verdict = item.record, item.record.verdict.to_dict()  # shown as recorded
     photo = reviewer.photo(item)
     lines = [
         ("item", item.item_id), ("state", item.state + (f" (in review by {item.claimed_by})" if item.claimed_by

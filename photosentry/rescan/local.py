@@ -35,7 +35,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +43,9 @@ from .. import defaults
 from ..config import data_dir, ensure_private_dir
 from ..errors import UnreadableImage
 from ..procs import end_with_parent
-from ..worker.cache import VerdictCache, model_builds
+from ..worker.cache import VerdictCache
 from ..worker.sources import Fetched, PathSource, SourceRefused, SourceRoots
-from ..worker.verdict import Action, ReasonCode
+from ..worker.verdict import Action, ReasonCode, Verdict
 from .report import missing_row, verdict_row
 from .runner import Finished
 from .source import Item
@@ -77,7 +77,7 @@ class LocalSettings:
 class Outcome:
     """What a pool process found for one photo."""
 
-    verdict: dict[str, Any] | None = None
+    verdict: Verdict | None = None
     #: Set when the file does not exist (then ``verdict`` is None).
     missing: str | None = None
     #: The bytes read, kept only for a verdict that moves the photo.
@@ -101,50 +101,33 @@ _WORKER: "_PoolWorker | None" = None
 
 class _PoolWorker:
     def __init__(self, settings: LocalSettings) -> None:
-        from ..hashes.matcher import BankMatcher
-        from ..hashes.snapshot import snapshot_dir
-        from ..models.loader import load_classifier
-        from ..models.registry import DEFAULT_CLASSIFIER, second_opinions
-        from ..worker.pipeline import Scanner
-        from ..worker.policy import Policy
+        from ..worker.assembly import ScannerSpec, build_scanner, open_bank_store
 
         self.settings = settings
-        self.policy = Policy.from_file(settings.policy_path) if settings.policy_path else Policy.default()
         self.cache = None
+        client = None
         if settings.redis_url:
             import redis
 
-            from ..hashes.banks import open_store
-
             client = redis.Redis.from_url(settings.redis_url)
-            store: Any = open_store(redis=client)
             self.cache = VerdictCache(client, ttl_s=settings.cache_ttl_s)
-        else:
-            from ..hashes.banks import open_store
-
-            store = open_store(sqlite=ensure_private_dir(data_dir(settings.data_dir)) / defaults.BANK_DB_FILENAME)
-        providers = list(settings.providers) or None
         # The models a queue worker runs on this host (the verified artifact, else fp32;
         # the second opinions named in the environment), so both modes decide alike.
-        self.classifier = load_classifier(DEFAULT_CLASSIFIER, data_dir=data_dir(settings.data_dir), threads=settings.threads,
-                                          providers=providers)
-        second = []
-        for opinion in second_opinions(os.environ.get(defaults.SECOND_MODELS_ENV, "").split(",")):
-            second.append(opinion.build(threads=settings.threads, providers=providers))
-        # Every pool process loads the host's snapshot of the store when there is one.
-        snapshots = snapshot_dir(ensure_private_dir(data_dir(settings.data_dir)), store)
-        self.scanner = Scanner(policy=self.policy, matcher=BankMatcher(store, snapshot_dir=snapshots),
-                               classifier=self.classifier, second_opinions=second)
-        self.scanner.warm_up()
+        store = open_bank_store(redis=client, data_dir_=settings.data_dir)
+        spec = ScannerSpec(data_dir=settings.data_dir, policy_path=settings.policy_path, threads=settings.threads,
+                           providers=settings.providers)
+        self.scanner = build_scanner(spec, store)
+        self.policy = self.scanner.policy
         self.batch_size = settings.batch_size or self.scanner.default_batch_size()
         self.roots = SourceRoots(settings.source_roots)
-        self._last_refresh = time.monotonic()
 
     def scan_many(self, tasks: list[tuple[str, dict[str, Any], str]], dry_run: bool) -> list[Outcome]:
         """One outcome per (source, context, upload id), in order; never raises for one photo."""
         from ..worker.pipeline import ScanItem
 
-        self._refresh()
+        # A ban made during the rescan applies to the rest of it.
+        assert self.scanner.matcher is not None
+        self.scanner.matcher.refresh(every_s=self.settings.refresh_interval_s)
         outcomes: list[Outcome | None] = [None] * len(tasks)
         to_scan: list[tuple[int, Fetched, str | None]] = []
 
@@ -164,9 +147,11 @@ class _PoolWorker:
 
         verdicts = self.scanner.scan_many(items(), batch_size=self.batch_size)
         for (index, fetched, key), verdict in zip(to_scan, verdicts, strict=True):
-            source, context, upload_id = tasks[index]
+            upload_id = tasks[index][2]
             try:
-                outcomes[index] = self._decided(verdict.to_dict(), fetched, key, upload_id, dry_run)
+                if key is not None:
+                    self.cache.put(key, verdict)  # type: ignore[union-attr]
+                outcomes[index] = self._moving(verdict, fetched, upload_id, dry_run)
             except Exception as exc:  # noqa: BLE001 - as above
                 outcomes[index] = Outcome(error=f"{type(exc).__name__}: {exc}")
         assert all(o is not None for o in outcomes)
@@ -183,52 +168,27 @@ class _PoolWorker:
             if isinstance(exc.__cause__, FileNotFoundError):
                 return Outcome(missing=exc.message)
             return Outcome(self._finish(scanner.failed(ReasonCode.SOURCE_REFUSED, exc.message, subject=source,
-                                                        context=context).to_dict(), upload_id, dry_run))
+                                                        context=context), upload_id, dry_run))
         except UnreadableImage as exc:  # too large, or a read error
             return Outcome(self._finish(scanner.failed(ReasonCode(exc.code), exc.message, subject=source,
-                                                        context=context).to_dict(), upload_id, dry_run))
+                                                        context=context), upload_id, dry_run))
         key = None
         if self.cache is not None:
-            key = self._cache_key(fetched.data, context)
-            cached = self.cache.get(key) if self.settings.use_cache else None
+            # The same key a queue worker computes, so both share cache entries.
+            key = self.cache.key_for(fetched.data, policy=self.policy, context=context, scanner=scanner)
+            cached = self.cache.hit(key, subject=source, context=context) if self.settings.use_cache else None
             if cached is not None:
-                verdict = {**cached, "subject": source, "context": dict(context), "cache": "hit", "timings_ms": {}}
-                return self._moving(verdict, fetched, upload_id, dry_run)
+                return self._moving(cached, fetched, upload_id, dry_run)
         return fetched, key
 
-    def _decided(self, verdict: dict[str, Any], fetched: Fetched, key: str | None, upload_id: str,
-                 dry_run: bool) -> Outcome:
-        if key is not None:
-            self.cache.put(key, verdict)  # type: ignore[union-attr]
-        return self._moving(verdict, fetched, upload_id, dry_run)
-
-    def _moving(self, verdict: dict[str, Any], fetched: Fetched, upload_id: str, dry_run: bool) -> Outcome:
+    def _moving(self, verdict: Verdict, fetched: Fetched, upload_id: str, dry_run: bool) -> Outcome:
         verdict = self._finish(verdict, upload_id, dry_run)
-        moves = verdict["action"] != Action.ALLOW.value and not dry_run
+        moves = verdict.action is not Action.ALLOW and not dry_run
         return Outcome(verdict, fetched=fetched if moves else None)
 
-    def _finish(self, verdict: dict[str, Any], upload_id: str, dry_run: bool) -> dict[str, Any]:
-        verdict["upload_id"] = upload_id
-        if dry_run:
-            verdict["dry_run"] = True
-        return verdict
-
-    def _cache_key(self, data: bytes, context: dict[str, Any]) -> str:
-        # The same key a queue worker computes, so both share cache entries.
-        assert self.cache is not None
-        return self.cache.key(
-            hashlib.sha256(data).hexdigest(),
-            policy_version=self.policy.version,
-            bank_version=self.scanner.matcher.version,
-            profile=self.policy.profile_for(context).cache_name,
-            models=model_builds(self.scanner),
-        )
-
-    def _refresh(self) -> None:
-        now = time.monotonic()
-        if now - self._last_refresh >= self.settings.refresh_interval_s:
-            self.scanner.matcher.refresh()  # a ban made during the rescan applies to the rest of it
-            self._last_refresh = now
+    @staticmethod
+    def _finish(verdict: Verdict, upload_id: str, dry_run: bool) -> Verdict:
+        return replace(verdict, upload_id=upload_id, dry_run=dry_run)
 
 
 def _init_process(settings: LocalSettings, parent_pid: int) -> None:
@@ -390,14 +350,13 @@ class LocalBackend:
                 self._start([task])
         return out
 
-    def _failed(self, task: _Task, why: str) -> dict[str, Any]:
+    def _failed(self, task: _Task, why: str) -> Verdict:
         from ..worker.pipeline import failure_verdict
 
         context = {**self.default_context, **dict(task.item.context)}
         verdict = failure_verdict(self.policy, ReasonCode.SCAN_FAILED, why, subject=task.item.source,
-                                  context=context).to_dict()
-        verdict["upload_id"] = task.upload_id
-        return verdict
+                                  context=context)
+        return replace(verdict, upload_id=task.upload_id)
 
     def _finished(self, task: _Task, outcome: Outcome) -> Finished:
         if outcome.error is not None:
@@ -408,8 +367,7 @@ class LocalBackend:
         row = verdict_row(task.item, outcome.verdict, run=self.run_id, dry_run=self.dry_run)
         act = None
         if self.actions is not None and outcome.fetched is not None:
-            act = _Move(self.actions, Action(outcome.verdict["action"]), outcome.verdict, outcome.fetched,
-                        task.upload_id)
+            act = _Move(self.actions, outcome.verdict, outcome.fetched, task.upload_id)
         return Finished(task.item, row, act)
 
     def settle(self, row: dict[str, Any], upload_id: str) -> bool:
@@ -446,15 +404,13 @@ class _Move:
     """The act of one verdict, run by the driver right after the row is written."""
 
     actions: Any
-    action: Action
-    verdict: dict[str, Any]
+    verdict: Verdict
     fetched: Fetched
     upload_id: str
 
     def __call__(self) -> None:
         source: Path | None = self.fetched.path if SourceRoots.still_same(self.fetched) else None
-        self.actions.apply_record(self.action, dict(self.verdict), data=self.fetched.data,
-                                  upload_id=self.upload_id, source=source)
+        self.actions.apply(self.verdict, data=self.fetched.data, upload_id=self.upload_id, source=source)
 
 
 def default_processes() -> int:

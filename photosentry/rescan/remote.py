@@ -24,7 +24,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis
@@ -32,6 +32,7 @@ import redis
 from .. import defaults
 from ..enqueue import build_payload, enqueue_payloads
 from ..worker.stream import VerdictStream, stream_for_queue
+from ..worker.verdict import ReasonCode, Verdict
 from .report import missing_row, verdict_row
 from .runner import Finished
 from .source import Item, resolve_entry
@@ -182,7 +183,7 @@ class QueueBackend:
             pending.job_id, pending.enqueued_at = job_id, now
             self._flying[pending.upload_id] = pending
 
-    def _recorded(self, upload_ids: list[str]) -> dict[str, dict[str, Any]]:
+    def _recorded(self, upload_ids: list[str]) -> dict[str, Verdict]:
         """Verdicts already on the stream for these upload ids (a resumed run's items)."""
         with self.client.pipeline(transaction=False) as pipe:
             for uid in upload_ids:
@@ -241,14 +242,12 @@ class QueueBackend:
                 except Exception:  # noqa: BLE001 - expired or unreadable: keep waiting for the stream
                     continue
                 if status == JobStatus.FINISHED and isinstance(job.return_value(), dict):
-                    verdict = job.return_value()
+                    verdict = _parsed(job.return_value())
                 elif status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED) and \
                         not self.stream.recorded(pending.upload_id):
                     # The worker's failure callback records scan_failed; if even that did
                     # not happen, fail closed here rather than wait forever.
-                    verdict = {"action": "quarantine", "upload_id": pending.upload_id,
-                               "reasons": [{"code": "scan_failed", "action": "quarantine",
-                                            "text": f"job {pending.job_id} ended {status.value} with no verdict"}]}
+                    verdict = self._given_up(pending, f"job {pending.job_id} ended {status.value} with no verdict")
             if verdict is not None:
                 del self._flying[pending.upload_id]
                 self._ready.append(self._row(pending, verdict))
@@ -264,7 +263,15 @@ class QueueBackend:
                   file=self.stderr, flush=True)
             self._warned_idle = True
 
-    def _row(self, pending: _Pending, verdict: dict[str, Any]) -> Finished:
+    def _given_up(self, pending: _Pending, why: str) -> Verdict:
+        from ..worker.pipeline import failure_verdict
+        from ..worker.policy import Policy
+
+        # The shipped policy's fail-closed rule: this host does not know the workers' policy.
+        return replace(failure_verdict(Policy.default(), ReasonCode.SCAN_FAILED, why, subject=pending.item.source),
+                       upload_id=pending.upload_id)
+
+    def _row(self, pending: _Pending, verdict: Verdict) -> Finished:
         self._reported.append(pending.upload_id)
         return Finished(pending.item, verdict_row(pending.item, verdict, run=self.run_id, dry_run=self.dry_run))
 
@@ -281,13 +288,23 @@ def _field(fields: dict[Any, Any], name: str) -> str | None:
     return None if value is None else _text(value)
 
 
-def _verdict_of(fields: dict[Any, Any]) -> dict[str, Any] | None:
+def _verdict_of(fields: dict[Any, Any]) -> Verdict | None:
     raw = _field(fields, "verdict")
     try:
         value = json.loads(raw) if raw is not None else None
     except ValueError:
         return None
-    return value if isinstance(value, dict) else None
+    return _parsed(value)
+
+
+def _parsed(value: object) -> Verdict | None:
+    """A verdict record read from Redis, typed; None when it is not one."""
+    if not isinstance(value, dict):
+        return None
+    try:
+        return Verdict.from_dict(value)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _text(value: bytes | str) -> str:

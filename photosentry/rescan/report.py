@@ -35,6 +35,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from ..worker.verdict import Verdict
 from .source import Item
 
 FIELDS = ("key", "source", "upload_id", "status", "action", "reasons", "detail", "score", "matches", "sha256",
@@ -69,26 +70,21 @@ def format_for(path: str | os.PathLike[str], explicit: str | None = None) -> str
     return "csv" if str(path).lower().endswith(".csv") else "jsonl"
 
 
-def verdict_row(item: Item, verdict: Mapping[str, Any], *, run: str, dry_run: bool) -> dict[str, Any]:
+def verdict_row(item: Item, verdict: Verdict, *, run: str, dry_run: bool) -> dict[str, Any]:
     """The row of an item that got a verdict (from a scan, the cache or a worker)."""
-    reasons = [r for r in verdict.get("reasons", []) if isinstance(r, Mapping)]
-    scores = [s.get("score") for s in verdict.get("scores", []) if isinstance(s, Mapping)]
-    scores = [s for s in scores if isinstance(s, (int, float))]
-    matches = [f"{m.get('bank')}#{m.get('entry_id')}:{m.get('algorithm')}:{m.get('distance')}"
-               for m in verdict.get("matches", []) if isinstance(m, Mapping)]
-    hashes = verdict.get("hashes") if isinstance(verdict.get("hashes"), Mapping) else {}
+    scores = [s.score for s in verdict.scores]
     return _row(
         item,
-        status=Status.CACHED if verdict.get("cache") == "hit" else Status.SCANNED,
-        action=str(verdict.get("action", "")),
-        reasons=[str(r.get("code", "")) for r in reasons],
-        detail=str(reasons[0].get("text", "")) if reasons else "",
+        status=Status.CACHED if verdict.cache_hit else Status.SCANNED,
+        action=verdict.action.value,
+        reasons=verdict.reason_codes,
+        detail=verdict.reasons[0].text if verdict.reasons else "",
         score=round(max(scores), 6) if scores else None,
-        matches=matches,
-        sha256=str(hashes.get("sha256", "") or ""),
-        policy_version=str(verdict.get("policy_version", "")),
-        bank_version=verdict.get("bank_version"),
-        profile=str(verdict.get("profile", "")),
+        matches=[f"{m.bank}#{m.entry_id}:{m.algorithm.value}:{m.distance}" for m in verdict.matches],
+        sha256=verdict.hashes.sha256 if verdict.hashes is not None else "",
+        policy_version=verdict.policy_version,
+        bank_version=verdict.bank_version,
+        profile=verdict.profile,
         run=run,
         dry_run=dry_run,
     )

@@ -24,27 +24,25 @@ import os
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import redis
 
-from ..hashes.algorithms import PERCEPTUAL
 from ..hashes.banks import BankStore, EntrySource, allow_photo, entries_from_hashes, open_store
-from ..hashes.signals import FrameHashes, ImageHashes, PerceptualHash
 from ..worker.actions import ContentStore
 from ..worker.delivery import CallbackPolicy, CallbackSigner, post_callback
 from ..worker.policy import Policy
 from ..worker.sources import SourceRefused, SourceRoots
 from ..worker.stream import VerdictStream
 from ..worker.uploaders import UploaderLedger
-from ..worker.verdict import Action, ReasonCode
+from ..worker.verdict import ModeratorDecision, Verdict
 from ..worker.review_queue import CONFIRMED, RELEASED, QueueItem, ReviewError, ReviewQueue, check_moderator
 
 log = logging.getLogger(__name__)
 
-RELEASE, CONFIRM = "release", "confirm"
+RELEASE, CONFIRM = ModeratorDecision.RELEASE, ModeratorDecision.CONFIRM
 
 
 @dataclass(frozen=True)
@@ -56,7 +54,8 @@ class Outcome:
     effects: dict[str, Any]
     #: The item was already decided this way: nothing was done again.
     already: bool = False
-    verdict: dict[str, Any] = field(default_factory=dict)
+    #: The verdict the decision delivers (None when nothing was done again).
+    verdict: Verdict | None = None
 
 
 class Reviewer:
@@ -187,7 +186,7 @@ class Reviewer:
                                                 " have the upload sent again to be scanned)")
         if bank is None:
             return
-        if hashes_from_verdict(record.verdict) is None:
+        if record.verdict.hashes is None:
             raise ReviewError("no_hashes", f"item {item.item_id} has no hashes to put in bank {bank!r}")
         try:
             existing = {cfg.name: cfg for cfg in self.banks.banks()}
@@ -224,11 +223,13 @@ class Reviewer:
             effects.update(self._evidence(item, data, decision))
         if record.sha256 and record.stored:
             self.quarantine.discard(record.sha256, record.upload_id)
-        verdict = final_verdict(record.verdict, decision, record.upload_id)
+        # The policy decides with the moderator's decision as its last fact.
+        verdict = replace(self.policy.redecide(record.verdict, moderator=ModeratorDecision.from_dict(decision)),
+                          upload_id=record.upload_id)
         # On the uploads stream even for a rescan's (bulk) item: the platform acts on a
         # decision, decisions come at human speed, and a rescan must not trim them.
         recorded = self.stream.record_decision(upload_id=record.upload_id, item_id=item.item_id,
-                                               decision=decision, verdict=verdict,
+                                               decision=decision, verdict=verdict.to_dict(),
                                                verdict_stream=record.stream or self.stream.stream,
                                                key=record.record_key)
         effects["stream_id"] = recorded.entry_id
@@ -240,7 +241,7 @@ class Reviewer:
 
     def _bank(self, item: QueueItem, kind: str, bank: str, actor: str, reason: str) -> dict[str, Any]:
         label = f"review item {item.item_id} ({item.record.upload_id})"[:120]
-        hashes = hashes_from_verdict(item.record.verdict)
+        hashes = item.record.verdict.hashes
         assert hashes is not None  # checked before the decision was fixed
         why = f"review item {item.item_id}: {reason}"
         if kind == RELEASE:
@@ -302,7 +303,8 @@ class Reviewer:
         if rules.confirmed_files == "delete":
             return {"file": "deleted"}
         self.blocked.put(sha, data, item.record.upload_id,
-                         {"upload_id": item.record.upload_id, "verdict": item.record.verdict, "decision": decision})
+                         {"upload_id": item.record.upload_id, "verdict": item.record.verdict.to_dict(),
+                          "decision": decision})
         until = float(decision["at"]) + rules.evidence_days * 86400.0
         return {"file": "kept as evidence", "evidence_until": until}
 
@@ -323,7 +325,8 @@ class Reviewer:
 
             body = json.dumps({"event": "decision", "upload_id": item.record.upload_id, "item_id": item.item_id,
                                "stream_id": outcome.effects.get("stream_id"), "decision": outcome.decision,
-                               "verdict": outcome.verdict}, separators=(",", ":")).encode()
+                               "verdict": outcome.verdict.to_dict() if outcome.verdict else None},
+                              separators=(",", ":")).encode()
             got = post_callback(url, body, self.signer, policy=self.callback_policy)
             result = {"delivered": got.delivered, "attempts": got.attempts, "status": got.status, "error": got.error}
         self.queue.set_effects(outcome.item_id, {**outcome.effects, "callback": result})
@@ -354,43 +357,4 @@ class Reviewer:
         return purged
 
 
-def final_verdict(original: dict[str, Any], decision: dict[str, Any], upload_id: str) -> dict[str, Any]:
-    """The verdict a decision delivers: the original facts, the moderator's action and reason."""
-    released = decision["decision"] == RELEASE
-    code = ReasonCode.MODERATOR_RELEASED if released else ReasonCode.MODERATOR_CONFIRMED
-    action = Action.ALLOW if released else Action.BLOCK
-    reason = {"code": code.value, "action": action.value,
-              "text": f"{'released' if released else 'confirmed'} by {decision['by']}: {decision['reason']}",
-              "detail": {"by": decision["by"], "item_id": decision["item_id"], "bank": decision.get("bank")}}
-    return {**original, "upload_id": upload_id, "action": action.value, "reasons": [reason],
-            "quarantine_reasons": list(original.get("reasons") or []), "decision": decision}
-
-
-def hashes_from_verdict(verdict: dict[str, Any]) -> ImageHashes | None:
-    """The photo's hashes as the worker recorded them in its verdict (None if it has none).
-
-    A verdict keeps the canonical value of each hash (``frames`` for animations), which
-    is all a bank entry needs: the variants are computed again at match time.
-    """
-    hashes = verdict.get("hashes")
-    if not isinstance(hashes, dict) or not isinstance(hashes.get("sha256"), str) \
-            or not isinstance(hashes.get("md5"), str):
-        return None
-    raw_frames = hashes.get("frames") if isinstance(hashes.get("frames"), list) else [{"frame": 0, **hashes}]
-    frames = []
-    for i, raw in enumerate(raw_frames):
-        if not isinstance(raw, dict):
-            continue
-        found = []
-        for algorithm in PERCEPTUAL:
-            value = raw.get(algorithm.value)
-            if isinstance(value, str):
-                quality = hashes.get(f"{algorithm.value}_quality") if i == 0 else None
-                found.append(PerceptualHash(algorithm, value, (value,), quality if isinstance(quality, int) else None))
-        if found:
-            frame = raw.get("frame", i)
-            frames.append(FrameHashes(frame if isinstance(frame, int) else i, tuple(found)))
-    return ImageHashes(hashes["sha256"], hashes["md5"], tuple(frames))
-
-
-__all__ = ["CONFIRM", "RELEASE", "Outcome", "Reviewer", "final_verdict"]
+__all__ = ["CONFIRM", "RELEASE", "Outcome", "Reviewer"]

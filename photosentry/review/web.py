@@ -204,7 +204,8 @@ def create_app(reviewer: Reviewer, moderators: Moderators, *, secure_cookies: bo
             return Response("only the moderator reviewing this item may see it", status_code=403,
                             media_type="text/plain")
         path = reviewer.photo(item)
-        media_type = _IMAGE_TYPES.get(str((item.record.verdict.get("media") or {}).get("format", "")).upper())
+        media = item.record.verdict.media
+        media_type = _IMAGE_TYPES.get((media.format if media is not None else "").upper())
         if path is None or media_type is None:
             return Response("no viewable photo", status_code=404, media_type="text/plain")
         return FileResponse(path, media_type=media_type, headers={"Content-Disposition": "inline"})
@@ -262,7 +263,7 @@ def _banks(reviewer: Reviewer) -> dict[str, list[str]]:
 
 def _view(item: QueueItem, reviewer: Reviewer) -> dict[str, Any]:
     """What the item page shows beyond the record itself."""
-    verdict = item.record.verdict
+    verdict = item.record.verdict.to_dict()  # the page shows the record as recorded
     media = verdict.get("media") or {}
     viewable = reviewer.photo(item) is not None and str(media.get("format", "")).upper() in _IMAGE_TYPES
     standing = None

@@ -15,22 +15,27 @@ real scan.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import redis
 
 from .. import defaults
+from .policy import Policy
+from .verdict import ReasonCode, Verdict
 
 DEFAULT_PREFIX = "photosentry:vcache:"
 
-#: Reason codes that say "we did not really look": such verdicts are not cached.
-UNCACHEABLE_CODES = frozenset({"model_unavailable", "scan_failed", "source_refused",
-                               # about the upload, not its bytes
-                               "context_unreadable", "upload_id_reused"})
+#: Reason codes that say "we did not really look", or that are about the upload rather
+#: than its bytes: such verdicts are not cached.
+UNCACHEABLE_CODES = frozenset({ReasonCode.MODEL_UNAVAILABLE, ReasonCode.SCAN_FAILED, ReasonCode.SOURCE_REFUSED,
+                               ReasonCode.CONTEXT_UNREADABLE, ReasonCode.UPLOAD_ID_REUSED,
+                               ReasonCode.UPLOADER_FLAGGED})
 
-#: Fields of a verdict that belong to one upload, not to the bytes; dropped on store.
+#: Fields of a verdict record that belong to one upload, not to the bytes; not stored.
 _PER_UPLOAD = ("subject", "context", "timings_ms", "upload_id", "cache", "dry_run")
 
 
@@ -61,21 +66,36 @@ class VerdictCache:
         model_part = ",".join(sorted(models)) or "-"
         return f"{self.prefix}{policy_version}:{bank_version}:{profile}:{model_part}:{sha256}"
 
-    def get(self, key: str) -> dict[str, Any] | None:
+    def key_for(self, data: bytes, *, policy: Policy, context: Mapping[str, Any], scanner: Any) -> str:
+        """The key of ``data`` scanned by ``scanner`` under ``policy`` for ``context``: what a
+        queue worker and ``rescan --local`` both compute, so they share entries."""
+        matcher = getattr(scanner, "matcher", None)
+        return self.key(hashlib.sha256(data).hexdigest(), policy_version=policy.version,
+                        bank_version=matcher.version if matcher is not None else 0,
+                        profile=policy.profile_for(context).cache_name, models=model_builds(scanner))
+
+    def get(self, key: str) -> Verdict | None:
         raw = self.client.get(key)
         if raw is None:
             return None
         try:
-            value = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+            return Verdict.from_dict(json.loads(raw))
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
             return None  # a corrupt entry is a miss, never a verdict
-        return value if isinstance(value, dict) else None
 
-    def put(self, key: str, verdict: dict[str, Any]) -> bool:
-        """Store ``verdict`` unless it records a transient failure; True if stored."""
-        codes = {r.get("code") for r in verdict.get("reasons", [])}
-        if codes & UNCACHEABLE_CODES:
+    def hit(self, key: str, *, subject: str, context: Mapping[str, Any]) -> Verdict | None:
+        """The cached verdict under ``key`` as this upload's (its subject and context, no
+        timings, marked as a cache hit), or None."""
+        found = self.get(key)
+        if found is None:
+            return None
+        return replace(found, subject=subject, context=dict(context), cache_hit=True, timings_ms={})
+
+    def put(self, key: str, verdict: Verdict) -> bool:
+        """Store ``verdict`` unless it records a transient failure or a fact about its
+        upload rather than its bytes; True if stored."""
+        if {r.code for r in verdict.reasons} & UNCACHEABLE_CODES:
             return False
-        kept = {k: v for k, v in verdict.items() if k not in _PER_UPLOAD}
+        kept = {k: v for k, v in verdict.to_dict().items() if k not in _PER_UPLOAD}
         self.client.set(key, json.dumps(kept, separators=(",", ":")), ex=self.ttl_s)
         return True

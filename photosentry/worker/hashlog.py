@@ -83,23 +83,6 @@ def unpack_hashes(data: bytes) -> ImageHashes:
     return ImageHashes(sha.hex(), md5.hex(), tuple(frames))
 
 
-def hashes_from_verdict(verdict: Mapping[str, Any]) -> ImageHashes | None:
-    """Canonical hashes from a verdict dict (a cache hit: no variants were computed)."""
-    h = verdict.get("hashes")
-    if not isinstance(h, Mapping) or "sha256" not in h:
-        return None
-    frames = []
-    per = []
-    for algorithm in _ORDER:
-        value = h.get(algorithm.value)
-        if isinstance(value, str):
-            quality = h.get("pdq_quality") if algorithm is Algorithm.PDQ else None
-            per.append(PerceptualHash(algorithm, value, (value,), quality if isinstance(quality, int) else None))
-    if per:
-        frames.append(FrameHashes(0, tuple(per)))
-    return ImageHashes(str(h["sha256"]), str(h.get("md5", "0" * 32)), tuple(frames))
-
-
 @dataclass(frozen=True)
 class ScanRecord:
     """One scanned upload as the hash log keeps it."""

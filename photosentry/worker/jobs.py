@@ -37,7 +37,7 @@ def scan_upload(payload: dict[str, Any]) -> dict[str, Any]:
     # attempt and the final give-up record on the same stream. A payload field could not
     # be trusted to: any producer could write one.
     return current_service().scan(payload, job_id=job.id if job is not None else "",
-                                  queue=job.origin if job is not None else None)
+                                  queue=job.origin if job is not None else None).to_dict()
 
 
 def on_scan_failure(

@@ -22,6 +22,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .. import defaults
+from .verdict import Verdict
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -70,9 +71,9 @@ class Metrics:
             ["model", "version", "provider", "variant"], registry=r, multiprocess_mode="max",
         )
 
-    def observe_verdict(self, verdict: Mapping[str, Any], *, stream: str = "") -> None:
-        reasons = verdict.get("reasons") or [{}]
-        self.scans.labels(str(verdict.get("action", "")), str(reasons[0].get("code", "")), stream).inc()
+    def observe_verdict(self, verdict: Verdict, *, stream: str = "") -> None:
+        first = verdict.reasons[0].code.value if verdict.reasons else ""
+        self.scans.labels(verdict.action.value, first, stream).inc()
 
     def observe_stages(self, timings_ms: Mapping[str, float]) -> None:
         for stage, ms in timings_ms.items():

@@ -31,7 +31,7 @@ from ..hashes.matcher import BankMatcher, Match
 from ..hashes.signals import ImageHashes, hash_bytes, hash_image
 from ..models.classifier import ModelScore, NudityClassifier
 from .policy import Policy, decide
-from .verdict import Action, MediaInfo, ReasonCode, Verdict
+from .verdict import Action, FlaggedUploader, MediaInfo, ReasonCode, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ class _Photo:
     subject: str
     context: Mapping[str, Any]
     run: _Run
+    uploader: FlaggedUploader | None = None
     decoded: DecodedImage | None = None
     hashes: ImageHashes | None = None
     matches: list[Match] = field(default_factory=list)
@@ -152,16 +153,17 @@ class Scanner:
         return self._scan(data, subject, context or {}, run)
 
     def scan_bytes(self, data: bytes, *, subject: str = "", context: Mapping[str, Any] | None = None,
-                   failures: Sequence[tuple[ReasonCode, str]] = ()) -> Verdict:
+                   failures: Sequence[tuple[ReasonCode, str]] = (), uploader: FlaggedUploader | None = None) -> Verdict:
         """Scan bytes already in memory.
 
         Args:
             failures: facts known before the scan that keep it from being a clean one
                 (e.g. ``upload_id_reused``); the policy decides on them with the rest.
+            uploader: the upload's uploader is flagged: a fact for the policy too.
         """
         run = _Run()
         run.failures.extend(failures)
-        return self._scan(data, subject, context or {}, run)
+        return self._scan(data, subject, context or {}, run, uploader)
 
     def scan_many(self, items: Iterable[ScanItem], *, batch_size: int | None = None) -> list[Verdict]:
         """Scan many photos, the models run over several photos' frames per call.
@@ -235,8 +237,9 @@ class Scanner:
 
     # -- stages -------------------------------------------------------------------
 
-    def _scan(self, data: bytes, subject: str, context: Mapping[str, Any], run: _Run) -> Verdict:
-        photo = _Photo(data, subject, context, run)
+    def _scan(self, data: bytes, subject: str, context: Mapping[str, Any], run: _Run,
+              uploader: FlaggedUploader | None = None) -> Verdict:
+        photo = _Photo(data, subject, context, run, uploader=uploader)
         self._guarded(photo, self._prepare)
         if photo.needs_models:
             self._guarded(photo, self._classify)
@@ -262,7 +265,7 @@ class Scanner:
         if photo.verdict is None:
             try:
                 photo.verdict = self._verdict(photo.subject, photo.run, photo.context, photo.hashes, photo.decoded,
-                                              photo.matches, photo.scores)
+                                              photo.matches, photo.scores, photo.uploader)
             except Exception as exc:  # noqa: BLE001 - the last line of fail-closed
                 photo.verdict = self._crashed(photo, exc)
         return photo.verdict
@@ -374,6 +377,7 @@ class Scanner:
         decoded: DecodedImage | None,
         matches: list[Match],
         scores: list[ModelScore],
+        uploader: FlaggedUploader | None = None,
     ) -> Verdict:
         return _build_verdict(
             self.policy,
@@ -385,7 +389,9 @@ class Scanner:
             decoded=decoded,
             matches=matches,
             scores=scores,
+            uploader=uploader,
         )
+
 
 def failure_verdict(
     policy: Policy,
@@ -428,12 +434,13 @@ def _build_verdict(
     decoded: DecodedImage | None = None,
     matches: Sequence[Match] = (),
     scores: Sequence[ModelScore] = (),
+    uploader: FlaggedUploader | None = None,
 ) -> Verdict:
     """Decide under ``policy`` and assemble the Verdict: the one place both a full scan
     and a failure-only verdict go through, so they cannot drift apart."""
     start = time.perf_counter()
     profile = policy.profile_for(context)
-    action, reasons = decide(profile, matches=matches, scores=scores, failures=run.failures)
+    action, reasons = decide(profile, matches=matches, scores=scores, failures=run.failures, uploader=uploader)
     run.timings["decide"] = (time.perf_counter() - start) * 1000.0
     media = None
     if decoded is not None:
@@ -454,6 +461,7 @@ def _build_verdict(
         timings_ms=dict(run.timings),
         context=dict(context),
     )
+
 
 def _safe_hash(data: bytes) -> ImageHashes | None:
     try:

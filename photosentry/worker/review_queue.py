@@ -35,6 +35,7 @@ import redis
 
 from .. import defaults
 from ..errors import ReviewError
+from .verdict import Verdict
 
 PENDING, DECIDING, RELEASED, CONFIRMED = "pending", "deciding", "released", "confirmed"
 STATES = (PENDING, DECIDING, RELEASED, CONFIRMED)
@@ -155,7 +156,7 @@ class QuarantineRecord:
     """What the worker knew when it quarantined an upload; never changes afterwards."""
 
     upload_id: str
-    verdict: dict[str, Any]
+    verdict: Verdict
     queued_at: float
     job_id: str = ""
     #: The verdict's entry on the verdict stream.
@@ -183,21 +184,27 @@ class QuarantineRecord:
     def record_key(self) -> str:
         return self.key or self.upload_id
 
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "verdict": self.verdict.to_dict()}
+
     def to_json(self) -> str:
-        return json.dumps(self.__dict__, separators=(",", ":"))
+        return json.dumps(self.to_dict(), separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "QuarantineRecord":
         raw = json.loads(text)
-        return cls(**{k: raw.get(k) for k in cls.__dataclass_fields__ if k in raw})
+        fields = {k: raw.get(k) for k in cls.__dataclass_fields__ if k in raw}
+        fields["verdict"] = Verdict.from_dict(raw.get("verdict") or {})
+        return cls(**fields)
 
     @property
     def reasons(self) -> list[dict[str, Any]]:
-        return list(self.verdict.get("reasons") or [])
+        """The reasons as moderators are shown them (the CLI and the page)."""
+        return [r.to_dict() for r in self.verdict.reasons]
 
     @property
     def context(self) -> dict[str, Any]:
-        return dict(self.verdict.get("context") or {})
+        return dict(self.verdict.context)
 
 
 @dataclass(frozen=True)
@@ -216,7 +223,7 @@ class QueueItem:
 
     def to_dict(self) -> dict[str, Any]:
         return {"item_id": self.item_id, "state": self.state, "claimed_by": self.claimed_by,
-                "record": json.loads(self.record.to_json()), "decision": self.decision, "effects": self.effects,
+                "record": self.record.to_dict(), "decision": self.decision, "effects": self.effects,
                 "decided_at": self.decided_at}
 
 

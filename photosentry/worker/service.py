@@ -1,37 +1,35 @@
 """The warm scan service: everything a worker process builds once and keeps across jobs.
 
-    policy, RedisBankStore + BankMatcher (refreshed from the change log), classifier,
+    policy, Redis bank store + BankMatcher (refreshed from the change log), classifier,
     Scanner (warmed up), source roots, quarantine/blocked stores, verdict stream,
-    verdict cache, callback signer, metrics
+    verdict cache, callback outbox, review queue, uploader ledger, metrics
 
 One job, in order (docs/queue.md has the why of the order):
 
     1 refresh   the bank index, if 0.2 s passed since the last refresh
-    2 replay    a verdict already recorded for this upload (a retried or recovered
-                job) is re-acted and re-delivered, never decided twice
-    3 fetch     bytes from a confined source; a refusal is a verdict, not a crash
-    4 cache     SHA-256 + bank version + policy version -> cached verdict
+    2 fetch     bytes from a confined source; a refusal is a verdict, not a crash
+    3 claim     a verdict already recorded for these bytes under this upload id (a
+                retried or recovered job) is settled again, never decided twice;
+                other bytes under a decided upload id are decided on their own
+    4 cache     SHA-256 + bank version + policy version + profile + models -> verdict
     5 scan      the pipeline (decode, hash, match, classify, decide)
-    6 record    one stream entry per upload (idempotent) - the verdict is durable now;
-                on photosentry:verdicts:bulk for a job from the bulk queue (RQ's
-                job.origin decides, never the payload), else on photosentry:verdicts
-    7 act       quarantine/block move the file into their stores; allow leaves it
-    8 deliver   the signed HTTP callback; its failure never loses the verdict
+    6 settle    record (one stream entry per upload id and content, the callback
+                queued with it), act, follow up (:mod:`~photosentry.worker.settle`)
 
-This module is the only place that ties the pipeline to Redis; the pipeline and the
-policy still know nothing of either.
+The verdict is a typed :class:`~photosentry.worker.verdict.Verdict` from the scan to
+the edges: it becomes a dict only where it leaves the process (the stream, the cache,
+the job result, the review record, a store's sidecar). This module is the only place
+that ties the pipeline to Redis; the pipeline and the policy know nothing of either.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import redis
@@ -39,23 +37,26 @@ import redis
 from .. import defaults
 from ..config import data_dir, ensure_private_dir, redact_url
 from ..decode import Limits
-from ..errors import JobRefused, UnreadableImage
+from ..errors import JobRefused, PayloadError, SourceRefused, UnreadableImage
 from ..hashes.banks import DEFAULT_PREFIX as BANK_PREFIX
 from ..hashes.banks import open_store
-from .review_queue import QuarantineRecord, ReviewQueue
-from .actions import ActionApplier, ActionResult, ContentStore
-from .cache import VerdictCache, model_builds
-from .hashlog import HashLog, hashes_from_verdict
+from ..hashes.signals import ImageHashes
+from .actions import ActionApplier, ContentStore
+from .cache import VerdictCache
 from .delivery import CallbackPolicy, CallbackSigner
-from .outbox import CallbackDeliverer, CallbackOutbox, PendingCallback
-from .payload import PayloadError, ScanPayload, check_upload_id
+from .hashlog import HashLog
 from .logs import job_context
 from .metrics import Metrics
+from .outbox import CallbackDeliverer, CallbackOutbox
+from .payload import ScanPayload, check_upload_id
+from .pipeline import Scanner, failure_verdict
 from .policy import Policy
-from .sources import Fetched, PathSource, Source, SourceRefused, SourceRoots, decode_inline
+from .review_queue import ReviewQueue
+from .settle import Settled, Settlement, read_verdict
+from .sources import Fetched, PathSource, Source, SourceRoots, decode_inline
 from .stream import DEFAULT_STREAM, Recorded, VerdictStream
-from .uploaders import UploaderLedger, hold_for_flagged_uploader, uploader_of
-from .verdict import Action, ReasonCode
+from .uploaders import UploaderLedger
+from .verdict import Action, ReasonCode, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ class ScanService:
         settings: ServiceSettings,
         *,
         client: redis.Redis | None = None,
-        scanner: Any | None = None,
+        scanner: Scanner | None = None,
         load_models: bool = True,
         metrics: Metrics | None = None,
     ) -> None:
@@ -146,35 +147,24 @@ class ScanService:
         self.callback_policy = CallbackPolicy(allow_prefixes=settings.callback_allow,
                                               allow_networks=settings.callback_networks)
         self.outbox = CallbackOutbox(self.redis)
+        self.settlement = Settlement(actions=self.actions, review=self.review, uploaders=self.uploaders,
+                                     outbox=self.outbox)
         self.bank_store = open_store(redis=self.redis, prefix=settings.bank_prefix)
         self.scanner = scanner
         if self.scanner is None and load_models:
             self.scanner = self._build_scanner()
-        self._last_refresh = time.monotonic()
         if self.scanner is not None:
             self._observe_setup()
 
-    def _build_scanner(self) -> Any:
+    def _build_scanner(self) -> Scanner:
         # Heavy imports here, not at module import: producers import jobs, never this.
-        from ..hashes.matcher import BankMatcher
-        from ..hashes.snapshot import snapshot_dir
-        from ..models.loader import load_classifier
-        from ..models.registry import DEFAULT_CLASSIFIER, second_opinions
-        from .pipeline import Scanner
+        from .assembly import ScannerSpec, build_scanner
 
-        # The best verified artifact for this host (int8 on CPU, fp16 on GPU), else fp32.
-        classifier = load_classifier(DEFAULT_CLASSIFIER, data_dir=data_dir(self.settings.data_dir), threads=self.settings.threads,
-                                     providers=list(self.settings.providers) or None)
-        second = []
-        for opinion in second_opinions(os.environ.get(defaults.SECOND_MODELS_ENV, "").split(",")):
-            log.warning(opinion.notice())
-            second.append(opinion.build(threads=self.settings.threads, providers=list(self.settings.providers) or None))
-        # Workers on one host share the snapshot of their bank store (the first to read
-        # a large bank from Redis writes it), so a restart loads millions in seconds.
-        snapshots = snapshot_dir(ensure_private_dir(data_dir(self.settings.data_dir)), self.bank_store)
-        scanner = Scanner(policy=self.policy, matcher=BankMatcher(self.bank_store, snapshot_dir=snapshots),
-                          classifier=classifier, second_opinions=second)
-        scanner.warm_up()
+        spec = ScannerSpec(data_dir=self.settings.data_dir, threads=self.settings.threads,
+                           providers=self.settings.providers)
+        scanner = build_scanner(spec, self.bank_store, policy=self.policy)
+        classifier = scanner.classifier
+        assert classifier is not None and scanner.matcher is not None
         log.info(
             "scan service ready",
             extra={"model": classifier.model_id, "provider": classifier.provider, "model_variant": classifier.variant,
@@ -204,11 +194,7 @@ class ScanService:
         matcher = getattr(self.scanner, "matcher", None)
         if matcher is None:
             return 0
-        now = time.monotonic()
-        if not force and now - self._last_refresh < self.settings.refresh_interval_s:
-            return 0
-        applied = matcher.refresh()
-        self._last_refresh = now
+        applied = matcher.refresh(every_s=0.0 if force else self.settings.refresh_interval_s)
         if applied:
             self._observe_index()
             log.info("bank index refreshed", extra={"changes": applied, "bank_version": matcher.version})
@@ -219,8 +205,8 @@ class ScanService:
         :func:`~photosentry.worker.stream.stream_for_queue`. None: the uploads stream."""
         return self.bulk_stream if queue == defaults.BULK_QUEUE else self.stream
 
-    def scan(self, raw_payload: object, *, job_id: str, queue: str | None = None) -> dict[str, Any]:
-        """Run one scan job; returns the recorded verdict dict.
+    def scan(self, raw_payload: object, *, job_id: str, queue: str | None = None) -> Verdict:
+        """Run one scan job; returns the verdict that stands for it.
 
         Args:
             queue: the RQ queue the job was taken from; picks the verdict stream.
@@ -233,7 +219,7 @@ class ScanService:
         with job_context(job_id=job_id, upload_id=payload.upload_id):
             return self._scan(payload, job_id, self.stream_for(queue))
 
-    def _scan(self, payload: ScanPayload, job_id: str, stream: VerdictStream) -> dict[str, Any]:
+    def _scan(self, payload: ScanPayload, job_id: str, stream: VerdictStream) -> Verdict:
         started = time.perf_counter()
         stages: dict[str, float] = {}
         self.refresh_banks()
@@ -242,62 +228,62 @@ class ScanService:
             fetched, failure = self._fetch(payload)
         claim = self._claim(payload, fetched, stream)
         if claim.verdict is not None:
-            return self._replay(claim, payload, job_id, fetched, stream)
+            log.info("upload already decided; re-applying", extra={"stream": stream.stream,
+                                                                  "stream_id": claim.entry_id})
+            settled = Settled(claim.verdict, Recorded(claim.entry_id or "", False))
+            self.settlement.act(settled, payload, job_id=job_id, fetched=fetched, stream=stream, key=claim.key)
+            return settled.verdict
 
+        verdict, cache_key, log_hashes = self._decide(payload, fetched, failure, claim, stages)
+        verdict = replace(verdict, upload_id=payload.upload_id, dry_run=payload.dry_run,
+                          timings_ms={**stages, **verdict.timings_ms})
+        with _timed(stages, "record"):
+            settled = self.settlement.record(verdict, payload, job_id=job_id, stream=stream, key=claim.key,
+                                             signed=self._can_sign(payload))
+        if settled.recorded.new:
+            self._log_hashes(payload, settled.verdict, log_hashes)
+            held = ReasonCode.UPLOADER_FLAGGED in {r.code for r in settled.verdict.reasons}
+            # A hold belongs to the uploader, not the bytes: such verdicts are not cached.
+            if cache_key is not None and not settled.verdict.cache_hit and not held:
+                self.cache.put(cache_key, settled.verdict)
+        with _timed(stages, "act"):
+            self.settlement.act(settled, payload, job_id=job_id, fetched=fetched, stream=stream, key=claim.key)
+        stages["total"] = (time.perf_counter() - started) * 1000.0
+        verdict = settled.verdict
+        self.metrics.observe_verdict(verdict, stream=stream.stream)
+        self.metrics.observe_stages({**verdict.timings_ms, **stages})
+        log.info("verdict", extra={"action": verdict.action.value, "reasons": verdict.reason_codes,
+                                   "stream": stream.stream, "stream_id": settled.recorded.entry_id,
+                                   "new": settled.recorded.new, "ms": round(stages["total"], 1)})
+        return verdict
+
+    def _decide(self, payload: ScanPayload, fetched: Fetched | None, failure: tuple[ReasonCode, str] | None,
+                claim: "_Claim", stages: dict[str, float]) -> tuple[Verdict, str | None, ImageHashes | None]:
+        """The verdict for this job's bytes (from the cache, or scanned), the cache key to
+        store a fresh one under, and the hashes to log (with their query variants)."""
+        assert self.scanner is not None
         subject = _subject(payload)
-        cache_key = None
-        log_hashes: Any = None
-        verdict: dict[str, Any] | None = None
         before = claim.failures()
         if failure is not None:
             code, message = failure
-            verdict = self.scanner.failed(code, message, subject=subject, context=payload.context,
-                                          also=before).to_dict()
-        else:
-            assert fetched is not None
-            cached = None
-            if self.settings.use_cache and not before:
-                with _timed(stages, "cache"):
-                    cache_key = self._cache_key(fetched.data, payload.context)
-                    # force (a rescan's --force): skip the lookup, but still cache the fresh verdict.
-                    cached = None if payload.force else self.cache.get(cache_key)
-                if not payload.force:
-                    self.metrics.cache.labels("hit" if cached else "miss").inc()
+            return self.scanner.failed(code, message, subject=subject, context=payload.context, also=before), None, None
+        assert fetched is not None
+        flagged = self.uploaders.flagged(payload.context)
+        cache_key = None
+        if self.settings.use_cache and not before:
+            with _timed(stages, "cache"):
+                cache_key = self.cache.key_for(fetched.data, policy=self.policy, context=payload.context,
+                                               scanner=self.scanner)
+                # force (a rescan's --force): skip the lookup, but still cache the fresh verdict.
+                cached = None if payload.force else self.cache.hit(cache_key, subject=subject,
+                                                                   context=payload.context)
+            if not payload.force:
+                self.metrics.cache.labels("hit" if cached else "miss").inc()
             if cached is not None:
-                verdict = {**cached, "subject": subject, "context": dict(payload.context), "cache": "hit",
-                           "timings_ms": {}}
-            else:
-                scanned = self.scanner.scan_bytes(fetched.data, subject=subject, context=payload.context,
-                                                  failures=before)
-                log_hashes = scanned.hashes  # with their query variants, for retro-hunts
-                verdict = scanned.to_dict()
-        verdict["upload_id"] = payload.upload_id
-        if payload.dry_run:
-            verdict["dry_run"] = True  # readers of the stream must know nothing was moved
-        verdict["timings_ms"] = {**{k: round(v, 3) for k, v in stages.items()}, **verdict.get("timings_ms", {})}
-        # After the cache lookup and never cached: the hold belongs to the uploader, not the bytes.
-        held = hold_for_flagged_uploader(verdict, self.uploaders)
-
-        with _timed(stages, "record"):
-            recorded = stream.record(upload_id=payload.upload_id, job_id=job_id, verdict=verdict, key=claim.key,
-                                     callback=self._callback(payload))
-            if recorded.new:
-                self._log_hashes(payload, verdict, log_hashes)
-        if not recorded.new:
-            # Another attempt of this upload recorded first: its verdict is the verdict.
-            verdict = self._read_entry(recorded.entry_id, stream) or verdict
-        elif cache_key is not None and verdict.get("cache") != "hit" and not held:
-            self.cache.put(cache_key, verdict)
-        with _timed(stages, "act"):
-            acted = self._act(verdict, fetched, payload)
-            self._follow_up(verdict, payload, job_id, recorded.entry_id, fetched, acted, stream, claim.key)
-        stages["total"] = (time.perf_counter() - started) * 1000.0
-        self.metrics.observe_verdict(verdict, stream=stream.stream)
-        self.metrics.observe_stages({**verdict.get("timings_ms", {}), **stages})
-        log.info("verdict", extra={"action": verdict.get("action"), "reasons": _codes(verdict),
-                                   "stream": stream.stream, "stream_id": recorded.entry_id, "new": recorded.new,
-                                   "ms": round(stages["total"], 1)})
-        return verdict
+                return (self.policy.redecide(cached, uploader=flagged) if flagged else cached), cache_key, None
+        scanned = self.scanner.scan_bytes(fetched.data, subject=subject, context=payload.context, failures=before,
+                                          uploader=flagged)
+        return scanned, cache_key, scanned.hashes
 
     def _claim(self, payload: ScanPayload, fetched: Fetched | None, stream: VerdictStream) -> "_Claim":
         """What this job's verdict is recorded under, and whether one is there already.
@@ -311,40 +297,28 @@ class ScanService:
         """
         upload_id = payload.upload_id
         entry_id = stream.recorded(upload_id)
-        first = self._read_entry(entry_id, stream) if entry_id is not None else None
+        first = read_verdict(stream, entry_id) if entry_id is not None else None
         if first is None:  # none yet, or trimmed from the stream (the marker keeps the first)
             return _Claim(upload_id)
         sha = hashlib.sha256(fetched.data).hexdigest() if fetched is not None else None
-        first_sha = (first.get("hashes") or {}).get("sha256")
-        if (sha is not None and sha == first_sha) or (sha is None and first.get("action") != Action.ALLOW.value):
+        first_sha = first.hashes.sha256 if first.hashes is not None else None
+        if (sha is not None and sha == first_sha) or (sha is None and first.action is not Action.ALLOW):
             return _Claim(upload_id, entry_id, first)
         key = f"{upload_id}#{sha[:16] if sha else 'unread'}"
         again = stream.recorded(key)
-        return _Claim(key, again, self._read_entry(again, stream) if again else None, reused_from=first)
+        return _Claim(key, again, read_verdict(stream, again) if again else None, reused_from=first)
 
-    def _log_hashes(self, payload: ScanPayload, verdict: Mapping[str, Any], hashes: Any) -> None:
+    def _log_hashes(self, payload: ScanPayload, verdict: Verdict, hashes: ImageHashes | None) -> None:
         """Keep this scan's hashes (never the photo) for retro-hunts. Runs after the verdict
         is recorded, and a failure here is logged, never raised: the verdict stands."""
         try:
-            hashes = hashes if hashes is not None else hashes_from_verdict(verdict)
+            hashes = hashes if hashes is not None else verdict.hashes
             if hashes is None:
                 return
             self.hashlog.record(upload_id=payload.upload_id, source=payload.source, context=payload.context,
-                                action=str(verdict.get("action")), bank_version=int(verdict.get("bank_version") or 0),
-                                hashes=hashes)
+                                action=verdict.action.value, bank_version=verdict.bank_version, hashes=hashes)
         except Exception:  # noqa: BLE001 - retro-hunt data is best effort
             log.warning("could not add the scan to the hash log", exc_info=True)
-
-    def _replay(self, claim: "_Claim", payload: ScanPayload, job_id: str, fetched: Fetched | None,
-                stream: VerdictStream) -> dict[str, Any]:
-        """The verdict already recorded for these bytes, re-acted on (a retried or recovered
-        job): acting and following up are idempotent per upload. Its callback was queued
-        when it was recorded, so it is not queued again."""
-        assert claim.verdict is not None and claim.entry_id is not None
-        log.info("upload already decided; re-applying", extra={"stream": stream.stream, "stream_id": claim.entry_id})
-        acted = self._act(claim.verdict, fetched, payload)
-        self._follow_up(claim.verdict, payload, job_id, claim.entry_id, fetched, acted, stream, claim.key)
-        return claim.verdict
 
     def _fetch(self, payload: ScanPayload) -> tuple[Fetched | None, tuple[ReasonCode, str] | None]:
         limits: Limits = getattr(self.scanner, "limits", Limits())
@@ -364,73 +338,12 @@ class ScanService:
             return decode_inline(raw["bytes_b64"], max_bytes=self.settings.max_inline_bytes)
         raise SourceRefused(f"source must have exactly one of 'path' or 'bytes_b64', got {sorted(keys)}")
 
-    def _cache_key(self, data: bytes, context: Mapping[str, Any]) -> str:
-        matcher = getattr(self.scanner, "matcher", None)
-        models = model_builds(self.scanner)
-        return self.cache.key(
-            hashlib.sha256(data).hexdigest(),
-            policy_version=self.policy.version,
-            bank_version=matcher.version if matcher is not None else 0,
-            profile=self.policy.profile_for(context).cache_name,
-            models=models,
-        )
-
-    def _read_entry(self, entry_id: str, stream: VerdictStream) -> dict[str, Any] | None:
-        entries = stream.client.xrange(stream.stream, min=entry_id, max=entry_id, count=1)
-        if not entries:
-            return None
-        fields = entries[0][1]
-        raw = fields.get(b"verdict", fields.get("verdict"))
-        return json.loads(raw) if raw is not None else None
-
-    def _act(self, verdict: Mapping[str, Any], fetched: Fetched | None, payload: ScanPayload) -> ActionResult | None:
-        action = Action(verdict["action"])
-        if action is Action.ALLOW or fetched is None or payload.dry_run:
-            return None
-        source: Path | None = fetched.path if SourceRoots.still_same(fetched) else None
-        result = self.actions.apply_record(
-            action, dict(verdict), data=fetched.data, upload_id=payload.upload_id, source=source
-        )
-        if result.changed:
-            log.info("photo moved to the %s store", action.value,
-                     extra={"stored_at": str(result.stored_at), "source_removed": result.source_removed})
-        return result
-
-    def _follow_up(self, verdict: Mapping[str, Any], payload: ScanPayload, job_id: str, stream_id: str,
-                   fetched: Fetched | None, acted: ActionResult | None, stream: VerdictStream, key: str) -> None:
-        """Queue a quarantined upload for moderators and count the verdict against its
-        uploader. Both are idempotent per upload, so a replayed job repeats them safely.
-        The review item names the stream its verdict is on (``stream_id`` is an id there);
-        an uploader crossing the threshold is announced on the uploads stream whatever
-        the job's queue (the ledger writes there)."""
-        if getattr(payload, "dry_run", False):  # a rescan that only reports
-            return
-        if verdict.get("action") == Action.QUARANTINE.value:
-            sha = (verdict.get("hashes") or {}).get("sha256")
-            stored = bool(sha) and self.actions.stores[Action.QUARANTINE].content_path(sha) is not None
-            moved_from = fetched.path if acted is not None and acted.source_removed and fetched is not None else None
-            item_id, new = self.review.index(QuarantineRecord(
-                upload_id=payload.upload_id, verdict=dict(verdict), queued_at=time.time(), job_id=job_id,
-                stream_id=stream_id, stream=stream.stream, sha256=sha, stored=stored,
-                source_path=str(moved_from) if moved_from is not None else None,
-                callback_url=payload.callback_url, uploader_id=uploader_of(payload.context, self.policy.uploaders),
-                key=key,
-            ))
-            if new:
-                log.info("queued for review", extra={"item_id": item_id})
-        counted = self.uploaders.record_verdict(verdict, upload_id=payload.upload_id)
-        if counted is not None and counted.crossed:
-            log.warning("uploader flagged", extra={"score": round(counted.score, 3)})
-
-    def _callback(self, payload: ScanPayload) -> PendingCallback | None:
-        """The callback to queue with this job's verdict, if it asks for one we can sign."""
-        if not payload.callback_url:
-            return None
-        if self.signer is None:
+    def _can_sign(self, payload: ScanPayload) -> bool:
+        """Whether this job's callback can be queued (a key to sign it with)."""
+        if payload.callback_url and self.signer is None:
             self.metrics.callbacks.labels("skipped").inc()
             log.error("callback_url given but no callback key is configured (%s)", defaults.CALLBACK_KEY_ENV)
-            return None
-        return PendingCallback(self.outbox, payload.callback_url)
+        return self.signer is not None
 
     def deliverer(self, *, threads: int = defaults.CALLBACK_THREADS) -> CallbackDeliverer | None:
         """Delivery threads for this process's outbox (None without a callback key)."""
@@ -442,15 +355,13 @@ class ScanService:
     # -- giving up -----------------------------------------------------------------------
 
     def record_failure(self, raw_payload: Mapping[str, Any], *, job_id: str, why: str,
-                       queue: str | None = None) -> dict[str, Any] | None:
-        """Record, act on and deliver the fail-closed ``scan_failed`` verdict of a job
-        that will not be tried again, on the stream of ``queue`` (the job's origin), as
-        its attempts would have. Returns the recorded verdict (the first one, if the
-        upload was already decided), or None when the payload has no usable upload id.
+                       queue: str | None = None) -> Verdict | None:
+        """Settle the fail-closed ``scan_failed`` verdict of a job that will not be tried
+        again, on the stream of ``queue`` (the job's origin), as its attempts would have.
+        Returns the verdict that stands (the first one, if these bytes were already
+        decided under the upload id), or None when the payload has no usable upload id.
         """
         stream = self.stream_for(queue)
-        from .pipeline import failure_verdict
-
         try:
             upload_id = check_upload_id(raw_payload.get("upload_id"))
         except PayloadError as exc:
@@ -467,26 +378,23 @@ class ScanService:
                 fetched = None
             claim = self._claim(payload, fetched, stream)
             if claim.verdict is not None:  # decided for these bytes before: that verdict stands
-                verdict, recorded = claim.verdict, Recorded(claim.entry_id or "", False)
+                settled = Settled(claim.verdict, Recorded(claim.entry_id or "", False))
             else:
                 matcher = getattr(self.scanner, "matcher", None)
                 verdict = failure_verdict(
                     self.policy, ReasonCode.SCAN_FAILED, why, subject=_subject(payload), context=payload.context,
                     data=fetched.data if fetched else None, bank_version=matcher.version if matcher else 0,
                     also=claim.failures(),
-                ).to_dict()
-                verdict["upload_id"] = upload_id
-                recorded = stream.record(upload_id=upload_id, job_id=job_id, verdict=verdict, key=claim.key,
-                                         callback=self._callback(payload))
-                if not recorded.new:
-                    verdict = self._read_entry(recorded.entry_id, stream) or verdict
-            acted = self._act(verdict, fetched, payload)
-            self._follow_up(verdict, payload, job_id, recorded.entry_id, fetched, acted, stream, claim.key)
-            self.metrics.observe_verdict(verdict, stream=stream.stream)
+                )
+                settled = self.settlement.record(replace(verdict, upload_id=upload_id, dry_run=payload.dry_run),
+                                                 payload, job_id=job_id, stream=stream, key=claim.key,
+                                                 signed=self._can_sign(payload))
+            self.settlement.act(settled, payload, job_id=job_id, fetched=fetched, stream=stream, key=claim.key)
+            self.metrics.observe_verdict(settled.verdict, stream=stream.stream)
             log.warning("job given up: fail-closed verdict recorded",
-                        extra={"action": verdict.get("action"), "why": why, "new": recorded.new,
-                               "stream": stream.stream, "stream_id": recorded.entry_id})
-            return verdict
+                        extra={"action": settled.verdict.action.value, "why": why, "new": settled.recorded.new,
+                               "stream": stream.stream, "stream_id": settled.recorded.entry_id})
+            return settled.verdict
 
 
 # -- the process-wide service ---------------------------------------------------------
@@ -546,19 +454,19 @@ class _Claim:
 
     #: The record key: the upload id, or ``<upload id>#<sha256 prefix>`` for a reused id.
     key: str
-    #: The verdict already recorded under ``key`` (to replay), and its stream entry.
+    #: The verdict already recorded under ``key`` (to settle again), and its stream entry.
     entry_id: str | None = None
-    verdict: dict[str, Any] | None = None
+    verdict: Verdict | None = None
     #: The verdict the upload id was first decided with, when this is another file.
-    reused_from: dict[str, Any] | None = None
+    reused_from: Verdict | None = None
 
     def failures(self) -> list[tuple[ReasonCode, str]]:
         if self.reused_from is None:
             return []
         first = self.reused_from
-        sha = (first.get("hashes") or {}).get("sha256")
+        sha = first.hashes.sha256 if first.hashes is not None else None
         return [(ReasonCode.UPLOAD_ID_REUSED,
-                 f"upload id {first.get('upload_id')!r} was already decided ({first.get('action')}) for"
+                 f"upload id {first.upload_id!r} was already decided ({first.action.value}) for"
                  f" {'other bytes (sha256 ' + sha[:16] + '...)' if sha else 'a file that was never read'};"
                  " this file was scanned on its own and held")]
 
@@ -577,10 +485,6 @@ class _timed:
 def _subject(payload: ScanPayload) -> str:
     path = payload.source.get("path") if isinstance(payload.source, Mapping) else None
     return path if isinstance(path, str) else f"upload:{payload.upload_id}"
-
-
-def _codes(verdict: Mapping[str, Any]) -> list[str]:
-    return [str(r.get("code")) for r in verdict.get("reasons", [])]
 
 
 __all__ = ["ScanService", "ServiceSettings", "current_service", "fail_closed", "install"]

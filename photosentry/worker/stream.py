@@ -157,6 +157,15 @@ class VerdictStream:
         entry_id, new = self._record(keys=keys, args=args)
         return Recorded(_text(entry_id), bool(int(new)))
 
+    def verdict_at(self, entry_id: str) -> dict[str, Any] | None:
+        """The verdict field of one entry, as recorded (None if trimmed or absent)."""
+        entries = self.client.xrange(self.stream, min=entry_id, max=entry_id, count=1)
+        if not entries:
+            return None
+        fields = entries[0][1]
+        raw = fields.get(b"verdict", fields.get("verdict"))
+        return json.loads(raw) if raw is not None else None
+
     def recorded(self, key: str) -> str | None:
         """The stream entry id of the verdict recorded under ``key`` (an upload id), if any."""
         value = self.client.get(f"{self.stream}:recorded:{key}")

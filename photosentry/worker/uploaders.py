@@ -33,7 +33,7 @@ import redis
 from .. import defaults
 from .policy import UploaderRules
 from .stream import UPLOADER_FLAGGED_EVENT, VerdictStream
-from .verdict import Action, ReasonCode
+from .verdict import Action, FlaggedUploader, ReasonCode, Verdict
 
 FLAG_TOLERANCE = 1e-6
 """Penalties given a moment apart have decayed by a hair: two penalties of 1 against a
@@ -49,7 +49,7 @@ MAX_UPLOADER_ID_LEN = 200
 
 #: Reason codes that make a block the uploader's doing; a block for a scan failure
 #: (a decompression bomb under a strict policy, a crashed scan) is not counted.
-CONTENT_CODES = frozenset({ReasonCode.BANK_MATCH.value, ReasonCode.NUDITY.value})
+CONTENT_CODES = frozenset({ReasonCode.BANK_MATCH, ReasonCode.NUDITY})
 
 
 class EventKind:
@@ -197,29 +197,35 @@ class UploaderLedger:
         )
         return Recorded(bool(int(new)), float(score), bool(int(crossed)), bool(int(flagged)))
 
-    def record_verdict(self, verdict: Mapping[str, Any], *, upload_id: str) -> Recorded | None:
+    def record_verdict(self, verdict: Verdict, *, upload_id: str) -> Recorded | None:
         """Count a worker's verdict against the uploader in its context (None: nothing to count).
 
         Allowed uploads are not recorded (they would cost a write per upload for no
         penalty); quarantines are recorded without a penalty, for the history.
         """
-        uploader = uploader_of(verdict.get("context"), self.rules)
+        uploader = uploader_of(verdict.context, self.rules)
         if uploader is None:
             return None
-        action = verdict.get("action")
-        codes = [str(r.get("code")) for r in verdict.get("reasons", []) if isinstance(r, Mapping)]
-        if action == Action.BLOCK.value:
-            blocking = {str(r.get("code")) for r in verdict.get("reasons", [])
-                        if isinstance(r, Mapping) and r.get("action") == Action.BLOCK.value}
+        if verdict.action is Action.BLOCK:
+            blocking = {r.code for r in verdict.reasons if r.action is Action.BLOCK}
             if blocking & CONTENT_CODES:
                 kind, penalty = EventKind.BLOCK, self.rules.block_penalty
             else:
                 kind, penalty = EventKind.BLOCK_FAILURE, 0.0
-        elif action == Action.QUARANTINE.value:
+        elif verdict.action is Action.QUARANTINE:
             kind, penalty = EventKind.QUARANTINE, 0.0
         else:
             return None
-        return self.record(uploader, kind=kind, upload_id=upload_id, penalty=penalty, detail={"reasons": codes})
+        return self.record(uploader, kind=kind, upload_id=upload_id, penalty=penalty,
+                           detail={"reasons": verdict.reason_codes})
+
+    def flagged(self, context: Mapping[str, Any]) -> FlaggedUploader | None:
+        """The upload's uploader, when they are flagged: a fact for the policy to decide on."""
+        uploader = uploader_of(context, self.rules)
+        if uploader is None:
+            return None
+        flagged, score = self.is_flagged(uploader)
+        return FlaggedUploader(uploader, score, self.rules.threshold) if flagged else None
 
     def record_decision(self, uploader: str, *, upload_id: str, confirmed: bool, actor: str,
                         item_id: str) -> Recorded:
@@ -265,34 +271,4 @@ class UploaderLedger:
         return Standing(uploader, score, self.rules.threshold, flagged, flags, tuple(events))
 
 
-def flag_reason(uploader: str, score: float, threshold: float) -> dict[str, Any]:
-    """The ``uploader_flagged`` reason added to an upload held because of its uploader."""
-    return {
-        "code": ReasonCode.UPLOADER_FLAGGED.value,
-        "action": Action.QUARANTINE.value,
-        "text": f"uploader {uploader!r} is flagged: penalty score {score:.2f} >= threshold {threshold:g}",
-        "detail": {"uploader_id": uploader, "score": round(score, 6), "threshold": threshold},
-    }
-
-
-def hold_for_flagged_uploader(verdict: dict[str, Any], ledger: UploaderLedger) -> bool:
-    """Turn an allow into a quarantine when the policy holds a flagged uploader's uploads.
-
-    Only ever raises an action: a quarantine or block stays what it is. Returns True
-    if ``verdict`` was changed (in place).
-    """
-    if not ledger.rules.quarantine_flagged or verdict.get("action") != Action.ALLOW.value:
-        return False
-    uploader = uploader_of(verdict.get("context"), ledger.rules)
-    if uploader is None:
-        return False
-    flagged, score = ledger.is_flagged(uploader)
-    if not flagged:
-        return False
-    verdict["action"] = Action.QUARANTINE.value
-    verdict["reasons"] = [flag_reason(uploader, score, ledger.rules.threshold), *verdict.get("reasons", [])]
-    return True
-
-
-__all__ = ["CONTENT_CODES", "EventKind", "Recorded", "Standing", "UploaderLedger", "flag_reason",
-           "hold_for_flagged_uploader", "uploader_of"]
+__all__ = ["CONTENT_CODES", "EventKind", "Recorded", "Standing", "UploaderLedger", "uploader_of"]

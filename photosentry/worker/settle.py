@@ -1,0 +1,113 @@
+"""Settling a decided upload: record it (with its callback), act on it, follow it up.
+
+Every way a queue job ends goes through :meth:`Settlement.settle`: a fresh verdict, a
+verdict replayed for a retried job, and the fail-closed verdict of a job given up. In
+order:
+
+    record     one stream entry per upload id and content, and the callback queued in
+               the outbox in the same atomic step: durable from here
+    act        quarantine and block move the photo into their stores; allow leaves it
+    follow up  a quarantined upload is queued for moderators; the verdict counts
+               against its uploader
+
+Recording is idempotent, acting is idempotent (content-addressed stores, one sidecar
+per upload), and so is following up (the review queue and the uploader ledger key by
+upload), so a job that settles twice changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .actions import ActionApplier, ActionResult
+from .outbox import CallbackOutbox, PendingCallback
+from .payload import ScanPayload
+from .review_queue import QuarantineRecord, ReviewQueue
+from .sources import Fetched, SourceRoots
+from .stream import Recorded, VerdictStream
+from .uploaders import UploaderLedger, uploader_of
+from .verdict import Action, Verdict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Settled:
+    """A settled upload: the verdict that stands (the first one, if another attempt
+    recorded first) and where it is recorded."""
+
+    verdict: Verdict
+    recorded: Recorded
+
+
+class Settlement:
+    """The stores, queues and ledgers a decided upload goes to (see the module docstring)."""
+
+    def __init__(self, *, actions: ActionApplier, review: ReviewQueue, uploaders: UploaderLedger,
+                 outbox: CallbackOutbox) -> None:
+        self.actions = actions
+        self.review = review
+        self.uploaders = uploaders
+        self.outbox = outbox
+
+    def record(self, verdict: Verdict, payload: ScanPayload, *, job_id: str, stream: VerdictStream, key: str,
+               signed: bool) -> Settled:
+        """Record ``verdict`` under ``key`` with its callback (when the job has one and
+        ``signed`` says there is a key to sign it with)."""
+        callback = PendingCallback(self.outbox, payload.callback_url) if payload.callback_url and signed else None
+        recorded = stream.record(upload_id=payload.upload_id, job_id=job_id, verdict=verdict.to_dict(), key=key,
+                                 callback=callback)
+        if not recorded.new:
+            # Another attempt of this upload recorded first: its verdict is the verdict.
+            verdict = read_verdict(stream, recorded.entry_id) or verdict
+        return Settled(verdict, recorded)
+
+    def act(self, settled: Settled, payload: ScanPayload, *, job_id: str, fetched: Fetched | None,
+            stream: VerdictStream, key: str) -> None:
+        """Act on the verdict that stands, then follow it up. A dry run (a rescan that
+        only reports) does neither."""
+        if payload.dry_run:
+            return
+        verdict = settled.verdict
+        acted = self._move(verdict, fetched, payload)
+        if verdict.action is Action.QUARANTINE:
+            self._queue_for_review(verdict, payload, job_id, settled.recorded.entry_id, fetched, acted, stream, key)
+        counted = self.uploaders.record_verdict(verdict, upload_id=payload.upload_id)
+        if counted is not None and counted.crossed:
+            log.warning("uploader flagged", extra={"score": round(counted.score, 3)})
+
+    def _move(self, verdict: Verdict, fetched: Fetched | None, payload: ScanPayload) -> ActionResult | None:
+        if verdict.action is Action.ALLOW or fetched is None:
+            return None
+        source: Path | None = fetched.path if SourceRoots.still_same(fetched) else None
+        result = self.actions.apply(verdict, data=fetched.data, upload_id=payload.upload_id, source=source)
+        if result.changed:
+            log.info("photo moved to the %s store", verdict.action.value,
+                     extra={"stored_at": str(result.stored_at), "source_removed": result.source_removed})
+        return result
+
+    def _queue_for_review(self, verdict: Verdict, payload: ScanPayload, job_id: str, stream_id: str,
+                          fetched: Fetched | None, acted: ActionResult | None, stream: VerdictStream,
+                          key: str) -> None:
+        # The item names the stream its verdict is on (stream_id is an id there).
+        sha = verdict.hashes.sha256 if verdict.hashes is not None else None
+        stored = bool(sha) and self.actions.stores[Action.QUARANTINE].content_path(sha) is not None
+        moved_from = fetched.path if acted is not None and acted.source_removed and fetched is not None else None
+        item_id, new = self.review.index(QuarantineRecord(
+            upload_id=payload.upload_id, verdict=verdict, queued_at=time.time(), job_id=job_id,
+            stream_id=stream_id, stream=stream.stream, sha256=sha, stored=stored,
+            source_path=str(moved_from) if moved_from is not None else None,
+            callback_url=payload.callback_url, uploader_id=uploader_of(payload.context, self.uploaders.rules),
+            key=key,
+        ))
+        if new:
+            log.info("queued for review", extra={"item_id": item_id})
+
+
+def read_verdict(stream: VerdictStream, entry_id: str) -> Verdict | None:
+    """The verdict of one stream entry (None if it was trimmed or holds none)."""
+    raw = stream.verdict_at(entry_id)
+    return Verdict.from_dict(raw) if raw is not None else None
