@@ -18,7 +18,9 @@ import redis
 from photosentry.worker.jobs import FAILURE_CALLBACK, SCAN_FUNCTION
 from photosentry.worker.service import ScanService
 
-from .callback_receiver import Receiver
+from photosentry.worker.delivery import CallbackSigner
+
+from .callback_receiver import KEY, Receiver
 from .evil_callbacks import MARKS_ENV
 from .test_security import plant_job, run_burst
 
@@ -415,7 +417,7 @@ def test_a_callback_recorded_by_a_process_that_then_died_is_still_delivered(
     outbox = CallbackOutbox(redis_client, lease_s=0.3)
     verdicts = VerdictStream(redis_client)
     recorded = verdicts.record(upload_id="dies-1", job_id="j1", verdict={"action": "allow", "reasons": []},
-                               callback=PendingCallback(outbox, receiver.url))
+                               callback=PendingCallback(outbox, receiver.url, CallbackSigner(KEY)))
     assert recorded.new and outbox.pending() == 1
     taken = outbox.take()  # a deliverer takes it ... and its process dies mid-attempt
     assert taken is not None and taken.attempt == 1 and outbox.take() is None  # leased to it
@@ -440,7 +442,7 @@ def test_a_callback_that_keeps_failing_is_recorded_as_given_up(
 
     outbox = CallbackOutbox(redis_client, backoff_s=(0.0, 0.0))
     VerdictStream(redis_client).record(upload_id="down-1", job_id="j1", verdict={"action": "block"},
-                                       callback=PendingCallback(outbox, receiver.url))
+                                       callback=PendingCallback(outbox, receiver.url, CallbackSigner(KEY)))
     receiver.fail_next = [503, 503, 503]
     deliverer = service.deliverer(threads=1)
     assert deliverer is not None
@@ -515,3 +517,89 @@ def test_the_review_page_logs_json_like_the_workers(tmp_path: Path, redis_server
     records = [json.loads(line) for line in lines]
     assert any(r["logger"].startswith("uvicorn") for r in records), log.read_text()[-2000:]
     assert any("GET /" in r["msg"] for r in records)
+
+
+# -- the red team's second round: reused ids raced, collided, trimmed ------------------------------
+
+
+def _ban_exact(service: ScanService, data: bytes) -> None:
+    import hashlib
+
+    from photosentry.hashes.banks import EntrySource, NewEntry
+    from photosentry.hashes.codecs import Algorithm
+
+    service.bank_store.add([NewEntry(Algorithm.SHA256, hashlib.sha256(data).hexdigest(), "banned",
+                                     source=EntrySource.MODERATOR)], actor="mod", reason="test")
+
+
+def test_two_jobs_racing_under_one_upload_id_never_share_a_verdict(
+    redis_client: redis.Redis, service: ScanService, corpus: Any
+) -> None:
+    """Both claim the id before either records; the clean one records allow first. The
+    banned one used to take that allow (and its SHA-256) and leave its file in place."""
+    import hashlib
+
+    from photosentry.worker.payload import ScanPayload
+
+    clean, banned = corpus.clean["coffee"].read_bytes(), corpus.banned.read_bytes()
+    _ban_exact(service, banned)
+    service.refresh_banks(force=True)
+    stream = service.stream
+    sha_clean, sha_banned = hashlib.sha256(clean).hexdigest(), hashlib.sha256(banned).hexdigest()
+    claim_clean = service._claim("race", sha_clean, stream)
+    claim_banned = service._claim("race", sha_banned, stream)
+    assert claim_clean.key == claim_banned.key == "race"  # neither sees the other yet
+    payload = ScanPayload("race", {"bytes_b64": ""})
+    allowed = service.scanner.scan_bytes(clean)
+    service._record(allowed, payload, "j1", stream, claim_clean, sha_clean)
+    blocked = service.scanner.scan_bytes(banned)
+    settled, claim = service._record(blocked, payload, "j2", stream, claim_banned, sha_banned)
+    assert claim.key != "race" and settled.recorded.new
+    assert settled.verdict.action.value == "block"
+    assert {"bank_match", "upload_id_reused"} <= set(settled.verdict.reason_codes)
+    entries = _all_verdicts(redis_client, "race")
+    assert [e["action"] for e in entries] == ["allow", "block"]
+    assert entries[1]["hashes"]["sha256"] == sha_banned
+
+
+def test_an_upload_id_that_looks_like_a_reused_key_collides_with_nothing(
+    redis_client: redis.Redis, service: ScanService, corpus: Any, tmp_path: Path
+) -> None:
+    import hashlib
+
+    from photosentry import enqueue_scan
+
+    clean, banned = corpus.clean["coffee"].read_bytes(), corpus.banned.read_bytes()
+    _ban_exact(service, banned)
+    prefix = hashlib.sha256(banned).hexdigest()
+    for upload_id in ("X", f"X#{prefix[:16]}", f"X#{prefix}", "X#unread"):
+        enqueue_scan(redis_client, source=clean, upload_id=upload_id)
+    run_burst(redis_client, service)
+    enqueue_scan(redis_client, source=banned, upload_id="X")
+    root = Path(service.settings.source_roots[0])
+    (root / "gone.jpg").write_bytes(clean)
+    enqueue_scan(redis_client, source="gone.jpg", upload_id="Y")
+    enqueue_scan(redis_client, source="Y#unread", upload_id="Y#unread")  # a path nobody can read
+    run_burst(redis_client, service)
+    (root / "gone.jpg").unlink()
+    enqueue_scan(redis_client, source="gone.jpg", upload_id="Y")  # allowed before, unreadable now
+    run_burst(redis_client, service)
+    assert [e["action"] for e in _all_verdicts(redis_client, "X")] == ["allow", "block"]
+    assert [e["action"] for e in _all_verdicts(redis_client, "Y")] == ["allow", "quarantine"]
+
+
+def test_a_reused_upload_id_whose_first_entry_was_trimmed_still_records_its_own_verdict(
+    redis_client: redis.Redis, service: ScanService, corpus: Any
+) -> None:
+    from photosentry import enqueue_scan
+
+    clean, banned = corpus.clean["coffee"].read_bytes(), corpus.banned.read_bytes()
+    _ban_exact(service, banned)
+    enqueue_scan(redis_client, source=clean, upload_id="T")
+    run_burst(redis_client, service)
+    [(entry_id, _)] = redis_client.xrange("photosentry:verdicts")
+    redis_client.xdel("photosentry:verdicts", entry_id)  # trimmed, its marker still there
+    enqueue_scan(redis_client, source=banned, upload_id="T")
+    run_burst(redis_client, service)
+    [verdict] = _all_verdicts(redis_client, "T")
+    assert verdict["action"] == "block" and "upload_id_reused" in [r["code"] for r in verdict["reasons"]]

@@ -153,7 +153,8 @@ class QueueBackend:
         batch, self._reported = self._reported, []
         with self.client.pipeline(transaction=False) as pipe:
             for uid in batch:
-                pipe.expire(f"{self.stream.stream}:recorded:{uid}", defaults.RESCAN_RECORD_TTL_S)
+                for kind in ("recorded", "content-recorded"):
+                    pipe.expire(f"{self.stream.stream}:{kind}:{uid}", defaults.RESCAN_RECORD_TTL_S)
             pipe.execute()
 
     # -- enqueue ---------------------------------------------------------------------

@@ -230,6 +230,7 @@ class Reviewer:
         # decision, decisions come at human speed, and a rescan must not trim them.
         recorded = self.stream.record_decision(upload_id=record.upload_id, item_id=item.item_id,
                                                decision=decision, verdict=verdict.to_dict(),
+                                               content=record.sha256 or "",
                                                verdict_stream=record.stream or self.stream.stream,
                                                key=record.record_key)
         effects["stream_id"] = recorded.entry_id

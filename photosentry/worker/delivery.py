@@ -62,6 +62,13 @@ class CallbackSigner:
     def __repr__(self) -> str:
         return "CallbackSigner(key=<redacted>)"
 
+    def item_mac(self, *parts: str) -> str:
+        """A MAC over ``parts`` with a key derived from the signing key: what a worker puts
+        on a callback it queues, so a delivery thread signs only callbacks a worker wrote
+        (anyone who can write to Redis could otherwise have it sign their own)."""
+        key = hmac.new(self._key, b"photosentry callback outbox v1", hashlib.sha256).digest()
+        return hmac.new(key, "\x00".join(parts).encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+
     def signature(self, body: bytes, timestamp: int) -> str:
         mac = hmac.new(self._key, f"{timestamp}.".encode() + body, hashlib.sha256)
         return f"{SIGNATURE_VERSION}={mac.hexdigest()}"

@@ -23,6 +23,7 @@ stream whatever happened to its callback.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import threading
@@ -71,6 +72,19 @@ class PendingCallback:
 
     outbox: "CallbackOutbox"
     url: str
+    signer: CallbackSigner
+
+    def record_args(self, *, upload_id: str, job_id: str, stream: str, verdict_json: str,
+                    now: float | None = None) -> tuple[str, list[str]]:
+        """The due key and arguments the stream's record script needs to queue this
+        callback atomically with its verdict, with the MAC a deliverer checks."""
+        mac = self.signer.item_mac(*_mac_parts(self.url, upload_id, job_id, stream, verdict_json))
+        return self.outbox.due_key, [self.outbox.item_prefix, self.url, url_tag(self.url),
+                                     repr(time.time() if now is None else now), mac]
+
+
+def _mac_parts(url: str, upload_id: str, job_id: str, stream: str, verdict_json: str) -> tuple[str, ...]:
+    return (url, upload_id, job_id, stream, verdict_json)
 
 
 @dataclass(frozen=True)
@@ -106,11 +120,6 @@ class CallbackOutbox:
     def max_attempts(self) -> int:
         return len(self.backoff_s) + 1
 
-    def record_args(self, url: str, now: float | None = None) -> tuple[str, list[str]]:
-        """The due key and arguments the stream's record script needs to queue a callback
-        atomically with the verdict (see :mod:`photosentry.worker.stream`)."""
-        return self.due_key, [self.item_prefix, url, url_tag(url), repr(time.time() if now is None else now)]
-
     def take(self, now: float | None = None) -> Taken | None:
         """The next due callback, leased to the caller; None when nothing is due."""
         got = self._take(keys=[self.due_key], args=[repr(time.time() if now is None else now), self.lease_s,
@@ -119,7 +128,11 @@ class CallbackOutbox:
             return None
         raw_id, flat = got
         fields = {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
-        return Taken(_text(raw_id), fields, int(fields.get("attempts", "1") or 1))
+        try:
+            attempt = int(fields.get("attempts", "1") or 1)
+        except ValueError:
+            attempt = 1
+        return Taken(_text(raw_id), fields, max(1, attempt))
 
     def delivered(self, taken: Taken) -> None:
         with self.client.pipeline() as pipe:
@@ -217,6 +230,14 @@ class CallbackDeliverer:
         extra = {"upload_id": taken.fields.get("upload_id"), "attempt": taken.attempt}
         if not url:  # its item expired or was never written: nothing to send
             self.outbox.delivered(taken)
+            return None
+        expected = self.signer.item_mac(*_mac_parts(url, *(taken.fields.get(k, "") for k in
+                                                          ("upload_id", "job_id", "stream", "verdict"))))
+        if not hmac.compare_digest(expected, taken.fields.get("mac", "")):
+            # Not written by a worker with our key: never signed, never sent.
+            self.outbox.give_up(taken, "not queued by a worker (its MAC does not check): not sent")
+            self.observe("skipped")
+            log.error("callback in the outbox was not queued by a worker; not sent", extra=extra)
             return None
         if taken.attempt > self.outbox.max_attempts:  # attempts lost to dead processes count too
             self.outbox.give_up(taken, "out of attempts (earlier attempts ended with their process)")

@@ -300,13 +300,15 @@ class Policy:
         )
 
     def redecide(self, verdict: Verdict, *, uploader: FlaggedUploader | None = None,
-                 moderator: ModeratorDecision | None = None) -> Verdict:
-        """``verdict`` decided again from its own facts with ``uploader`` or ``moderator``
-        added (a cached verdict for a flagged uploader; a moderator's decision), through
-        the same :func:`decide` as a scan."""
+                 moderator: ModeratorDecision | None = None,
+                 failures: Sequence[tuple[ReasonCode, str]] = ()) -> Verdict:
+        """``verdict`` decided again from its own facts with ``uploader``, ``moderator`` or
+        more ``failures`` added (a cached verdict for a flagged uploader; a moderator's
+        decision; bytes found to reuse a decided upload id), through the same
+        :func:`decide` as a scan."""
         profile = self.profile_for(verdict.context)
         action, reasons = decide(profile, matches=verdict.matches, scores=verdict.scores,
-                                 failures=verdict.failures(), uploader=uploader, moderator=moderator)
+                                 failures=[*verdict.failures(), *failures], uploader=uploader, moderator=moderator)
         if moderator is None:
             return replace(verdict, action=action, reasons=reasons)
         return replace(verdict, action=action, reasons=reasons, decision=moderator,

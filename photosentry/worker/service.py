@@ -54,7 +54,7 @@ from .policy import Policy
 from .review_queue import ReviewQueue
 from .settle import Settled, Settlement, read_verdict
 from .sources import Fetched, PathSource, Source, SourceRoots, decode_inline
-from .stream import DEFAULT_STREAM, Recorded, VerdictStream
+from .stream import DEFAULT_STREAM, Recorded, VerdictStream, reused_key
 from .uploaders import UploaderLedger
 from .verdict import Action, ReasonCode, Verdict
 
@@ -148,7 +148,7 @@ class ScanService:
                                               allow_networks=settings.callback_networks)
         self.outbox = CallbackOutbox(self.redis)
         self.settlement = Settlement(actions=self.actions, review=self.review, uploaders=self.uploaders,
-                                     outbox=self.outbox)
+                                     outbox=self.outbox, signer=self.signer)
         self.bank_store = open_store(redis=self.redis, prefix=settings.bank_prefix)
         self.scanner = scanner
         if self.scanner is None and load_models:
@@ -226,11 +226,12 @@ class ScanService:
 
         with _timed(stages, "fetch"):
             fetched, failure = self._fetch(payload)
-        claim = self._claim(payload, fetched, stream)
+        content = hashlib.sha256(fetched.data).hexdigest() if fetched is not None else ""
+        claim = self._claim(payload.upload_id, content, stream)
         if claim.verdict is not None:
             log.info("upload already decided; re-applying", extra={"stream": stream.stream,
                                                                   "stream_id": claim.entry_id})
-            settled = Settled(claim.verdict, Recorded(claim.entry_id or "", False))
+            settled = Settled(claim.verdict, Recorded(claim.entry_id or "", False, content))
             self.settlement.act(settled, payload, job_id=job_id, fetched=fetched, stream=stream, key=claim.key)
             return settled.verdict
 
@@ -238,8 +239,7 @@ class ScanService:
         verdict = replace(verdict, upload_id=payload.upload_id, dry_run=payload.dry_run,
                           timings_ms={**stages, **verdict.timings_ms})
         with _timed(stages, "record"):
-            settled = self.settlement.record(verdict, payload, job_id=job_id, stream=stream, key=claim.key,
-                                             signed=self._can_sign(payload))
+            settled, claim = self._record(verdict, payload, job_id, stream, claim, content)
         if settled.recorded.new:
             self._log_hashes(payload, settled.verdict, log_hashes)
             held = ReasonCode.UPLOADER_FLAGGED in {r.code for r in settled.verdict.reasons}
@@ -285,28 +285,60 @@ class ScanService:
                                           uploader=flagged)
         return scanned, cache_key, scanned.hashes
 
-    def _claim(self, payload: ScanPayload, fetched: Fetched | None, stream: VerdictStream) -> "_Claim":
+    def _claim(self, upload_id: str, content: str, stream: VerdictStream) -> "_Claim":
         """What this job's verdict is recorded under, and whether one is there already.
 
-        An upload id's first verdict answers only for the bytes it was decided on: a
-        retried or recovered job with the same bytes replays it (so does a job whose file
-        is gone after a quarantine or block moved it). Any other file under that id (a
-        pipeline bug or an attack: job 1 a clean photo, job 2 anything) is recorded under
-        ``<upload id>#<sha256 prefix>``, scanned on its own and held with reason
-        ``upload_id_reused``; it never gets the first file's verdict.
+        An upload id's first verdict answers only for the bytes it was decided on (the
+        marker says which): a retried or recovered job with the same bytes settles it
+        again (so does a job whose file is gone after a quarantine or block moved it).
+        Any other file under that id (a pipeline bug or an attack: job 1 a clean photo,
+        job 2 anything) is recorded under :func:`reused_key`, scanned on its own and held
+        with reason ``upload_id_reused``; it never gets the first file's verdict.
         """
-        upload_id = payload.upload_id
-        entry_id = stream.recorded(upload_id)
-        first = read_verdict(stream, entry_id) if entry_id is not None else None
-        if first is None:  # none yet, or trimmed from the stream (the marker keeps the first)
+        marked = stream.marked(upload_id)
+        if marked is None:
             return _Claim(upload_id)
-        sha = hashlib.sha256(fetched.data).hexdigest() if fetched is not None else None
-        first_sha = first.hashes.sha256 if first.hashes is not None else None
-        if (sha is not None and sha == first_sha) or (sha is None and first.action is not Action.ALLOW):
-            return _Claim(upload_id, entry_id, first)
-        key = f"{upload_id}#{sha[:16] if sha else 'unread'}"
-        again = stream.recorded(key)
-        return _Claim(key, again, read_verdict(stream, again) if again else None, reused_from=first)
+        first = read_verdict(stream, marked.entry_id)  # None if trimmed from the stream
+        first_content = marked.content
+        if first_content is None:  # a marker from before content markers
+            first_content = first.hashes.sha256 if first is not None and first.hashes is not None else ""
+        if content:
+            same = first_content == content
+        else:  # unread now: a quarantine or block moved the file, or it was never readable
+            same = first.action is not Action.ALLOW if first is not None else not first_content
+        if same:
+            return _Claim(upload_id, marked.entry_id, first)  # first None (trimmed): decided again
+        return self._reused(upload_id, content, stream,
+                            _Reuse(upload_id, first.action if first is not None else None, first_content))
+
+    def _reused(self, upload_id: str, content: str, stream: VerdictStream, reuse: "_Reuse") -> "_Claim":
+        key = reused_key(upload_id, content)
+        marked = stream.marked(key)
+        if marked is None:
+            return _Claim(key, reused=reuse)
+        return _Claim(key, marked.entry_id, read_verdict(stream, marked.entry_id), reuse)
+
+    def _record(self, verdict: Verdict, payload: ScanPayload, job_id: str, stream: VerdictStream, claim: "_Claim",
+                content: str) -> tuple[Settled, "_Claim"]:
+        """Record ``verdict`` as ``claim`` says. If another job under the same upload id
+        recorded a verdict for other bytes while this one scanned, these bytes are a
+        reused upload id after all: decided again with ``upload_id_reused`` and recorded
+        under their own key, never handed the other verdict."""
+        self._warn_unsigned(payload)
+        settled = self.settlement.record(verdict, payload, job_id=job_id, stream=stream, key=claim.key,
+                                         content=content)
+        if not settled.conflict:
+            return settled, claim
+        other = read_verdict(stream, settled.recorded.entry_id)
+        claim = self._reused(payload.upload_id, content, stream,
+                             _Reuse(payload.upload_id, other.action if other is not None else None,
+                                    settled.recorded.content or ""))
+        if claim.verdict is not None:
+            return Settled(claim.verdict, Recorded(claim.entry_id or "", False, content)), claim
+        verdict = self.policy.redecide(verdict, failures=claim.failures())
+        settled = self.settlement.record(verdict, payload, job_id=job_id, stream=stream, key=claim.key,
+                                         content=content)
+        return settled, claim
 
     def _log_hashes(self, payload: ScanPayload, verdict: Verdict, hashes: ImageHashes | None) -> None:
         """Keep this scan's hashes (never the photo) for retro-hunts. Runs after the verdict
@@ -338,12 +370,11 @@ class ScanService:
             return decode_inline(raw["bytes_b64"], max_bytes=self.settings.max_inline_bytes)
         raise SourceRefused(f"source must have exactly one of 'path' or 'bytes_b64', got {sorted(keys)}")
 
-    def _can_sign(self, payload: ScanPayload) -> bool:
-        """Whether this job's callback can be queued (a key to sign it with)."""
+    def _warn_unsigned(self, payload: ScanPayload) -> None:
+        """A job asks for a callback this worker has no key to sign: it is not queued."""
         if payload.callback_url and self.signer is None:
             self.metrics.callbacks.labels("skipped").inc()
             log.error("callback_url given but no callback key is configured (%s)", defaults.CALLBACK_KEY_ENV)
-        return self.signer is not None
 
     def deliverer(self, *, threads: int = defaults.CALLBACK_THREADS) -> CallbackDeliverer | None:
         """Delivery threads for this process's outbox (None without a callback key)."""
@@ -376,9 +407,10 @@ class ScanService:
                 fetched, _ = self._fetch(payload) if isinstance(payload.source, Mapping) else (None, None)
             except Exception:  # noqa: BLE001 - giving up must not fail
                 fetched = None
-            claim = self._claim(payload, fetched, stream)
+            content = hashlib.sha256(fetched.data).hexdigest() if fetched is not None else ""
+            claim = self._claim(upload_id, content, stream)
             if claim.verdict is not None:  # decided for these bytes before: that verdict stands
-                settled = Settled(claim.verdict, Recorded(claim.entry_id or "", False))
+                settled = Settled(claim.verdict, Recorded(claim.entry_id or "", False, content))
             else:
                 matcher = getattr(self.scanner, "matcher", None)
                 verdict = failure_verdict(
@@ -386,9 +418,8 @@ class ScanService:
                     data=fetched.data if fetched else None, bank_version=matcher.version if matcher else 0,
                     also=claim.failures(),
                 )
-                settled = self.settlement.record(replace(verdict, upload_id=upload_id, dry_run=payload.dry_run),
-                                                 payload, job_id=job_id, stream=stream, key=claim.key,
-                                                 signed=self._can_sign(payload))
+                settled, claim = self._record(replace(verdict, upload_id=upload_id, dry_run=payload.dry_run),
+                                              payload, job_id, stream, claim, content)
             self.settlement.act(settled, payload, job_id=job_id, fetched=fetched, stream=stream, key=claim.key)
             self.metrics.observe_verdict(settled.verdict, stream=stream.stream)
             log.warning("job given up: fail-closed verdict recorded",
@@ -449,25 +480,35 @@ def fail_closed(job: Any, connection: Any, exc: BaseException | None, *, service
 
 
 @dataclass(frozen=True)
+class _Reuse:
+    """What a reused upload id was first decided for (``action`` None if that entry was
+    trimmed from the stream)."""
+
+    upload_id: str
+    action: Action | None
+    content: str
+
+
+@dataclass(frozen=True)
 class _Claim:
     """Where a job's verdict is recorded (see :meth:`ScanService._claim`)."""
 
-    #: The record key: the upload id, or ``<upload id>#<sha256 prefix>`` for a reused id.
+    #: The record key: the upload id, or :func:`reused_key` for a reused upload id.
     key: str
     #: The verdict already recorded under ``key`` (to settle again), and its stream entry.
     entry_id: str | None = None
     verdict: Verdict | None = None
-    #: The verdict the upload id was first decided with, when this is another file.
-    reused_from: Verdict | None = None
+    #: What the upload id was first decided for, when this is another file.
+    reused: _Reuse | None = None
 
     def failures(self) -> list[tuple[ReasonCode, str]]:
-        if self.reused_from is None:
+        if self.reused is None:
             return []
-        first = self.reused_from
-        sha = first.hashes.sha256 if first.hashes is not None else None
+        first = self.reused
+        decided = f" ({first.action.value})" if first.action is not None else ""
+        what = f"other bytes (sha256 {first.content[:16]}...)" if first.content else "a file that was never read"
         return [(ReasonCode.UPLOAD_ID_REUSED,
-                 f"upload id {first.upload_id!r} was already decided ({first.action.value}) for"
-                 f" {'other bytes (sha256 ' + sha[:16] + '...)' if sha else 'a file that was never read'};"
+                 f"upload id {first.upload_id!r} was already decided{decided} for {what};"
                  " this file was scanned on its own and held")]
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .actions import ActionApplier, ActionResult
+from .delivery import CallbackSigner
 from .outbox import CallbackOutbox, PendingCallback
 from .payload import ScanPayload
 from .review_queue import QuarantineRecord, ReviewQueue
@@ -41,29 +42,43 @@ class Settled:
 
     verdict: Verdict
     recorded: Recorded
+    #: Another file's verdict holds the record key (two jobs under one upload id with
+    #: different bytes raced): ``verdict`` is this job's own and was not recorded.
+    conflict: bool = False
 
 
 class Settlement:
     """The stores, queues and ledgers a decided upload goes to (see the module docstring)."""
 
     def __init__(self, *, actions: ActionApplier, review: ReviewQueue, uploaders: UploaderLedger,
-                 outbox: CallbackOutbox) -> None:
+                 outbox: CallbackOutbox, signer: CallbackSigner | None) -> None:
         self.actions = actions
         self.review = review
         self.uploaders = uploaders
         self.outbox = outbox
+        self.signer = signer
 
     def record(self, verdict: Verdict, payload: ScanPayload, *, job_id: str, stream: VerdictStream, key: str,
-               signed: bool) -> Settled:
-        """Record ``verdict`` under ``key`` with its callback (when the job has one and
-        ``signed`` says there is a key to sign it with)."""
-        callback = PendingCallback(self.outbox, payload.callback_url) if payload.callback_url and signed else None
-        recorded = stream.record(upload_id=payload.upload_id, job_id=job_id, verdict=verdict.to_dict(), key=key,
-                                 callback=callback)
-        if not recorded.new:
-            # Another attempt of this upload recorded first: its verdict is the verdict.
-            verdict = read_verdict(stream, recorded.entry_id) or verdict
-        return Settled(verdict, recorded)
+               content: str) -> Settled:
+        """Record ``verdict`` for the bytes ``content`` (their SHA-256, "" if never read)
+        under ``key``, with its callback when the job has one and there is a key to sign
+        it. If another attempt recorded first for the same bytes, its verdict stands; if
+        it recorded for other bytes, nothing is taken from it (``Settled.conflict``)."""
+        callback = None
+        if payload.callback_url and self.signer is not None:
+            callback = PendingCallback(self.outbox, payload.callback_url, self.signer)
+        recorded = stream.record(upload_id=payload.upload_id, job_id=job_id, verdict=verdict.to_dict(),
+                                 content=content, key=key, callback=callback)
+        if recorded.new:
+            return Settled(verdict, recorded)
+        first = read_verdict(stream, recorded.entry_id)
+        recorded_content = recorded.content
+        if recorded_content is None:  # a marker from before content markers: ask the verdict
+            recorded_content = first.hashes.sha256 if first is not None and first.hashes is not None else ""
+        if recorded_content != content:
+            return Settled(verdict, recorded, conflict=True)
+        # Another attempt for these bytes recorded first: its verdict is the verdict.
+        return Settled(first or verdict, recorded)
 
     def act(self, settled: Settled, payload: ScanPayload, *, job_id: str, fetched: Fetched | None,
             stream: VerdictStream, key: str) -> None:
