@@ -164,9 +164,6 @@ MAX_JOB_RETRIES = 5
 """Most retries a worker grants a job, whatever its hash says: a producer writes
 ``retries_left``, and a photo that kills workers must reach its verdict in minutes."""
 
-MAX_RETRY_INTERVAL_S = 300
-"""Longest wait between a job's retries a worker honours (a producer writes ``retry_intervals``)."""
-
 RESULT_TTL_S = 24 * 3600
 """How long RQ keeps a finished job's result (the verdict dict)."""
 

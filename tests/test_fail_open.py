@@ -603,3 +603,175 @@ def test_a_reused_upload_id_whose_first_entry_was_trimmed_still_records_its_own_
     run_burst(redis_client, service)
     [verdict] = _all_verdicts(redis_client, "T")
     assert verdict["action"] == "block" and "upload_id_reused" in [r["code"] for r in verdict["reasons"]]
+
+
+def test_a_private_receiver_is_called_once_its_network_is_allowed() -> None:
+    from photosentry.worker.delivery import CallbackPolicy
+
+    resolve = lambda host, port, **_: [(2, 1, 6, "", ("10.20.0.5", port))]  # noqa: E731
+    with pytest.raises(Exception, match="private"):
+        CallbackPolicy().check("http://hooks.internal/v", resolve=resolve)
+    target = CallbackPolicy(allow_networks=("10.20.0.0/16",)).check("http://hooks.internal/v", resolve=resolve)
+    assert target.addresses == ("10.20.0.5",)
+
+
+@pytest.mark.parametrize("meta", ['{"attempts":"x"}', "[]", '"x"', '{"attempts":1e999}', "\x80\x81"])
+def test_a_meta_field_a_producer_writes_neither_stops_the_worker_nor_loses_the_upload(
+    redis_client: redis.Redis, service: ScanService, meta: str
+) -> None:
+    plant_job(redis_client, "meta-job", "meta-1", meta=meta)
+    plant_job(redis_client, "good-job", "good-1")
+    run_burst(redis_client, service)
+    assert _verdict_of(redis_client, "meta-1")["reasons"][0]["code"] == "not_an_image"  # scanned
+    assert _verdict_of(redis_client, "good-1")["reasons"][0]["code"] == "not_an_image"
+    assert json.loads(redis_client.hget("rq:job:meta-job", "meta")) == {"attempts": 1}
+
+
+@pytest.mark.parametrize("intervals", [None, "[3]", "[]"])
+def test_retries_are_immediate_whatever_retry_intervals_says(
+    redis_client: redis.Redis, settings: Any, scanner_slow: Any, intervals: str | None
+) -> None:
+    """The hash docs/queue.md shows has no retry_intervals: the guard used to make it [],
+    which made RQ's retry raise; [3] parked the retry in the ScheduledJobRegistry, which
+    no worker serves. Either way the upload never got its verdict."""
+    fields = {"retries_left": "1", "timeout": "1"}
+    if intervals is not None:
+        fields["retry_intervals"] = intervals
+    plant_job(redis_client, "slow-job", "slow-1", **fields)
+    service = ScanService(settings, client=redis_client, scanner=scanner_slow)
+    run_burst(redis_client, service)
+    verdict = _verdict_of(redis_client, "slow-1")
+    assert verdict["reasons"][0]["code"] == "scan_failed" and "2 attempts" in verdict["reasons"][0]["text"]
+    assert redis_client.hget("rq:job:slow-job", "status") == b"failed"
+    assert not redis_client.zcard("rq:scheduled:uploads")
+
+
+@pytest.fixture
+def scanner_slow(policy: Any) -> Any:
+    from photosentry.worker.pipeline import Scanner
+
+    from .test_worker import SlowScanner
+
+    return SlowScanner(Scanner(policy=policy, matcher=None, classifier=None), 3.0)
+
+
+def test_a_job_planted_in_the_started_registry_runs_nothing_of_the_producers(
+    redis_client: redis.Redis, service: ScanService, receiver: Receiver, marks: Path
+) -> None:
+    """RQ's own registry cleanup calls an expired entry's failure callback and sends its
+    webhooks from the stored hash; a planted entry never passes the job guard."""
+    hooks = json.dumps([{"url": receiver.url, "job_status": "failed", "method": "POST"}])
+    plant_job(redis_client, "planted", "planted-1", status="started", worker_name="someone.else",
+              failure_callback_name=EVIL, webhooks=hooks)
+    redis_client.lrem("rq:queue:uploads", 1, "planted")  # never dequeued: only registered
+    redis_client.zadd("rq:wip:uploads", {"planted:exec-1": 1})  # long expired
+    plant_job(redis_client, "unreadable", "unreadable-1", status="started", created_at="yesterday")
+    redis_client.lrem("rq:queue:uploads", 1, "unreadable")
+    redis_client.zadd("rq:wip:uploads", {"unreadable:exec-2": 1})
+    plant_job(redis_client, "good-job", "good-1")
+    run_burst(redis_client, service)
+    assert not marks.exists() and receiver.received == [] and receiver.rejected == 0
+    assert _verdict_of(redis_client, "good-1")["reasons"][0]["code"] == "not_an_image"  # the worker went on
+    assert _verdict_of(redis_client, "planted-1")["action"] == "quarantine"
+    assert _verdict_of(redis_client, "unreadable-1")["action"] == "quarantine"
+
+
+def test_a_callback_a_redis_writer_puts_in_the_outbox_is_never_signed_or_sent(
+    redis_client: redis.Redis, service: ScanService, receiver: Receiver
+) -> None:
+    from photosentry.worker.outbox import CallbackOutbox
+
+    outbox = CallbackOutbox(redis_client)
+    forged = "photosentry:verdicts|1-0|x"
+    redis_client.hset(outbox.item_prefix + forged, mapping={
+        "url": receiver.url, "upload_id": "victim-42", "job_id": "j", "stream": "photosentry:verdicts",
+        "stream_id": "1-0", "verdict": '{"action":"allow"}', "attempts": "-1000000", "mac": "0" * 64})
+    redis_client.zadd(outbox.due_key, {forged: 0})
+    deliverer = service.deliverer(threads=1)
+    assert deliverer is not None
+    taken = outbox.take()
+    assert taken is not None
+    deliverer.deliver(taken)
+    assert receiver.received == [] and outbox.pending() == 0
+    [(_, entry)] = redis_client.xrange(outbox.given_up_key)
+    assert b"MAC" in entry[b"error"]
+
+
+@pytest.mark.parametrize("context", [
+    {"recipient_age": 10 ** 400}, {"recipient_age": -(10 ** 400)}, {"recipient_age": "1" * 5000},
+    {"recipientAge": 15}, {"Recipient_Age": "30"}, {"recipient_age ": 30}, {"Recipient_Is_Minor": "false"},
+])
+def test_a_context_nobody_can_read_still_ends_in_a_verdict_under_the_strictest_profile(
+    redis_client: redis.Redis, service: ScanService, corpus: Any, context: dict[str, Any]
+) -> None:
+    payload = {"version": 1, "upload_id": "ctx-x", "source": {"bytes_b64": "aGVsbG8="}, "context": context}
+    redis_client.hset("rq:job:ctx-job", mapping={"data": json.dumps([SCAN_FUNCTION, None, [payload], {}]),
+                                                 "status": "queued", "origin": "uploads",
+                                                 "created_at": "2026-11-22T10:00:00.000000Z"})
+    redis_client.rpush("rq:queue:uploads", "ctx-job")
+    run_burst(redis_client, service)
+    verdict = _verdict_of(redis_client, "ctx-x")
+    assert verdict["profile"] == "minors"
+    assert "context_unreadable" in [r["code"] for r in verdict["reasons"]]
+
+
+def test_a_number_just_under_a_limit_is_under_it_as_written(policy: Any) -> None:
+    assert policy.profile_for({"recipient_age": "17.99999999999999999"}).name == "minors"
+    assert policy.profile_for({"recipient_age": "18"}).name == "default"
+
+
+def test_a_payload_with_a_number_python_cannot_parse_still_ends_in_a_verdict(
+    redis_client: redis.Redis, service: ScanService
+) -> None:
+    """Valid JSON, but an integer of 5,000 digits: RQ cannot read the job, so it is refused,
+    and its upload used to get no verdict at all."""
+    data = ('["%s", null, [{"version": 1, "upload_id": "digits-1", "source": {"bytes_b64": "aGVsbG8="},'
+            ' "context": {"recipient_age": %s}}], {}]' % (SCAN_FUNCTION, "1" * 5000))
+    plant_job(redis_client, "digits-job", "digits-1", data=data)
+    run_burst(redis_client, service)
+    verdict = _verdict_of(redis_client, "digits-1")
+    assert verdict["action"] == "quarantine" and verdict["profile"] == "minors"
+
+
+# -- who may write what: the producer ACL docs/operations.md recommends ---------------------------
+
+PRODUCER_ACL = ("resetkeys ~rq:job:* ~rq:queue:uploads ~rq:queue:bulk ~rq:queues"
+                " -@all +multi +exec +hset +rpush +sadd +ping")
+
+
+def test_a_producer_under_the_documented_acl_can_enqueue_and_nothing_else(
+    redis_server: str, redis_client: redis.Redis, service: ScanService, corpus: Any
+) -> None:
+    """The job guard holds against whatever a job hash says; what else lives in Redis
+    (banks, the verdict cache, markers, the outbox, RQ's registries, pubsub commands) is
+    kept from producers by a Redis ACL, which this pins."""
+    from photosentry import enqueue_scan
+
+    redis_client.execute_command("ACL", "SETUSER", "producer-test", "reset", "on", ">producer-test-pw",
+                                 *PRODUCER_ACL.split())
+    try:
+        producer = redis.Redis.from_url(redis_server, username="producer-test", password="producer-test-pw")
+        enqueue_scan(producer, source=corpus.clean["coffee"].read_bytes(), upload_id="acl-1")
+        with producer.pipeline() as pipe:  # docs/queue.md's foreign producer
+            pipe.hset("rq:job:acl-2", mapping={"data": json.dumps([SCAN_FUNCTION, None, [
+                {"version": 1, "upload_id": "acl-2", "source": {"bytes_b64": "aGVsbG8="}}], {}]),
+                "status": "queued", "origin": "uploads", "created_at": "2026-11-22T10:00:00.000000Z"})
+            pipe.rpush("rq:queue:uploads", "acl-2")
+            pipe.sadd("rq:queues", "rq:queue:uploads")
+            pipe.execute()
+        for forbidden in (
+            lambda: producer.set("photosentry:vcache:x", "{}"),
+            lambda: producer.hset("photosentry:callbacks:item:x", "url", "http://x/"),
+            lambda: producer.zadd("rq:wip:uploads", {"x:y": 1}),
+            lambda: producer.xadd("photosentry:verdicts", {"upload_id": "x"}),
+            lambda: producer.set("photosentry:verdicts:recorded:acl-1", "1-0"),
+            lambda: producer.publish("rq:pubsub:photosentry.any", '{"command": "shutdown"}'),
+            lambda: producer.hset("photosentry:bank:entries", "1", "x"),
+        ):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                forbidden()
+        run_burst(redis_client, service)
+        assert _verdict_of(redis_client, "acl-1")["action"] == "allow"
+        assert _verdict_of(redis_client, "acl-2")["reasons"][0]["code"] == "not_an_image"
+    finally:
+        redis_client.execute_command("ACL", "DELUSER", "producer-test")

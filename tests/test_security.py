@@ -27,7 +27,7 @@ from photosentry.models.open_nsfw import OpenNsfwClassifier
 from photosentry.worker.actions import ActionApplier, ContentStore
 from photosentry.worker.delivery import CallbackPolicy, CallbackRefused, CallbackSigner, post_callback
 from photosentry.worker.jobs import SCAN_FUNCTION
-from photosentry.worker.dequeue import MAX_JOB_DATA_BYTES
+from photosentry.worker.jobdata import MAX_JOB_DATA_BYTES
 from photosentry.worker.scan_worker import ScanWorker
 from photosentry.worker.pipeline import Scanner
 from photosentry.worker.policy import Policy
@@ -255,6 +255,13 @@ def test_hostile_job_paths_are_refused_and_quarantined_without_reading(
     ("http://0.0.0.0:8080/", "loopback"),
     ("http://224.0.0.1/", "multicast"),
     ("http://240.0.0.1/", "reserved"),
+    # A platform's own services: private, shared and benchmarking ranges (red team).
+    ("http://10.20.0.5:2375/containers/db/kill", "private"),
+    ("http://172.16.0.1/", "private"),
+    ("http://192.168.1.1/", "private"),
+    ("http://100.64.0.1/", "private"),
+    ("http://198.18.0.1/", "private"),
+    ("http://[fd00::1]/", "private"),
     ("file:///etc/passwd", "scheme"),
     ("gopher://127.0.0.1:6379/_FLUSHALL", "scheme"),
     ("ftp://files.example/", "scheme"),

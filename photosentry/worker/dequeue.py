@@ -11,10 +11,8 @@ untrusted input: one too big or too broken to read is refused here
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-import zlib
 from typing import Any
 
 import redis
@@ -24,17 +22,12 @@ from rq.job import Job, JobStatus
 from rq.utils import as_text, now
 
 from .. import defaults
-from . import rq_compat
+from . import jobdata, rq_compat
 
 log = logging.getLogger(__name__)
 
 BLOCK_S = 0.5
 """Longest blocking wait (on the top-priority queue) before the lower queues are polled again."""
-
-MAX_JOB_DATA_BYTES = 16 * 1024 * 1024
-"""Largest job ``data`` a worker will decompress and parse: an inline photo at the 10 MB
-limit is 13.4 MB of base64. RQ inflates zlib-compressed data without a bound, so a 1 MB
-hostile job could otherwise take a gigabyte of the worker's memory."""
 
 
 class ReliableQueue(Queue):
@@ -86,7 +79,7 @@ class ReliableQueue(Queue):
             queue_key, job_id = as_text(found[0]), as_text(found[1])
             # A job hash is untrusted input: one RQ cannot parse (a bad date, status or
             # timeout) used to end the worker, and recovery put it back for the next one.
-            problem = _oversized_job(connection, job_id)
+            problem = jobdata.oversized(connection, job_id)
             fetched = None
             if problem is None:
                 try:
@@ -101,24 +94,6 @@ class ReliableQueue(Queue):
                 connection.lrem(rq_compat.intermediate_key(queue_key), 1, job_id)
                 continue
             return fetched
-
-
-def _oversized_job(connection: redis.Redis, job_id: str) -> str | None:
-    """Why the job's data is too big to read (compressed or not), or None."""
-    key = rq_compat.job_key(job_id)
-    if connection.hstrlen(key, "data") > MAX_JOB_DATA_BYTES:
-        return f"job data is over {MAX_JOB_DATA_BYTES} bytes"
-    raw = connection.hget(key, "data")
-    if raw is None:
-        return None
-    try:
-        inflater = zlib.decompressobj()
-        inflater.decompress(raw, MAX_JOB_DATA_BYTES)
-        if inflater.unconsumed_tail:
-            return f"job data inflates to over {MAX_JOB_DATA_BYTES} bytes"
-    except zlib.error:
-        pass  # not compressed: RQ reads it as it is
-    return None
 
 
 def refuse_unreadable_job(connection: redis.Redis, queue_key: str, job_id: str, why: str) -> None:
@@ -139,7 +114,7 @@ def refuse_unreadable_job(connection: redis.Redis, queue_key: str, job_id: str, 
                                 "ended_at": now().strftime("%Y-%m-%dT%H:%M:%S.%fZ")})
         pipe.zadd(rq_compat.failed_registry_key(queue_name, connection), {job_id: time.time() + defaults.FAILURE_TTL_S})
         pipe.execute()
-    payload = _readable_payload(connection, job_id)
+    payload = jobdata.payload_of(connection, job_id)
     if payload is None:
         return
     try:
@@ -148,19 +123,3 @@ def refuse_unreadable_job(connection: redis.Redis, queue_key: str, job_id: str, 
         current_service().record_failure(payload, job_id=job_id, why=f"job refused: {why}", queue=queue_name)
     except Exception:  # noqa: BLE001 - the job is failed and logged either way
         log.exception("could not record the fail-closed verdict of refused job %s", job_id)
-
-
-def _readable_payload(connection: redis.Redis, job_id: str) -> dict[str, Any] | None:
-    if _oversized_job(connection, job_id) is not None:
-        return None
-    raw = connection.hget(rq_compat.job_key(job_id), "data")
-    try:
-        raw = zlib.decompress(raw) if raw else raw
-    except zlib.error:
-        pass
-    try:
-        data = json.loads(raw) if raw else None
-        payload = data[2][0] if isinstance(data, list) and len(data) > 2 and data[2] else None
-    except (ValueError, TypeError, IndexError, KeyError):
-        return None
-    return payload if isinstance(payload, dict) else None

@@ -19,10 +19,13 @@ guard
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from rq import Queue
 from rq.job import Job
+from rq.serializers import JSONSerializer
+from rq.utils import as_text
 
 from .. import defaults
 from . import rq_compat
@@ -37,7 +40,6 @@ class JobRules:
     failure_callback: str = FAILURE_CALLBACK
     max_timeout_s: int = defaults.JOB_TIMEOUT_S
     max_retries: int = defaults.MAX_JOB_RETRIES
-    max_retry_interval_s: int = defaults.MAX_RETRY_INTERVAL_S
 
 
 @dataclass(frozen=True)
@@ -64,23 +66,39 @@ def guard(job: Job, queue: Queue, rules: JobRules) -> Refusal | None:
         job.timeout = rules.max_timeout_s
     if job.retries_left is not None:
         job.retries_left = max(0, min(job.retries_left, rules.max_retries))
-    intervals = _bounded_intervals(job.retry_intervals, rules.max_retry_interval_s)
-    if intervals is None:
-        refusal = refusal or Refusal("fields", f"retry_intervals {job.retry_intervals!r} is not a list of seconds")
-        intervals = []
-    job.retry_intervals = intervals
+    # A worker runs no scheduler: a retry waits for nothing (RQ schedules one with an
+    # interval, and an empty list made its retry raise).
+    job.retry_intervals = None
+    # meta is the producer's too: only our attempts counter survives, as an int.
+    job.meta = {"attempts": rq_compat.attempts_of(job)}
     rq_compat.neutralize_stored(job.connection, job.id, failure_callback=rules.failure_callback, origin=queue.name,
                                 timeout=int(job.timeout), retries_left=job.retries_left,
-                                retry_intervals=intervals)
+                                attempts=job.meta["attempts"])
     return refusal
 
 
-def _bounded_intervals(raw: object, most: int) -> list[int] | None:
-    if not raw:
-        return []
-    if not isinstance(raw, list) or not all(isinstance(i, (int, float)) and not isinstance(i, bool) for i in raw):
-        return None
-    return [max(0, min(int(i), most)) for i in raw[:16]]
+def defuse_registered(queue: Queue, rules: JobRules, *, refuse: Callable[[Queue, str, str], None]) -> None:
+    """Before RQ's own maintenance reads them, put the jobs of ``queue``'s
+    StartedJobRegistry and intermediate list on our terms.
+
+    RQ's registry cleanup calls an expired job's failure callback and sends its webhooks
+    straight from the stored hash, and anyone who can write to Redis can plant an entry
+    there without the job ever being dequeued. So each such hash gets its behaviour
+    fields cleared and our failure callback first; one RQ cannot even read (it used to
+    make the worker exit) is taken out and refused through ``refuse``.
+    """
+    connection = queue.connection
+    intermediate = [as_text(j) for j in connection.lrange(rq_compat.intermediate_key(queue.key), 0, -1)]
+    for job_id in dict.fromkeys(rq_compat.started_job_ids(queue) + intermediate):
+        if not connection.exists(rq_compat.job_key(job_id)):
+            continue
+        try:
+            Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
+        except Exception as exc:  # noqa: BLE001 - whatever a hostile hash makes RQ raise
+            rq_compat.drop_started(queue, job_id)
+            refuse(queue, job_id, f"RQ cannot read the job ({type(exc).__name__}: {str(exc)[:200]})")
+            continue
+        rq_compat.neutralize_stored(connection, job_id, failure_callback=rules.failure_callback, origin=queue.name)
 
 
 def _refusal(job: Job, rules: JobRules) -> Refusal | None:

@@ -9,8 +9,8 @@ allow a photo that was not fully scanned.
 from __future__ import annotations
 
 import importlib.resources
-import math
 import os
+from decimal import Decimal, InvalidOperation
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -29,6 +29,7 @@ POLICY_ENV = "PHOTOSENTRY_POLICY"
 DEFAULT_PROFILE = "default"
 _TRUE_STRINGS = frozenset({"1", "true", "yes", "on", "y", "t"})
 _FALSE_STRINGS = frozenset({"0", "false", "no", "off", "n", "f"})
+_MAX_NUMBER_CHARS = 64
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,8 @@ class _ProfileRule:
             return True
         if any(reading.flags.get(key) for key in self.when_true):
             return True
-        return any(reading.numbers.get(key, limit) < limit for key, limit in self.when_under.items())
+        return any(key in reading.numbers and reading.numbers[key] < Decimal(repr(limit))
+                   for key, limit in self.when_under.items())
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,8 @@ class ContextReading:
     """
 
     flags: Mapping[str, bool]
-    numbers: Mapping[str, float]
+    #: Exact values: "17.99999999999999999" is under 18, as written.
+    numbers: Mapping[str, Decimal]
     #: key -> why its value could not be read.
     unreadable: Mapping[str, str]
 
@@ -246,29 +249,29 @@ class Policy:
     # -- use ----------------------------------------------------------------------
 
     def read_context(self, context: Mapping[str, Any]) -> ContextReading:
-        """The values of ``context`` that any profile reads, parsed (see :class:`ContextReading`)."""
-        flags: dict[str, bool] = {}
-        numbers: dict[str, float] = {}
+        """The values of ``context`` that any profile reads, parsed (see :class:`ContextReading`).
+
+        A key written another way than the policy spells it (``recipientAge``,
+        ``Recipient_Age``, ``"recipient_age "``) is unreadable too: a typo must never
+        mean the adult rules for a child.
+        """
+        read: dict[str, Any] = {}  # key -> flag, number or None (absent)
         unreadable: dict[str, str] = {}
-        for rule in self.rules:
-            for key in rule.when_true:
-                if key in context and key not in flags and key not in unreadable:
-                    try:
-                        flag = read_flag(context[key])
-                    except ValueError as exc:
-                        unreadable[key] = str(exc)
-                    else:
-                        if flag is not None:
-                            flags[key] = flag
-            for key in rule.when_under:
-                if key in context and key not in numbers and key not in unreadable:
-                    try:
-                        number = read_number(context[key])
-                    except ValueError as exc:
-                        unreadable[key] = str(exc)
-                    else:
-                        if number is not None:
-                            numbers[key] = number
+        readers = {key: read_flag for rule in self.rules for key in rule.when_true}
+        readers.update({key: read_number for rule in self.rules for key in rule.when_under})
+        spelled = {_spelling(key): key for key in readers}
+        for given in context:
+            key = spelled.get(_spelling(str(given)))
+            if key is not None and given != key:
+                unreadable[key] = f"given as {given!r}, which the policy spells {key!r}"
+        for key, reader in readers.items():
+            if key in context and key not in unreadable:
+                try:
+                    read[key] = reader(context[key])
+                except (ValueError, TypeError, ArithmeticError) as exc:
+                    unreadable[key] = str(exc)
+        flags = {k: v for k, v in read.items() if isinstance(v, bool)}
+        numbers = {k: v for k, v in read.items() if isinstance(v, Decimal)}
         return ContextReading(flags, numbers, unreadable)
 
     def profile_for(self, context: Mapping[str, Any]) -> Profile:
@@ -591,23 +594,29 @@ def read_flag(value: Any) -> bool | None:
     raise ValueError(f"{value!r} is not true or false")
 
 
-def read_number(value: Any) -> float | None:
-    """A context number: a JSON number or its string (``"15"``). None when absent (null
-    or an empty string); ValueError, saying what was given, for anything else."""
+def read_number(value: Any) -> Decimal | None:
+    """A context number, exactly as written: a JSON number or its string (``"15"``).
+    None when absent (null or an empty string); ValueError, saying what was given, for
+    anything else (words, NaN, infinities, numbers too long to be an age or a limit)."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            raise ValueError(f"{value!r} is not a number") from None
-    else:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError(f"{value!r} is not a number")
-    if not math.isfinite(number):
+    text = value.strip() if isinstance(value, str) else repr(value)
+    if len(text) > _MAX_NUMBER_CHARS:
+        raise ValueError(f"{text[:20]}... ({len(text)} characters) is not a number a context holds")
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        raise ValueError(f"{value!r} is not a number") from None
+    if not number.is_finite():
         raise ValueError(f"{value!r} is not a finite number")
     return number
+
+
+def _spelling(key: str) -> str:
+    """A key as a typo would not change it: case, spaces, ``_`` and ``-`` dropped."""
+    return "".join(c for c in key.casefold() if c.isalnum())
 
 
 def _found(score: ModelScore) -> list[str]:

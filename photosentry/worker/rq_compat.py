@@ -12,6 +12,7 @@ breaking recovery or the job guard in silence.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import redis
@@ -98,6 +99,16 @@ def execution_owner(execution_id: str, job_id: str, connection: redis.Redis) -> 
     return Execution.fetch(execution_id, job_id, connection=connection).worker_name
 
 
+def attempts_of(job: Job) -> int:
+    """How many attempts of ``job`` a worker has started, from our counter in its meta (0
+    when the meta, which a producer writes too, says nothing usable)."""
+    meta = job.meta if isinstance(job.meta, dict) else {}
+    value = meta.get("attempts", 0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return 0
+    return max(0, min(int(value), 1000))
+
+
 def failure_callback_name(job: Job) -> str | None:
     return job._failure_callback_name
 
@@ -145,21 +156,59 @@ def neutralize(job: Job, *, failure_callback: str) -> None:
 
 
 def neutralize_stored(connection: redis.Redis, job_id: str, *, failure_callback: str, origin: str,
-                      timeout: int, retries_left: int | None, retry_intervals: list[int]) -> None:
+                      timeout: int | None = None, retries_left: int | None = None,
+                      attempts: int | None = None) -> None:
     """Make the stored hash agree with :func:`neutralize`, so RQ's own registry cleanup or
-    a recovery that re-reads the hash never acts on a producer's fields either."""
+    a recovery that re-reads the hash never acts on a producer's fields either. Retry
+    intervals go too: a worker runs no scheduler, so a retry is always immediate."""
     key = job_key(job_id)
     with connection.pipeline() as pipe:
-        pipe.hdel(key, *(f for f in BEHAVIOUR_FIELDS if f != "failure_callback_name"))
-        mapping: dict[str, Any] = {"failure_callback_name": failure_callback, "origin": origin, "timeout": timeout}
+        pipe.hdel(key, *(f for f in BEHAVIOUR_FIELDS if f != "failure_callback_name"), "retry_intervals")
+        mapping: dict[str, Any] = {"failure_callback_name": failure_callback, "origin": origin}
+        if timeout is not None:
+            mapping["timeout"] = timeout
         if retries_left is not None:
             mapping["retries_left"] = retries_left
-        if retry_intervals:
-            mapping["retry_intervals"] = json.dumps(retry_intervals)
-        else:
-            pipe.hdel(key, "retry_intervals")
+        if attempts is not None:
+            mapping["meta"] = json.dumps({"attempts": attempts})
         pipe.hset(key, mapping=mapping)
         pipe.execute()
+
+
+def registry_maintenance(worker: Any, queue: Queue, before: Any) -> None:
+    """RQ's per-queue maintenance (``BaseWorker.clean_registries``'s loop body), with
+    ``before(queue)`` run first under the same lock, and the lock released whatever
+    happens (RQ's own loop held it for 15 minutes when a hash it could not read raised)."""
+    from rq import worker_registration
+    from rq.registry import clean_registries
+
+    if not queue.acquire_maintenance_lock():
+        return
+    try:
+        worker.log.info("Worker %s: cleaning registries for queue: %s", worker.name, queue.name)
+        before(queue)
+        clean_registries(queue, worker._exc_handlers)
+        worker_registration.clean_worker_registry(queue)
+        queue.intermediate_queue.cleanup(worker, queue)
+    finally:
+        queue.release_maintenance_lock()
+
+
+def started_job_ids(queue: Queue) -> list[str]:
+    return [job_id for job_id, _ in queue.started_job_registry.get_job_and_execution_ids(cleanup=False)]
+
+
+def drop_started(queue: Queue, job_id: str) -> None:
+    """Take every StartedJobRegistry entry of ``job_id`` out (``<job id>:<execution id>``)."""
+    registry = queue.started_job_registry
+    members = [m for m in queue.connection.zrange(registry.key, 0, -1)
+               if _text(m) == job_id or _text(m).startswith(job_id + ":")]
+    if members:
+        queue.connection.zrem(registry.key, *members)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def subscribe_with_poll(worker: Any, poll_s: float) -> None:

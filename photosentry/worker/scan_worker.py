@@ -50,8 +50,8 @@ from rq.utils import now
 from .. import defaults
 from ..errors import JobRefused
 from . import logs, rq_compat
-from .dequeue import ReliableQueue
-from .jobguard import JobRules, Refusal, guard
+from .dequeue import ReliableQueue, refuse_unreadable_job
+from .jobguard import JobRules, Refusal, defuse_registered, guard
 from .jobs import SCAN_FUNCTION
 from .recovery import (RECOVER_LOCK_KEY, WORKER_NAME_PREFIX, alive_key, give_up_with_verdict, new_worker_name,
                        recover_abandoned, recover_intermediate, requeue_job)
@@ -213,13 +213,25 @@ class ScanWorker(SimpleWorker):
             self._refuse(job, queue, refusal)
             return
         # Counted by us: RQ's number_of_retries only counts jobs that return Retry.
-        job.meta["attempts"] = int(job.meta.get("attempts", 0) or 0) + 1
+        job.meta["attempts"] = rq_compat.attempts_of(job) + 1
         job.save_meta()
         self._current_job, self._job_started_mono = job, time.monotonic()
         try:
             super().execute_job(job, queue)
         finally:
             self._current_job = self._job_started_mono = None
+
+    def clean_registries(self) -> None:
+        """RQ's registry maintenance, after every registered job hash is defused (RQ's
+        cleanup would call a planted entry's callbacks and webhooks, and exit the worker
+        on one it cannot read), and never ending the worker."""
+        for queue in self.queues:
+            try:
+                rq_compat.registry_maintenance(
+                    self, queue, before=lambda q: defuse_registered(q, self.job_rules, refuse=_refuse_registered))
+            except Exception:  # noqa: BLE001 - maintenance is tried again on the next tick
+                log.exception("registry maintenance of queue %s failed", queue.name)
+        self.last_cleaned_at = now()
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
         # RQ removes the intermediate entry only for single-queue workers; ReliableQueue
@@ -283,3 +295,7 @@ def _installed_deliverer() -> Any | None:
     except RuntimeError:
         return None
     return service.deliverer()
+
+
+def _refuse_registered(queue: Queue, job_id: str, why: str) -> None:
+    refuse_unreadable_job(queue.connection, queue.key, job_id, why)

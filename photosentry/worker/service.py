@@ -51,6 +51,7 @@ from .outbox import CallbackDeliverer, CallbackOutbox
 from .payload import ScanPayload, check_upload_id
 from .pipeline import Scanner, failure_verdict
 from .policy import Policy
+from . import jobdata, rq_compat
 from .review_queue import ReviewQueue
 from .settle import Settled, Settlement, read_verdict
 from .sources import Fetched, PathSource, Source, SourceRoots, decode_inline
@@ -456,14 +457,16 @@ def fail_closed(job: Any, connection: Any, exc: BaseException | None, *, service
             return
         try:
             raw = job.args[0]
-        except Exception as err:  # noqa: BLE001 - a payload that is not JSON: nothing to record
-            log.error("failed job %s has no readable payload (%s); no verdict can be recorded", job.id, err)
-            return
+        except Exception:  # noqa: BLE001 - RQ could not read it: try harder, a verdict is owed
+            raw = jobdata.payload_of(connection, job.id)
+            if raw is None:
+                log.error("failed job %s has no readable payload; no verdict can be recorded", job.id)
+                return
         if not isinstance(raw, Mapping):
             log.error("failed job %s payload is not an object; no verdict can be recorded", job.id)
             return
         service = service or _CURRENT or ScanService(ServiceSettings.from_env(), client=connection, load_models=False)
-        attempts = int((job.meta or {}).get("attempts", 0) or 0) or 1
+        attempts = rq_compat.attempts_of(job) or 1
         if isinstance(exc, JobRefused):
             why = f"job refused: {str(exc)[:300]}"
         else:
