@@ -313,7 +313,7 @@ def structural(images: dict[str, Image.Image], bases: dict[str, bytes]) -> Itera
     yield Hostile("vector.png", "non_image", b'<svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"/>', False,
                   (UNSUPPORTED,), "SVG with script")
     yield Hostile("phone.jpg", "non_image", b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64,
-                  False, (UNSUPPORTED,), "HEIC header")
+                  False, (UNREADABLE, UNSUPPORTED), "HEIC header with no image behind it")
     yield Hostile("doc.jpg", "non_image", b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj<<>>endobj\n", False, (UNSUPPORTED,),
                   "a PDF")
     zip_buf = io.BytesIO()

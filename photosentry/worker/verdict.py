@@ -61,8 +61,11 @@ class ReasonCode(str, Enum):
     NOT_AN_IMAGE = _decode.NOT_AN_IMAGE
     #: A real image format that we do not decode (HEIF, SVG, PSD ...).
     UNSUPPORTED_FORMAT = _decode.UNSUPPORTED_FORMAT
-    #: Declared pixel size over the limit; never decoded.
+    #: An attack: a declared size far beyond what the file's bytes could hold; never decoded.
     DECOMPRESSION_BOMB = _decode.DECOMPRESSION_BOMB
+    #: An ordinary picture too big to decode safely in its format (even at 1/8 scale
+    #: for a JPEG; PNG, WebP, HEIC ... cannot be reduced); never decoded.
+    TOO_MANY_PIXELS = _decode.TOO_MANY_PIXELS
     #: Corrupt or truncated image data.
     UNREADABLE = _decode.UNREADABLE
     #: An animation longer than the frame or pixel budget: part of it was never seen.
@@ -90,6 +93,7 @@ FAILURE_CODES = frozenset(
         ReasonCode.NOT_AN_IMAGE,
         ReasonCode.UNSUPPORTED_FORMAT,
         ReasonCode.DECOMPRESSION_BOMB,
+        ReasonCode.TOO_MANY_PIXELS,
         ReasonCode.UNREADABLE,
         ReasonCode.TOO_MANY_FRAMES,
         ReasonCode.MODEL_UNAVAILABLE,
