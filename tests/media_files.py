@@ -61,25 +61,27 @@ def avif(img: Image.Image, *, quality: int = 80, **params: object) -> bytes:
     return encode(img, "AVIF", quality=quality, **params)
 
 
-def large_jpeg(path: Path, source: Image.Image, size: tuple[int, int], *, quality: int = 85, seed: int = 0,
-               progressive: bool = False, subsampling: int | None = None) -> Path:
-    """``source`` upscaled to ``size`` with mild noise (sensor-like texture), as a JPEG."""
+def phone_pixels(source: Image.Image, size: tuple[int, int], *, seed: int = 0) -> np.ndarray:
+    """``source`` upscaled to ``size`` with mild noise (a sensor's texture), built strip by
+    strip in place: the only large allocation is the frame itself."""
     width, height = size
     pixels = np.empty((height, width, 3), dtype=np.uint8)
-    rng = np.random.default_rng(seed)
-    noise = rng.integers(-5, 6, size=(_STRIP, min(width, 4096), 3), dtype=np.int16)
+    noise = np.random.default_rng(seed).integers(0, 11, size=(_STRIP, width, 3), dtype=np.uint8)
     sw, sh = source.size
     for top in range(0, height, _STRIP):
         rows = min(_STRIP, height - top)
         box = (0, top * sh / height, sw, (top + rows) * sh / height)
-        strip = np.asarray(source.resize((width, rows), Image.Resampling.BILINEAR, box=box), dtype=np.int16)
-        reps = -(-width // noise.shape[1])
-        strip += np.tile(noise[:rows], (1, reps, 1))[:, :width]
-        pixels[top:top + rows] = np.clip(strip, 0, 255)
-    params: dict[str, object] = {"quality": quality, "progressive": progressive}
-    if subsampling is not None:
-        params["subsampling"] = subsampling
-    Image.fromarray(pixels).save(path, format="JPEG", **params)
+        strip = pixels[top:top + rows]
+        strip[:] = np.asarray(source.resize((width, rows), Image.Resampling.BILINEAR, box=box))
+        # uint8 all the way: squeeze into 5..245, add 0..10, shift back (no overflow, no copies).
+        np.clip(strip, 5, 245, out=strip)
+        strip += noise[:rows]
+        strip -= 5
+    return pixels
+
+
+def save_jpeg(pixels: np.ndarray, path: Path, *, quality: int = 85, **params: object) -> Path:
+    Image.fromarray(pixels).save(path, format="JPEG", quality=quality, **params)
     return path
 
 
