@@ -26,7 +26,8 @@ import os
 import re
 import struct
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Collection
+from dataclasses import dataclass, field, replace
 from typing import BinaryIO
 
 import numpy as np
@@ -36,6 +37,10 @@ from . import defaults
 from .errors import UnreadableImage
 from .media import budget as _budget
 from .media import jpeg as _jpeg
+from .media import location as _location
+from .media import motion as _motion
+from .media import trailing as _trailing
+from .media.trailing import Trailer
 from .media.codes import (  # noqa: F401 - re-exported: the verdict module turns them into ReasonCodes
     DECOMPRESSION_BOMB,
     EMPTY_FILE,
@@ -110,6 +115,16 @@ class DecodedImage:
     #: How much smaller than the file the frames are (1 = full resolution; 2, 4 or 8
     #: when a JPEG was decoded in the DCT domain for a ``min_side`` caller).
     reduction: int = 1
+    #: What follows the image or hides in its container (:mod:`photosentry.media.trailing`);
+    #: frames of the parts scanned come after the image's own in ``frames``.
+    trailers: tuple[Trailer, ...] = ()
+    #: The photo's EXIF or XMP carries GPS coordinates.
+    gps: bool = False
+
+    @property
+    def image_frames(self) -> int:
+        """How many entries of ``frames`` are the image's own (the rest came from trailers)."""
+        return len(self.frames) - sum(t.frames_scanned for t in self.trailers)
 
 
 def sniff_format(head: bytes) -> str | None:
@@ -182,7 +197,9 @@ def read_limited(source: str | os.PathLike[str] | BinaryIO, max_bytes: int) -> b
     return data
 
 
-def decode(data: bytes, limits: Limits = Limits(), *, min_side: int | None = None) -> DecodedImage:
+def decode(
+    data: bytes, limits: Limits = Limits(), *, min_side: int | None = None, scan_trailing: Collection[str] = ()
+) -> DecodedImage:
     """Decode untrusted image bytes within ``limits``.
 
     Args:
@@ -196,6 +213,10 @@ def decode(data: bytes, limits: Limits = Limits(), *, min_side: int | None = Non
             ``height`` still report the full size; ``reduction`` says by how much the
             frames are smaller. None decodes every pixel, except that a JPEG declaring
             more than ``limits.max_pixels`` is always reduced until it fits.
+        scan_trailing: kinds of trailing parts (``mp4``, ``jpeg``) whose content is
+            decoded and scanned too: a motion photo's sampled video frames, an MPF image.
+            Their frames follow the image's own; every part found is listed in
+            ``trailers`` whether scanned or not.
 
     Raises:
         UnreadableImage: with a stable ``code`` for every way the bytes can fail.
@@ -217,7 +238,8 @@ def decode(data: bytes, limits: Limits = Limits(), *, min_side: int | None = Non
         plan = _budget.plan(fmt, width, height, len(data), limits.budget, layout=layout, min_side=min_side)
         try:
             reduction = _draft(img, plan)
-            return _decode_frames(img, fmt, limits, reduction, (width, height), len(data))
+            gps = _location.has_coordinates(img)
+            image = _decode_frames(img, fmt, limits, reduction, (width, height), len(data))
         except UnreadableImage:
             raise
         except Image.DecompressionBombError as exc:
@@ -226,6 +248,65 @@ def decode(data: bytes, limits: Limits = Limits(), *, min_side: int | None = Non
             raise UnreadableImage(DECOMPRESSION_BOMB, "decoding ran out of memory") from exc
         except Exception as exc:  # noqa: BLE001 - any decoder failure is the file's fault
             raise UnreadableImage(UNREADABLE, f"{fmt} data is corrupt or truncated: {exc}") from exc
+    trailers = _trailing.find(data, fmt, layout)
+    if not trailers:
+        return replace(image, gps=gps)
+    return _scan_trailers(replace(image, gps=gps), data, trailers, frozenset(scan_trailing), limits, min_side)
+
+
+def _scan_trailers(
+    image: DecodedImage, data: bytes, trailers: tuple[Trailer, ...], kinds: frozenset[str], limits: Limits,
+    min_side: int | None,
+) -> DecodedImage:
+    """Decode the trailing parts of the asked-for kinds and append their frames.
+
+    Their frames together may hold at most ``limits.max_pixels`` (as an animation's kept
+    frames do), and at most ``limits.scan_frames`` parts are scanned; a part that cannot
+    be scanned keeps its ``error`` and the policy fails it closed.
+    """
+    frames = list(image.frames)
+    budget = limits.max_pixels
+    done: list[Trailer] = []
+    scanned_parts = 0
+    for part in trailers:
+        if part.kind not in kinds or part.kind not in _trailing.SCANNABLE:
+            done.append(part)
+            continue
+        if scanned_parts >= limits.scan_frames or budget < 1:
+            done.append(part.scanned(0, "more trailing parts than the frame and pixel budget can scan"))
+            continue
+        scanned_parts += 1
+        start, stop = part.span()
+        got, error = _part_frames(data[start:stop], part.kind, limits, budget, min_side)
+        budget -= sum(frame.shape[0] * frame.shape[1] for frame in got)
+        frames.extend(got)
+        done.append(part.scanned(len(got), error))
+    # Frames from trailers are numbered after the image's own, in the order they were found.
+    extra = range(image.frame_count, image.frame_count + len(frames) - len(image.frames))
+    indices = (*image.frame_indices, *extra)
+    return replace(image, frames=tuple(frames), frame_indices=indices, trailers=tuple(done))
+
+
+def _part_frames(
+    content: bytes, kind: str, limits: Limits, budget: int, min_side: int | None
+) -> tuple[list[np.ndarray], str | None]:
+    """(frames, why not all of it was scanned) for one trailing part's content."""
+    if kind == _trailing.JPEG:
+        try:
+            part = decode(content, replace(limits, max_pixels=min(budget, limits.max_pixels)), min_side=min_side)
+        except UnreadableImage as exc:
+            return [], f"{exc.code}: {exc.message}"
+        return list(part.frames), ("too_many_frames: part of it was never seen" if part.frames_truncated else None)
+    try:
+        video = _motion.sample(content, frames=limits.scan_frames, max_frames=limits.max_frames,
+                               walk_pixels=defaults.MAX_VIDEO_PIXELS, keep_pixels=budget)
+    except _motion.VideoUnreadable as exc:
+        return [], str(exc)
+    except Exception as exc:  # noqa: BLE001 - OpenCV/FFmpeg failures are the file's fault
+        return [], f"the video could not be decoded: {type(exc).__name__}: {exc}"
+    if video.truncated:
+        return list(video.frames), f"the video declares {video.frame_count} frames; only part of it fit the budget"
+    return list(video.frames), None
 
 
 def _open(data: bytes, fmt: str, limits: Limits) -> Image.Image:

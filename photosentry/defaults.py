@@ -50,6 +50,12 @@ MAX_FRAMES = 1000
 """Animations with more frames than this are quarantined (``too_many_frames``):
 that many frames cannot be sampled densely enough to trust an allow."""
 
+MAX_VIDEO_PIXELS = 1_000_000_000
+"""Pixel budget for walking a motion photo's video (frames are decoded in order): 16 s
+of 1080p or 4 s of 4K at 30 fps, about 2 s of decoding on one core. Motion photos run
+1.5-3 s; a video past the budget is only partly seen and fails closed
+(``trailing_unscanned``)."""
+
 SCAN_FRAMES = 8
 """Frames of an animation that are hashed and classified, spread evenly over it;
 any one of them can trigger a quarantine or block."""

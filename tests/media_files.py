@@ -112,3 +112,100 @@ def rewrite_ispe(data: bytes, width: int, height: int) -> bytes:
         out[at + 8:at + 16] = struct.pack(">II", width, height)
         at = out.find(b"ispe", at + 4)
     return bytes(out)
+
+
+# -- motion photos and other trailers ----------------------------------------------------------
+
+
+def mp4_video(frames: list[np.ndarray], *, fps: int = 30) -> bytes:
+    """RGB frames written by OpenCV's MP4 writer (MPEG-4 part 2, what every OpenCV wheel has)."""
+    import os
+    import tempfile
+
+    import cv2
+
+    height, width = frames[0].shape[:2]
+    fd, path = tempfile.mkstemp(suffix=".mp4")
+    os.close(fd)
+    try:
+        writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+        assert writer.isOpened(), "OpenCV cannot write MP4 here"
+        for frame in frames:
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        writer.release()
+        return Path(path).read_bytes()
+    finally:
+        os.unlink(path)
+
+
+def clip_of(img: Image.Image, seconds: float = 1.5, fps: int = 30) -> bytes:
+    """A short video of ``img`` slowly panning, as a motion photo's clip looks."""
+    width, height = (img.size[0] // 16) * 16, (img.size[1] // 16) * 16
+    base = np.asarray(img.convert("RGB").resize((width + 32, height), Image.Resampling.BILINEAR))
+    frames = [np.ascontiguousarray(base[:, i * 32 // int(seconds * fps):][:, :width])
+              for i in range(int(seconds * fps))]
+    return mp4_video(frames, fps=fps)
+
+
+GOOGLE_CONTAINER_XMP = (
+    '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+    '<rdf:Description rdf:about="" xmlns:GCamera="http://ns.google.com/photos/1.0/camera/"'
+    ' xmlns:Container="http://ns.google.com/photos/1.0/container/"'
+    ' xmlns:Item="http://ns.google.com/photos/1.0/container/item/"'
+    ' GCamera:MotionPhoto="1" GCamera:MotionPhotoVersion="1" GCamera:MotionPhotoPresentationTimestampUs="0">'
+    '<Container:Directory><rdf:Seq>'
+    '<rdf:li rdf:parseType="Resource"><Container:Item Item:Mime="image/jpeg" Item:Semantic="Primary"'
+    ' Item:Length="0" Item:Padding="0"/></rdf:li>'
+    '<rdf:li rdf:parseType="Resource"><Container:Item Item:Mime="video/mp4" Item:Semantic="MotionPhoto"'
+    ' Item:Length="{length}"/></rdf:li>'
+    '</rdf:Seq></Container:Directory></rdf:Description></rdf:RDF></x:xmpmeta>'
+)
+GOOGLE_MICROVIDEO_XMP = (
+    '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+    '<rdf:Description rdf:about="" xmlns:GCamera="http://ns.google.com/photos/1.0/camera/"'
+    ' GCamera:MicroVideo="1" GCamera:MicroVideoVersion="1" GCamera:MicroVideoOffset="{length}"'
+    ' GCamera:MicroVideoPresentationTimestampUs="0"/></rdf:RDF></x:xmpmeta>'
+)
+
+
+def google_motion_photo(still: Image.Image, video: bytes, *, style: str = "container", **jpeg: object) -> bytes:
+    """A Google motion photo: the JPEG (XMP says where the video is), then the MP4."""
+    template = GOOGLE_CONTAINER_XMP if style == "container" else GOOGLE_MICROVIDEO_XMP
+    xmp = template.format(length=len(video)).encode()
+    return encode(still.convert("RGB"), "JPEG", quality=90, xmp=xmp, **jpeg) + video
+
+
+def samsung_motion_photo(still: Image.Image, video: bytes, **jpeg: object) -> bytes:
+    """A Samsung motion photo: the JPEG, a ``MotionPhoto_Data`` SEF block holding the MP4, the
+    SEF directory (``SEFH`` ... ``SEFT``) that lists it."""
+    name = b"MotionPhoto_Data"
+    block = b"\x00\x00\x30\x0a" + struct.pack("<I", len(name)) + name + video
+    directory = b"SEFH" + struct.pack("<II", 107, 1) + b"\x00\x00\x30\x0a" + struct.pack("<II", len(block), len(block))
+    return (encode(still.convert("RGB"), "JPEG", quality=90, **jpeg) + block + directory
+            + struct.pack("<I", len(directory)) + b"SEFT")
+
+
+def multi_picture(primary: Image.Image, *others: Image.Image) -> bytes:
+    """An MPO / multi-picture JPEG (MPF index in APP2), as Pillow writes it."""
+    return encode(primary.convert("RGB"), "MPO", save_all=True, append_images=[o.convert("RGB") for o in others],
+                  quality=90)
+
+
+def gps_exif(lat: float = 48.8584, lon: float = 2.2945, orientation: int | None = None) -> bytes:
+    """EXIF with GPS coordinates (the Eiffel Tower by default), a camera and a serial number."""
+    exif = Image.Exif()
+    exif[0x010F] = "PhoneMaker"
+    exif[0x0110] = "Phone 15"
+    if orientation is not None:
+        exif[0x0112] = orientation
+
+    def dms(value: float) -> tuple[float, float, float]:
+        value = abs(value)
+        d = int(value)
+        m = int((value - d) * 60)
+        return (float(d), float(m), round((value - d - m / 60) * 3600, 2))
+
+    gps = exif.get_ifd(0x8825)
+    gps.update({1: "N" if lat >= 0 else "S", 2: dms(lat), 3: "E" if lon >= 0 else "W", 4: dms(lon)})
+    exif.get_ifd(0x8769)[0xA431] = "SN-0042-1337"  # BodySerialNumber
+    return exif.tobytes()

@@ -91,6 +91,9 @@ class Layout:
     first_scan_components: int
     #: Offset just past EOI; None when the image never ends (truncated or corrupt).
     end: int | None
+    #: Where the walk stopped: ``end``, or where the structure stopped making sense
+    #: (the end of the data for a file cut short in its entropy-coded data).
+    stop: int = 0
 
     @property
     def buffered(self) -> bool:
@@ -119,14 +122,14 @@ def parse(data: bytes, start: int = 0) -> Layout:
     n = len(data)
     while pos + 1 < n and len(segments) < MAX_SEGMENTS:
         if data[pos] != 0xFF:
-            return Layout(start, tuple(segments), frame, first_scan, None)
+            return Layout(start, tuple(segments), frame, first_scan, None, pos)
         while pos + 1 < n and data[pos + 1] == 0xFF:  # fill bytes
             pos += 1
         if pos + 1 >= n:
             break
         marker = data[pos + 1]
         if marker == EOI:
-            return Layout(start, tuple(segments), frame, first_scan, pos + 2)
+            return Layout(start, tuple(segments), frame, first_scan, pos + 2, pos + 2)
         if marker in _STANDALONE or marker == 0xD8:
             pos += 2
             continue
@@ -134,7 +137,7 @@ def parse(data: bytes, start: int = 0) -> Layout:
             break
         length = struct.unpack_from(">H", data, pos + 2)[0] + 2
         if length < 4 or pos + length > n:
-            break
+            return Layout(start, tuple(segments), frame, first_scan, None, pos)
         segment = Segment(marker, pos, length)
         segments.append(segment)
         if marker in SOF_MARKERS and frame is None:
@@ -145,9 +148,9 @@ def parse(data: bytes, start: int = 0) -> Layout:
                 first_scan = data[segment.payload_offset]
             found = _NEXT_MARKER.search(data, pos)
             if found is None:
-                break
+                return Layout(start, tuple(segments), frame, first_scan, None, n)
             pos = found.start()
-    return Layout(start, tuple(segments), frame, first_scan, None)
+    return Layout(start, tuple(segments), frame, first_scan, None, min(pos, n))
 
 
 def _frame(data: bytes, segment: Segment) -> Frame | None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from .. import decode as _decode
 from ..hashes.matcher import Match
+from ..media.trailing import Trailer
 from ..hashes.signals import ImageHashes
 from ..models.classifier import ModelScore
 
@@ -84,6 +85,16 @@ class ReasonCode(str, Enum):
     MODERATOR_RELEASED = "moderator_released"
     #: A moderator reviewed the quarantined photo and blocked it.
     MODERATOR_CONFIRMED = "moderator_confirmed"
+    #: Data after the image's end (or hidden in its container) of a kind the policy's
+    #: ``[trailing]`` table quarantines or blocks: a ZIP, a script, unknown bytes.
+    #: The detail names its kind, size and offset.
+    TRAILING_DATA = "trailing_data"
+    #: Trailing content the policy asked to scan (a motion photo's video, an MPF image)
+    #: could not be decoded, or only in part: what no one looked at is not allowed.
+    TRAILING_UNSCANNED = "trailing_unscanned"
+    #: The profile asks for location metadata to be removed, the photo has GPS
+    #: coordinates, and its format cannot be rewritten losslessly (``[privacy]``).
+    LOCATION_NOT_REMOVED = "location_not_removed"
 
 
 FAILURE_CODES = frozenset(
@@ -96,6 +107,7 @@ FAILURE_CODES = frozenset(
         ReasonCode.TOO_MANY_PIXELS,
         ReasonCode.UNREADABLE,
         ReasonCode.TOO_MANY_FRAMES,
+        ReasonCode.TRAILING_UNSCANNED,
         ReasonCode.MODEL_UNAVAILABLE,
         ReasonCode.SCAN_FAILED,
         ReasonCode.SOURCE_REFUSED,
@@ -128,8 +140,21 @@ class MediaInfo:
     width: int
     height: int
     frame_count: int
+    #: Frames hashed and classified: the image's own and those of scanned trailing parts.
     frames_scanned: int
+    #: Oddities (``exif_unreadable``), ``gps_coordinates``, and one ``trailing_<kind>:<bytes>``
+    #: per part of data found after the image's end.
     notes: tuple[str, ...] = ()
+    #: The photo's EXIF or XMP carries GPS coordinates.
+    gps: bool = False
+    #: What follows the image or hides in its container, part by part.
+    trailers: tuple[Trailer, ...] = ()
+
+    @classmethod
+    def from_decoded(cls, decoded: "_decode.DecodedImage") -> "MediaInfo":
+        notes = (*decoded.notes, *(("gps_coordinates",) if decoded.gps else ()), *(t.note for t in decoded.trailers))
+        return cls(decoded.format, decoded.width, decoded.height, decoded.frame_count, len(decoded.frames),
+                   notes, decoded.gps, decoded.trailers)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -139,6 +164,8 @@ class MediaInfo:
             "frame_count": self.frame_count,
             "frames_scanned": self.frames_scanned,
             "notes": list(self.notes),
+            "gps": self.gps,
+            "trailing": [t.to_dict() for t in self.trailers],
         }
 
 
@@ -159,6 +186,9 @@ class Verdict:
     #: Milliseconds per pipeline stage, in the order they ran.
     timings_ms: dict[str, float] = field(default_factory=dict)
     context: dict[str, Any] = field(default_factory=dict)
+    #: What the act stage must do to an allowed file before it is shown:
+    #: ``strip_metadata`` (the profile's ``[privacy]``; :mod:`photosentry.media.scrub`).
+    rewrite: tuple[str, ...] = ()
 
     @property
     def reason_codes(self) -> list[str]:
@@ -178,6 +208,7 @@ class Verdict:
             "profile": self.profile,
             "bank_version": self.bank_version,
             "context": self.context,
+            **({"rewrite": list(self.rewrite)} if self.rewrite else {}),
         }
 
     def to_json(self) -> str:
