@@ -369,15 +369,30 @@ class ScanService:
 
     def _act(self, verdict: Mapping[str, Any], fetched: Fetched | None, payload: ScanPayload) -> ActionResult | None:
         action = Action(verdict["action"])
-        if action is Action.ALLOW or fetched is None or payload.dry_run:
+        if fetched is None or payload.dry_run:
             return None
         source: Path | None = fetched.path if SourceRoots.still_same(fetched) else None
+        if action is Action.ALLOW:
+            return self._rewrite(verdict, fetched, source) if verdict.get("rewrite") else None
         result = self.actions.apply_record(
             action, dict(verdict), data=fetched.data, upload_id=payload.upload_id, source=source
         )
         if result.changed:
             log.info("photo moved to the %s store", action.value,
                      extra={"stored_at": str(result.stored_at), "source_removed": result.source_removed})
+        return result
+
+    def _rewrite(self, verdict: Mapping[str, Any], fetched: Fetched, source: Path | None) -> ActionResult | None:
+        """An allowed upload's ``rewrite`` (e.g. ``strip_metadata``) on its file; a failure is
+        logged, never raised: the verdict is recorded and stands."""
+        try:
+            result = self.actions.rewrite(verdict, data=fetched.data, source=source)
+        except (ValueError, OSError) as exc:
+            log.error("allowed photo could not be rewritten as its verdict asks",
+                      extra={"rewrite": verdict.get("rewrite"), "why": f"{type(exc).__name__}: {exc}"})
+            return None
+        if result.rewritten:
+            log.info("allowed photo rewritten", extra={"rewrite": verdict.get("rewrite"), "path": str(source)})
         return result
 
     def _follow_up(self, verdict: Mapping[str, Any], payload: ScanPayload, job_id: str, stream_id: str,
