@@ -362,13 +362,18 @@ def _pillow_refusal(exc: Exception, fmt: str, file_bytes: int, limits: Limits) -
 
 
 def _heif_class() -> type[Image.Image]:
-    """pi-heif's image class (pillow-heif's decode-only build: libheif and libde265, no
-    GPL x265 encoder), imported on first use as the heavy hashers are."""
+    """pillow-heif's image class, imported on first use as the heavy hashers are.
+
+    Not pi-heif (its decode-only build): pi-heif 1.4.0 bundles libheif 1.23.0, which
+    segfaults on a fuzzed file (tests/data/heic-crashes-libheif-1.23.0.heic) that
+    pillow-heif's libheif 1.23.7 refuses cleanly; a decoder that can crash the worker is
+    worse than a wheel that also carries an encoder we never call.
+    """
     try:
-        import pi_heif
+        import pillow_heif
     except ImportError as exc:  # a broken install: say so rather than crash
         raise UnreadableImage(UNSUPPORTED_FORMAT, f"heif support is not installed: {exc}") from exc
-    return pi_heif.HeifImageFile
+    return pillow_heif.HeifImageFile
 
 
 def _draft(img: Image.Image, plan: _budget.Plan) -> int:

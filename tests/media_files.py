@@ -35,7 +35,7 @@ def encode(img: Image.Image, fmt: str, **params: object) -> bytes:
 
 
 def heic(img: Image.Image, *, quality: int = 80, exif: bytes | None = None, **params: object) -> bytes:
-    """``img`` encoded by libheif/x265 (pillow-heif is a test dependency; workers read with pi-heif)."""
+    """``img`` encoded by libheif/x265 (pillow-heif's wheel has the encoder; workers only decode)."""
     import pillow_heif
 
     heif = pillow_heif.from_pillow(img)

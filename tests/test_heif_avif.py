@@ -4,6 +4,10 @@ AVIF copy of a banned JPEG is blocked."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -153,3 +157,25 @@ def test_a_copy_of_a_banned_jpeg_is_blocked(fmt: str, banned_scanner: Scanner, b
         verdict = banned_scanner.scan_bytes(ENCODERS[fmt](other.convert("RGB")), subject=f"coffee.{fmt}")
     assert verdict.action is Action.ALLOW, verdict.reason_codes
     assert verdict.scores
+
+
+CRASHER = Path(__file__).parent / "data" / "heic-crashes-libheif-1.23.0.heic"
+OPEN_IN_A_CHILD = """
+import sys
+from photosentry.decode import decode
+from photosentry.errors import UnreadableImage
+try:
+    decode(open(sys.argv[1], "rb").read())
+    print("decoded")
+except UnreadableImage as exc:
+    print(exc.code)
+"""
+
+
+def test_a_heic_that_crashed_an_older_libheif_is_refused_without_a_crash() -> None:
+    """Found by fuzzing: libheif 1.23.0 (pi-heif 1.4.0) segfaults reading this file's metadata.
+    Opened in a child process, so a regression fails this test instead of killing the run."""
+    done = subprocess.run([sys.executable, "-c", OPEN_IN_A_CHILD, str(CRASHER)], capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
+    assert done.stdout.split()[-1] in ("unreadable", "decoded")
