@@ -209,3 +209,8 @@ def gps_exif(lat: float = 48.8584, lon: float = 2.2945, orientation: int | None 
     gps.update({1: "N" if lat >= 0 else "S", 2: dms(lat), 3: "E" if lon >= 0 else "W", 4: dms(lon)})
     exif.get_ifd(0x8769)[0xA431] = "SN-0042-1337"  # BodySerialNumber
     return exif.tobytes()
+
+
+def samsung_heic_motion_photo(still: Image.Image, video: bytes) -> bytes:
+    """A Samsung HEIC motion photo: the video in a top-level ``mpvd`` box after the image's boxes."""
+    return heic(still.convert("RGB"), exif=gps_exif()) + struct.pack(">I", 8 + len(video)) + b"mpvd" + video

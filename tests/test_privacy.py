@@ -100,6 +100,15 @@ def test_trailing_data_is_dropped(coffee: Image.Image) -> None:
         assert b"MotionPhoto" not in clean and b"MPF\x00" not in clean
 
 
+def test_a_samsung_heic_loses_its_video_box_and_exif_in_place(coffee: Image.Image) -> None:
+    data = media_files.samsung_heic_motion_photo(coffee, media_files.clip_of(coffee, seconds=0.5))
+    clean = scrub.strip_metadata(data, "heif")
+    assert len(clean) == len(data) and b"mpvd" not in clean and SERIAL not in clean
+    after = decode(clean, scan_trailing={"mp4"})
+    assert after.trailers == () and not after.gps
+    assert np.array_equal(after.frames[0], decode(data).frames[0])
+
+
 def test_formats_that_cannot_be_rewritten_say_so(coffee: Image.Image, corpus: corpus_mod.Corpus) -> None:
     assert not scrub.can_strip("tiff") and not scrub.can_strip("gif")
     with pytest.raises(ValueError):

@@ -92,6 +92,16 @@ def test_motion_photo_video_is_named_and_its_frames_sampled(style: str, photos: 
     assert listed.trailers[0].frames_scanned == 0
 
 
+def test_a_samsung_heic_keeps_its_video_in_a_box_that_is_found_and_scanned(photos: dict[str, Image.Image],
+                                                                           clips: dict[str, bytes]) -> None:
+    data = media_files.samsung_heic_motion_photo(photos["coffee"], clips["coffee"])
+    decoded = decode(data, scan_trailing=SCAN)
+    [part] = decoded.trailers
+    assert (part.kind, part.source, part.frames_scanned, part.error) == (trailing.MP4, "heif:mpvd", 8, None)
+    start, stop = part.span()
+    assert data[start:stop] == clips["coffee"] and stop == len(data)
+
+
 def test_multi_picture_images_are_scanned_as_jpegs(photos: dict[str, Image.Image]) -> None:
     data = media_files.multi_picture(photos["coffee"], photos["banned"])
     decoded = decode(data, scan_trailing=SCAN)
