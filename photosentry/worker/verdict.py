@@ -14,8 +14,8 @@ from typing import Any
 
 from .. import decode as _decode
 from ..hashes.matcher import Match
-from ..media.trailing import Trailer
 from ..hashes.signals import ImageHashes
+from ..media.trailing import Trailer
 from ..models.classifier import ModelScore
 
 
@@ -60,7 +60,7 @@ class ReasonCode(str, Enum):
     TOO_LARGE = _decode.TOO_LARGE
     #: The content is not any image format (whatever the extension says).
     NOT_AN_IMAGE = _decode.NOT_AN_IMAGE
-    #: A real image format that we do not decode (HEIF, SVG, PSD ...).
+    #: A real image format that we do not decode (SVG, PSD, JPEG XL, a video ...).
     UNSUPPORTED_FORMAT = _decode.UNSUPPORTED_FORMAT
     #: An attack: a declared size far beyond what the file's bytes could hold; never decoded.
     DECOMPRESSION_BOMB = _decode.DECOMPRESSION_BOMB
