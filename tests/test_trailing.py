@@ -92,6 +92,18 @@ def test_motion_photo_video_is_named_and_its_frames_sampled(style: str, photos: 
     assert listed.trailers[0].frames_scanned == 0
 
 
+def test_a_motion_video_behind_other_bytes_is_still_found(photos: dict[str, Image.Image],
+                                                         clips: dict[str, bytes]) -> None:
+    """Samsung's block name with no SEF directory (older phones), and junk before a video."""
+    jpeg, video = media_files.encode(photos["coffee"], "JPEG"), clips["coffee"]
+    marker = decode(jpeg + b"MotionPhoto_Data" + video, scan_trailing=SCAN).trailers
+    assert [(t.kind, t.source) for t in marker] == [(trailing.METADATA, "samsung:marker"),
+                                                     (trailing.MP4, "samsung:MotionPhoto_Data")]
+    assert marker[1].frames_scanned == 8
+    junk = decode(jpeg + b"\x13\x37" * 50 + video, scan_trailing=SCAN).trailers
+    assert [t.kind for t in junk] == [trailing.UNKNOWN, trailing.MP4] and junk[0].size == 100
+
+
 def test_a_samsung_heic_keeps_its_video_in_a_box_that_is_found_and_scanned(photos: dict[str, Image.Image],
                                                                            clips: dict[str, bytes]) -> None:
     data = media_files.samsung_heic_motion_photo(photos["coffee"], clips["coffee"])

@@ -1,9 +1,10 @@
 """A motion photo's video, sampled into frames the scan can hash and classify.
 
 OpenCV's FFmpeg backend reads the MP4 from a private temporary file (in /dev/shm where
-there is one, so the bytes never reach a disk; it is removed before this returns),
-restricted to the ``file`` protocol so a crafted container cannot make FFmpeg open a
-URL. Frames are walked in order up to a pixel budget (video frames depend on the ones
+there is one, so the bytes never reach a disk; it is removed before this returns).
+Callers hand it only bytes that start with an ISO BMFF ``ftyp`` box, and OpenCV is told
+to open captures with FFmpeg's ``protocol_whitelist`` set to ``file``, so a crafted
+container has no way to make FFmpeg open a URL. Frames are walked in order up to a pixel budget (video frames depend on the ones
 before them) and a few spread evenly over what was reachable are kept, each scaled to
 its share of the budget, as an animation's are in :mod:`photosentry.decode`.
 """

@@ -44,6 +44,7 @@ MAX_PARTS = 16
 MAX_METADATA_BLOCK = 64 * 1024
 
 _XMP_PREFIX = b"http://ns.adobe.com/xap/1.0/\x00"
+_SAMSUNG_MARKER = b"MotionPhoto_Data"
 _MPF_PREFIX = b"MPF\x00"
 _SCRIPT_MARKERS = re.compile(
     rb"<\s*(script|html|body|iframe|svg|object|embed|\?php|!doctype)|<%|#!\s*/|javascript:|"
@@ -123,6 +124,15 @@ def _split(data: bytes, start: int, declared: dict[int, str]) -> tuple[Trailer, 
             part = Trailer(MP4, pos, end - pos, declared.get(pos, ""))
         else:
             stop = min([o for o in claimed if o > pos] + [_next_known(data, pos, declared), n])
+            video = data.find(b"ftyp", pos + 4, stop)
+            if video >= 0 and containers.bmff_end(data, video - 4) > video:
+                stop = video - 4  # an MP4 further on: the bytes before it are a part of their own
+                if data[pos:stop].endswith(_SAMSUNG_MARKER) and stop - pos <= 64:
+                    # Samsung's block name alone, with no SEF directory (older phones, some editors).
+                    declared.setdefault(stop, f"samsung:{_SAMSUNG_MARKER.decode()}")
+                    parts.append(Trailer(METADATA, pos, stop - pos, "samsung:marker"))
+                    pos = stop
+                    continue
             part = _unknown(data, pos, stop)
         if part.size <= 0:  # a header that claims nothing (an ftyp box of size 4): the rest is unknown
             part = _unknown(data, pos, n)
