@@ -5,9 +5,15 @@ Hostile files are normal input here. The order of checks is the defence:
 2. the real format is sniffed from magic bytes (the extension is never trusted) and
    Pillow is allowed to use only that one decoder;
 3. the header's declared size is checked against the pixel limit *before* any pixel
-   is decoded, so a decompression bomb costs a header parse, nothing more;
+   is decoded,
+   and against what decoding will really cost (:mod:`photosentry.media.budget`: a
+   200 MP JPEG is decoded at 1/8 scale, a 60 MP PNG cannot be), so a decompression
+   bomb costs a header parse, nothing more;
 4. animations are decoded only up to a pixel budget, and a handful of frames spread
    evenly over them is kept for hashing and classification.
+
+HEIC/HEIF (pillow-heif, libheif) and AVIF (Pillow's own plugin, libavif) go through
+the same checks; their irot/imir transforms are applied like EXIF orientation.
 
 Both the hashes and the models consume the output, so this module sits beside them
 rather than inside either.
@@ -17,23 +23,33 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import struct
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Collection
+from dataclasses import dataclass, field, replace
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import AvifImagePlugin, Image, JpegImagePlugin, UnidentifiedImageError
 
 from . import defaults
 from .errors import UnreadableImage
-
-# Reason codes produced here; the verdict module re-exports them as ReasonCode members.
-EMPTY_FILE = "empty_file"
-TOO_LARGE = "too_large"
-NOT_AN_IMAGE = "not_an_image"
-UNSUPPORTED_FORMAT = "unsupported_format"
-DECOMPRESSION_BOMB = "decompression_bomb"
-UNREADABLE = "unreadable"
+from .media import budget as _budget
+from .media import jpeg as _jpeg
+from .media import location as _location
+from .media import motion as _motion
+from .media import trailing as _trailing
+from .media.trailing import Trailer
+from .media.codes import (  # noqa: F401 - re-exported: the verdict module turns them into ReasonCodes
+    DECOMPRESSION_BOMB,
+    EMPTY_FILE,
+    NOT_AN_IMAGE,
+    TOO_LARGE,
+    TOO_MANY_PIXELS,
+    UNREADABLE,
+    UNSUPPORTED_FORMAT,
+)
 
 # Formats we decode, with the Pillow plugin allowed for each.
 SUPPORTED_FORMATS: dict[str, str] = {
@@ -43,7 +59,14 @@ SUPPORTED_FORMATS: dict[str, str] = {
     "webp": "WEBP",
     "tiff": "TIFF",
     "bmp": "BMP",
+    "heif": "HEIF",
+    "avif": "AVIF",
 }
+
+#: ISO BMFF brands (major or compatible) that name a still-image file we decode.
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1",
+                          b"mif2", b"MiHE"})
 
 _WHITE = 255
 
@@ -57,11 +80,20 @@ class Limits:
     max_total_pixels: int = defaults.MAX_TOTAL_PIXELS
     max_frames: int = defaults.MAX_FRAMES
     scan_frames: int = defaults.SCAN_FRAMES
+    max_declared_pixels: int = defaults.MAX_DECLARED_PIXELS
+    max_decode_bytes: int = defaults.MAX_DECODE_BYTES
+    bomb_ratio: int = defaults.DECOMPRESSION_BOMB_RATIO
 
     def __post_init__(self) -> None:
-        for name in ("max_bytes", "max_pixels", "max_total_pixels", "max_frames", "scan_frames"):
+        for name in ("max_bytes", "max_pixels", "max_total_pixels", "max_frames", "scan_frames",
+                     "max_declared_pixels", "max_decode_bytes", "bomb_ratio"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
+
+    @property
+    def budget(self) -> _budget.Budget:
+        return _budget.Budget(max(self.max_pixels, 1), max(self.max_declared_pixels, self.max_pixels),
+                              self.max_decode_bytes, self.bomb_ratio)
 
 
 @dataclass(frozen=True)
@@ -83,6 +115,16 @@ class DecodedImage:
     #: How much smaller than the file the frames are (1 = full resolution; 2, 4 or 8
     #: when a JPEG was decoded in the DCT domain for a ``min_side`` caller).
     reduction: int = 1
+    #: What follows the image or hides in its container (:mod:`photosentry.media.trailing`);
+    #: frames of the parts scanned come after the image's own in ``frames``.
+    trailers: tuple[Trailer, ...] = ()
+    #: The photo's EXIF or XMP carries GPS coordinates.
+    gps: bool = False
+
+    @property
+    def image_frames(self) -> int:
+        """How many entries of ``frames`` are the image's own (the rest came from trailers)."""
+        return len(self.frames) - sum(t.frames_scanned for t in self.trailers)
 
 
 def sniff_format(head: bytes) -> str | None:
@@ -104,12 +146,7 @@ def sniff_format(head: bytes) -> str | None:
     if head[:2] == b"BM" and len(head) >= 26:
         return "bmp"
     if head[4:8] == b"ftyp":
-        brand = head[8:12]
-        if brand in (b"avif", b"avis"):
-            return "avif"
-        if brand in (b"heic", b"heix", b"hevc", b"hevx", b"mif1", b"msf1"):
-            return "heif"
-        return "isobmff"
+        return _iso_bmff_kind(head)
     if head.startswith((b"\xff\x0a", b"\x00\x00\x00\x0cJXL ")):
         return "jxl"
     if head[:4] == b"8BPS":
@@ -122,6 +159,18 @@ def sniff_format(head: bytes) -> str | None:
     if stripped.startswith(b"<svg") or (stripped.startswith(b"<?xml") and b"<svg" in stripped):
         return "svg"
     return None
+
+
+def _iso_bmff_kind(head: bytes) -> str:
+    """``avif``, ``heif`` or ``isobmff`` (a video, or a still format we do not know) from an ftyp box."""
+    size = int.from_bytes(head[0:4], "big")
+    major = head[8:12]
+    compatible = {head[i:i + 4] for i in range(16, min(size, len(head)) - 3, 4)}
+    if major in _AVIF_BRANDS or (major in (b"mif1", b"msf1", b"miaf") and compatible & _AVIF_BRANDS):
+        return "avif"
+    if major in _HEIF_BRANDS or (major == b"miaf" and compatible & _HEIF_BRANDS):
+        return "heif"
+    return "isobmff"
 
 
 def read_limited(source: str | os.PathLike[str] | BinaryIO, max_bytes: int) -> bytes:
@@ -148,7 +197,9 @@ def read_limited(source: str | os.PathLike[str] | BinaryIO, max_bytes: int) -> b
     return data
 
 
-def decode(data: bytes, limits: Limits = Limits(), *, min_side: int | None = None) -> DecodedImage:
+def decode(
+    data: bytes, limits: Limits = Limits(), *, min_side: int | None = None, scan_trailing: Collection[str] = ()
+) -> DecodedImage:
     """Decode untrusted image bytes within ``limits``.
 
     Args:
@@ -160,7 +211,12 @@ def decode(data: bytes, limits: Limits = Limits(), *, min_side: int | None = Non
             reduction that keeps both sides >= ``min_side``: a 12 MP photo costs its
             entropy decoding plus a 1/16 of the IDCT and colour work. ``width`` and
             ``height`` still report the full size; ``reduction`` says by how much the
-            frames are smaller. None decodes every pixel.
+            frames are smaller. None decodes every pixel, except that a JPEG declaring
+            more than ``limits.max_pixels`` is always reduced until it fits.
+        scan_trailing: kinds of trailing parts (``mp4``, ``jpeg``) whose content is
+            decoded and scanned too: a motion photo's sampled video frames, an MPF image.
+            Their frames follow the image's own; every part found is listed in
+            ``trailers`` whether scanned or not.
 
     Raises:
         UnreadableImage: with a stable ``code`` for every way the bytes can fail.
@@ -175,60 +231,171 @@ def decode(data: bytes, limits: Limits = Limits(), *, min_side: int | None = Non
     if fmt not in SUPPORTED_FORMATS:
         raise UnreadableImage(UNSUPPORTED_FORMAT, f"{fmt} images are not supported")
 
+    layout = _jpeg.parse(data) if fmt == "jpeg" else None
+    img = _open(data, fmt, limits)
+    with img:
+        width, height = img.size
+        plan = _budget.plan(fmt, width, height, len(data), limits.budget, layout=layout, min_side=min_side)
+        try:
+            reduction = _draft(img, plan)
+            gps = _location.has_coordinates(img)
+            image = _decode_frames(img, fmt, limits, reduction, (width, height), len(data))
+        except UnreadableImage:
+            raise
+        except Image.DecompressionBombError as exc:
+            raise _pillow_refusal(exc, fmt, len(data), limits) from exc
+        except MemoryError as exc:
+            raise UnreadableImage(DECOMPRESSION_BOMB, "decoding ran out of memory") from exc
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is the file's fault
+            raise UnreadableImage(UNREADABLE, f"{fmt} data is corrupt or truncated: {exc}") from exc
+    trailers = _trailing.find(data, fmt, layout)
+    if not trailers:
+        return replace(image, gps=gps)
+    return _scan_trailers(replace(image, gps=gps), data, trailers, frozenset(scan_trailing), limits, min_side)
+
+
+def _scan_trailers(
+    image: DecodedImage, data: bytes, trailers: tuple[Trailer, ...], kinds: frozenset[str], limits: Limits,
+    min_side: int | None,
+) -> DecodedImage:
+    """Decode the trailing parts of the asked-for kinds and append their frames.
+
+    Their frames together may hold at most ``limits.max_pixels`` (as an animation's kept
+    frames do), and at most ``limits.scan_frames`` parts are scanned; a part that cannot
+    be scanned keeps its ``error`` and the policy fails it closed.
+    """
+    frames = list(image.frames)
+    budget = limits.max_pixels
+    done: list[Trailer] = []
+    scanned_parts = 0
+    for part in trailers:
+        if part.kind not in kinds or part.kind not in _trailing.SCANNABLE:
+            done.append(part)
+            continue
+        if scanned_parts >= limits.scan_frames or budget < 1:
+            done.append(part.scanned(0, "more trailing parts than the frame and pixel budget can scan"))
+            continue
+        scanned_parts += 1
+        start, stop = part.span()
+        got, error = _part_frames(data[start:stop], part.kind, limits, budget, min_side)
+        budget -= sum(frame.shape[0] * frame.shape[1] for frame in got)
+        frames.extend(got)
+        done.append(part.scanned(len(got), error))
+    # Frames from trailers are numbered after the image's own, in the order they were found.
+    extra = range(image.frame_count, image.frame_count + len(frames) - len(image.frames))
+    indices = (*image.frame_indices, *extra)
+    return replace(image, frames=tuple(frames), frame_indices=indices, trailers=tuple(done))
+
+
+def _part_frames(
+    content: bytes, kind: str, limits: Limits, budget: int, min_side: int | None
+) -> tuple[list[np.ndarray], str | None]:
+    """(frames, why not all of it was scanned) for one trailing part's content."""
+    if kind == _trailing.JPEG:
+        try:
+            part = decode(content, replace(limits, max_pixels=min(budget, limits.max_pixels)), min_side=min_side)
+        except UnreadableImage as exc:
+            return [], f"{exc.code}: {exc.message}"
+        return list(part.frames), ("too_many_frames: part of it was never seen" if part.frames_truncated else None)
+    try:
+        video = _motion.sample(content, frames=limits.scan_frames, max_frames=limits.max_frames,
+                               walk_pixels=defaults.MAX_VIDEO_PIXELS, keep_pixels=budget)
+    except _motion.VideoUnreadable as exc:
+        return [], str(exc)
+    except Exception as exc:  # noqa: BLE001 - OpenCV/FFmpeg failures are the file's fault
+        return [], f"the video could not be decoded: {type(exc).__name__}: {exc}"
+    if video.truncated:
+        return list(video.frames), f"the video declares {video.frame_count} frames; only part of it fit the budget"
+    return list(video.frames), None
+
+
+def _open(data: bytes, fmt: str, limits: Limits) -> Image.Image:
+    """Parse the header with the one Pillow plugin the sniffed format allows.
+
+    JPEGs are opened with the JPEG plugin's class itself rather than ``Image.open``:
+    Pillow's own bomb check there refuses anything over 179 MP by declared size alone
+    (a 200 MP phone photo) before our plan can take DCT scaling into account, and
+    ``Image.open`` turns a JPEG with MPF secondary images into an MPO whose later
+    "frames" are the trailing images (:mod:`photosentry.media.trailing` finds and
+    scans those as what they are). Opening parses headers only; no pixel is decoded.
+    """
     try:
         with warnings.catch_warnings():
             # Our own pixel limit (checked next) is stricter than Pillow's warning level,
             # and Pillow's warnings about corrupt tags are noise here: the outcome is the
             # verdict, and it must not depend on the process's warning filters.
             warnings.simplefilter("ignore")
-            img = Image.open(io.BytesIO(data), formats=[SUPPORTED_FORMATS[fmt]])
+            if fmt == "jpeg":
+                return JpegImagePlugin.JpegImageFile(io.BytesIO(data))
+            if fmt == "heif":
+                # The plugin's class itself, so libheif's own words reach the verdict
+                # ("Security limit exceeded: iloc box contains 1200 items ...") instead of
+                # Image.open's "cannot identify image file".
+                return _heif_class()(io.BytesIO(data))
+            if fmt == "avif":
+                if not AvifImagePlugin.SUPPORTED:  # a Pillow built without libavif
+                    raise UnreadableImage(UNSUPPORTED_FORMAT, "avif support is not installed (Pillow without libavif)")
+                return AvifImagePlugin.AvifImageFile(io.BytesIO(data))
+            return Image.open(io.BytesIO(data), formats=[SUPPORTED_FORMATS[fmt]])
     except Image.DecompressionBombError as exc:
-        raise UnreadableImage(DECOMPRESSION_BOMB, str(exc)) from exc
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise _pillow_refusal(exc, fmt, len(data), limits) from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
+        raise UnreadableImage(UNREADABLE, f"{fmt} header could not be parsed: {exc}") from exc
+    except RuntimeError as exc:  # pillow-heif reports libheif errors this way
         raise UnreadableImage(UNREADABLE, f"{fmt} header could not be parsed: {exc}") from exc
 
-    with img:
-        width, height = img.size
-        pixels = width * height
-        if width < 1 or height < 1:
-            raise UnreadableImage(UNREADABLE, f"declared size {width}x{height} is empty")
-        if pixels > limits.max_pixels:
-            raise UnreadableImage(
-                DECOMPRESSION_BOMB,
-                f"declared size {width}x{height} ({pixels} pixels) exceeds {limits.max_pixels}",
-            )
-        try:
-            reduction = _draft(img, fmt, min_side)
-            return _decode_frames(img, fmt, limits, reduction, (width, height))
-        except UnreadableImage:
-            raise
-        except MemoryError as exc:
-            raise UnreadableImage(DECOMPRESSION_BOMB, "decoding ran out of memory") from exc
-        except Exception as exc:  # noqa: BLE001 - any decoder failure is the file's fault
-            raise UnreadableImage(UNREADABLE, f"{fmt} data is corrupt or truncated: {exc}") from exc
+
+_PILLOW_PIXELS = re.compile(r"\((\d+) pixels\)")
 
 
-def _draft(img: Image.Image, fmt: str, min_side: int | None) -> int:
-    """Ask the JPEG decoder for DCT-domain downscaling; returns the reduction (1 = none).
+def _pillow_refusal(exc: Exception, fmt: str, file_bytes: int, limits: Limits) -> UnreadableImage:
+    """Classify a size Pillow refused by itself (over 179 MP, or a GIF frame while seeking):
+    by the pixel count its message states, a bomb when the count cannot be read."""
+    found = _PILLOW_PIXELS.search(str(exc))
+    if found is None:
+        return UnreadableImage(DECOMPRESSION_BOMB, str(exc))
+    pixels = int(found.group(1))
+    if _budget.is_bomb(pixels, file_bytes, limits.budget):
+        return UnreadableImage(DECOMPRESSION_BOMB, f"{fmt} declares {pixels} pixels in a file of {file_bytes} bytes")
+    return UnreadableImage(TOO_MANY_PIXELS, f"{fmt} declares {pixels / 1e6:.1f} MP, over the"
+                           f" {limits.max_pixels / 1e6:.1f} MP a frame may decode to")
 
-    Only after the pixel limit passed: the declared size was checked on the header, and
+
+def _heif_class() -> type[Image.Image]:
+    """pillow-heif's image class, imported on first use as the heavy hashers are.
+
+    Not pi-heif (its decode-only build): pi-heif 1.4.0 bundles libheif 1.23.0, which
+    segfaults on a fuzzed file (tests/data/heic-crashes-libheif-1.23.0.heic) that
+    pillow-heif's libheif 1.23.7 refuses cleanly; a decoder that can crash the worker is
+    worse than a wheel that also carries an encoder we never call.
+    """
+    try:
+        import pillow_heif
+    except ImportError as exc:  # a broken install: say so rather than crash
+        raise UnreadableImage(UNSUPPORTED_FORMAT, f"heif support is not installed: {exc}") from exc
+    return pillow_heif.HeifImageFile
+
+
+def _draft(img: Image.Image, plan: _budget.Plan) -> int:
+    """Ask the JPEG decoder for the plan's DCT-domain reduction; returns the one it took.
+
+    Only after the plan passed: the declared size was checked on the header, and
     ``draft`` only ever makes the decoded frame smaller.
     """
-    if min_side is None or fmt != "jpeg":
+    if plan.reduction == 1:
         return 1
-    if min_side < 1:
-        raise ValueError(f"min_side must be at least 1, got {min_side}")
     width, height = img.size
-    if min(width, height) < 2 * min_side:
-        return 1  # even 1/2 scale would go below what a consumer needs
-    if img.mode not in ("RGB", "L", "YCbCr"):
-        return 1  # CMYK/YCCK: let the full decoder do its colour conversion
-    img.draft(img.mode, (min_side, min_side))
-    return max(1, round(width / img.size[0]))
+    # draft picks the largest scale whose output is at least the size asked for.
+    img.draft(img.mode, (width // plan.reduction, height // plan.reduction))
+    taken = max(1, round(width / img.size[0]))
+    if taken < plan.reduction and img.size[0] * img.size[1] > plan.width * plan.height:
+        raise UnreadableImage(TOO_MANY_PIXELS, f"the decoder would not reduce {width}x{height} by {plan.reduction}")
+    return taken
 
 
 def _decode_frames(
-    img: Image.Image, fmt: str, limits: Limits, reduction: int = 1, full_size: tuple[int, int] | None = None
+    img: Image.Image, fmt: str, limits: Limits, reduction: int = 1, full_size: tuple[int, int] | None = None,
+    file_bytes: int = 0,
 ) -> DecodedImage:
     width, height = img.size
     full_width, full_height = full_size or (width, height)
@@ -253,9 +420,8 @@ def _decode_frames(
                 img.seek(index)
             # Pages of a TIFF may each declare their own size: check every one.
             if img.size[0] * img.size[1] > limits.max_pixels:
-                raise UnreadableImage(
-                    DECOMPRESSION_BOMB, f"frame {index} declares {img.size[0]}x{img.size[1]} pixels"
-                )
+                raise _budget.refuse_frame(f"{fmt} frame {index}", img.size[0], img.size[1], file_bytes,
+                                           limits.budget)
             rgb = to_rgb_array(img)
             if transpose is not None:
                 rgb = _apply_transpose(rgb, transpose)

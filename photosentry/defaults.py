@@ -11,13 +11,36 @@ DATA_DIR_NAME = "photosentry"
 BANK_DB_FILENAME = "banks.sqlite3"
 """The embedded bank's SQLite file inside the data directory."""
 
-MAX_BYTES = 50 * 1024 * 1024
-"""Largest upload read at all. Phone photos are 2-15 MB; 50 MB leaves room for
-panoramas while keeping one job's memory bounded."""
+MAX_BYTES = 100 * 1024 * 1024
+"""Largest upload read at all. Phone photos are 2-15 MB, but a 200 MP JPEG from a
+current phone sensor is 30-70 MB and a motion photo adds its video; 100 MB takes
+them while keeping one job's memory bounded (the bytes are held once)."""
 
 MAX_PIXELS = 50_000_000
-"""Largest single frame decoded (width x height). 50 MP covers current phone
-sensors; anything bigger is treated as a decompression bomb and never decoded."""
+"""Largest frame decoded (width x height of what the decoder outputs). A JPEG
+declaring more is decoded at 1/2, 1/4 or 1/8 scale in the DCT domain to get under
+it (a 200 MP photo becomes 3 MP); a format that cannot be reduced (PNG, WebP, HEIC,
+AVIF ...) declaring more is refused from its header, as ``too_many_pixels``, or as
+``decompression_bomb`` when the file is far too small for its declared size."""
+
+MAX_DECLARED_PIXELS = 400_000_000
+"""Largest size a reducible JPEG may declare. Its entropy decoding costs every
+declared block even at 1/8 scale (about 1 s per 100 MP on one core); 400 MP is twice
+the largest phone sensor (200 MP) and still only a 6 MP frame at 1/8."""
+
+MAX_DECODE_BYTES = 768 * 1024 * 1024
+"""Most memory one frame's decoding may hold: its output (4 bytes a pixel at worst)
+plus, for a progressive or multi-scan JPEG, every DCT coefficient of the full-size
+frame (2 bytes each), which libjpeg keeps whatever the output scale. A 200 MP
+progressive 4:2:0 JPEG holds 600 MB and passes; the same at 4:4:4 (1.2 GB) is
+refused as ``too_many_pixels``, so a worker stays under 1.5 GB on any photo."""
+
+DECOMPRESSION_BOMB_RATIO = 1000
+"""Raw RGB bytes per byte of file above which a file declaring more than
+``MAX_PIXELS`` is a ``decompression_bomb`` (an attack) rather than an ordinary picture
+that is ``too_many_pixels``. Measured on flat 48 MP frames: Huffman-coded JPEG peaks
+at 512:1 (4:2:0, optimised tables), PNG at 1030:1 (deflate's ceiling), lossy WebP at
+1686:1; real photos stay under 100:1. The hostile set's bombs are all past 10,000:1."""
 
 MAX_TOTAL_PIXELS = 200_000_000
 """Pixel budget for decoding every frame up to the last sampled one of an animation:
@@ -26,6 +49,12 @@ bounds time and memory for files with thousands of frames."""
 MAX_FRAMES = 1000
 """Animations with more frames than this are quarantined (``too_many_frames``):
 that many frames cannot be sampled densely enough to trust an allow."""
+
+MAX_VIDEO_PIXELS = 1_000_000_000
+"""Pixel budget for walking a motion photo's video (frames are decoded in order): 16 s
+of 1080p or 4 s of 4K at 30 fps, about 2 s of decoding on one core. Motion photos run
+1.5-3 s; a video past the budget is only partly seen and fails closed
+(``trailing_unscanned``)."""
 
 SCAN_FRAMES = 8
 """Frames of an animation that are hashed and classified, spread evenly over it;

@@ -56,8 +56,12 @@ FRAMES = "too_many_frames"
 NOT_IMAGE = "not_an_image"
 UNSUPPORTED = "unsupported_format"
 EMPTY = "empty_file"
-#: Codes a damaged-but-maybe-readable file may end with when it is not allowed.
-DAMAGED = (UNREADABLE, BOMB, FRAMES, NOT_IMAGE, UNSUPPORTED, EMPTY)
+TOO_MANY_PIXELS = "too_many_pixels"
+TRAILING = "trailing_data"
+TRAILING_UNSCANNED = "trailing_unscanned"
+#: Codes a damaged-but-maybe-readable file may end with when it is not allowed (a
+#: mutation can leave bytes after the image's end: trailing data, quarantined).
+DAMAGED = (UNREADABLE, BOMB, FRAMES, NOT_IMAGE, UNSUPPORTED, EMPTY, TOO_MANY_PIXELS, TRAILING, TRAILING_UNSCANNED)
 
 
 @dataclass(frozen=True)
@@ -313,7 +317,7 @@ def structural(images: dict[str, Image.Image], bases: dict[str, bytes]) -> Itera
     yield Hostile("vector.png", "non_image", b'<svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"/>', False,
                   (UNSUPPORTED,), "SVG with script")
     yield Hostile("phone.jpg", "non_image", b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64,
-                  False, (UNSUPPORTED,), "HEIC header")
+                  False, (UNREADABLE, UNSUPPORTED), "HEIC header with no image behind it")
     yield Hostile("doc.jpg", "non_image", b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj<<>>endobj\n", False, (UNSUPPORTED,),
                   "a PDF")
     zip_buf = io.BytesIO()
@@ -401,10 +405,10 @@ def structural(images: dict[str, Image.Image], bases: dict[str, bytes]) -> Itera
                   "APP1 at the 64 KiB limit")
 
     # Polyglots.
-    yield Hostile("polyglot-jpeg-zip.jpg", "polyglot", jpeg + zip_buf.getvalue(), True, DAMAGED,
+    yield Hostile("polyglot-jpeg-zip.jpg", "polyglot", jpeg + zip_buf.getvalue(), False, (TRAILING,),
                   "a real JPEG with a ZIP appended (opens as both)")
     js = b"*/=1;alert(document.domain);//"
-    yield Hostile("polyglot-gif-js.gif", "polyglot", gif(0x2A2F, 10, trailer=b";") + js, True, DAMAGED,
+    yield Hostile("polyglot-gif-js.gif", "polyglot", gif(0x2A2F, 10, trailer=b";") + js, False, (TRAILING,),
                   "GIF whose screen width bytes open a JS comment; JS after the trailer")
     php = png_chunk(b"tEXt", b"Comment\x00<?php system($_GET['c']); ?>")
     png_bytes = _encode(photo, "PNG")

@@ -16,6 +16,7 @@ from photosentry.decode import (
     EMPTY_FILE,
     NOT_AN_IMAGE,
     TOO_LARGE,
+    TOO_MANY_PIXELS,
     UNREADABLE,
     UNSUPPORTED_FORMAT,
     DecodedImage,
@@ -132,8 +133,9 @@ def test_gif_bomb_hidden_behind_a_small_screen() -> None:
 
 
 def test_small_pixel_limit_applies_to_ordinary_photos() -> None:
+    # An ordinary PNG over the limit is too big to decode, not an attack: PNG cannot be reduced.
     data = encode(small_photo(), "PNG")
-    assert reason(data, Limits(max_pixels=96 * 64 - 1)) == DECOMPRESSION_BOMB
+    assert reason(data, Limits(max_pixels=96 * 64 - 1)) == TOO_MANY_PIXELS
     assert decode(data, Limits(max_pixels=96 * 64)).width == 96
 
 
@@ -172,8 +174,6 @@ def _iso_bmff(brand: bytes) -> bytes:
     [
         (b'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>', "svg"),
         (b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"/>', "svg"),
-        (_iso_bmff(b"heic"), "heif"),
-        (_iso_bmff(b"avif"), "avif"),
         (b"8BPS\x00\x01" + b"\x00" * 40, "psd"),
         (b"%PDF-1.7\n" + b"\x00" * 40, "pdf"),
     ],
@@ -181,6 +181,14 @@ def _iso_bmff(brand: bytes) -> bytes:
 def test_known_but_unsupported_formats(data: bytes, name: str) -> None:
     assert sniff_format(data[:64]) == name
     assert reason(data) == UNSUPPORTED_FORMAT
+
+
+@pytest.mark.parametrize("brand, name", [(b"heic", "heif"), (b"avif", "avif"), (b"mp42", "isobmff")])
+def test_iso_bmff_brands(brand: bytes, name: str) -> None:
+    """HEIF and AVIF are read now; a header with no image behind it is unreadable, a video unsupported."""
+    data = _iso_bmff(brand)
+    assert sniff_format(data[:64]) == name
+    assert reason(data) == (UNSUPPORTED_FORMAT if name == "isobmff" else UNREADABLE)
 
 
 def test_wrong_extension_does_not_matter(tmp_path: Path) -> None:
@@ -362,4 +370,4 @@ def test_every_tiff_page_is_checked_against_the_pixel_limit() -> None:
     small, large = Image.new("RGB", (10, 10), (0, 0, 0)), Image.new("RGB", (100, 100), (0, 0, 0))
     data = encode(small, "TIFF", save_all=True, append_images=[large])
     assert decode(data).frame_count == 2
-    assert reason(data, Limits(max_pixels=1000)) == DECOMPRESSION_BOMB
+    assert reason(data, Limits(max_pixels=1000)) == TOO_MANY_PIXELS

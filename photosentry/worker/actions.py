@@ -9,7 +9,11 @@ twice are kept once:
 Directories are 0700. Every write goes to a temporary file that is renamed into place,
 and a sidecar is created with O_EXCL, so applying the same verdict twice (a retried
 job, two workers racing after a crash) is a no-op and never leaves a half-written
-file. ``allow`` leaves the photo where it is.
+file. ``allow`` leaves the photo where it is, unless its verdict asks for a rewrite
+(``rewrite: ["strip_metadata"]``, the policy's ``[privacy]``): then :meth:`ActionApplier.rewrite`
+writes the file back in place without GPS and identifying metadata
+(:func:`photosentry.media.scrub.strip_metadata`, lossless), through a temporary file
+renamed over it, keeping its mode and owner.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ensure_private_dir
+from ..decode import sniff_format
+from ..media import scrub
 from .verdict import Action, Verdict
 
 _FILE_MODE = 0o600
@@ -39,6 +45,10 @@ class ActionResult:
     changed: bool = False
     #: The source file was removed after it was stored (a move).
     source_removed: bool = False
+    #: An allowed source file was written back without its metadata (``rewrite``).
+    rewritten: bool = False
+    #: SHA-256 of the source file as written back (when ``rewritten``).
+    rewritten_sha256: str | None = None
 
 
 class ContentStore:
@@ -150,6 +160,54 @@ class ActionApplier:
             except FileNotFoundError:
                 pass  # moved by an earlier application of this verdict
         return ActionResult(action, stored, changed or removed, removed)
+
+
+    def rewrite(self, verdict: Verdict, *, data: bytes | None, source: Path | None) -> ActionResult:
+        """Carry out an allowed verdict's ``rewrite`` steps on its source file, in place.
+
+        Only the bytes the verdict was decided on are rewritten (their SHA-256 must be the
+        verdict's): a replayed job finds the file already rewritten and leaves it. A
+        source given as bytes (no file) cannot be rewritten here; the verdict's
+        ``rewrite`` field tells the producer to do it (the same function is public).
+
+        Raises:
+            ValueError: the file's structure does not allow a lossless rewrite.
+            OSError: the file could not be replaced.
+        """
+        if verdict.action is not Action.ALLOW or scrub.STRIP_METADATA not in verdict.rewrite:
+            return ActionResult(Action.ALLOW)
+        if data is None or source is None:
+            return ActionResult(Action.ALLOW)
+        expected = verdict.hashes.sha256 if verdict.hashes is not None else None
+        if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+            return ActionResult(Action.ALLOW, stored_at=source)  # not the bytes decided on (already rewritten)
+        fmt = (verdict.media.format if verdict.media is not None else "") or sniff_format(data[:64]) or ""
+        clean = scrub.strip_metadata(data, fmt)
+        if clean == data:
+            return ActionResult(Action.ALLOW, stored_at=source)
+        _replace_in_place(source, clean)
+        return ActionResult(Action.ALLOW, stored_at=source, changed=True, rewritten=True,
+                            rewritten_sha256=hashlib.sha256(clean).hexdigest())
+
+
+def _replace_in_place(path: Path, data: bytes) -> None:
+    """Atomically replace ``path``'s content, keeping its mode and (where permitted) its owner."""
+    info = os.stat(path, follow_symlinks=False)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        os.fchmod(fd, info.st_mode & 0o7777)
+        try:
+            os.fchown(fd, info.st_uid, info.st_gid)
+        except PermissionError:
+            pass  # not root: the file becomes the worker's, as any file it writes
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _safe_key(key: str) -> str:

@@ -30,7 +30,7 @@ from ..errors import ModelUnavailable, UnreadableImage
 from ..hashes.matcher import BankMatcher, Match
 from ..hashes.signals import ImageHashes, hash_bytes, hash_image
 from ..models.classifier import ModelScore, NudityClassifier
-from .policy import Policy, decide
+from .policy import Policy, decide, rewrites
 from .verdict import Action, FlaggedUploader, MediaInfo, ReasonCode, Verdict
 
 log = logging.getLogger(__name__)
@@ -273,10 +273,12 @@ class Scanner:
     def _prepare(self, photo: "_Photo") -> None:
         """decode -> hash -> match, and whether the models still have a say."""
         run, data = photo.run, photo.data
+        profile = self.policy.profile_for(photo.context)
         decoded: DecodedImage | None = None
         with run.stage("decode"):
             try:
-                decoded = decode(data, self.limits, min_side=self.decode_min_side)
+                decoded = decode(data, self.limits, min_side=self.decode_min_side,
+                                 scan_trailing=profile.trailing.scan_kinds)
             except UnreadableImage as exc:
                 run.failures.append((ReasonCode(exc.code), exc.message))
         photo.decoded = decoded
@@ -299,8 +301,8 @@ class Scanner:
             with run.stage("match"):
                 photo.matches = self.matcher.match(photo.hashes)
 
-        profile = self.policy.profile_for(photo.context)
-        already, _ = decide(profile, matches=photo.matches, failures=run.failures)
+        media = MediaInfo.from_decoded(decoded) if decoded is not None else None
+        already, _ = decide(profile, matches=photo.matches, failures=run.failures, media=media)
         photo.needs_models = decoded is not None and already is not Action.BLOCK
 
     def _classify(self, photo: "_Photo") -> None:
@@ -440,13 +442,10 @@ def _build_verdict(
     and a failure-only verdict go through, so they cannot drift apart."""
     start = time.perf_counter()
     profile = policy.profile_for(context)
-    action, reasons = decide(profile, matches=matches, scores=scores, failures=run.failures, uploader=uploader)
+    media = MediaInfo.from_decoded(decoded) if decoded is not None else None
+    action, reasons = decide(profile, matches=matches, scores=scores, failures=run.failures, media=media,
+                             uploader=uploader)
     run.timings["decide"] = (time.perf_counter() - start) * 1000.0
-    media = None
-    if decoded is not None:
-        media = MediaInfo(
-            decoded.format, decoded.width, decoded.height, decoded.frame_count, len(decoded.frames), decoded.notes
-        )
     return Verdict(
         subject=subject,
         action=action,
@@ -460,6 +459,7 @@ def _build_verdict(
         media=media,
         timings_ms=dict(run.timings),
         context=dict(context),
+        rewrite=rewrites(profile, action, media),
     )
 
 

@@ -13,15 +13,17 @@ import os
 from decimal import Decimal, InvalidOperation
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .. import defaults
 from ..errors import PolicyError
 from ..hashes.matcher import Match
+from ..media import scrub
+from ..media import trailing as _trailing
 from ..models.classifier import ModelScore
-from .verdict import FAILURE_CODES, Action, FlaggedUploader, ModeratorDecision, Reason, ReasonCode, Verdict
+from .verdict import FAILURE_CODES, Action, FlaggedUploader, MediaInfo, ModeratorDecision, Reason, ReasonCode, Verdict
 
 POLICY_ENV = "PHOTOSENTRY_POLICY"
 """Environment variable naming a policy file to use instead of the shipped default."""
@@ -60,6 +62,65 @@ class AllowRules:
         return AllowRules(self.suppresses & other.suppresses, self.never_suppress_banks | other.never_suppress_banks)
 
 
+#: What ``[trailing]`` may say about a kind of trailing data, least to most severe.
+TRAILING_ACTIONS = ("allow", "scan", "quarantine", "block")
+#: The shipped answer for each kind (also what a policy file that omits a kind gets):
+#: scan what can be scanned, keep harmless filler, quarantine the rest.
+DEFAULT_TRAILING = {
+    _trailing.MP4: "scan",
+    _trailing.JPEG: "scan",
+    _trailing.METADATA: "allow",
+    _trailing.PADDING: "allow",
+    _trailing.ZIP: "quarantine",
+    _trailing.SCRIPT: "quarantine",
+    _trailing.UNKNOWN: "quarantine",
+}
+
+
+@dataclass(frozen=True)
+class TrailingRules:
+    """What data found after an image's end gets, by kind (the ``[trailing]`` table).
+
+    ``scan``: its content is decoded and scanned like the photo's own frames (a motion
+    photo's video, an MPF image); if it cannot be, the photo fails closed
+    (``trailing_unscanned``). ``allow``: kept, and named in the verdict's media notes.
+    ``quarantine``/``block``: reason ``trailing_data``. ``unknown`` can never be
+    allowed (nothing vouches for it) and only ``mp4``/``jpeg`` can be scanned.
+    """
+
+    actions: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_TRAILING))
+
+    @property
+    def scan_kinds(self) -> frozenset[str]:
+        return frozenset(k for k, a in self.actions.items() if a == "scan")
+
+    def action(self, kind: str) -> str:
+        return self.actions.get(kind, self.actions.get(_trailing.UNKNOWN, "quarantine"))
+
+    def stricter(self, other: Mapping[str, str]) -> "TrailingRules":
+        merged = dict(self.actions)
+        for kind, action in other.items():
+            merged[kind] = max(merged.get(kind, action), action, key=TRAILING_ACTIONS.index)
+        return TrailingRules(merged)
+
+
+@dataclass(frozen=True)
+class PrivacyRules:
+    """Location privacy (the ``[privacy]`` table)."""
+
+    #: Have allowed uploads written back without GPS and other identifying metadata
+    #: (the verdict says ``rewrite: ["strip_metadata"]``; the worker rewrites a path
+    #: source in place, losslessly: :mod:`photosentry.media.scrub`).
+    strip_metadata: bool = False
+    #: What a photo with GPS coordinates gets when its format cannot be rewritten
+    #: losslessly (TIFF, BMP, GIF) and stripping was asked for (``location_not_removed``).
+    unremovable: Action = Action.QUARANTINE
+
+    def stricter(self, other: "PrivacyRules") -> "PrivacyRules":
+        return PrivacyRules(self.strip_metadata or other.strip_metadata,
+                            Action.most_severe([self.unremovable, other.unremovable]))
+
+
 @dataclass(frozen=True)
 class Profile:
     """The effective rules for one upload after its context picked profiles."""
@@ -75,6 +136,8 @@ class Profile:
     unreadable_context: tuple[str, ...] = ()
     #: Hold a flagged uploader's otherwise-allowed uploads for review (``[uploaders]``).
     hold_flagged_uploaders: bool = True
+    trailing: TrailingRules = TrailingRules()
+    privacy: PrivacyRules = PrivacyRules()
 
     def bank_action(self, bank: str) -> Action:
         return self.bank_actions.get(bank, self.default_bank_action)
@@ -95,6 +158,8 @@ class _ProfileRule:
     models: Mapping[str, Thresholds]
     bank_actions: Mapping[str, Action]
     allow: AllowRules | None = None
+    trailing: Mapping[str, str] | None = None
+    privacy: PrivacyRules | None = None
 
     def applies(self, reading: "ContextReading") -> bool:
         """Whether the context selects this profile. A key it reads that holds an
@@ -191,7 +256,7 @@ class Policy:
     def from_dict(cls, raw: Mapping[str, Any], *, source: str = "<dict>") -> "Policy":
         where = source
         _only(raw, {"version", "description", "models", "banks", "fail_closed", "profiles", "uploaders", "review",
-                    "allow"},
+                    "allow", "trailing", "privacy"},
               where)
         version = raw.get("version")
         if not isinstance(version, str) or not version.strip():
@@ -217,13 +282,16 @@ class Policy:
             fail_closed=fail_closed,
             allow=_allow_rules(raw.get("allow", {}), f"{where}: allow"),
             hold_flagged_uploaders=uploaders.quarantine_flagged,
+            trailing=TrailingRules({**DEFAULT_TRAILING, **_trailing_table(raw.get("trailing", {}), f"{where}: trailing")}),
+            privacy=_privacy_rules(raw.get("privacy", {}), f"{where}: privacy", PrivacyRules()),
         )
         rules = []
         for name, body in dict(raw.get("profiles", {})).items():
             w = f"{where}: profiles.{name}"
             if not isinstance(body, Mapping):
                 raise PolicyError(f"{w} must be a table")
-            _only(body, {"description", "when_true", "when_under", "models", "banks", "allow"}, w)
+            _only(body, {"description", "when_true", "when_under", "models", "banks", "allow", "trailing", "privacy"},
+                  w)
             when_true = body.get("when_true", [])
             when_under = body.get("when_under", {})
             if not isinstance(when_true, list) or not all(isinstance(k, str) for k in when_true):
@@ -241,6 +309,9 @@ class Policy:
                     models=_models(body.get("models", {}), f"{w}.models"),
                     bank_actions=_bank_actions(dict(body.get("banks", {})), f"{w}.banks"),
                     allow=_allow_rules(body["allow"], f"{w}.allow") if "allow" in body else None,
+                    trailing=_trailing_table(body["trailing"], f"{w}.trailing") if "trailing" in body else None,
+                    privacy=_privacy_rules(body["privacy"], f"{w}.privacy", PrivacyRules(False, Action.ALLOW))
+                    if "privacy" in body else None,
                 )
             )
         return cls(version=version.strip(), base=base, rules=tuple(rules), source=source, uploaders=uploaders,
@@ -283,9 +354,15 @@ class Policy:
         models = dict(self.base.models)
         banks = dict(self.base.bank_actions)
         allow = self.base.allow
+        trailing = self.base.trailing
+        privacy = self.base.privacy
         for rule in applied:
             if rule.allow is not None:
                 allow = allow.stricter(rule.allow)
+            if rule.trailing is not None:
+                trailing = trailing.stricter(rule.trailing)
+            if rule.privacy is not None:
+                privacy = privacy.stricter(rule.privacy)
             for model, thresholds in rule.models.items():
                 models[model] = models[model].stricter(thresholds) if model in models else thresholds
             for bank, action in rule.bank_actions.items():
@@ -300,6 +377,8 @@ class Policy:
             allow=allow,
             unreadable_context=reading.notes(),
             hold_flagged_uploaders=self.base.hold_flagged_uploaders,
+            trailing=trailing,
+            privacy=privacy,
         )
 
     def redecide(self, verdict: Verdict, *, uploader: FlaggedUploader | None = None,
@@ -310,12 +389,13 @@ class Policy:
         decision; bytes found to reuse a decided upload id), through the same
         :func:`decide` as a scan."""
         profile = self.profile_for(verdict.context)
-        action, reasons = decide(profile, matches=verdict.matches, scores=verdict.scores,
-                                 failures=[*verdict.failures(), *failures], uploader=uploader, moderator=moderator)
+        recorded = [f for f in verdict.failures() if f[0] not in MEDIA_CODES]  # media gives those again
+        action, reasons = decide(profile, matches=verdict.matches, scores=verdict.scores, media=verdict.media,
+                                 failures=[*recorded, *failures], uploader=uploader, moderator=moderator)
         if moderator is None:
-            return replace(verdict, action=action, reasons=reasons)
+            return replace(verdict, action=action, reasons=reasons, rewrite=rewrites(profile, action, verdict.media))
         return replace(verdict, action=action, reasons=reasons, decision=moderator,
-                       quarantine_reasons=verdict.reasons)
+                       quarantine_reasons=verdict.reasons, rewrite=rewrites(profile, action, verdict.media))
 
     def require_models(self, model_ids: Sequence[str]) -> None:
         """Refuse to run a model the policy has no thresholds for (its score would be ignored)."""
@@ -332,12 +412,15 @@ def decide(
     failures: Sequence[tuple[ReasonCode, str]] = (),
     uploader: FlaggedUploader | None = None,
     moderator: ModeratorDecision | None = None,
+    media: MediaInfo | None = None,
 ) -> tuple[Action, tuple[Reason, ...]]:
     """The action and its reasons, most severe first: the one place facts become both.
 
     Args:
         failures: (code, text) pairs for anything that kept the photo from being fully
             scanned; each maps through ``fail_closed`` and can never yield allow.
+        media: what the file holds besides its pixels: trailing data (judged by
+            ``[trailing]``) and GPS coordinates (``[privacy]``).
         uploader: the upload's uploader is flagged; a photo that would be allowed is
             held for review (``uploader_flagged``) when the profile says so. It never
             lowers an action.
@@ -349,6 +432,8 @@ def decide(
     reasons: list[Reason] = []
     for code, text in failures:
         reasons.append(Reason(code, profile.fail_closed[code], text))
+    if media is not None:
+        reasons.extend(_media_reasons(profile, media))
 
     allowed = [m for m in matches if m.allow and not m.weak]  # a low-quality PDQ hash vouches for nothing
     vouched = _vouched_for(allowed)
@@ -417,6 +502,38 @@ def _moderated(decision: ModeratorDecision) -> tuple[Action, tuple[Reason, ...]]
                            {"by": decision.by, "item_id": decision.item_id, "bank": decision.bank}),)
 
 
+def rewrites(profile: Profile, action: Action, media: MediaInfo | None) -> tuple[str, ...]:
+    """What the act stage must do to the file before it is shown: ``strip_metadata`` for an
+    allowed photo whose profile asks for it, in a format that can be rewritten losslessly."""
+    if action is Action.ALLOW and profile.privacy.strip_metadata and media is not None and scrub.can_strip(media.format):
+        return (scrub.STRIP_METADATA,)
+    return ()
+
+
+#: The reason codes :func:`_media_reasons` gives: re-derived from a verdict's media, not
+#: carried over as recorded failures, when a verdict is decided again.
+MEDIA_CODES = frozenset({ReasonCode.TRAILING_DATA, ReasonCode.TRAILING_UNSCANNED, ReasonCode.LOCATION_NOT_REMOVED})
+
+
+def _media_reasons(profile: Profile, media: MediaInfo) -> list[Reason]:
+    """Reasons from what the file carries besides its pixels."""
+    out = []
+    for part in media.trailers:
+        action = profile.trailing.action(part.kind)
+        where = f"{part.kind} data ({part.size} bytes at {part.offset}{', ' + part.source if part.source else ''})"
+        if action == "scan":
+            if part.error is not None or part.frames_scanned == 0:
+                out.append(Reason(ReasonCode.TRAILING_UNSCANNED, profile.fail_closed[ReasonCode.TRAILING_UNSCANNED],
+                                  f"{where} could not be scanned: {part.error or 'not decoded'}", part.to_dict()))
+        elif action != "allow":
+            out.append(Reason(ReasonCode.TRAILING_DATA, Action(action), f"{where} after the image", part.to_dict()))
+    if media.gps and profile.privacy.strip_metadata and not scrub.can_strip(media.format):
+        out.append(Reason(ReasonCode.LOCATION_NOT_REMOVED, profile.privacy.unremovable,
+                          f"the photo carries GPS coordinates and {media.format} files cannot be rewritten"
+                          " without them losslessly", {"format": media.format}))
+    return out
+
+
 def _vouched_for(allowed: Sequence[Match]) -> bool:
     """Whether allow matches identify this photo as a released one: its exact bytes, or
     near copies in at least two perceptual hashes. One perceptual hash alone never
@@ -483,6 +600,34 @@ def _allow_rules(table: Any, where: str) -> AllowRules:
         raise PolicyError(f"{where}.never_suppress_banks must be a list of bank names")
     return AllowRules(frozenset(ReasonCode(c) for c in codes), frozenset(banks))
 
+
+
+def _trailing_table(table: Any, where: str) -> dict[str, str]:
+    if not isinstance(table, Mapping):
+        raise PolicyError(f"{where} must be a table")
+    _only(table, set(_trailing.KINDS), where)
+    out = {}
+    for kind, value in table.items():
+        action = str(value).lower()
+        if action not in TRAILING_ACTIONS:
+            raise PolicyError(f"{where}.{kind}: {value!r} is not one of {list(TRAILING_ACTIONS)}")
+        if action == "scan" and kind not in _trailing.SCANNABLE:
+            raise PolicyError(f"{where}.{kind}: only {sorted(_trailing.SCANNABLE)} can be scanned")
+        if kind == _trailing.UNKNOWN and action == "allow":
+            raise PolicyError(f"{where}.unknown = 'allow' would let content nothing vouches for through")
+        out[str(kind)] = action
+    return out
+
+
+def _privacy_rules(table: Any, where: str, base: PrivacyRules) -> PrivacyRules:
+    if not isinstance(table, Mapping):
+        raise PolicyError(f"{where} must be a table")
+    _only(table, {"strip_metadata", "unremovable"}, where)
+    strip = table.get("strip_metadata", base.strip_metadata)
+    if not isinstance(strip, bool):
+        raise PolicyError(f"{where}.strip_metadata must be true or false")
+    unremovable = _action(table["unremovable"], f"{where}.unremovable") if "unremovable" in table else base.unremovable
+    return PrivacyRules(strip, unremovable)
 
 
 def _only(table: Mapping[str, Any], allowed: set[str], where: str) -> None:

@@ -304,7 +304,7 @@ class ScanService:
         if first_content is None:  # a marker from before content markers
             first_content = first.hashes.sha256 if first is not None and first.hashes is not None else ""
         if content:
-            same = first_content == content
+            same = first_content == content or marked.answers_for(content)
         else:  # unread now: a quarantine or block moved the file, or it was never readable
             same = first.action is not Action.ALLOW if first is not None else not first_content
         if same:

@@ -88,6 +88,8 @@ class Settlement:
             return
         verdict = settled.verdict
         acted = self._move(verdict, fetched, payload)
+        if acted is not None and acted.rewritten_sha256:
+            stream.note_rewritten(key, acted.rewritten_sha256)
         if verdict.action is Action.QUARANTINE:
             self._queue_for_review(verdict, payload, job_id, settled.recorded.entry_id, fetched, acted, stream, key)
         counted = self.uploaders.record_verdict(verdict, upload_id=payload.upload_id)
@@ -95,13 +97,28 @@ class Settlement:
             log.warning("uploader flagged", extra={"score": round(counted.score, 3)})
 
     def _move(self, verdict: Verdict, fetched: Fetched | None, payload: ScanPayload) -> ActionResult | None:
-        if verdict.action is Action.ALLOW or fetched is None:
+        if fetched is None:
             return None
         source: Path | None = fetched.path if SourceRoots.still_same(fetched) else None
+        if verdict.action is Action.ALLOW:
+            return self._rewrite(verdict, fetched, source) if verdict.rewrite else None
         result = self.actions.apply(verdict, data=fetched.data, upload_id=payload.upload_id, source=source)
         if result.changed:
             log.info("photo moved to the %s store", verdict.action.value,
                      extra={"stored_at": str(result.stored_at), "source_removed": result.source_removed})
+        return result
+
+    def _rewrite(self, verdict: Verdict, fetched: Fetched, source: Path | None) -> ActionResult | None:
+        """An allowed upload's ``rewrite`` (``strip_metadata``) on its file; a failure is
+        logged, never raised: the verdict is recorded and stands."""
+        try:
+            result = self.actions.rewrite(verdict, data=fetched.data, source=source)
+        except (ValueError, OSError) as exc:
+            log.error("allowed photo could not be rewritten as its verdict asks",
+                      extra={"rewrite": list(verdict.rewrite), "why": f"{type(exc).__name__}: {exc}"})
+            return None
+        if result.rewritten:
+            log.info("allowed photo rewritten", extra={"rewrite": list(verdict.rewrite), "path": str(source)})
         return result
 
     def _queue_for_review(self, verdict: Verdict, payload: ScanPayload, job_id: str, stream_id: str,

@@ -97,6 +97,12 @@ class Recorded:
     #: SHA-256 of the bytes the recorded verdict answers for ("" when they were never
     #: read; None when unknown: a marker written before markers named their content).
     content: str | None = ""
+    #: SHA-256 of those bytes as the worker wrote them back (``strip_metadata``), if it did:
+    #: the same upload, answered by the same verdict.
+    rewritten: str | None = None
+
+    def answers_for(self, content: str) -> bool:
+        return content == self.content or (bool(content) and content == self.rewritten)
 
 
 class VerdictStream:
@@ -209,10 +215,18 @@ class VerdictStream:
     def marked(self, key: str) -> Recorded | None:
         """What was recorded under ``key`` (an upload id or a :func:`reused_key`): the
         entry and the content it answers for; None if nothing was."""
-        entry_id, content = self.client.mget(f"{self.stream}:recorded:{key}", f"{self.stream}:content-recorded:{key}")
+        entry_id, content, rewritten = self.client.mget(f"{self.stream}:recorded:{key}",
+                                                        f"{self.stream}:content-recorded:{key}",
+                                                        f"{self.stream}:content-rewritten:{key}")
         if entry_id is None:
             return None
-        return Recorded(_text(entry_id), False, None if content is None else _text(content))
+        return Recorded(_text(entry_id), False, None if content is None else _text(content),
+                        None if rewritten is None else _text(rewritten))
+
+    def note_rewritten(self, key: str, content: str) -> None:
+        """The worker wrote ``key``'s file back as ``content`` (its SHA-256): a retried job
+        that reads the rewritten file is the same upload, not a reused id."""
+        self.client.set(f"{self.stream}:content-rewritten:{key}", content, ex=self.record_ttl_s)
 
 
 def _text(value: bytes | str) -> str:

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 from .. import decode as _decode
 from ..hashes.matcher import Match
 from ..hashes.signals import ImageHashes
+from ..media.trailing import Trailer
 from ..models.classifier import ModelScore
 
 
@@ -60,10 +61,13 @@ class ReasonCode(str, Enum):
     TOO_LARGE = _decode.TOO_LARGE
     #: The content is not any image format (whatever the extension says).
     NOT_AN_IMAGE = _decode.NOT_AN_IMAGE
-    #: A real image format that we do not decode (HEIF, SVG, PSD ...).
+    #: A real image format that we do not decode (SVG, PSD, JPEG XL, a video ...).
     UNSUPPORTED_FORMAT = _decode.UNSUPPORTED_FORMAT
-    #: Declared pixel size over the limit; never decoded.
+    #: An attack: a declared size far beyond what the file's bytes could hold; never decoded.
     DECOMPRESSION_BOMB = _decode.DECOMPRESSION_BOMB
+    #: An ordinary picture too big to decode safely in its format (even at 1/8 scale
+    #: for a JPEG; PNG, WebP, HEIC ... cannot be reduced); never decoded.
+    TOO_MANY_PIXELS = _decode.TOO_MANY_PIXELS
     #: Corrupt or truncated image data.
     UNREADABLE = _decode.UNREADABLE
     #: An animation longer than the frame or pixel budget: part of it was never seen.
@@ -88,6 +92,16 @@ class ReasonCode(str, Enum):
     #: A context value a policy profile reads could not be read (``recipient_age="fifteen"``),
     #: so every profile reading it applied; the detail names the values. Never lowers an action.
     CONTEXT_UNREADABLE = "context_unreadable"
+    #: Data after the image's end (or hidden in its container) of a kind the policy's
+    #: ``[trailing]`` table quarantines or blocks: a ZIP, a script, unknown bytes.
+    #: The detail names its kind, size and offset.
+    TRAILING_DATA = "trailing_data"
+    #: Trailing content the policy asked to scan (a motion photo's video, an MPF image)
+    #: could not be decoded, or only in part: what no one looked at is not allowed.
+    TRAILING_UNSCANNED = "trailing_unscanned"
+    #: The profile asks for location metadata to be removed, the photo has GPS
+    #: coordinates, and its format cannot be rewritten losslessly (``[privacy]``).
+    LOCATION_NOT_REMOVED = "location_not_removed"
 
 
 FAILURE_CODES = frozenset(
@@ -97,8 +111,10 @@ FAILURE_CODES = frozenset(
         ReasonCode.NOT_AN_IMAGE,
         ReasonCode.UNSUPPORTED_FORMAT,
         ReasonCode.DECOMPRESSION_BOMB,
+        ReasonCode.TOO_MANY_PIXELS,
         ReasonCode.UNREADABLE,
         ReasonCode.TOO_MANY_FRAMES,
+        ReasonCode.TRAILING_UNSCANNED,
         ReasonCode.MODEL_UNAVAILABLE,
         ReasonCode.SCAN_FAILED,
         ReasonCode.SOURCE_REFUSED,
@@ -137,8 +153,21 @@ class MediaInfo:
     width: int
     height: int
     frame_count: int
+    #: Frames hashed and classified: the image's own and those of scanned trailing parts.
     frames_scanned: int
+    #: Oddities (``exif_unreadable``), ``gps_coordinates``, and one ``trailing_<kind>:<bytes>``
+    #: per part of data found after the image's end.
     notes: tuple[str, ...] = ()
+    #: The photo's EXIF or XMP carries GPS coordinates.
+    gps: bool = False
+    #: What follows the image or hides in its container, part by part.
+    trailers: tuple[Trailer, ...] = ()
+
+    @classmethod
+    def from_decoded(cls, decoded: "_decode.DecodedImage") -> "MediaInfo":
+        notes = (*decoded.notes, *(("gps_coordinates",) if decoded.gps else ()), *(t.note for t in decoded.trailers))
+        return cls(decoded.format, decoded.width, decoded.height, decoded.frame_count, len(decoded.frames),
+                   notes, decoded.gps, decoded.trailers)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -148,12 +177,15 @@ class MediaInfo:
             "frame_count": self.frame_count,
             "frames_scanned": self.frames_scanned,
             "notes": list(self.notes),
+            "gps": self.gps,
+            "trailing": [t.to_dict() for t in self.trailers],
         }
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> "MediaInfo":
         return cls(str(raw["format"]), int(raw["width"]), int(raw["height"]), int(raw["frame_count"]),
-                   int(raw["frames_scanned"]), tuple(str(n) for n in raw.get("notes") or ()))
+                   int(raw["frames_scanned"]), tuple(str(n) for n in raw.get("notes") or ()),
+                   bool(raw.get("gps", False)), tuple(Trailer.from_dict(t) for t in raw.get("trailing") or ()))
 
 
 @dataclass(frozen=True)
@@ -229,6 +261,9 @@ class Verdict:
     decision: ModeratorDecision | None = None
     #: The reasons the photo was quarantined for, before the decision.
     quarantine_reasons: tuple[Reason, ...] = ()
+    #: What the act stage must do to an allowed file before it is shown:
+    #: ``strip_metadata`` (the profile's ``[privacy]``; :mod:`photosentry.media.scrub`).
+    rewrite: tuple[str, ...] = ()
 
     @property
     def reason_codes(self) -> list[str]:
@@ -252,6 +287,7 @@ class Verdict:
             "profile": self.profile,
             "bank_version": self.bank_version,
             "context": self.context,
+            **({"rewrite": list(self.rewrite)} if self.rewrite else {}),
         }
         # Only when set, so a plain scan's JSON keeps its shape.
         if self.upload_id is not None:
@@ -293,6 +329,7 @@ class Verdict:
             dry_run=raw.get("dry_run") is True,
             decision=ModeratorDecision.from_dict(decision) if isinstance(decision, Mapping) else None,
             quarantine_reasons=tuple(Reason.from_dict(r) for r in raw.get("quarantine_reasons") or ()),
+            rewrite=tuple(str(r) for r in raw.get("rewrite") or ()),
         )
 
     def to_json(self) -> str:
