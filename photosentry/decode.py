@@ -24,7 +24,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from . import defaults
+from . import defaults, progressive
 from .errors import UnreadableImage
 
 # Reason codes produced here; the verdict module re-exports them as ReasonCode members.
@@ -199,6 +199,12 @@ def decode(data: bytes, limits: Limits = Limits(), *, min_side: int | None = Non
             )
         try:
             reduction = _draft(img, fmt, min_side)
+            lean = _dc_scans_only(data, img, reduction, (width, height))
+            if lean is not None:
+                try:
+                    return _decode_frames(lean, fmt, limits, reduction, (width, height))
+                except Exception:  # noqa: BLE001 - the file as it is decides, below
+                    pass
             return _decode_frames(img, fmt, limits, reduction, (width, height))
         except UnreadableImage:
             raise
@@ -225,6 +231,24 @@ def _draft(img: Image.Image, fmt: str, min_side: int | None) -> int:
         return 1  # CMYK/YCCK: let the full decoder do its colour conversion
     img.draft(img.mode, (min_side, min_side))
     return max(1, round(width / img.size[0]))
+
+
+def _dc_scans_only(data: bytes, img: Image.Image, reduction: int, full_size: tuple[int, int]) -> Image.Image | None:
+    """At 1/8 scale, a progressive JPEG rewritten to its DC scans (photosentry.progressive:
+    the same pixels for a fraction of the entropy decoding), drafted like ``img``; else None."""
+    if reduction != progressive.SCALE or not img.info.get("progressive"):
+        return None
+    lean = progressive.dc_only(data)
+    if lean is None:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # as in decode(): the same header was parsed there
+            out = Image.open(io.BytesIO(lean), formats=["JPEG"])
+            out.draft(img.mode, (full_size[0] // reduction, full_size[1] // reduction))
+    except Exception:  # noqa: BLE001 - the original file is still there to decode
+        return None
+    return out if out.size == img.size and out.mode == img.mode else None
 
 
 def _decode_frames(
