@@ -68,6 +68,12 @@ RESCAN_BATCH_LINGER_S = 0.5
 has waited this long, so a slow input (a sparse folder walk, --rate) never holds photos
 back for a batch to fill."""
 
+AUTO_BUILD_ENV = "PHOTOSENTRY_AUTO_BUILD"
+"""Environment variable that turns off (``0``) the default optimised build: without it a
+process that finds no verified int8/bf16 build for its host starts one in the
+background, calibrated and verified on the photos shipped in the package
+(photosentry/models/autobuild.py), and runs fp32 until it is ready."""
+
 MODELS_DIR_NAME = "models"
 """Folder in the data directory holding optimised model artifacts and their manifest."""
 

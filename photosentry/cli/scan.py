@@ -41,7 +41,8 @@ from .root import (
               help="Also run NudeNet 320n (pip install 'photosentry[nudenet]'; AGPL-3.0): its labelled boxes"
                    " (e.g. FEMALE_BREAST_EXPOSED) show up in --json.")
 @click.option("--fp32", "fp32_only", is_flag=True,
-              help="Ignore optimised builds from `photosentry models optimize`; run the published model.")
+              help="Ignore optimised builds (the default build and `photosentry models optimize`'s); run the"
+                   " published model, and start no build.")
 @click.pass_context
 def scan(
     ctx: click.Context,
@@ -62,6 +63,12 @@ def scan(
     or scanned or a score is over the quarantine threshold, else ALLOWED. Nothing is
     moved or deleted: scan only reports.
 
+    The model runs as the fastest build verified for this host. On a fresh data
+    directory there is none yet: the first scan starts one in the background (int8, or
+    bf16 where the CPU has it; a minute or more, checked against the published model
+    on photos shipped with PhotoSentry) and later scans use it. `photosentry models
+    build` makes it in the foreground; PHOTOSENTRY_AUTO_BUILD=0 or --fp32 turns it off.
+
     Exit status: 0 all allowed, 1 some quarantined or blocked, 2 usage error,
     3 set-up error.
     """
@@ -80,6 +87,15 @@ def scan(
     try:
         classifier = load_classifier(model_manifest or "open_nsfw", data_dir=data_dir(ctx.obj["data_dir"]),
                                      threads=threads, providers=list(providers) or None, use_artifacts=not fp32_only)
+        if not fp32_only and classifier.variant == "fp32":
+            # No verified build for this host yet: make one in the background for the
+            # next run (a minute or more: longer than most scans; docs/models.md).
+            from ..models.autobuild import start_if_pending
+
+            note = start_if_pending(model_manifest or "open_nsfw", ensure_private_dir(data_dir(ctx.obj["data_dir"])),
+                                    policy.decision_thresholds(classifier.model_id))
+            if note:
+                click.echo(f"{classifier.model_id}: {note}", err=True)
         extra = []
         if "nudenet" in second_models:
             from ..models.nudenet import NudeNetDetector, licence_notice

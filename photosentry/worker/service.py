@@ -145,6 +145,7 @@ class ScanService:
                                               allow_networks=settings.callback_networks)
         self.bank_store = RedisBankStore(self.redis, prefix=settings.bank_prefix)
         self.scanner = scanner
+        self._build_watch: Any = None
         if self.scanner is None and load_models:
             self.scanner = self._build_scanner()
         self._last_refresh = time.monotonic()
@@ -155,12 +156,19 @@ class ScanService:
         # Heavy imports here, not at module import: producers import jobs, never this.
         from ..hashes.matcher import BankMatcher
         from ..hashes.snapshot import snapshot_dir
+        from ..models.autobuild import watch_default_build
         from ..models.loader import load_classifier
         from .pipeline import Scanner
 
         # The best verified artifact for this host (int8 on CPU, fp16 on GPU), else fp32.
-        classifier = load_classifier("open_nsfw", data_dir=data_dir(self.settings.data_dir), threads=self.settings.threads,
-                                     providers=list(self.settings.providers) or None)
+        def load() -> Any:
+            return load_classifier("open_nsfw", data_dir=data_dir(self.settings.data_dir),
+                                   threads=self.settings.threads, providers=list(self.settings.providers) or None)
+
+        classifier = load()
+        # None verified yet: it is built in the background and swapped in (_swap_in_build).
+        self._build_watch = watch_default_build(classifier, "open_nsfw", data_dir(self.settings.data_dir),
+                                                self.policy.decision_thresholds("open_nsfw"), load)
         second = []
         if "nudenet" in os.environ.get(defaults.SECOND_MODELS_ENV, "").split(","):
             from ..models.nudenet import NudeNetDetector, licence_notice
@@ -181,6 +189,18 @@ class ScanService:
                    "bank_loaded_from": scanner.matcher.loaded_from, "policy_version": self.policy.version},
         )
         return scanner
+
+    def _swap_in_build(self) -> None:
+        """Between jobs: run the default optimised build once the background build has
+        verified and loaded it (models/autobuild.py); fp32 served until then."""
+        new = self._build_watch.take() if self._build_watch is not None else None
+        if new is None:
+            return
+        old, self.scanner.classifier, self._build_watch = self.scanner.classifier, new, None
+        self.metrics.model_info.labels(old.model_id, old.model_version, old.provider, old.variant).set(0)
+        self._observe_setup()
+        log.info("model build swapped in", extra={"model": new.model_id, "model_variant": new.variant,
+                                                   "provider": new.provider, "model_file": str(new.path)})
 
     def _observe_setup(self) -> None:
         classifier = getattr(self.scanner, "classifier", None)
@@ -235,6 +255,7 @@ class ScanService:
         started = time.perf_counter()
         stages: dict[str, float] = {}
         self.refresh_banks()
+        self._swap_in_build()
 
         replayed = self._replay(payload, job_id, stream)
         if replayed is not None:
