@@ -132,3 +132,21 @@ def test_photo_banned_from_full_decode_matches_itself_on_the_fast_path(
         assert perceptual, name
     fast = decode(corpus.banned.read_bytes(), min_side=BANNED_MIN_SIDE)
     assert fast.reduction >= 2  # the banned photo itself really took the reduced path
+
+
+def test_model_scores_on_the_scans_frames_keep_their_decisions(corpus: corpus_mod.Corpus, classifier) -> None:  # type: ignore[no-untyped-def]
+    """The scan decodes to a 256 px short side (the model's input); its scores stay those
+    of a full decode, decisions included, under both profiles of the shipped policy."""
+    from photosentry import defaults
+    from photosentry.models.optimize import band
+
+    thresholds = Policy.default().decision_thresholds("open_nsfw")
+    reduced = 0
+    for name, path in {"banned": corpus.banned, **corpus.clean, **corpus.copies}.items():
+        data = path.read_bytes()
+        full, fast = decode(data), decode(data, min_side=defaults.DECODE_MIN_SIDE)
+        reduced += fast.reduction > 1
+        a, b = classifier.classify(full.frames).score, classifier.classify(fast.frames).score
+        assert abs(a - b) <= 0.05, (name, a, b)
+        assert all(band(a, t) == band(b, t) for t in thresholds), (name, a, b)
+    assert reduced, "no photo was reduced: the test would prove nothing"
