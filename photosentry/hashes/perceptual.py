@@ -14,8 +14,8 @@ transpose).
   the edges); the 64x64 samples at the centres; the 16x16 DCT of those; a bit per
   coefficient above the median (Torben's, i.e. the lower middle value); quality from
   the 64x64 samples' gradients. The filter-and-decimate along an axis is linear, so it
-  is a 64 x n matrix: 64 x 64 samples cost two matrix products instead of four passes
-  over the frame.
+  is a 64 x n matrix, a band a few windows wide: 64 x 64 samples cost two banded sums
+  instead of four passes over the frame.
 - **Frames reduced from a larger photo** (the scan decodes JPEGs at 1/2 to 1/8 scale,
   each pixel the mean of an r x r block): the matrix is built for the photo's *own*
   size and each row summed over the blocks, which is exactly PDQ's filter applied to
@@ -112,35 +112,62 @@ def _jarosz_window(old: int, new: int = PDQ_SIDE) -> int:
     return (old + 2 * new - 1) // (2 * new)
 
 
-@functools.lru_cache(maxsize=128)
-def _pdq_axis(source: int, reduction: int, frame: int) -> np.ndarray:
-    """The 64 x ``frame`` float32 matrix taking one axis of a frame to PDQ's 64 samples.
+@functools.lru_cache(maxsize=256)
+def _pdq_axis(source: int, reduction: int, frame: int) -> tuple[np.ndarray, np.ndarray]:
+    """How one axis of a frame becomes PDQ's 64 samples: for sample i, the weights
+    ``weights[i]`` of frame pixels ``starts[i]``, ``starts[i] + 1`` ... (a band: PDQ's
+    filter is a few windows wide).
 
     Built for the photo's own length ``source``: two box passes (window shortened at the
     edges as box1DFloat does, each output the mean of the inputs it covers), sampled at
-    ``int((i + 0.5) * source / 64)``, then each column summed over the ``reduction``
+    ``int((i + 0.5) * source / 64)``, then each weight summed over the ``reduction``
     source pixels one frame pixel stands for.
     """
     w = _jarosz_window(source)
     half = (w + 2) // 2
-    positions = np.arange(source)
-    lo = np.maximum(positions - (w - half), 0)
-    hi = np.minimum(positions + half - 1, source - 1)
     centres = ((np.arange(PDQ_SIDE) + 0.5) * source / PDQ_SIDE).astype(np.int64)
-    # Row i is the mean over k in window(centre_i) of the first pass's row k, itself the
-    # mean over window(k): accumulate each window as +weight at lo, -weight past hi.
-    edges = np.zeros((PDQ_SIDE, source + 1))
-    for i, c in enumerate(centres):
-        ks = np.arange(lo[c], hi[c] + 1)
-        weight = 1.0 / ((hi[ks] - lo[ks] + 1) * len(ks))
-        np.add.at(edges[i], lo[ks], weight)
-        np.add.at(edges[i], hi[ks] + 1, -weight)
-    full = np.cumsum(edges, axis=1)[:, :source]
-    if reduction > 1:
-        full = np.add.reduceat(full, np.arange(0, source, reduction), axis=1)
-    if full.shape[1] != frame:
-        raise ValueError(f"a {source}-pixel side reduced by {reduction} is {full.shape[1]} pixels, not {frame}")
-    return np.ascontiguousarray(full, dtype=np.float32)
+    # Sample i is the mean over k in window(centre_i) of the first pass at k, itself the
+    # mean over window(k); window(x) is [x - (w - half), x + half - 1] cut at the edges.
+    k = (centres - (w - half))[:, None] + np.arange(w)[None, :]  # (64, w) first-pass positions
+    inside = (k >= 0) & (k <= np.minimum(centres + half - 1, source - 1)[:, None])
+    k = np.clip(k, 0, source - 1)
+    lo, hi = np.maximum(k - (w - half), 0), np.minimum(k + half - 1, source - 1)
+    share = inside / ((hi - lo + 1) * inside.sum(axis=1, keepdims=True))  # each source pixel of window(k)
+    # Sum the shares over each frame pixel's block of `reduction` source pixels: block j
+    # gets share x (pixels of window(k) inside [j * r, (j + 1) * r)).
+    r = reduction
+    blocks = (hi // r - lo // r).max() + 1
+    j = (lo // r)[:, :, None] + np.arange(blocks)[None, None, :]  # (64, w, blocks)
+    overlap = np.minimum(hi[:, :, None], (j + 1) * r - 1) - np.maximum(lo[:, :, None], j * r) + 1
+    value = share[:, :, None] * np.maximum(overlap, 0)
+    j = np.minimum(j, frame - 1)
+    if (source + r - 1) // r != frame:
+        raise ValueError(f"a {source}-pixel side reduced by {reduction} is {(source + r - 1) // r} pixels, not {frame}")
+    row = np.broadcast_to(np.arange(PDQ_SIDE)[:, None, None], j.shape)
+    full = np.bincount((row * frame + j).ravel(), value.ravel(), PDQ_SIDE * frame).reshape(PDQ_SIDE, frame)
+    nonzero = full != 0
+    starts = nonzero.argmax(axis=1)
+    ends = frame - nonzero[:, ::-1].argmax(axis=1)
+    band = int((ends - starts).max())
+    index = np.minimum(starts[:, None] + np.arange(band)[None, :], frame - 1)
+    weights = np.where(np.arange(band)[None, :] < (ends - starts)[:, None], full[np.arange(PDQ_SIDE)[:, None], index], 0.0)
+    return starts, np.ascontiguousarray(weights, dtype=np.float32)
+
+
+def _sample(axis: tuple[np.ndarray, np.ndarray], values: np.ndarray) -> np.ndarray:
+    """(64, m) samples of the (n, m) ``values`` along their first axis.
+
+    A sum over the band, not a matrix product: numpy hands products to a BLAS that
+    splits even these small ones across threads, and on a host whose other cores are
+    busy (every worker process scanning) the split product waits for a thread that is
+    not running: 0.1 ms idle, 30 ms loaded, measured. These sums stay on one core.
+    """
+    starts, weights = axis
+    n = values.shape[0]
+    out = np.zeros((PDQ_SIDE, values.shape[1]), dtype=np.float32)
+    for k in range(weights.shape[1]):
+        out += weights[:, k : k + 1] * values[np.minimum(starts + k, n - 1)]
+    return out
 
 
 def _pdq_quality(samples: np.ndarray) -> int:
@@ -177,9 +204,10 @@ def pdq_dihedral(
         zero = "0" * 64
         return (zero,) * 8, 0
     r = reduction if source_size is not None else 1
-    rows, cols = _pdq_axis(src_h, r, h), _pdq_axis(src_w, r, w)
-    luma = (rgb.reshape(-1, 3).astype(np.float32) @ _LUMA).reshape(h, w)
-    samples = (rows @ luma) @ cols.T
+    luma = rgb[:, :, 0] * _LUMA[0]
+    luma += rgb[:, :, 1] * _LUMA[1]
+    luma += rgb[:, :, 2] * _LUMA[2]
+    samples = _sample(_pdq_axis(src_w, r, w), _sample(_pdq_axis(src_h, r, h), luma).T).T
     coeffs = _PDQ_DCT @ samples.astype(np.float64) @ _PDQ_DCT.T
     variants = _dihedral(coeffs, first=1)
     return tuple(_pdq_hex(variants[i]) for i in _PDQ_ORDER), _pdq_quality(samples)
