@@ -102,6 +102,21 @@ def test_build_is_verified_recorded_and_then_current(built: Path, spec: Classifi
     assert "shipped calibration set changed" in result.output, result.output
 
 
+def test_models_list_and_build_say_what_the_default_build_did(built: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["--data-dir", str(built), "models", "list"])
+    assert listed.exit_code == 0, listed.output
+    assert "default build of open_nsfw: built" in listed.output
+    # Nothing to do where a fresh verified build exists...
+    again = runner.invoke(cli, ["--data-dir", str(built), "models", "build"])
+    assert again.exit_code == 0 and "current:" in again.output, again.output
+    # ...and --no-wait says so while another process builds.
+    home = tmp_path / "home"
+    with autobuild.build_lock(ArtifactStore(home), "open_nsfw", wait=False):
+        busy = runner.invoke(cli, ["--data-dir", str(home), "models", "build", "--no-wait"])
+    assert busy.exit_code == 1 and "busy" in busy.output, busy.output
+
+
 def test_the_build_keeps_decisions_on_held_out_photos(built: Path, corpus: corpus_mod.Corpus,
                                                       classifier: OpenNsfwClassifier) -> None:
     from photosentry.decode import decode
