@@ -155,9 +155,9 @@ def build(ctx: click.Context, model: str, manifest: str | None, policy_path: str
     OpenVINO is installed), calibrated and checked on photos shipped with PhotoSentry:
     refused if any score moves more than 0.03 from the published model or any decision
     changes under the policy. Nothing to do if a verified build for this model file and
-    ONNX Runtime version exists. Takes a minute or more. Useful in a deploy step (an
-    image build) so the first worker starts fast; to calibrate on your own uploads use
-    `photosentry models optimize`.
+    ONNX Runtime version exists. Takes seconds (bf16) to minutes (int8). Useful in a
+    deploy step (an image build) so the first worker starts fast; to calibrate on your
+    own uploads use `photosentry models optimize`.
 
     Exit status 0 if a verified build is in place, 1 if it was refused or another
     process is building (with --no-wait).

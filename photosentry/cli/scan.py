@@ -65,7 +65,7 @@ def scan(
 
     The model runs as the fastest build verified for this host. On a fresh data
     directory there is none yet: the first scan starts one in the background (int8, or
-    bf16 where the CPU has it; a minute or more, checked against the published model
+    bf16 where the CPU has it; seconds to minutes, checked against the published model
     on photos shipped with PhotoSentry) and later scans use it. `photosentry models
     build` makes it in the foreground; PHOTOSENTRY_AUTO_BUILD=0 or --fp32 turns it off.
 
@@ -89,7 +89,7 @@ def scan(
                                      threads=threads, providers=list(providers) or None, use_artifacts=not fp32_only)
         if not fp32_only and classifier.variant == "fp32":
             # No verified build for this host yet: make one in the background for the
-            # next run (a minute or more: longer than most scans; docs/models.md).
+            # next run (seconds for bf16, minutes for int8: longer than most scans; docs/models.md).
             from ..models.autobuild import start_if_pending
 
             note = start_if_pending(model_manifest or "open_nsfw", ensure_private_dir(data_dir(ctx.obj["data_dir"])),

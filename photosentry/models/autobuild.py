@@ -321,8 +321,13 @@ def build(
             return BuildResult("built", reverified[0].describe(), tuple(reverified), time.monotonic() - started)
         progress(f"building {'/'.join(key.variants)} of {spec.model.id} on {len(calibration.files)}"
                  " calibration frames")
-        reports = optimize(spec, store, calibration, thresholds, variants=key.variants, methods=methods,
-                           threads=threads, progress=progress)
+        # Best first (bf16 before int8): once one passes, the slower ones would never run.
+        reports = []
+        for variant in key.variants:
+            reports += optimize(spec, store, calibration, thresholds, variants=(variant,), methods=methods,
+                                threads=threads, progress=progress)
+            if reports[-1].artifact is not None:
+                break
         kept = tuple(r.artifact for r in reports if r.artifact is not None)
         if kept:
             detail = "; ".join(a.describe() for a in kept)
@@ -462,8 +467,8 @@ def start_if_pending(manifest: str | Path, data_dir: Path,
     if proc is None:
         return f"{why}; another process is building it, fp32 runs until it is verified"
     logfile = ArtifactStore(data_dir).home / f"{spec.model.id}{LOG_SUFFIX}"
-    return (f"{why}; building it in the background (pid {proc.pid}, a minute or more; log {logfile}),"
-            " fp32 runs until it is verified")
+    return (f"{why}; building it in the background (pid {proc.pid}; seconds with bf16, minutes for int8;"
+            f" log {logfile}), fp32 runs until it is verified")
 
 
 def watch_default_build(classifier: Any, manifest: str | Path, data_dir: Path,
