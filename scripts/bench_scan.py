@@ -644,6 +644,10 @@ def main(argv: list[str] | None = None) -> int:
         print_table(["path", "photos", "mean ms", "median ms", "p95 ms", "photos/s"], rows)
         for line in ratios:
             print(f"photosentry, {line}; target >= 5x, goal 6x")
+        if naive is not None and scan_fp32.get("total"):
+            print(f"photosentry with the published fp32 model (a host whose default build was refused):"
+                  f" {mean(naive['total']) / mean(scan_fp32['total']):.2f}x the naive pipeline's photos/s"
+                  f" (mean {mean(scan_fp32['total']):.1f} ms)")
         if scan["other"]:
             print(f"unreadable/hostile files: median {med(scan['other']):.2f} ms each (quarantined, never classified)")
         print()
