@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,11 @@ from photosentry.worker.service import ScanService, ServiceSettings
 from . import corpus as corpus_mod
 from .callback_receiver import KEY, Receiver
 from .redis_server import running_redis_server
+
+# Every test gets a fresh data directory, where a worker or `scan` would start the
+# default model build in the background (a minute of CPU each): off unless a test
+# turns it on (tests/test_autobuild.py). Subprocesses inherit it.
+os.environ.setdefault("PHOTOSENTRY_AUTO_BUILD", "0")
 
 
 @pytest.fixture(scope="session")
