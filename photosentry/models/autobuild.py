@@ -33,8 +33,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
-import importlib.resources
 import importlib.util
 import json
 import logging
@@ -54,6 +52,7 @@ import numpy as np
 from .. import defaults
 from ..errors import ModelUnavailable
 from .artifacts import Artifact, ArtifactStore, Host, fsync_dir, preferred_variants, ranked_artifacts
+from .calibrations import SHIPPED_PREFIX, is_shipped, shipped_calibration, shipped_digest  # noqa: F401 - its API
 from .manifest import file_sha256, resolve_model_file
 
 log = logging.getLogger(__name__)
@@ -64,70 +63,9 @@ AUTO_METHODS = ("qdq-percentile", "qoperator-percentile")
 
 STATE_FILENAME = "autobuild.json"
 LOG_SUFFIX = ".build.log"
-SHIPPED_PREFIX = "shipped:"
-_GRIDS = (2, 3)  # crops of each photo: a 2x2 and a 3x3 grid of overlapping windows
-_WARMTH = (0.0, 0.25, 0.5)  # red up, blue down by this much (green up by a fifth of it): skin-like tones
 
 
 # -- the calibration set -------------------------------------------------------------------
-
-
-def shipped_calibration() -> Any:
-    """The calibration set a host can always make: the photos shipped in
-    ``photosentry/models/calibration`` (public domain and CC0, see its LICENSES.md) and,
-    for each, crops on a 2x2 and a 3x3 grid, cycling through warmer tones.
-
-    The photos as they are all score near zero on open_nsfw; the crops and warmer tones
-    spread the scores up to ~0.9, so the check that no decision flips covers the policy's
-    bands too. Deterministic: the same photos give the same frames and digest.
-    """
-    from ..decode import decode
-    from .optimize import CalibrationSet
-
-    files: list[tuple[str, str]] = []
-    frames: list[np.ndarray] = []
-    for name, data in _shipped_photos():
-        rgb = decode(data, min_side=defaults.DECODE_MIN_SIDE).frames[0]
-        for i, (label, variant) in enumerate(_variants(rgb)):
-            warm = _WARMTH[i % len(_WARMTH)]
-            if warm:
-                variant, label = _warmer(variant, warm), f"{label}+warm{warm}"
-            variant = np.ascontiguousarray(variant)
-            files.append((f"{SHIPPED_PREFIX}{name}#{label}", hashlib.sha256(variant.tobytes()).hexdigest()))
-            frames.append(variant)
-    return CalibrationSet(tuple(files), tuple(frames))
-
-
-def is_shipped(record: dict[str, Any]) -> bool:
-    """Whether an artifact's calibration record names the shipped set."""
-    files = record.get("files") or []
-    return bool(files) and all(str(f[0]).startswith(SHIPPED_PREFIX) for f in files)
-
-
-def _shipped_photos() -> Iterator[tuple[str, bytes]]:
-    folder = importlib.resources.files("photosentry.models") / "calibration"
-    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        if entry.name.endswith(".jpg"):
-            yield entry.name.removesuffix(".jpg"), entry.read_bytes()
-
-
-def _variants(rgb: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
-    yield "whole", rgb
-    h, w = rgb.shape[:2]
-    for n in _GRIDS:
-        ch, cw = h // n, w // n  # close-ups: the model's scores spread most on these
-        for row in range(n):
-            for col in range(n):
-                top, left = row * (h - ch) // (n - 1), col * (w - cw) // (n - 1)
-                yield f"crop{n}x{n}-{row}{col}", rgb[top : top + ch, left : left + cw]
-
-
-def _warmer(rgb: np.ndarray, amount: float) -> np.ndarray:
-    out = rgb.astype(np.float32)
-    out[..., 0] *= 1.0 + amount
-    out[..., 1] *= 1.0 + amount / 5
-    out[..., 2] *= 1.0 - amount
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
 # -- what to build, and whether it is fresh -----------------------------------------------------
@@ -244,15 +182,6 @@ def pending(spec: Any, data_dir: Path, thresholds: Sequence[tuple[float | None, 
     if done is not None and done.get("outcome") == "refused":
         return None
     return f"no verified {'/'.join(key.variants)} build of {spec.model.id} for this host and runtime"
-
-
-def shipped_digest() -> str:
-    """Names the shipped set cheaply (its files and the recipe that makes the frames),
-    for the build key: no decoding at every process start."""
-    h = hashlib.sha256(repr((_GRIDS, _WARMTH, defaults.DECODE_MIN_SIDE)).encode())
-    for name, data in _shipped_photos():
-        h.update(name.encode() + hashlib.sha256(data).digest())
-    return h.hexdigest()
 
 
 # -- building -------------------------------------------------------------------------------------

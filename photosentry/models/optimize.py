@@ -23,7 +23,6 @@ preprocessing, so an artifact is judged on what the worker would decide.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import os
@@ -31,7 +30,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -40,10 +39,10 @@ import numpy as np
 import onnxruntime as ort
 
 from .. import defaults
-from ..decode import decode, read_limited
-from ..errors import ModelUnavailable, UnreadableImage
+from ..errors import ModelUnavailable
 from .adapter import ClassifierManifest, ManifestClassifier
 from .artifacts import RUNTIME_OF, VARIANTS, Artifact, ArtifactStore, fsync_dir
+from .calibrations import CalibrationSet, calibration_from_record, load_calibration  # noqa: F401 - its API
 from .manifest import file_sha256, resolve_model_file
 from .openvino_runtime import bf16_unavailable, build_bf16
 from .openvino_runtime import version as openvino_version
@@ -66,85 +65,6 @@ _QUANT_OPSET = 13
 PERCENTILE = 99.999
 """Percentile calibration clips activation ranges at this percentile: a handful of
 extreme activations no longer stretch the int8 scale for everyone else."""
-
-
-# -- calibration photos ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CalibrationSet:
-    """Real photos decoded once, with the digest that names the set."""
-
-    files: tuple[tuple[str, str], ...]
-    frames: tuple[np.ndarray, ...] = field(repr=False)
-
-    @property
-    def digest(self) -> str:
-        h = hashlib.sha256()
-        for sha in sorted(sha for _, sha in self.files):
-            h.update(bytes.fromhex(sha))
-        return h.hexdigest()
-
-    def record(self) -> dict[str, Any]:
-        return {"digest": self.digest, "photos": len(self.files), "files": [list(f) for f in self.files]}
-
-
-def photo_files(paths: Sequence[str | Path]) -> list[Path]:
-    """Files under ``paths`` (files or folders, recursively), sorted."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file()))
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise FileNotFoundError(f"calibration path {str(p)!r} does not exist")
-    return sorted(dict.fromkeys(out))
-
-
-def load_calibration(paths: Sequence[str | Path], *, limit: int | None = None) -> CalibrationSet:
-    """Decode the photos under ``paths`` the way the scan does; unreadable files are skipped.
-
-    Raises:
-        ValueError: no readable photo was found.
-    """
-    files, frames = [], []
-    for path in photo_files(paths):
-        try:
-            data = read_limited(path, defaults.MAX_BYTES)
-            decoded = decode(data, min_side=defaults.DECODE_MIN_SIDE)
-        except UnreadableImage:
-            continue
-        files.append((str(path), hashlib.sha256(data).hexdigest()))
-        frames.append(decoded.frames[0])
-        if limit is not None and len(files) >= limit:
-            break
-    if not files:
-        raise ValueError(f"no readable photo under {[str(p) for p in paths]}")
-    return CalibrationSet(tuple(files), tuple(frames))
-
-
-def calibration_from_record(record: dict[str, Any]) -> CalibrationSet:
-    """The recorded calibration set, re-read and checked against its digest.
-
-    Raises:
-        ValueError: a file is gone or changed, so the recorded drift cannot be re-measured.
-    """
-    from .autobuild import is_shipped, shipped_calibration
-
-    if is_shipped(record):  # the default build's set: made again from the package's photos
-        cal = shipped_calibration()
-        if cal.digest != record.get("digest"):
-            raise ValueError("the shipped calibration set changed (another PhotoSentry version); pass --calibration")
-        return cal
-    paths = [f[0] for f in record.get("files", [])]
-    missing = [p for p in paths if not Path(p).is_file()]
-    if missing:
-        raise ValueError(f"{len(missing)} calibration photos are gone (first: {missing[0]}); pass --calibration")
-    cal = load_calibration(paths)
-    if cal.digest != record.get("digest"):
-        raise ValueError("the calibration photos changed since the artifact was made; pass --calibration")
-    return cal
 
 
 # -- measuring -----------------------------------------------------------------------------
