@@ -201,3 +201,32 @@ def _raise(exc: BaseException, what: str, location: S3Location) -> NoReturn:
         raise SourceRefused(f"{location} cannot be read: {s3client.describe(exc)}") from exc
     raise s3client.unavailable(f"{what} {location}", exc) from exc
 
+
+
+def restore(client: Any, location: S3Location, data: bytes, *, content_type: str) -> dict[str, Any]:
+    """Put a released photo back at ``location``, never over another object.
+
+    Returns the effects a moderator's decision records: ``restored_to`` (the URL, or
+    None) and a ``restore_note`` when it was not written now.
+
+    Raises:
+        StorageUnavailable: S3 could not be reached (the decision is finished by
+            submitting it again).
+    """
+    try:
+        client.put_object(Bucket=location.bucket, Key=location.key, Body=data, ContentType=content_type,
+                          IfNoneMatch="*")
+        return {"restored_to": location.url}
+    except s3client.s3_errors() as exc:
+        if s3client.classify(exc) == s3client.DENIED:
+            return {"restored_to": None, "restore_note": f"not restored: {s3client.describe(exc)}"}
+        if s3client.classify(exc) != s3client.CHANGED:
+            raise s3client.unavailable(f"PUT {location}", exc) from exc
+    # Something is there already: this photo (a decision submitted again), or a new upload.
+    try:
+        there, _ = read(client, location, max_bytes=len(data))
+    except UnreadableImage:
+        there = None  # gone again, larger, or unreadable: in any case not ours to replace
+    if there == data:
+        return {"restored_to": location.url, "restore_note": "already there"}
+    return {"restored_to": None, "restore_note": "a different object now has that key: not replaced"}
