@@ -345,3 +345,69 @@ def test_enqueue_refuses_what_workers_would_refuse(s3: S3Buckets, redis_server: 
     assert inline.exit_code == 2 and "--inline" in inline.output
     with pytest.raises(ValueError, match="segment"):
         enqueue_scan(redis.Redis.from_url(redis_server), source=f"s3://{s3.uploads}/a//b.jpg", upload_id="x")
+
+
+def test_the_review_page_shows_a_photo_from_the_bucket_store_and_its_release_restores_it(
+    redis_client: redis.Redis, s3_service: ScanService, s3: S3Buckets, corpus: Corpus, tmp_path: Path
+) -> None:
+    import re
+    import threading
+    import time
+    import urllib.parse
+    import urllib.request
+    from http.cookiejar import CookieJar
+
+    import uvicorn
+
+    from photosentry.review.decisions import Reviewer
+    from photosentry.review.moderators import Moderators, new_token
+    from photosentry.review.web import create_app
+
+    from .test_review_web import free_port
+
+    bank_photo(redis_client, corpus.clean["chelsea"], "moderation")
+    held = corpus.clean["chelsea"].read_bytes()
+    url = s3.put("incoming/web/u-9.jpg", held)
+    job = enqueue_scan(redis_client, source=url, upload_id="u-9")
+    run_burst(redis_client, s3_service)
+    assert verdict_of(redis_client, job)["action"] == "quarantine" and s3.get("incoming/web/u-9.jpg") is None
+
+    token, digest = new_token()
+    config = tmp_path / "review.toml"
+    config.write_text(f'[moderators.alice]\ntoken_sha256 = "{digest}"\n')
+    reviewer = Reviewer(redis_client, home=Path(s3_service.settings.data_dir),
+                        source_roots=(f"s3://{s3.uploads}/incoming/",), store=f"s3://{s3.private}/photosentry/")
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(reviewer, Moderators.from_file(config)), host="127.0.0.1",
+                                           port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "the review server did not start"
+            time.sleep(0.02)
+        site = f"http://127.0.0.1:{port}"
+        browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
+
+        def csrf(html: str) -> str:
+            found = re.search(r'name="csrf" value="([^"]+)"', html)
+            assert found, html[:500]
+            return found.group(1)
+
+        def post(path: str, html: str, **form: str) -> str:
+            body = urllib.parse.urlencode({"csrf": csrf(html), **form}).encode()
+            return browser.open(site + path, data=body).read().decode()
+
+        post("/login", browser.open(site + "/login").read().decode(), token=token)
+        [item] = reviewer.queue.pending(limit=10)
+        page = browser.open(f"{site}/item/{item.item_id}").read().decode()
+        with browser.open(f"{site}/item/{item.item_id}/photo") as photo:
+            assert photo.headers["Content-Type"] == "image/jpeg" and photo.read() == held  # read from the bucket
+        post(f"/item/{item.item_id}/decide", page, decision="release", reason="a cat")
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    assert reviewer.queue.get(item.item_id).state == "released"
+    assert s3.get("incoming/web/u-9.jpg") == held  # restored to its bucket
+    assert s3.keys(s3.private, "photosentry/quarantine/") == []

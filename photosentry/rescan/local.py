@@ -371,8 +371,19 @@ class LocalBackend:
         row = verdict_row(task.item, outcome.verdict, run=self.run_id, dry_run=self.dry_run)
         act = None
         if self.actions is not None and outcome.fetched is not None:
-            act = _Move(self.actions, outcome.verdict, outcome.fetched, task.upload_id)
+            act = _Move(self.actions, outcome.verdict, self._bound(outcome.fetched), task.upload_id)
         return Finished(task.item, row, act)
+
+    def _bound(self, fetched: Fetched) -> Fetched:
+        """What a pool process read, with this process's S3 client to move it with (a
+        client does not cross processes)."""
+        from ..s3.objects import S3Object
+
+        if not isinstance(fetched.origin, S3Object):
+            return fetched
+        if self._roots is None:
+            self._roots = SourceRoots(self.settings.source_roots)
+        return replace(fetched, origin=fetched.origin.bound(self._roots.s3_client))
 
     def settle(self, row: dict[str, Any], upload_id: str) -> bool:
         """Apply again the move of a row written just before an interruption.

@@ -198,9 +198,9 @@ class S3PrefixSource:
         if isinstance(self.start_after, tuple) and self.start_after:
             args["StartAfter"] = prefix + self.start_after[0]
         for entry in self._list(args):
-            key = entry["Key"]
-            if key.endswith("/") and not entry.get("Size"):
+            if _folder_marker(entry):
                 continue
+            key = entry["Key"]
             modified = entry.get("LastModified")
             yield Item((key[len(prefix):],), f"s3://{self.root.bucket}/{key}",
                        timestamp=modified.timestamp() if modified is not None else None)
@@ -214,7 +214,8 @@ class S3PrefixSource:
         from ..errors import StorageUnavailable
 
         try:
-            return sum(1 for _ in self._list({"Bucket": self.root.bucket, "Prefix": self.root.prefix}))
+            return sum(1 for entry in self._list({"Bucket": self.root.bucket, "Prefix": self.root.prefix})
+                       if not _folder_marker(entry))
         except StorageUnavailable as exc:
             raise OSError(str(exc)) from exc
 
@@ -227,6 +228,11 @@ class S3PrefixSource:
         except s3client.s3_errors() as exc:
             # Past botocore's own retries: the run stops with its checkpoint saved, to resume.
             raise s3client.unavailable(f"listing {self.root}", exc) from exc
+
+
+def _folder_marker(entry: dict[str, Any]) -> bool:
+    """A zero-byte key ending in ``/``: a "folder" a console made, not a photo."""
+    return str(entry.get("Key", "")).endswith("/") and not entry.get("Size")
 
 
 class ManifestSource:

@@ -21,7 +21,7 @@ Acting (:class:`S3Object`) mirrors the same-device-and-inode check of a file:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
 
 from .. import defaults
@@ -54,6 +54,15 @@ class S3Object:
     #: Headers and user metadata to keep when the object is written back.
     kept: tuple[tuple[str, Any], ...] = ()
     client: Any = field(default=None, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A client does not cross processes (``rescan --local`` sends what its pool read
+        # to the parent, which moves it): the receiver binds its own (:meth:`bound`).
+        return {**self.__dict__, "client": None}
+
+    def bound(self, client: Any) -> "S3Object":
+        """This version, acted on through ``client``."""
+        return replace(self, client=client)
 
     def describe(self) -> str:
         return self.location.url
