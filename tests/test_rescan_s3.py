@@ -7,9 +7,11 @@ with SIGKILL in the middle of a run and resumed.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import zlib
 from collections import Counter
 from functools import partial
 from pathlib import Path
@@ -91,3 +93,23 @@ def test_rescan_of_a_bucket_prefix_moves_reports_and_resumes_after_sigkill(
     assert left == sorted([f"photos/{rel}" for rel, (_, action, _) in names.items() if action == "allow"]
                           + ["photos/odd//name.jpg"])
     assert rescan(env, *args, "--resume", check_rc=0).stdout.startswith(f"{report}: this rescan is already complete")
+
+
+def test_queue_mode_sends_s3_items_to_the_workers_as_urls(redis_client: redis.Redis, tmp_path: Path) -> None:
+    from photosentry.rescan.remote import QueueBackend
+    from photosentry.rescan.source import Item
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    backend = QueueBackend(redis_client, run_id="r1", dry_run=True, force=False, default_context={},
+                           source_roots=("s3://uploads/incoming/", str(folder)), chunk=10)
+    url = "s3://uploads/incoming/a.jpg"
+    backend.submit(Item(1, url), "rescan:r1:1")
+    backend.submit(Item(2, "gone.jpg"), "rescan:r1:2")
+    # The object is the workers' to read (this host cannot see it); the missing file is reported here.
+    assert [p.path for p in backend._unsent] == [url]
+    assert [f.row["status"] for f in backend._ready] == ["missing"]
+    backend._flush()
+    [job] = [j for j in redis_client.lrange("rq:queue:bulk", 0, -1)]
+    data = json.loads(zlib.decompress(redis_client.hget(f"rq:job:{job.decode()}", "data")))
+    assert data[2][0]["source"] == {"s3": url} and data[2][0]["dry_run"] is True

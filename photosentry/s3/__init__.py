@@ -7,9 +7,11 @@
                S3-compatible server); which errors pass and which do not
     objects    reading one object within the byte limit, and acting on exactly the
                version that was read (conditional delete, conditional put)
-    store      the quarantine and blocked stores in a bucket, content-addressed like the
-               folder stores, one sidecar per upload
-    listing    a bucket prefix walked page by page in key order, for rescans
+
+Built on it, in the layers that use them: the quarantine and blocked stores in a bucket
+(:mod:`photosentry.worker.bucket_store`) and a bucket prefix walked page by page for
+rescans (:class:`photosentry.rescan.source.S3PrefixSource`). This package depends only
+on :mod:`photosentry.errors`, :mod:`photosentry.defaults` and boto3.
 
 boto3 is imported only when something S3 is configured (``pip install 'photosentry[s3]'``);
 producers that enqueue ``s3://`` jobs need only :mod:`.location`.

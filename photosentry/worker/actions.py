@@ -15,7 +15,7 @@ writes the file back in place without GPS and identifying metadata
 (:func:`photosentry.media.scrub.strip_metadata`, lossless), through a temporary file
 renamed over it, keeping its mode and owner.
 
-The stores may as well live in a bucket (:class:`~photosentry.s3.store.S3ContentStore`,
+The stores may as well live in a bucket (:class:`~photosentry.worker.bucket_store.S3ContentStore`,
 the same layout), and the photo may have come from one: the source is acted on through
 its *origin* (:class:`~photosentry.worker.sources.Origin`), a file or the S3 object
 version that was read, so a move deletes, and a rewrite replaces, only what was read.
@@ -60,7 +60,7 @@ class ActionResult:
 
 class Store(Protocol):
     """A content-addressed store of photos and one verdict sidecar per upload: a folder
-    (:class:`ContentStore`) or a bucket prefix (:class:`~photosentry.s3.store.S3ContentStore`)."""
+    (:class:`ContentStore`) or a bucket prefix (:class:`~photosentry.worker.bucket_store.S3ContentStore`)."""
 
     def put(self, sha256: str, data: bytes, sidecar_key: str, sidecar: dict[str, Any]) -> tuple[Any, bool]:
         """Store ``data`` under its hash and one sidecar; returns (content location, changed)."""

@@ -5,7 +5,7 @@
 - nothing: ``quarantine/`` and ``blocked/`` in the data directory (the default);
 - a folder: ``quarantine/`` and ``blocked/`` in it;
 - ``s3://bucket/prefix/``: the prefixes ``<prefix>quarantine/`` and ``<prefix>blocked/``
-  (:class:`~photosentry.s3.store.S3ContentStore`).
+  (:class:`~photosentry.worker.bucket_store.S3ContentStore`).
 
 Built here once, so the workers that fill the stores, ``rescan --local`` and the
 moderators who read them cannot disagree about where they are.
@@ -54,7 +54,7 @@ def open_stores(store: str | None, home: Path, *, source_roots: Sequence[S3Prefi
                 raise ValueError(f"the store {root} overlaps the source root {source}: a job could name a"
                                  " quarantined photo as its source. Use a prefix (or a bucket) of its own.")
         from ..s3.client import connect
-        from ..s3.store import S3ContentStore
+        from .bucket_store import S3ContentStore
 
         client = s3_client if s3_client is not None else connect()
         return Stores(S3ContentStore(client, root.child("quarantine")), S3ContentStore(client, root.child("blocked")))

@@ -28,8 +28,9 @@ from typing import Any
 
 from .. import defaults
 from ..errors import StorageUnavailable, UnreadableImage
-from . import client as s3client
-from .location import S3Location, S3Prefix
+from ..s3 import client as s3client
+from ..s3.location import S3Location, S3Prefix
+from .actions import sidecar_name
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _MD5_ETAG = re.compile(r'"?([0-9a-f]{32})"?')
@@ -52,8 +53,6 @@ class S3ContentStore:
         return self.root.child(f"{sha256[:2]}/{sha256}")
 
     def _sidecar(self, sha256: str, sidecar_key: str) -> S3Location:
-        from ..worker.actions import sidecar_name
-
         return self.item(sha256).object(f"verdicts/{sidecar_name(sidecar_key)}")
 
     def put(self, sha256: str, data: bytes, sidecar_key: str, sidecar: dict[str, Any]) -> tuple[S3Location, bool]:
@@ -112,7 +111,7 @@ class S3ContentStore:
         return stored is not None and hashlib.sha256(stored).hexdigest() == sha256
 
     def _get(self, location: S3Location, *, max_bytes: int) -> bytes | None:
-        from .objects import read
+        from ..s3.objects import read
 
         try:
             return read(self.client, location, max_bytes=max_bytes)[0]
