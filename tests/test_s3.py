@@ -411,3 +411,22 @@ def test_the_review_page_shows_a_photo_from_the_bucket_store_and_its_release_res
     assert reviewer.queue.get(item.item_id).state == "released"
     assert s3.get("incoming/web/u-9.jpg") == held  # restored to its bucket
     assert s3.keys(s3.private, "photosentry/quarantine/") == []
+
+
+def test_credentials_never_reach_the_logs_even_at_debug(
+    s3: S3Buckets, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from .s3_server import TEST_ENV
+
+    caplog.set_level(logging.DEBUG)  # a worker started with -v
+    roots = SourceRoots([f"s3://{s3.uploads}/incoming/"])
+    url = s3.put("incoming/x.jpg", b"photo")
+    assert roots.fetch(S3Source(url), max_bytes=100).data == b"photo"
+    with pytest.raises(SourceRefused):
+        roots.fetch(S3Source(f"s3://{s3.uploads}/incoming/missing.jpg"), max_bytes=100)
+    text = caplog.text
+    for secret in (TEST_ENV["AWS_SECRET_ACCESS_KEY"], TEST_ENV["AWS_ACCESS_KEY_ID"], "Authorization", "Signature="):
+        assert secret not in text
+    assert TEST_ENV["AWS_ACCESS_KEY_ID"] not in repr(roots)

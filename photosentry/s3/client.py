@@ -3,7 +3,8 @@
 One boto3 client per process (clients are thread-safe), built from the standard AWS
 configuration: credentials from the environment, ``~/.aws``, an instance or pod role;
 ``AWS_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3``) for an S3-compatible server;
-``AWS_REGION``. PhotoSentry never reads, logs or stores credentials itself.
+``AWS_REGION``. PhotoSentry never reads, logs or stores credentials itself, and keeps
+the AWS libraries' request dumps (DEBUG) out of its logs.
 
 Every request is bounded: a connection attempt gives up after
 :data:`~photosentry.defaults.S3_CONNECT_TIMEOUT_S`, a read that stalls after
@@ -26,6 +27,7 @@ transient   anything else: a timeout, a dropped connection, 5xx,    the job rais
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from .. import defaults
@@ -60,8 +62,24 @@ def connect(*, endpoint_url: str | None = None) -> Any:
         # A worker process holds at most a few requests at once (its job, a review read).
         max_pool_connections=10,
     )
+    _quiet_wire_logs()
     # A session of its own: boto3's default session is shared module state, not thread-safe.
     return boto3.session.Session().client("s3", endpoint_url=endpoint_url or None, config=config)
+
+
+#: Loggers that print whole requests at DEBUG: headers with the access key id, the
+#: signature and, with temporary credentials, the session token itself.
+_WIRE_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
+
+
+def _quiet_wire_logs() -> None:
+    """Keep credentials out of the logs even when a worker runs with ``-v`` (DEBUG):
+    the AWS libraries' loggers log at INFO at the most (they still say, at INFO,
+    where credentials were found, never what they are)."""
+    for name in _WIRE_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() < logging.INFO:
+            logger.setLevel(logging.INFO)
 
 
 def classify(exc: BaseException) -> str:

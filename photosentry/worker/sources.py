@@ -225,7 +225,7 @@ class SourceRoots:
         try:
             location = S3Location.parse(raw)
         except ValueError as exc:
-            raise SourceRefused(f"source {str(raw)[:300]!r} refused: {exc}") from exc
+            raise SourceRefused(f"source {str(raw)[:300]!r} refused: {str(exc)[:300]}") from exc
         if not self.s3_roots:
             raise SourceRefused("no s3:// source roots are configured on this worker")
         if any(root.contains(location) for root in self.s3_roots):
