@@ -211,13 +211,13 @@ class ActionApplier:
             return ActionResult(Action.ALLOW)
         if data is None or source is None:
             return ActionResult(Action.ALLOW)
+        origin = _origin(source)
+        where = origin.path if isinstance(origin, FileOrigin) else origin.describe()
         expected = verdict.hashes.sha256 if verdict.hashes is not None else None
         if expected is not None and hashlib.sha256(data).hexdigest() != expected:
-            return ActionResult(Action.ALLOW, stored_at=source)  # not the bytes decided on (already rewritten)
+            return ActionResult(Action.ALLOW, stored_at=where)  # not the bytes decided on (already rewritten)
         fmt = (verdict.media.format if verdict.media is not None else "") or sniff_format(data[:64]) or ""
         clean = scrub.strip_metadata(data, fmt)
-        origin = _origin(source)
-        where = source if isinstance(source, Path) else origin.describe()
         if clean == data:
             return ActionResult(Action.ALLOW, stored_at=where)
         if not origin.replace(clean):

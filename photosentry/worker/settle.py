@@ -110,8 +110,10 @@ class Settlement:
         return result
 
     def _rewrite(self, verdict: Verdict, fetched: Fetched, source: Origin | None) -> ActionResult | None:
-        """An allowed upload's ``rewrite`` (``strip_metadata``) on its file; a failure is
-        logged, never raised: the verdict is recorded and stands."""
+        """An allowed upload's ``rewrite`` (``strip_metadata``) on its file or object; a
+        failure is logged, never raised: the verdict is recorded and stands. Only an S3
+        outage (:class:`~photosentry.errors.StorageUnavailable`) propagates, so the job is
+        retried and its replay rewrites."""
         try:
             result = self.actions.rewrite(verdict, data=fetched.data, source=source)
         except (ValueError, OSError) as exc:
