@@ -33,7 +33,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import AvifImagePlugin, Image, JpegImagePlugin, UnidentifiedImageError
 
-from . import defaults
+from . import defaults, progressive
 from .errors import UnreadableImage
 from .media import budget as _budget
 from .media import jpeg as _jpeg
@@ -239,7 +239,15 @@ def decode(
         try:
             reduction = _draft(img, plan)
             gps = _location.has_coordinates(img)
-            image = _decode_frames(img, fmt, limits, reduction, (width, height), len(data))
+            image = None
+            lean = _dc_scans_only(data, img, reduction, (width, height))
+            if lean is not None:
+                try:
+                    image = _decode_frames(lean, fmt, limits, reduction, (width, height), len(data))
+                except Exception:  # noqa: BLE001 - the file as it is decides, below
+                    image = None
+            if image is None:
+                image = _decode_frames(img, fmt, limits, reduction, (width, height), len(data))
         except UnreadableImage:
             raise
         except Image.DecompressionBombError as exc:
@@ -391,6 +399,24 @@ def _draft(img: Image.Image, plan: _budget.Plan) -> int:
     if taken < plan.reduction and img.size[0] * img.size[1] > plan.width * plan.height:
         raise UnreadableImage(TOO_MANY_PIXELS, f"the decoder would not reduce {width}x{height} by {plan.reduction}")
     return taken
+
+
+def _dc_scans_only(data: bytes, img: Image.Image, reduction: int, full_size: tuple[int, int]) -> Image.Image | None:
+    """At 1/8 scale, a progressive JPEG rewritten to its DC scans (photosentry.progressive:
+    the same pixels for a fraction of the entropy decoding), drafted like ``img``; else None."""
+    if reduction != progressive.SCALE or not img.info.get("progressive"):
+        return None
+    lean = progressive.dc_only(data)
+    if lean is None:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # as in decode(): the same header was parsed there
+            out = JpegImagePlugin.JpegImageFile(io.BytesIO(lean))
+            out.draft(img.mode, (full_size[0] // reduction, full_size[1] // reduction))
+    except Exception:  # noqa: BLE001 - the original file is still there to decode
+        return None
+    return out if out.size == img.size and out.mode == img.mode else None
 
 
 def _decode_frames(

@@ -60,13 +60,15 @@ SCAN_FRAMES = 8
 """Frames of an animation that are hashed and classified, spread evenly over it;
 any one of them can trigger a quarantine or block."""
 
-DECODE_MIN_SIDE = 512
-"""Smallest side the scan decodes a JPEG to (DCT-domain scaling, 1/2 to 1/8): the
-largest need of any consumer. PDQ's reference downsamples to 512 px; open_nsfw
-needs 256x256; pHash and dHash 32 and 9 px. Measured on 19 real 2-24 MP photos
-(scripts/bench_scan.py --hash-drift): PDQ moves at most 10 of 256 bits against a full
-decode (median 4), pHash at most 2 of 64, dHash at most 1, far inside the match
-distances, while decoding costs a fraction of the full IDCT."""
+DECODE_MIN_SIDE = 256
+"""Smallest side the scan decodes a JPEG to (DCT-domain scaling, 1/2 to 1/8): what
+the model needs (open_nsfw stretches the photo to 256x256). The hashes need no more:
+PDQ filters a reduced frame with the full-resolution photo's own filter
+(hashes/perceptual.py), pHash and dHash shrink to 32 and 9 px. Measured on 19 real
+1.5-24 MP photos against a full decode (scripts/bench_scan.py --hash-drift): PDQ moves
+at most 2 of 256 bits (median 0), pHash at most 2 of 64, dHash at most 1, far inside
+the match distances; a 12 MP photo decodes at 1/8 scale, where a progressive JPEG
+needs only its DC scans (photosentry/progressive.py)."""
 
 MODEL_DRIFT_TOLERANCE = 0.03
 """Largest |score - fp32 score| an optimised model (int8, fp16) may show on any
@@ -94,6 +96,12 @@ RESCAN_BATCH_LINGER_S = 0.5
 """A ``rescan --local`` batch still being filled is sent anyway once its first photo
 has waited this long, so a slow input (a sparse folder walk, --rate) never holds photos
 back for a batch to fill."""
+
+AUTO_BUILD_ENV = "PHOTOSENTRY_AUTO_BUILD"
+"""Environment variable that turns off (``0``) the default optimised build: without it a
+process that finds no verified int8/bf16 build for its host starts one in the
+background, calibrated and verified on the photos shipped in the package
+(photosentry/models/autobuild.py), and runs fp32 until it is ready."""
 
 MODELS_DIR_NAME = "models"
 """Folder in the data directory holding optimised model artifacts and their manifest."""

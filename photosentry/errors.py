@@ -98,6 +98,11 @@ class RegistryError(PhotoSentryError):
     a programming error, raised when the registry is built (at import)."""
 
 
+class VideoUnreadable(PhotoSentryError):
+    """A video inside a photo (a motion photo's clip) could not be opened or gave no
+    frame; ``str(exc)`` says why. Its trailing part is then reported unscanned."""
+
+
 class JobRefused(PhotoSentryError):
     """A queued job a worker will not run as written (not JSON, not our function, or
     behaviour fields in its hash that are not ours); its upload still gets a verdict."""

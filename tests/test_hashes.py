@@ -64,6 +64,39 @@ def test_phash_and_dhash_equal_imagehash(corpus: corpus_mod.Corpus) -> None:
         assert frame.get(Algorithm.DHASH).value == expected_dhash, name
 
 
+def test_every_variant_equals_the_reference_libraries(corpus: corpus_mod.Corpus) -> None:
+    """The variants come from one DCT each (hashes/perceptual.py); they must equal what
+    pdqhash.compute_dihedral gives and what imagehash gives on each transposed thumbnail."""
+    import numpy as np
+    import pdqhash
+
+    for name, path in photos(corpus).items():
+        rgb = decode(path.read_bytes()).frames[0]
+        image = Image.fromarray(rgb)
+        vectors, quality = pdqhash.compute_dihedral(np.ascontiguousarray(rgb))
+        pdq = PdqSignal.hash_frame(rgb, image)
+        assert pdq.variants == tuple(bits_to_hex(v) for v in vectors), name
+        assert pdq.quality == quality, name
+        thumb = image.convert("L").resize((32, 32), Image.Resampling.LANCZOS)
+        expected = tuple(str(imagehash.phash(thumb if t is None else thumb.transpose(t))) for t in _DIHEDRAL)
+        assert PHashSignal.hash_frame(rgb, image).variants == expected, name
+        small = image.convert("L").resize((9, 8), Image.Resampling.LANCZOS)
+        mirrored = small.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        assert DHashSignal.hash_frame(rgb, image).variants == (str(imagehash.dhash(small)),
+                                                               str(imagehash.dhash(mirrored))), name
+
+
+def test_tiny_frames_get_pdqs_empty_hash() -> None:
+    import numpy as np
+    import pdqhash
+
+    rgb = np.full((4, 40, 3), 200, dtype=np.uint8)
+    vectors, quality = pdqhash.compute_dihedral(rgb)
+    ours = PdqSignal.hash_frame(rgb, Image.fromarray(rgb))
+    assert ours.variants == tuple(bits_to_hex(v) for v in vectors) == ("0" * 64,) * 8
+    assert ours.quality == quality == 0
+
+
 def test_imagehash_round_trip(corpus: corpus_mod.Corpus) -> None:
     frame = hashes_of(corpus.banned).frames[0]
     for algorithm, reference in ((Algorithm.PHASH, imagehash.phash), (Algorithm.DHASH, imagehash.dhash)):

@@ -19,14 +19,17 @@ def models() -> None:
 
     \b
     photosentry models list                                   models, artifacts, what this host runs
+    photosentry models build                                  the default build, now
     photosentry models optimize --calibration ~/sample-uploads
     photosentry models verify                                 re-measure every artifact
 
-    `optimize` builds an int8 model (for CPU hosts) and an fp16 model (for GPU hosts)
-    into the data directory, calibrated and checked on real photos: one whose score
-    moves more than 0.03 from the original on any of those photos, or that would
-    change any allow/quarantine/block decision on them, is refused. Workers and
-    `scan` then run the best verified build for their host, and say which.
+    Out of the box, the first worker or `scan` on a data directory builds an int8 (or
+    bf16) model in the background, calibrated and checked on photos shipped with
+    PhotoSentry, and runs the published fp32 model until it is verified. `optimize`
+    builds int8, bf16 and fp16 models calibrated on your own photos instead. Either
+    way a build whose score moves more than 0.03 from the original on any calibration
+    photo, or that would change any allow/quarantine/block decision on them, is
+    refused. Workers and `scan` run the best verified build for their host, and say which.
     """
 
 
@@ -38,14 +41,7 @@ def _thresholds(policy_path: str | None, model_id: str) -> list[tuple[float | No
         policy = Policy.from_file(policy_path) if policy_path else Policy.default()
     except PhotoSentryError as exc:
         raise SetupError(str(exc)) from exc
-    base = policy.base.models.get(model_id)
-    pairs = []
-    if base is not None:
-        pairs.append((base.quarantine, base.block))
-    for rule in policy.rules:
-        if model_id in rule.models:
-            t = base.stricter(rule.models[model_id]) if base is not None else rule.models[model_id]
-            pairs.append((t.quarantine, t.block))
+    pairs = policy.decision_thresholds(model_id)
     if not pairs:
         raise SetupError(f"the policy has no [models.{model_id}] thresholds: nothing to keep decisions against")
     return pairs
@@ -131,14 +127,59 @@ def list_models(ctx: click.Context, as_json: bool) -> None:
     for r in rows:
         click.echo(f"{r['model']:<14}{r['kind']:<11}{r['status']:<13}{r['runs']:<6}{r['license']}")
     click.echo("")
+    from ..models.autobuild import BuildState
+
+    for model_id, entry in sorted(BuildState(_store(ctx)).load().items()):
+        if isinstance(entry, dict):
+            click.echo(f"default build of {model_id}: {entry.get('outcome')} at {entry.get('at')}"
+                       f" (onnxruntime {entry.get('key', {}).get('onnxruntime')}): {entry.get('detail')}")
     if not arts:
-        click.echo("no optimised artifacts (photosentry models optimize --calibration PHOTOS)")
+        click.echo("no optimised artifacts yet (the first worker or scan builds one; photosentry models build)")
     for a in arts:
         state = "verified" if a["passes"] and a["file_status"] == "ok" else "REFUSED" if not a["passes"] else a["file_status"]
         m = a["measurements"]
         click.echo(f"{a['model_id']} {a['variant']:<5} {state:<9} drift max {a['drift']['max']:.4f},"
                    f" {a['flips']} flips, {a['calibration']['photos']} photos, {m.get('ms', 0):.2f} ms vs fp32"
                    f" {m.get('fp32_ms', 0):.2f} ms ({m.get('speedup', 0):.2f}x); {a['method']}")
+
+
+@models.command()
+@model_options
+@click.option("--no-wait", is_flag=True, help="Return at once (exit 1) if another process is building.")
+@click.pass_context
+def build(ctx: click.Context, model: str, manifest: str | None, policy_path: str | None, threads: int,
+          no_wait: bool) -> None:
+    """Make the default optimised build now, in the foreground: what workers and `scan`
+    otherwise start in the background on a fresh data directory.
+
+    It builds what this host runs (int8; bf16 where the CPU has native bf16 and
+    OpenVINO is installed), calibrated and checked on photos shipped with PhotoSentry:
+    refused if any score moves more than 0.03 from the published model or any decision
+    changes under the policy. Nothing to do if a verified build for this model file and
+    ONNX Runtime version exists. Takes seconds (bf16) to minutes (int8). Useful in a
+    deploy step (an image build) so the first worker starts fast; to calibrate on your
+    own uploads use `photosentry models optimize`.
+
+    Exit status 0 if a verified build is in place, 1 if it was refused or another
+    process is building (with --no-wait).
+
+    \b
+    Examples:
+      photosentry models build
+      PHOTOSENTRY_HOME=/srv/photosentry photosentry models build --policy /etc/photosentry/policy.toml
+    """
+    from ..models.autobuild import build as run_build
+
+    spec = _spec(model, manifest)
+    pairs = _thresholds(policy_path, spec.model.id)
+    store = _store(ctx)
+    click.echo(f"default build of {spec.model.id} in {store.home}, thresholds {pairs}")
+    try:
+        result = run_build(spec, store.home.parent, pairs, threads=threads, wait=not no_wait, progress=click.echo)
+    except ModelUnavailable as exc:
+        raise SetupError(str(exc)) from exc
+    click.echo(f"{result.outcome}: {result.detail}" + (f" ({result.seconds:.0f} s)" if result.seconds else ""))
+    ctx.exit(ExitCode.ALLOWED if result.outcome in ("built", "current") else ExitCode.FLAGGED)
 
 
 @models.command()
@@ -223,7 +264,7 @@ def verify(ctx: click.Context, calibration: tuple[str, ...], model: str, manifes
     from dataclasses import replace
     from datetime import datetime, timezone
 
-    from ..models.optimize import calibration_from_record, load_calibration
+    from ..models.optimize import calibration_from_record, drift_record, load_calibration
     from ..models.optimize import verify as run_verify
 
     spec = _spec(model, manifest)
@@ -243,7 +284,7 @@ def verify(ctx: click.Context, calibration: tuple[str, ...], model: str, manifes
             click.echo(f"REFUSED {a.model_id} {a.variant}: {exc}")
             continue
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        store.save(replace(a, drift={"max": round(ev.drift_max, 6), "mean": round(ev.drift_mean, 6)},
+        store.save(replace(a, drift=drift_record(ev),
                            flips=ev.flips, verified_at=now,
                            calibration=cal.record() if calibration else a.calibration))
         if ev.passes:

@@ -41,7 +41,8 @@ from .root import (
               help="Also run NudeNet 320n (pip install 'photosentry[nudenet]'; AGPL-3.0): its labelled boxes"
                    " (e.g. FEMALE_BREAST_EXPOSED) show up in --json.")
 @click.option("--fp32", "fp32_only", is_flag=True,
-              help="Ignore optimised builds from `photosentry models optimize`; run the published model.")
+              help="Ignore optimised builds (the default build and `photosentry models optimize`'s); run the"
+                   " published model, and start no build.")
 @click.pass_context
 def scan(
     ctx: click.Context,
@@ -61,6 +62,12 @@ def scan(
     matches a bank whose policy action is block, QUARANTINED when it could not be read
     or scanned or a score is over the quarantine threshold, else ALLOWED. Nothing is
     moved or deleted: scan only reports.
+
+    The model runs as the fastest build verified for this host. On a fresh data
+    directory there is none yet: the first scan starts one in the background (int8, or
+    bf16 where the CPU has it; seconds to minutes, checked against the published model
+    on photos shipped with PhotoSentry) and later scans use it. `photosentry models
+    build` makes it in the foreground; PHOTOSENTRY_AUTO_BUILD=0 or --fp32 turns it off.
 
     Exit status: 0 all allowed, 1 some quarantined or blocked, 2 usage error,
     3 set-up error.

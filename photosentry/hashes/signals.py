@@ -13,19 +13,19 @@ algorithm.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import imagehash
 import numpy as np
-import pdqhash
 from PIL import Image
 
 from ..errors import RegistryError
-from .codecs import Algorithm, bits_to_hex
+from . import perceptual
+from .codecs import Algorithm
 
 
 @dataclass(frozen=True)
@@ -68,13 +68,52 @@ class BytesSignal(Signal):
         """Lowercase hex digest of ``data``."""
 
 
+class HashFrame:
+    """One decoded frame, prepared once for every perceptual hash of it.
+
+    Args:
+        rgb: (H, W, 3) uint8.
+        image: the same pixels as a Pillow image, if the caller has one.
+        source_size: (width, height) of the photo ``rgb`` was reduced from (the scan
+            decodes JPEGs at 1/2 to 1/8 scale), each frame pixel the mean of a
+            ``reduction`` x ``reduction`` block of it; None: ``rgb`` is the photo.
+    """
+
+    def __init__(
+        self,
+        rgb: np.ndarray,
+        image: Image.Image | None = None,
+        *,
+        source_size: tuple[int, int] | None = None,
+        reduction: int = 1,
+    ) -> None:
+        self.rgb = rgb
+        self._image = image
+        self.source_size = source_size
+        self.reduction = reduction
+
+    @functools.cached_property
+    def image(self) -> Image.Image:
+        return self._image if self._image is not None else Image.fromarray(self.rgb)
+
+    @functools.cached_property
+    def grey(self) -> Image.Image:
+        """Pillow's luminance (mode L), as imagehash converts: shared by pHash and dHash."""
+        return self.image.convert("L")
+
+
 class FrameSignal(Signal):
     """A perceptual hash of a decoded frame."""
 
     @classmethod
-    @abstractmethod
     def hash_frame(cls, rgb: np.ndarray, image: Image.Image) -> PerceptualHash:
         """Hash one RGB uint8 frame; ``image`` is the same pixels as a Pillow image."""
+        return cls.hash_prepared(HashFrame(rgb, image))
+
+    @classmethod
+    @abstractmethod
+    def hash_prepared(cls, frame: HashFrame) -> PerceptualHash:
+        """Hash one prepared frame (the scan prepares each frame once for every signal)."""
 
 
 class Sha256Signal(BytesSignal):
@@ -99,15 +138,19 @@ class PdqSignal(FrameSignal):
     QUALITY_THRESHOLD: ClassVar[int] = Algorithm.PDQ.spec.quality_threshold or 0
 
     @classmethod
-    def hash_frame(cls, rgb: np.ndarray, image: Image.Image) -> PerceptualHash:
-        # compute_dihedral's first vector is the plain hash, so one call gives all 8.
-        # The others are computed on PDQ's sampling grid, so they equal the hash of a
-        # truly flipped photo only approximately (0-18 bits off on photos, worse on
-        # pure textures): pHash's variants back them up. PDQ also does not survive
-        # crops of even 3%; dHash and pHash catch small ones (docs/matching.md).
-        vectors, quality = pdqhash.compute_dihedral(np.ascontiguousarray(rgb))
-        variants = tuple(bits_to_hex(v) for v in vectors)
-        return PerceptualHash(cls.algorithm, variants[0], variants, int(quality))
+    def hash_prepared(cls, frame: HashFrame) -> PerceptualHash:
+        # The 8 variants come from one DCT, as pdqhash.compute_dihedral makes them.
+        # They are computed on PDQ's sampling grid, so they equal the hash of a truly
+        # flipped photo only approximately (0-18 bits off on photos, worse on pure
+        # textures): pHash's variants back them up. PDQ also does not survive crops
+        # of even 3%; dHash and pHash catch small ones (docs/matching.md). A frame
+        # reduced from a larger photo is hashed with the photo's own filter
+        # (perceptual.pdq_dihedral), so it stays within a bit or two of the
+        # full-resolution hash that other tools compute.
+        variants, quality = perceptual.pdq_dihedral(
+            frame.rgb, source_size=frame.source_size, reduction=frame.reduction
+        )
+        return PerceptualHash(cls.algorithm, variants[0], variants, quality)
 
 
 # The 8 symmetries of the square, identity first.
@@ -121,25 +164,19 @@ _DIHEDRAL = (
     Image.Transpose.TRANSPOSE,
     Image.Transpose.TRANSVERSE,
 )
-_PHASH_SIDE = 32  # imagehash.phash: hash_size 8 x highfreq_factor 4
-_DHASH_WIDTH, _DHASH_HEIGHT = 9, 8  # imagehash.dhash: hash_size + 1 columns
 
 
 class PHashSignal(FrameSignal):
     algorithm = Algorithm.PHASH
 
     @classmethod
-    def hash_frame(cls, rgb: np.ndarray, image: Image.Image) -> PerceptualHash:
-        # imagehash.phash shrinks to 32x32 greyscale first; shrinking once and
-        # transposing the thumbnail costs 1/8 of hashing each transposed full image.
-        # The canonical value is exact (resizing to the same size is a copy, so
-        # phash(thumb) == phash(image)); the rotated variants may differ from a
-        # full-image rotation by a bit or two of resampling rounding (measured: at
-        # most 2 on the test corpus), far inside the match distance.
-        thumb = image.convert("L").resize((_PHASH_SIDE, _PHASH_SIDE), Image.Resampling.LANCZOS)
-        variants = tuple(
-            str(imagehash.phash(thumb if t is None else thumb.transpose(t))) for t in _DIHEDRAL
-        )
+    def hash_prepared(cls, frame: HashFrame) -> PerceptualHash:
+        # imagehash.phash shrinks to 32x32 greyscale first; the variants are the
+        # transposed thumbnail's hashes, all from its one DCT (perceptual.py). The
+        # canonical value is exact; the rotated variants may differ from a full-image
+        # rotation by a bit or two of resampling rounding (measured: at most 2 on
+        # the test corpus), far inside the match distance.
+        variants = perceptual.phash_dihedral(frame.grey)
         return PerceptualHash(cls.algorithm, variants[0], variants)
 
 
@@ -147,15 +184,11 @@ class DHashSignal(FrameSignal):
     algorithm = Algorithm.DHASH
 
     @classmethod
-    def hash_frame(cls, rgb: np.ndarray, image: Image.Image) -> PerceptualHash:
+    def hash_prepared(cls, frame: HashFrame) -> PerceptualHash:
         # dHash compares neighbouring columns of a 9x8 thumbnail, so only the mirror
         # (the common evasion) is worth a variant; rotations are PDQ's and pHash's job.
-        # Hashing the thumbnail gives imagehash's exact bits (resizing to the same size
-        # is a copy), and mirroring the thumbnail instead of the full photo costs
-        # nothing at 12 MP.
-        thumb = image.convert("L").resize((_DHASH_WIDTH, _DHASH_HEIGHT), Image.Resampling.LANCZOS)
-        value = str(imagehash.dhash(thumb))
-        mirrored = str(imagehash.dhash(thumb.transpose(Image.Transpose.FLIP_LEFT_RIGHT)))
+        # Mirroring the thumbnail instead of the full photo costs nothing at 12 MP.
+        value, mirrored = perceptual.dhash_mirrored(frame.grey)
         return PerceptualHash(cls.algorithm, value, (value, mirrored))
 
 
@@ -260,11 +293,35 @@ def hash_bytes(data: bytes) -> ImageHashes:
     return ImageHashes(sha256=Sha256Signal.hash_bytes(data), md5=Md5Signal.hash_bytes(data))
 
 
-def hash_image(data: bytes, frames: tuple[np.ndarray, ...], frame_indices: tuple[int, ...]) -> ImageHashes:
-    """Exact hashes of ``data`` and perceptual hashes of each decoded frame."""
+def hash_image(
+    data: bytes,
+    frames: tuple[np.ndarray, ...],
+    frame_indices: tuple[int, ...],
+    *,
+    source_size: tuple[int, int] | None = None,
+    reduction: int = 1,
+) -> ImageHashes:
+    """Exact hashes of ``data`` and perceptual hashes of each decoded frame.
+
+    Args:
+        source_size, reduction: when the frames were decoded at 1/``reduction`` of the
+            photo's (width, height) (a scan's fast decode: ``DecodedImage.width``,
+            ``.height`` and ``.reduction``), so PDQ filters them as the photo itself;
+            a frame whose size is not the photo's reduced size is hashed as it is.
+    """
     exact = hash_bytes(data)
     per_frame = []
     for index, rgb in zip(frame_indices, frames, strict=True):
-        image = Image.fromarray(rgb)
-        per_frame.append(FrameHashes(index, tuple(s.hash_frame(rgb, image) for s in FRAME_SIGNALS)))
+        frame = HashFrame(rgb, **_reduced_from(rgb, source_size, reduction))
+        per_frame.append(FrameHashes(index, tuple(s.hash_prepared(frame) for s in FRAME_SIGNALS)))
     return ImageHashes(exact.sha256, exact.md5, tuple(per_frame))
+
+
+def _reduced_from(rgb: np.ndarray, source_size: tuple[int, int] | None, reduction: int) -> dict[str, object]:
+    if source_size is None or reduction <= 1:
+        return {}
+    width, height = source_size
+    h, w = rgb.shape[:2]
+    if (w, h) != (-(-width // reduction), -(-height // reduction)):
+        return {}  # e.g. a TIFF page of its own size: hash it as it is
+    return {"source_size": source_size, "reduction": reduction}

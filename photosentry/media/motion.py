@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import defaults
+from ..errors import VideoUnreadable
 
 #: FFmpeg options OpenCV passes to every capture it opens in this process: read local
 #: files only (an HLS playlist or a reference movie could otherwise name a URL).
@@ -34,10 +35,6 @@ class VideoFrames:
     frame_count: int
     #: Frames past the walking budget were never looked at.
     truncated: bool
-
-
-class VideoUnreadable(Exception):
-    """The video could not be opened or yielded no frame (``str(exc)`` says why)."""
 
 
 def sample(

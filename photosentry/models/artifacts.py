@@ -156,11 +156,24 @@ class ArtifactStore:
 
     def _write(self, entries: Iterable[Artifact]) -> None:
         body = json.dumps({"artifacts": [a.to_dict() for a in entries]}, indent=2, sort_keys=True)
-        # Write then rename, so a worker starting meanwhile never reads half a file.
+        # Write, fsync, rename, fsync the folder: a worker starting meanwhile never reads
+        # half a file, and a crash leaves the old manifest or the new one.
         fd, tmp = tempfile.mkstemp(dir=self.home, prefix=".artifacts-", suffix=".json")
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(body + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, self.manifest_path)
+        fsync_dir(self.home)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -193,14 +206,19 @@ def preferred_variants(host: Host) -> tuple[str, ...]:
     return ("bf16", "int8") if host.cpu_bf16 else ("int8",)
 
 
-def ranked_artifacts(artifacts: Iterable[Artifact], *, model_id: str, source_sha256: str, host: Host) -> list[Artifact]:
+def ranked_artifacts(artifacts: Iterable[Artifact], *, model_id: str, source_sha256: str, host: Host,
+                     onnxruntime: str | None = None) -> list[Artifact]:
     """The artifacts ``host`` may run for the model whose fp32 file has ``source_sha256``,
     best first: fastest as measured when they were built (on this data directory's
     host), then in preferred_variants order. Only entries whose evidence passes
-    qualify; each file's own sha256 is checked when it is opened."""
+    qualify; each file's own sha256 is checked when it is opened. With ``onnxruntime``
+    (the version installed), only entries verified with that version: another
+    runtime may compute an int8 or fp16 graph differently, so it is verified again
+    (models/autobuild.py) before it stands in for fp32."""
     order = preferred_variants(host)
     usable = [a for a in artifacts
-              if a.model_id == model_id and a.source_sha256 == source_sha256 and a.passes and a.variant in order]
+              if a.model_id == model_id and a.source_sha256 == source_sha256 and a.passes and a.variant in order
+              and (onnxruntime is None or not a.onnxruntime or a.onnxruntime == onnxruntime)]
     return sorted(usable, key=lambda a: (float(a.measurements.get("ms") or "inf"), order.index(a.variant)))
 
 
@@ -216,15 +234,19 @@ def artifacts_for_host(
     """The verified artifacts this host may load, best first; empty for fp32 (the log says why)."""
     if data_dir is None:
         return []
+    import onnxruntime as ort
+
     host = Host.current(providers)
     try:
         ranked = ranked_artifacts(
-            ArtifactStore(data_dir).load(), model_id=model_id, source_sha256=source_sha256, host=host
+            ArtifactStore(data_dir).load(), model_id=model_id, source_sha256=source_sha256, host=host,
+            onnxruntime=ort.__version__,
         )
     except ModelUnavailable as exc:
         log.warning("ignoring optimised models: %s; using fp32", exc)
         return []
     if not ranked:
-        log.info("no verified %s artifact for %s on this host (%s); using fp32",
-                 "/".join(preferred_variants(host)), model_id, host.providers[0] if host.providers else CPU)
+        log.info("no verified %s artifact for %s on this host (%s, onnxruntime %s); using fp32",
+                 "/".join(preferred_variants(host)), model_id, host.providers[0] if host.providers else CPU,
+                 ort.__version__)
     return ranked

@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import io
 import logging
+import os
 import tempfile
 import time
 import warnings
@@ -42,7 +43,7 @@ from .. import defaults
 from ..decode import decode, read_limited
 from ..errors import ModelUnavailable, UnreadableImage
 from .adapter import ClassifierManifest, ManifestClassifier
-from .artifacts import RUNTIME_OF, VARIANTS, Artifact, ArtifactStore
+from .artifacts import RUNTIME_OF, VARIANTS, Artifact, ArtifactStore, fsync_dir
 from .manifest import file_sha256, resolve_model_file
 from .openvino_runtime import bf16_unavailable, build_bf16
 from .openvino_runtime import version as openvino_version
@@ -129,6 +130,13 @@ def calibration_from_record(record: dict[str, Any]) -> CalibrationSet:
     Raises:
         ValueError: a file is gone or changed, so the recorded drift cannot be re-measured.
     """
+    from .autobuild import is_shipped, shipped_calibration
+
+    if is_shipped(record):  # the default build's set: made again from the package's photos
+        cal = shipped_calibration()
+        if cal.digest != record.get("digest"):
+            raise ValueError("the shipped calibration set changed (another PhotoSentry version); pass --calibration")
+        return cal
     paths = [f[0] for f in record.get("files", [])]
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
@@ -388,12 +396,17 @@ def optimize(
             continue
         ms, tmp_path, description, ev = best
         final = store.home / f"{spec.model.id}.{variant}.{_SUFFIX[runtime]}"
+        # Durable before it is named: a crash leaves the candidate's temporary name (swept
+        # by the next build), never a half-written file under the final one.
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
         tmp_path.replace(final)
+        fsync_dir(store.home)
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         artifact = store.save(Artifact(
             model_id=spec.model.id, variant=variant, file=final.name, sha256=file_sha256(final),
             source_sha256=source_sha, method=description, calibration=calibration.record(),
-            drift={"max": round(ev.drift_max, 6), "mean": round(ev.drift_mean, 6)}, flips=ev.flips,
+            drift=drift_record(ev), flips=ev.flips,
             tolerance=tolerance,
             measurements={"fp32_ms": round(fp32_ms, 3), "ms": round(ms, 3), "speedup": round(fp32_ms / ms, 3),
                           "threads": threads, "provider": (list(providers) if providers else [CPU])[0],
@@ -433,3 +446,8 @@ def verify(
     reference, _ = score_and_time(clf, source, inputs, providers=providers, threads=threads)
     scores, ms = score_and_time(clf, path, inputs, providers=providers, threads=threads, runtime=artifact.runtime)
     return evaluate(scores, reference, thresholds, calibration.files, ms, tolerance)
+
+
+def drift_record(ev: Evaluation) -> dict[str, float]:
+    """An Evaluation's drift as an artifact records it."""
+    return {"max": round(ev.drift_max, 6), "mean": round(ev.drift_mean, 6)}

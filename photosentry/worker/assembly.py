@@ -56,7 +56,7 @@ def open_bank_store(*, redis: Any | None = None, data_dir_: str | None = None, p
 
 
 def build_scanner(spec: ScannerSpec, store: BankStore, *, policy: Policy | None = None, warm: bool = True,
-                  notice: Any = None) -> Scanner:
+                  notice: Any = None, start_build: bool = True) -> Scanner:
     """A scanner ready for its first photo.
 
     Args:
@@ -65,21 +65,29 @@ def build_scanner(spec: ScannerSpec, store: BankStore, *, policy: Policy | None 
         policy: an already loaded policy; None loads ``spec.policy_path`` (or the default).
         warm: run one synthetic photo through every stage first, so the first real
             photo's timings are honest.
-        notice: where second opinions' licence notices go (default: the log).
+        notice: where second opinions' licence notices and the model build's news go
+            (default: the log).
+        start_build: when no verified build of the classifier exists for this host yet,
+            start the default build in the background (``models/autobuild.py``), for the
+            next run; a long-running process uses :func:`watch_build` instead.
 
     Raises:
         PolicyError, ModelUnavailable: the policy or a model cannot be loaded.
     """
     from ..hashes.matcher import BankMatcher
     from ..hashes.snapshot import snapshot_dir
-    from ..models.loader import load_classifier
 
     policy = policy or (Policy.from_file(spec.policy_path) if spec.policy_path else Policy.default())
     home = data_dir(spec.data_dir)
     providers = list(spec.providers) or None
     # The best verified build for this host (int8/bf16 on CPU, fp16 on GPU), else fp32.
-    classifier = load_classifier(spec.classifier, data_dir=home, threads=spec.threads, providers=providers,
-                                 use_artifacts=spec.use_artifacts)
+    classifier = _load(spec)
+    if start_build and spec.use_artifacts and classifier.variant == "fp32":
+        from ..models.autobuild import start_if_pending
+
+        note = start_if_pending(spec.classifier, ensure_private_dir(home), policy.decision_thresholds(classifier.model_id))
+        if note:
+            (notice or log.info)(f"{classifier.model_id}: {note}")
     second = []
     for opinion in second_opinions(spec.opinions()):
         (notice or log.warning)(opinion.notice())
@@ -89,3 +97,24 @@ def build_scanner(spec: ScannerSpec, store: BankStore, *, policy: Policy | None 
     if warm:
         scanner.warm_up()
     return scanner
+
+
+def watch_build(scanner: Scanner, spec: ScannerSpec) -> Any:
+    """For a long-running process whose scanner runs fp32 because no verified build exists
+    yet: start the default build in the background and return a watch whose ``take()``
+    hands over the verified classifier once it is ready (None: nothing to wait for)."""
+    from ..models.autobuild import watch_default_build
+
+    if not spec.use_artifacts or scanner.classifier is None:
+        return None
+    return watch_default_build(scanner.classifier, spec.classifier, ensure_private_dir(data_dir(spec.data_dir)),
+                               scanner.policy.decision_thresholds(scanner.classifier.model_id), lambda: _load(spec))
+
+
+def _load(spec: ScannerSpec) -> Any:
+    """The best verified build of the classifier for this host (int8/bf16 on CPU, fp16 on
+    GPU), else fp32."""
+    from ..models.loader import load_classifier
+
+    return load_classifier(spec.classifier, data_dir=data_dir(spec.data_dir), threads=spec.threads,
+                           providers=list(spec.providers) or None, use_artifacts=spec.use_artifacts)

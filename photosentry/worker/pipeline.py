@@ -287,7 +287,10 @@ class Scanner:
             if decoded is None:
                 photo.hashes = hash_bytes(data)
             else:
-                photo.hashes = hash_image(data, decoded.frames, decoded.frame_indices)
+                # A reduced frame is hashed with the photo's own PDQ filter, so the
+                # values stay those of the full-resolution photo (perceptual.py).
+                photo.hashes = hash_image(data, decoded.frames, decoded.frame_indices,
+                                          source_size=(decoded.width, decoded.height), reduction=decoded.reduction)
                 if decoded.frames_truncated:
                     run.failures.append(
                         (

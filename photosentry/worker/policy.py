@@ -397,6 +397,18 @@ class Policy:
         return replace(verdict, action=action, reasons=reasons, decision=moderator,
                        quarantine_reasons=verdict.reasons, rewrite=rewrites(profile, action, verdict.media))
 
+    def decision_thresholds(self, model_id: str) -> list[tuple[float | None, float | None]]:
+        """Every (quarantine, block) pair a score of ``model_id`` can be judged by: the base
+        rules' and each profile's made stricter, as :meth:`profile_for` combines them.
+        An optimised build of the model must change no decision under any of them."""
+        base = self.base.models.get(model_id)
+        pairs = [] if base is None else [(base.quarantine, base.block)]
+        for rule in self.rules:
+            if model_id in rule.models:
+                t = base.stricter(rule.models[model_id]) if base is not None else rule.models[model_id]
+                pairs.append((t.quarantine, t.block))
+        return pairs
+
     def require_models(self, model_ids: Sequence[str]) -> None:
         """Refuse to run a model the policy has no thresholds for (its score would be ignored)."""
         missing = [m for m in model_ids if m not in self.base.models]

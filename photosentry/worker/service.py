@@ -160,6 +160,7 @@ class ScanService:
                                      outbox=self.outbox, signer=self.signer)
         self.bank_store = open_store(redis=self.redis, prefix=settings.bank_prefix)
         self.scanner = scanner
+        self._build_watch: Any = None
         if self.scanner is None and load_models:
             self.scanner = self._build_scanner()
         if self.scanner is not None:
@@ -167,11 +168,14 @@ class ScanService:
 
     def _build_scanner(self) -> Scanner:
         # Heavy imports here, not at module import: producers import jobs, never this.
-        from .assembly import ScannerSpec, build_scanner
+        from .assembly import ScannerSpec, build_scanner, watch_build
 
         spec = ScannerSpec(data_dir=self.settings.data_dir, threads=self.settings.threads,
                            providers=self.settings.providers)
-        scanner = build_scanner(spec, self.bank_store, policy=self.policy)
+        scanner = build_scanner(spec, self.bank_store, policy=self.policy, start_build=False)
+        # No verified build for this host yet: it is built in the background and swapped
+        # in between jobs (_swap_in_build); fp32 serves until then.
+        self._build_watch = watch_build(scanner, spec)
         classifier = scanner.classifier
         assert classifier is not None and scanner.matcher is not None
         log.info(
@@ -182,6 +186,18 @@ class ScanService:
                    "bank_loaded_from": scanner.matcher.loaded_from, "policy_version": self.policy.version},
         )
         return scanner
+
+    def _swap_in_build(self) -> None:
+        """Between jobs: run the default optimised build once the background build has
+        verified and loaded it (models/autobuild.py); fp32 served until then."""
+        new = self._build_watch.take() if self._build_watch is not None else None
+        if new is None:
+            return
+        old, self.scanner.classifier, self._build_watch = self.scanner.classifier, new, None
+        self.metrics.model_info.labels(old.model_id, old.model_version, old.provider, old.variant).set(0)
+        self._observe_setup()
+        log.info("model build swapped in", extra={"model": new.model_id, "model_variant": new.variant,
+                                                   "provider": new.provider, "model_file": str(new.path)})
 
     def _observe_setup(self) -> None:
         classifier = getattr(self.scanner, "classifier", None)
@@ -232,6 +248,7 @@ class ScanService:
         started = time.perf_counter()
         stages: dict[str, float] = {}
         self.refresh_banks()
+        self._swap_in_build()
 
         with _timed(stages, "fetch"):
             fetched, failure = self._fetch(payload)
