@@ -330,3 +330,26 @@ UPLOADER_HISTORY_EVENTS = 1000
 
 UPLOADER_PREFIX = "photosentry:uploader:"
 """Redis key prefix of the uploader ledger."""
+
+# -- object storage (s3:// sources and stores; docs/storage.md) ---------------------
+
+STORE_ENV = "PHOTOSENTRY_STORE"
+"""Environment variable naming where the quarantine and blocked stores live: a folder,
+or ``s3://bucket/prefix/`` (then ``<prefix>quarantine/`` and ``<prefix>blocked/``).
+Default: the data directory's ``quarantine/`` and ``blocked/``."""
+
+S3_CONNECT_TIMEOUT_S = 5.0
+"""Seconds an S3 connection attempt may take. A store in the same region answers in
+milliseconds; a blackholed endpoint must not hold a job until its 60 s timeout."""
+
+S3_READ_TIMEOUT_S = 20.0
+"""Seconds an S3 socket read may stall (not the whole transfer: a 100 MB photo streams
+for longer on a slow link). The job's own timeout bounds the whole request."""
+
+S3_MAX_ATTEMPTS = 3
+"""Attempts per S3 request in botocore's "standard" retry mode (throttling, 5xx,
+dropped connections), with its jittered backoff; past them the job itself is retried."""
+
+S3_READ_CHUNK = 1024 * 1024
+"""Bytes read from an S3 response body at a time (the whole body is still bounded by
+``MAX_BYTES``, whatever Content-Length the server sent)."""

@@ -22,6 +22,7 @@ from typing import Any
 from redis import Redis
 
 from . import defaults
+from .s3.location import S3Location, is_s3_url
 from .worker.jobs import FAILURE_CALLBACK, SCAN_FUNCTION
 from .worker.payload import ScanPayload
 
@@ -40,7 +41,8 @@ def build_payload(
 
     Args:
         source: a path (relative to the worker's first source root, or absolute inside
-            one of its roots), or the photo's bytes (sent inline, base64).
+            one of its roots), an ``s3://bucket/key`` URL (under one of its s3:// roots),
+            or the photo's bytes (sent inline, base64).
         upload_id: the pipeline's id for this upload; the verdict stream holds one
             verdict per upload id.
         context: facts the policy may use, e.g. ``{"recipient_age": 15}``.
@@ -49,13 +51,17 @@ def build_payload(
         force: the worker scans even when the verdict cache has these bytes.
 
     Raises:
-        ValueError: an invalid field (the message names it), or inline bytes over the limit.
+        ValueError: an invalid field (the message names it), an ``s3://`` URL a worker
+            would refuse (a bad bucket, an odd key), or inline bytes over the limit.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         if len(data) > max_inline_bytes:
             raise ValueError(f"inline photo is {len(data)} bytes; the limit is {max_inline_bytes}: send a path instead")
         src: dict[str, str] = {"bytes_b64": base64.b64encode(data).decode("ascii")}
+    elif is_s3_url(source):
+        # Checked here too, so a producer learns of a key workers refuse when it enqueues.
+        src = {"s3": S3Location.parse(source).url}
     elif isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if not isinstance(path, str) or not path or "\x00" in path:

@@ -42,6 +42,13 @@ class SourceRefused(UnreadableImage):
         super().__init__(self.CODE, message)
 
 
+class StorageUnavailable(PhotoSentryError):
+    """An object store (S3) request failed in a way that may pass: a timeout, a dropped
+    connection, throttling, a 5xx answer. Transient: the job raises it and is retried;
+    after its retries it ends quarantined ``scan_failed`` like any job that keeps failing.
+    A missing object or a refused one is not this: it is a :class:`SourceRefused`."""
+
+
 class InvalidHash(PhotoSentryError, ValueError):
     """A hash string or value is malformed for its algorithm."""
 

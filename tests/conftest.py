@@ -21,6 +21,7 @@ from photosentry.worker.service import ScanService, ServiceSettings
 from . import corpus as corpus_mod
 from .callback_receiver import KEY, Receiver
 from .redis_server import running_redis_server
+from .s3_server import S3Buckets, S3Server, running_s3_server
 
 # Every test gets a fresh data directory, where a worker or `scan` would start the
 # default model build in the background (a minute of CPU each): off unless a test
@@ -103,3 +104,21 @@ def service(redis_client: redis.Redis, settings: ServiceSettings, policy: Policy
     """An in-process worker's service: the real scanner on the shared Redis bank."""
     scanner = Scanner(policy=policy, matcher=BankMatcher(RedisBankStore(redis_client)), classifier=classifier)
     return ScanService(settings, client=redis_client, scanner=scanner)
+
+
+# -- S3: a private S3-compatible server (moto in server mode, over HTTP) -----------------
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A private moto server started for this test session (skips if moto is not installed)."""
+    with running_s3_server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Buckets:
+    """This process's AWS environment pointed at the private server (test credentials,
+    ``AWS_ENDPOINT_URL``; the developer's own AWS settings removed), and two fresh
+    buckets: one for uploads, one private for the stores."""
+    return S3Buckets.create(s3_server, monkeypatch)

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from .. import defaults
-from .root import SetupError, cli, connect_redis, split_roots, who_why_options
+from .root import SetupError, cli, connect_redis, split_roots, store_option, who_why_options
 
 
 def review_options(f):  # type: ignore[no-untyped-def]
@@ -35,10 +35,11 @@ def review_options(f):  # type: ignore[no-untyped-def]
     f = click.option("--policy", "policy_path", type=click.Path(exists=True, dir_okay=False),
                      envvar="PHOTOSENTRY_POLICY",
                      help="The workers' policy file (uploader penalties, evidence retention). Default: shipped.")(f)
+    f = store_option(f)
     f = click.option("--source-root", "source_roots", multiple=True, envvar=defaults.SOURCE_ROOTS_ENV,
-                     callback=split_roots, metavar="DIR",
-                     help="The workers' source roots, mounted here: a released photo is put back where it was"
-                          f" uploaded. Env: {defaults.SOURCE_ROOTS_ENV}.")(f)
+                     callback=split_roots, metavar="DIR|s3://BUCKET/PREFIX/",
+                     help="The workers' source roots (folders mounted here, bucket prefixes): a released photo"
+                          f" is put back where it was uploaded. Env: {defaults.SOURCE_ROOTS_ENV}.")(f)
     f = click.option("--redis-url", envvar=defaults.REDIS_URL_ENV, default=None, metavar="URL",
                      help=f"The Redis the workers share. Env: {defaults.REDIS_URL_ENV}.")(f)
     return f
@@ -46,7 +47,7 @@ def review_options(f):  # type: ignore[no-untyped-def]
 
 def build_reviewer(ctx: click.Context, redis_url: str | None, source_roots: tuple[str, ...],
                    policy_path: str | None, callback_key_file: str | None, callback_allow: tuple[str, ...],
-                   callback_networks: tuple[str, ...] = ()) -> Any:
+                   callback_networks: tuple[str, ...] = (), store: str | None = None) -> Any:
     """A Reviewer on the workers' Redis and stores, or a SetupError that says what is missing."""
     from ..config import data_dir
     from ..errors import PolicyError
@@ -69,8 +70,13 @@ def build_reviewer(ctx: click.Context, redis_url: str | None, source_roots: tupl
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--callback-key-file") from exc
     home = data_dir(ctx.find_root().obj.get("data_dir"))
-    return Reviewer(client, home=home, policy=policy, source_roots=source_roots, signer=signer,
-                    callback_allow=callback_allow, callback_networks=callback_networks)
+    try:
+        return Reviewer(client, home=home, policy=policy, source_roots=source_roots, store=store, signer=signer,
+                        callback_allow=callback_allow, callback_networks=callback_networks)
+    except ImportError as exc:  # s3:// roots or store without boto3
+        raise SetupError(str(exc)) from exc
+    except ValueError as exc:  # a store overlapping a source root
+        raise click.BadParameter(str(exc), param_hint="--store") from exc
 
 
 @cli.group()
@@ -82,7 +88,8 @@ def quarantine() -> None:
     a verdict: a `decision` entry on the stream photosentry:verdicts (also for a photo
     a rescan quarantined, whose verdict is on photosentry:verdicts:bulk) and a signed
     callback to the upload's callback_url. The photos are read from the quarantine
-    store under --data-dir, so run this where the workers' data directory is mounted.
+    store under --data-dir, so run this where the workers' data directory is mounted,
+    or give the workers' --store (e.g. s3://photosentry-private/).
 
     \b
     Examples:
@@ -176,6 +183,7 @@ def quarantine_show(ctx: click.Context, item_id: str, as_json: bool, **opts: Any
 
 def _decide(ctx: click.Context, kind: str, item_id: str, actor: str, reason: str, bank: str | None,
             opts: dict[str, Any]) -> None:
+    from ..errors import StorageUnavailable
     from ..worker.review_queue import ReviewError
 
     reviewer = build_reviewer(ctx, **opts)
@@ -183,6 +191,9 @@ def _decide(ctx: click.Context, kind: str, item_id: str, actor: str, reason: str
         outcome = reviewer.decide(item_id, kind, actor=actor, reason=reason, bank=bank, take_lease=True)
     except ReviewError as exc:
         raise click.ClickException(exc.message) from exc
+    except StorageUnavailable as exc:
+        raise click.ClickException(f"{exc}. The decision is fixed; run the same command again to finish it.") \
+            from exc
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     done = "released" if kind == "release" else "confirmed"

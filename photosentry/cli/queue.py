@@ -19,6 +19,8 @@ from .root import (
     log_format_option,
     redis_url_option,
     split_roots,
+    SourceArgument,
+    store_option,
 )
 
 # -- queue: worker and enqueue ------------------------------------------------------------
@@ -29,9 +31,11 @@ from .root import (
 @click.option("--processes", "-n", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes on this host. Each loads the model and the bank index once and keeps them warm.")
 @click.option("--source-root", "source_roots", multiple=True, envvar=defaults.SOURCE_ROOTS_ENV,
-              callback=split_roots, metavar="DIR",
-              help=f"Folder that path jobs may read from; repeatable. Anything resolving outside is refused"
-                   f" and quarantined. Env: {defaults.SOURCE_ROOTS_ENV} (separated by '{os.pathsep}').")
+              callback=split_roots, metavar="DIR|s3://BUCKET/PREFIX/",
+              help=f"Folder that path jobs may read from, or bucket prefix that s3:// jobs may read from;"
+                   f" repeatable, mixable. Anything outside is refused and quarantined. Env:"
+                   f" {defaults.SOURCE_ROOTS_ENV} (separated by '{os.pathsep}').")
+@store_option
 @click.option("--queue", "queues", multiple=True, type=click.Choice(list(defaults.QUEUES)),
               help="Queues to take jobs from, highest priority first. Default: uploads, then bulk.")
 @click.option("--burst", is_flag=True, help="Exit once the queues are empty (batch runs, tests).")
@@ -65,7 +69,8 @@ from .root import (
               help="Scan every upload even if the same bytes were decided under the same banks and policy"
                    " (benchmarks, audits). Default: duplicates cost one Redis lookup.")
 @click.pass_context
-def worker(ctx: click.Context, redis_url: str, processes: int, source_roots: tuple[str, ...], queues: tuple[str, ...],
+def worker(ctx: click.Context, redis_url: str, processes: int, source_roots: tuple[str, ...], store: str | None,
+           queues: tuple[str, ...],
            burst: bool, job_timeout: int, policy_path: str | None, threads: int | None, providers: tuple[str, ...],
            callback_key_file: str | None, callback_allow: tuple[str, ...], callback_networks: tuple[str, ...],
            metrics_port: int | None, metrics_host: str, log_format: str, no_cache: bool) -> None:
@@ -76,13 +81,18 @@ def worker(ctx: click.Context, redis_url: str, processes: int, source_roots: tup
     bulk queue: rescans never crowd out upload verdicts), and, when the job has a
     callback_url, a signed POST.
     Quarantined and blocked photos are moved into the quarantine/ and blocked/
-    stores under the data directory. A job that keeps failing ends quarantined
-    with reason scan_failed: nothing is ever allowed unscanned.
+    stores under the data directory (or --store: a folder or a private bucket
+    prefix). A job that keeps failing ends quarantined with reason scan_failed:
+    nothing is ever allowed unscanned.
 
     \b
     Examples:
       photosentry worker --redis-url redis://queue:6379/0 --source-root /srv/uploads -n 4 --threads 1
+      photosentry worker --source-root s3://uploads/incoming/ --store s3://photosentry-private/
       photosentry worker --burst            # drain the queues once, then exit
+
+    S3 uses the standard AWS credentials (environment, ~/.aws, instance or pod role)
+    and AWS_ENDPOINT_URL for an S3-compatible server; see docs/storage.md.
 
     SIGTERM finishes the current jobs, then exits; a second SIGTERM puts them back
     on the queue and exits at once. Queues are standard RQ: `rq info --url URL`
@@ -108,10 +118,12 @@ def worker(ctx: click.Context, redis_url: str, processes: int, source_roots: tup
         except PolicyError as exc:
             raise SetupError(str(exc)) from exc
     settings = ServiceSettings(
-        redis_url=redis_url, source_roots=source_roots, data_dir=ctx.obj["data_dir"], policy_path=policy_path,
+        redis_url=redis_url, source_roots=source_roots, data_dir=ctx.obj["data_dir"], store=store,
+        policy_path=policy_path,
         threads=threads, providers=providers, callback_key=key, callback_allow=callback_allow,
         callback_networks=callback_networks, use_cache=not no_cache,
     )
+    _check_storage(source_roots, store)
     try:
         from ..worker.delivery import CallbackPolicy
 
@@ -136,7 +148,7 @@ def worker(ctx: click.Context, redis_url: str, processes: int, source_roots: tup
 
 @cli.command()
 @redis_url_option
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.argument("paths", nargs=-1, required=True, type=SourceArgument())
 @click.option("--inline", is_flag=True,
               help=f"Send each photo's bytes in the job (up to {defaults.MAX_INLINE_BYTES // 2**20} MB) instead of"
                    " its path; for workers that cannot see this file system.")
@@ -154,11 +166,16 @@ def worker(ctx: click.Context, redis_url: str, processes: int, source_roots: tup
               help="Wait up to SECONDS for the verdicts and print them; exit 1 if any is not allow.")
 def enqueue(redis_url: str, paths: tuple[str, ...], inline: bool, as_given: bool, upload_id: str | None,
             context: tuple[str, ...], callback_url: str | None, queue: str, wait_s: float | None) -> None:
-    """Queue photos (PATHS) for the workers; prints one line per job: JOB_ID UPLOAD_ID PATH.
+    """Queue photos (PATHS: files, or s3://bucket/key objects) for the workers; prints one
+    line per job: JOB_ID UPLOAD_ID PATH.
+
+    An s3:// object is sent as its URL; the workers read it (it must lie under one of
+    their s3:// source roots).
 
     \b
     Examples:
       photosentry enqueue /srv/uploads/2026/11/u-8812.jpg
+      photosentry enqueue s3://uploads/incoming/2026/11/u-8812.jpg --wait 30
       photosentry enqueue --inline --wait 30 suspicious.jpg
     """
     import uuid
@@ -166,6 +183,7 @@ def enqueue(redis_url: str, paths: tuple[str, ...], inline: bool, as_given: bool
     import redis as _redis
 
     from ..enqueue import enqueue_scan
+    from ..s3.location import is_s3_url
 
     if upload_id is not None and len(paths) != 1:
         raise click.UsageError("--upload-id needs exactly one PATH")
@@ -176,7 +194,11 @@ def enqueue(redis_url: str, paths: tuple[str, ...], inline: bool, as_given: bool
         for raw in paths:
             uid = upload_id or f"cli-{uuid.uuid4().hex[:16]}"
             source: str | bytes
-            if inline:
+            if is_s3_url(raw):
+                if inline:
+                    raise click.UsageError(f"{raw}: --inline sends a file's bytes; an s3:// object is sent as its URL")
+                source = raw
+            elif inline:
                 source = Path(raw).read_bytes()
             else:
                 source = raw if as_given else os.path.abspath(raw)
@@ -195,6 +217,24 @@ def enqueue(redis_url: str, paths: tuple[str, ...], inline: bool, as_given: bool
     finally:
         client.close()
     sys.exit(ExitCode.FLAGGED if flagged else ExitCode.ALLOWED)
+
+
+def _check_storage(source_roots: tuple[str, ...], store: str | None) -> None:
+    """Refuse at start what every job would fail on: a store inside a source root, or no boto3."""
+    from ..s3.location import S3Prefix, is_s3_url
+
+    s3_roots = [S3Prefix.parse(r) for r in source_roots if is_s3_url(r)]
+    if store and is_s3_url(store):
+        root = S3Prefix.parse(store)
+        for source in s3_roots:
+            if root.overlaps(source):
+                raise click.BadParameter(f"the store {root} overlaps the source root {source}: a job could name a"
+                                         " quarantined photo as its source", param_hint="--store")
+    if s3_roots or (store and is_s3_url(store)):
+        try:
+            import boto3  # noqa: F401
+        except ImportError as exc:
+            raise SetupError("s3:// sources and stores need boto3: pip install 'photosentry[s3]'") from exc
 
 
 def _wait_for_verdicts(client, jobs: list[tuple[str, str, str]], wait_s: float,  # type: ignore[no-untyped-def]

@@ -13,7 +13,7 @@ import click
 from click.core import ParameterSource
 
 from .. import defaults
-from .root import ExitCode, SetupError, cli, connect_redis, context_pairs, split_roots
+from .root import ExitCode, SetupError, SourceArgument, cli, connect_redis, context_pairs, split_roots, store_option
 
 INTERRUPTED = 130
 """Exit status after Ctrl-C (128 + SIGINT, as shells report it)."""
@@ -23,7 +23,7 @@ _KEPT = ("mode", "dry_run", "force", "since", "context", "report_format")
 
 
 @cli.command()
-@click.argument("source", type=click.Path(exists=True))
+@click.argument("source", type=SourceArgument(prefix=True))
 @click.option("--local/--queue", "local", default=True,
               help="--local (default): scan in a process pool on this machine. --queue: enqueue on the bulk"
                    " queue so every worker host shares the work, and follow the bulk verdict stream"
@@ -40,10 +40,11 @@ _KEPT = ("mode", "dry_run", "force", "since", "context", "report_format")
               help=f"Redis of the queues, the shared bank and the verdict cache. Needed for --queue; with --local"
                    f" it makes the processes use the shared bank and cache. Env: {defaults.REDIS_URL_ENV}.")
 @click.option("--source-root", "source_roots", multiple=True, envvar=defaults.SOURCE_ROOTS_ENV,
-              callback=split_roots, metavar="DIR",
-              help="Folder the photos must lie in (repeatable); relative manifest paths start at the first."
-                   " --local with a manifest needs one; for a folder SOURCE it defaults to that folder."
-                   f" Env: {defaults.SOURCE_ROOTS_ENV}.")
+              callback=split_roots, metavar="DIR|s3://BUCKET/PREFIX/",
+              help="Folder or bucket prefix the photos must lie in (repeatable); relative manifest paths start"
+                   " at the first folder. --local with a manifest needs one; for a folder or bucket prefix SOURCE"
+                   f" it defaults to that SOURCE. Env: {defaults.SOURCE_ROOTS_ENV}.")
+@store_option
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
               help="Report file, one row per photo. Default: rescan-<date>-<time>.jsonl here. Its checkpoint"
                    " is <report>.checkpoint.json.")
@@ -72,11 +73,12 @@ _KEPT = ("mode", "dry_run", "force", "since", "context", "report_format")
               help="Show the progress bar. Default: only when stderr is a terminal.")
 @click.pass_context
 def rescan(ctx: click.Context, source: str, local: bool, processes: int | None, threads: int, batch: int | None,
-           redis_url: str | None, source_roots: tuple[str, ...], report_path: str | None,
+           redis_url: str | None, source_roots: tuple[str, ...], store: str | None, report_path: str | None,
            report_format: str | None, resume: bool, dry_run: bool, force: bool, since_text: str | None,
            rate: float | None, context: tuple[str, ...], policy_path: str | None, outstanding: int,
            progress: bool | None) -> None:
-    """Scan stored photos again: a folder tree, or a manifest of paths (or JSON Lines).
+    """Scan stored photos again: a folder tree, a bucket prefix (s3://bucket/prefix/), or
+    a manifest of paths and s3:// URLs (or JSON Lines).
 
     Use it when the policy changes, the model improves or a new list of banned hashes
     arrives. Each photo gets a row in the report (JSON Lines or CSV) with its verdict;
@@ -85,13 +87,16 @@ def rescan(ctx: click.Context, source: str, local: bool, processes: int | None, 
     and policy versions is taken from the verdict cache unless --force. Missing files
     and unusable manifest lines get rows too; they never stop the run.
 
-    A manifest line is a path (relative to the first --source-root, or absolute) or a
-    JSON object: {"path": "...", "upload_id": "u-1", "context": {...}, "timestamp": "..."}.
+    A manifest line is a path (relative to the first --source-root, or absolute), an
+    s3://bucket/key URL, or a JSON object: {"path": "...", "upload_id": "u-1",
+    "context": {...}, "timestamp": "..."}. A bucket prefix is listed page by page in
+    key order (AWS credentials and AWS_ENDPOINT_URL from the environment).
 
     \b
     Examples:
       photosentry rescan /srv/photos --report nov.jsonl                 # this machine, all cores
       photosentry rescan /srv/photos --dry-run --since 2026-11-01 --report try.csv
+      photosentry rescan s3://uploads/incoming/ --store s3://photosentry-private/ --report nov.jsonl
       photosentry rescan uploads.jsonl --source-root /srv/photos --queue --rate 500 --report nov.jsonl
       photosentry rescan uploads.jsonl --report nov.jsonl --resume      # after Ctrl-C or a crash
       photosentry rescan /srv/photos -n 1 --batch 32 --report nov.jsonl  # a GPU host: one process, big batches
@@ -104,12 +109,15 @@ def rescan(ctx: click.Context, source: str, local: bool, processes: int | None, 
     from ..rescan.checkpoint import Checkpoint, checkpoint_path, read_resume_state
     from ..rescan.report import ReportWriter, format_for
     from ..rescan.runner import Driver
-    from ..rescan.source import FOLDER, open_source, parse_time
+    from ..errors import StorageUnavailable
+    from ..rescan.source import FOLDER, S3, open_source, parse_time
 
     try:
         src = open_source(source)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="SOURCE") from exc
+    except ImportError as exc:  # an s3:// SOURCE without boto3
+        raise SetupError(str(exc)) from exc
     if report_path is None:
         if resume:
             raise click.UsageError("--resume needs the --report of the run to continue")
@@ -139,6 +147,8 @@ def rescan(ctx: click.Context, source: str, local: bool, processes: int | None, 
             ctx.exit(ExitCode.ALLOWED)
         roots = tuple(source_roots) or tuple(checkpoint.source_roots)
         resume_state = read_resume_state(report, checkpoint, src.key_of)
+        if src.kind == S3:
+            src.start_after = resume_state.watermark  # type: ignore[union-attr]  # list from there, not from the start
         if resume_state.cut_bytes:
             click.echo(f"cut a half-written last row ({resume_state.cut_bytes} bytes) from {report}", err=True)
     else:
@@ -146,8 +156,8 @@ def rescan(ctx: click.Context, source: str, local: bool, processes: int | None, 
             raise click.UsageError(f"{report} already exists: add --resume to continue that run, or choose"
                                    " another --report")
         roots = tuple(source_roots)
-        if not roots and src.kind == FOLDER:
-            roots = (str(src.root),)  # type: ignore[union-attr]
+        if not roots and src.kind in (FOLDER, S3):
+            roots = (src.name,)
         checkpoint = Checkpoint(run_id=uuid.uuid4().hex[:12], source=src.fingerprint(),
                                 source_roots=list(roots), **wanted)
     if checkpoint.mode == "local" and not roots:
@@ -155,8 +165,8 @@ def rescan(ctx: click.Context, source: str, local: bool, processes: int | None, 
     report.parent.mkdir(parents=True, exist_ok=True)
 
     backend = _backend(ctx, checkpoint, roots=roots, processes=processes, threads=threads, batch=batch,
-                       redis_url=redis_url,
-                       policy_path=policy_path, outstanding=outstanding, folder=src.kind == FOLDER)
+                       redis_url=redis_url, store=store,
+                       policy_path=policy_path, outstanding=outstanding, folder=src.kind in (FOLDER, S3))
     try:
         backend.start()  # models loaded (or Redis reached) before any file is written
     except KeyboardInterrupt:
@@ -182,6 +192,9 @@ def rescan(ctx: click.Context, source: str, local: bool, processes: int | None, 
                         resume=resume_state, since=checkpoint.since, stat_roots=roots, rate=rate, progress=progress)
         driver.summary.settled = settled
         outcome = driver.run()
+    except StorageUnavailable as exc:
+        again = ["photosentry", "rescan", source, "--report", str(report), "--resume"]
+        raise SetupError(f"{exc}; the checkpoint is saved, resume with:\n  {shlex.join(again)}") from exc
     finally:
         writer.close()
 
@@ -226,7 +239,8 @@ def _check_same_run(ctx: click.Context, checkpoint: Any, src: Any, wanted: dict[
 
 
 def _backend(ctx: click.Context, checkpoint: Any, *, roots: tuple[str, ...], processes: int | None, threads: int,
-             batch: int | None, redis_url: str | None, policy_path: str | None, outstanding: int, folder: bool) -> Any:
+             batch: int | None, redis_url: str | None, store: str | None, policy_path: str | None, outstanding: int,
+             folder: bool) -> Any:
     if checkpoint.mode == "queue":
         from ..rescan.remote import QueueBackend
 
@@ -246,7 +260,7 @@ def _backend(ctx: click.Context, checkpoint: Any, *, roots: tuple[str, ...], pro
             Policy.from_file(policy_path)
         except PhotoSentryError as exc:
             raise SetupError(str(exc)) from exc
-    settings = LocalSettings(source_roots=roots, data_dir=ctx.obj["data_dir"], policy_path=policy_path,
+    settings = LocalSettings(source_roots=roots, data_dir=ctx.obj["data_dir"], store=store, policy_path=policy_path,
                              redis_url=redis_url, threads=threads, use_cache=not checkpoint.force, batch_size=batch)
     return LocalBackend(settings, processes=processes or default_processes(), run_id=checkpoint.run_id,
                         dry_run=checkpoint.dry_run, default_context=dict(checkpoint.context))

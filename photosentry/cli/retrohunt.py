@@ -56,7 +56,8 @@ def retrohunt(ctx: click.Context, redis_url: str, since_version: int | None, req
         hits += 1
         job = None
         if requeue:
-            path = hit.record.source.get("path")
+            # A file or an s3:// object; inline bytes were never kept, so cannot be sent again.
+            path = hit.record.source.get("path") or hit.record.source.get("s3")
             if isinstance(path, str):
                 upload_id = f"{hit.record.upload_id}:retrohunt:{until}"[:200]
                 job = enqueue_scan(client, source=path, upload_id=upload_id, context=dict(hit.record.context),

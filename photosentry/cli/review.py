@@ -38,7 +38,8 @@ def review(ctx: click.Context, config_path: str | None, host: str, port: int, se
     `quarantine confirm` send them.
 
     Run it where the workers' data directory (--data-dir, with quarantine/) is
-    mounted, with the workers' Redis, policy, source roots and callback key.
+    mounted, or with their --store (a bucket), and with the workers' Redis,
+    policy, source roots and callback key.
 
     \b
     Examples:

@@ -162,13 +162,65 @@ def redis_url_option(f):  # type: ignore[no-untyped-def]
 
 
 def split_roots(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> tuple[str, ...]:
+    """``--source-root`` values: folders that exist, or ``s3://bucket/prefix/`` URLs
+    (``PHOTOSENTRY_SOURCE_ROOTS`` is split on ``os.pathsep``, keeping URLs whole)."""
+    from ..s3.location import S3Prefix, is_s3_url
+    from ..s3.location import split_roots as split_list
+
     roots: list[str] = []
     for item in value:
-        roots.extend(p for p in item.split(os.pathsep) if p)
+        roots.extend(split_list(item))
     for root in roots:
-        if not os.path.isdir(root):
+        if is_s3_url(root):
+            try:
+                S3Prefix.parse(root)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="--source-root") from exc
+        elif not os.path.isdir(root):
             raise click.BadParameter(f"{root!r} is not a directory", param_hint="--source-root")
     return tuple(roots)
+
+
+def check_store(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--store``: a folder, or an ``s3://bucket/prefix/`` URL that parses."""
+    from ..s3.location import S3Prefix, is_s3_url
+
+    if value and is_s3_url(value):
+        try:
+            S3Prefix.parse(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--store") from exc
+    return value or None
+
+
+def store_option(f):  # type: ignore[no-untyped-def]
+    """``--store``, the same for everything that fills or reads the quarantine and blocked stores."""
+    return click.option(
+        "--store", envvar=defaults.STORE_ENV, default=None, callback=check_store, metavar="DIR|s3://BUCKET/PREFIX/",
+        help="Where the quarantine and blocked stores are: a folder, or a private bucket prefix (its"
+             " quarantine/ and blocked/ prefixes; AWS credentials and AWS_ENDPOINT_URL from the"
+             f" environment). Default: the data directory. Env: {defaults.STORE_ENV}.")(f)
+
+
+class SourceArgument(click.ParamType):
+    """A photo to send, or photos to rescan: an ``s3://`` URL (checked as workers check
+    it: an object, or with ``prefix`` a "folder" of a bucket), else a path that must exist."""
+
+    name = "PATH|s3://BUCKET/KEY"
+
+    def __init__(self, *, prefix: bool = False) -> None:
+        self.prefix = prefix
+        self.path = click.Path(exists=True, dir_okay=prefix)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from ..s3.location import S3Location, S3Prefix, is_s3_url
+
+        if is_s3_url(value):
+            try:
+                return S3Prefix.parse(value).url if self.prefix else S3Location.parse(value).url
+            except ValueError as exc:
+                self.fail(str(exc), param, ctx)
+        return self.path.convert(value, param, ctx)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -36,7 +36,6 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from .. import defaults
@@ -44,7 +43,7 @@ from ..config import data_dir, ensure_private_dir
 from ..errors import UnreadableImage
 from ..procs import end_with_parent
 from ..worker.cache import VerdictCache
-from ..worker.sources import Fetched, PathSource, SourceRefused, SourceRoots
+from ..worker.sources import Fetched, Origin, SourceRefused, SourceRoots, source_for
 from ..worker.verdict import Action, ReasonCode, Verdict
 from .report import missing_row, verdict_row
 from .runner import Finished
@@ -59,8 +58,11 @@ MAX_ATTEMPTS = 2
 class LocalSettings:
     """What each pool process needs to build its scanner (picklable)."""
 
+    #: Folders and ``s3://`` prefixes photos may be read from.
     source_roots: tuple[str, ...]
     data_dir: str | None = None
+    #: The workers' ``--store`` (a folder or ``s3://bucket/prefix/``); None: the data directory.
+    store: str | None = None
     policy_path: str | None = None
     redis_url: str | None = None
     threads: int = 1
@@ -163,7 +165,7 @@ class _PoolWorker:
         their cache key."""
         scanner = self.scanner
         try:
-            fetched = self.roots.fetch(PathSource(source), max_bytes=scanner.limits.max_bytes)
+            fetched = self.roots.fetch(source_for(source), max_bytes=scanner.limits.max_bytes)
         except SourceRefused as exc:
             if isinstance(exc.__cause__, FileNotFoundError):
                 return Outcome(missing=exc.message)
@@ -245,16 +247,18 @@ class LocalBackend:
         self.policy = Policy.from_file(settings.policy_path) if settings.policy_path else Policy.default()
         self.actions = None
         if not dry_run:
-            from ..worker.actions import ActionApplier, ContentStore
+            from ..s3.location import S3Prefix, is_s3_url
+            from ..worker.stores import open_stores
 
             home = ensure_private_dir(data_dir(settings.data_dir))
-            self.actions = ActionApplier(quarantine=ContentStore(home / "quarantine"),
-                                         blocked=ContentStore(home / "blocked"))
+            s3_roots = [S3Prefix.parse(r) for r in settings.source_roots if is_s3_url(r)]
+            self.actions = open_stores(settings.store, home, source_roots=s3_roots).applier()
         self._pool = self._new_pool()
         self._tasks: dict[Future[list[Outcome]], list[_Task]] = {}
         self._filling: list[_Task] = []
         self._filling_since = 0.0
         self._ready: list[Finished] = []
+        self._roots: SourceRoots | None = None  # for settle(), built when a resume needs it
 
     @property
     def capacity(self) -> int:
@@ -367,8 +371,19 @@ class LocalBackend:
         row = verdict_row(task.item, outcome.verdict, run=self.run_id, dry_run=self.dry_run)
         act = None
         if self.actions is not None and outcome.fetched is not None:
-            act = _Move(self.actions, outcome.verdict, outcome.fetched, task.upload_id)
+            act = _Move(self.actions, outcome.verdict, self._bound(outcome.fetched), task.upload_id)
         return Finished(task.item, row, act)
+
+    def _bound(self, fetched: Fetched) -> Fetched:
+        """What a pool process read, with this process's S3 client to move it with (a
+        client does not cross processes)."""
+        from ..s3.objects import S3Object
+
+        if not isinstance(fetched.origin, S3Object):
+            return fetched
+        if self._roots is None:
+            self._roots = SourceRoots(self.settings.source_roots)
+        return replace(fetched, origin=fetched.origin.bound(self._roots.s3_client))
 
     def settle(self, row: dict[str, Any], upload_id: str) -> bool:
         """Apply again the move of a row written just before an interruption.
@@ -378,14 +393,15 @@ class LocalBackend:
         """
         if self.actions is None or not row.get("sha256"):
             return False
-        roots = SourceRoots(self.settings.source_roots)
+        if self._roots is None:
+            self._roots = SourceRoots(self.settings.source_roots)
         try:
-            fetched = roots.fetch(PathSource(str(row["source"])), max_bytes=defaults.MAX_BYTES)
+            fetched = self._roots.fetch(source_for(str(row["source"])), max_bytes=defaults.MAX_BYTES)
         except UnreadableImage:
             return False  # gone: moved before the interruption
         if hashlib.sha256(fetched.data).hexdigest() != row["sha256"]:
             return False  # replaced since: a new photo, for a new scan
-        source = fetched.path if SourceRoots.still_same(fetched) else None
+        source = fetched.origin if SourceRoots.still_same(fetched) else None
         result = self.actions.apply_record(Action(row["action"]), {"rescan_row": dict(row)}, data=fetched.data,
                                            upload_id=upload_id, source=source)
         return result.source_removed
@@ -409,7 +425,7 @@ class _Move:
     upload_id: str
 
     def __call__(self) -> None:
-        source: Path | None = self.fetched.path if SourceRoots.still_same(self.fetched) else None
+        source: Origin | None = self.fetched.origin if SourceRoots.still_same(self.fetched) else None
         self.actions.apply(self.verdict, data=self.fetched.data, upload_id=self.upload_id, source=source)
 
 

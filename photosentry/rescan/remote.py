@@ -31,6 +31,7 @@ import redis
 
 from .. import defaults
 from ..enqueue import build_payload, enqueue_payloads
+from ..s3.location import is_s3_url
 from ..worker.stream import VerdictStream, stream_for_queue
 from ..worker.verdict import ReasonCode, Verdict
 from .report import missing_row, verdict_row
@@ -77,7 +78,8 @@ class QueueBackend:
         self.dry_run = dry_run
         self.force = force
         self.default_context = default_context
-        self.roots = tuple(source_roots)
+        # Only folders can be checked here; s3:// items are left to the workers.
+        self.roots = tuple(r for r in source_roots if not is_s3_url(r))
         self.capacity = capacity
         self.chunk = chunk
         # The stream workers record bulk-queue jobs on (where this run's verdicts land).
@@ -105,7 +107,7 @@ class QueueBackend:
 
     def submit(self, item: Item, upload_id: str) -> None:
         path = item.source
-        if self.roots:
+        if self.roots and not is_s3_url(path):
             # This host sees the source roots: a missing file is reported here, without a job.
             path = resolve_entry(item.source, self.roots)
             if not os.path.exists(path):

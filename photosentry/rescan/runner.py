@@ -33,7 +33,7 @@ from ..worker.payload import MAX_UPLOAD_ID_LEN
 from .checkpoint import Checkpoint, OrderWindow, ResumeState
 from .ratelimit import TokenBucket
 from .report import ReportWriter, invalid_row
-from .source import FolderSource, Item, ManifestSource, resolve_entry
+from .source import FolderSource, Item, ManifestSource, S3PrefixSource, resolve_entry
 from .summary import Summary
 
 
@@ -90,7 +90,7 @@ class Driver:
     def __init__(
         self,
         *,
-        source: FolderSource | ManifestSource,
+        source: FolderSource | ManifestSource | S3PrefixSource,
         backend: Backend,
         writer: ReportWriter,
         checkpoint: Checkpoint,

@@ -1,7 +1,8 @@
-"""What to rescan: a folder tree or a manifest, read as a stream of :class:`Item`.
+"""What to rescan: a folder tree, a bucket prefix or a manifest, read as a stream of :class:`Item`.
 
-Neither is ever loaded whole: a folder is walked one directory at a time and a
-manifest is read one line at a time, so ten million entries cost the memory of one.
+None is ever loaded whole: a folder is walked one directory at a time, a bucket prefix
+is listed one page (1,000 keys) at a time and a manifest is read one line at a time,
+so ten million entries cost the memory of one page.
 
 Every item has an *order key* that grows along the input, so a resumed run can say
 "everything up to here is done" with one value (the checkpoint's watermark):
@@ -10,10 +11,15 @@ Every item has an *order key* that grows along the input, so a resumed run can s
   directory's entries sorted by name. That is lexicographic order on the parts, so a
   photo added to the tree after an interruption falls into place instead of shifting
   every later item, as a running count would.
+- bucket prefix: the key below the prefix, as one string. S3 lists keys in UTF-8
+  byte order, which is the order Python compares strings in, so the listing's order
+  is the key order; a resumed run asks S3 to start after the watermark
+  (``StartAfter``) instead of listing everything again. (Not split into segments:
+  ``a-b`` lists before ``a/b``, and segment tuples would compare the other way.)
 - manifest: the line number (blank lines and ``#`` comments are skipped).
 
 A manifest line is either a path (a *key*: relative to the first source root, or
-absolute), or a JSON object::
+absolute) or an ``s3://bucket/key`` URL, or a JSON object::
 
     {"path": "2026/11/u-8812.jpg", "upload_id": "u-8812",
      "context": {"recipient_is_minor": true}, "timestamp": "2026-11-02T10:00:00Z"}
@@ -34,12 +40,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Union
 
+from ..s3.location import S3Prefix, is_s3_url
 from ..worker.payload import PayloadError, check_context, check_upload_id
 
 OrderKey = Union[tuple[str, ...], int]
 
 FOLDER = "folder"
 MANIFEST = "manifest"
+S3 = "s3"
 _COUNT_BLOCK = 1 << 20
 
 
@@ -146,6 +154,87 @@ class FolderSource:
             yield Item(key, entry.path, timestamp=mtime)
 
 
+class S3PrefixSource:
+    """Every object under a bucket prefix, listed page by page in key order.
+
+    Zero-byte keys ending in ``/`` are the "folders" consoles create, not photos, and
+    are skipped. Any other key is an item, odd ones included: reading it refuses it
+    (``source_refused``), so it is reported rather than passed over in silence.
+
+    Args:
+        url: ``s3://bucket/prefix/``.
+        client: the S3 client (default: one from the standard AWS configuration).
+        page_size: keys per list request (S3's most is 1,000).
+    """
+
+    kind = S3
+
+    def __init__(self, url: str, *, client: Any = None, page_size: int = 1000) -> None:
+        self.root = S3Prefix.parse(url)
+        if client is None:
+            from ..s3.client import connect
+
+            client = connect()
+        self.client = client
+        self.page_size = page_size
+        #: Set on resume: the listing starts after this order key (the checkpoint's watermark).
+        self.start_after: OrderKey | None = None
+
+    @property
+    def name(self) -> str:
+        return self.root.url
+
+    def fingerprint(self) -> dict[str, Any]:
+        # A live bucket changes all the time; the order key copes with that, as for a folder.
+        return {"kind": S3, "path": self.root.url}
+
+    def key_of(self, text: str | int) -> OrderKey:
+        return (str(text),)
+
+    def items(self) -> Iterator[Item]:
+        prefix = self.root.prefix
+        args: dict[str, Any] = {"Bucket": self.root.bucket, "Prefix": prefix,
+                                "PaginationConfig": {"PageSize": self.page_size}}
+        if isinstance(self.start_after, tuple) and self.start_after:
+            args["StartAfter"] = prefix + self.start_after[0]
+        for entry in self._list(args):
+            if _folder_marker(entry):
+                continue
+            key = entry["Key"]
+            modified = entry.get("LastModified")
+            yield Item((key[len(prefix):],), f"s3://{self.root.bucket}/{key}",
+                       timestamp=modified.timestamp() if modified is not None else None)
+
+    def count(self) -> int:
+        """Objects under the prefix (for the progress bar; it lists the prefix once more).
+
+        Raises:
+            OSError: the listing failed (the bar then goes without a total).
+        """
+        from ..errors import StorageUnavailable
+
+        try:
+            return sum(1 for entry in self._list({"Bucket": self.root.bucket, "Prefix": self.root.prefix})
+                       if not _folder_marker(entry))
+        except StorageUnavailable as exc:
+            raise OSError(str(exc)) from exc
+
+    def _list(self, args: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        from ..s3 import client as s3client
+
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(**args):
+                yield from page.get("Contents") or ()
+        except s3client.s3_errors() as exc:
+            # Past botocore's own retries: the run stops with its checkpoint saved, to resume.
+            raise s3client.unavailable(f"listing {self.root}", exc) from exc
+
+
+def _folder_marker(entry: dict[str, Any]) -> bool:
+    """A zero-byte key ending in ``/``: a "folder" a console made, not a photo."""
+    return str(entry.get("Key", "")).endswith("/") and not entry.get("Size")
+
+
 class ManifestSource:
     """A file of paths or JSON objects, one per line, read one line at a time."""
 
@@ -219,12 +308,15 @@ def parse_line(number: int, raw: bytes) -> Item | None:
     return Item(number, path, upload_id=upload_id, context=dict(context), timestamp=timestamp)
 
 
-def open_source(source: str | os.PathLike[str]) -> FolderSource | ManifestSource:
-    """A folder or a manifest, by what ``source`` is.
+def open_source(source: str | os.PathLike[str], *,
+                s3_client: Any = None) -> FolderSource | ManifestSource | S3PrefixSource:
+    """A folder, a bucket prefix (``s3://bucket/prefix/``) or a manifest, by what ``source`` is.
 
     Raises:
-        ValueError: it is neither.
+        ValueError: it is none of them.
     """
+    if is_s3_url(source):
+        return S3PrefixSource(str(source), client=s3_client)
     if os.path.isdir(source):
         return FolderSource(source)
     if os.path.isfile(source):
@@ -233,11 +325,13 @@ def open_source(source: str | os.PathLike[str]) -> FolderSource | ManifestSource
 
 
 def resolve_entry(path: str, roots: Sequence[str]) -> str:
-    """Where a manifest path points: absolute as given, relative from the first root.
+    """Where a manifest path points: an ``s3://`` URL or an absolute path as given, a
+    relative path from the first folder root.
 
-    With no roots a relative path is left as it is (a worker takes it from its own
-    first source root).
+    With no folder roots a relative path is left as it is (a worker takes it from its
+    own first source root).
     """
-    if os.path.isabs(path) or not roots:
+    folders = [r for r in roots if not is_s3_url(r)]
+    if is_s3_url(path) or os.path.isabs(path) or not folders:
         return path
-    return os.path.join(roots[0], path)
+    return os.path.join(folders[0], path)

@@ -31,10 +31,11 @@ from typing import Any
 import redis
 
 from ..hashes.banks import BankStore, EntrySource, allow_photo, entries_from_hashes, open_store
-from ..worker.actions import ContentStore
+from ..s3.location import is_s3_url
 from ..worker.delivery import CallbackPolicy, CallbackSigner, post_callback
 from ..worker.policy import Policy
 from ..worker.sources import SourceRefused, SourceRoots
+from ..worker.stores import open_stores
 from ..worker.stream import VerdictStream
 from ..worker.uploaders import UploaderLedger
 from ..worker.verdict import ModeratorDecision, Verdict
@@ -66,7 +67,10 @@ class Reviewer:
         home: the data directory whose ``quarantine/`` and ``blocked/`` stores the
             workers write (mounted on the review host).
         policy: for the uploader penalties and what happens to a confirmed file.
-        source_roots: where released files may be put back (the workers' source roots).
+        source_roots: where released files may be put back (the workers' source roots:
+            folders, and ``s3://`` prefixes for photos uploaded to a bucket).
+        store: the workers' ``--store`` (a folder or ``s3://bucket/prefix/``) when the
+            stores are not in ``home``.
         signer: signs decision callbacks; None skips them (the stream still has them).
         callback_allow: only call back URLs under one of these prefixes (empty: any).
         callback_networks: internal networks callbacks may reach (see
@@ -80,6 +84,7 @@ class Reviewer:
         home: Path,
         policy: Policy | None = None,
         source_roots: Sequence[str] = (),
+        store: str | None = None,
         signer: CallbackSigner | None = None,
         callback_allow: Sequence[str] = (),
         callback_networks: Sequence[str] = (),
@@ -93,9 +98,10 @@ class Reviewer:
         self.stream = stream or VerdictStream(client)
         self.banks = bank_store or open_store(redis=client)
         self.ledger = UploaderLedger(client, self.policy.uploaders, self.stream)
-        self.quarantine = ContentStore(Path(home) / "quarantine")
-        self.blocked = ContentStore(Path(home) / "blocked")
         self.roots = SourceRoots(source_roots) if source_roots else None
+        stores = open_stores(store, Path(home), source_roots=self.roots.s3_roots if self.roots else (),
+                             s3_client=self.roots.s3_client if self.roots else None)
+        self.quarantine, self.blocked = stores.quarantine, stores.blocked
         self.signer = signer
         self.callback_allow = tuple(callback_allow)
         self.callback_policy = CallbackPolicy(allow_prefixes=self.callback_allow,
@@ -103,10 +109,16 @@ class Reviewer:
 
     # -- reading -------------------------------------------------------------------------
 
-    def photo(self, item: QueueItem) -> Path | None:
-        """The quarantined file of ``item`` on this host, if it is still in the store."""
+    def photo(self, item: QueueItem) -> Any:
+        """Where the quarantined photo of ``item`` is (a path on this host, or an S3
+        location), if it is still in the store; None otherwise."""
         sha = item.record.sha256
         return self.quarantine.content_path(sha) if sha and item.record.stored else None
+
+    def photo_bytes(self, item: QueueItem) -> bytes | None:
+        """The quarantined photo of ``item``, if it is still in the store."""
+        sha = item.record.sha256
+        return self.quarantine.read(sha) if sha and item.record.stored else None
 
     # -- deciding ------------------------------------------------------------------------
 
@@ -255,13 +267,7 @@ class Reviewer:
         return {key: bank, "bank_entries": [e.id for e in added], "bank_version": self.banks.version()}
 
     def _read(self, item: QueueItem) -> bytes | None:
-        path = self.photo(item)
-        if path is None:
-            return None
-        try:
-            return path.read_bytes()
-        except FileNotFoundError:
-            return None
+        return self.photo_bytes(item)
 
     def _restore(self, record: Any, data: bytes | None) -> dict[str, Any]:
         """Put the released photo back where the worker took it from, if this host can."""
@@ -271,6 +277,8 @@ class Reviewer:
             return {"restored_to": None, "restore_note": "uploaded inline: the pipeline keeps its own copy"}
         if self.roots is None:
             return {"restored_to": None, "restore_note": "no source root configured on the review host"}
+        if is_s3_url(record.source_path):
+            return self._restore_object(record, data)
         target = Path(record.source_path)
         try:
             parent, _ = self.roots.resolve(str(target.parent))
@@ -295,6 +303,20 @@ class Reviewer:
         finally:
             Path(tmp).unlink(missing_ok=True)
         return {"restored_to": str(dest)}
+
+    def _restore_object(self, record: Any, data: bytes) -> dict[str, Any]:
+        """Put the released photo back in its bucket (inside the review host's s3:// roots),
+        never over an object that appeared under its key meanwhile."""
+        from ..s3.objects import content_type_for, restore
+
+        assert self.roots is not None
+        try:
+            location = self.roots.resolve_s3(record.source_path)
+        except SourceRefused as exc:
+            return {"restored_to": None, "restore_note": f"not restored: {exc.message}"}
+        media = record.verdict.media
+        return restore(self.roots.s3_client, location, data,
+                       content_type=content_type_for(media.format if media is not None else None))
 
     def _evidence(self, item: QueueItem, data: bytes | None, decision: dict[str, Any]) -> dict[str, Any]:
         rules = self.policy.review

@@ -33,6 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware.sessions import SessionMiddleware
 
 from .. import defaults
+from ..errors import StorageUnavailable
 from .decisions import CONFIRM, RELEASE, Reviewer
 from .moderators import Moderators
 from ..worker.review_queue import PENDING, QueueItem, ReviewError
@@ -208,7 +209,12 @@ def create_app(reviewer: Reviewer, moderators: Moderators, *, secure_cookies: bo
         media_type = _IMAGE_TYPES.get((media.format if media is not None else "").upper())
         if path is None or media_type is None:
             return Response("no viewable photo", status_code=404, media_type="text/plain")
-        return FileResponse(path, media_type=media_type, headers={"Content-Disposition": "inline"})
+        if isinstance(path, Path):
+            return FileResponse(path, media_type=media_type, headers={"Content-Disposition": "inline"})
+        data = reviewer.photo_bytes(item)  # a store in a bucket: read through the worker's checks
+        if data is None:
+            return Response("no viewable photo", status_code=404, media_type="text/plain")
+        return Response(data, media_type=media_type, headers={"Content-Disposition": "inline"})
 
     @app.post("/item/{item_id}/renew")
     async def renew(request: Request, item_id: str) -> Response:
@@ -245,6 +251,8 @@ def create_app(reviewer: Reviewer, moderators: Moderators, *, secure_cookies: bo
                                               reason=str(form.get("reason") or ""), bank=bank, deliver=False)
         except ReviewError as exc:
             return message(request, "Not decided", exc.message + ".", 409)
+        except StorageUnavailable as exc:  # a bucket store or source did not answer: submit again to finish
+            return message(request, "Not finished", f"{exc}. The decision is fixed; submit it again.", 503)
         except ValueError as exc:
             return message(request, "Not decided", str(exc) + ".", 400)
         background.add_task(reviewer.deliver, outcome)

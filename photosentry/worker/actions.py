@@ -14,6 +14,11 @@ file. ``allow`` leaves the photo where it is, unless its verdict asks for a rewr
 writes the file back in place without GPS and identifying metadata
 (:func:`photosentry.media.scrub.strip_metadata`, lossless), through a temporary file
 renamed over it, keeping its mode and owner.
+
+The stores may as well live in a bucket (:class:`~photosentry.worker.bucket_store.S3ContentStore`,
+the same layout), and the photo may have come from one: the source is acted on through
+its *origin* (:class:`~photosentry.worker.sources.Origin`), a file or the S3 object
+version that was read, so a move deletes, and a rewrite replaces, only what was read.
 """
 
 from __future__ import annotations
@@ -24,11 +29,12 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..config import ensure_private_dir
 from ..decode import sniff_format
 from ..media import scrub
+from .sources import FileOrigin, Origin
 from .verdict import Action, Verdict
 
 _FILE_MODE = 0o600
@@ -39,8 +45,9 @@ class ActionResult:
     """What applying a verdict did."""
 
     action: Action
-    #: Where the photo now lives (None for allow, or when there were no bytes).
-    stored_at: Path | None = None
+    #: Where the photo now lives: a path, or an S3 location (None for allow, or when
+    #: there were no bytes).
+    stored_at: Any = None
     #: False when an identical earlier application already did everything.
     changed: bool = False
     #: The source file was removed after it was stored (a move).
@@ -49,6 +56,26 @@ class ActionResult:
     rewritten: bool = False
     #: SHA-256 of the source file as written back (when ``rewritten``).
     rewritten_sha256: str | None = None
+
+
+class Store(Protocol):
+    """A content-addressed store of photos and one verdict sidecar per upload: a folder
+    (:class:`ContentStore`) or a bucket prefix (:class:`~photosentry.worker.bucket_store.S3ContentStore`)."""
+
+    def put(self, sha256: str, data: bytes, sidecar_key: str, sidecar: dict[str, Any]) -> tuple[Any, bool]:
+        """Store ``data`` under its hash and one sidecar; returns (content location, changed)."""
+
+    def sidecars(self, sha256: str) -> list[dict[str, Any]]:
+        """Every upload's sidecar of the photo with this hash."""
+
+    def content_path(self, sha256: str) -> Any:
+        """Where the photo with this hash is (a path or an S3 location), or None."""
+
+    def read(self, sha256: str) -> bytes | None:
+        """The photo's bytes, or None if the store does not hold it."""
+
+    def discard(self, sha256: str, sidecar_key: str) -> bool:
+        """Drop one upload's sidecar, and the photo with the last one; True if the photo went."""
 
 
 class ContentStore:
@@ -91,6 +118,14 @@ class ContentStore:
         path = self.item_dir(sha256) / "content"
         return path if path.is_file() else None
 
+    def read(self, sha256: str) -> bytes | None:
+        """The stored photo's bytes, or None if this store does not hold it."""
+        path = self.content_path(sha256)
+        try:
+            return path.read_bytes() if path is not None else None
+        except FileNotFoundError:
+            return None
+
     def discard(self, sha256: str, sidecar_key: str) -> bool:
         """Drop one upload's sidecar; delete the photo once no upload's sidecar is left.
 
@@ -117,13 +152,14 @@ class ContentStore:
 class ActionApplier:
     """Applies verdicts: quarantine and block move the photo into their stores."""
 
-    def __init__(self, *, quarantine: ContentStore, blocked: ContentStore) -> None:
-        self.stores = {Action.QUARANTINE: quarantine, Action.BLOCK: blocked}
+    def __init__(self, *, quarantine: Store, blocked: Store) -> None:
+        self.stores: dict[Action, Store] = {Action.QUARANTINE: quarantine, Action.BLOCK: blocked}
 
     def apply(
-        self, verdict: Verdict, *, data: bytes | None, upload_id: str, source: Path | None = None
+        self, verdict: Verdict, *, data: bytes | None, upload_id: str, source: Path | Origin | None = None
     ) -> ActionResult:
-        """Act on ``verdict`` for the photo ``data`` (read from ``source``, if a file).
+        """Act on ``verdict`` for the photo ``data`` (read from ``source``: a file, or the
+        origin it was read from, checked by the caller to still be what was read).
 
         The photo is stored before the source is removed, so a crash between the two
         leaves a copy in both places - never in neither.
@@ -141,7 +177,7 @@ class ActionApplier:
         *,
         data: bytes | None,
         upload_id: str,
-        source: Path | None = None,
+        source: Path | Origin | None = None,
     ) -> ActionResult:
         """Like :meth:`apply`, for a verdict already serialised (e.g. read back from the
         verdict stream when a retried job finds its upload already decided)."""
@@ -152,18 +188,14 @@ class ActionApplier:
             return ActionResult(action)
         sidecar = {"upload_id": upload_id, "verdict": verdict}
         stored, changed = store.put(hashlib.sha256(data).hexdigest(), data, upload_id, sidecar)
-        removed = False
-        if source is not None:
-            try:
-                source.unlink()
-                removed = True
-            except FileNotFoundError:
-                pass  # moved by an earlier application of this verdict
+        # Stored (and, in a bucket, verified) first: a crash between the two leaves the
+        # photo in both places, never in neither. False: moved by an earlier application.
+        removed = _origin(source).remove() if source is not None else False
         return ActionResult(action, stored, changed or removed, removed)
 
-
-    def rewrite(self, verdict: Verdict, *, data: bytes | None, source: Path | None) -> ActionResult:
-        """Carry out an allowed verdict's ``rewrite`` steps on its source file, in place.
+    def rewrite(self, verdict: Verdict, *, data: bytes | None, source: Path | Origin | None) -> ActionResult:
+        """Carry out an allowed verdict's ``rewrite`` steps on its source, in place: a
+        file, or an object in a bucket (a conditional put on the ETag that was read).
 
         Only the bytes the verdict was decided on are rewritten (their SHA-256 must be the
         verdict's): a replayed job finds the file already rewritten and leaves it. A
@@ -173,41 +205,35 @@ class ActionApplier:
         Raises:
             ValueError: the file's structure does not allow a lossless rewrite.
             OSError: the file could not be replaced.
+            StorageUnavailable: the object could not be replaced (the job is retried).
         """
         if verdict.action is not Action.ALLOW or scrub.STRIP_METADATA not in verdict.rewrite:
             return ActionResult(Action.ALLOW)
         if data is None or source is None:
             return ActionResult(Action.ALLOW)
+        origin = _origin(source)
+        where = origin.path if isinstance(origin, FileOrigin) else origin.describe()
         expected = verdict.hashes.sha256 if verdict.hashes is not None else None
         if expected is not None and hashlib.sha256(data).hexdigest() != expected:
-            return ActionResult(Action.ALLOW, stored_at=source)  # not the bytes decided on (already rewritten)
+            return ActionResult(Action.ALLOW, stored_at=where)  # not the bytes decided on (already rewritten)
         fmt = (verdict.media.format if verdict.media is not None else "") or sniff_format(data[:64]) or ""
         clean = scrub.strip_metadata(data, fmt)
         if clean == data:
-            return ActionResult(Action.ALLOW, stored_at=source)
-        _replace_in_place(source, clean)
-        return ActionResult(Action.ALLOW, stored_at=source, changed=True, rewritten=True,
+            return ActionResult(Action.ALLOW, stored_at=where)
+        if not origin.replace(clean):
+            return ActionResult(Action.ALLOW)  # replaced by someone else since it was read: left alone
+        return ActionResult(Action.ALLOW, stored_at=where, changed=True, rewritten=True,
                             rewritten_sha256=hashlib.sha256(clean).hexdigest())
 
 
-def _replace_in_place(path: Path, data: bytes) -> None:
-    """Atomically replace ``path``'s content, keeping its mode and (where permitted) its owner."""
-    info = os.stat(path, follow_symlinks=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        os.fchmod(fd, info.st_mode & 0o7777)
-        try:
-            os.fchown(fd, info.st_uid, info.st_gid)
-        except PermissionError:
-            pass  # not root: the file becomes the worker's, as any file it writes
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _origin(source: Path | Origin) -> Origin:
+    # A bare path comes from a caller that checked the file itself (same device and inode).
+    return FileOrigin(source) if isinstance(source, Path) else source
+
+
+def sidecar_name(upload_id: str) -> str:
+    """The file (or object) name of one upload's sidecar in a store."""
+    return f"{_safe_key(upload_id)}.json"
 
 
 def _safe_key(key: str) -> str:

@@ -8,6 +8,7 @@ so a pipeline in any language can enqueue one without importing us. The RQ job c
       "version": 1,
       "upload_id": "u-8812",                        # required; one verdict per upload id
       "source": {"path": "2026/11/u-8812.jpg"},     # inside a source root, or
+                {"s3": "s3://uploads/2026/u-8812.jpg"},  # under an s3:// source root, or
                 {"bytes_b64": "<base64>"},          # the photo itself (up to 10 MB)
       "context": {"recipient_is_minor": true},      # optional; picks policy profiles
       "callback_url": "https://app/verdicts",       # optional; signed POST of the verdict
@@ -43,7 +44,7 @@ class ScanPayload:
     """A validated scan job payload."""
 
     upload_id: str
-    #: Exactly one of ``{"path": str}`` or ``{"bytes_b64": str}``. Checked again by the
+    #: Exactly one of ``{"path": str}``, ``{"s3": "s3://bucket/key"}`` or ``{"bytes_b64": str}``. Checked by the
     #: worker, where a bad source becomes a ``source_refused`` verdict, not a crash.
     source: Mapping[str, Any]
     context: Mapping[str, Any] = field(default_factory=dict)
@@ -72,7 +73,7 @@ class ScanPayload:
         upload_id = check_upload_id(raw.get("upload_id"))
         source = raw.get("source")
         if not isinstance(source, Mapping):
-            raise PayloadError("source must be an object: {\"path\": ...} or {\"bytes_b64\": ...}")
+            raise PayloadError("source must be an object: {\"path\": ...}, {\"s3\": ...} or {\"bytes_b64\": ...}")
         context = raw.get("context") or {}
         check_context(context)
         callback_url = raw.get("callback_url")

@@ -1,7 +1,8 @@
 """The warm scan service: everything a worker process builds once and keeps across jobs.
 
     policy, Redis bank store + BankMatcher (refreshed from the change log), classifier,
-    Scanner (warmed up), source roots, quarantine/blocked stores, verdict stream,
+    Scanner (warmed up), source roots (folders, s3:// prefixes), quarantine/blocked
+    stores (folders, or a bucket: :mod:`~photosentry.worker.stores`), verdict stream,
     verdict cache, callback outbox, review queue, uploader ledger, metrics
 
 One job, in order (docs/queue.md has the why of the order):
@@ -41,7 +42,7 @@ from ..errors import JobRefused, PayloadError, SourceRefused, UnreadableImage
 from ..hashes.banks import DEFAULT_PREFIX as BANK_PREFIX
 from ..hashes.banks import open_store
 from ..hashes.signals import ImageHashes
-from .actions import ActionApplier, ContentStore
+from ..s3.location import split_roots
 from .cache import VerdictCache
 from .delivery import CallbackPolicy, CallbackSigner
 from .hashlog import HashLog
@@ -54,7 +55,8 @@ from .policy import Policy
 from . import jobdata, rq_compat
 from .review_queue import ReviewQueue
 from .settle import Settled, Settlement, read_verdict
-from .sources import Fetched, PathSource, Source, SourceRoots, decode_inline
+from .sources import Fetched, PathSource, S3Source, Source, SourceRoots, decode_inline
+from .stores import open_stores
 from .stream import DEFAULT_STREAM, Recorded, VerdictStream, reused_key
 from .uploaders import UploaderLedger
 from .verdict import Action, ReasonCode, Verdict
@@ -67,8 +69,12 @@ class ServiceSettings:
     """What a worker process needs to build its service (picklable, secrets redacted in repr)."""
 
     redis_url: str
+    #: Folders and ``s3://bucket/prefix/`` URLs path and s3 jobs may read from.
     source_roots: tuple[str, ...] = ()
     data_dir: str | None = None
+    #: Where the quarantine and blocked stores are: a folder or ``s3://bucket/prefix/``
+    #: (None: the data directory).
+    store: str | None = None
     policy_path: str | None = None
     threads: int | None = None
     providers: tuple[str, ...] = ()
@@ -93,17 +99,18 @@ class ServiceSettings:
     def __repr__(self) -> str:
         return (
             f"ServiceSettings(redis_url={redact_url(self.redis_url)!r}, source_roots={self.source_roots!r},"
-            f" data_dir={self.data_dir!r}, policy_path={self.policy_path!r},"
+            f" data_dir={self.data_dir!r}, store={self.store!r}, policy_path={self.policy_path!r},"
             f" callback_key={'<set>' if self.callback_key else None})"
         )
 
     @classmethod
     def from_env(cls, redis_url: str = "", **overrides: Any) -> "ServiceSettings":
         """Settings from the PHOTOSENTRY_* environment (used where no CLI built them)."""
-        roots = tuple(p for p in os.environ.get(defaults.SOURCE_ROOTS_ENV, "").split(os.pathsep) if p)
+        roots = tuple(split_roots(os.environ.get(defaults.SOURCE_ROOTS_ENV, "")))  # s3:// URLs kept whole
         base = cls(
             redis_url=redis_url or os.environ.get(defaults.REDIS_URL_ENV, ""),
             source_roots=roots,
+            store=os.environ.get(defaults.STORE_ENV) or None,
             callback_key=os.environ.get(defaults.CALLBACK_KEY_ENV) or None,
             callback_networks=tuple(n for n in os.environ.get(defaults.CALLBACK_NETWORKS_ENV, "").split(",") if n),
         )
@@ -137,7 +144,8 @@ class ScanService:
         self.metrics = metrics or Metrics()
         self.roots = SourceRoots(settings.source_roots)
         home = ensure_private_dir(data_dir(settings.data_dir))
-        self.actions = ActionApplier(quarantine=ContentStore(home / "quarantine"), blocked=ContentStore(home / "blocked"))
+        self.actions = open_stores(settings.store, home, source_roots=self.roots.s3_roots,
+                                   s3_client=self.roots.s3_client).applier()
         self.stream = VerdictStream(self.redis, stream=settings.stream)
         self.bulk_stream = VerdictStream(self.redis, stream=settings.bulk_stream, maxlen=settings.bulk_stream_maxlen)
         self.cache = VerdictCache(self.redis, ttl_s=settings.cache_ttl_s)
@@ -384,9 +392,11 @@ class ScanService:
         keys = set(raw)
         if keys == {"path"}:
             return PathSource(raw["path"])
+        if keys == {"s3"}:
+            return S3Source(raw["s3"])
         if keys == {"bytes_b64"}:
             return decode_inline(raw["bytes_b64"], max_bytes=self.settings.max_inline_bytes)
-        raise SourceRefused(f"source must have exactly one of 'path' or 'bytes_b64', got {sorted(keys)}")
+        raise SourceRefused(f"source must have exactly one of 'path', 's3' or 'bytes_b64', got {sorted(keys)}")
 
     def _warn_unsigned(self, payload: ScanPayload) -> None:
         """A job asks for a callback this worker has no key to sign: it is not queued."""
@@ -544,8 +554,11 @@ class _timed:
 
 
 def _subject(payload: ScanPayload) -> str:
-    path = payload.source.get("path") if isinstance(payload.source, Mapping) else None
-    return path if isinstance(path, str) else f"upload:{payload.upload_id}"
+    for field_name in ("path", "s3"):
+        named = payload.source.get(field_name) if isinstance(payload.source, Mapping) else None
+        if isinstance(named, str):
+            return named
+    return f"upload:{payload.upload_id}"
 
 
 __all__ = ["ScanService", "ServiceSettings", "current_service", "fail_closed", "install"]

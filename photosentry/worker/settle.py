@@ -20,14 +20,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from .actions import ActionApplier, ActionResult
 from .delivery import CallbackSigner
 from .outbox import CallbackOutbox, PendingCallback
 from .payload import ScanPayload
 from .review_queue import QuarantineRecord, ReviewQueue
-from .sources import Fetched, SourceRoots
+from .sources import Fetched, Origin, SourceRoots
 from .stream import Recorded, VerdictStream
 from .uploaders import UploaderLedger, uploader_of
 from .verdict import Action, Verdict
@@ -97,20 +96,24 @@ class Settlement:
             log.warning("uploader flagged", extra={"score": round(counted.score, 3)})
 
     def _move(self, verdict: Verdict, fetched: Fetched | None, payload: ScanPayload) -> ActionResult | None:
-        if fetched is None:
+        if fetched is None or (verdict.action is Action.ALLOW and not verdict.rewrite):
             return None
-        source: Path | None = fetched.path if SourceRoots.still_same(fetched) else None
+        # Acted on only while it still is what was read: the same file (device and
+        # inode), or the same S3 object version (asked only when there is something to do).
+        source: Origin | None = fetched.origin if SourceRoots.still_same(fetched) else None
         if verdict.action is Action.ALLOW:
-            return self._rewrite(verdict, fetched, source) if verdict.rewrite else None
+            return self._rewrite(verdict, fetched, source)
         result = self.actions.apply(verdict, data=fetched.data, upload_id=payload.upload_id, source=source)
         if result.changed:
             log.info("photo moved to the %s store", verdict.action.value,
                      extra={"stored_at": str(result.stored_at), "source_removed": result.source_removed})
         return result
 
-    def _rewrite(self, verdict: Verdict, fetched: Fetched, source: Path | None) -> ActionResult | None:
-        """An allowed upload's ``rewrite`` (``strip_metadata``) on its file; a failure is
-        logged, never raised: the verdict is recorded and stands."""
+    def _rewrite(self, verdict: Verdict, fetched: Fetched, source: Origin | None) -> ActionResult | None:
+        """An allowed upload's ``rewrite`` (``strip_metadata``) on its file or object; a
+        failure is logged, never raised: the verdict is recorded and stands. Only an S3
+        outage (:class:`~photosentry.errors.StorageUnavailable`) propagates, so the job is
+        retried and its replay rewrites."""
         try:
             result = self.actions.rewrite(verdict, data=fetched.data, source=source)
         except (ValueError, OSError) as exc:
@@ -118,7 +121,8 @@ class Settlement:
                       extra={"rewrite": list(verdict.rewrite), "why": f"{type(exc).__name__}: {exc}"})
             return None
         if result.rewritten:
-            log.info("allowed photo rewritten", extra={"rewrite": list(verdict.rewrite), "path": str(source)})
+            log.info("allowed photo rewritten", extra={"rewrite": list(verdict.rewrite),
+                                                       "path": source.describe() if source else None})
         return result
 
     def _queue_for_review(self, verdict: Verdict, payload: ScanPayload, job_id: str, stream_id: str,
@@ -127,11 +131,12 @@ class Settlement:
         # The item names the stream its verdict is on (stream_id is an id there).
         sha = verdict.hashes.sha256 if verdict.hashes is not None else None
         stored = bool(sha) and self.actions.stores[Action.QUARANTINE].content_path(sha) is not None
-        moved_from = fetched.path if acted is not None and acted.source_removed and fetched is not None else None
+        moved = acted is not None and acted.source_removed and fetched is not None and fetched.origin is not None
+        moved_from = fetched.origin.describe() if moved else None  # type: ignore[union-attr]
         item_id, new = self.review.index(QuarantineRecord(
             upload_id=payload.upload_id, verdict=verdict, queued_at=time.time(), job_id=job_id,
             stream_id=stream_id, stream=stream.stream, sha256=sha, stored=stored,
-            source_path=str(moved_from) if moved_from is not None else None,
+            source_path=moved_from,
             callback_url=payload.callback_url, uploader_id=uploader_of(payload.context, self.uploaders.rules),
             key=key,
         ))
