@@ -775,3 +775,33 @@ def test_a_producer_under_the_documented_acl_can_enqueue_and_nothing_else(
         assert _verdict_of(redis_client, "acl-2")["reasons"][0]["code"] == "not_an_image"
     finally:
         redis_client.execute_command("ACL", "DELUSER", "producer-test")
+
+
+def test_a_cached_verdict_for_other_bytes_is_never_served(
+    redis_client: redis.Redis, service: ScanService, corpus: Any
+) -> None:
+    """Red team, round 3: a cache entry written by hand under a photo's key (its verdict
+    recording another file's hashes) made a banned photo come out allowed."""
+    import hashlib
+
+    from photosentry import enqueue_scan
+
+    clean, banned = corpus.clean["coffee"].read_bytes(), corpus.banned.read_bytes()
+    _ban_exact(service, banned)
+    service.refresh_banks(force=True)
+    clean_verdict = service.scanner.scan_bytes(clean)
+    key = service.cache.key_for(banned, policy=service.policy, context={}, scanner=service.scanner)
+    assert key.endswith(hashlib.sha256(banned).hexdigest())
+    service.cache.put(key, clean_verdict)  # what a Redis writer could plant
+    enqueue_scan(redis_client, source=banned, upload_id="poisoned")
+    run_burst(redis_client, service)
+    verdict = _verdict_of(redis_client, "poisoned")
+    assert verdict["action"] == "block" and "cache" not in verdict
+
+
+def test_a_6to4_address_wrapping_loopback_is_refused() -> None:
+    from photosentry.worker.delivery import CallbackPolicy
+
+    resolve = lambda host, port, **_: [(10, 1, 6, "", ("2002:7f00:1::", port, 0, 0))]  # noqa: E731
+    with pytest.raises(Exception, match="loopback"):
+        CallbackPolicy().check("http://sixtofour.example/v", resolve=resolve)

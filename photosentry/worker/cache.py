@@ -89,6 +89,8 @@ class VerdictCache:
         found = self.get(key)
         if found is None:
             return None
+        if found.hashes is None or found.hashes.sha256 != key.rsplit(":", 1)[-1]:
+            return None  # not a verdict on these bytes (written by hand, or damaged): scan them
         return replace(found, subject=subject, context=dict(context), cache_hit=True, timings_ms={})
 
     def put(self, key: str, verdict: Verdict) -> bool:

@@ -128,10 +128,12 @@ Resolver = Callable[..., list[tuple]]
 
 
 def _effective(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """The IPv4 address an IPv6 one really reaches (mapped or NAT64), else itself."""
+    """The IPv4 address an IPv6 one really reaches (mapped, 6to4 or NAT64), else itself."""
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
             return ip.ipv4_mapped
+        if ip.sixtofour is not None:  # 2002:7f00:1:: wraps 127.0.0.1 for a 6to4 relay
+            return ip.sixtofour
         if ip in _NAT64:
             return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return ip

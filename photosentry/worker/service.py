@@ -342,7 +342,12 @@ class ScanService:
         marked = stream.marked(key)
         if marked is None:
             return _Claim(key, reused=reuse)
-        return _Claim(key, marked.entry_id, read_verdict(stream, marked.entry_id), reuse)
+        verdict = read_verdict(stream, marked.entry_id)
+        recorded = marked.content if marked.content is not None else (
+            verdict.hashes.sha256 if verdict is not None and verdict.hashes is not None else "")
+        if recorded != content and not marked.answers_for(content):  # the key names these bytes: never else
+            raise RuntimeError(f"record key {key!r} holds a verdict for other bytes")
+        return _Claim(key, marked.entry_id, verdict, reuse)
 
     def _record(self, verdict: Verdict, payload: ScanPayload, job_id: str, stream: VerdictStream, claim: "_Claim",
                 content: str) -> tuple[Settled, "_Claim"]:

@@ -75,7 +75,7 @@ an upload id already decided. Upload ids are printable, so no real one contains 
 def reused_key(upload_id: str, sha256: str | None) -> str:
     """The record key of ``sha256``'s bytes under ``upload_id`` when the id was decided for
     other bytes (``unread`` when these could not be read)."""
-    return f"{upload_id}{REUSED_SEPARATOR}{sha256[:16] if sha256 else 'unread'}"
+    return f"{upload_id}{REUSED_SEPARATOR}{sha256 or 'unread'}"
 
 
 def stream_for_queue(queue: str | None, *, uploads: str = DEFAULT_STREAM,
