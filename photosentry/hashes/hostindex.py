@@ -276,15 +276,18 @@ class HostIndex:
         del arrays
         log.info("shared index %s written (%s) in %.1f s", path.name,
                  ", ".join(f"{k} {v['rows']}" for k, v in indexes.items() if v["rows"]), time.perf_counter() - started)
-        self._sweep(keep=path.name)
+        self._sweep(keep=path.name, version=source.version)
         return path
 
-    def _sweep(self, *, keep: str) -> None:
-        """Under the lock: delete files that failed a check, temporary files of killed
+    def _sweep(self, *, keep: str, version: int) -> None:
+        """Under the lock, after writing ``keep`` at ``version``: delete files that failed a
+        check, files ahead of that version (a builder only builds when no file at or below
+        the store's version is usable, and compacts only when none is newer than its own,
+        so these are ahead of the store: a restored backup), temporary files of killed
         writers, and all but the newest KEEP_FILES (mapped ones live on until released)."""
         good: list[Path] = []
         for path in self.files():
-            if path.name in self._bad and path.name != keep:
+            if path.name != keep and (path.name in self._bad or self.version_of(path) > version):
                 path.unlink(missing_ok=True)
             else:
                 good.append(path)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .. import defaults
-from ..errors import BankNotFound
+from ..errors import BankNotFound, IndexFileError
 from .banks import BankConfig, BankEntry, BankStore, ChangeOp
 from .codecs import Algorithm
 from .hostindex import HostIndex, IndexColumns, SharedIndex
@@ -209,10 +209,9 @@ class BankMatcher:
         self._compact_tried_at = -float("inf")
         #: True when this process built the file it maps (rather than mapping another's).
         self.built_shared_index = False
-        if index_dir is not None:
-            self._open_shared(Path(index_dir), build_wait_s)
+        read = self._open_shared(Path(index_dir), build_wait_s) if index_dir is not None else None
         if self._shared is None:
-            source = self._read_columns()
+            source = read or self._read_columns()  # what a failed build read is not read again
             for algorithm, (ids, codes, banks) in source.columns.items():
                 self._bulk(algorithm, ids, codes, banks)
             self.version = source.version
@@ -262,10 +261,11 @@ class BankMatcher:
     def _radii(self) -> dict[Algorithm, int]:
         return {a: self._max_distance(a) for a in Algorithm if a.is_perceptual}
 
-    def _open_shared(self, index_dir: Path, build_wait_s: float) -> None:
+    def _open_shared(self, index_dir: Path, build_wait_s: float) -> IndexColumns | None:
         """Map the host's newest index file of this store, building it first (once per host,
         under its lock) when there is none. Leaves ``_shared`` None if neither works: the
-        caller then builds a private index, as without an ``index_dir``."""
+        caller then builds a private index, as without an ``index_dir``, from the columns
+        returned when a failed build had read them."""
         from .mih import kernelcache
 
         kernelcache.use_kernel_cache(index_dir / "kernels")
@@ -273,17 +273,18 @@ class BankMatcher:
             host = HostIndex(index_dir, self._store.store_id())
         except ValueError as exc:
             log.warning("no shared index: %s", exc)
-            return
+            return None
         self._host = host
         radii = self._radii()
         shared = host.latest(max_version=self._store.version(), radii=radii)
+        source = None
         if shared is None:
             try:
                 with host.build_lock(wait_s=build_wait_s) as held:
                     if not held:
                         log.warning("another process has been building the shared index of %s for %.0f s;"
                                     " building a private one", host.dir, build_wait_s)
-                        return
+                        return None
                     # Someone may have built it while we waited for the lock.
                     shared = host.latest(max_version=self._store.version(), radii=radii)
                     if shared is None:
@@ -291,13 +292,14 @@ class BankMatcher:
                         path = host.build(source, measure=False)
                         shared = host.open(path, radii=radii)
                         self.built_shared_index = True
-            except OSError as exc:
+            except (OSError, IndexFileError) as exc:
                 log.warning("could not build the shared index in %s (%s); building a private one", host.dir, exc)
-                return
+                return source
         read_from = self.loaded_from
         self._install(shared)
         if self.built_shared_index:
             self.loaded_from += f", built from {read_from}"
+        return None
 
     def _install(self, shared: SharedIndex) -> None:
         """Make ``shared`` the view (at its version; the caller replays the change log)."""
