@@ -20,7 +20,7 @@ from photosentry.hashes.banks import BankStore, NewEntry, SqliteBankStore
 from photosentry.hashes.codecs import Algorithm
 from photosentry.hashes.hostindex import HostIndex
 from photosentry.hashes.index import codes_to_hex, hex_to_codes
-from photosentry.hashes.indexfile import open_index_file, read_header, write_index_file
+from photosentry.hashes.indexfile import open_index_file, read_header, read_meta, write_index_file
 from photosentry.hashes.matcher import BankMatcher, Match
 from photosentry.hashes.mih import calibrate
 from photosentry.hashes.signals import FrameHashes, ImageHashes, PerceptualHash
@@ -66,7 +66,7 @@ def test_index_file_round_trips_and_the_kernels_run_on_the_mapping(tmp_path: Pat
     built = mih.MihSegment(codes, layout)
     arrays = {"codes": codes, **{f"t.{k}": v for k, v in built.tables().items()}}
     path = write_index_file(tmp_path / "x.idx", version=42, meta={"layout": layout.to_dict()}, arrays=arrays)
-    assert read_header(path) == (1, 42)
+    assert read_header(path) == (1, 42) and read_meta(path) == (42, {"layout": layout.to_dict()})
 
     mapped = open_index_file(path)
     assert mapped.version == 42 and mihtables_equal(mapped.arrays, arrays)
@@ -269,10 +269,12 @@ def test_a_damaged_file_is_refused_and_rebuilt(bank, home: Path) -> None:  # typ
     shared_matcher(store, home)
     (bad,) = index_files(home, store)
     damage(bad, "payload bit")
+    dead_writer = bad.parent / ".tmp-killed-mid-build.idx"  # a builder killed before its rename
+    dead_writer.write_bytes(b"\0" * 4096)
     again = shared_matcher(store, home)
     assert again.built_shared_index
     (good,) = index_files(home, store)  # the damaged one was deleted by the builder
-    assert good != bad
+    assert good != bad and not dead_writer.exists()
     open_index_file(good)
     brute = BruteForce(store)
     for p in photos_near(codes, 2, 8):

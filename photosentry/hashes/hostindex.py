@@ -59,9 +59,6 @@ log = logging.getLogger(__name__)
 KEEP_FILES = 2
 _FILE = re.compile(r"v(\d{12})-(\d{20})\.idx")
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-#: Temporary files older than this are a killed writer's (no live writer takes this long
-#: without holding the lock, and the builder sweeps under the lock anyway).
-_ABANDONED_S = 3600.0
 _ALGORITHMS = tuple(Algorithm)
 
 
@@ -294,11 +291,11 @@ class HostIndex:
         for path in good[KEEP_FILES:]:
             if path.name != keep:
                 path.unlink(missing_ok=True)
-        cutoff = time.time() - _ABANDONED_S
+        # Only a lock holder writes here, so any temporary file is a dead writer's (a
+        # process killed mid-build: up to a whole index's size).
         for tmp in self.dir.glob(".tmp-*"):
             with contextlib.suppress(OSError):
-                if tmp.stat().st_mtime < cutoff:
-                    tmp.unlink()
+                tmp.unlink()
 
     def compact(self, source: Callable[[], IndexColumns], *, measure: bool, current: str) -> Path | None:
         """For a background thread: build a newer file from ``source()``, unless someone

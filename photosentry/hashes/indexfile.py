@@ -163,6 +163,27 @@ def read_header(path: str | Path) -> tuple[int, int]:
     return fields[1], fields[3]
 
 
+def read_meta(path: str | Path) -> tuple[int, dict[str, Any]]:
+    """(bank version, meta) of a file, its header and table of contents checked but not
+    its payload: what a listing needs (``ban stats``, benchmarks), not what a reader may use.
+
+    Raises:
+        IndexFileError: not an index file, or its header or table of contents is damaged.
+        OSError: it cannot be read.
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        fields = _check_header(path, f.read(HEADER_SIZE))
+        f.seek(fields[4])
+        toc_bytes = f.read(fields[5])
+    if len(toc_bytes) != fields[5] or zlib.crc32(toc_bytes) != fields[8]:
+        raise IndexFileError(f"{path} has a damaged table of contents")
+    try:
+        return int(fields[3]), dict(json.loads(toc_bytes)["meta"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IndexFileError(f"{path} has an unreadable table of contents") from exc
+
+
 def _check_header(path: Path, raw: bytes) -> tuple[Any, ...]:
     if len(raw) < HEADER_SIZE:
         raise IndexFileError(f"{path} is shorter than an index file header")
