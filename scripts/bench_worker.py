@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections import Counter
 import platform
 import shutil
 import signal
@@ -261,23 +262,38 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def pss_mb(pids: list[int]) -> float:
+def pss_mb(pids: list[int], *, suffix: str | None = None) -> float:
+    """PSS of ``pids`` in MB; with ``suffix``, only of the mapped files whose name ends so."""
     total = 0
     for pid in pids:
         try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
+            if suffix is None:
+                for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1])
+                continue
+            counting = False
+            for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+                head = line.split()
+                if head and "-" in head[0] and len(head) >= 5:  # a mapping's first line
+                    counting = len(head) >= 6 and head[-1].endswith(suffix)
+                elif counting and line.startswith("Pss:"):
                     total += int(line.split()[1])
         except OSError:
             continue
     return total / 1024
 
 
-def run_pool(url: str, home: Path, root: Path, photo: Path, processes: int, env_extra: dict[str, str],
-             settle_s: float) -> tuple[float, float, float]:
-    """Start `photosentry worker --processes N` with jobs waiting; returns (seconds to the
-    first verdict, seconds until every process gave one, PSS of the pool in MB once warm)."""
+def run_pool(url: str, home: Path, root: Path, original: Path, processes: int, env_extra: dict[str, str],
+             settle_s: float) -> tuple[float, float, float, float]:
+    """Start `photosentry worker --processes N` with jobs waiting (uploads of a copy of
+    ``original`` in ``root``); returns (seconds to the first verdict, seconds until every
+    process gave one, PSS of the pool in MB once warm, of which the shared index file)."""
     from rq import Queue, Worker
+
+    root.mkdir(parents=True, exist_ok=True)
+    photo = root / original.name
+    shutil.copyfile(original, photo)
 
     client = redis.Redis.from_url(url)
     queue = Queue("uploads", connection=client, serializer=JSONSerializer)
@@ -287,6 +303,8 @@ def run_pool(url: str, home: Path, root: Path, photo: Path, processes: int, env_
 
     def feed() -> None:  # keep a short queue, so a process that starts late still gets jobs
         nonlocal sent
+        if not photo.exists():  # a job the pool's shutdown cut off is quarantined, its file moved
+            shutil.copyfile(original, photo)
         while queue.count < 4 * processes:
             enqueue_scan(client, source=str(photo), upload_id=f"idx-{time.time_ns()}-{sent}")
             sent += 1
@@ -326,7 +344,11 @@ def run_pool(url: str, home: Path, root: Path, photo: Path, processes: int, env_
         while time.perf_counter() < deadline:
             feed()
             time.sleep(0.1)
-        memory = pss_mb(descendants(pool.pid))
+        pids = descendants(pool.pid)
+        memory, index_file = pss_mb(pids), pss_mb(pids, suffix=".idx")
+        actions = Counter(f[b"action"].decode() for _, f in client.xrange("photosentry:verdicts"))
+        print(f"    verdicts: {dict(actions)}; per process PSS MB: "
+              + ", ".join(f"{pss_mb([p]):.0f}" for p in pids), flush=True)
     finally:
         pool.send_signal(signal.SIGTERM)
         try:
@@ -337,7 +359,7 @@ def run_pool(url: str, home: Path, root: Path, photo: Path, processes: int, env_
         queue.empty()
         client.close()
     assert first is not None
-    return first, warm, memory
+    return first, warm, memory, index_file
 
 
 def index_settled(home: Path) -> bool:
@@ -386,7 +408,7 @@ def bench_index(tmp: Path, entries: int, *, synthetic: bool, scans: int, settle_
                 process_counts: tuple[int, ...]) -> None:
     corpus = corpus_mod.build(tmp / "corpus")
     photo = corpus.clean["coffee"]
-    root = photo.parent
+    root = tmp / "uploads"
     size = f"{entries:,} PDQ entries" + (" (synthetic: in the snapshots only)" if synthetic else "")
     print(f"\n# {size}", flush=True)
 
@@ -412,10 +434,10 @@ def bench_index(tmp: Path, entries: int, *, synthetic: bool, scans: int, settle_
                 if label != "shared index, later start":
                     home = fresh_home(master, tmp / f"pool-{entries}-{processes}")
                 assert home is not None
-                first, warm, memory = run_pool(url, home, root, photo, processes, env, settle_s)
-                pool_rows.append((processes, label, first, warm, memory))
+                first, warm, memory, index_file = run_pool(url, home, root, photo, processes, env, settle_s)
+                pool_rows.append((processes, label, first, warm, memory, index_file))
                 print(f"  {processes} process(es), {label}: first verdict {first:.1f} s, all warm {warm:.1f} s,"
-                      f" PSS {memory:.0f} MB", flush=True)
+                      f" PSS {memory:.0f} MB (index file {index_file:.0f})", flush=True)
 
     # A cold `photosentry scan`: the data directory's SQLite bank.
     scan_rows = []
@@ -437,13 +459,16 @@ def bench_index(tmp: Path, entries: int, *, synthetic: bool, scans: int, settle_
 
     print(f"\n{size}: worker pools (PSS summed over the supervisor and its workers, once every process"
           " has given a verdict)\n")
-    header = f"{'processes':>9}  {'index':<28}{'first verdict s':>16}{'all warm s':>12}{'PSS MB':>9}{'vs 1 process':>14}"
+    header = (f"{'processes':>9}  {'index':<28}{'first verdict s':>16}{'all warm s':>12}{'PSS MB':>9}"
+              f"{'vs 1 process':>14}{'index file MB':>15}")
     print(header)
     print("-" * len(header))
-    one = {label: memory for processes, label, _, _, memory in pool_rows if processes == 1}
-    for processes, label, first, warm, memory in pool_rows:
+    one = {label: memory for processes, label, _, _, memory, _ in pool_rows if processes == 1}
+    for processes, label, first, warm, memory, index_file in pool_rows:
         ratio = f"{memory / one[label]:.2f}x" if label in one else "-"
-        print(f"{processes:>9}  {label:<28}{first:>16.1f}{warm:>12.1f}{memory:>9.0f}{ratio:>14}")
+        print(f"{processes:>9}  {label:<28}{first:>16.1f}{warm:>12.1f}{memory:>9.0f}{ratio:>14}{index_file:>15.0f}")
+    print("index file MB: the PSS of the mapped shared index file, summed over the pool (its pages, counted once);"
+          " the rest of the PSS is each process's own: interpreter, model, kernels, delta.")
     print(f"\n{size}: cold `photosentry scan one.jpg` (a new process; median of {scans})\n")
     header = f"{'index':<28}{'median s':>10}{'runs s':>24}"
     print(header)
