@@ -194,7 +194,8 @@ class BankMatcher:
         self._bank_of = _ByEntry(np.uint16)
         self._algo_of = _ByEntry(np.uint8)  # 0: not indexed; else 1 + position in Algorithm
         self._labels: dict[int, str] = {}
-        #: Where the in-memory view came from ("snapshot v<N>", "store" or "shared index v<N> (<file>)").
+        #: Where the view came from: "snapshot v<N>", "store", or "shared index v<N>" (with
+        #: ", built from ..." when this process built the file).
         self.loaded_from = "store"
         #: The snapshot this matcher wrote after reading a large bank from the store, if any.
         self.wrote_snapshot: Snapshot | None = None
