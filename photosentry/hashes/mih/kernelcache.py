@@ -16,6 +16,10 @@ their own, in a folder the caller names (``<data dir>/bank-index/kernels``):
   the others wait for it and load (about 0.5 s), instead of compiling beside it.
 - numba's cache classes are not public API, so all of this is best effort: anything
   unexpected leaves the kernels compiling in memory as before (``cache=False``).
+
+numba stores compiled code with pickle, so whoever can write this folder can run code
+in every process that loads it: it lives in the data directory (owner-only, 0700, like
+the banks it sits beside) and its folders are created 0700.
 """
 
 from __future__ import annotations
