@@ -135,6 +135,37 @@ usable snapshot) saves what it read as a snapshot, so the next scan, worker or r
 on the host loads in seconds. Reading 100,000 entries from SQLite takes about a second;
 below that a snapshot saves little and would only fill the disk."""
 
+SHARED_INDEX_DIRNAME = "bank-index"
+"""Folder of the data directory holding each bank store's shared index files (one folder
+per store id), the compiled kernels and this host's layout calibration."""
+
+SHARED_INDEX_ENV = "PHOTOSENTRY_SHARED_INDEX"
+"""Set to ``0`` to give every process a private in-memory index (built from the snapshot,
+kernels compiled in the process) instead of the host's shared index file: the behaviour
+before the shared index, kept as the baseline benchmarks compare against."""
+
+INDEX_BUILD_WAIT_S = 600.0
+"""How long a starting process waits for another process building the host's first
+index file before building a private one (building 10M entries per algorithm from a
+snapshot takes about a minute on a 2-core host; a builder stuck longer is broken)."""
+
+INDEX_CHECK_INTERVAL_S = 1.0
+"""How often a process looks for a newer shared index file (a directory listing), so a
+compaction reaches every process within about a second, without a restart."""
+
+INDEX_COMPACT_MIN_CHANGES = 20_000
+"""A process builds a newer shared index file once its delta (changes applied since the
+file) reaches this many changes, or INDEX_COMPACT_FRACTION of the entries if more: the
+delta is private memory and its segments are rebuilt as it grows, so it is kept small,
+while a rebuild of the file (seconds at 10M) is not started for a handful of bans."""
+
+INDEX_COMPACT_FRACTION = 0.02
+"""See INDEX_COMPACT_MIN_CHANGES."""
+
+INDEX_COMPACT_RETRY_S = 30.0
+"""After a compaction attempt (done, failed or left to another process), a process waits
+this long before trying again."""
+
 DEFAULT_BANK = "banned"
 """Bank that ``photosentry ban add`` writes to when no ``--bank`` is given; the
 default policy blocks its matches."""

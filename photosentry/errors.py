@@ -106,3 +106,8 @@ class VideoUnreadable(PhotoSentryError):
 class JobRefused(PhotoSentryError):
     """A queued job a worker will not run as written (not JSON, not our function, or
     behaviour fields in its hash that are not ours); its upload still gets a verdict."""
+
+
+class IndexFileError(PhotoSentryError, ValueError):
+    """A shared index file that must not be used: torn, damaged, of another format or
+    another store. The matcher refuses it and builds a good one (or keeps its own)."""

@@ -13,7 +13,14 @@ bank entry with d random bits flipped, d uniform in 0..radius. It then measures:
 - ``photosentry``: the TieredIndex the matcher uses (multi-index hashing, numba),
   per algorithm and for the whole photo (all algorithms and variants), median and p99,
   recall on the planted items (must be 100%), memory per entry beyond the raw hash,
-  and the load time of a bank of N from a columnar snapshot (np.load + build);
+  and the load time of a bank of N from a columnar snapshot (np.load + build); first
+  on the cost model's layout (``model``), then on the layout a calibration on this
+  host picks (``calibrated``: what the shared index file is laid out with once the
+  host has timed its candidates; its load column is the calibration's time, builds
+  and queries of every candidate included);
+- every calibration candidate as a bare segment, and at the end, per algorithm, the
+  planner's choice against the fastest layout measured in this run (issue #19: the
+  model chose dir=21 at 1.65 ms where dir=20 measured 1.29 ms);
 - where this host runs the vector scans, our layout as a bare segment with them, and the
   scalar scans on the layout they would plan (what a host without AVX-512 VPOPCNTDQ runs);
 - alternative MIH layouts (substring counts, directory widths; packed, inline or
@@ -50,7 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from photosentry.hashes import mih  # noqa: E402
 from photosentry.hashes.algorithms import Algorithm  # noqa: E402
-from photosentry.hashes.mih import simd  # noqa: E402
+from photosentry.hashes.mih import calibrate, simd  # noqa: E402
 from photosentry.hashes.index import TieredIndex, codes_to_hex  # noqa: E402
 
 #: (name, bits, radius, query variants) per perceptual algorithm: PDQ at its default
@@ -118,6 +125,9 @@ def main() -> None:
                               " VPOPCNTDQ)"))
 
     rows_out: list[tuple] = []
+    #: Per algorithm: the cost model's layout and the calibration; bare segment medians by layout.
+    picks: dict[str, tuple[mih.Layout, calibrate.Calibration]] = {}
+    bare: dict[str, dict[mih.Layout, float]] = {name: {} for name, *_ in ALGOS}
     per_photo = np.zeros(args.photos)
     recall_all = True
     alt_layouts = {k: v.split(",") for k, v in (p.split(":") for p in args.layouts.split(";"))}
@@ -142,27 +152,45 @@ def main() -> None:
         index.load(ids, codes)
         load_s = time.perf_counter() - t
         layout = index._base.mih.layout if index._base is not None and index._base.mih is not None else None
-        times, found = [], 0
-        for i, (q, row, d) in enumerate(photos):
-            values = codes_to_hex(q)
-            t = time.perf_counter()
-            hits = index.query(values, radius)
-            dt = time.perf_counter() - t
-            times.append(dt)
-            per_photo[i] += dt
-            if row >= 0:
-                found += any(h.entry_id == row + 1 and h.distance == d for h in hits)
-        med, p99 = stats(times)
-        mem = index.nbytes / n
-        recall = found / max(1, min(args.planted, args.photos))
-        recall_all &= recall == 1.0
+
+        def measure_index(index: TieredIndex, label: str, load_s: float, total: np.ndarray | None) -> None:
+            nonlocal recall_all
+            times, found = [], 0
+            for i, (q, row, d) in enumerate(photos):
+                values = codes_to_hex(q)
+                t = time.perf_counter()
+                hits = index.query(values, radius)
+                dt = time.perf_counter() - t
+                times.append(dt)
+                if total is not None:
+                    total[i] += dt
+                if row >= 0:
+                    found += any(h.entry_id == row + 1 and h.distance == d for h in hits)
+            med, p99 = stats(times)
+            mem = index.nbytes / n
+            recall = found / max(1, min(args.planted, args.photos))
+            recall_all &= recall == 1.0
+            rows_out.append((name, f"photosentry {label}", variants, radius, med, p99, mem, load_s, recall))
+            print(f"  {name}: ours {label}: median {med:.0f} us, p99 {p99:.0f} us, recall {recall:.0%},"
+                  f" {mem:.1f} B/entry, load {load_s:.2f} s, peak RSS {rss_gb():.1f} GB", flush=True)
+
         desc = layout.describe() if layout else "linear"
-        rows_out.append((name, f"photosentry ({desc})", variants, radius, med, p99, mem, load_s, recall))
-        print(f"  {name}: ours {desc}: median {med:.0f} us, p99 {p99:.0f} us, recall {recall:.0%},"
-              f" {mem:.1f} B/entry, load {load_s:.2f} s, peak RSS {rss_gb():.1f} GB", flush=True)
-        data[name] = photos
+        measure_index(index, f"model ({desc})", load_s, None)
         del index
         gc.collect()
+        # What the shared index is laid out with once the host has calibrated.
+        calibrated = None
+        if layout is not None:
+            cal, segment = calibrate.calibrate(codes, radius)
+            calibrated = cal
+            picks[name] = (layout, cal)
+            measure_index(TieredIndex.shared(bits, radius, ids.astype(np.uint32), segment.codes, segment),
+                          f"calibrated ({cal.layout.describe()})", cal.seconds, per_photo)
+            del segment
+            gc.collect()
+        else:
+            measure_index(index_linear(bits, radius, ids, codes), "(linear)", load_s, per_photo)
+        data[name] = photos
 
         # -- alternative layouts, same data ---------------------------------------------
         # Where this host runs the vector scans, our own layout comes first as a bare
@@ -173,6 +201,11 @@ def main() -> None:
         if simd.VECTOR_SCAN and layout is not None:
             alternatives = [(layout, True, ", vector scan"),
                             (mih.plan_layout(bits, radius, n, vector=False), False, ", scalar scan")]
+        elif layout is not None:
+            alternatives = [(layout, False, "")]
+        if calibrated is not None:  # every candidate the calibration timed, the same way as the rest
+            alternatives += [(lay, simd.VECTOR_SCAN, "") for lay in calibrate.candidates(bits, radius, n)
+                             if lay not in (a for a, _, _ in alternatives)]
         for spec in alt_layouts.get(name, []):
             lay = parse_layout(spec, bits)
             if lay in (layout, *(a for a, _, _ in alternatives)) or max(lay.dir_widths) > 24 or (lay.inline and bits != 64):
@@ -197,6 +230,8 @@ def main() -> None:
             med, p99 = stats(times)
             rows_out.append((name, desc, variants, radius, med, p99,
                              seg.nbytes / n + 4, build_s + 0.0, found / max(1, args.planted)))
+            if vector == simd.VECTOR_SCAN:
+                bare[name][lay] = med
             print(f"  {name}: {desc}: median {med:.0f} us", flush=True)
             del seg
             gc.collect()
@@ -208,23 +243,58 @@ def main() -> None:
 
     totals = stats(list(per_photo))
     print()
-    print(f"{'algorithm':<9} {'method':<42} {'var':>3} {'r':>3} {'median us':>10} {'p99 us':>10}"
+    width = max(42, *(len(r[1]) for r in rows_out))
+    print(f"{'algorithm':<9} {'method':<{width}} {'var':>3} {'r':>3} {'median us':>10} {'p99 us':>10}"
           f" {'B/entry':>8} {'load s':>7} {'recall':>7}")
-    print("-" * 109)
+    print("-" * (width + 67))
     for name, method, var, r, med, p99, mem, load, recall in rows_out:
         mem_s = f"{mem:8.1f}" if mem == mem else f"{'-':>8}"
         load_s = f"{load:7.2f}" if load == load else f"{'-':>7}"
         rec = f"{recall:7.0%}" if recall == recall else f"{'-':>7}"
-        print(f"{name:<9} {method:<42} {var:>3} {r:>3} {med:10.0f} {p99:10.0f} {mem_s} {load_s} {rec}")
-    print("-" * 109)
-    print(f"{'photo':<9} {'photosentry, all algorithms':<42} {18:>3} {'':>3} {totals[0]:10.0f} {totals[1]:10.0f}")
+        print(f"{name:<9} {method:<{width}} {var:>3} {r:>3} {med:10.0f} {p99:10.0f} {mem_s} {load_s} {rec}")
+    print("-" * (width + 67))
+    print(f"{'photo':<9} {'photosentry calibrated, all algorithms':<{width}} {18:>3} {'':>3} {totals[0]:10.0f}"
+          f" {totals[1]:10.0f}")
     print(f"recall on planted items: {'100% for every algorithm' if recall_all else 'BELOW 100%'};"
           f" peak RSS {rss_gb():.1f} GB")
+    print_planner(picks, bare)
     for p in tmp.iterdir():
         p.unlink()
     tmp.rmdir()
     if not recall_all:
         sys.exit(1)
+
+
+def index_linear(bits: int, radius: int, ids: np.ndarray, codes: np.ndarray) -> TieredIndex:
+    index = TieredIndex(bits, radius)
+    index.load(ids, codes)
+    return index
+
+
+def print_planner(picks: dict[str, tuple[mih.Layout, calibrate.Calibration]],
+                  bare: dict[str, dict[mih.Layout, float]]) -> None:
+    """The planner's choice against the fastest layout measured in this run (bare segments,
+    the same photos, this host's scans)."""
+    if not picks:
+        return
+    print("\nplanner vs the fastest layout measured in this run (bare segments, median us per photo's variants):")
+    header = f"{'algorithm':<9} {'chose':<8} {'layout':<36} {'us':>6}   {'fastest measured':<36} {'us':>6} {'chose/fastest':>14}"
+    print(header)
+    print("-" * len(header))
+    for name, (model, cal) in picks.items():
+        measured = bare.get(name, {})
+        if not measured:
+            continue
+        fastest = min(measured, key=measured.__getitem__)
+        for how, layout in (("model", model), ("planner", cal.layout)):
+            us = measured.get(layout, float("nan"))
+            print(f"{name:<9} {how:<8} {layout.describe():<36} {us:6.0f}   {fastest.describe():<36}"
+                  f" {measured[fastest]:6.0f} {us / measured[fastest]:13.2f}x")
+    print("planner: the layout the calibration picked (what the shared index file uses once the host has calibrated);"
+          " model: the cost model's pick alone. The calibration's own timings:")
+    for name, (_, cal) in picks.items():
+        print(f"  {name}: " + "; ".join(f"{k} {v:.0f} us" for k, v in cal.measured_us.items())
+              + f" ({cal.seconds:.1f} s)")
 
 
 def parse_layout(spec: str, bits: int) -> mih.Layout:

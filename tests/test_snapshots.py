@@ -157,7 +157,14 @@ def _banned_example(store: BankStore) -> tuple[Path, str]:
     return path, pdq
 
 
-def test_scan_loads_the_snapshot(data_dir: Path) -> None:
+@pytest.fixture
+def private_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A private index per process, loaded from the snapshot (the shared index file,
+    built from the same snapshot, is tested in test_host_index.py)."""
+    monkeypatch.setenv(defaults.SHARED_INDEX_ENV, "0")
+
+
+def test_scan_loads_the_snapshot(data_dir: Path, private_index: None) -> None:
     with SqliteBankStore(data_dir / defaults.BANK_DB_FILENAME) as store:
         path, _ = _banned_example(store)
         version = store.version()
@@ -170,7 +177,7 @@ def test_scan_loads_the_snapshot(data_dir: Path) -> None:
     assert after.output.splitlines()[1] == before.output.splitlines()[1]  # the same verdict row
 
 
-def test_worker_loads_the_snapshot_of_its_redis_bank(settings, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+def test_worker_loads_the_snapshot_of_its_redis_bank(settings, redis_client: redis.Redis, private_index) -> None:  # type: ignore[no-untyped-def]
     from photosentry.worker.service import ScanService
 
     bank = RedisBankStore(redis_client, prefix=settings.bank_prefix)
@@ -183,7 +190,7 @@ def test_worker_loads_the_snapshot_of_its_redis_bank(settings, redis_client: red
     assert matcher.match(photo(pdq)) == BankMatcher(bank).match(photo(pdq)) != []
 
 
-def test_local_rescan_processes_load_the_snapshot(tmp_path: Path) -> None:
+def test_local_rescan_processes_load_the_snapshot(tmp_path: Path, private_index: None) -> None:
     from photosentry.rescan.local import LocalSettings, _PoolWorker
 
     home = tmp_path / "home"

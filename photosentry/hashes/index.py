@@ -176,6 +176,20 @@ class _Segment:
         layout = mih.plan_layout(bits, radius, len(self.ids))
         self.mih = mih.MihSegment(self.codes, layout) if layout is not None else None
 
+    @classmethod
+    def prebuilt(cls, ids: np.ndarray, codes: np.ndarray, segment: mih.MihSegment | None) -> "_Segment":
+        """A segment over arrays built elsewhere (a shared index file): ``ids`` ascending,
+        ``codes`` in the same order, ``segment`` built over ``codes`` (None: linear)."""
+        if ids.ndim != 1 or codes.ndim != 2 or len(ids) != len(codes):
+            raise ValueError(f"{ids.shape} ids do not fit {codes.shape} codes")
+        if len(ids) > 1 and not bool(np.all(ids[1:] > ids[:-1])):
+            raise ValueError("segment ids must be unique and ascending")
+        if segment is not None and segment.codes.shape != codes.shape:
+            raise ValueError("the multi-index segment is over other codes")
+        self = cls.__new__(cls)
+        self.ids, self.codes, self.mih = ids, codes, segment
+        return self
+
     def __len__(self) -> int:
         return len(self.ids)
 
@@ -220,6 +234,39 @@ class TieredIndex(HashIndex):
         self._size = 0
 
     # -- bulk ---------------------------------------------------------------------
+
+    @classmethod
+    def shared(cls, bits: int, radius: int, ids: np.ndarray, codes: np.ndarray,
+               segment: mih.MihSegment | None) -> "TieredIndex":
+        """An index whose bulk is arrays built elsewhere and shared (mapped from a shared
+        index file): never written to. Adds and removes go to this process's delta and
+        tombstones as usual, until a newer file replaces the whole index."""
+        index = cls(bits, radius)
+        if len(ids):
+            index._base = _Segment.prebuilt(ids, codes, segment)
+        index._size = len(ids)
+        return index
+
+    def frozen_columns(self):  # type: ignore[no-untyped-def]
+        """A function giving the live (ids, codes) of the index as it is now, even when
+        called later from another thread while this index goes on changing: segments
+        are immutable and replaced, not changed, so only the tombstones and the buffer
+        are copied here (small). For building a newer shared index file in the background."""
+        base, delta, dead = self._base, self._delta, frozenset(self._dead)
+        buf_ids = np.asarray(self._buf_ids, dtype=np.int64)
+        buf_codes = self._buf_codes[: len(buf_ids)].copy()
+
+        def columns() -> tuple[np.ndarray, np.ndarray]:
+            ids, codes = [buf_ids], [buf_codes]
+            for segment in (base, delta):
+                if segment is not None:
+                    seg_ids = segment.ids.astype(np.int64)
+                    keep = ~np.isin(seg_ids, np.fromiter(dead, dtype=np.int64, count=len(dead))) if dead else None
+                    ids.append(seg_ids if keep is None else seg_ids[keep])
+                    codes.append(segment.codes if keep is None else segment.codes[keep])
+            return np.concatenate(ids), np.concatenate(codes)
+
+        return columns
 
     def load(self, ids: np.ndarray, codes: np.ndarray) -> None:
         """Replace everything with ``ids`` / ``codes`` (N x words uint64): the fast path
@@ -327,7 +374,10 @@ class TieredIndex(HashIndex):
         return ids[keep], segment.codes[keep]
 
     def _fold(self) -> None:
-        """Fold the buffer into the delta segment, and the delta into the base when it has grown."""
+        """Fold the buffer into the delta segment, and the delta into the base when it has
+        grown. A shared base is folded into too, as the last resort that keeps adds cheap
+        (a private copy: this process stops sharing); a newer shared file normally
+        replaces the index long before (hostindex: compaction)."""
         ids, codes = self._live(self._delta)
         ids = np.concatenate([ids, np.asarray(self._buf_ids, dtype=np.int64)])
         codes = np.concatenate([codes, self._buf_codes[: len(self._buf_ids)]])
@@ -351,7 +401,7 @@ class SortedExactIndex(HashIndex):
         self._keys = np.empty(0, dtype=np.uint64)
         self._codes = np.empty((0, self._words), dtype=np.uint64)
         self._ids = np.empty(0, dtype=np.int64)
-        self._id_order = np.empty(0, dtype=np.int64)
+        self._sorted_ids = np.empty(0, dtype=np.int64)
         self._dead: set[int] = set()
         self._fresh = ExactIndex()
 
@@ -360,13 +410,44 @@ class SortedExactIndex(HashIndex):
         self._codes = np.ascontiguousarray(codes[order])
         self._keys = np.ascontiguousarray(self._codes[:, 0]) if len(ids) else np.empty(0, dtype=np.uint64)
         self._ids = np.asarray(ids, dtype=np.int64)[order]
-        self._id_order = np.argsort(self._ids, kind="stable")
+        self._sorted_ids = np.sort(self._ids)
         self._dead.clear()
         self._fresh = ExactIndex()
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The bulk as arrays (after :meth:`load`), for :meth:`shared`."""
+        return {"codes": self._codes, "keys": self._keys, "ids": self._ids, "sorted_ids": self._sorted_ids}
+
+    @classmethod
+    def shared(cls, bits: int, arrays: dict[str, np.ndarray]) -> "SortedExactIndex":
+        """An index whose bulk is :meth:`arrays` built elsewhere (a shared index file)."""
+        index = cls(bits)
+        codes, keys, ids, sorted_ids = arrays["codes"], arrays["keys"], arrays["ids"], arrays["sorted_ids"]
+        if (codes.ndim != 2 or codes.shape != (len(ids), index._words) or sorted_ids.shape != ids.shape
+                or keys.shape != ids.shape):
+            raise ValueError(f"exact index arrays do not fit: {codes.shape}, {keys.shape}, {ids.shape}, {sorted_ids.shape}")
+        # keys apart from codes: searchsorted copies a strided column on every call.
+        index._codes, index._keys, index._ids, index._sorted_ids = codes, keys, ids, sorted_ids
+        return index
+
+    def frozen_columns(self):  # type: ignore[no-untyped-def]
+        """As :meth:`TieredIndex.frozen_columns`: the live (ids, codes) as they are now."""
+        ids, codes, dead = self._ids, self._codes, frozenset(self._dead)
+        fresh = dict(self._fresh._by_id)
+
+        def columns() -> tuple[np.ndarray, np.ndarray]:
+            keep = ~np.isin(ids, np.fromiter(dead, dtype=np.int64, count=len(dead))) if dead else slice(None)
+            fresh_ids = np.fromiter(fresh, dtype=np.int64, count=len(fresh))
+            fresh_codes = (hex_to_codes(list(fresh.values()), self._words) if fresh
+                           else np.empty((0, self._words), dtype=np.uint64))
+            return np.concatenate([ids[keep], fresh_ids]), np.concatenate([codes[keep], fresh_codes])
+
+        return columns
+
     def _in_bulk(self, entry_id: int) -> bool:
-        i = int(np.searchsorted(self._ids[self._id_order], entry_id)) if len(self._ids) else 0
-        return i < len(self._ids) and int(self._ids[self._id_order[i]]) == entry_id and entry_id not in self._dead
+        # Sorted ids kept apart: indexing ids by an order array copied all of them per call.
+        i = int(np.searchsorted(self._sorted_ids, entry_id)) if len(self._ids) else 0
+        return i < len(self._ids) and int(self._sorted_ids[i]) == entry_id and entry_id not in self._dead
 
     def add(self, entry_id: int, value: str) -> None:
         if self._in_bulk(entry_id):

@@ -4,11 +4,17 @@ The matcher loads every active entry once (from a snapshot when there is one), t
 (``refresh``) so a moderator's ban reaches a running process without a rebuild.
 It returns facts (which entry, which bank, how far); deciding what a match means is
 the policy's job.
+
+Given an ``index_dir``, the index is the host's shared one (:mod:`.hostindex`): mapped
+from a file every process on the host shares, built by the first process that needs
+it, with this process's changes since the file as a small delta on top, and swapped
+for a newer file (compacted in the background) without a restart.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,9 +24,10 @@ from typing import Any
 import numpy as np
 
 from .. import defaults
-from ..errors import BankNotFound
+from ..errors import BankNotFound, IndexFileError
 from .banks import BankConfig, BankEntry, BankStore, ChangeOp
 from .codecs import Algorithm
+from .hostindex import HostIndex, IndexColumns, SharedIndex
 from .index import HashIndex, SortedExactIndex, TieredIndex, hex_to_codes
 from .signals import ImageHashes
 from .snapshot import Snapshot, latest_snapshot, save_snapshot
@@ -85,6 +92,60 @@ def _new_index(algorithm: Algorithm, radius: int) -> HashIndex:
 _ALGORITHMS = tuple(Algorithm)
 
 
+class _ByEntry:
+    """A small number per entry id (its bank or its algorithm), for millions of ids.
+
+    A base array indexed by id: this process's own (grown as ids come), or the shared
+    index file's (read-only, mapped), with the values of entries changed since the file
+    in a dict beside it (the delta: small, until the next file replaces both).
+    """
+
+    def __init__(self, dtype: type, base: np.ndarray | None = None) -> None:
+        self._dtype = dtype
+        self._base = base if base is not None else np.zeros(1024, dtype=dtype)
+        self._own: dict[int, int] = {}
+
+    def __getitem__(self, entry_id: int) -> int:
+        value = self._own.get(entry_id)
+        if value is not None:
+            return value
+        return int(self._base[entry_id]) if 0 <= entry_id < len(self._base) else 0
+
+    def __setitem__(self, entry_id: int, value: int) -> None:
+        if not self._base.flags.writeable:
+            self._own[entry_id] = int(value)
+            return
+        self._grow(entry_id)
+        self._base[entry_id] = value
+
+    def assign(self, ids: np.ndarray, values: np.ndarray) -> None:
+        """Set many at once (a private base only: the bulk of a private index)."""
+        self._grow(int(ids.max()))
+        self._base[ids] = values
+
+    def _grow(self, max_id: int) -> None:
+        if max_id >= len(self._base):
+            grown = np.zeros(max(max_id + 1, 2 * len(self._base)), dtype=self._dtype)
+            grown[: len(self._base)] = self._base
+            self._base = grown
+
+    def frozen(self):  # type: ignore[no-untyped-def]
+        """A function of an id array giving the values as they are now (for a background
+        build): the base is not written to while shared, and the delta is copied."""
+        base, own = self._base if not self._base.flags.writeable else self._base.copy(), dict(self._own)
+
+        def lookup(ids: np.ndarray) -> np.ndarray:
+            out = np.zeros(len(ids), dtype=self._dtype)
+            inside = ids < len(base)
+            out[inside] = base[ids[inside]]
+            if own:
+                for i in np.flatnonzero(np.isin(ids, np.fromiter(own, dtype=np.int64, count=len(own)))).tolist():
+                    out[i] = own[int(ids[i])]
+            return out
+
+        return lookup
+
+
 class BankMatcher:
     """An in-memory view of a :class:`BankStore`, at a known bank version.
 
@@ -101,6 +162,14 @@ class BankMatcher:
             ``auto_snapshot_min`` entries, saved as a snapshot there (best effort) so
             the next process on this host loads fast.
         auto_snapshot_min: see ``snapshot_dir``.
+        index_dir: ``<data dir>/bank-index``: share the host's index file of this store
+            (:mod:`.hostindex`) instead of building a private index; None: private, as
+            before (``PHOTOSENTRY_SHARED_INDEX=0`` makes the assembly pass None).
+        compact_after: changes since the shared file after which this process builds a
+            newer one in the background (default: ``INDEX_COMPACT_MIN_CHANGES`` or
+            ``INDEX_COMPACT_FRACTION`` of the entries, whichever is more).
+        build_wait_s: how long to wait for another process building the host's first file
+            before building a private index instead.
     """
 
     def __init__(
@@ -109,6 +178,9 @@ class BankMatcher:
         *,
         snapshot_dir: str | Path | None = None,
         auto_snapshot_min: int = defaults.AUTO_SNAPSHOT_MIN_ENTRIES,
+        index_dir: str | Path | None = None,
+        compact_after: int | None = None,
+        build_wait_s: float = defaults.INDEX_BUILD_WAIT_S,
     ) -> None:
         self._store = store
         self._refreshed_at = time.monotonic()
@@ -119,13 +191,40 @@ class BankMatcher:
         self._indexes: dict[Algorithm, HashIndex] = {a: _new_index(a, self._max_distance(a)) for a in Algorithm}
         self._bank_names: list[str] = []
         self._bank_numbers: dict[str, int] = {}
-        self._bank_of = np.zeros(1024, dtype=np.uint16)
-        self._algo_of = np.zeros(1024, dtype=np.uint8)  # 0: not indexed; else 1 + position in Algorithm
+        self._bank_of = _ByEntry(np.uint16)
+        self._algo_of = _ByEntry(np.uint8)  # 0: not indexed; else 1 + position in Algorithm
         self._labels: dict[int, str] = {}
-        #: Where the in-memory view came from ("snapshot v<N>" or "store").
+        #: Where the view came from: "snapshot v<N>", "store", or "shared index v<N>" (with
+        #: ", built from ..." when this process built the file).
         self.loaded_from = "store"
         #: The snapshot this matcher wrote after reading a large bank from the store, if any.
         self.wrote_snapshot: Snapshot | None = None
+        self._snapshot_dir = Path(snapshot_dir) if snapshot_dir is not None else None
+        self._auto_snapshot_min = auto_snapshot_min
+        # The host's shared index (None: a private one).
+        self._host: HostIndex | None = None
+        self._shared: SharedIndex | None = None
+        self._compact_after = compact_after
+        self._host_checked_at = time.monotonic()
+        self._compaction: threading.Thread | None = None
+        self._compact_tried_at = -float("inf")
+        #: True when this process built the file it maps (rather than mapping another's).
+        self.built_shared_index = False
+        read = self._open_shared(Path(index_dir), build_wait_s) if index_dir is not None else None
+        if self._shared is None:
+            source = read or self._read_columns()  # what a failed build read is not read again
+            for algorithm, (ids, codes, banks) in source.columns.items():
+                self._bulk(algorithm, ids, codes, banks)
+            self.version = source.version
+        self.refresh()
+
+    # -- loading ------------------------------------------------------------------------
+
+    def _read_columns(self) -> IndexColumns:
+        """Every active entry, from the newest usable snapshot or else the store (saving
+        what it read as a snapshot when it was many), numbered by this matcher's banks."""
+        store, snapshot_dir = self._store, self._snapshot_dir
+        radii = {a: self._max_distance(a) for a in Algorithm if a.is_perceptual}
         snap = None
         if snapshot_dir is not None:
             store_id = store.store_id()
@@ -139,29 +238,144 @@ class BankMatcher:
                 snap = None
         if snap is not None:
             self.loaded_from = f"snapshot v{snap.version}"
-            self.version = snap.version
             numbers = np.array([self._bank_number(b) for b in snap.banks], dtype=np.uint16)
-            for algorithm, (ids, codes, banks) in columns.items():
-                self._bulk(algorithm, ids, codes, numbers[banks] if len(banks) else banks)
-            del columns
-        else:
-            # Version first: anything added while we read is replayed by refresh()
-            # (adds are idempotent by id), so nothing is missed.
-            self.version = store.version()
-            read: dict[Algorithm, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-            for algorithm in Algorithm:
-                id_parts, code_parts, bank_parts = [], [], []
-                for ids, values, banks in store.active_columns(algorithm):
-                    id_parts.append(np.asarray(ids, dtype=np.int64))
-                    code_parts.append(hex_to_codes(values, algorithm.bits // 64))
-                    bank_parts.append(np.array([self._bank_number(b) for b in banks], dtype=np.uint16))
-                if id_parts:
-                    read[algorithm] = (np.concatenate(id_parts), np.concatenate(code_parts), np.concatenate(bank_parts))
-                    self._bulk(algorithm, *read[algorithm])
-            if snapshot_dir is not None and sum(len(c[0]) for c in read.values()) >= auto_snapshot_min:
-                self._save_snapshot(Path(snapshot_dir), store_id, read)
-            del read
-        self.refresh()
+            numbered = {a: (ids, codes, numbers[banks] if len(banks) else banks)
+                        for a, (ids, codes, banks) in columns.items()}
+            return IndexColumns(snap.version, tuple(self._bank_names), numbered, radii)
+        # Version first: anything added while we read is replayed by refresh()
+        # (adds are idempotent by id), so nothing is missed.
+        version = store.version()
+        read: dict[Algorithm, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        for algorithm in Algorithm:
+            id_parts, code_parts, bank_parts = [], [], []
+            for ids, values, banks in store.active_columns(algorithm):
+                id_parts.append(np.asarray(ids, dtype=np.int64))
+                code_parts.append(hex_to_codes(values, algorithm.bits // 64))
+                bank_parts.append(np.array([self._bank_number(b) for b in banks], dtype=np.uint16))
+            if id_parts:
+                read[algorithm] = (np.concatenate(id_parts), np.concatenate(code_parts), np.concatenate(bank_parts))
+        self.loaded_from = "store"
+        if snapshot_dir is not None and sum(len(c[0]) for c in read.values()) >= self._auto_snapshot_min:
+            self._save_snapshot(snapshot_dir, store.store_id(), version, read)
+        return IndexColumns(version, tuple(self._bank_names), read, radii)
+
+    def _radii(self) -> dict[Algorithm, int]:
+        return {a: self._max_distance(a) for a in Algorithm if a.is_perceptual}
+
+    def _open_shared(self, index_dir: Path, build_wait_s: float) -> IndexColumns | None:
+        """Map the host's newest index file of this store, building it first (once per host,
+        under its lock) when there is none. Leaves ``_shared`` None if neither works: the
+        caller then builds a private index, as without an ``index_dir``, from the columns
+        returned when a failed build had read them."""
+        from .mih import kernelcache
+
+        kernelcache.use_kernel_cache(index_dir / "kernels")
+        try:
+            host = HostIndex(index_dir, self._store.store_id())
+        except ValueError as exc:
+            log.warning("no shared index: %s", exc)
+            return None
+        self._host = host
+        radii = self._radii()
+        shared = host.latest(max_version=self._store.version(), radii=radii)
+        source = None
+        if shared is None:
+            try:
+                with host.build_lock(wait_s=build_wait_s) as held:
+                    if not held:
+                        log.warning("another process has been building the shared index of %s for %.0f s;"
+                                    " building a private one", host.dir, build_wait_s)
+                        return None
+                    # Someone may have built it while we waited for the lock.
+                    shared = host.latest(max_version=self._store.version(), radii=radii)
+                    if shared is None:
+                        source = self._read_columns()
+                        path = host.build(source, measure=False)
+                        shared = host.open(path, radii=radii)
+                        self.built_shared_index = True
+            except (OSError, IndexFileError) as exc:
+                log.warning("could not build the shared index in %s (%s); building a private one", host.dir, exc)
+                return source
+        read_from = self.loaded_from
+        self._install(shared)
+        if self.built_shared_index:
+            self.loaded_from += f", built from {read_from}"
+        return None
+
+    def _install(self, shared: SharedIndex) -> None:
+        """Make ``shared`` the view (at its version; the caller replays the change log)."""
+        self._indexes = dict(shared.indexes)
+        self._bank_names = list(shared.banks)
+        self._bank_numbers = {name: i for i, name in enumerate(self._bank_names)}
+        for name in self._bank_names:
+            self._banks.setdefault(name, BankConfig(name))
+        self._bank_of = _ByEntry(np.uint16, shared.bank_of)
+        self._algo_of = _ByEntry(np.uint8, shared.algo_of)
+        self._shared = shared
+        self.version = shared.version
+        self.loaded_from = f"shared index v{shared.version}"
+
+    def _follow_host_index(self) -> None:
+        """Swap in a newer host file if one appeared; start a background compaction when
+        this process's delta has grown, or a calibration when the file's layouts are the
+        cost model's guess. At most every INDEX_CHECK_INTERVAL_S."""
+        host, shared = self._host, self._shared
+        now = time.monotonic()
+        if host is None or now - self._host_checked_at < defaults.INDEX_CHECK_INTERVAL_S:
+            return
+        self._host_checked_at = now
+        newest = host.newest_name(max_version=2**62)
+        if newest is not None and (shared is None or newest != shared.name):
+            newer = host.latest(max_version=self._store.version(), radii=self._radii())
+            if newer is not None and (shared is None or newer.name != shared.name):
+                self._install(newer)
+                self.refresh()  # the change log since the new file's version
+                log.info("bank index now %s", self.loaded_from)
+                return
+        if shared is None or (self._compaction is not None and self._compaction.is_alive()):
+            return
+        threshold = self._compact_after
+        if threshold is None:
+            threshold = max(defaults.INDEX_COMPACT_MIN_CHANGES, int(defaults.INDEX_COMPACT_FRACTION * self.size))
+        lag = self.version - shared.version
+        measure = host.calibration is not None and shared.needs_calibration()
+        if (lag < threshold and not measure) or now - self._compact_tried_at < defaults.INDEX_COMPACT_RETRY_S:
+            return
+        self._compact_tried_at = now
+        source = self._frozen_columns()
+        name = shared.name
+
+        def compact() -> None:
+            try:
+                path = host.compact(source, measure=measure, current=name)
+                if path is not None:
+                    log.info("bank index compacted into %s (%d changes since %s)", path.name, lag, name)
+            except Exception as exc:  # noqa: BLE001 - logged; the delta keeps serving
+                log.warning("bank index compaction failed: %s", exc, exc_info=True)
+
+        self._compaction = threading.Thread(target=compact, name="photosentry-index-compaction", daemon=True)
+        self._compaction.start()
+
+    def _frozen_columns(self):  # type: ignore[no-untyped-def]
+        """A function giving this view's columns (for a background build): captured now,
+        computed later, while the view goes on changing."""
+        frozen = {a: index.frozen_columns() for a, index in self._indexes.items()}  # type: ignore[attr-defined]
+        bank_of = self._bank_of.frozen()
+        version, banks, radii = self.version, tuple(self._bank_names), self._radii()
+
+        def columns() -> IndexColumns:
+            out = {}
+            for algorithm, live in frozen.items():
+                ids, codes = live()
+                out[algorithm] = (ids, codes, bank_of(ids))
+            return IndexColumns(version, banks, out, radii)
+
+        return columns
+
+    def wait_for_compaction(self, timeout: float | None = None) -> None:
+        """Wait for a background compaction this process started (tests, shutdown)."""
+        if self._compaction is not None:
+            self._compaction.join(timeout)
 
     @property
     def size(self) -> int:
@@ -184,6 +398,7 @@ class BankMatcher:
         self._refreshed_at = now
         changes = self._store.changes_since(self.version)
         if not changes:
+            self._follow_host_index()
             return 0
         added_ids = [c.entry_id for c in changes if c.op is ChangeOp.ADD and c.entry_id is not None]
         added = {e.id: e for e in self._store.get_many(added_ids)} if added_ids else {}
@@ -200,6 +415,7 @@ class BankMatcher:
             self.version = change.version
         if banks_changed:
             self._load_banks()
+        self._follow_host_index()
         return len(changes)
 
     def bank(self, name: str) -> BankConfig:
@@ -241,15 +457,16 @@ class BankMatcher:
     # -- internals ----------------------------------------------------------------
 
     def _save_snapshot(
-        self, directory: Path, store_id: str, read: dict[Algorithm, tuple[np.ndarray, np.ndarray, np.ndarray]]
+        self, directory: Path, store_id: str, version: int,
+        read: dict[Algorithm, tuple[np.ndarray, np.ndarray, np.ndarray]],
     ) -> None:
         # What we just read, at the version read before it: no second pass over the
         # store. Best effort: a full disk or a read-only data dir must not stop a scan.
         try:
             self.wrote_snapshot = save_snapshot(
-                directory, store_id=store_id, version=self.version, banks=list(self._bank_names), columns=read
+                directory, store_id=store_id, version=version, banks=list(self._bank_names), columns=read
             )
-            log.info("bank snapshot v%d written to %s", self.version, self.wrote_snapshot.path)
+            log.info("bank snapshot v%d written to %s", version, self.wrote_snapshot.path)
         except Exception as exc:  # logged, never raised
             log.warning("could not write a bank snapshot to %s: %s", directory, exc)
 
@@ -281,30 +498,19 @@ class BankMatcher:
     def _bulk(self, algorithm: Algorithm, ids: np.ndarray, codes: np.ndarray, banks: np.ndarray) -> None:
         if not len(ids):
             return
-        self._grow_exact(int(ids.max()))
-        self._bank_of[ids] = banks
-        self._algo_of[ids] = _ALGORITHMS.index(algorithm) + 1
+        self._bank_of.assign(ids, banks)
+        self._algo_of.assign(ids, np.full(len(ids), _ALGORITHMS.index(algorithm) + 1, dtype=np.uint8))
         index = self._indexes[algorithm]
         index.load(ids, codes)  # type: ignore[attr-defined]
 
-    def _grow_exact(self, max_id: int) -> None:
-        if max_id >= len(self._bank_of):
-            size = max(max_id + 1, 2 * len(self._bank_of))
-            bank_of = np.zeros(size, dtype=np.uint16)
-            algo_of = np.zeros(size, dtype=np.uint8)
-            bank_of[: len(self._bank_of)] = self._bank_of
-            algo_of[: len(self._algo_of)] = self._algo_of
-            self._bank_of, self._algo_of = bank_of, algo_of
-
     def _add(self, entry: BankEntry) -> None:
-        self._grow_exact(entry.id)
         self._indexes[entry.algorithm].add(entry.id, entry.value)
         self._bank_of[entry.id] = self._bank_number(entry.bank)
         self._algo_of[entry.id] = _ALGORITHMS.index(entry.algorithm) + 1
         self._labels[entry.id] = entry.label
 
     def _remove(self, entry_id: int) -> None:
-        if entry_id < len(self._algo_of) and self._algo_of[entry_id]:
+        if self._algo_of[entry_id]:
             self._indexes[_ALGORITHMS[int(self._algo_of[entry_id]) - 1]].remove(entry_id)
             self._algo_of[entry_id] = 0
 

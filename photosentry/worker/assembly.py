@@ -4,7 +4,8 @@ A queue worker, ``photosentry scan``, ``rescan --local``, the in-process
 :func:`photosentry.scan` and the benchmarks all need the same thing: the policy, the
 host's best verified build of the classifier, the second opinions asked for, the bank
 store (Redis when a client is given, else the embedded SQLite file of the data
-directory) indexed from the host's snapshot, and a first synthetic photo through every
+directory) with the host's shared index of it (mapped from one file every process on
+the host shares, ``hashes/hostindex.py``), and a first synthetic photo through every
 stage. Built here once, so the five cannot drift apart.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .. import defaults
@@ -55,13 +57,22 @@ def open_bank_store(*, redis: Any | None = None, data_dir_: str | None = None, p
     return open_store(sqlite=ensure_private_dir(data_dir(data_dir_)) / defaults.BANK_DB_FILENAME)
 
 
+def shared_index_dir(home: Path) -> Path | None:
+    """Where the host's shared bank index lives (``<data dir>/bank-index``), or None when
+    ``PHOTOSENTRY_SHARED_INDEX=0`` asks for a private index per process."""
+    if os.environ.get(defaults.SHARED_INDEX_ENV, "").strip() == "0":
+        return None
+    return home / defaults.SHARED_INDEX_DIRNAME
+
+
 def build_scanner(spec: ScannerSpec, store: BankStore, *, policy: Policy | None = None, warm: bool = True,
                   notice: Any = None, start_build: bool = True) -> Scanner:
     """A scanner ready for its first photo.
 
     Args:
-        store: the banks to match against; indexed from the host's snapshot of it when
-            there is one (a restart loads millions of entries in seconds).
+        store: the banks to match against, through the host's shared index of it (a
+            file every process maps, built once per host; ``PHOTOSENTRY_SHARED_INDEX=0``:
+            a private index built from the host's snapshot).
         policy: an already loaded policy; None loads ``spec.policy_path`` (or the default).
         warm: run one synthetic photo through every stage first, so the first real
             photo's timings are honest.
@@ -92,7 +103,8 @@ def build_scanner(spec: ScannerSpec, store: BankStore, *, policy: Policy | None 
     for opinion in second_opinions(spec.opinions()):
         (notice or log.warning)(opinion.notice())
         second.append(opinion.build(threads=spec.threads, providers=providers))
-    matcher = BankMatcher(store, snapshot_dir=snapshot_dir(ensure_private_dir(home), store))
+    matcher = BankMatcher(store, snapshot_dir=snapshot_dir(ensure_private_dir(home), store),
+                          index_dir=shared_index_dir(home))
     scanner = Scanner(policy=policy, matcher=matcher, classifier=classifier, second_opinions=second)
     if warm:
         scanner.warm_up()

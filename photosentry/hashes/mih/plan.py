@@ -57,6 +57,21 @@ class Layout:
         """Most substring bits a packed word carries beside the row number."""
         return max(w - d for (_, w), d in zip(self.substrings, self.dir_widths, strict=True))
 
+    def to_dict(self) -> dict[str, object]:
+        """Plain values (a shared index file's table of contents, a calibration record)."""
+        return {"bits": self.bits, "widths": [w for _, w in self.substrings], "inline": self.inline,
+                "dir_bits": self.dir_bits, "fragments": self.fragments}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, object]) -> "Layout":
+        """The inverse of :meth:`to_dict`; raises ValueError for a layout that cannot be."""
+        try:
+            widths = [int(w) for w in raw["widths"]]  # type: ignore[attr-defined]
+            return from_widths(int(raw["bits"]), widths, bool(raw["inline"]), int(raw["dir_bits"]),  # type: ignore[call-overload]
+                               fragments=bool(raw["fragments"]))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a layout: {raw!r}") from exc
+
     def describe(self) -> str:
         widths = sorted({w for _, w in self.substrings}, reverse=True)
         if self.inline:
@@ -299,15 +314,24 @@ def _packed_widths(bits: int, m: int, radius: int) -> list[tuple[int, ...]]:
     return [ws for ws in options if max(ws) <= _MAX_PACKED_WIDTH]
 
 
+def ranked_layouts(
+    bits: int, radius: int, n: int, *, inline: bool | None = None, vector: bool | None = None
+) -> list[tuple[float, Layout]]:
+    """Every layout cheaper than a linear scan, cheapest first by the cost model, with its
+    modelled ns per query variant: what a calibration (``calibrate.py``) times on the host."""
+    linear = n * (bits // 64) * _LINEAR_NS_PER_WORD
+    costed = [(cost_ns(layout, radius, n, vector=vector), layout)
+              for layout in candidate_layouts(bits, radius, n, inline=inline)]
+    # Ties keep candidate order (sorted() is stable), so the pick is what plan_layout always gave.
+    return sorted(((c, lay) for c, lay in costed if c < linear), key=lambda item: item[0])
+
+
 def plan_layout(
     bits: int, radius: int, n: int, *, inline: bool | None = None, vector: bool | None = None
 ) -> Layout | None:
     """The cheapest layout for ``n`` hashes searched within ``radius`` that fits the memory
-    budget; None if a linear scan is cheaper (small banks). ``vector``: plan for the
-    vector or the scalar scans (default: the ones this host runs)."""
-    best, best_cost = None, n * (bits // 64) * _LINEAR_NS_PER_WORD
-    for layout in candidate_layouts(bits, radius, n, inline=inline):
-        cost = cost_ns(layout, radius, n, vector=vector)
-        if cost < best_cost:
-            best, best_cost = layout, cost
-    return best
+    budget, by the cost model; None if a linear scan is cheaper (small banks). ``vector``:
+    plan for the vector or the scalar scans (default: the ones this host runs). A host
+    with a calibration (``calibrate.py``) may measure another layout faster."""
+    ranked = ranked_layouts(bits, radius, n, inline=inline, vector=vector)
+    return ranked[0][1] if ranked else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import simd
+from . import kernelcache, simd
 from .kernels import (
     _build_inline,
     _build_packed,
@@ -54,6 +54,15 @@ def _line_aligned(n: int, dtype) -> np.ndarray:  # type: ignore[no-untyped-def]
     return raw[start : start + size].view(dtype)
 
 
+def _readonly(array: np.ndarray) -> np.ndarray:
+    """A read-only view (the caller's array keeps its own flags)."""
+    if not array.flags.writeable:
+        return array
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
 def _compact_directories(offsets: np.ndarray, dwidths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The packed tables' directories in 1.25 bytes a slot instead of 4: a 32-bit offset
     per block of 16 slots, and each slot's end as one byte counted from its block's
@@ -93,7 +102,7 @@ class MihSegment:
         if not _fits_words(layout, codes.shape[0]):
             raise ValueError(f"{codes.shape[0]} rows and {layout.low_bits} low bits do not fit a 32-bit word")
         _ensure_compiled()  # at load time, so no scan waits for the compiler
-        self.codes = np.ascontiguousarray(codes)
+        self.codes = _readonly(np.ascontiguousarray(codes))  # one compiled type: see _finish
         self.layout = layout
         n = codes.shape[0]
         m = layout.m
@@ -120,10 +129,72 @@ class MihSegment:
         # directly); only packed tables get the compact form.
         empty = np.empty(0, dtype=np.uint32), np.empty(0, dtype=np.uint8)
         self._dir_base, self._dir_ends = empty if layout.inline else _compact_directories(self._offsets, self._dwidths)
+        if self._dir_ends.size > 0:
+            self._offsets = np.empty(0, dtype=np.uint32)  # the compact form replaces it
+        self._finish()
+
+    def _finish(self) -> None:
+        """What follows from the tables; and every array read-only, so the kernels see one
+        array type whether the tables were built here or mapped from a shared index file
+        (numba compiles once per argument type: a writable and a read-only array would
+        cost a second compile)."""
+        for name in self._TABLES:
+            setattr(self, name, _readonly(getattr(self, name)))
+        self.codes = _readonly(self.codes)
         self._slot_bases = np.concatenate([[0], np.cumsum(1 << self._dwidths)[:-1]]).astype(np.int64)
         self._compact = self._dir_ends.size > 0
-        if self._compact:
-            self._offsets = np.empty(0, dtype=np.uint32)  # the compact form replaces it
+
+    #: The arrays a segment is made of beside its codes: what a shared index file stores.
+    _TABLES = ("_offsets", "_dir_base", "_dir_ends", "_words", "_tcodes", "_frags", "_trows")
+
+    def tables(self) -> dict[str, np.ndarray]:
+        """The built tables by name (without the codes), for :meth:`from_tables`."""
+        return {name.lstrip("_"): getattr(self, name) for name in self._TABLES}
+
+    @classmethod
+    def from_tables(cls, codes: np.ndarray, layout: Layout, tables: dict[str, np.ndarray]) -> "MihSegment":
+        """A segment over tables :meth:`tables` gave (e.g. mapped from a shared index file),
+        without building anything. Checks every table's type and size against the layout
+        and the codes, since the kernels index them unchecked.
+
+        Raises:
+            ValueError: a table is missing, or of the wrong type or size.
+        """
+        n = codes.shape[0] if codes.ndim == 2 else -1
+        if codes.ndim != 2 or codes.dtype != np.uint64 or codes.shape[1] * 64 != layout.bits or n >= 2**32:
+            raise ValueError(f"codes must be N x {layout.bits // 64} uint64, got {codes.shape} {codes.dtype}")
+        if layout.inline and layout.bits != 64:
+            raise ValueError("the inline layout is for 64-bit hashes")
+        if not _fits_words(layout, n):
+            raise ValueError(f"{n} rows and {layout.low_bits} low bits do not fit a 32-bit word")
+        self = cls.__new__(cls)
+        self.codes, self.layout = codes, layout
+        self._starts = np.array([s for s, _ in layout.substrings], dtype=np.int64)
+        self._widths = np.array([w for _, w in layout.substrings], dtype=np.int64)
+        self._dwidths = np.array(layout.dir_widths, dtype=np.int64)
+        sizes = [(1 << int(d)) + 1 for d in self._dwidths]
+        self._off_bases = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        m, slots = layout.m, int(sum(1 << int(d) for d in self._dwidths))
+        compact = not layout.inline and tables.get("dir_ends", np.empty(0)).size > 0
+        expected = {
+            "offsets": (np.uint32, 0 if compact else int(sum(sizes))),
+            "dir_base": (np.uint32, slots // _DIR_BLOCK if compact else 0),
+            "dir_ends": (np.uint8, slots if compact else 0),
+            "words": (np.uint32, 0 if layout.inline else m * n),
+            "tcodes": (np.uint64, m * n if layout.inline and not layout.fragments else 0),
+            "frags": (np.uint32, m * n if layout.fragments else 0),
+            "trows": (np.uint32, m * n if layout.inline else 0),
+        }
+        for name, (dtype, size) in expected.items():
+            table = tables.get(name)
+            if table is None or table.dtype != dtype or table.ndim != 1 or table.size != size:
+                got = "missing" if table is None else f"{table.dtype} x {table.size}"
+                raise ValueError(f"table {name} of {layout.describe()} over {n} rows must be {np.dtype(dtype)} x {size},"
+                                 f" got {got}")
+            setattr(self, "_" + name, table)
+        _ensure_compiled()
+        self._finish()
+        return self
 
     def __len__(self) -> int:
         return int(self.codes.shape[0])
@@ -177,7 +248,7 @@ def linear_query(codes: np.ndarray, n: int, queries: np.ndarray, max_distance: i
         empty = np.empty(0, dtype=np.int64)
         return Hits(empty.astype(np.uint32), empty, empty)
     if _compiled:
-        return _run(_linear_query, (codes, n, queries, int(max_distance)))
+        return _run(_linear_query, (_readonly(codes), n, queries, int(max_distance)))
     rows_out, dist_out, q_out = [], [], []
     block = codes[:n]
     for qi in range(queries.shape[0]):
@@ -198,7 +269,8 @@ def _ensure_compiled() -> None:
     global _compiled, compile_seconds
     if not _compiled:
         _compiled = True
-        compile_seconds = warm_up()
+        # From the host's kernel cache where the caller set one up (kernelcache.use_kernel_cache).
+        compile_seconds = kernelcache.compile_once(warm_up)
 
 
 def warm_up() -> float:
