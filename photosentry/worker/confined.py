@@ -118,11 +118,16 @@ def open_dir(root: Path, parts: Sequence[str]) -> int:
             if fd is not None:
                 return fd
         fd = root_fd
-        for part in parts:
-            nxt = os.open(part, _O_DIR, dir_fd=fd)
+        try:
+            for part in parts:
+                nxt = os.open(part, _O_DIR, dir_fd=fd)
+                if fd != root_fd:
+                    os.close(fd)
+                fd = nxt
+        except BaseException:
             if fd != root_fd:
                 os.close(fd)
-            fd = nxt
+            raise
         return fd
     finally:
         os.close(root_fd)

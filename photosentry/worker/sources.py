@@ -111,10 +111,12 @@ class Origin(Protocol):
 
     def remove(self) -> bool:
         """Remove it (after it was stored); True if removed now, False if already gone
-        or no longer what was read."""
+        or no longer what was read. (:meth:`FileOrigin.remove` also takes the SHA-256
+        of the bytes stored, and removes only a file that still holds them.)"""
 
     def replace(self, data: bytes) -> bool:
-        """Write ``data`` in its place; True if written, False if it changed meanwhile."""
+        """Write ``data`` in its place; True if written, False if it changed meanwhile.
+        (:meth:`FileOrigin.replace` also takes the SHA-256 of the bytes read.)"""
 
 
 @dataclass(frozen=True)
@@ -174,7 +176,11 @@ class FileOrigin:
                 os.rename(name, claim, src_dir_fd=fd, dst_dir_fd=fd)
             except FileNotFoundError:
                 return False
-            if self._holds_what_was_read(fd, claim, expected_sha256):
+            try:
+                same = self._holds_what_was_read(fd, claim, expected_sha256)
+            except OSError:
+                same = False  # could not be checked (a read error): not removed
+            if same:
                 os.unlink(claim, dir_fd=fd)
                 return True
             self._put_back(fd, claim, name)
@@ -211,15 +217,25 @@ class FileOrigin:
             try:
                 if self.identity is not None and not self._unchanged(fd, name):
                     return False  # changed while the copy was written
-                if not confined.exchange(fd, tmp, name):
+                try:
+                    swapped = confined.exchange(fd, tmp, name)
+                except FileNotFoundError:
+                    return False  # gone since the check
+                if not swapped:
+                    # No RENAME_EXCHANGE here: by name, right after the check (docs/queue.md).
                     os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
                     return True
                 if self._holds_what_was_read(fd, tmp, expected_sha256):
                     return True  # the file read, with its metadata, is at tmp: dropped below
                 # Another file had taken the name: put it back, and drop our copy.
-                if confined.exchange(fd, tmp, name) and os.stat(tmp, dir_fd=fd, follow_symlinks=False).st_ino == ino:
+                try:
+                    back = (confined.exchange(fd, tmp, name)
+                            and os.stat(tmp, dir_fd=fd, follow_symlinks=False).st_ino == ino)
+                except OSError:
+                    back = False
+                if back:
                     return False
-                keep_tmp = True  # the name changed yet again in between: keep what we hold
+                keep_tmp = True  # the name changed yet again in between: never drop what is not ours
                 log.error("a file that appeared during a rewrite is kept under a private name",
                           extra={"path": str(self.path), "kept_as": tmp})
                 return False
