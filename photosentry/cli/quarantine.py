@@ -75,8 +75,8 @@ def build_reviewer(ctx: click.Context, redis_url: str | None, source_roots: tupl
                         callback_allow=callback_allow, callback_networks=callback_networks)
     except ImportError as exc:  # s3:// roots or store without boto3
         raise SetupError(str(exc)) from exc
-    except ValueError as exc:  # a store overlapping a source root
-        raise click.BadParameter(str(exc), param_hint="--store") from exc
+    except ValueError as exc:  # a store (or the data directory) overlapping a source root
+        raise SetupError(str(exc)) from exc
 
 
 @cli.group()

@@ -123,7 +123,7 @@ def worker(ctx: click.Context, redis_url: str, processes: int, source_roots: tup
         threads=threads, providers=providers, callback_key=key, callback_allow=callback_allow,
         callback_networks=callback_networks, use_cache=not no_cache,
     )
-    _check_storage(source_roots, store)
+    _check_storage(source_roots, store, ctx.obj["data_dir"])
     try:
         from ..worker.delivery import CallbackPolicy
 
@@ -219,9 +219,18 @@ def enqueue(redis_url: str, paths: tuple[str, ...], inline: bool, as_given: bool
     sys.exit(ExitCode.FLAGGED if flagged else ExitCode.ALLOWED)
 
 
-def _check_storage(source_roots: tuple[str, ...], store: str | None) -> None:
-    """Refuse at start what every job would fail on: a store inside a source root, or no boto3."""
+def _check_storage(source_roots: tuple[str, ...], store: str | None, data_dir_: str | None = None) -> None:
+    """Refuse at start what every job would fail on, or what would let a job delete what the
+    stores keep: a store (or the data directory) inside a source root or holding one, or
+    s3:// settings without boto3."""
+    from ..config import data_dir
     from ..s3.location import S3Prefix, is_s3_url
+    from ..worker.stores import check_apart
+
+    try:
+        check_apart(store, data_dir(data_dir_), source_roots)
+    except ValueError as exc:
+        raise SetupError(str(exc)) from exc
 
     s3_roots = [S3Prefix.parse(r) for r in source_roots if is_s3_url(r)]
     if store and is_s3_url(store):

@@ -13,6 +13,7 @@ import click
 from click.core import ParameterSource
 
 from .. import defaults
+from ..config import data_dir
 from .root import ExitCode, SetupError, SourceArgument, cli, connect_redis, context_pairs, split_roots, store_option
 
 INTERRUPTED = 130
@@ -252,6 +253,15 @@ def _backend(ctx: click.Context, checkpoint: Any, *, roots: tuple[str, ...], pro
                             capacity=outstanding)
     from ..errors import PhotoSentryError
     from ..rescan.local import LocalBackend, LocalSettings, default_processes
+    from ..worker.stores import check_apart
+
+    if not checkpoint.dry_run:
+        # --local moves photos itself: a store or data directory inside the rescanned
+        # folder would be rescanned, and its photos "moved" out of it (deleted).
+        try:
+            check_apart(store, data_dir(ctx.obj["data_dir"]), roots)
+        except ValueError as exc:
+            raise SetupError(str(exc)) from exc
 
     if policy_path:
         from ..worker.policy import Policy

@@ -247,12 +247,11 @@ class LocalBackend:
         self.policy = Policy.from_file(settings.policy_path) if settings.policy_path else Policy.default()
         self.actions = None
         if not dry_run:
-            from ..s3.location import S3Prefix, is_s3_url
             from ..worker.stores import open_stores
 
             home = ensure_private_dir(data_dir(settings.data_dir))
-            s3_roots = [S3Prefix.parse(r) for r in settings.source_roots if is_s3_url(r)]
-            self.actions = open_stores(settings.store, home, source_roots=s3_roots).applier()
+            # Refuses a store or data directory inside a rescanned folder (or holding one).
+            self.actions = open_stores(settings.store, home, source_roots=settings.source_roots).applier()
         self._pool = self._new_pool()
         self._tasks: dict[Future[list[Outcome]], list[_Task]] = {}
         self._filling: list[_Task] = []

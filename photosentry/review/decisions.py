@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
+import stat
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -32,6 +32,7 @@ import redis
 
 from ..hashes.banks import BankStore, EntrySource, allow_photo, entries_from_hashes, open_store
 from ..s3.location import is_s3_url
+from ..worker import confined
 from ..worker.delivery import CallbackPolicy, CallbackSigner, post_callback
 from ..worker.policy import Policy
 from ..worker.sources import SourceRefused, SourceRoots
@@ -99,7 +100,8 @@ class Reviewer:
         self.banks = bank_store or open_store(redis=client)
         self.ledger = UploaderLedger(client, self.policy.uploaders, self.stream)
         self.roots = SourceRoots(source_roots) if source_roots else None
-        stores = open_stores(store, Path(home), source_roots=self.roots.s3_roots if self.roots else (),
+        stores = open_stores(store, Path(home),
+                             source_roots=(*self.roots.roots, *self.roots.s3_roots) if self.roots else (),
                              s3_client=self.roots.s3_client if self.roots else None)
         self.quarantine, self.blocked = stores.quarantine, stores.blocked
         self.signer = signer
@@ -281,27 +283,33 @@ class Reviewer:
             return self._restore_object(record, data)
         target = Path(record.source_path)
         try:
-            parent, _ = self.roots.resolve(str(target.parent))
+            parent, root = self.roots.resolve(str(target.parent))
         except SourceRefused as exc:
             return {"restored_to": None, "restore_note": f"not restored: {exc.message}"}
+        if target.name in ("", ".", ".."):
+            return {"restored_to": None, "restore_note": "not restored: the recorded path names no file"}
         dest = parent / target.name
-        if dest.exists():
-            same = dest.is_file() and not dest.is_symlink() and dest.read_bytes() == data
-            return {"restored_to": str(dest) if same else None,
-                    "restore_note": "already there" if same else "a different file now has that name: not replaced"}
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=".photosentry-restore-")
+        # Through the folder's descriptor, reached from the root without a symlink: a
+        # folder swapped for one after resolve() cannot send the photo outside the roots.
         try:
-            os.fchmod(fd, 0o644)  # an ordinary upload again, readable by the pipeline
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+            folder = confined.open_dir(root, parent.relative_to(root).parts)
+        except OSError as exc:
+            return {"restored_to": None, "restore_note": f"not restored: {parent} changed: {exc.strerror or exc}"}
+        try:
+            if _exists(folder, target.name):
+                same = _holds(folder, target.name, data)
+                return {"restored_to": str(dest) if same else None,
+                        "restore_note": "already there" if same else "a different file now has that name: not replaced"}
+            tmp = confined.private_name("restore")
+            confined.create_exclusive(folder, tmp, data, mode=0o644)  # an ordinary upload again, readable by the pipeline
             try:
-                os.link(tmp, dest)  # never replaces a file that appeared meanwhile
-            except FileExistsError:
+                os.link(tmp, target.name, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
+            except FileExistsError:  # never replaces a file that appeared meanwhile
                 return {"restored_to": None, "restore_note": "a file appeared at that name: not replaced"}
+            finally:
+                confined.unlink_quietly(folder, tmp)
         finally:
-            Path(tmp).unlink(missing_ok=True)
+            os.close(folder)
         return {"restored_to": str(dest)}
 
     def _restore_object(self, record: Any, data: bytes) -> dict[str, Any]:
@@ -378,6 +386,29 @@ class Reviewer:
             self.queue.set_effects(item_id, effects)
             purged.append(item_id)
         return purged
+
+
+def _exists(folder: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=folder, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _holds(folder: int, name: str, data: bytes) -> bool:
+    """``name`` in ``folder`` is a regular file (not a symlink) holding exactly ``data``."""
+    try:
+        fd = os.open(name, confined.O_READ, dir_fd=folder)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read(len(data) + 1) == data
+    finally:
+        os.close(fd)
 
 
 __all__ = ["CONFIRM", "RELEASE", "Outcome", "Reviewer"]

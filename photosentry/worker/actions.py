@@ -12,13 +12,15 @@ job, two workers racing after a crash) is a no-op and never leaves a half-writte
 file. ``allow`` leaves the photo where it is, unless its verdict asks for a rewrite
 (``rewrite: ["strip_metadata"]``, the policy's ``[privacy]``): then :meth:`ActionApplier.rewrite`
 writes the file back in place without GPS and identifying metadata
-(:func:`photosentry.media.scrub.strip_metadata`, lossless), through a temporary file
-renamed over it, keeping its mode and owner.
+(:func:`photosentry.media.scrub.strip_metadata`, lossless), through a private copy
+swapped in for it, keeping its mode and owner.
 
 The stores may as well live in a bucket (:class:`~photosentry.worker.bucket_store.S3ContentStore`,
 the same layout), and the photo may have come from one: the source is acted on through
 its *origin* (:class:`~photosentry.worker.sources.Origin`), a file or the S3 object
-version that was read, so a move deletes, and a rewrite replaces, only what was read.
+version that was read, so a move deletes, and a rewrite replaces, only what was read:
+a file only beneath its source root, never through a symlink, and only while it still
+holds the bytes that were decided on (:class:`~photosentry.worker.sources.FileOrigin`).
 """
 
 from __future__ import annotations
@@ -187,10 +189,12 @@ class ActionApplier:
         if data is None:
             return ActionResult(action)
         sidecar = {"upload_id": upload_id, "verdict": verdict}
-        stored, changed = store.put(hashlib.sha256(data).hexdigest(), data, upload_id, sidecar)
+        sha256 = hashlib.sha256(data).hexdigest()
+        stored, changed = store.put(sha256, data, upload_id, sidecar)
         # Stored (and, in a bucket, verified) first: a crash between the two leaves the
-        # photo in both places, never in neither. False: moved by an earlier application.
-        removed = _origin(source).remove() if source is not None else False
+        # photo in both places, never in neither. False: moved by an earlier application,
+        # or no longer the bytes that were stored (left alone).
+        removed = _remove(_origin(source), sha256) if source is not None else False
         return ActionResult(action, stored, changed or removed, removed)
 
     def rewrite(self, verdict: Verdict, *, data: bytes | None, source: Path | Origin | None) -> ActionResult:
@@ -220,15 +224,24 @@ class ActionApplier:
         clean = scrub.strip_metadata(data, fmt)
         if clean == data:
             return ActionResult(Action.ALLOW, stored_at=where)
-        if not origin.replace(clean):
+        if not _replace(origin, clean, expected or hashlib.sha256(data).hexdigest()):
             return ActionResult(Action.ALLOW)  # replaced by someone else since it was read: left alone
         return ActionResult(Action.ALLOW, stored_at=where, changed=True, rewritten=True,
                             rewritten_sha256=hashlib.sha256(clean).hexdigest())
 
 
 def _origin(source: Path | Origin) -> Origin:
-    # A bare path comes from a caller that checked the file itself (same device and inode).
+    # A bare path comes from a caller that checked the file itself.
     return FileOrigin(source) if isinstance(source, Path) else source
+
+
+def _remove(origin: Origin, sha256: str) -> bool:
+    # A file is removed only while it holds the bytes stored (an object: the version read).
+    return origin.remove(sha256) if isinstance(origin, FileOrigin) else origin.remove()
+
+
+def _replace(origin: Origin, data: bytes, read_sha256: str) -> bool:
+    return origin.replace(data, read_sha256) if isinstance(origin, FileOrigin) else origin.replace(data)
 
 
 def sidecar_name(upload_id: str) -> str:

@@ -144,7 +144,7 @@ class ScanService:
         self.metrics = metrics or Metrics()
         self.roots = SourceRoots(settings.source_roots)
         home = ensure_private_dir(data_dir(settings.data_dir))
-        self.actions = open_stores(settings.store, home, source_roots=self.roots.s3_roots,
+        self.actions = open_stores(settings.store, home, source_roots=(*self.roots.roots, *self.roots.s3_roots),
                                    s3_client=self.roots.s3_client).applier()
         self.stream = VerdictStream(self.redis, stream=settings.stream)
         self.bulk_stream = VerdictStream(self.redis, stream=settings.bulk_stream, maxlen=settings.bulk_stream_maxlen)

@@ -20,15 +20,17 @@ path is refused, without the file ever being opened, when:
   outside every root;
 - no source roots are configured at all.
 
-After the checks the file is opened ``O_NOFOLLOW | O_NONBLOCK`` and, before any byte
-is read, the open descriptor is checked again: it must be a regular file (not a FIFO,
-device or directory) and, on Linux, ``/proc/self/fd`` must show it inside the root.
-That closes the race where a directory is swapped for a symlink between the check
-and the open.
+After the checks the file is reached from the root without following a symlink
+(:mod:`photosentry.worker.confined`: ``openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)``,
+else a component walk with ``O_NOFOLLOW``), opened ``O_NOFOLLOW | O_NONBLOCK``, and, before
+any byte is read, checked to be a regular file (not a FIFO, device or directory). A
+directory swapped for a symlink after the check makes the open fail: nothing outside
+the root is ever opened.
 
 Whatever was read keeps its *origin* (:class:`FileOrigin` or
 :class:`~photosentry.s3.objects.S3Object`): what a move or a rewrite may later act on,
-and only while it still is what was read.
+and only while it still is what was read. A file is acted on the same way it was read:
+through its directory, reached again from the root without following a symlink.
 
 A refusal is a value, not a crash: :class:`SourceRefused` carries the reason code
 ``source_refused`` and the policy turns it into a fail-closed verdict.
@@ -38,9 +40,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import logging
 import os
 import stat
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,11 +53,13 @@ from .. import defaults
 from ..decode import TOO_LARGE, read_limited
 from ..errors import SourceRefused, UnreadableImage
 from ..s3.location import S3Location, S3Prefix, is_s3_url
+from . import confined
+from .confined import FileIdentity
+
+log = logging.getLogger(__name__)
 
 SOURCE_REFUSED = SourceRefused.CODE
 """Reason code of a job whose source was refused before anything was read."""
-
-_PROC_FD = Path("/proc/self/fd")
 
 
 @dataclass(frozen=True)
@@ -106,19 +111,36 @@ class Origin(Protocol):
 
     def remove(self) -> bool:
         """Remove it (after it was stored); True if removed now, False if already gone
-        or no longer what was read."""
+        or no longer what was read. (:meth:`FileOrigin.remove` also takes the SHA-256
+        of the bytes stored, and removes only a file that still holds them.)"""
 
     def replace(self, data: bytes) -> bool:
-        """Write ``data`` in its place; True if written, False if it changed meanwhile."""
+        """Write ``data`` in its place; True if written, False if it changed meanwhile.
+        (:meth:`FileOrigin.replace` also takes the SHA-256 of the bytes read.)"""
 
 
 @dataclass(frozen=True)
 class FileOrigin:
-    """A file inside a source root, and the (st_dev, st_ino) of what was read."""
+    """A file read beneath a source root: what a move or a rewrite may act on, and only
+    while it still is what was read.
 
+    Every act opens the file's directory again from the root without following a
+    symlink, checks that it is the directory the file was read in, and does every step
+    through that descriptor; the file must still be what was read (:class:`FileIdentity`:
+    device, inode, size, modification and change times) immediately before the step,
+    and what the step takes away is checked again, content included, before it is
+    dropped (docs/queue.md, "Path sources").
+    """
+
+    #: The real path that was read (symlinks resolved, inside ``root``).
     path: Path
     #: None: unknown (a caller that checked the file itself).
-    identity: tuple[int, int] | None = None
+    identity: FileIdentity | None = None
+    #: The source root it was read beneath; None: a bare path a caller checked itself,
+    #: acted on in its own directory.
+    root: Path | None = None
+    #: (st_dev, st_ino) of the directory it was read in.
+    folder: tuple[int, int] | None = None
 
     def describe(self) -> str:
         return str(self.path)
@@ -126,39 +148,163 @@ class FileOrigin:
     def still_same(self) -> bool:
         if self.identity is None:
             return False
+        fd = self._open_folder()
+        if fd is None:
+            return False
         try:
-            info = os.stat(self.path, follow_symlinks=False)
+            return self._unchanged(fd, self.path.name)
+        finally:
+            os.close(fd)
+
+    def remove(self, expected_sha256: str | None = None) -> bool:
+        """Remove the file if it still is what was read (and, given ``expected_sha256``,
+        still holds those bytes); True if removed now.
+
+        The entry is first renamed to a private name, so nothing can be swapped in under
+        it, and checked there; anything else is put back under its name (never over a
+        file that appeared there meanwhile) and left alone.
+        """
+        fd = self._open_folder()
+        if fd is None:
+            return False
+        name = self.path.name
+        try:
+            if self.identity is not None and not self._unchanged(fd, name):
+                return False  # gone (moved by an earlier application), or changed since the read
+            claim = confined.private_name("remove")
+            try:
+                os.rename(name, claim, src_dir_fd=fd, dst_dir_fd=fd)
+            except FileNotFoundError:
+                return False
+            try:
+                same = self._holds_what_was_read(fd, claim, expected_sha256)
+            except OSError:
+                same = False  # could not be checked (a read error): not removed
+            if same:
+                os.unlink(claim, dir_fd=fd)
+                return True
+            self._put_back(fd, claim, name)
+            return False
+        finally:
+            os.close(fd)
+
+    def replace(self, data: bytes, expected_sha256: str | None = None) -> bool:
+        """Write ``data`` in the file's place if it still is what was read, keeping its
+        mode and (where permitted) its owner; True if written, False if it changed
+        meanwhile (left alone).
+
+        The new content is written to a private file in the same directory (``O_EXCL``)
+        and swapped in with ``renameat2(RENAME_EXCHANGE)``; what was swapped out is
+        checked (the file read, holding ``expected_sha256``'s bytes) before it is
+        dropped, and swapped back if it was another file (a new upload renamed into
+        place). Without ``RENAME_EXCHANGE`` the copy is renamed over the name right after
+        a last identity check.
+        """
+        fd = self._open_folder()
+        if fd is None:
+            return False
+        name = self.path.name
+        try:
+            try:
+                info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return False
+            if not stat.S_ISREG(info.st_mode) or (self.identity is not None and not self.identity.unchanged(info)):
+                return False
+            tmp = confined.private_name("rewrite")
+            ino = confined.create_exclusive(fd, tmp, data, mode=info.st_mode, owner=(info.st_uid, info.st_gid))
+            keep_tmp = False
+            try:
+                if self.identity is not None and not self._unchanged(fd, name):
+                    return False  # changed while the copy was written
+                try:
+                    swapped = confined.exchange(fd, tmp, name)
+                except FileNotFoundError:
+                    return False  # gone since the check
+                if not swapped:
+                    # No RENAME_EXCHANGE here: by name, right after the check (docs/queue.md).
+                    os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+                    return True
+                if self._holds_what_was_read(fd, tmp, expected_sha256):
+                    return True  # the file read, with its metadata, is at tmp: dropped below
+                # Another file had taken the name: put it back, and drop our copy.
+                try:
+                    back = (confined.exchange(fd, tmp, name)
+                            and os.stat(tmp, dir_fd=fd, follow_symlinks=False).st_ino == ino)
+                except OSError:
+                    back = False
+                if back:
+                    return False
+                keep_tmp = True  # the name changed yet again in between: never drop what is not ours
+                log.error("a file that appeared during a rewrite is kept under a private name",
+                          extra={"path": str(self.path), "kept_as": tmp})
+                return False
+            finally:
+                if not keep_tmp:
+                    confined.unlink_quietly(fd, tmp)
+        finally:
+            os.close(fd)
+
+    def _open_folder(self) -> int | None:
+        """The directory the file was read in, reached again without a symlink; None if
+        it is gone, moved or another directory now."""
+        if self.root is not None:
+            root, parts = self.root, self.path.relative_to(self.root).parts[:-1]
+        else:
+            root, parts = Path(os.path.realpath(self.path.parent)), ()
+        try:
+            fd = confined.open_dir(root, parts)
+        except OSError:
+            return None
+        if self.folder is not None:
+            info = os.fstat(fd)
+            if (info.st_dev, info.st_ino) != self.folder:
+                os.close(fd)
+                return None
+        return fd
+
+    def _unchanged(self, dir_fd: int, name: str) -> bool:
+        assert self.identity is not None
+        try:
+            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except OSError:
             return False
-        return stat.S_ISREG(info.st_mode) and (info.st_dev, info.st_ino) == self.identity
+        return self.identity.unchanged(info)
 
-    def remove(self) -> bool:
+    def _holds_what_was_read(self, dir_fd: int, name: str, expected_sha256: str | None) -> bool:
+        """``name`` (one of our private names) is the file that was read, with its bytes."""
         try:
-            self.path.unlink()
-        except FileNotFoundError:
-            return False  # moved by an earlier application of this verdict
-        return True
+            fd = os.open(name, confined.O_READ, dir_fd=dir_fd)
+        except OSError:
+            return False  # a symlink (ELOOP) or gone
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                return False
+            if self.identity is not None and not self.identity.same_content(info):
+                return False
+            if expected_sha256 is None:
+                return True
+            digest, left = hashlib.sha256(), info.st_size + 1  # more than its size: it grew
+            while left > 0:
+                chunk = os.read(fd, min(left, 1 << 20))
+                if not chunk:
+                    break
+                digest.update(chunk)
+                left -= len(chunk)
+            return left > 0 and digest.hexdigest() == expected_sha256
+        finally:
+            os.close(fd)
 
-    def replace(self, data: bytes) -> bool:
-        """Atomically replace the file's content, keeping its mode and (where permitted) its owner."""
-        path = self.path
-        info = os.stat(path, follow_symlinks=False)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    def _put_back(self, dir_fd: int, claim: str, name: str) -> None:
         try:
-            os.fchmod(fd, info.st_mode & 0o7777)
-            try:
-                os.fchown(fd, info.st_uid, info.st_gid)
-            except PermissionError:
-                pass  # not root: the file becomes the worker's, as any file it writes
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return True
+            if confined.rename_noreplace(dir_fd, claim, name):
+                return
+            why = "a file appeared under its name meanwhile"
+        except OSError as exc:
+            why = f"{type(exc).__name__}: {exc}"
+        log.error("a file that was not what was read could not be put back: kept under a private name",
+                  extra={"path": str(self.path), "kept_as": claim, "why": why})
 
 
 @dataclass(frozen=True)
@@ -174,7 +320,7 @@ class Fetched:
         return self.origin.path if isinstance(self.origin, FileOrigin) else None
 
     @property
-    def identity(self) -> tuple[int, int] | None:
+    def identity(self) -> FileIdentity | None:
         return self.origin.identity if isinstance(self.origin, FileOrigin) else None
 
 
@@ -280,34 +426,33 @@ class SourceRoots:
             data, obj = objects.read(self._s3_client, location, max_bytes=max_bytes)
             return Fetched(data, obj)
         real, root = self.resolve(source.path)
+        parts = real.relative_to(root).parts
         try:
-            fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+            # The real path again, from the root, no symlink anywhere: a directory
+            # swapped for one since resolve() makes this fail instead of leaving the root.
+            dir_fd = confined.open_dir(root, parts[:-1])
+            try:
+                fd = os.open(parts[-1] if parts else ".", confined.O_READ, dir_fd=dir_fd)
+                folder = os.fstat(dir_fd)
+            finally:
+                os.close(dir_fd)
         except OSError as exc:
             raise SourceRefused(f"source path {source.path!r} cannot be opened: {exc.strerror or exc}") from exc
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 raise SourceRefused(f"source path {source.path!r} is not a regular file")
-            opened = _opened_path(fd)
-            if opened is not None and not opened.is_relative_to(root):
-                raise SourceRefused(f"source path {source.path!r} changed to outside the roots while opening")
             with os.fdopen(fd, "rb", closefd=False) as fh:
                 data = read_limited(fh, max_bytes)
         finally:
             os.close(fd)
-        return Fetched(data, FileOrigin(real, (info.st_dev, info.st_ino)))
+        return Fetched(data, FileOrigin(real, FileIdentity.of(info), root=root,
+                                        folder=(folder.st_dev, folder.st_ino)))
 
     @staticmethod
     def still_same(fetched: Fetched) -> bool:
         """True if what ``fetched`` was read from still is what was read (safe to move)."""
         return fetched.origin is not None and fetched.origin.still_same()
-
-
-def _opened_path(fd: int) -> Path | None:
-    try:
-        return Path(os.readlink(_PROC_FD / str(fd)))
-    except OSError:
-        return None  # no /proc (not Linux): the O_NOFOLLOW open and S_ISREG check still hold
 
 
 def decode_inline(text: object, *, max_bytes: int = defaults.MAX_INLINE_BYTES) -> BytesSource:
