@@ -103,6 +103,13 @@ def classify(exc: BaseException) -> str:
     return TRANSIENT
 
 
+def status_of(exc: BaseException) -> int | None:
+    """The HTTP status S3 answered with (None: no answer)."""
+    response = getattr(exc, "response", None)
+    status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode") if isinstance(response, dict) else None
+    return int(status) if isinstance(status, int) else None
+
+
 def describe(exc: BaseException) -> str:
     """A short text for logs and verdicts: the error code and S3's message (never a
     request's headers or signature, which name the access key)."""

@@ -394,9 +394,12 @@ class ScanService:
             return PathSource(raw["path"])
         if keys == {"s3"}:
             return S3Source(raw["s3"])
+        if keys == {"s3", "version_id"}:
+            return S3Source(raw["s3"], raw["version_id"])
         if keys == {"bytes_b64"}:
             return decode_inline(raw["bytes_b64"], max_bytes=self.settings.max_inline_bytes)
-        raise SourceRefused(f"source must have exactly one of 'path', 's3' or 'bytes_b64', got {sorted(keys)}")
+        raise SourceRefused(f"source must have exactly one of 'path', 's3' (with an optional 'version_id') or"
+                            f" 'bytes_b64', got {sorted(keys)}")
 
     def _warn_unsigned(self, payload: ScanPayload) -> None:
         """A job asks for a callback this worker has no key to sign: it is not queued."""
