@@ -128,7 +128,9 @@ def unavailable(what: str, exc: BaseException) -> StorageUnavailable:
 
 
 def s3_errors() -> tuple[type[BaseException], ...]:
-    """The exception types an S3 request raises (botocore's, and the socket's own)."""
+    """The exception types an S3 request raises (botocore's, the socket's own, and
+    urllib3's, which a response body read as it arrives raises unwrapped)."""
     from botocore.exceptions import BotoCoreError, ClientError
+    from urllib3.exceptions import HTTPError
 
-    return (ClientError, BotoCoreError, OSError)
+    return (ClientError, BotoCoreError, OSError, HTTPError)

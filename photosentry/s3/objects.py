@@ -3,7 +3,9 @@
 Reading (:func:`read`): a HEAD first, so an object over the byte limit is refused from
 its ``Content-Length`` before a byte of it is fetched; then a GET pinned to what the
 HEAD saw (``If-Match`` on its ETag, and its ``VersionId`` in a versioned bucket), its
-body read in chunks and cut off past the limit whatever the server claims. A job may name the version it means (``version_id``); then only that
+body read as it arrives and cut off past the byte limit whatever the server claims,
+and past a deadline that grows with its size (a server that drips its body must not
+hold a worker). A job may name the version it means (``version_id``); then only that
 version is read.
 
 Acting (:class:`S3Object`) mirrors the same-device-and-inode check of a file:
@@ -26,6 +28,7 @@ Acting (:class:`S3Object`) mirrors the same-device-and-inode check of a file:
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
 
@@ -215,7 +218,8 @@ def read(client: Any, location: S3Location, *, max_bytes: int,
         SourceRefused: the object, the version (or bucket) does not exist (chained from
             a FileNotFoundError, as a missing file is), or reading it is denied.
         UnreadableImage: ``too_large``, from Content-Length before the GET, or while reading.
-        StorageUnavailable: anything that may pass (the job is retried).
+        StorageUnavailable: anything that may pass (the job is retried), a body that
+            arrives slower than :data:`~photosentry.defaults.S3_BODY_MIN_RATE` allows included.
     """
     where: dict[str, Any] = {"Bucket": location.bucket, "Key": location.key}
     if version_id:
@@ -246,12 +250,17 @@ def read(client: Any, location: S3Location, *, max_bytes: int,
                 continue
             _raise(exc, "GET", location)
         body = got["Body"]
+        declared = got.get("ContentLength")
+        expected = min(int(declared) if declared is not None else size, max_bytes)
+        deadline = time.monotonic() + defaults.S3_BODY_GRACE_S + expected / defaults.S3_BODY_MIN_RATE
         try:
-            data = _read_body(body, max_bytes, location)
+            data = _read_body(body, max_bytes, location, deadline=deadline)
         except s3client.s3_errors() as exc:
             raise s3client.unavailable(f"GET {location}", exc) from exc
         finally:
             body.close()
+        if declared is not None and len(data) != int(declared):  # cut short: never decide on part of a photo
+            raise StorageUnavailable(f"GET {location} ended after {len(data)} of {declared} bytes")
         kept = tuple((name, head[name]) for name in _KEPT_HEADERS if head.get(name))
         if head.get("Metadata"):
             kept += (("Metadata", dict(head["Metadata"])),)
@@ -259,11 +268,20 @@ def read(client: Any, location: S3Location, *, max_bytes: int,
     raise StorageUnavailable(f"{location} changed twice while being read")
 
 
-def _read_body(body: Any, max_bytes: int, location: S3Location) -> bytes:
+def _read_body(body: Any, max_bytes: int, location: S3Location, *, deadline: float) -> bytes:
+    # What has arrived, one socket read at a time (urllib3's read1), so the deadline is
+    # checked every few seconds even while a server drips its body; StreamingBody.read
+    # would wait for a whole chunk. (Without read1, an older urllib3: whole chunks.)
+    raw = getattr(body, "_raw_stream", None)
+    read = getattr(raw, "read1", None) or body.read
     chunks: list[bytes] = []
     total = 0
     while True:
-        chunk = body.read(min(defaults.S3_READ_CHUNK, max_bytes + 1 - total))
+        if time.monotonic() > deadline:
+            raise StorageUnavailable(f"GET {location} was too slow: {total} bytes arrived before its deadline"
+                                     f" (at least {defaults.S3_BODY_MIN_RATE} bytes/s after"
+                                     f" {defaults.S3_BODY_GRACE_S:.0f} s)")
+        chunk = read(min(defaults.S3_READ_CHUNK, max_bytes + 1 - total))
         if not chunk:
             return b"".join(chunks)
         total += len(chunk)

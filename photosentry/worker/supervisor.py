@@ -6,6 +6,12 @@ dead child's job at once instead of waiting for its liveness key to expire, forw
 SIGTERM, and serves the summed Prometheus metrics. Each child also ends when the
 supervisor dies, however it dies (:func:`photosentry.procs.end_with_parent`): an
 orphaned worker would go on taking jobs that nobody supervises.
+
+The supervisor's loop only watches, restarts and signals: nothing on it may wait on a
+photo's source. A dead child's job is recovered on a thread of its own, because giving
+it up records a verdict, which reads the photo again (within
+:data:`~photosentry.defaults.GIVE_UP_READ_S`): a stalled S3 server used to hold the loop
+there, and the pool stopped restarting workers.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -37,6 +44,9 @@ SETUP_EXIT_CODE = 3
 """Exit status of a worker process that could not build its service (model, policy, Redis)."""
 REDIS_RETRY_MAX_S = 10.0
 """Longest wait between a starting worker process's attempts to reach a Redis that is down."""
+RECOVERY_MARGIN_S = 30.0
+"""How long, beyond reading the photo again, a stopping supervisor waits for the jobs of
+dead workers it is still giving up (their verdicts are owed)."""
 
 
 def _child_main(settings: Any, name: str, queues: Sequence[str], burst: bool, max_job_timeout: int,
@@ -113,6 +123,7 @@ def run_pool(
 
     ctx = multiprocessing.get_context("spawn")
     children: dict[str, Any] = {}
+    recoverers: list[threading.Thread] = []
     state = {"stopping": False, "signals": 0, "deadline": None}
 
     def start_one() -> None:
@@ -148,7 +159,10 @@ def run_pool(
                     continue
                 proc.join()
                 del children[name]
-                _after_child_exit(client, name, proc, queues, settings)
+                recoverer = _after_child_exit(client, name, proc, queues, settings)
+                recoverers[:] = [t for t in recoverers if t.is_alive()]
+                if recoverer is not None:
+                    recoverers.append(recoverer)
                 if proc.exitcode == SETUP_EXIT_CODE:
                     status = SETUP_EXIT_CODE
                     state["stopping"] = True
@@ -168,6 +182,12 @@ def run_pool(
                         proc.kill()
                 state["deadline"] = None
     finally:
+        # A recovered job was taken from its registry already: its verdict is owed.
+        end = time.monotonic() + defaults.GIVE_UP_READ_S + RECOVERY_MARGIN_S
+        for recoverer in recoverers:
+            recoverer.join(max(0.0, end - time.monotonic()))
+            if recoverer.is_alive():
+                log.error("the job of a dead worker is still being given up (%s); stopping anyway", recoverer.name)
         for s, handler in old.items():
             signal.signal(s, handler)
         if multiproc_dir:
@@ -176,24 +196,37 @@ def run_pool(
     return status
 
 
-def _after_child_exit(client: redis.Redis, name: str, proc: Any, queues: Sequence[str], settings: Any) -> None:
-    """A child is gone: if it died, recover its job now rather than when its key expires."""
+def _after_child_exit(client: redis.Redis, name: str, proc: Any, queues: Sequence[str],
+                      settings: Any) -> threading.Thread | None:
+    """A child is gone: if it died, drop its registration and recover its job now rather
+    than when its key expires; returns the thread recovering it (None: nothing to do)."""
     from . import metrics as metrics_mod
 
     metrics_mod.mark_process_dead(proc.pid)
     if proc.exitcode == 0:
-        return
+        return None
     log.warning("worker %s exited with status %s; recovering its job", name, proc.exitcode)
     try:
         client.delete(alive_key(name))
-        recover_abandoned(client, queues, give_up=functools.partial(give_up_with_verdict, settings=settings),
-                          is_dead=lambda owner: owner == name)
         # Drop its registration so `rq info` does not list a ghost until the TTL passes.
         worker = ScanWorker.find_by_key(ScanWorker.redis_worker_namespace_prefix + name, connection=client,
                                         serializer=JSONSerializer)
         if worker is not None:
             worker.register_death()
             client.delete(worker.key)
+    except Exception:  # noqa: BLE001 - its key expires on its own; recovery goes on
+        log.exception("could not drop the registration of worker %s", name)
+    # Off the loop: giving the job up reads its photo again (bounded, but seconds).
+    recoverer = threading.Thread(target=_recover_job_of, args=(client, name, queues, settings), daemon=True,
+                                 name=f"photosentry-recover-{name}")
+    recoverer.start()
+    return recoverer
+
+
+def _recover_job_of(client: redis.Redis, name: str, queues: Sequence[str], settings: Any) -> None:
+    try:
+        recover_abandoned(client, queues, give_up=functools.partial(give_up_with_verdict, settings=settings),
+                          is_dead=lambda owner: owner == name)
     except Exception:  # noqa: BLE001 - the other workers' liveness recovery is the fallback
         log.exception("could not recover the job of worker %s", name)
 
