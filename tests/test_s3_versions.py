@@ -145,3 +145,19 @@ def test_a_minors_rewrite_leaves_no_older_version_with_its_coordinates(
     assert verdict["action"] == "allow" and verdict["rewrite"] == ["strip_metadata"]
     [(_, latest)] = versions(s3, key)  # only the clean one is left
     assert latest and not decode(served(s3, key)).gps
+
+
+def test_a_move_leaves_a_newer_upload_under_the_key_current(s3: S3Buckets, corpus: Corpus) -> None:
+    from photosentry.worker.sources import S3Source, SourceRoots
+
+    versioned(s3)
+    roots = SourceRoots([f"s3://{s3.uploads}/incoming/"])
+    old = put_version(s3, JUNK)
+    fetched = roots.fetch(S3Source(f"s3://{s3.uploads}/{KEY}"), max_bytes=10_000)
+    assert fetched.data == JUNK and fetched.origin is not None
+    newer = put_version(s3, corpus.clean["coffee"].read_bytes())  # uploaded while the job scanned
+    assert SourceRoots.still_same(fetched)  # the version read is still there (noncurrent) ...
+    assert fetched.origin.remove()  # ... and only it is deleted: no delete marker over the newer one
+    assert versions(s3) == [(newer, True)] and served(s3) == corpus.clean["coffee"].read_bytes()
+    assert old not in {v for v, _ in versions(s3)}
+    assert not SourceRoots.still_same(fetched)  # applied again, it would not be touched: gone already

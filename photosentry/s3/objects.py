@@ -170,7 +170,7 @@ class S3Object:
                 return False
             raise s3client.unavailable(f"PUT {loc}", exc) from exc
         written = put.get("VersionId")
-        if self.version_id and written not in (None, "null", self.version_id):
+        if self.version_id and written not in (None, self.version_id):  # "null": versioning suspended since
             self._drop_versions_before(written)
         return True
 
