@@ -8,15 +8,14 @@ supervisor dies, however it dies (:func:`photosentry.procs.end_with_parent`): an
 orphaned worker would go on taking jobs that nobody supervises.
 
 The supervisor's loop only watches, restarts and signals: nothing on it may wait on a
-photo's source. A dead child's job is recovered on a thread of its own, because giving
-it up records a verdict, which reads the photo again (within
-:data:`~photosentry.defaults.GIVE_UP_READ_S`): a stalled S3 server used to hold the loop
-there, and the pool stopped restarting workers.
+photo's source. A dead child's job is put back on its queue from the loop (Redis
+commands), but giving it up is handed to a thread, because recording its verdict reads
+the photo again (within :data:`~photosentry.defaults.GIVE_UP_READ_S`): a stalled S3
+server used to hold the loop there, and the pool stopped restarting workers.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import multiprocessing
 import os
@@ -123,7 +122,7 @@ def run_pool(
 
     ctx = multiprocessing.get_context("spawn")
     children: dict[str, Any] = {}
-    recoverers: list[threading.Thread] = []
+    giving_up: list[threading.Thread] = []
     state = {"stopping": False, "signals": 0, "deadline": None}
 
     def start_one() -> None:
@@ -159,10 +158,8 @@ def run_pool(
                     continue
                 proc.join()
                 del children[name]
-                recoverer = _after_child_exit(client, name, proc, queues, settings)
-                recoverers[:] = [t for t in recoverers if t.is_alive()]
-                if recoverer is not None:
-                    recoverers.append(recoverer)
+                giving_up[:] = [t for t in giving_up if t.is_alive()]
+                giving_up += _after_child_exit(client, name, proc, queues, settings)
                 if proc.exitcode == SETUP_EXIT_CODE:
                     status = SETUP_EXIT_CODE
                     state["stopping"] = True
@@ -182,12 +179,12 @@ def run_pool(
                         proc.kill()
                 state["deadline"] = None
     finally:
-        # A recovered job was taken from its registry already: its verdict is owed.
+        # A job being given up was taken from its registry already: its verdict is owed.
         end = time.monotonic() + defaults.GIVE_UP_READ_S + RECOVERY_MARGIN_S
-        for recoverer in recoverers:
-            recoverer.join(max(0.0, end - time.monotonic()))
-            if recoverer.is_alive():
-                log.error("the job of a dead worker is still being given up (%s); stopping anyway", recoverer.name)
+        for thread in giving_up:
+            thread.join(max(0.0, end - time.monotonic()))
+            if thread.is_alive():
+                log.error("a dead worker's job is still being given up (%s); stopping anyway", thread.name)
         for s, handler in old.items():
             signal.signal(s, handler)
         if multiproc_dir:
@@ -197,38 +194,39 @@ def run_pool(
 
 
 def _after_child_exit(client: redis.Redis, name: str, proc: Any, queues: Sequence[str],
-                      settings: Any) -> threading.Thread | None:
-    """A child is gone: if it died, drop its registration and recover its job now rather
-    than when its key expires; returns the thread recovering it (None: nothing to do)."""
+                      settings: Any) -> list[threading.Thread]:
+    """A child is gone: if it died, recover its job now rather than when its key expires.
+
+    Putting a job back on its queue is a few Redis commands and happens here, before
+    the loop decides whether to restart (a burst pool restarts while jobs are queued).
+    Giving a job up is handed to a thread (returned): it reads the photo again.
+    """
     from . import metrics as metrics_mod
 
     metrics_mod.mark_process_dead(proc.pid)
     if proc.exitcode == 0:
-        return None
+        return []
     log.warning("worker %s exited with status %s; recovering its job", name, proc.exitcode)
+    giving_up: list[threading.Thread] = []
+
+    def give_up_off_the_loop(job: Any, why: str) -> None:
+        thread = threading.Thread(target=give_up_with_verdict, args=(job, why), kwargs={"settings": settings},
+                                  daemon=True, name=f"photosentry-give-up-{job.id}")
+        thread.start()
+        giving_up.append(thread)
+
     try:
         client.delete(alive_key(name))
+        recover_abandoned(client, queues, give_up=give_up_off_the_loop, is_dead=lambda owner: owner == name)
         # Drop its registration so `rq info` does not list a ghost until the TTL passes.
         worker = ScanWorker.find_by_key(ScanWorker.redis_worker_namespace_prefix + name, connection=client,
                                         serializer=JSONSerializer)
         if worker is not None:
             worker.register_death()
             client.delete(worker.key)
-    except Exception:  # noqa: BLE001 - its key expires on its own; recovery goes on
-        log.exception("could not drop the registration of worker %s", name)
-    # Off the loop: giving the job up reads its photo again (bounded, but seconds).
-    recoverer = threading.Thread(target=_recover_job_of, args=(client, name, queues, settings), daemon=True,
-                                 name=f"photosentry-recover-{name}")
-    recoverer.start()
-    return recoverer
-
-
-def _recover_job_of(client: redis.Redis, name: str, queues: Sequence[str], settings: Any) -> None:
-    try:
-        recover_abandoned(client, queues, give_up=functools.partial(give_up_with_verdict, settings=settings),
-                          is_dead=lambda owner: owner == name)
     except Exception:  # noqa: BLE001 - the other workers' liveness recovery is the fallback
         log.exception("could not recover the job of worker %s", name)
+    return giving_up
 
 
 def _queued(client: redis.Redis, queues: Sequence[str]) -> bool:
