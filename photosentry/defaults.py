@@ -384,3 +384,19 @@ dropped connections), with its jittered backoff; past them the job itself is ret
 S3_READ_CHUNK = 1024 * 1024
 """Bytes read from an S3 response body at a time (the whole body is still bounded by
 ``MAX_BYTES``, whatever Content-Length the server sent)."""
+
+S3_BODY_GRACE_S = 10.0
+"""Seconds an S3 response body may take on top of what :data:`S3_BODY_MIN_RATE` allows
+for its size. ``S3_READ_TIMEOUT_S`` bounds one stalled socket read only: a server that
+drips a byte every few seconds would hold a read for ever without this."""
+
+S3_BODY_MIN_RATE = 512 * 1024
+"""Bytes per second an S3 response body must average: a body of N bytes is cut off
+after ``S3_BODY_GRACE_S + N / S3_BODY_MIN_RATE`` seconds (a 5 MB photo after 20 s)
+and the read fails as transient (:class:`~photosentry.errors.StorageUnavailable`)."""
+
+GIVE_UP_READ_S = 10.0
+"""Seconds giving up on a job (its fail-closed ``scan_failed`` verdict) may spend
+reading the photo again, to hash it and move it into the quarantine store. Past it the
+verdict is recorded without the bytes (the photo stays where it is): giving up must
+end, and the worker's watchdog ends a job's process 30 s after its timeout."""

@@ -22,7 +22,7 @@ from typing import Any
 from redis import Redis
 
 from . import defaults
-from .s3.location import S3Location, is_s3_url
+from .s3.location import S3Location, check_version_id, is_s3_url
 from .worker.jobs import FAILURE_CALLBACK, SCAN_FUNCTION
 from .worker.payload import ScanPayload
 
@@ -36,6 +36,7 @@ def build_payload(
     max_inline_bytes: int = defaults.MAX_INLINE_BYTES,
     dry_run: bool = False,
     force: bool = False,
+    version_id: str | None = None,
 ) -> dict[str, Any]:
     """The JSON job payload for one upload (validated).
 
@@ -49,11 +50,18 @@ def build_payload(
         callback_url: where the worker POSTs the signed verdict (optional).
         dry_run: the worker decides and records the verdict but moves nothing.
         force: the worker scans even when the verdict cache has these bytes.
+        version_id: for an ``s3://`` source in a versioned bucket, the version this
+            upload wrote (``PutObject``'s ``VersionId``, or ``versionId`` in an S3 event
+            notification): the worker then reads and acts on that version only, even if
+            another upload replaced it at the key meanwhile. Pass it whenever it is known.
 
     Raises:
         ValueError: an invalid field (the message names it), an ``s3://`` URL a worker
-            would refuse (a bad bucket, an odd key), or inline bytes over the limit.
+            would refuse (a bad bucket, an odd key), a ``version_id`` with a source that
+            is not ``s3://`` or that is not a version id, or inline bytes over the limit.
     """
+    if version_id is not None and not is_s3_url(source):
+        raise ValueError("version_id is for s3:// sources only")
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         if len(data) > max_inline_bytes:
@@ -62,6 +70,8 @@ def build_payload(
     elif is_s3_url(source):
         # Checked here too, so a producer learns of a key workers refuse when it enqueues.
         src = {"s3": S3Location.parse(source).url}
+        if version_id is not None:
+            src["version_id"] = check_version_id(version_id)
     elif isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if not isinstance(path, str) or not path or "\x00" in path:
@@ -87,6 +97,7 @@ def enqueue_scan(
     job_timeout: int = defaults.JOB_TIMEOUT_S,
     retries: int = defaults.JOB_RETRIES,
     job_id: str | None = None,
+    version_id: str | None = None,
 ) -> str:
     """Put one scan job on a queue; returns the RQ job id.
 
@@ -97,7 +108,7 @@ def enqueue_scan(
 
     Args:
         redis: connection to the Redis the workers listen on.
-        source, upload_id, context, callback_url: see :func:`build_payload`.
+        source, upload_id, context, callback_url, version_id: see :func:`build_payload`.
         queue: ``uploads`` (default, high priority) or ``bulk`` (rescans; their
             verdicts go on the bulk stream, so they never trim upload verdicts).
         job_timeout: seconds one attempt may run.
@@ -111,7 +122,8 @@ def enqueue_scan(
     from rq.serializers import JSONSerializer
 
     _check_queue_args(queue, job_timeout)
-    payload = build_payload(source=source, upload_id=upload_id, context=context, callback_url=callback_url)
+    payload = build_payload(source=source, upload_id=upload_id, context=context, callback_url=callback_url,
+                            version_id=version_id)
     q = Queue(queue, connection=redis, serializer=JSONSerializer)
     job = q.enqueue(SCAN_FUNCTION, args=(payload,), job_timeout=job_timeout, job_id=job_id,
                     description=f"scan upload {upload_id}", **_job_options(retries))

@@ -156,6 +156,9 @@ def worker(ctx: click.Context, redis_url: str, processes: int, source_roots: tup
               help="Send PATHS exactly as typed (relative paths are then taken from the worker's first source"
                    " root). Default: absolute paths.")
 @click.option("--upload-id", default=None, help="Upload id (only with one PATH). Default: a new random id per photo.")
+@click.option("--version-id", default=None, metavar="VERSION",
+              help="The version of the object this upload wrote, in a versioned bucket (only with one s3:// PATH):"
+                   " the workers read and act on that version only. Give it whenever it is known.")
 @click.option("--context", "context", multiple=True, metavar="KEY=VALUE",
               help="Upload context for the policy, e.g. --context recipient_is_minor=true. Repeatable.")
 @click.option("--callback-url", default=None, help="URL the worker POSTs the signed verdict to.")
@@ -165,17 +168,20 @@ def worker(ctx: click.Context, redis_url: str, processes: int, source_roots: tup
 @click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
               help="Wait up to SECONDS for the verdicts and print them; exit 1 if any is not allow.")
 def enqueue(redis_url: str, paths: tuple[str, ...], inline: bool, as_given: bool, upload_id: str | None,
-            context: tuple[str, ...], callback_url: str | None, queue: str, wait_s: float | None) -> None:
+            version_id: str | None, context: tuple[str, ...], callback_url: str | None, queue: str,
+            wait_s: float | None) -> None:
     """Queue photos (PATHS: files, or s3://bucket/key objects) for the workers; prints one
     line per job: JOB_ID UPLOAD_ID PATH.
 
     An s3:// object is sent as its URL; the workers read it (it must lie under one of
-    their s3:// source roots).
+    their s3:// source roots). In a versioned bucket, --version-id names the version
+    the upload wrote, so a later upload under the same key is not taken for it.
 
     \b
     Examples:
       photosentry enqueue /srv/uploads/2026/11/u-8812.jpg
       photosentry enqueue s3://uploads/incoming/2026/11/u-8812.jpg --wait 30
+      photosentry enqueue s3://uploads/avatars/u-42.jpg --version-id 3HL4kqtJlcpXroDTDmJ-rmSpXd3dIbrHY
       photosentry enqueue --inline --wait 30 suspicious.jpg
     """
     import uuid
@@ -187,6 +193,8 @@ def enqueue(redis_url: str, paths: tuple[str, ...], inline: bool, as_given: bool
 
     if upload_id is not None and len(paths) != 1:
         raise click.UsageError("--upload-id needs exactly one PATH")
+    if version_id is not None and (len(paths) != 1 or not is_s3_url(paths[0])):
+        raise click.UsageError("--version-id needs exactly one s3:// PATH")
     ctx_values = context_pairs(context)
     client = _redis.Redis.from_url(redis_url)
     jobs: list[tuple[str, str, str]] = []
@@ -204,7 +212,7 @@ def enqueue(redis_url: str, paths: tuple[str, ...], inline: bool, as_given: bool
                 source = raw if as_given else os.path.abspath(raw)
             try:
                 job_id = enqueue_scan(client, source=source, upload_id=uid, context=ctx_values,
-                                      callback_url=callback_url, queue=queue)
+                                      callback_url=callback_url, queue=queue, version_id=version_id)
             except ValueError as exc:
                 raise click.BadParameter(f"{raw}: {exc}", param_hint="PATHS") from exc
             jobs.append((job_id, uid, raw))

@@ -23,6 +23,7 @@ from .. import defaults
 from ..config import data_dir
 from ..errors import ModelUnavailable
 from ..hashes.banks import BankStore
+from ..s3.client import quiet_wire_logs
 
 
 class ExitCode(IntEnum):
@@ -91,6 +92,9 @@ def cli(ctx: click.Context, data_dir: str | None, verbose: bool) -> None:
       photosentry ban list                  see what is banned
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Before any subcommand builds an S3 client or raises the level: the AWS libraries'
+    # DEBUG request dumps carry credentials (`worker` and `review` also filter them).
+    quiet_wire_logs()
     ctx.ensure_object(dict)
     ctx.obj["data_dir"] = data_dir
 

@@ -62,23 +62,28 @@ def connect(*, endpoint_url: str | None = None) -> Any:
         # A worker process holds at most a few requests at once (its job, a review read).
         max_pool_connections=10,
     )
-    _quiet_wire_logs()
+    quiet_wire_logs()
     # A session of its own: boto3's default session is shared module state, not thread-safe.
     return boto3.session.Session().client("s3", endpoint_url=endpoint_url or None, config=config)
 
 
-#: Loggers that print whole requests at DEBUG: headers with the access key id, the
-#: signature and, with temporary credentials, the session token itself.
-_WIRE_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
+WIRE_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3")
+"""Loggers that print whole requests at DEBUG: headers with the access key id, the
+signature and, with temporary credentials, the session token itself."""
 
 
-def _quiet_wire_logs() -> None:
-    """Keep credentials out of the logs even when a worker runs with ``-v`` (DEBUG):
-    the AWS libraries' loggers log at INFO at the most (they still say, at INFO,
-    where credentials were found, never what they are)."""
-    for name in _WIRE_LOGGERS:
+def quiet_wire_logs() -> None:
+    """Pin the AWS libraries' loggers at INFO (they still say, at INFO, where credentials
+    were found, never what they are).
+
+    Pinned whatever the root logger's level is now: a command that builds its client
+    first and turns on DEBUG afterwards (``photosentry -v review``) must not let the
+    request dumps through. A level an operator set at INFO or above is kept.
+    :func:`photosentry.worker.logs.configure` calls this too, and filters its handler.
+    """
+    for name in WIRE_LOGGERS:
         logger = logging.getLogger(name)
-        if logger.getEffectiveLevel() < logging.INFO:
+        if logger.level < logging.INFO:  # NOTSET (inherit the root's) included
             logger.setLevel(logging.INFO)
 
 
@@ -96,6 +101,13 @@ def classify(exc: BaseException) -> str:
     if code in _CHANGED_CODES or status == 412:
         return CHANGED
     return TRANSIENT
+
+
+def status_of(exc: BaseException) -> int | None:
+    """The HTTP status S3 answered with (None: no answer)."""
+    response = getattr(exc, "response", None)
+    status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode") if isinstance(response, dict) else None
+    return int(status) if isinstance(status, int) else None
 
 
 def describe(exc: BaseException) -> str:
@@ -116,7 +128,9 @@ def unavailable(what: str, exc: BaseException) -> StorageUnavailable:
 
 
 def s3_errors() -> tuple[type[BaseException], ...]:
-    """The exception types an S3 request raises (botocore's, and the socket's own)."""
+    """The exception types an S3 request raises (botocore's, the socket's own, and
+    urllib3's, which a response body read as it arrives raises unwrapped)."""
     from botocore.exceptions import BotoCoreError, ClientError
+    from urllib3.exceptions import HTTPError
 
-    return (ClientError, BotoCoreError, OSError)
+    return (ClientError, BotoCoreError, OSError, HTTPError)

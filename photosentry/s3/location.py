@@ -88,6 +88,26 @@ def check_key(key: object, *, what: str = "key") -> tuple[str, ...]:
     return parts
 
 
+MAX_VERSION_ID_LEN = 1024
+"""The longest version id a job may name (S3's are 32 characters; other servers use UUIDs)."""
+
+_VERSION_ID = re.compile(r"[!-~]+")  # printable ASCII, no space
+
+
+def check_version_id(value: object) -> str:
+    """``value`` if it can be an object's version id (sent as a query parameter, never
+    interpreted): printable ASCII without spaces, at most :data:`MAX_VERSION_ID_LEN`.
+    ``"null"`` (an object written while the bucket was not versioned) is one.
+
+    Raises:
+        ValueError: naming the value.
+    """
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_VERSION_ID_LEN or not _VERSION_ID.fullmatch(value):
+        raise ValueError(f"version id {str(value)[:100]!r} is not 1-{MAX_VERSION_ID_LEN} printable ASCII characters"
+                         " without spaces")
+    return value
+
+
 @dataclass(frozen=True, order=True)
 class S3Location:
     """One object: a bucket and a key, both checked."""

@@ -4,6 +4,11 @@ A log shipper indexes ``upload_id`` and ``job_id`` without parsing text, so "wha
 happened to upload u-8812" is one query. The ids ride in context variables set by the
 service for the duration of a job, so every log line inside it (ours, RQ's, the
 decoder's) carries them.
+
+Whatever the level (``-v`` is DEBUG), the AWS libraries' request dumps never reach
+the output: they carry the access key id and, with temporary credentials, the
+session token. :func:`configure` pins those loggers at INFO and its handler drops
+their records below INFO, even if something lowers their level later.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+
+from ..s3.client import WIRE_LOGGERS, quiet_wire_logs
 
 job_id_var: ContextVar[str] = ContextVar("photosentry_job_id", default="")
 upload_id_var: ContextVar[str] = ContextVar("photosentry_upload_id", default="")
@@ -47,12 +54,24 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str, separators=(",", ":"))
 
 
+class WireFilter(logging.Filter):
+    """Drops the AWS libraries' records below INFO (their request dumps, with credentials)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.INFO:
+            return True
+        return not any(record.name == name or record.name.startswith(name + ".") for name in WIRE_LOGGERS)
+
+
 def configure(level: int = logging.INFO, *, json_format: bool = True) -> None:
-    """Send every log line to stderr, as JSON (default) or plain text."""
+    """Send every log line to stderr, as JSON (default) or plain text; never the AWS
+    libraries' DEBUG request dumps (see the module docstring)."""
     handler = logging.StreamHandler()
     handler.setFormatter(
         JsonFormatter() if json_format else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
+    handler.addFilter(WireFilter())
+    quiet_wire_logs()
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

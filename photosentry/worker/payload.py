@@ -8,7 +8,8 @@ so a pipeline in any language can enqueue one without importing us. The RQ job c
       "version": 1,
       "upload_id": "u-8812",                        # required; one verdict per upload id
       "source": {"path": "2026/11/u-8812.jpg"},     # inside a source root, or
-                {"s3": "s3://uploads/2026/u-8812.jpg"},  # under an s3:// source root, or
+                {"s3": "s3://uploads/2026/u-8812.jpg"},  # under an s3:// source root
+                                                    # (+ "version_id": "..." in a versioned bucket), or
                 {"bytes_b64": "<base64>"},          # the photo itself (up to 10 MB)
       "context": {"recipient_is_minor": true},      # optional; picks policy profiles
       "callback_url": "https://app/verdicts",       # optional; signed POST of the verdict
@@ -44,8 +45,9 @@ class ScanPayload:
     """A validated scan job payload."""
 
     upload_id: str
-    #: Exactly one of ``{"path": str}``, ``{"s3": "s3://bucket/key"}`` or ``{"bytes_b64": str}``. Checked by the
-    #: worker, where a bad source becomes a ``source_refused`` verdict, not a crash.
+    #: Exactly one of ``{"path": str}``, ``{"s3": "s3://bucket/key"}`` (with an optional ``"version_id"``) or
+    #: ``{"bytes_b64": str}``. Checked by the worker, where a bad source becomes a ``source_refused`` verdict,
+    #: not a crash.
     source: Mapping[str, Any]
     context: Mapping[str, Any] = field(default_factory=dict)
     callback_url: str | None = None

@@ -130,6 +130,7 @@ class ScanWorker(SimpleWorker):
         self._job_started_mono: float | None = None
         self._stop_thread = threading.Event()
         self._thread: threading.Thread | None = None
+        self._recoverer: threading.Thread | None = None
 
     # lifecycle -----------------------------------------------------------------------
 
@@ -148,6 +149,8 @@ class ScanWorker(SimpleWorker):
         self._stop_thread.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._recoverer is not None:  # a job it took from a dead worker is owed its verdict
+            self._recoverer.join(timeout=defaults.GIVE_UP_READ_S + 30.0)
         if self._deliverer is not None:
             # A burst run's last verdicts (or a stopping worker's) still reach their receivers.
             self._deliverer.stop(drain_s=self.callback_drain_s)
@@ -192,9 +195,16 @@ class ScanWorker(SimpleWorker):
                 self._beat()
             except redis.RedisError as exc:
                 log.warning("liveness beat failed: %s", exc)
-            if time.monotonic() - last_recover >= self.recover_interval_s:
-                self._recover()
+            if time.monotonic() - last_recover >= self.recover_interval_s and not self._recovering():
+                # On a thread of its own: giving a job up reads its photo again (seconds,
+                # bounded), and the beat must not stop meanwhile, or this worker would be
+                # taken for dead and its own job recovered under it.
+                self._recoverer = threading.Thread(target=self._recover, name="photosentry-recover", daemon=True)
+                self._recoverer.start()
                 last_recover = time.monotonic()
+
+    def _recovering(self) -> bool:
+        return self._recoverer is not None and self._recoverer.is_alive()
 
     def _watchdog(self) -> None:
         job, started = self._current_job, self._job_started_mono

@@ -25,9 +25,11 @@ that ties the pipeline to Redis; the pipeline and the policy know nothing of eit
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -393,15 +395,46 @@ class ScanService:
                 log.warning("source refused", extra={"why": exc.message})
             return None, (ReasonCode(exc.code), exc.message)
 
+    def _fetch_within(self, payload: ScanPayload, within_s: float) -> tuple[Fetched | None, str]:
+        """The photo read again for giving up on its job, or None and why not.
+
+        Giving up must end: it runs in the job's failure callback (the job timed out,
+        perhaps because this very read stalls; the watchdog ends the process 30 s after
+        the timeout), in the supervisor and in the fleet's recoverer. So the read runs on
+        a thread of its own and is waited for ``within_s`` seconds at most; past that the
+        verdict is recorded without the bytes (not moved, not hashed) and the thread is
+        left to end on the read's own bounds (S3's body deadline, the byte limit).
+        """
+        outcome: list[tuple[Fetched | None, str]] = []
+
+        def read() -> None:
+            try:
+                outcome.append((self._fetch(payload)[0], ""))  # refused or unreadable: None, as before
+            except Exception as exc:  # noqa: BLE001 - giving up must not fail
+                outcome.append((None, f"the photo could not be read again ({type(exc).__name__})"))
+
+        reader = threading.Thread(target=contextvars.copy_context().run, args=(read,), daemon=True,
+                                  name="photosentry-give-up-read")
+        reader.start()
+        reader.join(within_s)
+        if not outcome:
+            log.warning("giving up: the photo could not be read again in time; recording the verdict without it",
+                        extra={"within_s": within_s, "source": _subject(payload)})
+            return None, f"the photo could not be read again within {within_s:g} s: recorded without its bytes"
+        return outcome[0]
+
     def _source(self, raw: Mapping[str, Any]) -> Source:
         keys = set(raw)
         if keys == {"path"}:
             return PathSource(raw["path"])
         if keys == {"s3"}:
             return S3Source(raw["s3"])
+        if keys == {"s3", "version_id"}:
+            return S3Source(raw["s3"], raw["version_id"])
         if keys == {"bytes_b64"}:
             return decode_inline(raw["bytes_b64"], max_bytes=self.settings.max_inline_bytes)
-        raise SourceRefused(f"source must have exactly one of 'path', 's3' or 'bytes_b64', got {sorted(keys)}")
+        raise SourceRefused(f"source must have exactly one of 'path', 's3' (with an optional 'version_id') or"
+                            f" 'bytes_b64', got {sorted(keys)}")
 
     def _warn_unsigned(self, payload: ScanPayload) -> None:
         """A job asks for a callback this worker has no key to sign: it is not queued."""
@@ -436,10 +469,11 @@ class ScanService:
                               raw_payload.get("callback_url") if isinstance(raw_payload.get("callback_url"), str) else None,
                               dry_run=raw_payload.get("dry_run") is True)
         with job_context(job_id=job_id, upload_id=upload_id):
-            try:
-                fetched, _ = self._fetch(payload) if isinstance(payload.source, Mapping) else (None, None)
-            except Exception:  # noqa: BLE001 - giving up must not fail
-                fetched = None
+            fetched, unread = None, ""
+            if isinstance(payload.source, Mapping):
+                fetched, unread = self._fetch_within(payload, defaults.GIVE_UP_READ_S)
+            if unread:
+                why = f"{why}; {unread}"
             content = hashlib.sha256(fetched.data).hexdigest() if fetched is not None else ""
             claim = self._claim(upload_id, content, stream)
             if claim.verdict is not None:  # decided for these bytes before: that verdict stands

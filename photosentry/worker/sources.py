@@ -8,7 +8,8 @@ A scan job names its photo in one of two ways (see docs/queue.md):
 
 - ``{"s3": "s3://bucket/key"}``: an object under one of the worker's ``s3://`` source
   roots, read with the checks of :mod:`photosentry.s3.location` and
-  :mod:`photosentry.s3.objects` (docs/storage.md).
+  :mod:`photosentry.s3.objects` (docs/storage.md); ``"version_id"`` beside it pins the
+  version the job means.
 
 A job payload is untrusted input (anyone who can write to the queue writes it), so a
 path is refused, without the file ever being opened, when:
@@ -52,7 +53,7 @@ from typing import Any, Protocol
 from .. import defaults
 from ..decode import TOO_LARGE, read_limited
 from ..errors import SourceRefused, UnreadableImage
-from ..s3.location import S3Location, S3Prefix, is_s3_url
+from ..s3.location import S3Location, S3Prefix, check_version_id, is_s3_url
 from . import confined
 from .confined import FileIdentity
 
@@ -87,6 +88,8 @@ class S3Source:
     """An object named by ``s3://bucket/key``; only read if it lies under an s3:// root."""
 
     url: str
+    #: The version the job means (``{"s3": ..., "version_id": ...}``); None: the current one.
+    version_id: str | None = None
 
     def describe(self) -> str:
         return self.url
@@ -423,7 +426,13 @@ class SourceRoots:
             from ..s3 import objects
 
             location = self.resolve_s3(source.url)
-            data, obj = objects.read(self._s3_client, location, max_bytes=max_bytes)
+            version_id = None
+            if source.version_id is not None:
+                try:
+                    version_id = check_version_id(source.version_id)
+                except ValueError as exc:
+                    raise SourceRefused(f"source {location.url!r} refused: {exc}") from exc
+            data, obj = objects.read(self._s3_client, location, max_bytes=max_bytes, version_id=version_id)
             return Fetched(data, obj)
         real, root = self.resolve(source.path)
         parts = real.relative_to(root).parts

@@ -6,17 +6,23 @@ dead child's job at once instead of waiting for its liveness key to expire, forw
 SIGTERM, and serves the summed Prometheus metrics. Each child also ends when the
 supervisor dies, however it dies (:func:`photosentry.procs.end_with_parent`): an
 orphaned worker would go on taking jobs that nobody supervises.
+
+The supervisor's loop only watches, restarts and signals: nothing on it may wait on a
+photo's source. A dead child's job is put back on its queue from the loop (Redis
+commands), but giving it up is handed to a thread, because recording its verdict reads
+the photo again (within :data:`~photosentry.defaults.GIVE_UP_READ_S`): a stalled S3
+server used to hold the loop there, and the pool stopped restarting workers.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import multiprocessing
 import os
 import shutil
 import signal
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -37,6 +43,9 @@ SETUP_EXIT_CODE = 3
 """Exit status of a worker process that could not build its service (model, policy, Redis)."""
 REDIS_RETRY_MAX_S = 10.0
 """Longest wait between a starting worker process's attempts to reach a Redis that is down."""
+RECOVERY_MARGIN_S = 30.0
+"""How long, beyond reading the photo again, a stopping supervisor waits for the jobs of
+dead workers it is still giving up (their verdicts are owed)."""
 
 
 def _child_main(settings: Any, name: str, queues: Sequence[str], burst: bool, max_job_timeout: int,
@@ -113,6 +122,7 @@ def run_pool(
 
     ctx = multiprocessing.get_context("spawn")
     children: dict[str, Any] = {}
+    giving_up: list[threading.Thread] = []
     state = {"stopping": False, "signals": 0, "deadline": None}
 
     def start_one() -> None:
@@ -148,7 +158,8 @@ def run_pool(
                     continue
                 proc.join()
                 del children[name]
-                _after_child_exit(client, name, proc, queues, settings)
+                giving_up[:] = [t for t in giving_up if t.is_alive()]
+                giving_up += _after_child_exit(client, name, proc, queues, settings)
                 if proc.exitcode == SETUP_EXIT_CODE:
                     status = SETUP_EXIT_CODE
                     state["stopping"] = True
@@ -168,6 +179,12 @@ def run_pool(
                         proc.kill()
                 state["deadline"] = None
     finally:
+        # A job being given up was taken from its registry already: its verdict is owed.
+        end = time.monotonic() + defaults.GIVE_UP_READ_S + RECOVERY_MARGIN_S
+        for thread in giving_up:
+            thread.join(max(0.0, end - time.monotonic()))
+            if thread.is_alive():
+                log.error("a dead worker's job is still being given up (%s); stopping anyway", thread.name)
         for s, handler in old.items():
             signal.signal(s, handler)
         if multiproc_dir:
@@ -176,18 +193,31 @@ def run_pool(
     return status
 
 
-def _after_child_exit(client: redis.Redis, name: str, proc: Any, queues: Sequence[str], settings: Any) -> None:
-    """A child is gone: if it died, recover its job now rather than when its key expires."""
+def _after_child_exit(client: redis.Redis, name: str, proc: Any, queues: Sequence[str],
+                      settings: Any) -> list[threading.Thread]:
+    """A child is gone: if it died, recover its job now rather than when its key expires.
+
+    Putting a job back on its queue is a few Redis commands and happens here, before
+    the loop decides whether to restart (a burst pool restarts while jobs are queued).
+    Giving a job up is handed to a thread (returned): it reads the photo again.
+    """
     from . import metrics as metrics_mod
 
     metrics_mod.mark_process_dead(proc.pid)
     if proc.exitcode == 0:
-        return
+        return []
     log.warning("worker %s exited with status %s; recovering its job", name, proc.exitcode)
+    giving_up: list[threading.Thread] = []
+
+    def give_up_off_the_loop(job: Any, why: str) -> None:
+        thread = threading.Thread(target=give_up_with_verdict, args=(job, why), kwargs={"settings": settings},
+                                  daemon=True, name=f"photosentry-give-up-{job.id}")
+        thread.start()
+        giving_up.append(thread)
+
     try:
         client.delete(alive_key(name))
-        recover_abandoned(client, queues, give_up=functools.partial(give_up_with_verdict, settings=settings),
-                          is_dead=lambda owner: owner == name)
+        recover_abandoned(client, queues, give_up=give_up_off_the_loop, is_dead=lambda owner: owner == name)
         # Drop its registration so `rq info` does not list a ghost until the TTL passes.
         worker = ScanWorker.find_by_key(ScanWorker.redis_worker_namespace_prefix + name, connection=client,
                                         serializer=JSONSerializer)
@@ -196,6 +226,7 @@ def _after_child_exit(client: redis.Redis, name: str, proc: Any, queues: Sequenc
             client.delete(worker.key)
     except Exception:  # noqa: BLE001 - the other workers' liveness recovery is the fallback
         log.exception("could not recover the job of worker %s", name)
+    return giving_up
 
 
 def _queued(client: redis.Redis, queues: Sequence[str]) -> bool:
