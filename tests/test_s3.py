@@ -189,7 +189,7 @@ def test_a_store_may_not_overlap_a_source_root(s3: S3Buckets, tmp_path: Path) ->
     open_stores(f"s3://{s3.uploads}/incoming-private/", tmp_path, source_roots=[root], s3_client=s3.client)
     refused = photosentry("worker", "--redis-url", "redis://127.0.0.1:1/0", "--source-root",
                           f"s3://{s3.uploads}/incoming/", "--store", f"s3://{s3.uploads}/incoming/q/")
-    assert refused.exit_code == 2 and "overlaps" in refused.output
+    assert refused.exit_code == 3 and "overlaps" in refused.output  # a set-up error, like a folder store's
 
 
 # -- a worker reading from a bucket -----------------------------------------------------------

@@ -245,8 +245,8 @@ def _check_storage(source_roots: tuple[str, ...], store: str | None, data_dir_: 
         root = S3Prefix.parse(store)
         for source in s3_roots:
             if root.overlaps(source):
-                raise click.BadParameter(f"the store {root} overlaps the source root {source}: a job could name a"
-                                         " quarantined photo as its source", param_hint="--store")
+                raise SetupError(f"the store {root} overlaps the source root {source}: a job could name a"
+                                 " quarantined photo as its source")
     if s3_roots or (store and is_s3_url(store)):
         try:
             import boto3  # noqa: F401
