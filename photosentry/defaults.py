@@ -129,6 +129,105 @@ DHASH_MATCH_DISTANCE = 8
 """dHash distance (of 64 bits) that counts as a match: copies stay within 7 except
 rotations (PDQ and pHash catch those); unrelated photos are at least 15 apart."""
 
+SHORT_HASH_QUALITY_THRESHOLD = 50
+"""pHash and dHash (64 bits) of a frame whose PDQ quality (its gradient content, 0-100)
+is below this are weak, as PDQ's own are: smooth pictures (sky, fog, gradients, flat
+colours) collapse to nearly the same 64-bit hashes (docs/matching.md)."""
+
+DERIVED_HASH_SIDE = 1024
+"""A banned image is reduced to this longest side before its derived crops and
+rotations are hashed (hashes/derived.py): PDQ samples 64x64, so nothing it sees is lost."""
+
+FEATURE_COUNT = 128
+"""Keypoints stored for a banned image (hashes/localfeatures.py): 36 bytes each, so an
+image ban's ``orb`` entry is 4.5 KB. More cost memory and matching time per scan."""
+
+FEATURE_BAN_SIDE = 512
+"""A banned image is reduced to this longest side before its keypoints are found."""
+
+FEATURE_QUERY_SIDE = 512
+"""An upload is reduced to this longest side before its keypoints are found."""
+
+FEATURE_QUERY_COUNT = 400
+"""Keypoints found in an upload: enough that a banned photo filling a quarter of it
+(a collage cell) keeps a few dozen."""
+
+FEATURE_FAST_THRESHOLD = 10
+"""ORB's corner detector threshold (OpenCV's default is 20): lower finds corners in
+softer photos."""
+
+FEATURE_MAX_DISTANCE = 64
+"""Two ORB descriptors (256 bits) further apart than this never pair."""
+
+FEATURE_RATIO = 0.8
+"""Lowe's ratio test: a pair is kept when its distance is under this share of the
+second-nearest descriptor's."""
+
+FEATURE_RANSAC_PIXELS = 6.0
+"""How far (pixels at ``FEATURE_QUERY_SIDE``) a pair may sit from the fitted transform
+and still count as an inlier."""
+
+FEATURE_MIN_SCALE = 0.15
+"""The banned photo may appear this small in an upload (a quarter of a screenshot)..."""
+
+FEATURE_MAX_SCALE = 6.0
+"""... or this much enlarged (a small crop blown up)."""
+
+FEATURE_MIN_SPREAD = 0.02
+"""Inliers must spread over at least this share of the banned photo's keypoint area
+(the product of the two sides' shares): a logo or a texture in one corner is not it."""
+
+FEATURE_MIN_INLIERS = 8
+"""Fewer inliers are not reported at all (unrelated photos reach 4-7 by chance)."""
+
+FEATURE_QUARANTINE_INLIERS = 12
+"""From this many inliers a feature match holds the upload for review (at most
+quarantine, whatever its bank's action)..."""
+
+FEATURE_BLOCK_INLIERS = 20
+"""... and from this many it counts as the banned photo (its bank's action)."""
+
+REGION_THUMB_SIDE = 160
+"""Region proposals (hashes/regions.py) look for framings on a thumbnail this long."""
+
+REGION_MIN_FRAME_SIDE = 64
+"""Frames smaller than this get no region proposals (nothing to frame)."""
+
+REGION_LIMIT = 8
+"""At most this many regions of a photo are hashed and matched besides the photo: each
+adds a PDQ, a pHash and a dHash query (about 1 ms to hash, one range search each)."""
+
+REGION_MIN_AREA = 0.1
+"""A proposed region covers at least this share of the picture (a collage's quarter
+cell is 0.25; a photo inside a phone screenshot at least a fifth)."""
+
+REGION_MARGIN_TOLERANCE = 24
+"""A pixel is the margin's colour when no channel is further than this (0-255) from
+the colour of the outermost line: JPEG noise and soft bar edges stay inside."""
+
+REGION_BAR_FILL = 0.6
+"""A line is margin when this share of its pixels is the margin's colour (a caption
+bar's text covers the rest)."""
+
+REGION_MIN_MARGIN = 0.015
+"""Margins thinner than this share of the side are left on: PDQ absorbs them."""
+
+REGION_BACKGROUND_SHARE = 0.03
+"""A colour is a screenshot's background when at least this share of the pixels (and
+a twentieth of the border) has it."""
+
+REGION_SPLIT_DEPTH = 2
+"""A collage is cut along seams at most this deep: 2 finds 2x2 grids and one large
+photo beside two small ones."""
+
+REGION_SEAM_STEP = 24.0
+"""A hard seam between two collage photos: a luminance step over this between two
+neighbouring lines ..."""
+
+REGION_SEAM_FILL = 0.6
+"""... along at least this share of the line (a horizon or a wall edge rarely crosses
+a photo that cleanly; when one does, its cells only add queries)."""
+
 AUTO_SNAPSHOT_MIN_ENTRIES = 100_000
 """A matcher that had to read this many entries or more from the store itself (no
 usable snapshot) saves what it read as a snapshot, so the next scan, worker or rescan

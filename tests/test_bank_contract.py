@@ -49,7 +49,7 @@ CONCURRENT_HASHES = 50
 def fake_hash(algorithm: Algorithm, n: int) -> str:
     """A valid, deterministic hash value for ``algorithm`` (never degenerate in practice)."""
     digest = hashlib.sha256(f"{algorithm.value}-{n}".encode()).hexdigest()
-    return digest[: algorithm.bits // 4]
+    return (digest * (algorithm.bits // 256 + 1))[: algorithm.bits // 4]  # ORB keypoints are kilobytes
 
 
 def entry(n: int, bank: str = "banned", algorithm: Algorithm = Algorithm.SHA256, **kw: object) -> NewEntry:

@@ -290,7 +290,9 @@ class Scanner:
                 # A reduced frame is hashed with the photo's own PDQ filter, so the
                 # values stay those of the full-resolution photo (perceptual.py).
                 photo.hashes = hash_image(data, decoded.frames, decoded.frame_indices,
-                                          source_size=(decoded.width, decoded.height), reduction=decoded.reduction)
+                                          source_size=(decoded.width, decoded.height), reduction=decoded.reduction,
+                                          regions=self.matcher is not None,
+                                          features=self.matcher is not None and self.matcher.wants_features)
                 if decoded.frames_truncated:
                     run.failures.append(
                         (

@@ -1,0 +1,250 @@
+"""Where the banned photo might be inside an upload: query-side region proposals.
+
+Re-uploaders rarely post a banned photo bare: they frame it, letterbox it onto a 9:16
+story canvas, add a caption bar, show it inside a chat screenshot or put it in a
+collage. A whole-image hash of such a copy describes the framing as much as the photo,
+so PDQ misses it. Here the upload is searched for the rectangles a photo would occupy,
+and each one is hashed and matched like the photo itself (:func:`propose`):
+
+- ``trim``: uniform margins cut off each edge: borders, letterbox bars, caption bars
+  (a bar may carry text: a line counts as margin when most of its pixels are the
+  bar's colour);
+- ``content``: the largest solid block of pixels that are not the picture's
+  background colours (a screenshot's flat UI and its text are background; text strokes
+  are thinner than the opening that removes them);
+- ``cell``: the cells of a collage, split along straight seams that cross the picture
+  (a uniform gutter or a hard edge along most of its length), up to two levels deep.
+
+Everything runs on a thumbnail (longest side :data:`defaults.REGION_THUMB_SIDE`), so
+it costs about a millisecond; the crops are cut from the frame the scan decoded.
+Proposals only add queries: the whole photo is always matched too, and what a region
+match counts for is the evidence rule's call (:mod:`.evidence`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .. import defaults
+
+
+@dataclass(frozen=True)
+class Region:
+    """A rectangle of a frame: ``kind`` names the proposer, the box is in frame pixels."""
+
+    kind: str
+    left: int
+    top: int
+    right: int
+    bottom: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}:{self.left},{self.top},{self.right},{self.bottom}"
+
+    def crop(self, rgb: np.ndarray) -> np.ndarray:
+        return rgb[self.top:self.bottom, self.left:self.right]
+
+    @property
+    def area(self) -> int:
+        return max(0, self.right - self.left) * max(0, self.bottom - self.top)
+
+
+Box = tuple[int, int, int, int]  # left, top, right, bottom (thumbnail pixels)
+
+
+def propose(rgb: np.ndarray, *, limit: int = defaults.REGION_LIMIT) -> list[Region]:
+    """Up to ``limit`` rectangles of ``rgb`` (H, W, 3 uint8) that may hold a photo of
+    their own, largest evidence first; none for a photo that fills its frame."""
+    h, w = rgb.shape[:2]
+    if min(h, w) < defaults.REGION_MIN_FRAME_SIDE:
+        return []
+    # Every n-th pixel, not an area average: margins, backgrounds and seams survive
+    # it, and averaging a 12 MP frame would cost more than everything else here.
+    stride = -(-max(h, w) // defaults.REGION_THUMB_SIDE)
+    small = np.ascontiguousarray(rgb[::stride, ::stride])
+    sh, sw = small.shape[:2]
+    full: Box = (0, 0, sw, sh)
+    found: list[tuple[str, Box]] = []
+    trimmed = _trim(small, full)
+    if trimmed != full:
+        found.append(("trim", trimmed))
+    bases = [trimmed]
+    content = _content(small)
+    if content is not None:
+        content = _trim(small, content)
+        found.append(("content", content))
+        bases.append(content)
+    for base in dict.fromkeys(bases):
+        cells = _split(small, base, depth=defaults.REGION_SPLIT_DEPTH)
+        if len(cells) > 1:
+            found.extend(("cell", _trim(small, c)) for c in cells)
+    out: list[Region] = []
+    kept: list[Box] = [full]
+    for kind, box in found:
+        if _area(box) < defaults.REGION_MIN_AREA * sw * sh or any(_iou(box, k) >= 0.9 for k in kept):
+            continue
+        kept.append(box)
+        fx, fy = w / sw, h / sh
+        out.append(Region(kind, int(box[0] * fx), int(box[1] * fy), min(w, round(box[2] * fx)),
+                          min(h, round(box[3] * fy))))
+        if len(out) >= limit:
+            break
+    return out
+
+
+# -- margins ------------------------------------------------------------------------------
+
+
+def _trim(small: np.ndarray, box: Box) -> Box:
+    """``box`` without the uniform margins on each edge (twice: a frame around a border)."""
+    for _ in range(2):
+        left, top, right, bottom = box
+        part = small[top:bottom, left:right].astype(np.int16)
+        if part.shape[0] < 8 or part.shape[1] < 8:
+            return box
+        t = _margin(part)
+        b = _margin(part[::-1])
+        lft = _margin(part.transpose(1, 0, 2))
+        rgt = _margin(part.transpose(1, 0, 2)[::-1])
+        new = (left + lft, top + t, right - rgt, bottom - b)
+        if new[2] - new[0] < 0.25 * (right - left) or new[3] - new[1] < 0.25 * (bottom - top):
+            return box  # nearly all margin: a flat picture, not a framed one
+        if new == box:
+            break
+        box = new
+    return box
+
+
+def _margin(lines: np.ndarray) -> int:
+    """How many of ``lines`` (rows from an edge inward, (n, m, 3) int16) are a margin:
+    mostly the colour of the outermost line, allowing a bar's text to break a few."""
+    n = lines.shape[0]
+    reach = n // 2
+    ref = np.median(lines[0], axis=0).astype(np.int16)
+    tol = defaults.REGION_MARGIN_TOLERANCE
+    near = np.abs(lines[:reach] - ref) <= tol
+    close = (near[..., 0] & near[..., 1] & near[..., 2]).mean(axis=1)
+    is_bar = close >= defaults.REGION_BAR_FILL
+    if not is_bar[0]:
+        return 0
+    # The margin ends at the last bar line while most lines up to it are bar lines
+    # (captions: text rows are bar rows with letters in them, and few are under the fill).
+    runs = np.cumsum(is_bar) / np.arange(1, reach + 1)
+    ok = np.flatnonzero(is_bar & (runs >= 0.8))
+    depth = int(ok[-1]) + 1 if len(ok) else 0
+    return depth if depth >= max(2, int(n * defaults.REGION_MIN_MARGIN)) else 0
+
+
+# -- the photo inside a screenshot ----------------------------------------------------------------
+
+
+def _content(small: np.ndarray) -> Box | None:
+    """The bounding box of the largest solid block that is not background, if it is a
+    clear part of the picture (not nearly all of it, not a sliver)."""
+    h, w = small.shape[:2]
+    quant = (small >> 3).astype(np.int32)
+    codes = (quant[..., 0] << 10) | (quant[..., 1] << 5) | quant[..., 2]
+    counts = np.bincount(codes.ravel(), minlength=1 << 15)
+    border = np.concatenate([codes[0], codes[-1], codes[:, 0], codes[:, -1]])
+    border_counts = np.bincount(border, minlength=1 << 15)
+    common = np.flatnonzero(counts >= defaults.REGION_BACKGROUND_SHARE * h * w)
+    background = [c for c in common if border_counts[c] >= 0.05 * len(border)]
+    if not background:
+        return None
+    # A pixel one bin off a background colour (JPEG noise, anti-aliasing) is background too.
+    is_background = np.zeros(1 << 15, dtype=bool)
+    steps = np.array([-1, 0, 1])
+    for c in background:
+        r, g, b = ((c >> 10) & 31) + steps, ((c >> 5) & 31) + steps, (c & 31) + steps
+        r, g, b = r[(r >= 0) & (r < 32)], g[(g >= 0) & (g < 32)], b[(b >= 0) & (b < 32)]
+        is_background[(r[:, None, None] << 10) | (g[None, :, None] << 5) | b[None, None, :]] = True
+    mask = ~is_background[codes]
+    k = max(3, round(min(h, w) * 0.025)) | 1
+    kernel = np.ones((k, k), np.uint8)
+    solid = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, kernel)
+    solid = cv2.morphologyEx(solid, cv2.MORPH_CLOSE, kernel)
+    n, _, stats, _ = cv2.connectedComponentsWithStats(solid, connectivity=4)
+    if n <= 1:
+        return None
+    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    x, y, bw, bh, area = (int(v) for v in stats[best])
+    share = bw * bh / (h * w)
+    if share < defaults.REGION_MIN_AREA or share > 0.9 or area < 0.6 * bw * bh:
+        return None
+    return (x, y, x + bw, y + bh)
+
+
+# -- collages --------------------------------------------------------------------------------
+
+
+def _split(small: np.ndarray, box: Box, *, depth: int) -> list[Box]:
+    """The cells of ``box`` cut along its strongest straight seam, recursively."""
+    if depth <= 0:
+        return [box]
+    left, top, right, bottom = box
+    part = small[top:bottom, left:right]
+    if min(part.shape[:2]) < 24:
+        return [box]
+    grey = part.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    rows = _seam(grey)
+    cols = _seam(grey.T)
+    if rows is None and cols is None:
+        return [box]
+    if rows is not None and (cols is None or rows[1] >= cols[1]):
+        (end, start), _ = rows
+        a, b = (left, top, right, top + end), (left, top + start, right, bottom)
+    else:
+        assert cols is not None
+        (end, start), _ = cols
+        a, b = (left, top, left + end, bottom), (left + start, top, right, bottom)
+    return [*_split(small, a, depth=depth - 1), *_split(small, b, depth=depth - 1)]
+
+
+def _seam(grey: np.ndarray) -> tuple[tuple[int, int], float] | None:
+    """The strongest horizontal seam of ``grey`` away from its edges, as (end of the
+    part above, start of the part below) and a strength, or None.
+
+    A seam is a uniform gutter band crossing the whole width, or a hard edge: a row
+    step larger than :data:`defaults.REGION_SEAM_STEP` along most of the width.
+    """
+    h = grey.shape[0]
+    lo, hi = int(h * 0.2), int(h * 0.8)
+    if hi - lo < 4:
+        return None
+    step = np.abs(np.diff(grey, axis=0))  # step[y] is between rows y and y + 1
+    edge = (step > defaults.REGION_SEAM_STEP).mean(axis=1)
+    flat = grey.std(axis=1) < 2.5
+    best: tuple[tuple[int, int], float] | None = None
+    y = lo
+    while y < hi:
+        if flat[y]:
+            end = y
+            while end + 1 < h and flat[end + 1]:
+                end += 1
+            start = y
+            while start - 1 >= 0 and flat[start - 1]:
+                start -= 1
+            if start > 0 and end < h - 1 and end - start + 1 <= 0.1 * h:
+                strength = 1.0 + (end - start + 1) / h
+                if best is None or strength > best[1]:
+                    best = ((start, end + 1), strength)
+            y = end + 1
+            continue
+        if edge[y] >= defaults.REGION_SEAM_FILL and (best is None or edge[y] > best[1]):
+            best = ((y + 1, y + 1), float(edge[y]))
+        y += 1
+    return best
+
+
+def _area(box: Box) -> int:
+    return max(0, box[2] - box[0]) * max(0, box[3] - box[1])
+
+
+def _iou(a: Box, b: Box) -> float:
+    inter = _area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
+    union = _area(a) + _area(b) - inter
+    return inter / union if union else 0.0
