@@ -193,7 +193,7 @@ REGION_THUMB_SIDE = 160
 REGION_MIN_FRAME_SIDE = 64
 """Frames smaller than this get no region proposals (nothing to frame)."""
 
-REGION_LIMIT = 8
+REGION_LIMIT = 6
 """At most this many regions of a photo are hashed and matched besides the photo: each
 adds a PDQ, a pHash and a dHash query (about 1 ms to hash, one range search each)."""
 
