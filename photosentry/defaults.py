@@ -187,6 +187,16 @@ quarantine, whatever its bank's action)..."""
 FEATURE_BLOCK_INLIERS = 20
 """... and from this many it counts as the banned photo (its bank's action)."""
 
+FEATURE_DECODE_MIN_SIDE = 512
+"""Where image bans have keypoints, the scan decodes a JPEG to at least this side
+instead of ``DECODE_MIN_SIDE``: a collage's cell or the photo in a screenshot is a
+quarter of the picture or less, and at 256 pixels it keeps too few corners to verify."""
+
+FEATURE_REGION_LIMIT = 4
+"""Keypoints are also found in up to this many proposed regions (a screenshot's photo,
+collage cells: hashes/regions.py), whose corners a whole-picture search gives to text
+and the other cells."""
+
 REGION_THUMB_SIDE = 160
 """Region proposals (hashes/regions.py) look for framings on a thumbnail this long."""
 
@@ -205,9 +215,18 @@ REGION_MARGIN_TOLERANCE = 24
 """A pixel is the margin's colour when no channel is further than this (0-255) from
 the colour of the outermost line: JPEG noise and soft bar edges stay inside."""
 
-REGION_BAR_FILL = 0.6
-"""A line is margin when this share of its pixels is the margin's colour (a caption
-bar's text covers the rest)."""
+REGION_CLEAN_LINE = 0.9
+"""A line of a margin is clean when this share of its pixels is the margin's colour ..."""
+
+REGION_TEXT_LINE = 0.25
+"""... and still margin (a caption's line of text) down to this share; under it, the
+photo has begun."""
+
+REGION_EDGE_REACH = 0.4
+"""A photo's own edge is looked for within this share of each side of the picture ..."""
+
+REGION_EDGE_FILL = 0.5
+"""... as a luminance step over ``REGION_SEAM_STEP`` along at least this share of the line."""
 
 REGION_MIN_MARGIN = 0.015
 """Margins thinner than this share of the side are left on: PDQ absorbs them."""

@@ -29,7 +29,7 @@ from .banks import BankConfig, BankEntry, BankStore, ChangeOp
 from .codecs import Algorithm
 from .algorithms import HASHES
 from .evidence import grade
-from .localfeatures import FeatureIndex
+from .localfeatures import FeatureHit, FeatureIndex
 from .hostindex import HostIndex, IndexColumns, SharedIndex
 from .index import HashIndex, SortedExactIndex, TieredIndex, hex_to_codes
 from .signals import ImageHashes
@@ -482,19 +482,23 @@ class BankMatcher:
                     bank = self._bank_names[int(self._bank_of[hit.entry_id])]
                     if hit.distance <= self.bank(bank).distance(ph.algorithm):
                         keep(hit.entry_id, ph.algorithm, hit.distance, frame.frame, hit.query, weak, frame.region)
-        verified = self._features.search(hashes.features) if hashes.features is not None else []
-        info = self._info_of([*best, *(h.entry_id for h in verified)])
+        verified: dict[int, tuple[FeatureHit, str]] = {}  # entry id -> its most inliers, and where
+        for region, keypoints in hashes.features if len(self._features) else ():
+            for hit in self._features.search(keypoints):
+                if hit.entry_id not in verified or hit.inliers > verified[hit.entry_id][0].inliers:
+                    verified[hit.entry_id] = (hit, region)
+        info = self._info_of([*best, *verified])
         matches = []
         for entry_id, (weak, distance, frame, variant, algorithm, region) in best.items():
             bank = self._bank_names[int(self._bank_of[entry_id])]
             label, group, source = info.get(entry_id, ("", "", ""))
             matches.append(Match(entry_id, bank, algorithm, distance, label, frame, variant, weak,
                                  self.bank(bank).is_allow, group, source, region))
-        for hit in verified:
+        for hit, region in verified.values():
             label, group, source = info.get(hit.entry_id, ("", "", ""))
             matches.append(Match(hit.entry_id, hit.bank, Algorithm.ORB, defaults.FEATURE_COUNT - hit.inliers, label,
                                  hashes.frames[0].frame if hashes.frames else 0, 0, False,
-                                 self.bank(hit.bank).is_allow, group, source, "", inliers=hit.inliers))
+                                 self.bank(hit.bank).is_allow, group, source, region, inliers=hit.inliers))
         return sorted(grade(matches), key=lambda m: (m.weak, m.distance / m.algorithm.bits, m.entry_id))
 
     def index(self, algorithm: Algorithm) -> HashIndex:

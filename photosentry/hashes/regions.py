@@ -72,6 +72,9 @@ def propose(rgb: np.ndarray, *, limit: int = defaults.REGION_LIMIT) -> list[Regi
     trimmed = _trim(small, full)
     if trimmed != full:
         found.append(("trim", trimmed))
+    edged = _edges(small, trimmed)
+    if edged != trimmed:
+        found.append(("edges", edged))
     bases = [trimmed]
     content = _content(small)
     if content is not None:
@@ -121,22 +124,43 @@ def _trim(small: np.ndarray, box: Box) -> Box:
 
 def _margin(lines: np.ndarray) -> int:
     """How many of ``lines`` (rows from an edge inward, (n, m, 3) int16) are a margin:
-    mostly the colour of the outermost line, allowing a bar's text to break a few."""
+    the margin is the outermost line's colour; a caption bar's lines of text are still
+    margin while a fair share of them is that colour, and the margin ends at the last
+    clean line before the first line that is not (a bar has padding under its text)."""
     n = lines.shape[0]
     reach = n // 2
     ref = np.median(lines[0], axis=0).astype(np.int16)
     tol = defaults.REGION_MARGIN_TOLERANCE
     near = np.abs(lines[:reach] - ref) <= tol
-    close = (near[..., 0] & near[..., 1] & near[..., 2]).mean(axis=1)
-    is_bar = close >= defaults.REGION_BAR_FILL
-    if not is_bar[0]:
+    share = (near[..., 0] & near[..., 1] & near[..., 2]).mean(axis=1)
+    clean = share >= defaults.REGION_CLEAN_LINE
+    if not clean[0]:
         return 0
-    # The margin ends at the last bar line while most lines up to it are bar lines
-    # (captions: text rows are bar rows with letters in them, and few are under the fill).
-    runs = np.cumsum(is_bar) / np.arange(1, reach + 1)
-    ok = np.flatnonzero(is_bar & (runs >= 0.8))
-    depth = int(ok[-1]) + 1 if len(ok) else 0
+    broken = np.flatnonzero(share < defaults.REGION_TEXT_LINE)
+    cleans = np.flatnonzero(clean[: broken[0] if len(broken) else reach])
+    depth = int(cleans[-1]) + 1
     return depth if depth >= max(2, int(n * defaults.REGION_MIN_MARGIN)) else 0
+
+
+def _edges(small: np.ndarray, box: Box) -> Box:
+    """``box`` cut at the strongest straight edge crossing it near each side: where a
+    photo meets a patterned frame, a blurred story background or a bar."""
+    left, top, right, bottom = box
+    grey = small[top:bottom, left:right].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    h, w = grey.shape
+    out = [left, top, right, bottom]
+    rows = (np.abs(np.diff(grey, axis=0)) > defaults.REGION_SEAM_STEP).mean(axis=1)  # between y and y + 1
+    cols = (np.abs(np.diff(grey, axis=1)) > defaults.REGION_SEAM_STEP).mean(axis=0)
+    for profile, n, near, far in ((rows, h, 1, 3), (cols, w, 0, 2)):
+        reach = int(n * defaults.REGION_EDGE_REACH)
+        if reach < 2:
+            continue
+        head, tail = profile[:reach], profile[::-1][:reach]
+        if head.max() >= defaults.REGION_EDGE_FILL:
+            out[near] += int(head.argmax()) + 1
+        if tail.max() >= defaults.REGION_EDGE_FILL:
+            out[far] -= int(tail.argmax()) + 1
+    return (out[0], out[1], out[2], out[3])
 
 
 # -- the photo inside a screenshot ----------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
+from .. import defaults
 from ..errors import RegistryError
 from . import perceptual
 from .codecs import Algorithm
@@ -244,9 +245,10 @@ class ImageHashes:
     #: framed, letterboxed, screenshotted or collaged copy): a matching detail like the
     #: variants, so never stored, shown or put in a bank.
     regions: tuple[FrameHashes, ...] = ()
-    #: The first frame's keypoints, for image bans' keypoints to be verified against
-    #: (:mod:`.localfeatures`); a matching detail too.
-    features: LocalFeatures | None = field(default=None, compare=False)
+    #: The first frame's keypoints, and those of its proposed regions that may hold a
+    #: photo of their own, by region name ("" for the whole frame), for image bans'
+    #: keypoints to be verified against (:mod:`.localfeatures`); a matching detail too.
+    features: tuple[tuple[str, LocalFeatures], ...] = field(default=(), compare=False)
 
     def exact(self) -> dict[Algorithm, str]:
         return {Algorithm.SHA256: self.sha256, Algorithm.MD5: self.md5}
@@ -334,13 +336,18 @@ def hash_image(
         frame = HashFrame(rgb, **_reduced_from(rgb, source_size, reduction))
         per_frame.append(FrameHashes(index, hash_frame(frame)))
     found: tuple[FrameHashes, ...] = ()
-    if regions and frames:
-        found = tuple(
-            FrameHashes(frame_indices[0], tuple(_identity(h) for h in hash_frame(HashFrame(r.crop(frames[0])))),
-                        r.name)
-            for r in propose(frames[0])
-        )
-    keypoints = query_features(frames[0]) if features and frames else None
+    keypoints: tuple[tuple[str, LocalFeatures], ...] = ()
+    if (regions or features) and frames:
+        proposed = propose(frames[0])
+        if regions:
+            found = tuple(
+                FrameHashes(frame_indices[0], tuple(_identity(h) for h in hash_frame(HashFrame(r.crop(frames[0])))),
+                            r.name)
+                for r in proposed
+            )
+        if features:
+            parts = [r for r in proposed if r.kind in ("content", "cell")][: defaults.FEATURE_REGION_LIMIT]
+            keypoints = (("", query_features(frames[0])), *((r.name, query_features(r.crop(frames[0]))) for r in parts))
     return ImageHashes(exact.sha256, exact.md5, tuple(per_frame), found, keypoints)
 
 
