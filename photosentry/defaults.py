@@ -211,7 +211,7 @@ REGION_MIN_AREA = 0.1
 """A proposed region covers at least this share of the picture (a collage's quarter
 cell is 0.25; a photo inside a phone screenshot at least a fifth)."""
 
-REGION_MARGIN_TOLERANCE = 24
+REGION_MARGIN_TOLERANCE = 12
 """A pixel is the margin's colour when no channel is further than this (0-255) from
 the colour of the outermost line: JPEG noise and soft bar edges stay inside."""
 
