@@ -187,10 +187,11 @@ quarantine, whatever its bank's action)..."""
 FEATURE_BLOCK_INLIERS = 20
 """... and from this many it counts as the banned photo (its bank's action)."""
 
-FEATURE_DECODE_MIN_SIDE = 512
-"""Where image bans have keypoints, the scan decodes a JPEG to at least this side
+COPY_DECODE_MIN_SIDE = 512
+"""Where there are banks to match, the scan decodes a JPEG to at least this side
 instead of ``DECODE_MIN_SIDE``: a collage's cell or the photo in a screenshot is a
-quarter of the picture or less, and at 256 pixels it keeps too few corners to verify."""
+quarter of the picture or less; at 256 pixels it keeps too few corners to verify, and
+a region's sides land a pixel off, which moves PDQ by a dozen bits."""
 
 FEATURE_REGION_LIMIT = 4
 """Keypoints are also found in up to this many proposed regions (a screenshot's photo,
@@ -203,9 +204,10 @@ REGION_THUMB_SIDE = 160
 REGION_MIN_FRAME_SIDE = 64
 """Frames smaller than this get no region proposals (nothing to frame)."""
 
-REGION_LIMIT = 6
+REGION_LIMIT = 8
 """At most this many regions of a photo are hashed and matched besides the photo: each
-adds a PDQ, a pHash and a dHash query (about 1 ms to hash, one range search each)."""
+adds a PDQ, a pHash and a dHash query (about 1 ms to hash, one range search each).
+Most photos have none; a collage of four with a border has six."""
 
 REGION_MIN_AREA = 0.1
 """A proposed region covers at least this share of the picture (a collage's quarter
@@ -236,8 +238,8 @@ REGION_BACKGROUND_SHARE = 0.03
 a twentieth of the border) has it."""
 
 REGION_SPLIT_DEPTH = 2
-"""A collage is cut along seams at most this deep: 2 finds 2x2 grids and one large
-photo beside two small ones."""
+"""A collage is cut along its seams one way, then each piece the other way: grids, and
+one large photo beside a stack of small ones."""
 
 REGION_SEAM_STEP = 24.0
 """A hard seam between two collage photos: a luminance step over this between two

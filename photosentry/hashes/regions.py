@@ -231,43 +231,57 @@ def _content(small: np.ndarray) -> Box | None:
 
 
 def _split(small: np.ndarray, box: Box, *, depth: int) -> list[Box]:
-    """The cells of ``box`` cut along its strongest straight seam, recursively."""
-    if depth <= 0:
-        return [box]
+    """The cells of ``box`` if it is a grid: cut along every seam that crosses it one way,
+    then each piece along every seam that crosses it the other way (columns first, then
+    rows first: a large photo beside a stack of small ones is found either way)."""
+    cells: list[Box] = []
+    for axis in (1, 0):
+        pieces = _cut(small, box, axis)
+        if len(pieces) == 1:
+            continue
+        for piece in pieces:
+            cells.extend(_cut(small, piece, 1 - axis) if depth > 1 else [piece])
+    out: list[Box] = []
+    for cell in cells:
+        if not any(_iou(cell, kept) >= 0.9 for kept in out):
+            out.append(cell)
+    return out or [box]
+
+
+def _cut(small: np.ndarray, box: Box, axis: int) -> list[Box]:
+    """``box`` cut along every seam crossing it (axis 1: vertical seams, into columns)."""
     left, top, right, bottom = box
     part = small[top:bottom, left:right]
     if min(part.shape[:2]) < 24:
         return [box]
     grey = part.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    rows = _seam(grey)
-    cols = _seam(grey.T)
-    if rows is None and cols is None:
-        return [box]
-    if rows is not None and (cols is None or rows[1] >= cols[1]):
-        (end, start), _ = rows
-        a, b = (left, top, right, top + end), (left, top + start, right, bottom)
-    else:
-        assert cols is not None
-        (end, start), _ = cols
-        a, b = (left, top, left + end, bottom), (left + start, top, right, bottom)
-    return [*_split(small, a, depth=depth - 1), *_split(small, b, depth=depth - 1)]
+    seams = _seams(grey.T if axis == 1 else grey)
+    out, at = [], 0
+    for end, start in seams:
+        out.append((at, end))
+        at = start
+    out.append((at, grey.shape[1] if axis == 1 else grey.shape[0]))
+    if axis == 1:
+        return [(left + a, top, left + b, bottom) for a, b in out]
+    return [(left, top + a, right, top + b) for a, b in out]
 
 
-def _seam(grey: np.ndarray) -> tuple[tuple[int, int], float] | None:
-    """The strongest horizontal seam of ``grey`` away from its edges, as (end of the
-    part above, start of the part below) and a strength, or None.
+def _seams(grey: np.ndarray) -> list[tuple[int, int]]:
+    """Every horizontal seam of ``grey`` away from its edges, top to bottom, as (end of
+    the part above, start of the part below).
 
     A seam is a uniform gutter band crossing the whole width, or a hard edge: a row
-    step larger than :data:`defaults.REGION_SEAM_STEP` along most of the width.
+    step larger than :data:`defaults.REGION_SEAM_STEP` along most of the width. Seams
+    closer than a tenth of the height to a stronger one are the same seam's echo.
     """
     h = grey.shape[0]
-    lo, hi = int(h * 0.2), int(h * 0.8)
+    lo, hi = int(h * 0.12), int(h * 0.88)
     if hi - lo < 4:
-        return None
+        return []
     step = np.abs(np.diff(grey, axis=0))  # step[y] is between rows y and y + 1
     edge = (step > defaults.REGION_SEAM_STEP).mean(axis=1)
     flat = grey.std(axis=1) < 2.5
-    best: tuple[tuple[int, int], float] | None = None
+    found: list[tuple[float, int, int]] = []  # (strength, end, start)
     y = lo
     while y < hi:
         if flat[y]:
@@ -278,15 +292,17 @@ def _seam(grey: np.ndarray) -> tuple[tuple[int, int], float] | None:
             while start - 1 >= 0 and flat[start - 1]:
                 start -= 1
             if start > 0 and end < h - 1 and end - start + 1 <= 0.1 * h:
-                strength = 1.0 + (end - start + 1) / h
-                if best is None or strength > best[1]:
-                    best = ((start, end + 1), strength)
+                found.append((1.0 + (end - start + 1) / h, start, end + 1))
             y = end + 1
             continue
-        if edge[y] >= defaults.REGION_SEAM_FILL and (best is None or edge[y] > best[1]):
-            best = ((y + 1, y + 1), float(edge[y]))
+        if edge[y] >= defaults.REGION_SEAM_FILL:
+            found.append((float(edge[y]), y + 1, y + 1))
         y += 1
-    return best
+    kept: list[tuple[float, int, int]] = []
+    for seam in sorted(found, reverse=True):
+        if all(abs(seam[1] - k[1]) >= 0.1 * h for k in kept):
+            kept.append(seam)
+    return sorted((end, start) for _, end, start in kept)
 
 
 def _area(box: Box) -> int:

@@ -271,9 +271,9 @@ class Scanner:
         return photo.verdict
 
     def _decode_side(self) -> int | None:
-        """The decode's smallest side: larger where image bans' keypoints are verified."""
-        if self.decode_min_side is not None and self.matcher is not None and self.matcher.wants_features:
-            return max(self.decode_min_side, defaults.FEATURE_DECODE_MIN_SIDE)
+        """The decode's smallest side: larger where there are banks to find copies in."""
+        if self.decode_min_side is not None and self.matcher is not None and self.matcher.size:
+            return max(self.decode_min_side, defaults.COPY_DECODE_MIN_SIDE)
         return self.decode_min_side
 
     def _prepare(self, photo: "_Photo") -> None:
