@@ -138,9 +138,11 @@ DERIVED_HASH_SIDE = 1024
 """A banned image is reduced to this longest side before its derived crops and
 rotations are hashed (hashes/derived.py): PDQ samples 64x64, so nothing it sees is lost."""
 
-FEATURE_COUNT = 128
+FEATURE_COUNT = 256
 """Keypoints stored for a banned image (hashes/localfeatures.py): 36 bytes each, so an
-image ban's ``orb`` entry is 4.5 KB. More cost memory and matching time per scan."""
+image ban's ``orb`` entry is 9 KB (18 KB of hex in the store). 128 caught one copy in
+ten fewer of the crops, letterboxes and screenshots (scripts/bench_copies.py); more
+cost memory and matching time per scan."""
 
 FEATURE_BAN_SIDE = 512
 """A banned image is reduced to this longest side before its keypoints are found."""
@@ -193,7 +195,7 @@ instead of ``DECODE_MIN_SIDE``: a collage's cell or the photo in a screenshot is
 quarter of the picture or less; at 256 pixels it keeps too few corners to verify, and
 a region's sides land a pixel off, which moves PDQ by a dozen bits."""
 
-FEATURE_REGION_LIMIT = 4
+FEATURE_REGION_LIMIT = 6
 """Keypoints are also found in up to this many proposed regions (a screenshot's photo,
 collage cells: hashes/regions.py), whose corners a whole-picture search gives to text
 and the other cells."""
