@@ -42,6 +42,15 @@ that is ``too_many_pixels``. Measured on flat 48 MP frames: Huffman-coded JPEG p
 at 512:1 (4:2:0, optimised tables), PNG at 1030:1 (deflate's ceiling), lossy WebP at
 1686:1; real photos stay under 100:1. The hostile set's bombs are all past 10,000:1."""
 
+MAX_JPEG_SCANS = 500
+"""Most scans (SOS segments) a JPEG may have; more is a ``decompression_bomb``,
+refused from its marker structure before decoding. libjpeg re-processes every
+coefficient of the whole frame for each scan of a progressive file, so the scan count,
+not the file size, sets the decoding time: a flat 4096x4096 progressive JPEG with 600
+repeated scans is a 130 KB file that takes 11 s to decode (3000 scans: 51 s). Encoders
+write about 10 scans (libjpeg's default progression); 500 leaves room for any
+hand-tuned progression while bounding a decode to a few seconds."""
+
 MAX_TOTAL_PIXELS = 200_000_000
 """Pixel budget for decoding every frame up to the last sampled one of an animation:
 bounds time and memory for files with thousands of frames."""

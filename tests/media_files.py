@@ -214,3 +214,15 @@ def gps_exif(lat: float = 48.8584, lon: float = 2.2945, orientation: int | None 
 def samsung_heic_motion_photo(still: Image.Image, video: bytes) -> bytes:
     """A Samsung HEIC motion photo: the video in a top-level ``mpvd`` box after the image's boxes."""
     return heic(still.convert("RGB"), exif=gps_exif()) + struct.pack(">I", 8 + len(video)) + b"mpvd" + video
+
+
+def many_scans_jpeg(img: Image.Image, extra_scans: int) -> bytes:
+    """A progressive JPEG whose last scan (with the Huffman table before it) is repeated
+    ``extra_scans`` times before EOI: a few bytes each, yet libjpeg goes over the whole
+    frame again for every one of them (the "progressive scan" CPU bomb)."""
+    data = encode(img.convert("RGB"), "JPEG", quality=90, progressive=True)
+    at = data.rfind(b"\xff\xda")
+    table = data.rfind(b"\xff\xc4", 0, at)
+    start = table if table > data.rfind(b"\xff\xda", 0, at) else at
+    assert data.endswith(b"\xff\xd9")
+    return data[:-2] + data[start:-2] * extra_scans + b"\xff\xd9"
