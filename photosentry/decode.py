@@ -36,6 +36,7 @@ from PIL import AvifImagePlugin, Image, JpegImagePlugin, UnidentifiedImageError
 from . import defaults, progressive
 from .errors import UnreadableImage
 from .media import budget as _budget
+from .media import containers as _containers
 from .media import jpeg as _jpeg
 from .media import location as _location
 from .media import motion as _motion
@@ -235,7 +236,7 @@ def decode(
     img = _open(data, fmt, limits)
     with img:
         width, height = img.size
-        plan = _budget.plan(fmt, width, height, len(data), limits.budget, layout=layout, min_side=min_side)
+        plan = _plan(data, fmt, (width, height), limits, layout, min_side)
         try:
             reduction = _draft(img, plan)
             gps = _location.has_coordinates(img)
@@ -260,6 +261,22 @@ def decode(
     if not trailers:
         return replace(image, gps=gps)
     return _scan_trailers(replace(image, gps=gps), data, trailers, frozenset(scan_trailing), limits, min_side)
+
+
+def _plan(
+    data: bytes, fmt: str, size: tuple[int, int], limits: Limits, layout: _jpeg.Layout | None, min_side: int | None
+) -> _budget.Plan:
+    """The budget's plan for the declared size, or for an AVIF's coded size when its AV1
+    sequence header says more than ``ispe`` (the decoder allocates the coded frame)."""
+    width, height = size
+    coded = max(_containers.av1_frame_sizes(data) if fmt == "avif" else [], key=lambda s: s[0] * s[1], default=size)
+    if coded[0] * coded[1] <= width * height:
+        return _budget.plan(fmt, width, height, len(data), limits.budget, layout=layout, min_side=min_side)
+    try:
+        return _budget.plan(fmt, *coded, len(data), limits.budget, min_side=min_side)
+    except UnreadableImage as exc:
+        raise UnreadableImage(exc.code, f"{exc.message} (its AV1 sequence header's size; ispe declares"
+                                        f" {width}x{height})") from exc
 
 
 def _scan_trailers(

@@ -7,6 +7,9 @@ sizes, box sizes), never the compressed data, and returns where that framing sto
 just past the end marker, or where the structure stopped making sense. Fail closed:
 a PNG whose IEND was replaced by a ZIP still has the ZIP looked at, from the first
 chunk that does not add up.
+
+:func:`av1_frame_sizes` reads, the same way, the frame size an AVIF's AV1 data codes,
+which the decoder allocates whatever the ``ispe`` box declares.
 """
 
 from __future__ import annotations
@@ -141,3 +144,208 @@ def bmff_end(data: bytes, start: int) -> int:
     for box in boxes(data, start, len(data)):
         end = box.end
     return end
+
+
+# -- what an AVIF's AV1 data says about its size -------------------------------------------
+#
+# ``ispe`` declares an item's size, and it is what Pillow reports and the budget checks;
+# but the AV1 decoder allocates what the coded data's sequence header says, before
+# libavif compares the two. A file whose ``ispe`` says 64x64 over a 8192x8192 sequence
+# header has its 67 MP frame decoded anyway (then cropped), so the budget must see the
+# coded size too.
+
+#: Boxes whose payload is more boxes (after the header bytes given) on the way to an
+#: ``av1C``: the item properties of a still, the sample description of a sequence.
+_CONTAINERS = {b"meta": 4, b"iprp": 0, b"ipco": 0, b"moov": 0, b"trak": 0, b"mdia": 0, b"minf": 0,
+               b"stbl": 0, b"stsd": 8, b"av01": 78}
+#: Most AV1 items whose data is read (libheif refuses files with more than 1,000 items).
+_MAX_ITEMS = 1024
+_OBU_SEQUENCE_HEADER = 1
+
+
+def av1_frame_sizes(data: bytes) -> list[tuple[int, int]]:
+    """The largest frame size (width, height) of every AV1 sequence header an AVIF holds:
+    in its ``av1C`` boxes' config OBUs and at the start of each ``av01`` item's data.
+    Never raises; what does not parse is skipped (the decoder then refuses it)."""
+    sizes: list[tuple[int, int]] = []
+    meta: Box | None = None
+    stack = [(0, len(data), 0)]
+    steps = 0
+    while stack and steps < MAX_STEPS:
+        start, stop, depth = stack.pop()
+        for box in boxes(data, start, stop):
+            steps += 1
+            if box.kind == b"meta" and depth == 0:
+                meta = box
+            if box.kind == b"av1C" and box.end - box.body > 4:
+                sizes.extend(_sequence_sizes(data, box.body + 4, box.end))
+            elif box.kind in _CONTAINERS and depth < 8:
+                stack.append((box.body + _CONTAINERS[box.kind], box.end, depth + 1))
+    if meta is not None:
+        try:
+            for start, stop in _av01_item_data(data, meta):
+                sizes.extend(_sequence_sizes(data, start, min(stop, start + 4096, len(data))))
+        except (IndexError, struct.error):
+            pass  # a meta box that does not add up: libavif refuses it
+    return sizes
+
+
+def _av01_item_data(data: bytes, meta: Box) -> list[tuple[int, int]]:
+    """File ranges of the first extent of each ``av01`` item (``iinf`` names the type,
+    ``iloc`` the bytes; only items stored in the file itself, construction method 0)."""
+    children = {b.kind: b for b in boxes(data, meta.body + 4, meta.end)}
+    av01 = set()
+    if b"iinf" in children:
+        iinf = children[b"iinf"]
+        first = iinf.body + (6 if data[iinf.body] == 0 else 8)
+        for entry in boxes(data, first, iinf.end):
+            version = data[entry.body] if entry.body < entry.end else 0
+            if entry.kind != b"infe" or version < 2:
+                continue
+            id_size = 2 if version == 2 else 4
+            at = entry.body + 4
+            if at + id_size + 6 > entry.end:
+                continue
+            item = int.from_bytes(data[at:at + id_size], "big")
+            if data[at + id_size + 2:at + id_size + 6] == b"av01":
+                av01.add(item)
+    if not av01 or b"iloc" not in children:
+        return []
+    return [span for item, span in _iloc(data, children[b"iloc"]) if item in av01]
+
+
+def _iloc(data: bytes, iloc: Box) -> Iterator[tuple[int, tuple[int, int]]]:
+    """(item id, (start, stop) of its first extent) for items stored at file offsets."""
+    version = data[iloc.body]
+    pos = iloc.body + 4
+    sizes = data[pos] >> 4, data[pos] & 15, data[pos + 1] >> 4, data[pos + 1] & 15
+    offset_size, length_size, base_size = sizes[0], sizes[1], sizes[2]
+    index_size = sizes[3] if version in (1, 2) else 0
+    pos += 2
+    wide = version == 2
+    count = _uint(data, pos, 4 if wide else 2)
+    pos += 4 if wide else 2
+
+    def take(size: int) -> int:
+        nonlocal pos
+        if pos + size > iloc.end:
+            raise IndexError("iloc runs past its box")
+        value = _uint(data, pos, size)
+        pos += size
+        return value
+
+    for _ in range(min(count, _MAX_ITEMS)):
+        item = take(4 if wide else 2)
+        method = take(2) & 15 if version in (1, 2) else 0
+        take(2)  # data reference index
+        base = take(base_size)
+        extents = take(2)
+        first: tuple[int, int] | None = None
+        for _ in range(min(extents, _MAX_ITEMS)):
+            take(index_size)
+            offset, length = take(offset_size), take(length_size)
+            if first is None:
+                first = (base + offset, base + offset + (length or len(data)))
+        if method == 0 and first is not None and first[0] < len(data):
+            yield item, first
+
+
+def _uint(data: bytes, pos: int, size: int) -> int:
+    if size == 0:
+        return 0
+    if pos + size > len(data):
+        raise IndexError("past the end of the data")
+    return int.from_bytes(data[pos:pos + size], "big")
+
+
+def _sequence_sizes(data: bytes, start: int, stop: int) -> list[tuple[int, int]]:
+    """Max frame sizes of the sequence header OBUs among the OBUs in ``data[start:stop]``."""
+    out = []
+    pos = start
+    for _ in range(16):
+        if pos >= stop:
+            break
+        header = data[pos]
+        kind, extension, has_size = (header >> 3) & 15, header & 4, header & 2
+        pos += 2 if extension else 1
+        if not has_size:
+            size = stop - pos
+        else:
+            size, pos = _leb128(data, pos, stop)
+            if size < 0:
+                break
+        if kind == _OBU_SEQUENCE_HEADER:
+            found = _sequence_size(data[pos:min(pos + size, stop)])
+            if found is not None:
+                out.append(found)
+        pos += size
+    return out
+
+
+def _leb128(data: bytes, pos: int, stop: int) -> tuple[int, int]:
+    value = 0
+    for i in range(8):
+        if pos >= stop:
+            return -1, pos
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << (7 * i)
+        if not byte & 0x80:
+            return value, pos
+    return -1, pos
+
+
+class _Bits:
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    def read(self, n: int) -> int:
+        value = 0
+        for _ in range(n):
+            byte = self.pos >> 3
+            if byte >= len(self.data):
+                raise IndexError("sequence header cut short")
+            value = (value << 1) | ((self.data[byte] >> (7 - (self.pos & 7))) & 1)
+            self.pos += 1
+        return value
+
+    def uvlc(self) -> int:
+        zeros = 0
+        while not self.read(1):
+            zeros += 1
+            if zeros >= 32:
+                raise IndexError("uvlc too long")
+        return self.read(zeros) + (1 << zeros) - 1
+
+
+def _sequence_size(payload: bytes) -> tuple[int, int] | None:
+    """``max_frame_width`` x ``max_frame_height`` of an AV1 sequence header OBU (AV1 spec 5.5)."""
+    bits = _Bits(payload)
+    try:
+        bits.read(3)  # seq_profile
+        bits.read(1)  # still_picture
+        if bits.read(1):  # reduced_still_picture_header
+            bits.read(5)
+        else:
+            buffer_delay_bits = 0
+            if bits.read(1):  # timing_info_present_flag
+                bits.read(64)
+                if bits.read(1):  # equal_picture_interval
+                    bits.uvlc()
+            decoder_model = bits.read(1)
+            if decoder_model:
+                buffer_delay_bits = bits.read(5) + 1
+                bits.read(32 + 5 + 5)
+            initial_display_delay = bits.read(1)
+            for _ in range(bits.read(5) + 1):  # operating points
+                bits.read(12)
+                if bits.read(5) > 7:  # seq_level_idx
+                    bits.read(1)
+                if decoder_model and bits.read(1):
+                    bits.read(2 * buffer_delay_bits + 1)
+                if initial_display_delay and bits.read(1):
+                    bits.read(4)
+        width_bits, height_bits = bits.read(4) + 1, bits.read(4) + 1
+        return bits.read(width_bits) + 1, bits.read(height_bits) + 1
+    except IndexError:
+        return None
