@@ -214,8 +214,9 @@ def decode(
             ``height`` still report the full size; ``reduction`` says by how much the
             frames are smaller. None decodes every pixel, except that a JPEG declaring
             more than ``limits.max_pixels`` is always reduced until it fits.
-        scan_trailing: kinds of trailing parts (``mp4``, ``jpeg``) whose content is
-            decoded and scanned too: a motion photo's sampled video frames, an MPF image.
+        scan_trailing: kinds of trailing parts (``mp4``, ``jpeg``, ``image``) whose content
+            is decoded and scanned too: a motion photo's sampled video frames, an MPF image,
+            an appended PNG, GIF, WebP, TIFF or BMP.
             Their frames follow the image's own; every part found is listed in
             ``trailers`` whether scanned or not.
 
@@ -316,7 +317,7 @@ def _part_frames(
     content: bytes, kind: str, limits: Limits, budget: int, min_side: int | None
 ) -> tuple[list[np.ndarray], str | None]:
     """(frames, why not all of it was scanned) for one trailing part's content."""
-    if kind == _trailing.JPEG:
+    if kind in (_trailing.JPEG, _trailing.IMAGE):
         try:
             part = decode(content, replace(limits, max_pixels=min(budget, limits.max_pixels)), min_side=min_side)
         except UnreadableImage as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -183,6 +184,25 @@ def samsung_motion_photo(still: Image.Image, video: bytes, **jpeg: object) -> by
     directory = b"SEFH" + struct.pack("<II", 107, 1) + b"\x00\x00\x30\x0a" + struct.pack("<II", len(block), len(block))
     return (encode(still.convert("RGB"), "JPEG", quality=90, **jpeg) + block + directory
             + struct.pack("<I", len(directory)) + b"SEFT")
+
+
+def samsung_sef(image: bytes, blocks: list[tuple[bytes, int, bytes]]) -> bytes:
+    """``image`` followed by Samsung SEF blocks ``(name, type, body)`` and the SEF directory
+    listing them (each entry: type, distance back from SEFH, length), as Samsung phones
+    write ``Image_UTC_Data``, ``MotionPhoto_Data`` and the rest."""
+    out, entries = bytearray(image), []
+    for name, kind, body in blocks:
+        block = b"\x00\x00" + struct.pack("<HI", kind, len(name)) + name + body
+        entries.append((kind, len(out), len(block)))
+        out += block
+    head = len(out)
+    directory = b"SEFH" + struct.pack("<II", 107, len(entries)) + b"".join(
+        b"\x00\x00" + struct.pack("<HII", kind, head - at, size) for kind, at, size in entries)
+    return bytes(out) + directory + struct.pack("<I", len(directory)) + b"SEFT"
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
 def multi_picture(primary: Image.Image, *others: Image.Image) -> bytes:

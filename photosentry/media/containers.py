@@ -27,8 +27,8 @@ MAX_STEPS = 1_000_000
 
 
 def image_end(data: bytes, fmt: str, layout: jpeg.Layout | None = None) -> int:
-    """Offset where the image's structure stops (``len(data)`` for TIFF and BMP, whose
-    end is not framed, and for a file cut short, which the decoder refuses anyway)."""
+    """Offset where the image's structure stops (``len(data)`` for a file cut short,
+    which the decoder refuses anyway)."""
     if fmt == "jpeg":
         walked = layout or jpeg.parse(data)
         return walked.end if walked.end is not None else walked.stop
@@ -40,11 +40,15 @@ def image_end(data: bytes, fmt: str, layout: jpeg.Layout | None = None) -> int:
         return riff_end(data)
     if fmt in ("heif", "avif"):
         return bmff_end(data, 0)
+    if fmt == "tiff":
+        return tiff_end(data)
+    if fmt == "bmp":
+        return bmp_end(data)
     return len(data)
 
 
-def png_end(data: bytes) -> int:
-    pos, steps = len(_PNG_SIG), 0
+def png_end(data: bytes, start: int = 0) -> int:
+    pos, steps = start + len(_PNG_SIG), 0
     while pos + 12 <= len(data) and steps < MAX_STEPS:
         length = struct.unpack_from(">I", data, pos)[0]
         kind = data[pos + 4:pos + 8]
@@ -57,11 +61,11 @@ def png_end(data: bytes) -> int:
     return pos
 
 
-def gif_end(data: bytes) -> int:
-    if len(data) < 13:
+def gif_end(data: bytes, start: int = 0) -> int:
+    if len(data) - start < 13:
         return len(data)
-    pos = 13
-    flags = data[10]
+    pos = start + 13
+    flags = data[start + 10]
     if flags & 0x80:
         pos += 3 << ((flags & 7) + 1)
     steps = [0]
@@ -100,11 +104,110 @@ def _sub_blocks(data: bytes, pos: int, steps: list[int]) -> int:
     return -1
 
 
-def riff_end(data: bytes) -> int:
-    if len(data) < 12:
+def riff_end(data: bytes, start: int = 0) -> int:
+    if len(data) - start < 12:
         return len(data)
-    size = struct.unpack_from("<I", data, 4)[0]
-    return min(8 + size + (size & 1), len(data))
+    size = struct.unpack_from("<I", data, start + 4)[0]
+    return min(start + 8 + size + (size & 1), len(data))
+
+
+#: BMP info header sizes (core, v1 ... v5): anything else is not a BMP header.
+_BMP_HEADERS = frozenset({12, 40, 52, 56, 64, 108, 124})
+
+
+def is_bmp(data: bytes, start: int = 0) -> bool:
+    """``BM`` followed by a header that adds up (two letters alone are too common in text)."""
+    if not data.startswith(b"BM", start) or len(data) - start < 26:
+        return False
+    offset, header = struct.unpack_from("<II", data, start + 10)
+    return header in _BMP_HEADERS and 14 + header <= offset <= 1 << 24
+
+
+def bmp_end(data: bytes, start: int = 0) -> int:
+    """Where a BMP's pixel data ends: its offset plus the rows its header declares (or the
+    stored size of compressed data). The declared file size is not trusted: decoders
+    ignore it, so it could claim appended bytes as the image's own."""
+    if not is_bmp(data, start):
+        return len(data)
+    declared, offset, header = struct.unpack_from("<I4xII", data, start + 2)
+    if header == 12:
+        width, height, _, bits = struct.unpack_from("<HHHH", data, start + 18)
+        compression, stored = 0, 0
+    elif len(data) - start >= 38:
+        width, height, _, bits, compression, stored = struct.unpack_from("<iiHHII", data, start + 18)
+    else:
+        return len(data)
+    if compression in (0, 3, 6):  # rows of pixels (3, 6: with colour masks in the header)
+        pixels = ((abs(width) * bits + 31) // 32) * 4 * abs(height)
+    elif stored:
+        pixels = stored
+    else:  # compressed with no stored size: only the declared size says where it ends
+        pixels = declared - offset
+    return min(start + offset + max(pixels, 0), len(data))
+
+
+#: Bytes per value of each TIFF field type (TIFF 6.0 and BigTIFF's 8-byte ones).
+_TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4,
+                    16: 8, 17: 8, 18: 8}
+#: (offsets tag, byte counts tag): strips, tiles, an old-style JPEG thumbnail.
+_TIFF_DATA_TAGS = ((273, 279), (324, 325), (513, 514))
+#: Tags whose values are offsets of further IFDs: SubIFDs, Exif, GPS, Interoperability.
+_TIFF_IFD_TAGS = frozenset({330, 34665, 34853, 40965})
+#: Most IFDs walked in one TIFF (pages, sub-images, Exif and GPS directories).
+_MAX_IFDS = 1024
+
+
+def is_tiff(data: bytes, start: int = 0) -> bool:
+    return data[start:start + 4] in (b"II*\x00", b"MM\x00*")
+
+
+def tiff_end(data: bytes, start: int = 0) -> int:
+    """Just past the last byte any IFD of a TIFF at ``start`` refers to: the directories,
+    every value stored outside them, strips, tiles and the JPEG thumbnail, following the
+    page chain and the SubIFD, Exif, GPS and Interoperability directories. A reference
+    past the end of the data is not counted: it would otherwise claim whatever was
+    appended as the image's own (a file cut short is the decoder's to refuse)."""
+    if not is_tiff(data, start):
+        return len(data)
+    e = "<" if data[start] == 0x49 else ">"
+    n = len(data)
+
+    def at(offset: int) -> int:
+        return start + offset
+
+    end = start + 8
+    try:
+        pending = [struct.unpack_from(e + "I", data, start + 4)[0]]
+        seen: set[int] = set()
+        while pending and len(seen) < _MAX_IFDS:
+            ifd = pending.pop()
+            if ifd == 0 or ifd in seen or at(ifd) + 2 > n:
+                continue
+            seen.add(ifd)
+            count = struct.unpack_from(e + "H", data, at(ifd))[0]
+            if at(ifd) + 2 + 12 * count + 4 > n:
+                continue  # a directory cut short: from here on is looked at as trailing data
+            end = max(end, at(ifd) + 2 + 12 * count + 4)
+            values: dict[int, list[int]] = {}
+            for i in range(count):
+                tag, kind, number, raw = struct.unpack_from(e + "HHI4s", data, at(ifd) + 2 + 12 * i)
+                size = _TIFF_TYPE_SIZES.get(kind, 1) * number
+                where = at(ifd) + 2 + 12 * i + 8 if size <= 4 else at(struct.unpack(e + "I", raw)[0])
+                if size > 4 and where + size <= n:  # past the end: a claim, not the image's bytes
+                    end = max(end, where + size)
+                if kind in (3, 4, 13) and (tag in _TIFF_IFD_TAGS or any(tag in pair for pair in _TIFF_DATA_TAGS)):
+                    fmt = e + ("H" if kind == 3 else "I") * min(number, (n - where) // _TIFF_TYPE_SIZES[kind])
+                    values[tag] = list(struct.unpack_from(fmt, data, where))
+            for offsets_tag, counts_tag in _TIFF_DATA_TAGS:
+                for offset, length in zip(values.get(offsets_tag, []), values.get(counts_tag, [])):
+                    if at(offset) + length <= n:
+                        end = max(end, at(offset) + length)
+            for tag in _TIFF_IFD_TAGS & values.keys():
+                pending.extend(values[tag])
+            pending.append(struct.unpack_from(e + "I", data, at(ifd) + 2 + 12 * count)[0])
+    except struct.error:
+        pass  # what was walked stands; the rest is looked at as trailing data
+    return min(end, n)
 
 
 @dataclass(frozen=True)
