@@ -201,6 +201,20 @@ def samsung_sef(image: bytes, blocks: list[tuple[bytes, int, bytes]]) -> bytes:
     return bytes(out) + directory + struct.pack("<I", len(directory)) + b"SEFT"
 
 
+def exif_with_thumbnail(thumbnail: bytes) -> bytes:
+    """An EXIF block (``Exif\\0\\0`` and a little-endian TIFF structure) whose IFD1 carries
+    ``thumbnail`` as its JPEG thumbnail, as cameras and phones write it."""
+    ifd0 = struct.pack("<H", 1) + struct.pack("<HHII", 0x0112, 3, 1, 1)  # Orientation: 1
+    ifd1_at = 8 + len(ifd0) + 4
+    thumb_at = ifd1_at + 2 + 3 * 12 + 4
+    ifd1 = struct.pack("<H", 3) + b"".join(struct.pack("<HHII", *entry) for entry in (
+        (0x0103, 3, 1, 6),  # Compression: JPEG
+        (0x0201, 4, 1, thumb_at),
+        (0x0202, 4, 1, len(thumbnail)),
+    )) + struct.pack("<I", 0)
+    return b"Exif\x00\x00II*\x00" + struct.pack("<I", 8) + ifd0 + struct.pack("<I", ifd1_at) + ifd1 + thumbnail
+
+
 def png_chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 

@@ -242,6 +242,25 @@ def test_a_bmp_with_a_zip_after_it_is_quarantined(scanner: Scanner, photos: dict
     assert verdict.reason_codes == [ReasonCode.TRAILING_DATA.value]
 
 
+def test_a_banned_photo_hidden_as_the_exif_thumbnail_is_blocked(scanner: Scanner,
+                                                                photos: dict[str, Image.Image]) -> None:
+    """F11: galleries and file browsers show the EXIF thumbnail instead of the photo, so
+    it is decoded, hashed and classified like another frame."""
+    def with_thumbnail(photo: Image.Image, thumbnail: Image.Image) -> bytes:
+        small = media_files.encode(thumbnail.resize((160, 160 * thumbnail.height // thumbnail.width)), "JPEG")
+        return media_files.encode(photo, "JPEG", exif=media_files.exif_with_thumbnail(small))
+
+    verdict = scanner.scan_bytes(with_thumbnail(photos["coffee"], photos["banned"]), subject="holiday.jpg")
+    assert verdict.action is Action.BLOCK, verdict.reason_codes
+    assert {m.frame for m in verdict.matches if m.algorithm.is_perceptual} == {1}, "matched on the thumbnail only"
+    part = verdict.to_dict()["media"]["trailing"][0]
+    assert (part["kind"], part["source"], part["frames_scanned"]) == ("jpeg", "exif:thumbnail", 1)
+
+    clean = scanner.scan_bytes(with_thumbnail(photos["coffee"], photos["coffee"]))
+    assert clean.action is Action.ALLOW, [r.text for r in clean.reasons]
+    assert clean.media is not None and clean.media.frames_scanned == 2
+
+
 def test_padding_is_allowed_and_reported(scanner: Scanner, photos: dict[str, Image.Image]) -> None:
     image, zeros, _ = _appended(photos)["jpeg+zeros"]
     verdict = scanner.scan_bytes(image + zeros)

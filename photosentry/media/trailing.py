@@ -67,7 +67,7 @@ class Trailer:
     kind: str
     offset: int
     size: int
-    #: What declared it, when something did: ``mpf``, ``xmp:MotionPhoto``, ``xmp:MicroVideo``,
+    #: What declared it, when something did: ``mpf``, ``exif:thumbnail``, ``xmp:MotionPhoto``, ``xmp:MicroVideo``,
     #: ``samsung:MotionPhoto_Data``, ``samsung:<block>``, ``heif:mpvd``; empty when found by
     #: structure alone.
     source: str = ""
@@ -109,6 +109,8 @@ class Trailer:
 def find(data: bytes, fmt: str, layout: jpeg.Layout | None = None) -> tuple[Trailer, ...]:
     """Every part of ``data`` that is not the image itself; () when there is none."""
     hidden = list(_hidden_boxes(data)) if fmt in ("heif", "avif") else []
+    if fmt == "jpeg" and layout is not None:
+        hidden += _exif_thumbnails(data, layout)
     end = containers.image_end(data, fmt, layout)
     if end >= len(data):
         return tuple(hidden)
@@ -374,6 +376,54 @@ def _samsung_blocks(data: bytes, start: int) -> list[Trailer]:
     except struct.error:
         return []
     return parts
+
+
+# -- inside the image's own metadata ---------------------------------------------------------
+
+_EXIF_PREFIX = b"Exif\x00\x00"
+#: IFD1 tags giving a JPEG thumbnail's offset (from the TIFF header) and length.
+_THUMBNAIL_OFFSET, _THUMBNAIL_LENGTH = 0x0201, 0x0202
+
+
+def _exif_thumbnails(data: bytes, layout: jpeg.Layout) -> list[Trailer]:
+    """The JPEG thumbnail an EXIF block carries (IFD1), as a part to scan: galleries and
+    file browsers show it instead of the photo, so a banned picture can hide there
+    behind an innocent one. Only a thumbnail wholly inside its APP1 segment and starting
+    like a JPEG is one a viewer can show."""
+    out = []
+    for segment in layout.app(0xE1, _EXIF_PREFIX, data):
+        base = segment.payload_offset + len(_EXIF_PREFIX)
+        stop = segment.offset + segment.length
+        found = _ifd1_thumbnail(data[base:stop])
+        if found is None:
+            continue
+        start, end = base + found[0], base + found[0] + found[1]
+        if end <= stop and data.startswith(b"\xff\xd8", start):
+            out.append(Trailer(JPEG, start, end - start, "exif:thumbnail", content=(start, end)))
+    return out
+
+
+def _ifd1_thumbnail(tiff: bytes) -> tuple[int, int] | None:
+    """(offset, length) of the JPEG thumbnail IFD1 of a TIFF-structured EXIF block names."""
+    if tiff[:4] not in (b"II*\x00", b"MM\x00*"):
+        return None
+    e = "<" if tiff[:2] == b"II" else ">"
+    try:
+        ifd0 = struct.unpack_from(e + "I", tiff, 4)[0]
+        count = struct.unpack_from(e + "H", tiff, ifd0)[0]
+        ifd1 = struct.unpack_from(e + "I", tiff, ifd0 + 2 + 12 * count)[0]
+        if not ifd1:
+            return None
+        tags = {}
+        for i in range(min(struct.unpack_from(e + "H", tiff, ifd1)[0], 256)):
+            tag, kind, _, value = struct.unpack_from(e + "HHI4s", tiff, ifd1 + 2 + 12 * i)
+            if tag in (_THUMBNAIL_OFFSET, _THUMBNAIL_LENGTH):
+                tags[tag] = struct.unpack_from(e + ("H" if kind == 3 else "I"), value)[0]
+    except struct.error:
+        return None
+    if tags.get(_THUMBNAIL_OFFSET) and tags.get(_THUMBNAIL_LENGTH):
+        return tags[_THUMBNAIL_OFFSET], tags[_THUMBNAIL_LENGTH]
+    return None
 
 
 # -- inside an ISO BMFF still image ----------------------------------------------------------
