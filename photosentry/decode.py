@@ -9,8 +9,9 @@ Hostile files are normal input here. The order of checks is the defence:
    and against what decoding will really cost (:mod:`photosentry.media.budget`: a
    200 MP JPEG is decoded at 1/8 scale, a 60 MP PNG cannot be), so a decompression
    bomb costs a header parse, nothing more;
-4. animations are decoded only up to a pixel budget, and a handful of frames spread
-   evenly over them is kept for hashing and classification.
+4. animations are decoded only up to a pixel budget, and a handful of frames is kept
+   for hashing and classification: spread evenly over them, or by display time when
+   frames are shown for different times (:func:`choose_frames`).
 
 HEIC/HEIF (pillow-heif, libheif) and AVIF (Pillow's own plugin, libavif) go through
 the same checks; their irot/imir transforms are applied like EXIF orientation.
@@ -249,7 +250,8 @@ def decode(
                 except Exception:  # noqa: BLE001 - the file as it is decides, below
                     image = None
             if image is None:
-                image = _decode_frames(img, fmt, limits, reduction, (width, height), len(data))
+                image = _decode_frames(img, fmt, limits, reduction, (width, height), len(data),
+                                       _containers.frame_durations(data, fmt))
         except UnreadableImage:
             raise
         except Image.DecompressionBombError as exc:
@@ -437,9 +439,34 @@ def _dc_scans_only(data: bytes, img: Image.Image, reduction: int, full_size: tup
     return out if out.size == img.size and out.mode == img.mode else None
 
 
+def choose_frames(reachable: int, wanted: int, durations: list[int] | None = None) -> list[int]:
+    """Which of the first ``reachable`` frames to keep, at most ``wanted``, in file order.
+
+    Evenly spread over the frames when every frame is shown as long (or the file does not
+    say). Otherwise by display time, so that a frame shown for 10 s among a thousand
+    1 ms frames is kept whatever its index: the first frame (what a still preview shows),
+    the ``SCAN_LONGEST_FRAMES`` frames shown longest, then frames at evenly spread
+    moments of the animation's running time, then evenly spread frames.
+    """
+    spread = [int(round(i)) for i in np.linspace(0, reachable - 1, wanted)]
+    shown = list(durations[:reachable]) if durations is not None and len(durations) >= reachable else []
+    if not shown or min(shown) == max(shown):
+        return sorted(set(spread))
+    order: list[int] = [0]
+    order += sorted(range(reachable), key=lambda i: (-shown[i], i))[:defaults.SCAN_LONGEST_FRAMES]
+    ends = np.cumsum(shown)
+    moments = max(1, (wanted - len(set(order))))
+    order += [int(np.searchsorted(ends, (k + 0.5) * ends[-1] / moments, side="right")) for k in range(moments)]
+    chosen: list[int] = []
+    for index in order + spread:
+        if index not in chosen and index < reachable and len(chosen) < wanted:
+            chosen.append(index)
+    return sorted(chosen)
+
+
 def _decode_frames(
     img: Image.Image, fmt: str, limits: Limits, reduction: int = 1, full_size: tuple[int, int] | None = None,
-    file_bytes: int = 0,
+    file_bytes: int = 0, durations: list[int] | None = None,
 ) -> DecodedImage:
     width, height = img.size
     full_width, full_height = full_size or (width, height)
@@ -452,7 +479,7 @@ def _decode_frames(
     # no more pixels than one largest still (a 20 KB GIF with a 49 MP screen otherwise
     # costs four 49 MP frames: 2.2 GB and 13 s, scripts/make_hostile.py).
     wanted = min(limits.scan_frames, reachable, max(1, limits.max_pixels // (width * height)))
-    indices = sorted({int(round(i)) for i in np.linspace(0, reachable - 1, wanted)})
+    indices = choose_frames(reachable, wanted, durations)
 
     notes: list[str] = []
     transpose = _exif_transpose_method(img, notes)

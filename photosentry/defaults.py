@@ -69,6 +69,12 @@ SCAN_FRAMES = 8
 """Frames of an animation that are hashed and classified, spread evenly over it;
 any one of them can trigger a quarantine or block."""
 
+SCAN_LONGEST_FRAMES = 2
+"""Of the ``SCAN_FRAMES`` kept from an animation whose frames are shown for different
+times, how many are the frames shown longest (the rest: the first frame, then frames at
+evenly spread moments of its running time). A picture shown for 10 s among a thousand
+1 ms frames is what a viewer sees; sampling by index alone would almost never keep it."""
+
 DECODE_MIN_SIDE = 256
 """Smallest side the scan decodes a JPEG to (DCT-domain scaling, 1/2 to 1/8): what
 the model needs (open_nsfw stretches the photo to 256x256). The hashes need no more:

@@ -371,3 +371,23 @@ def test_every_tiff_page_is_checked_against_the_pixel_limit() -> None:
     data = encode(small, "TIFF", save_all=True, append_images=[large])
     assert decode(data).frame_count == 2
     assert reason(data, Limits(max_pixels=1000)) == TOO_MANY_PIXELS
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP", "PNG"])
+def test_a_frame_shown_for_seconds_among_many_brief_ones_is_kept(fmt: str) -> None:
+    """F10: frames are chosen by display time, not by index alone: the one frame a viewer
+    really sees (10 s among 120 frames of 10 ms) is kept wherever it sits."""
+    count, shown_long = 120, 60  # linspace(0, 119, 8) would keep 51 and 68, never 60
+    frames = [Image.new("RGB", (32, 32), (2 * i, 100, 50)) for i in range(count)]
+    frames[shown_long] = Image.new("RGB", (32, 32), (250, 0, 250))
+    durations = [10] * count
+    durations[shown_long] = 10_000
+    data = encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=durations, loop=0,
+                  **({"lossless": True} if fmt == "WEBP" else {}))
+    image = decode(data)
+    assert image.frame_count == count and len(image.frames) == Limits().scan_frames
+    assert shown_long in image.frame_indices and image.frame_indices[0] == 0
+    kept = image.frames[image.frame_indices.index(shown_long)]
+    assert abs(kept.astype(int) - (250, 0, 250)).max() < 8  # really that frame
+    # Frames all shown as long are still spread evenly over the animation.
+    assert decode(animated_gif(50), Limits(scan_frames=4)).frame_indices == (0, 16, 33, 49)

@@ -452,3 +452,82 @@ def _sequence_size(payload: bytes) -> tuple[int, int] | None:
         return bits.read(width_bits) + 1, bits.read(height_bits) + 1
     except IndexError:
         return None
+
+
+# -- how long each frame of an animation is shown --------------------------------------------
+
+
+def frame_durations(data: bytes, fmt: str) -> list[int] | None:
+    """Display time of each frame in milliseconds, as the file declares it (GIF graphic
+    control extensions, WebP ANMF chunks, APNG fcTL chunks), read from the framing
+    without decoding; None for other formats or when the framing does not add up."""
+    try:
+        if fmt == "gif":
+            return _gif_durations(data)
+        if fmt == "webp":
+            return _webp_durations(data)
+        if fmt == "png":
+            return _apng_durations(data)
+    except (IndexError, struct.error):
+        return None
+    return None
+
+
+def _gif_durations(data: bytes) -> list[int] | None:
+    pos = 13
+    flags = data[10]
+    if flags & 0x80:
+        pos += 3 << ((flags & 7) + 1)
+    out: list[int] = []
+    delay = 0
+    steps = [0]
+    while pos < len(data) and steps[0] < MAX_STEPS:
+        steps[0] += 1
+        block = data[pos]
+        if block == 0x3B:
+            break
+        if block == 0x21:
+            if data[pos + 1] == 0xF9 and data[pos + 2] >= 4:  # graphic control: delay in 1/100 s
+                delay = struct.unpack_from("<H", data, pos + 4)[0] * 10
+            after = _sub_blocks(data, pos + 2, steps)
+        elif block == 0x2C:
+            local = data[pos + 9]
+            table = 3 << ((local & 7) + 1) if local & 0x80 else 0
+            after = _sub_blocks(data, pos + 10 + table + 1, steps)
+            out.append(delay)
+            delay = 0
+        else:
+            return None
+        if after < 0:
+            break
+        pos = after
+    return out
+
+
+def _webp_durations(data: bytes) -> list[int] | None:
+    out = []
+    pos, end = 12, riff_end(data)
+    for _ in range(MAX_STEPS):
+        if pos + 8 > end:
+            break
+        kind, size = data[pos:pos + 4], struct.unpack_from("<I", data, pos + 4)[0]
+        if kind == b"ANMF":
+            out.append(int.from_bytes(data[pos + 8 + 12:pos + 8 + 15], "little"))
+        pos += 8 + size + (size & 1)
+    return out or None
+
+
+def _apng_durations(data: bytes) -> list[int] | None:
+    out = []
+    pos = len(_PNG_SIG)
+    for _ in range(MAX_STEPS):
+        if pos + 12 > len(data):
+            break
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        if kind == b"fcTL":
+            numerator, denominator = struct.unpack_from(">HH", data, pos + 8 + 20)
+            out.append(numerator * 1000 // (denominator or 100))
+        if kind == b"IEND":
+            break
+        pos += 12 + length
+    return out or None
