@@ -82,12 +82,13 @@ class Limits:
     max_total_pixels: int = defaults.MAX_TOTAL_PIXELS
     max_frames: int = defaults.MAX_FRAMES
     scan_frames: int = defaults.SCAN_FRAMES
+    hash_frames: int = defaults.HASH_FRAMES
     max_declared_pixels: int = defaults.MAX_DECLARED_PIXELS
     max_decode_bytes: int = defaults.MAX_DECODE_BYTES
     bomb_ratio: int = defaults.DECOMPRESSION_BOMB_RATIO
 
     def __post_init__(self) -> None:
-        for name in ("max_bytes", "max_pixels", "max_total_pixels", "max_frames", "scan_frames",
+        for name in ("max_bytes", "max_pixels", "max_total_pixels", "max_frames", "scan_frames", "hash_frames",
                      "max_declared_pixels", "max_decode_bytes", "bomb_ratio"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
@@ -122,6 +123,10 @@ class DecodedImage:
     trailers: tuple[Trailer, ...] = ()
     #: The photo's EXIF or XMP carries GPS coordinates.
     gps: bool = False
+    #: More frames of an animation, walked but not kept for the models: hashed and matched
+    #: only, shrunk to at most ``HASH_FRAME_SIDE`` (their indices in ``hash_frame_indices``).
+    hash_frames: tuple[np.ndarray, ...] = ()
+    hash_frame_indices: tuple[int, ...] = ()
 
     @property
     def image_frames(self) -> int:
@@ -480,23 +485,30 @@ def _decode_frames(
     # costs four 49 MP frames: 2.2 GB and 13 s, scripts/make_hostile.py).
     wanted = min(limits.scan_frames, reachable, max(1, limits.max_pixels // (width * height)))
     indices = choose_frames(reachable, wanted, durations)
+    # Every other frame walked is hashed too (a banned frame among a thousand is matched
+    # even when the models never see it), evenly spread when there are more than the budget.
+    kept = set(indices)
+    spare = max(0, min(limits.hash_frames, reachable) - len(indices))
+    others = [i for i in range(reachable) if i not in kept]
+    hashed = sorted({others[int(round(k))] for k in np.linspace(0, len(others) - 1, spare)}) if spare and others else []
 
     notes: list[str] = []
     transpose = _exif_transpose_method(img, notes)
     frames: list[np.ndarray] = []
+    hash_frames: list[np.ndarray] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # as in decode(): corrupt-data warnings are noise
-        for index in indices:
+        for index in sorted(kept.union(hashed)):
             if index:
                 img.seek(index)
             # Pages of a TIFF may each declare their own size: check every one.
             if img.size[0] * img.size[1] > limits.max_pixels:
                 raise _budget.refuse_frame(f"{fmt} frame {index}", img.size[0], img.size[1], file_bytes,
                                            limits.budget)
-            rgb = to_rgb_array(img)
+            rgb = to_rgb_array(img) if index in kept else _shrunk(img)
             if transpose is not None:
                 rgb = _apply_transpose(rgb, transpose)
-            frames.append(rgb)
+            (frames if index in kept else hash_frames).append(rgb)
     out_h, out_w = frames[0].shape[:2]
     if reduction > 1:
         # Report the photo's own size (orientation applied), not the reduced frame's.
@@ -511,7 +523,21 @@ def _decode_frames(
         frames_truncated=truncated,
         notes=tuple(notes),
         reduction=reduction,
+        hash_frames=tuple(hash_frames),
+        hash_frame_indices=tuple(hashed),
     )
+
+
+def _shrunk(img: Image.Image) -> np.ndarray:
+    """A frame that is only hashed, at most ``HASH_FRAME_SIDE`` on its longer side (the
+    hashes shrink it further anyway: PDQ to 64 px, pHash to 32, dHash to 9)."""
+    rgb = to_rgb_array(img)
+    height, width = rgb.shape[:2]
+    side = defaults.HASH_FRAME_SIDE
+    if max(width, height) <= side:
+        return rgb
+    size = (max(1, width * side // max(width, height)), max(1, height * side // max(width, height)))
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BOX))
 
 
 def _exif_transpose_method(img: Image.Image, notes: list[str]) -> int | None:
