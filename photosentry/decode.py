@@ -449,15 +449,16 @@ def choose_frames(reachable: int, wanted: int, durations: list[int] | None = Non
 
     Evenly spread over the frames when every frame is shown as long (or the file does not
     say). Otherwise by display time, so that a frame shown for 10 s among a thousand
-    1 ms frames is kept whatever its index: the first frame (what a still preview shows),
-    the ``SCAN_LONGEST_FRAMES`` frames shown longest, then frames at evenly spread
+    1 ms frames is kept whatever its index: the first frame (what a still preview shows)
+    and the last reached (what an animation that stops leaves on screen; it also keeps
+    the last index the walk reached), the ``SCAN_LONGEST_FRAMES`` frames shown longest, then frames at evenly spread
     moments of the animation's running time, then evenly spread frames.
     """
     spread = [int(round(i)) for i in np.linspace(0, reachable - 1, wanted)]
     shown = list(durations[:reachable]) if durations is not None and len(durations) >= reachable else []
     if not shown or min(shown) == max(shown):
         return sorted(set(spread))
-    order: list[int] = [0]
+    order: list[int] = [0, reachable - 1]
     order += sorted(range(reachable), key=lambda i: (-shown[i], i))[:defaults.SCAN_LONGEST_FRAMES]
     ends = np.cumsum(shown)
     moments = max(1, (wanted - len(set(order))))
