@@ -271,19 +271,27 @@ def decode(
     return _scan_trailers(replace(image, gps=gps), data, trailers, frozenset(scan_trailing), limits, min_side)
 
 
+#: Block size a coded AV1 or HEVC frame may exceed its declared ``ispe`` size by.
+_CODED_PADDING = 64
+
+
 def _plan(
     data: bytes, fmt: str, size: tuple[int, int], limits: Limits, layout: _jpeg.Layout | None, min_side: int | None
 ) -> _budget.Plan:
-    """The budget's plan for the declared size, or for an AVIF's coded size when its AV1
-    sequence header says more than ``ispe`` (the decoder allocates the coded frame)."""
+    """The budget's plan for the declared size, or for an AVIF's or HEIC's coded size when
+    its AV1 sequence header or HEVC SPS says more than ``ispe`` (the decoder allocates
+    the coded frame)."""
     width, height = size
-    coded = max(_containers.av1_frame_sizes(data) if fmt == "avif" else [], key=lambda s: s[0] * s[1], default=size)
-    if coded[0] * coded[1] <= width * height:
+    coded = max(_containers.coded_frame_sizes(data, fmt), key=lambda s: s[0] * s[1], default=size)
+    # Encoders pad to their block size (x265 codes a 333x201 photo as 334x202, anything
+    # under 64 px as 64x64) and crop with clap: that much is the same picture.
+    padded = (-(-width // _CODED_PADDING) * _CODED_PADDING, -(-height // _CODED_PADDING) * _CODED_PADDING)
+    if coded[0] * coded[1] <= width * height or (coded[0] <= padded[0] and coded[1] <= padded[1]):
         return _budget.plan(fmt, width, height, len(data), limits.budget, layout=layout, min_side=min_side)
     try:
         return _budget.plan(fmt, *coded, len(data), limits.budget, min_side=min_side)
     except UnreadableImage as exc:
-        raise UnreadableImage(exc.code, f"{exc.message} (its AV1 sequence header's size; ispe declares"
+        raise UnreadableImage(exc.code, f"{exc.message} (the size its coded data declares; ispe declares"
                                         f" {width}x{height})") from exc
 
 

@@ -8,8 +8,8 @@ just past the end marker, or where the structure stopped making sense. Fail clos
 a PNG whose IEND was replaced by a ZIP still has the ZIP looked at, from the first
 chunk that does not add up.
 
-:func:`av1_frame_sizes` reads, the same way, the frame size an AVIF's AV1 data codes,
-which the decoder allocates whatever the ``ispe`` box declares.
+:func:`coded_frame_sizes` reads, the same way, the frame size an AVIF's AV1 data or a
+HEIC's HEVC data codes, which the decoder allocates whatever the ``ispe`` box declares.
 """
 
 from __future__ import annotations
@@ -252,24 +252,32 @@ def bmff_end(data: bytes, start: int) -> int:
 # -- what an AVIF's AV1 data says about its size -------------------------------------------
 #
 # ``ispe`` declares an item's size, and it is what Pillow reports and the budget checks;
-# but the AV1 decoder allocates what the coded data's sequence header says, before
-# libavif compares the two. A file whose ``ispe`` says 64x64 over a 8192x8192 sequence
-# header has its 67 MP frame decoded anyway (then cropped), so the budget must see the
-# coded size too.
+# but the AV1 or HEVC decoder allocates what the coded data's sequence header or SPS
+# says, before libavif or libheif compares the two. An AVIF whose ``ispe`` says 64x64
+# over a 8192x8192 sequence header has its 67 MP frame decoded anyway (then cropped), so
+# the budget must see the coded size too.
 
 #: Boxes whose payload is more boxes (after the header bytes given) on the way to an
-#: ``av1C``: the item properties of a still, the sample description of a sequence.
+#: ``av1C`` or ``hvcC``: the item properties of a still, the sample description of a sequence.
 _CONTAINERS = {b"meta": 4, b"iprp": 0, b"ipco": 0, b"moov": 0, b"trak": 0, b"mdia": 0, b"minf": 0,
-               b"stbl": 0, b"stsd": 8, b"av01": 78}
-#: Most AV1 items whose data is read (libheif refuses files with more than 1,000 items).
+               b"stbl": 0, b"stsd": 8, b"av01": 78, b"hvc1": 78, b"hev1": 78}
+#: Per format: the codec configuration box, and the item type whose data is coded frames.
+_CODECS = {"avif": (b"av1C", b"av01"), "heif": (b"hvcC", b"hvc1")}
+_HEVC_SPS = 33
+#: Most coded items whose data is read (libheif refuses files with more than 1,000 items).
 _MAX_ITEMS = 1024
 _OBU_SEQUENCE_HEADER = 1
 
 
-def av1_frame_sizes(data: bytes) -> list[tuple[int, int]]:
-    """The largest frame size (width, height) of every AV1 sequence header an AVIF holds:
-    in its ``av1C`` boxes' config OBUs and at the start of each ``av01`` item's data.
-    Never raises; what does not parse is skipped (the decoder then refuses it)."""
+def coded_frame_sizes(data: bytes, fmt: str) -> list[tuple[int, int]]:
+    """The frame size (width, height) every sequence parameter set of an AVIF or HEIC
+    codes: an AV1 sequence header's maximum frame size (in ``av1C`` config OBUs and at
+    the start of each ``av01`` item's data), an HEVC SPS's picture size (in ``hvcC`` and
+    at the start of each ``hvc1`` item's data). Never raises; what does not parse is
+    skipped (the decoder then refuses it)."""
+    if fmt not in _CODECS:
+        return []
+    config, item_type = _CODECS[fmt]
     sizes: list[tuple[int, int]] = []
     meta: Box | None = None
     stack = [(0, len(data), 0)]
@@ -280,24 +288,104 @@ def av1_frame_sizes(data: bytes) -> list[tuple[int, int]]:
             steps += 1
             if box.kind == b"meta" and depth == 0:
                 meta = box
-            if box.kind == b"av1C" and box.end - box.body > 4:
-                sizes.extend(_sequence_sizes(data, box.body + 4, box.end))
+            if box.kind == config:
+                sizes.extend(_config_sizes(data, box, fmt))
             elif box.kind in _CONTAINERS and depth < 8:
                 stack.append((box.body + _CONTAINERS[box.kind], box.end, depth + 1))
     if meta is not None:
         try:
-            for start, stop in _av01_item_data(data, meta):
-                sizes.extend(_sequence_sizes(data, start, min(stop, start + 4096, len(data))))
+            for start, stop in _item_data(data, meta, item_type):
+                stop = min(stop, start + 4096, len(data))
+                if fmt == "avif":
+                    sizes.extend(_sequence_sizes(data, start, stop))
+                else:
+                    sizes.extend(_nal_sizes(data, start, stop, 4))
         except (IndexError, struct.error):
-            pass  # a meta box that does not add up: libavif refuses it
+            pass  # a meta box that does not add up: libavif or libheif refuses it
     return sizes
 
 
-def _av01_item_data(data: bytes, meta: Box) -> list[tuple[int, int]]:
-    """File ranges of the first extent of each ``av01`` item (``iinf`` names the type,
-    ``iloc`` the bytes; only items stored in the file itself, construction method 0)."""
+def _config_sizes(data: bytes, box: Box, fmt: str) -> list[tuple[int, int]]:
+    try:
+        if fmt == "avif":
+            return _sequence_sizes(data, box.body + 4, box.end) if box.end - box.body > 4 else []
+        return _hvcc_sizes(data, box)
+    except (IndexError, struct.error):
+        return []
+
+
+def _hvcc_sizes(data: bytes, box: Box) -> list[tuple[int, int]]:
+    """Picture sizes of the SPS NAL units in an ``hvcC`` box's arrays (ISO 14496-15 8.3.3)."""
+    out = []
+    pos = box.body + 22
+    arrays = data[pos]
+    pos += 1
+    for _ in range(arrays):
+        kind, count = data[pos] & 0x3F, struct.unpack_from(">H", data, pos + 1)[0]
+        pos += 3
+        for _ in range(count):
+            length = struct.unpack_from(">H", data, pos)[0]
+            if kind == _HEVC_SPS:
+                found = _sps_size(data[pos + 2:min(pos + 2 + length, box.end)])
+                if found is not None:
+                    out.append(found)
+            pos += 2 + length
+            if pos > box.end:
+                return out
+    return out
+
+
+def _nal_sizes(data: bytes, start: int, stop: int, length_size: int) -> list[tuple[int, int]]:
+    """Picture sizes of the SPS NAL units among the first length-prefixed NAL units of
+    ``data[start:stop]`` (an item may carry its own SPS, which the decoder then uses)."""
+    out = []
+    pos = start
+    for _ in range(16):
+        if pos + length_size + 2 > stop:
+            break
+        length = int.from_bytes(data[pos:pos + length_size], "big")
+        nal = data[pos + length_size:min(pos + length_size + length, stop)]
+        if (nal[0] >> 1) & 0x3F == _HEVC_SPS:
+            found = _sps_size(nal)
+            if found is not None:
+                out.append(found)
+        pos += length_size + length
+    return out
+
+
+def _sps_size(nal: bytes) -> tuple[int, int] | None:
+    """``pic_width_in_luma_samples`` x ``pic_height_in_luma_samples`` of an HEVC SPS NAL
+    unit (H.265 7.3.2.2), after its 2-byte header and emulation prevention bytes."""
+    bits = _Bits(nal[2:].replace(b"\x00\x00\x03", b"\x00\x00"))
+    try:
+        bits.read(4)  # sps_video_parameter_set_id
+        sub_layers = bits.read(3)
+        bits.read(1)
+        bits.read(96)  # general profile, tier and level
+        present = [(bits.read(1), bits.read(1)) for _ in range(sub_layers)]
+        if sub_layers:
+            bits.read(2 * (8 - sub_layers))
+        for profile, level in present:
+            bits.read(88 * profile + 8 * level)
+        bits.uvlc()  # sps_seq_parameter_set_id
+        chroma = bits.uvlc()
+        if chroma == 3:  # 4:4:4
+            bits.read(1)
+        width, height = bits.uvlc(), bits.uvlc()
+        if bits.read(1):  # the conformance window crops the coded size to the picture's
+            left, right, top, bottom = bits.uvlc(), bits.uvlc(), bits.uvlc(), bits.uvlc()
+            width -= (2 if chroma in (1, 2) else 1) * (left + right)
+            height -= (2 if chroma == 1 else 1) * (top + bottom)
+        return max(width, 1), max(height, 1)
+    except IndexError:
+        return None
+
+
+def _item_data(data: bytes, meta: Box, item_type: bytes) -> list[tuple[int, int]]:
+    """File ranges of the first extent of each item of ``item_type`` (``iinf`` names the
+    type, ``iloc`` the bytes; only items stored in the file itself, construction method 0)."""
     children = {b.kind: b for b in boxes(data, meta.body + 4, meta.end)}
-    av01 = set()
+    wanted = set()
     if b"iinf" in children:
         iinf = children[b"iinf"]
         first = iinf.body + (6 if data[iinf.body] == 0 else 8)
@@ -310,11 +398,11 @@ def _av01_item_data(data: bytes, meta: Box) -> list[tuple[int, int]]:
             if at + id_size + 6 > entry.end:
                 continue
             item = int.from_bytes(data[at:at + id_size], "big")
-            if data[at + id_size + 2:at + id_size + 6] == b"av01":
-                av01.add(item)
-    if not av01 or b"iloc" not in children:
+            if data[at + id_size + 2:at + id_size + 6] == item_type:
+                wanted.add(item)
+    if not wanted or b"iloc" not in children:
         return []
-    return [span for item, span in _iloc(data, children[b"iloc"]) if item in av01]
+    return [span for item, span in _iloc(data, children[b"iloc"]) if item in wanted]
 
 
 def _iloc(data: bytes, iloc: Box) -> Iterator[tuple[int, tuple[int, int]]]:
