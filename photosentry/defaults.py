@@ -42,6 +42,15 @@ that is ``too_many_pixels``. Measured on flat 48 MP frames: Huffman-coded JPEG p
 at 512:1 (4:2:0, optimised tables), PNG at 1030:1 (deflate's ceiling), lossy WebP at
 1686:1; real photos stay under 100:1. The hostile set's bombs are all past 10,000:1."""
 
+MAX_JPEG_SCANS = 500
+"""Most scans (SOS segments) a JPEG may have; more is a ``decompression_bomb``,
+refused from its marker structure before decoding. libjpeg re-processes every
+coefficient of the whole frame for each scan of a progressive file, so the scan count,
+not the file size, sets the decoding time: a flat 4096x4096 progressive JPEG with 600
+repeated scans is a 130 KB file that takes 11 s to decode (3000 scans: 51 s). Encoders
+write about 10 scans (libjpeg's default progression); 500 leaves room for any
+hand-tuned progression while bounding a decode to a few seconds."""
+
 MAX_TOTAL_PIXELS = 200_000_000
 """Pixel budget for decoding every frame up to the last sampled one of an animation:
 bounds time and memory for files with thousands of frames."""
@@ -59,6 +68,22 @@ of 1080p or 4 s of 4K at 30 fps, about 2 s of decoding on one core. Motion photo
 SCAN_FRAMES = 8
 """Frames of an animation that are hashed and classified, spread evenly over it;
 any one of them can trigger a quarantine or block."""
+
+SCAN_LONGEST_FRAMES = 2
+"""Of the ``SCAN_FRAMES`` kept from an animation whose frames are shown for different
+times, how many are the frames shown longest (the rest: the first frame, then frames at
+evenly spread moments of its running time). A picture shown for 10 s among a thousand
+1 ms frames is what a viewer sees; sampling by index alone would almost never keep it."""
+
+HASH_FRAMES = 256
+"""Frames of an animation that are hashed and matched, the ``SCAN_FRAMES`` the models see
+among them; every frame walked when there are no more than this, else evenly spread.
+Hashing costs about 4 ms a frame (PDQ, pHash, dHash), so at most about 1 s, and each
+hashed frame adds its hashes to the verdict."""
+
+HASH_FRAME_SIDE = 128
+"""Longer side a frame that is only hashed is shrunk to before it is held: 256 of them
+stay under 13 MB, and the hashes shrink every frame further anyway (PDQ works on 64 px)."""
 
 DECODE_MIN_SIDE = 256
 """Smallest side the scan decodes a JPEG to (DCT-domain scaling, 1/2 to 1/8): what

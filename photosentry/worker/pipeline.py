@@ -295,7 +295,8 @@ class Scanner:
             else:
                 # A reduced frame is hashed with the photo's own PDQ filter, so the
                 # values stay those of the full-resolution photo (perceptual.py).
-                photo.hashes = hash_image(data, decoded.frames, decoded.frame_indices,
+                photo.hashes = hash_image(data, decoded.frames + decoded.hash_frames,
+                                          decoded.frame_indices + decoded.hash_frame_indices,
                                           source_size=(decoded.width, decoded.height), reduction=decoded.reduction,
                                           regions=self.matcher is not None,
                                           features=self.matcher is not None and self.matcher.wants_features)

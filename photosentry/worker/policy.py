@@ -70,6 +70,7 @@ TRAILING_ACTIONS = ("allow", "scan", "quarantine", "block")
 DEFAULT_TRAILING = {
     _trailing.MP4: "scan",
     _trailing.JPEG: "scan",
+    _trailing.IMAGE: "scan",
     _trailing.METADATA: "allow",
     _trailing.PADDING: "allow",
     _trailing.ZIP: "quarantine",
@@ -86,7 +87,7 @@ class TrailingRules:
     photo's video, an MPF image); if it cannot be, the photo fails closed
     (``trailing_unscanned``). ``allow``: kept, and named in the verdict's media notes.
     ``quarantine``/``block``: reason ``trailing_data``. ``unknown`` can never be
-    allowed (nothing vouches for it) and only ``mp4``/``jpeg`` can be scanned.
+    allowed (nothing vouches for it) and only ``mp4``/``jpeg``/``image`` can be scanned.
     """
 
     actions: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_TRAILING))
