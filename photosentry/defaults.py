@@ -75,15 +75,17 @@ times, how many are the frames shown longest (the rest: the first frame, then fr
 evenly spread moments of its running time). A picture shown for 10 s among a thousand
 1 ms frames is what a viewer sees; sampling by index alone would almost never keep it."""
 
-HASH_FRAMES = 256
+HASH_FRAMES = 64
 """Frames of an animation that are hashed and matched, the ``SCAN_FRAMES`` the models see
 among them; every frame walked when there are no more than this, else evenly spread.
-Hashing costs about 4 ms a frame (PDQ, pHash, dHash), so at most about 1 s, and each
-hashed frame adds its hashes to the verdict."""
+Hashing and matching cost about 4 ms a frame (PDQ, pHash, dHash and their variants), so
+at most about a quarter of a second: most stickers and GIFs have fewer frames, and a
+longer animation's frames are a few apart, where a banned picture shown long enough to
+see spans several."""
 
 HASH_FRAME_SIDE = 128
 """Longer side a frame that is only hashed is shrunk to before it is held: 256 of them
-stay under 13 MB, and the hashes shrink every frame further anyway (PDQ works on 64 px)."""
+stay under 13 MB (64 of them 3 MB), and the hashes shrink every frame further anyway (PDQ works on 64 px)."""
 
 DECODE_MIN_SIDE = 256
 """Smallest side the scan decodes a JPEG to (DCT-domain scaling, 1/2 to 1/8): what

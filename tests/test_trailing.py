@@ -261,6 +261,36 @@ def test_a_banned_photo_hidden_as_the_exif_thumbnail_is_blocked(scanner: Scanner
     assert clean.media is not None and clean.media.frames_scanned == 2
 
 
+def test_the_model_sees_a_trailing_image_only_when_it_is_another_picture(
+        policy: Policy, store: SqliteBankStore, classifier: OpenNsfwClassifier, photos: dict[str, Image.Image]) -> None:
+    """Nearly every camera JPEG carries an EXIF thumbnail of itself: matching its hashes is
+    cheap, running the model on it again is not. Another picture gets the model."""
+
+    class Counting:  # the real model, counting the frames it is given
+        def __init__(self) -> None:
+            self.seen: list[int] = []
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(classifier, name)
+
+        def classify(self, frames):  # type: ignore[no-untyped-def]
+            self.seen.append(len(frames))
+            return classifier.classify(frames)
+
+    counting = Counting()
+    scanner = Scanner(policy=policy, matcher=BankMatcher(store), classifier=counting)  # type: ignore[arg-type]
+
+    def with_thumbnail(photo: Image.Image, thumbnail: Image.Image) -> bytes:
+        small = media_files.encode(thumbnail.resize((160, 160 * thumbnail.height // thumbnail.width)), "JPEG")
+        return media_files.encode(photo, "JPEG", exif=media_files.exif_with_thumbnail(small))
+
+    same = scanner.scan_bytes(with_thumbnail(photos["coffee"], photos["coffee"]))
+    other = scanner.scan_bytes(with_thumbnail(photos["coffee"], photos["banned"]))
+    assert counting.seen == [1, 2]
+    assert same.media is not None and other.media is not None
+    assert same.media.frames_scanned == other.media.frames_scanned == 2  # both thumbnails hashed
+
+
 def test_padding_is_allowed_and_reported(scanner: Scanner, photos: dict[str, Image.Image]) -> None:
     image, zeros, _ = _appended(photos)["jpeg+zeros"]
     verdict = scanner.scan_bytes(image + zeros)

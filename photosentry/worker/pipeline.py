@@ -27,6 +27,7 @@ from PIL import Image
 from .. import defaults
 from ..decode import DecodedImage, Limits, decode, read_limited
 from ..errors import ModelUnavailable, UnreadableImage
+from ..hashes.codecs import Algorithm, hamming
 from ..hashes.matcher import BankMatcher, Match
 from ..hashes.signals import ImageHashes, hash_bytes, hash_image
 from ..models.classifier import ModelScore, NudityClassifier
@@ -72,7 +73,30 @@ class _Photo:
 
     @property
     def frame_count(self) -> int:
-        return len(self.decoded.frames) if self.decoded is not None else 0
+        return len(self.model_frames)
+
+    @property
+    def model_frames(self) -> tuple[np.ndarray, ...]:
+        """The frames the models see: every frame, less trailing images (an EXIF
+        thumbnail, an MPF preview) that show the same picture as the photo itself,
+        which the models have seen already; their hashes are matched all the same."""
+        if self.decoded is None:
+            return ()
+        frames = self.decoded.frames
+        own = self.decoded.image_frames
+        if self.hashes is None or own >= len(frames) or not self.hashes.frames:
+            return frames
+        first = self.hashes.frames[0].get(Algorithm.PDQ)
+        if first is None or first.weak:
+            return frames
+        keep = list(frames[:own])
+        for i in range(own, len(frames)):
+            ph = self.hashes.frames[i].get(Algorithm.PDQ) if i < len(self.hashes.frames) else None
+            same = ph is not None and not ph.weak and min(hamming(v, first.value) for v in ph.variants) <= \
+                defaults.PDQ_MATCH_DISTANCE
+            if not same:
+                keep.append(frames[i])
+        return tuple(keep)
 
     @property
     def held_bytes(self) -> int:
@@ -332,7 +356,7 @@ class Scanner:
     def _score_one(self, model: NudityClassifier, photo: "_Photo") -> None:
         assert photo.decoded is not None
         try:
-            photo.scores.append(model.classify(photo.decoded.frames))
+            photo.scores.append(model.classify(photo.model_frames))
         except ModelUnavailable as exc:
             text = str(exc) if model is self.classifier else f"{model.model_id}: {exc}"
             photo.run.failures.append((ReasonCode.MODEL_UNAVAILABLE, text))
@@ -359,7 +383,7 @@ class Scanner:
         start = time.perf_counter()
         scores: list[ModelScore] | None
         try:
-            scores = model.classify_many([p.decoded.frames for p in group], batch_size=batch_size)  # type: ignore[union-attr]
+            scores = model.classify_many([p.model_frames for p in group], batch_size=batch_size)
             if len(scores) != len(group):
                 raise ValueError(f"{len(scores)} scores for {len(group)} photos")
         except Exception as exc:  # noqa: BLE001 - each photo gets its own chance below
