@@ -174,18 +174,28 @@ def _edges(small: np.ndarray, box: Box) -> Box:
     grey = small[top:bottom, left:right].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     h, w = grey.shape
     out = [left, top, right, bottom]
+    # Top and bottom first; then the sides, along the rows between them only (a photo
+    # scaled down on a story canvas is a band: its sides are a third of the height).
     rows = (np.abs(np.diff(grey, axis=0)) > defaults.REGION_SEAM_STEP).mean(axis=1)  # between y and y + 1
-    cols = (np.abs(np.diff(grey, axis=1)) > defaults.REGION_SEAM_STEP).mean(axis=0)
-    for profile, n, near, far in ((rows, h, 1, 3), (cols, w, 0, 2)):
-        reach = int(n * defaults.REGION_EDGE_REACH)
-        if reach < 2:
-            continue
-        head, tail = profile[:reach], profile[::-1][:reach]
-        if head.max() >= defaults.REGION_EDGE_FILL:
-            out[near] += int(head.argmax()) + 1
-        if tail.max() >= defaults.REGION_EDGE_FILL:
-            out[far] -= int(tail.argmax()) + 1
+    _ends(rows, h, out, 1, 3)
+    band = grey[out[1] - top: out[3] - top]
+    if band.shape[0] >= 8:
+        cols = (np.abs(np.diff(band, axis=1)) > defaults.REGION_SEAM_STEP).mean(axis=0)
+        _ends(cols, w, out, 0, 2)
     return (out[0], out[1], out[2], out[3])
+
+
+def _ends(profile: np.ndarray, n: int, out: list[int], near: int, far: int) -> None:
+    """Move ``out[near]`` and ``out[far]`` onto the strongest line of ``profile`` within
+    reach of each end, if one is strong enough."""
+    reach = int(n * defaults.REGION_EDGE_REACH)
+    if reach < 2:
+        return
+    head, tail = profile[:reach], profile[::-1][:reach]
+    if head.max() >= defaults.REGION_EDGE_FILL:
+        out[near] += int(head.argmax()) + 1
+    if tail.max() >= defaults.REGION_EDGE_FILL:
+        out[far] -= int(tail.argmax()) + 1
 
 
 # -- the photo inside a screenshot ----------------------------------------------------------------
