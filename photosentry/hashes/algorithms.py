@@ -145,8 +145,8 @@ ALGORITHMS: Mapping[Algorithm, AlgorithmSpec] = _registry([
     AlgorithmSpec(Algorithm.MD5, 128, "MD5"),
     AlgorithmSpec(Algorithm.PDQ, 256, "PDQ", perceptual=True, default_distance=defaults.PDQ_MATCH_DISTANCE,
                   quality_threshold=defaults.PDQ_QUALITY_THRESHOLD),
-    # The 64-bit hashes have no quality score of their own: they carry their frame's PDQ
-    # quality (signals.hash_frame), gated at the same level.
+    # The 64-bit hashes' score is dHash's thumbnail margin (signals.hash_frame): the
+    # median difference between neighbouring columns, in grey levels.
     AlgorithmSpec(Algorithm.PHASH, 64, "pHash", perceptual=True, default_distance=defaults.PHASH_MATCH_DISTANCE,
                   quality_threshold=defaults.SHORT_HASH_QUALITY_THRESHOLD),
     AlgorithmSpec(Algorithm.DHASH, 64, "dHash", perceptual=True, default_distance=defaults.DHASH_MATCH_DISTANCE,

@@ -230,8 +230,12 @@ def phash_dihedral(grey: Image.Image) -> tuple[str, ...]:
     return tuple(out)
 
 
-def dhash_mirrored(grey: Image.Image) -> tuple[str, str]:
-    """imagehash.dhash of ``grey`` (mode L) and of its mirror image."""
+def dhash_mirrored(grey: Image.Image) -> tuple[str, str, float]:
+    """imagehash.dhash of ``grey`` (mode L), of its mirror image, and its margin: the
+    median |difference| between neighbouring columns of the 9x8 thumbnail. A bit is the
+    sign of such a difference, so where the median is a few grey levels the bits are
+    set by noise, gradients and frames, not by the picture (docs/matching.md)."""
     thumb = np.asarray(grey.resize(DHASH_SIZE, Image.Resampling.LANCZOS), dtype=np.int16)
     mirror = thumb[:, ::-1]
-    return _hex(thumb[:, 1:] > thumb[:, :-1]), _hex(mirror[:, 1:] > mirror[:, :-1])
+    margin = float(np.median(np.abs(np.diff(thumb, axis=1))))
+    return _hex(thumb[:, 1:] > thumb[:, :-1]), _hex(mirror[:, 1:] > mirror[:, :-1]), margin

@@ -37,20 +37,21 @@ from ..hashes.signals import FrameHashes, ImageHashes, PerceptualHash
 DEFAULT_HASHLOG = "photosentry:hashlog"
 """Redis stream holding the hash log."""
 
-_FORMAT = 1
+_FORMAT = 2  # 1: without the 64-bit hashes' score (read as unscored: weak)
 _ORDER = (Algorithm.PDQ, Algorithm.PHASH, Algorithm.DHASH)
 _NO_QUALITY = 255
 
 
 def pack_hashes(hashes: ImageHashes) -> bytes:
-    """Binary form: format, sha256, md5, then per frame its index, PDQ quality and the
-    variants of each perceptual algorithm (count + raw bytes)."""
+    """Binary form: format, sha256, md5, then per frame its index, PDQ quality, the 64-bit
+    hashes' score and the variants of each perceptual algorithm (count + raw bytes)."""
     out = bytearray(struct.pack(">B32s16sB", _FORMAT, bytes.fromhex(hashes.sha256), bytes.fromhex(hashes.md5),
                                 min(len(hashes.frames), 255)))
     for frame in hashes.frames[:255]:
-        pdq = frame.get(Algorithm.PDQ)
+        pdq, dhash = frame.get(Algorithm.PDQ), frame.get(Algorithm.DHASH)
         quality = pdq.quality if pdq is not None and pdq.quality is not None else _NO_QUALITY
-        out += struct.pack(">HB", min(frame.frame, 65535), min(quality, 255))
+        short = dhash.quality if dhash is not None and dhash.quality is not None else _NO_QUALITY
+        out += struct.pack(">HBB", min(frame.frame, 65535), min(quality, 255), min(short, 254))
         for algorithm in _ORDER:
             ph = frame.get(algorithm)
             variants = ph.variants if ph is not None else ()
@@ -62,13 +63,17 @@ def pack_hashes(hashes: ImageHashes) -> bytes:
 
 def unpack_hashes(data: bytes) -> ImageHashes:
     fmt, sha, md5, nframes = struct.unpack_from(">B32s16sB", data, 0)
-    if fmt != _FORMAT:
+    if fmt not in (1, _FORMAT):
         raise ValueError(f"unknown hash log format {fmt}")
     pos = struct.calcsize(">B32s16sB")
     frames = []
     for _ in range(nframes):
-        index, quality = struct.unpack_from(">HB", data, pos)
-        pos += 3
+        if fmt == 1:
+            (index, quality), short = struct.unpack_from(">HB", data, pos), _NO_QUALITY
+            pos += 3
+        else:
+            index, quality, short = struct.unpack_from(">HBB", data, pos)
+            pos += 4
         per = []
         for algorithm in _ORDER:
             (count,) = struct.unpack_from(">B", data, pos)
@@ -77,7 +82,8 @@ def unpack_hashes(data: bytes) -> ImageHashes:
             variants = tuple(data[pos + i * size : pos + (i + 1) * size].hex() for i in range(count))
             pos += count * size
             if variants:
-                q = None if quality == _NO_QUALITY else quality  # the 64-bit hashes carry PDQ's (signals.hash_frame)
+                own = quality if algorithm is Algorithm.PDQ else short
+                q = None if own == _NO_QUALITY else own
                 per.append(PerceptualHash(algorithm, variants[0], variants, q))
         frames.append(FrameHashes(index, tuple(per)))
     return ImageHashes(sha.hex(), md5.hex(), tuple(frames))

@@ -1,0 +1,252 @@
+"""Issue #17: the copies re-uploaders make are caught, an unrelated photo never is.
+
+Real photos (scikit-image's), real framings drawn with Pillow, the real matcher and
+policy; a banned photo is banned the way `photosentry ban add IMAGE` bans it, or as a
+hash-only PDQ list entry. scripts/bench_copies.py measures the rates on hundreds of
+photos; these tests pin the mechanisms: a lone 64-bit hash decides nothing, a region
+of the upload matches a hash-only ban, keypoints catch crops, collages and screenshots,
+and a review-only match never blocks.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from photosentry.decode import decode
+from photosentry.hashes.banks import EntrySource, NewEntry, SqliteBankStore, entries_from_hashes
+from photosentry.hashes.codecs import Algorithm, hamming
+from photosentry.hashes.derived import derive
+from photosentry.hashes.localfeatures import banned_features
+from photosentry.hashes.matcher import BankMatcher, Match
+from photosentry.hashes.signals import hash_image
+from photosentry.worker.pipeline import Scanner
+from photosentry.worker.policy import Policy, decide
+from photosentry.worker.verdict import Action, ReasonCode
+
+from . import corpus as corpus_mod
+
+WHO = {"actor": "test", "reason": "issue 17"}
+OTHERS = ("chelsea.png", "coffee.png", "astronaut.png", "motorcycle_left.png")
+
+
+def jpeg(img: Image.Image, quality: int = 88) -> bytes:
+    out = io.BytesIO()
+    img.convert("RGB").save(out, format="JPEG", quality=quality)
+    return out.getvalue()
+
+
+def hashes_of(data: bytes):  # type: ignore[no-untyped-def]
+    image = decode(data)
+    return hash_image(data, image.frames, image.frame_indices)
+
+
+def ban_image(store: SqliteBankStore, img: Image.Image, bank: str = "banned") -> str:
+    data = jpeg(img, 92)
+    image = decode(data)
+    hashes = hash_image(data, image.frames, image.frame_indices)
+    entries, _ = entries_from_hashes(hashes, bank, label="banned", derived=derive(image.frames[0]),
+                                     features=banned_features(image.frames[0]))
+    store.add(entries, **WHO)
+    return hashes.sha256
+
+
+def ban_pdq_only(store: SqliteBankStore, img: Image.Image) -> None:
+    pdq = hashes_of(jpeg(img, 92)).frames[0].get(Algorithm.PDQ)
+    assert pdq is not None and not pdq.weak
+    store.add([NewEntry(Algorithm.PDQ, pdq.value, "banned", source=EntrySource.IMPORT)], **WHO)
+
+
+# -- the framings -------------------------------------------------------------------------
+
+
+def letterbox(img: Image.Image, canvas: tuple[int, int] = (720, 1280), colour: tuple[int, int, int] = (0, 0, 0)) -> Image.Image:
+    scale = min(canvas[0] / img.width, canvas[1] / img.height)
+    photo = img.resize((round(img.width * scale), round(img.height * scale)))
+    out = Image.new("RGB", canvas, colour)
+    out.paste(photo, ((canvas[0] - photo.width) // 2, (canvas[1] - photo.height) // 2))
+    return out
+
+
+def caption(img: Image.Image, text: str = "WHEN THE WIFI IS DOWN") -> Image.Image:
+    bar = round(img.height * 0.2)
+    out = Image.new("RGB", (img.width, img.height + bar), (255, 255, 255))
+    draw = ImageDraw.Draw(out)
+    draw.text((img.width * 0.05, bar * 0.25), text, fill=(0, 0, 0), font_size=round(bar * 0.45))
+    out.paste(img, (0, bar))
+    return out
+
+
+def screenshot(img: Image.Image) -> Image.Image:
+    w, h = 1080, 2340
+    out = Image.new("RGB", (w, h), (255, 255, 255))
+    draw = ImageDraw.Draw(out)
+    draw.rectangle((0, 0, w, 220), fill=(245, 245, 245))
+    draw.text((180, 90), "alex_93", fill=(0, 0, 0), font_size=60)
+    for y in (300, 520):
+        draw.rounded_rectangle((40, y, 760, y + 170), 40, fill=(230, 230, 235))
+        draw.text((80, y + 50), "look what i found lol", fill=(0, 0, 0), font_size=52)
+    photo = img.resize((900, round(900 * img.height / img.width)))
+    out.paste(photo, (w - photo.width - 40, 760))
+    draw.rounded_rectangle((40, h - 190, 840, h - 60), 60, outline=(160, 160, 160), width=4)
+    return out
+
+
+def collage(img: Image.Image, others: list[Image.Image], slot: int = 3, gutter: int = 12) -> Image.Image:
+    cell = 540
+    out = Image.new("RGB", (2 * cell + 3 * gutter, 2 * cell + 3 * gutter), (255, 255, 255))
+    photos = [*others[:slot], img, *others[slot:]][:4]
+    for i, photo in enumerate(photos):
+        r, c = divmod(i, 2)
+        out.paste(photo.resize((cell, cell)), (gutter + c * (cell + gutter), gutter + r * (cell + gutter)))
+    return out
+
+
+def crop(img: Image.Image, left: float, top: float, right: float, bottom: float) -> Image.Image:
+    w, h = img.size
+    return img.crop((round(w * left), round(h * top), round(w * (1 - right)), round(h * (1 - bottom))))
+
+
+@pytest.fixture(scope="module")
+def photos() -> dict[str, Image.Image]:
+    # Square photos, so a collage cell holds the whole photo (apps crop to fill; keypoints
+    # catch that, and bench_copies.py measures it).
+    out = {}
+    for name in (corpus_mod.BANNED_PHOTO, *OTHERS):
+        img = corpus_mod.load(name).convert("RGB")
+        side = min(img.size)
+        out[name] = img.crop(((img.width - side) // 2, (img.height - side) // 2,
+                              (img.width + side) // 2, (img.height + side) // 2)).resize((640, 640))
+    return out
+
+
+def scanner_for(policy: Policy, store: SqliteBankStore) -> Scanner:
+    return Scanner(policy=policy, matcher=BankMatcher(store), classifier=None)
+
+
+# -- precision ----------------------------------------------------------------------------------
+
+
+def test_a_lone_64_bit_match_is_reported_never_acted_on(policy: Policy, store: SqliteBankStore,
+                                                        photos: dict[str, Image.Image]) -> None:
+    # An imported dHash list entry equal to a clean photo's dHash: the issue's dune grass.
+    data = jpeg(photos["coffee.png"])
+    dhash = hashes_of(data).frames[0].get(Algorithm.DHASH)
+    assert dhash is not None and not dhash.weak
+    store.add([NewEntry(Algorithm.DHASH, dhash.value, "banned", source=EntrySource.IMPORT)], **WHO)
+    verdict = Scanner(policy=policy, matcher=BankMatcher(store), classifier=None).scan_bytes(data)
+    # classifier=None fails closed with model_unavailable; the match itself adds nothing.
+    assert ReasonCode.BANK_MATCH.value not in verdict.reason_codes
+    assert ReasonCode.WEAK_MATCH.value in verdict.reason_codes
+    (m,) = verdict.matches
+    assert m.weak and m.basis == "lone_64bit" and m.distance == 0
+
+
+def test_flat_pictures_64_bit_hashes_are_weak(store: SqliteBankStore) -> None:
+    # Two different smooth pictures (a warm and a cool evening sky): their dHashes agree,
+    # and their thumbnails' columns differ by a grey level or two (dHash's margin), so
+    # nothing their 64-bit hashes match can act, even with a second hash agreeing.
+    x = np.linspace(0, 1, 512, dtype=np.float32)
+    sky = np.outer(np.linspace(0.3, 0.9, 384), 0.7 + 0.08 * x)[..., None]
+    a = np.clip(sky * [255, 200, 160], 0, 255).astype(np.uint8)
+    b = np.clip(sky * [170, 190, 250] * 1.05, 0, 255).astype(np.uint8)
+    banned, upload = hashes_of(jpeg(Image.fromarray(a))), hashes_of(jpeg(Image.fromarray(b)))
+    ours, theirs = upload.frames[0].get(Algorithm.DHASH), banned.frames[0].get(Algorithm.DHASH)
+    assert ours is not None and theirs is not None and ours.weak and ours.quality is not None and ours.quality < 6
+    assert min(hamming(v, theirs.value) for v in ours.variants) <= 8  # it would have matched
+    assert all(h.weak for h in upload.frames[0].hashes if h.algorithm is not Algorithm.PDQ)
+    entries, _ = entries_from_hashes(banned, "banned")
+    store.add([e for e in entries if e.algorithm in (Algorithm.PHASH, Algorithm.DHASH)], **WHO)
+    matches = BankMatcher(store).match(upload)
+    assert matches and all(m.weak and m.basis == "low_quality" for m in matches)
+
+
+def test_two_hashes_of_one_banned_image_corroborate(store: SqliteBankStore, photos: dict[str, Image.Image]) -> None:
+    hashes = hashes_of(jpeg(photos["coffee.png"]))
+    entries, _ = entries_from_hashes(hashes, "banned")
+    store.add([e for e in entries if e.algorithm in (Algorithm.PHASH, Algorithm.DHASH)], **WHO)
+    matches = BankMatcher(store).match(hashes_of(jpeg(photos["coffee.png"], 60)))
+    assert {(m.algorithm, m.basis, m.weak) for m in matches} == {
+        (Algorithm.PHASH, "two_hashes", False), (Algorithm.DHASH, "two_hashes", False)}
+
+
+def test_a_review_only_match_quarantines_where_its_bank_would_block(policy: Policy) -> None:
+    partial = Match(7, "banned", Algorithm.ORB, 240, inliers=15, group="g", basis="features_partial")
+    action, reasons = decide(policy.base, matches=[partial])
+    assert action is Action.QUARANTINE and reasons[0].code is ReasonCode.BANK_MATCH
+    assert reasons[0].detail["bases"] == ["features_partial"] and "15 keypoints" in reasons[0].text
+    full = Match(8, "banned", Algorithm.ORB, 200, inliers=56, group="g", basis="features")
+    assert decide(policy.base, matches=[partial, full])[0] is Action.BLOCK
+
+
+# -- recall ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("framing", ["letterbox", "caption", "screenshot", "collage"])
+def test_a_framed_copy_is_blocked_by_an_image_ban(framing: str, policy: Policy, store: SqliteBankStore,
+                                                  photos: dict[str, Image.Image]) -> None:
+    banned = photos[corpus_mod.BANNED_PHOTO]
+    others = [photos[n] for n in OTHERS]
+    ban_image(store, banned)
+    scanner = scanner_for(policy, store)
+    make = {"letterbox": letterbox, "caption": caption, "screenshot": screenshot,
+            "collage": lambda img: collage(img, others)}[framing]
+    verdict = scanner.scan_bytes(jpeg(make(banned)))
+    assert verdict.action is Action.BLOCK, [r.text for r in verdict.reasons]
+    (reason,) = [r for r in verdict.reasons if r.code is ReasonCode.BANK_MATCH]
+    assert set(reason.detail["bases"]) & {"pdq_region", "features"}, reason.detail
+    # The same framing of innocent photos: no bank match at all that could act.
+    innocent = scanner.scan_bytes(jpeg(make(others[0]) if framing != "collage" else collage(others[0], others[1:] + others[:1])))
+    assert ReasonCode.BANK_MATCH.value not in innocent.reason_codes, [r.text for r in innocent.reasons]
+
+
+@pytest.mark.parametrize("framing", ["letterbox", "caption", "screenshot"])
+def test_a_framed_copy_is_blocked_by_a_hash_only_pdq_ban(framing: str, policy: Policy, store: SqliteBankStore,
+                                                          photos: dict[str, Image.Image]) -> None:
+    banned = photos[corpus_mod.BANNED_PHOTO]
+    ban_pdq_only(store, banned)
+    make = {"letterbox": letterbox, "caption": caption, "screenshot": screenshot}[framing]
+    verdict = scanner_for(policy, store).scan_bytes(jpeg(make(banned)))
+    assert verdict.action is Action.BLOCK, [r.text for r in verdict.reasons]
+    pdq = [m for m in verdict.matches if m.algorithm is Algorithm.PDQ]
+    assert pdq and pdq[0].region and pdq[0].basis == "pdq_region"
+
+
+@pytest.mark.parametrize("cut", [(0.2, 0, 0, 0), (0.1, 0.1, 0.1, 0.1), (0, 0.2, 0.2, 0), (0.05, 0.15, 0.15, 0.05)])
+def test_crops_up_to_a_fifth_are_blocked_by_an_image_ban(cut: tuple[float, float, float, float], policy: Policy,
+                                                         store: SqliteBankStore, photos: dict[str, Image.Image]) -> None:
+    banned = photos[corpus_mod.BANNED_PHOTO]
+    ban_image(store, banned)
+    verdict = scanner_for(policy, store).scan_bytes(jpeg(crop(banned, *cut)))
+    assert verdict.action is Action.BLOCK, [r.text for r in verdict.reasons]
+
+
+def test_a_tilted_copy_with_a_sticker_is_blocked(policy: Policy, store: SqliteBankStore,
+                                                 photos: dict[str, Image.Image]) -> None:
+    banned = photos[corpus_mod.BANNED_PHOTO]
+    ban_image(store, banned)
+    tilted = banned.rotate(7, expand=True, fillcolor=(20, 20, 20))
+    draw = ImageDraw.Draw(tilted)
+    draw.ellipse((60, 60, 200, 200), fill=(255, 210, 0))
+    verdict = scanner_for(policy, store).scan_bytes(jpeg(tilted))
+    assert verdict.action is Action.BLOCK, [r.text for r in verdict.reasons]
+
+
+def test_removing_an_image_ban_removes_everything_it_stored(store: SqliteBankStore, policy: Policy,
+                                                            photos: dict[str, Image.Image]) -> None:
+    banned = photos[corpus_mod.BANNED_PHOTO]
+    group = ban_image(store, banned)
+    stored = list(store.entries(group=group))
+    assert {e.source for e in stored} == {EntrySource.IMAGE, EntrySource.DERIVED}
+    assert sum(e.algorithm is Algorithm.ORB for e in stored) == 1
+    matcher = BankMatcher(store)
+    scanner = Scanner(policy=policy, matcher=matcher, classifier=None)
+    copy = jpeg(crop(banned, 0.15, 0, 0, 0.1))
+    assert scanner.scan_bytes(copy).action is Action.BLOCK
+    store.remove([e.id for e in stored], **WHO)
+    matcher.refresh()
+    assert not matcher.wants_features
+    assert scanner.scan_bytes(copy).matches == ()
