@@ -561,7 +561,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="a few minutes: 12 banned photos, 1 copy per kind, 80 negatives, a 30-file timing")
     parser.add_argument("--baseline-rev", default=DEFAULT_BASELINE,
-                        help=f"the 'before' revision for the timing (default {DEFAULT_BASELINE})")
+                        help=f"the 'before' revision, for the timing and --baseline-recall (default {DEFAULT_BASELINE})")
     parser.add_argument("--baseline-recall", action="store_true",
                         help="also run the whole recall table on --baseline-rev, beside the working tree's")
     parser.add_argument("--no-timing", action="store_true", help="skip the before/after timing")
