@@ -350,7 +350,8 @@ def scan_all(workers: dict[str, Worker], files: list[str], chunk: int = 100) -> 
         for i in range(0, len(files), chunk):
             results[name].extend(workers[name].scan(files[i:i + chunk]))
             if name == next(iter(workers)) and (i // chunk) % 5 == 4:
-                print(f"  scanned {i + chunk}/{len(files)} ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+                print(f"  scanned {min(i + chunk, len(files))}/{len(files)} ({time.perf_counter() - started:.0f} s)",
+                      file=sys.stderr)
 
     threads = [threading.Thread(target=run, args=(name,)) for name in workers]
     for t in threads:
@@ -374,11 +375,15 @@ def _match_action(result: dict[str, Any]) -> str | None:
     return None
 
 
-def recall_rows(items: list[Item], results: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
-    rows: dict[str, dict[str, int]] = defaultdict(lambda: {"total": 0, "blocked": 0, "quarantined": 0})
+def recall_rows(items: list[Item], results: list[dict[str, Any]]) -> dict[str, Any]:
+    rows: dict[str, Any] = defaultdict(lambda: {"total": 0, "blocked": 0, "quarantined": 0})
     for item, res in zip(items, results):
         if item.group != "copy":
             continue
+        if item.kind == "exact" and res["action"] != "block":
+            # The banned file itself not blocked: say why (e.g. a PDQ too weak to count alone).
+            rows["_exact_missed"].setdefault("photos", []).append(
+                f"{item.photo} ({res['action']}: {', '.join(r['code'] for r in res['reasons'])})")
         for key in (item.kind, "_overall", "_new" if item.kind in _new_kinds() else "_before"):
             if key == "_before" and item.kind == "exact":
                 continue
@@ -451,6 +456,9 @@ def print_recall(tables: dict[str, dict[str, dict[str, int]]], kinds: list[str])
             cells.append(f" | {row['blocked']:>4}/{row['total']:<4}{_pct(row['blocked'], row['total']):>7}"
                          f" {row['quarantined']:>4}{_pct(row['quarantined'], row['total']):>7}")
         print(f"{label:<16}" + "".join(cells))
+    for n in names:
+        for photo in tables[n].get("_exact_missed", {}).get("photos", []):
+            print(f"  {n}: the banned file itself was not blocked: {photo}")
 
 
 def print_negatives(tables: dict[str, dict[str, Any]], worst: int) -> None:
@@ -553,7 +561,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="a few minutes: 12 banned photos, 1 copy per kind, 80 negatives, a 30-file timing")
     parser.add_argument("--baseline-rev", default=DEFAULT_BASELINE,
-                        help=f"the 'before' revision for the timing (default {DEFAULT_BASELINE})")
+                        help=f"the 'before' revision, for the timing and --baseline-recall (default {DEFAULT_BASELINE})")
     parser.add_argument("--baseline-recall", action="store_true",
                         help="also run the whole recall table on --baseline-rev, beside the working tree's")
     parser.add_argument("--no-timing", action="store_true", help="skip the before/after timing")
@@ -621,6 +629,7 @@ def main(argv: list[str] | None = None) -> int:
                                                       te_names, models_from)
 
         files = [i.file for i in items]
+        per_file: dict[str, list[dict[str, Any]]] = {}
         recall: dict[str, Any] = {}
         negative: dict[str, Any] = {}
         models: dict[str, str] = {}
@@ -633,6 +642,7 @@ def main(argv: list[str] | None = None) -> int:
                 models[name] = w.model
                 w.close()
                 label = f"{rev} {'A image bans' if name.endswith('image') else 'B PDQ list'}"
+                per_file[label] = results[name]
                 recall[label] = recall_rows(items, results[name])
                 negative[label] = negative_rows(items, results[name], setups[name])
 
@@ -672,6 +682,8 @@ def main(argv: list[str] | None = None) -> int:
                 "corpus": len(corpus), "loose": len(loose), "banned": [p.name for p in banned], "negatives": len(negatives),
                 "recall": recall, "negatives_table": negative, "timing": timing, "models": models,
                 "files": [asdict(i) for i in items],
+                # per configuration, one verdict summary per file, in the order of "files"
+                "results": per_file,
             }, indent=1))
     finally:
         if args.keep or args.work_dir:

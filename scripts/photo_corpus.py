@@ -25,7 +25,7 @@ bits), the largest. Each photo is stored normalised (longest side at most
 :data:`MAX_SIDE` px, JPEG quality 95) with a ``manifest.json`` (name, source package,
 source path, size, strict), so later runs are fast and offline.
 
-Debian holds fewer real photos than one might hope: about 195 strict photos (and ~60
+Debian holds fewer real photos than one might hope: about 190 strict photos (and ~60
 looser photo-like pictures) from the packages below, mostly opencv-doc's sample and
 manual photos, visp's and the wallpaper packages'.
 
@@ -103,9 +103,12 @@ RASTER_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 MIN_SIDE = 256
 #: Longest side of a stored photo.
 MAX_SIDE = 1600
-#: Hamming distances under which two pictures are the same picture (one kept).
-PDQ_DUPLICATE = 31
-PHASH_DUPLICATE = 6
+#: Hamming distances up to which two pictures count as the same picture (one kept).
+#: Wider than a matcher's (PDQ 31): a manual's figure computed from a sample photo
+#: (an upscaled, warped or cropped result) sits at PDQ 36-64 / pHash 8 from it, and
+#: as an "innocent" photo it would be a copy. Distinct photos sit near PDQ 128.
+PDQ_DUPLICATE = 70
+PHASH_DUPLICATE = 10
 #: A PNG is taken for a photo only with this many distinct colours in a 128 px thumbnail
 #: (drawings and screenshots have a few hundred) and at most this much transparency.
 MIN_PHOTO_COLOURS = 3000
