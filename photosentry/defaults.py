@@ -180,9 +180,10 @@ FEATURE_BAN_SIDE = 512
 FEATURE_QUERY_SIDE = 512
 """An upload is reduced to this longest side before its keypoints are found."""
 
-FEATURE_QUERY_COUNT = 400
-"""Keypoints found in an upload: enough that a banned photo filling a quarter of it
-(a collage cell) keeps a few dozen."""
+FEATURE_QUERY_COUNT = 800
+"""Keypoints found in an upload, once for the whole picture: enough that a banned photo
+filling a quarter of it (a collage cell, a screenshot's photo beside lines of text,
+whose letters are all corners) keeps a few dozen."""
 
 FEATURE_FAST_THRESHOLD = 10
 """ORB's corner detector threshold (OpenCV's default is 20): lower finds corners in
@@ -226,9 +227,9 @@ quarter of the picture or less; at 256 pixels it keeps too few corners to verify
 a region's sides land a pixel off, which moves PDQ by a dozen bits."""
 
 FEATURE_REGION_LIMIT = 6
-"""Keypoints are also found in up to this many proposed regions (a screenshot's photo,
-collage cells: hashes/regions.py), whose corners a whole-picture search gives to text
-and the other cells."""
+"""Keypoints are also verified region by region in up to this many proposed regions (a
+screenshot's photo, collage cells: hashes/regions.py): the pairs that fall inside one
+are fitted alone, so the text and the other cells' chance pairs do not outvote them."""
 
 REGION_THUMB_SIDE = 160
 """Region proposals (hashes/regions.py) look for framings on a thumbnail this long."""
@@ -259,7 +260,7 @@ photo has begun."""
 REGION_EDGE_REACH = 0.4
 """A photo's own edge is looked for within this share of each side of the picture ..."""
 
-REGION_EDGE_FILL = 0.5
+REGION_EDGE_FILL = 0.7
 """... as a luminance step over ``REGION_SEAM_STEP`` along at least this share of the line."""
 
 REGION_MIN_MARGIN = 0.015
@@ -277,7 +278,7 @@ REGION_SEAM_STEP = 24.0
 """A hard seam between two collage photos: a luminance step over this between two
 neighbouring lines ..."""
 
-REGION_SEAM_FILL = 0.6
+REGION_SEAM_FILL = 0.75
 """... along at least this share of the line (a horizon or a wall edge rarely crosses
 a photo that cleanly; when one does, its cells only add queries)."""
 

@@ -168,7 +168,9 @@ def test_ban_configure_changes_match_distance(corpus: Corpus, data_dir: Path) ->
     assert code == 0 and "pdq <= 0" in out
     resized = corpus.copies["resized_half"]
     v = scan_json(resized)[1][resized.name]
-    assert all(m["distance"] == 0 for m in v["matches"])
+    # Every hash match within 0 (keypoints in place are not a distance: ban configure
+    # sets the hashes' distances).
+    assert all(m["distance"] == 0 for m in v["matches"] if m["algorithm"] != "orb")
 
 
 def test_ban_configure_keeps_what_it_is_not_told(data_dir: Path) -> None:

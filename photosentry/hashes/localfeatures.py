@@ -17,6 +17,7 @@ the thresholds in :mod:`.evidence` and their measurements are in docs/matching.m
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -39,6 +40,9 @@ class LocalFeatures:
 
     points: np.ndarray
     descriptors: np.ndarray
+    #: Pixels of the picture the keypoints were found on per pixel of the frame given
+    #: (an upload's frame is reduced to ``FEATURE_QUERY_SIDE`` first).
+    scale: float = 1.0
 
     def __len__(self) -> int:
         return len(self.points)
@@ -61,28 +65,29 @@ class LocalFeatures:
         return cls(xy[used].astype(np.float32), np.ascontiguousarray(raw[used, :32]))
 
 
-def _grey(rgb: np.ndarray, side: int) -> np.ndarray:
+def _grey(rgb: np.ndarray, side: int) -> tuple[np.ndarray, float]:
     h, w = rgb.shape[:2]
     grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
     scale = side / max(h, w)
     if scale < 1:
         grey = cv2.resize(grey, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-    return grey
+        return grey, scale
+    return grey, 1.0
 
 
-def _orb(grey: np.ndarray, n: int) -> LocalFeatures:
+def _orb(grey: np.ndarray, n: int, scale: float) -> LocalFeatures:
     detector = cv2.ORB_create(nfeatures=n, fastThreshold=defaults.FEATURE_FAST_THRESHOLD)
     keypoints, descriptors = detector.detectAndCompute(grey, None)
     if descriptors is None or not keypoints:
-        return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8))
+        return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8), scale)
     order = np.argsort([-k.response for k in keypoints], kind="stable")
     points = np.array([keypoints[i].pt for i in order], dtype=np.float32)
-    return LocalFeatures(points, np.ascontiguousarray(descriptors[order]))
+    return LocalFeatures(points, np.ascontiguousarray(descriptors[order]), scale)
 
 
 def banned_features(rgb: np.ndarray) -> LocalFeatures | None:
     """The strongest keypoints of a banned photo (None: too few to verify a copy by)."""
-    found = _orb(_grey(rgb, defaults.FEATURE_BAN_SIDE), 4 * defaults.FEATURE_COUNT)
+    found = _orb(*_with_count(_grey(rgb, defaults.FEATURE_BAN_SIDE), 4 * defaults.FEATURE_COUNT))
     if len(found) < defaults.FEATURE_MIN_INLIERS:
         return None
     return LocalFeatures(found.points[: defaults.FEATURE_COUNT], found.descriptors[: defaults.FEATURE_COUNT])
@@ -90,7 +95,11 @@ def banned_features(rgb: np.ndarray) -> LocalFeatures | None:
 
 def query_features(rgb: np.ndarray) -> LocalFeatures:
     """The keypoints of an upload, to be paired with every banned photo's."""
-    return _orb(_grey(rgb, defaults.FEATURE_QUERY_SIDE), defaults.FEATURE_QUERY_COUNT)
+    return _orb(*_with_count(_grey(rgb, defaults.FEATURE_QUERY_SIDE), defaults.FEATURE_QUERY_COUNT))
+
+
+def _with_count(grey_scale: tuple[np.ndarray, float], n: int) -> tuple[np.ndarray, int, float]:
+    return grey_scale[0], n, grey_scale[1]
 
 
 @dataclass(frozen=True)
@@ -142,9 +151,11 @@ class FeatureIndex:
             self._stack = (owner, points, descriptors)
         return self._stack
 
-    def search(self, query: LocalFeatures) -> list[FeatureHit]:
+    def search(self, query: LocalFeatures,
+               regions: Sequence[tuple[str, tuple[int, int, int, int]]] = ()) -> list[tuple[FeatureHit, str]]:
         """The banned photos the upload's keypoints verify, with at least
-        ``FEATURE_MIN_INLIERS`` inliers, most first."""
+        ``FEATURE_MIN_INLIERS`` inliers, most first, each with the region (of
+        ``regions``: name and frame box) whose pairs verified it best ("" for the whole)."""
         if not self._sets or len(query) < defaults.FEATURE_MIN_INLIERS:
             return []
         owner, points, descriptors = self._stacked()
@@ -158,14 +169,22 @@ class FeatureIndex:
             # or the same one's: a descriptor that fits many places says nothing.
             if best.distance <= defaults.FEATURE_MAX_DISTANCE and best.distance < defaults.FEATURE_RATIO * second.distance:
                 pairs.setdefault(int(owner[best.trainIdx]), []).append((best.queryIdx, best.trainIdx))
+        boxes = [(name, np.array(box, dtype=np.float32) * query.scale) for name, box in regions]
         hits = []
         for entry_id, found_pairs in pairs.items():
             if len(found_pairs) < defaults.FEATURE_MIN_INLIERS:
                 continue
-            inliers = _verified(found_pairs, query.points, points)
-            if inliers >= defaults.FEATURE_MIN_INLIERS:
-                hits.append(FeatureHit(entry_id, self._banks[entry_id], inliers, len(found_pairs)))
-        return sorted(hits, key=lambda h: -h.inliers)
+            best, where = _verified(found_pairs, query.points, points), ""
+            for name, (left, top, right, bottom) in boxes:
+                inside = [(q, b) for q, b in found_pairs
+                          if left <= query.points[q, 0] < right and top <= query.points[q, 1] < bottom]
+                if len(inside) >= defaults.FEATURE_MIN_INLIERS and len(inside) < len(found_pairs):
+                    inliers = _verified(inside, query.points, points)
+                    if inliers > best:
+                        best, where = inliers, name
+            if best >= defaults.FEATURE_MIN_INLIERS:
+                hits.append((FeatureHit(entry_id, self._banks[entry_id], best, len(found_pairs)), where))
+        return sorted(hits, key=lambda h: -h[0].inliers)
 
 
 def _verified(pairs: list[tuple[int, int]], query_points: np.ndarray, banned_points: np.ndarray) -> int:

@@ -483,10 +483,9 @@ class BankMatcher:
                     if hit.distance <= self.bank(bank).distance(ph.algorithm):
                         keep(hit.entry_id, ph.algorithm, hit.distance, frame.frame, hit.query, weak, frame.region)
         verified: dict[int, tuple[FeatureHit, str]] = {}  # entry id -> its most inliers, and where
-        for region, keypoints in hashes.features if len(self._features) else ():
-            for hit in self._features.search(keypoints):
-                if hit.entry_id not in verified or hit.inliers > verified[hit.entry_id][0].inliers:
-                    verified[hit.entry_id] = (hit, region)
+        if hashes.features is not None and len(self._features):
+            for hit, region in self._features.search(hashes.features, hashes.feature_regions):
+                verified[hit.entry_id] = (hit, region)
         info = self._info_of([*best, *verified])
         matches = []
         for entry_id, (weak, distance, frame, variant, algorithm, region) in best.items():

@@ -87,25 +87,27 @@ def propose(rgb: np.ndarray, *, limit: int = defaults.REGION_LIMIT) -> list[Regi
             found.extend(("cell", _trim(small, c)) for c in cells)
     out: list[Region] = []
     kept: list[Box] = [full]
+    grey: np.ndarray | None = None
     for kind, box in found:
         if _area(box) < defaults.REGION_MIN_AREA * sw * sh or any(_iou(box, k) >= 0.9 for k in kept):
             continue
         kept.append(box)
         fx, fy = w / sw, h / sh
         coarse = (round(box[0] * fx), round(box[1] * fy), min(w, round(box[2] * fx)), min(h, round(box[3] * fy)))
-        out.append(Region(kind, *_refined(rgb, coarse, reach=stride + 1)))
+        if grey is None:
+            grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY).astype(np.float32)
+        out.append(Region(kind, *_refined(grey, coarse, reach=stride + 1)))
         if len(out) >= limit:
             break
     return out
 
 
-def _refined(rgb: np.ndarray, box: Box, *, reach: int) -> Box:
+def _refined(grey: np.ndarray, box: Box, *, reach: int) -> Box:
     """``box`` with each side moved, within ``reach`` pixels, onto the frame line where
     the picture changes most: the thumbnail places a side to a thumbnail pixel (half a
     percent), and PDQ moves a dozen bits for that."""
-    h, w = rgb.shape[:2]
+    h, w = grey.shape
     left, top, right, bottom = box
-    grey = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
     def best(lines: np.ndarray, at: int, limit: int) -> int:
         # lines[i] is the i-th line across the box; the side sits between lines at-1 and at.
@@ -115,6 +117,7 @@ def _refined(rgb: np.ndarray, box: Box, *, reach: int) -> Box:
         steps = np.abs(lines[lo:hi + 1] - lines[lo - 1:hi]).mean(axis=1)
         return lo + int(steps.argmax())
 
+    # Only the lines near each side are compared: a few rows and columns of the frame.
     rows = grey[:, left:right]
     cols = grey[top:bottom].T
     top = best(rows, top, h) if top > 0 else 0

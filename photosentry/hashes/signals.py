@@ -246,10 +246,11 @@ class ImageHashes:
     #: framed, letterboxed, screenshotted or collaged copy): a matching detail like the
     #: variants, so never stored, shown or put in a bank.
     regions: tuple[FrameHashes, ...] = ()
-    #: The first frame's keypoints, and those of its proposed regions that may hold a
-    #: photo of their own, by region name ("" for the whole frame), for image bans'
-    #: keypoints to be verified against (:mod:`.localfeatures`); a matching detail too.
-    features: tuple[tuple[str, LocalFeatures], ...] = field(default=(), compare=False)
+    #: The first frame's keypoints, for image bans' keypoints to be verified against
+    #: (:mod:`.localfeatures`), and the regions that may hold a photo of their own (name,
+    #: frame box) whose keypoints are also verified alone; matching details too.
+    features: LocalFeatures | None = field(default=None, compare=False)
+    feature_regions: tuple[tuple[str, tuple[int, int, int, int]], ...] = field(default=(), compare=False)
 
     def exact(self) -> dict[Algorithm, str]:
         return {Algorithm.SHA256: self.sha256, Algorithm.MD5: self.md5}
@@ -336,7 +337,8 @@ def hash_image(
         frame = HashFrame(rgb, **_reduced_from(rgb, source_size, reduction))
         per_frame.append(FrameHashes(index, hash_frame(frame)))
     found: tuple[FrameHashes, ...] = ()
-    keypoints: tuple[tuple[str, LocalFeatures], ...] = ()
+    keypoints: LocalFeatures | None = None
+    boxes: tuple[tuple[str, tuple[int, int, int, int]], ...] = ()
     if (regions or features) and frames:
         proposed = propose(frames[0])
         if regions:
@@ -346,9 +348,10 @@ def hash_image(
                 for r in proposed
             )
         if features:
-            parts = [r for r in proposed if r.kind in ("content", "cell")][: defaults.FEATURE_REGION_LIMIT]
-            keypoints = (("", query_features(frames[0])), *((r.name, query_features(r.crop(frames[0]))) for r in parts))
-    return ImageHashes(exact.sha256, exact.md5, tuple(per_frame), found, keypoints)
+            keypoints = query_features(frames[0])
+            boxes = tuple((r.name, (r.left, r.top, r.right, r.bottom)) for r in proposed
+                          if r.kind in ("content", "cell"))[: defaults.FEATURE_REGION_LIMIT]
+    return ImageHashes(exact.sha256, exact.md5, tuple(per_frame), found, keypoints, boxes)
 
 
 def hash_frame(frame: HashFrame) -> tuple[PerceptualHash, ...]:
