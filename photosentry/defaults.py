@@ -177,10 +177,10 @@ cost memory and matching time per scan."""
 FEATURE_BAN_SIDE = 512
 """A banned image is reduced to this longest side before its keypoints are found."""
 
-FEATURE_QUERY_SIDE = 512
+FEATURE_QUERY_SIDE = 384
 """An upload is reduced to this longest side before its keypoints are found."""
 
-FEATURE_QUERY_COUNT = 800
+FEATURE_QUERY_COUNT = 500
 """Keypoints found in an upload, once for the whole picture: enough that a banned photo
 filling a quarter of it (a collage cell, a screenshot's photo beside lines of text,
 whose letters are all corners) keeps a few dozen."""
@@ -239,8 +239,8 @@ REGION_MIN_FRAME_SIDE = 64
 
 REGION_LIMIT = 8
 """At most this many regions of a photo are hashed and matched besides the photo: each
-adds a PDQ, a pHash and a dHash query (about 1 ms to hash, one range search each).
-Most photos have none; a collage of four with a border has six."""
+adds one PDQ query (about 1 ms to hash, one range search). Most photos have none or
+one; a collage of four with a border has six."""
 
 REGION_MIN_AREA = 0.1
 """A proposed region covers at least this share of the picture (a collage's quarter

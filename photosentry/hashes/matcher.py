@@ -486,6 +486,10 @@ class BankMatcher:
         if hashes.features is not None and len(self._features):
             for hit, region in self._features.search(hashes.features, hashes.feature_regions):
                 verified[hit.entry_id] = (hit, region)
+            for name, keypoints in hashes.cell_features:
+                for hit, _ in self._features.search(keypoints):
+                    if hit.entry_id not in verified or hit.inliers > verified[hit.entry_id][0].inliers:
+                        verified[hit.entry_id] = (hit, name)
         info = self._info_of([*best, *verified])
         matches = []
         for entry_id, (weak, distance, frame, variant, algorithm, region) in best.items():

@@ -251,6 +251,9 @@ class ImageHashes:
     #: frame box) whose keypoints are also verified alone; matching details too.
     features: LocalFeatures | None = field(default=None, compare=False)
     feature_regions: tuple[tuple[str, tuple[int, int, int, int]], ...] = field(default=(), compare=False)
+    #: A collage's cells' own keypoints, by region name: four photos share the whole
+    #: picture's keypoints, so each cell is looked at alone too.
+    cell_features: tuple[tuple[str, LocalFeatures], ...] = field(default=(), compare=False)
 
     def exact(self) -> dict[Algorithm, str]:
         return {Algorithm.SHA256: self.sha256, Algorithm.MD5: self.md5}
@@ -339,11 +342,14 @@ def hash_image(
     found: tuple[FrameHashes, ...] = ()
     keypoints: LocalFeatures | None = None
     boxes: tuple[tuple[str, tuple[int, int, int, int]], ...] = ()
+    cells: tuple[tuple[str, LocalFeatures], ...] = ()
     if (regions or features) and frames:
         proposed = propose(frames[0])
         if regions:
+            # PDQ only: what hash-only lists hold, and strong alone; a region's 64-bit
+            # hashes would only ever be weak evidence, at 3 ms a region.
             found = tuple(
-                FrameHashes(frame_indices[0], tuple(_identity(h) for h in hash_frame(HashFrame(r.crop(frames[0])))),
+                FrameHashes(frame_indices[0], (_identity(PdqSignal.hash_prepared(HashFrame(r.crop(frames[0])))),),
                             r.name)
                 for r in proposed
             )
@@ -351,7 +357,10 @@ def hash_image(
             keypoints = query_features(frames[0])
             boxes = tuple((r.name, (r.left, r.top, r.right, r.bottom)) for r in proposed
                           if r.kind in ("content", "cell"))[: defaults.FEATURE_REGION_LIMIT]
-    return ImageHashes(exact.sha256, exact.md5, tuple(per_frame), found, keypoints, boxes)
+            grid = [r for r in proposed if r.kind == "cell"]
+            if len(grid) >= 2:
+                cells = tuple((r.name, query_features(r.crop(frames[0]))) for r in grid[: defaults.FEATURE_REGION_LIMIT])
+    return ImageHashes(exact.sha256, exact.md5, tuple(per_frame), found, keypoints, boxes, cells)
 
 
 def hash_frame(frame: HashFrame) -> tuple[PerceptualHash, ...]:
