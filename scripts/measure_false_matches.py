@@ -78,20 +78,26 @@ UPLOADS_PER_DAY = 1_000_000
 # -- the corpus and its framings ----------------------------------------------------------
 
 
-def corpus(cache_dir: Path | None) -> tuple[list[Path], str]:
-    """The photos: scripts/photo_corpus.py when it is there, else scikit-image's."""
+#: Photos of one scene in scikit-image's data (a stereo pair): not unrelated.
+SKIMAGE_RELATED = (frozenset({"motorcycle_left", "motorcycle_right"}),)
+
+
+def corpus(cache_dir: Path | None) -> tuple[list[Path], str, tuple[frozenset[str], ...]]:
+    """The photos, where they come from, and groups of photo names (file stems) that
+    show one scene. scripts/photo_corpus.py when it is there, else scikit-image's."""
     try:
         import photo_corpus  # type: ignore[import-not-found]
     except ImportError:
         photo_corpus = None
+    related = SKIMAGE_RELATED + tuple(frozenset(g) for g in getattr(photo_corpus, "RELATED", ()))
     if photo_corpus is not None:
-        return list(photo_corpus.photos(cache_dir)), "scripts/photo_corpus.py"
+        return list(photo_corpus.photos(cache_dir)), "scripts/photo_corpus.py", related
     import skimage.data
 
     folder = Path(skimage.data.__file__).parent
     synthetic = {"chessboard_GRAY.png", "chessboard_RGB.png", "color.png", "horse.png", "logo.png", "phantom.png"}
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg") and p.name not in synthetic)
-    return paths, f"scikit-image data ({folder}); scripts/photo_corpus.py not found"
+    return paths, f"scikit-image data ({folder}); scripts/photo_corpus.py not found", related
 
 
 def _fit(img: Image.Image, box: tuple[int, int]) -> Image.Image:
@@ -479,6 +485,223 @@ def end_to_end(stored: list[Item], queries: list[Item], n_ban: int, seed: int, w
     }
 
 
+# -- what the corpus's deduplication dropped ----------------------------------------------
+
+
+def audit_corpus(out: Path, log: Callable[[str], None]) -> dict[str, object]:
+    """Rebuild the corpus into ``out`` as photo_corpus.build does, recording every candidate
+    its deduplication dropped (and which kept photo it was taken for a copy of) and every
+    file its photo filter turned away for too little detail.
+
+    The corpus keeps one photo per group within PDQ_DUPLICATE / PHASH_DUPLICATE bits, so
+    pairs of *distinct* photos that close are never measured: this says how many there
+    were. A contact sheet (out/dropped-pairs.jpg: kept left, dropped right) lets a person
+    tell resolution or crop variants of one picture from distinct pictures.
+    """
+    import photo_corpus  # type: ignore[import-not-found]
+
+    dropped: list[dict[str, object]] = []
+    sheet_pairs: list[tuple[Image.Image, Image.Image]] = []
+    low_detail = {"files": 0}
+    original_dedup, original_filter = photo_corpus._deduplicate, photo_corpus.looks_like_photo
+
+    def recording_dedup(candidates):  # type: ignore[no-untyped-def]
+        kept = original_dedup(candidates)
+        kept_ids = {id(k) for k in kept}
+        for cand in candidates:
+            if id(cand) in kept_ids:
+                continue
+            best = min(kept, key=lambda k: (int(np.count_nonzero(cand.pdq != k.pdq)),
+                                            int(np.count_nonzero(cand.phash != k.phash))))
+            dropped.append({"dropped": f"{cand.package}:{cand.path.name}", "kept": f"{best.package}:{best.path.name}",
+                            "pdq": int(np.count_nonzero(cand.pdq != best.pdq)),
+                            "phash": int(np.count_nonzero(cand.phash != best.phash)),
+                            "same_package": cand.package == best.package,
+                            "sizes": [list(best.image.size), list(cand.image.size)]})
+            sheet_pairs.append((best.image.copy(), cand.image.copy()))
+            sheet_pairs[-1][0].thumbnail((160, 160))
+            sheet_pairs[-1][1].thumbnail((160, 160))
+        return kept
+
+    def recording_filter(img, *, is_jpeg):  # type: ignore[no-untyped-def]
+        ok = original_filter(img, is_jpeg=is_jpeg)
+        if not ok and img.mode not in ("RGBA", "LA", "PA"):
+            low_detail["files"] += 1
+        return ok
+
+    photo_corpus._deduplicate, photo_corpus.looks_like_photo = recording_dedup, recording_filter
+    try:
+        log(f"audit: rebuilding the corpus in {out}")
+        kept = photo_corpus.build(out, verbose=False)
+    finally:
+        photo_corpus._deduplicate, photo_corpus.looks_like_photo = original_dedup, original_filter
+    if sheet_pairs:
+        cols = 4
+        rows_n = -(-len(sheet_pairs) // cols)
+        sheet = Image.new("RGB", (cols * 340, rows_n * 170), (255, 255, 255))
+        for k, (a, b) in enumerate(sheet_pairs):
+            x, y = (k % cols) * 340, (k // cols) * 170
+            sheet.paste(a, (x, y))
+            sheet.paste(b, (x + 165, y))
+        sheet.save(out / "dropped-pairs.jpg", quality=85)
+    cross = [d for d in dropped if not d["same_package"]]
+    return {"kept": len(kept), "dropped": dropped, "dropped_count": len(dropped), "cross_package": len(cross),
+            "filtered_out_files": low_detail["files"]}
+
+
+# -- analysis -------------------------------------------------------------------------------
+
+#: Pair categories: what the query is, what the bank entry was made from.
+CATEGORIES = (
+    "photo vs photo",
+    "framed vs photo",
+    "photo vs framed",
+    "framed vs same framing",
+    "framed vs other framing",
+)
+
+
+def categories(queries: list[Item], bank: list[Item]) -> np.ndarray:
+    qk = np.array([q.kind for q in queries])
+    sk = np.array([b.kind for b in bank])
+    q_orig, s_orig = (qk == "original")[:, None], (sk == "original")[None, :]
+    same = qk[:, None] == sk[None, :]
+    out = np.full((len(queries), len(bank)), 4, dtype=np.int8)
+    out[~q_orig & same] = 3
+    out[q_orig & ~s_orig] = 2
+    out[~q_orig & s_orig] = 1
+    out[q_orig & s_orig] = 0
+    return out
+
+
+@dataclass
+class Pairs:
+    """Every (query item, stored item) pair and what the matcher would see."""
+
+    queries: list[Item]
+    bank: list[Item]
+    dist: dict[Algorithm, np.ndarray]
+    unrelated: np.ndarray
+    #: The query is a copy of the stored original (scan-decoded or framed): a true match.
+    own: np.ndarray
+    category: np.ndarray
+    q_measure: dict[str, np.ndarray]
+    s_measure: dict[str, np.ndarray]
+
+    def pair_min(self, measure: str) -> np.ndarray:
+        """The lower of the two sides' measure, per pair (float32: 20M pairs fit)."""
+        return np.minimum(self.q_measure[measure][:, None], self.s_measure[measure][None, :]).astype(np.float32)
+
+    def within(self, algorithm: Algorithm) -> np.ndarray:
+        return self.dist[algorithm] <= algorithm.spec.default_distance
+
+
+def build_pairs(queries: list[Item], stored: list[Item], related_names: Sequence[frozenset[str]]) -> Pairs:
+    n = len(stored)
+    # The bank may hold originals and framed copies alike: every item is stored and queried.
+    bank = stored + queries[n:]
+    unrelated = unrelated_mask(queries, bank)
+    if related_names:  # same-scene photos the corpus names: neither related nor unrelated
+        index = {it.name: i for i, it in enumerate(stored)}
+        groups = [{index[x] for x in g if x in index} for g in related_names]
+        for qi, q in enumerate(queries):
+            for si, s in enumerate(bank):
+                if any(q.members & g and s.members & g and q.members != s.members for g in groups):
+                    unrelated[qi, si] = False
+    own = np.zeros_like(unrelated)
+    for qi, q in enumerate(queries):
+        if len(q.members) == 1:
+            own[qi, next(iter(q.members))] = True
+    dist = {a: distance_matrix(queries, bank, a) for a in PERCEPTUAL}
+    return Pairs(queries, bank, dist, unrelated, own, categories(queries, bank),
+                 {m: np.array([q.measures[m] for q in queries]) for m in MEASURES},
+                 {m: np.array([b.measures[m] for b in bank]) for m in MEASURES})
+
+
+def rules(pairs: Pairs, gate_measure: str, gates: Sequence[float]) -> dict[str, np.ndarray]:
+    """Each candidate rule: where it would call a pair a match."""
+    pdq, ph, dh = (pairs.within(a) for a in PERCEPTUAL)
+    q_pdq = pairs.pair_min("pdq_quality")
+    pdq_strong = pdq & (q_pdq >= PDQ_QUALITY_MIN)
+    both = ph & dh
+    gm_both = pairs.pair_min(gate_measure)
+    gm_query = pairs.q_measure[gate_measure][:, None]
+    out: dict[str, np.ndarray] = {
+        "PDQ <= 31 (any quality)": pdq,
+        "PDQ <= 31, PDQ quality >= 50 both sides": pdq_strong,
+        "pHash <= 8 alone": ph,
+        "dHash <= 8 alone": dh,
+        "pHash or dHash <= 8 (a lone 64-bit match)": ph | dh,
+        "pHash AND dHash <= 8 (same entry)": both,
+    }
+    for g in gates:
+        out[f"pHash AND dHash, {gate_measure} >= {g:g} both sides"] = both & (gm_both >= g)
+        out[f"pHash AND dHash, {gate_measure} >= {g:g} query side"] = both & (gm_query >= g)
+    out["old rule: PDQ(q>=50) or pHash or dHash"] = pdq_strong | ph | dh
+    top = gates[-1] if gates else 0
+    out[f"PDQ(q>=50) or (pHash AND dHash, {gate_measure} >= {top:g} both)"] = pdq_strong | (both & (gm_both >= top))
+    return out
+
+
+def rule_table(pairs: Pairs, candidate: dict[str, np.ndarray]) -> dict[str, dict[str, object]]:
+    n_pairs = int(pairs.unrelated.sum())
+    cat_pairs = [int((pairs.unrelated & (pairs.category == c)).sum()) for c in range(len(CATEGORIES))]
+    own_pairs = int(pairs.own.sum())
+    out = {}
+    for name, hit in candidate.items():
+        false = hit & pairs.unrelated
+        k = int(false.sum())
+        p = k / n_pairs if k else 3 / n_pairs
+        out[name] = {
+            "pairs": k,
+            "by_category": {CATEGORIES[c]: int((false & (pairs.category == c)).sum()) for c in range(len(CATEGORIES))},
+            "query_photos": len({pairs.queries[i].name for i in np.flatnonzero(false.any(axis=1))}),
+            "p": p,
+            "upper_bound": not k,
+            "true_matches_caught": int((hit & pairs.own).sum()),
+            "true_pairs": own_pairs,
+            **{f"per_upload_{s}": p * s for s in BANK_SIZES},
+            **{f"per_day_{s}": p * s * UPLOADS_PER_DAY for s in BANK_SIZES},
+        }
+    out["_pairs"] = {"unrelated": n_pairs, "by_category": dict(zip(CATEGORIES, cat_pairs))}  # type: ignore[assignment]
+    return out
+
+
+def measure_table(pairs: Pairs, n_originals: int, quantiles: Sequence[float]) -> dict[str, object]:
+    """How well each information measure separates the false 64-bit matches from true ones."""
+    ph, dh = pairs.within(Algorithm.PHASH), pairs.within(Algorithm.DHASH)
+    lone = np.nonzero(pairs.unrelated & (ph | dh))
+    both = np.nonzero(pairs.unrelated & ph & dh)
+    true = np.nonzero(pairs.own & (ph | dh))
+    out: dict[str, object] = {}
+    for m in MEASURES:
+        qm, sm = pairs.q_measure[m], pairs.s_measure[m]
+        photos = sm[:n_originals]
+
+        def at(idx: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+            return np.minimum(qm[idx[0]], sm[idx[1]])
+
+        f_lone, f_both, t = at(lone), at(both), at(true)
+        auc = float("nan")
+        if len(f_lone) and len(t):
+            auc = float((f_lone[:, None] < t[None, :]).mean() + 0.5 * (f_lone[:, None] == t[None, :]).mean())
+        worst = float(f_lone.max()) if len(f_lone) else float("nan")
+        sweep = []
+        for qt in quantiles:
+            g = float(np.quantile(photos, qt))
+            sweep.append({"gated_photos": qt, "gate": g,
+                          "lone_false_left": int((f_lone > g).sum()), "both_false_left": int((f_both > g).sum()),
+                          "true_kept": float((t > g).mean()) if len(t) else float("nan")})
+        out[m] = {"what": MEASURES[m], "photos_median": float(np.median(photos)),
+                  "false_lone_median": float(np.median(f_lone)) if len(f_lone) else float("nan"),
+                  "true_median": float(np.median(t)) if len(t) else float("nan"),
+                  "worst_false": worst, "photos_at_or_below_worst": float((photos <= worst).mean()),
+                  "true_kept_above_worst": float((t > worst).mean()) if len(t) else float("nan"),
+                  "auc": auc, "sweep": sweep,
+                  "n_false_lone": len(f_lone), "n_false_both": len(f_both), "n_true": len(t)}
+    return out
+
+
 # -- reporting -----------------------------------------------------------------------------
 
 
@@ -496,8 +719,166 @@ def print_table(headers: list[str], rows: list[list[object]], left: tuple[int, .
     print()
 
 
-def _e(x: float | None) -> str:
-    return "-" if x is None else f"{x:.1e}"
+def _e(x: float | None, bound: bool = False) -> str:
+    return "-" if x is None else f"{'<' if bound else ''}{x:.1e}"
+
+
+def report_distances(pairs: Pairs) -> dict[str, object]:
+    print("== distance the matcher sees between unrelated items (min over the query's variants) ==")
+    rows, out = [], {}
+    for a in PERCEPTUAL:
+        d = pairs.dist[a][pairs.unrelated]
+        hist = np.bincount(d, minlength=a.bits + 1)
+        pct = np.percentile(d, [0.001, 0.01, 0.1, 1, 50])
+        within = int((d <= a.spec.default_distance).sum())
+        rows.append([a.spec.label, a.bits, a.spec.default_distance, int(d.min()), *(f"{p:g}" for p in pct),
+                     f"{d.mean():.1f}", f"{d.std():.1f}", within])
+        out[a.value] = {"bits": a.bits, "match_distance": a.spec.default_distance, "min": int(d.min()),
+                        "percentiles": dict(zip(["0.001", "0.01", "0.1", "1", "50"], map(float, pct))),
+                        "mean": float(d.mean()), "std": float(d.std()), "within_match_distance": within,
+                        "histogram": hist.tolist()}
+    print_table(["hash", "bits", "match <=", "min", "p0.001%", "p0.01%", "p0.1%", "p1%", "median", "mean", "std",
+                 "pairs within"], rows)
+    print("lower tail: unrelated pairs at distance <= d")
+    for a in PERCEPTUAL:
+        cum = np.cumsum(out[a.value]["histogram"])  # type: ignore[index]
+        top, step = (48, 4) if a is Algorithm.PDQ else (14, 1)
+        print(f"  {a.spec.label:6} " + "  ".join(f"<={t}:{int(cum[t])}" for t in range(0, top + 1, step)))
+    print()
+    return out
+
+
+def report_breakdowns(pairs: Pairs) -> dict[str, object]:
+    out: dict[str, object] = {}
+    print("== unrelated pairs within the match distance, by the query's framing (stored: any item) ==")
+    kinds = np.array([q.kind for q in pairs.queries])
+    rows, by_kind = [], {}
+    for kind in dict.fromkeys(kinds.tolist()):
+        sel = (kinds == kind)[:, None] & pairs.unrelated
+        counts = {a.value: int((pairs.within(a) & sel).sum()) for a in PERCEPTUAL}
+        by_kind[kind] = {"pairs": int(sel.sum()), **counts}
+        rows.append([kind, f"{int(sel.sum()):,}", *counts.values()])
+    print_table(["query", "pairs", *(a.spec.label for a in PERCEPTUAL)], rows)
+    out["by_query_framing"] = by_kind
+
+    print("== unrelated pairs within the match distance, by PDQ quality (the lower of the two sides) ==")
+    q = pairs.pair_min("pdq_quality")
+    rows, by_q = [], {}
+    for lo, hi in QUALITY_BUCKETS:
+        sel = pairs.unrelated & (q >= lo) & (q < hi)
+        counts = {a.value: int((pairs.within(a) & sel).sum()) for a in PERCEPTUAL}
+        label = f"{lo}-{min(hi, 100)}"
+        by_q[label] = {"pairs": int(sel.sum()), **counts}
+        rows.append([label, f"{int(sel.sum()):,}", *counts.values()])
+    print_table(["PDQ quality", "pairs", *(a.spec.label for a in PERCEPTUAL)], rows)
+    out["by_pdq_quality"] = by_q
+    return out
+
+
+def report_measures(table: dict[str, object]) -> None:
+    any_m = next(iter(table.values()))
+    print("== information measures for the 64-bit hashes' quality gate ==")
+    print(f"false 64-bit matches (unrelated, pHash or dHash within 8): {any_m['n_false_lone']} pairs, "  # type: ignore[index]
+          f"{any_m['n_false_both']} with both; true ones (a copy vs its own original): {any_m['n_true']}")  # type: ignore[index]
+    rows = []
+    for m, r in table.items():
+        r = dict(r)  # type: ignore[arg-type]
+        rows.append([m, f"{r['photos_median']:.1f}", f"{r['false_lone_median']:.1f}", f"{r['true_median']:.1f}",
+                     f"{r['auc']:.3f}", f"{r['worst_false']:.1f}", f"{r['photos_at_or_below_worst']:.0%}",
+                     f"{r['true_kept_above_worst']:.0%}"])
+    print_table(["measure", "photos median", "false median", "true median", "AUC", "worst false",
+                 "photos <= worst", "true kept > worst"], rows)
+    print("gate at a quantile of the photos (a pair passes when both sides are above the gate):")
+    rows = []
+    for m, r in table.items():
+        for s in r["sweep"]:  # type: ignore[index]
+            rows.append([m, f"{s['gated_photos']:.0%}", f"{s['gate']:.1f}", s["lone_false_left"], s["both_false_left"],
+                         f"{s['true_kept']:.0%}"])
+    print_table(["measure", "photos gated", "gate", "lone false left", "both false left", "true kept"], rows)
+    for m, what in MEASURES.items():
+        print(f"  {m}: {what}")
+    print("  AUC: the chance that a false match's measure is lower than a true match's (1 = perfect separation)\n")
+
+
+def report_rules(table: dict[str, dict[str, object]]) -> None:
+    meta = table["_pairs"]
+    n_pairs = meta["unrelated"]
+    print("== unrelated pairs each rule would match (false matches), and extrapolated to large banks ==")
+    print("pairs by category: " + ", ".join(f"{k} {v:,}" for k, v in meta["by_category"].items()))  # type: ignore[union-attr]
+    print(f"p = false pairs / {n_pairs:,} unrelated pairs (rule of three, p < 3/n, when none); expected false matches"
+          f" per upload = p x entries; per day at {UPLOADS_PER_DAY:,} uploads")
+    rows = []
+    for name, r in table.items():
+        if name.startswith("_"):
+            continue
+        cats = r["by_category"]
+        b = bool(r["upper_bound"])
+        rows.append([name, r["pairs"], *cats.values(), r["query_photos"],  # type: ignore[union-attr]
+                     f"{r['true_matches_caught']}/{r['true_pairs']}", _e(r["p"], b),  # type: ignore[arg-type]
+                     *(_e(r[f"per_upload_{s}"], b) for s in BANK_SIZES),  # type: ignore[arg-type]
+                     *(_e(r[f"per_day_{s}"], b) for s in BANK_SIZES)])  # type: ignore[arg-type]
+    print_table(["rule", "false", "p-p", "f-p", "p-f", "f-same", "f-other", "photos", "true caught", "p per pair",
+                 "per upload 1M", "per upload 10M", "per day 1M", "per day 10M"], rows)
+    print("  p-p: photo vs photo; f-p: framed upload vs banned photo; p-f: photo vs banned framed copy; f-same/f-other:"
+          " framed vs a banned copy framed the same way / another way; photos: distinct query photos involved;"
+          " true caught: copies matched to their own original\n")
+
+
+def report_tail_fit(pairs: Pairs, distances: dict[str, object]) -> dict[str, object]:
+    n_pairs = int(pairs.unrelated.sum())
+    print("== fitted lower tail (probit: Phi^-1(F(d)) linear in d, fitted over the lowest 5% of unrelated pairs) ==")
+    rows, out = [], {}
+    for a in PERCEPTUAL:
+        hist = np.array(distances[a.value]["histogram"])  # type: ignore[index]
+        fit = probit_tail_fit(hist, n_pairs)
+        rows_a = []
+        for t in ((16, 24, 31) if a is Algorithm.PDQ else (4, 6, 8)):
+            p_fit = tail_probability(fit, t)
+            emp = int(np.cumsum(hist)[t])
+            out[f"{a.value}<={t}"] = {"fit": fit, "p_fit": p_fit, "p_empirical": emp / n_pairs, "empirical_pairs": emp,
+                                      **{f"per_upload_{s}": None if p_fit is None else p_fit * s for s in BANK_SIZES}}
+            rows_a.append([f"{a.spec.label} <= {t}", emp, _e(emp / n_pairs if emp else 3 / n_pairs, not emp),
+                           _e(p_fit), *(_e(None if p_fit is None else p_fit * s) for s in BANK_SIZES),
+                           *(_e(None if p_fit is None else p_fit * s * UPLOADS_PER_DAY) for s in BANK_SIZES)])
+        rows.extend(rows_a)
+    print_table(["distance", "pairs", "p empirical", "p fitted", "per upload 1M", "per upload 10M", "per day 1M",
+                 "per day 10M"], rows)
+    return out
+
+
+def report_closest(pairs: Pairs, how_many: int) -> list[dict[str, object]]:
+    print(f"== the {how_many} closest unrelated pairs by pHash + dHash (and every pHash AND dHash match) ==")
+    ph, dh, pd = pairs.dist[Algorithm.PHASH], pairs.dist[Algorithm.DHASH], pairs.dist[Algorithm.PDQ]
+    score = np.where(pairs.unrelated, ph.astype(np.int32) + dh, 10_000)
+    flat = list(np.argsort(score, axis=None)[:how_many])
+    both = np.flatnonzero((pairs.unrelated & pairs.within(Algorithm.PHASH) & pairs.within(Algorithm.DHASH)).ravel())
+    flat += [i for i in both if i not in set(flat)]
+    rows, out = [], []
+    for idx in flat:
+        qi, si = np.unravel_index(idx, score.shape)
+        q, s = pairs.queries[qi], pairs.bank[si]
+        rows.append([f"{q.name} [{q.kind}]", f"{s.name} [{s.kind}]", int(pd[qi, si]), int(ph[qi, si]), int(dh[qi, si]),
+                     *(f"{q.measures[m]:.0f}/{s.measures[m]:.0f}" if m == "pdq_quality" else
+                       f"{q.measures[m]:.1f}/{s.measures[m]:.1f}" for m in MEASURES)])
+        out.append({"query": q.name, "query_framing": q.kind, "stored": s.name, "stored_framing": s.kind,
+                    "pdq": int(pd[qi, si]), "phash": int(ph[qi, si]), "dhash": int(dh[qi, si]),
+                    "query_measures": q.measures, "stored_measures": s.measures})
+    print_table(["query", "stored", "PDQ", "pHash", "dHash", *(f"{m} q/s" for m in MEASURES)], rows, left=(0, 1))
+    return out
+
+
+def report_e2e(e2e: dict[str, object]) -> None:
+    c = e2e["counts"]
+    print(f"== end to end: {len(e2e['banned'])} photos banned with `photosentry ban add`, "  # type: ignore[arg-type]
+          f"{c['scanned']} items showing none of them scanned with photosentry.scan ==")  # type: ignore[index]
+    print_table(["outcome", "items"], [[k, v] for k, v in c.items()])  # type: ignore[union-attr]
+    for fb in e2e["false_blocks"]:  # type: ignore[union-attr]
+        found = "; ".join(f"{m['algorithm']} d={m['distance']} entry {m['entry_id']} ({m['label']})"
+                          f"{' weak' if m['weak'] else ''}" for m in fb["matches"])
+        print(f"  FALSE {fb['action']}: {fb['query']} [{fb['framing']}]: {found}")
+    print("copies of the banned photos caught (bank_match block or quarantine), by framing: "
+          + ", ".join(f"{k} {v['caught']}/{v['of']}" for k, v in e2e["true_copies_caught"].items()))  # type: ignore[union-attr]
+    print(f"(scanning took {e2e['scan_seconds']} s)\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -509,16 +890,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--framings", default="all",
                         help="comma-separated framing names to apply, 'all' or 'none' (names: "
                         + ", ".join(f.name for f in FRAMINGS) + ")")
+    parser.add_argument("--gate-measure", choices=sorted(MEASURES), default="pdq_quality",
+                        help="the information measure the gated rules use (default pdq_quality)")
+    parser.add_argument("--gates", default="20,30,40,50", help="gate values the rules table tries (default 20,30,40,50)")
     parser.add_argument("--e2e-ban", type=int, default=50, metavar="N",
-                        help="end to end: ban N photos and scan the rest (0 skips it; default 50)")
+                        help="end to end: ban N photos and scan the rest with their framings (0 skips it; default 50)")
     parser.add_argument("--seed", type=int, default=17, help="which photos the end-to-end run bans")
     parser.add_argument("--closest", type=int, default=12, help="list this many closest unrelated 64-bit pairs")
+    parser.add_argument("--audit-corpus", type=Path, default=None, metavar="DIR",
+                        help="only rebuild the corpus into DIR recording what its deduplication dropped (with a"
+                             " contact sheet of the dropped pairs) and print that")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write every number as JSON")
     args = parser.parse_args(argv)
+    try:
+        gates = [float(g) for g in args.gates.split(",") if g.strip()]
+    except ValueError:
+        parser.error(f"--gates: {args.gates!r} is not a list of numbers")
     started = time.monotonic()
 
     def log(msg: str) -> None:
         print(f"[{time.monotonic() - started:6.0f}s] {msg}", file=sys.stderr, flush=True)
+
+    if args.audit_corpus is not None:
+        audit = audit_corpus(args.audit_corpus, log)
+        print(f"corpus rebuilt in {args.audit_corpus}: {audit['kept']} photos kept, {audit['dropped_count']} candidates"
+              f" dropped as near-duplicates ({audit['cross_package']} of them of a photo from another package),"
+              f" {audit['filtered_out_files']} opaque files turned away by the photo filter")
+        print_table(["dropped", "taken for a copy of", "PDQ", "pHash", "same package"],
+                    [[d["dropped"], d["kept"], d["pdq"], d["phash"], d["same_package"]]
+                     for d in sorted(audit["dropped"], key=lambda d: (d["phash"], d["pdq"]))], left=(0, 1))  # type: ignore[union-attr]
+        if args.json:
+            args.json.write_text(json.dumps(audit, indent=1, default=str))
+        return 0
 
     if args.framings == "all":
         framings = FRAMINGS
@@ -531,220 +934,51 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown framings: {', '.join(sorted(unknown))}")
 
-    paths, source = corpus(args.cache_dir)
+    paths, source, related_names = corpus(args.cache_dir)
     if args.limit:
         paths = paths[: args.limit]
-    report: dict[str, object] = {"source": source}
+    report: dict[str, object] = {"source": source, "command": " ".join(["python", *sys.argv])}
     with tempfile.TemporaryDirectory(prefix="photosentry-falsematch-") as tmp:
         work = Path(tmp)
         log(f"hashing {len(paths)} photos and {len(framings)} framings of each")
         stored, queries, skipped = build_items(paths, framings, work, log)
         n = len(stored)
+        hashed_at = time.monotonic()
         print(f"photos: {n} from {source}" + (f"; skipped {len(skipped)}: {'; '.join(skipped)}" if skipped else ""))
-        print(f"query items: {len(queries)} ({n} originals + {len(queries) - n} framings: "
-              f"{', '.join(f.name for f in framings) or 'none'})")
-        # The bank may hold originals and framed copies alike: every item is stored and queried.
-        bank = stored + queries[n:]
-        related = ~unrelated_mask(queries, bank)
-        kinds = np.array([q.kind for q in queries])
+        print(f"items: {len(queries)} queries ({n} originals as the scan decodes them + {len(queries) - n} framings:"
+              f" {', '.join(f.name for f in framings) or 'none'}); bank: {n} originals as `ban add` hashes them"
+              f" + the {len(queries) - n} framings")
+        if related_names:
+            print("same-scene photos, kept out of the unrelated pairs: "
+                  + "; ".join(" & ".join(sorted(g)) for g in related_names))
         log("distances")
-        dist = {a: distance_matrix(queries, bank, a) for a in PERCEPTUAL}
-        unrelated = ~related
-        n_pairs = int(unrelated.sum())
-        limits = {a: a.spec.default_distance for a in PERCEPTUAL}
-        print(f"ordered unrelated pairs (query x stored, no photo in common): {n_pairs:,}")
-        report.update(photos=n, query_items=len(queries), stored_items=len(bank), unrelated_pairs=n_pairs,
+        pairs = build_pairs(queries, stored, related_names)
+        n_pairs = int(pairs.unrelated.sum())
+        print(f"ordered unrelated pairs (query x stored item, no photo in common): {n_pairs:,}\n")
+        report.update(photos=n, query_items=len(queries), stored_items=len(pairs.bank), unrelated_pairs=n_pairs,
                       framings=[f.name for f in framings], skipped=skipped)
-
-        # -- distance distribution per algorithm
-        print("\n== distance the matcher sees between unrelated items (min over query variants) ==")
-        rows, dist_report = [], {}
-        hists = {}
-        for a in PERCEPTUAL:
-            d = dist[a][unrelated]
-            hist = np.bincount(d, minlength=a.bits + 1)
-            hists[a] = hist
-            pct = np.percentile(d, [0.001, 0.01, 0.1, 1, 50]) if len(d) else [0] * 5
-            within = int((d <= limits[a]).sum())
-            rows.append([a.spec.label, a.bits, limits[a], int(d.min()), *(f"{p:g}" for p in pct), f"{d.mean():.1f}",
-                         f"{d.std():.1f}", within])
-            dist_report[a.value] = {"bits": a.bits, "match_distance": limits[a], "min": int(d.min()),
-                                    "percentiles": dict(zip(["0.001", "0.01", "0.1", "1", "50"], map(float, pct))),
-                                    "mean": float(d.mean()), "std": float(d.std()), "within_match_distance": within,
-                                    "histogram": hist[: a.bits // 2 + 1].tolist()}
-        print_table(["hash", "bits", "match <=", "min", "p0.001%", "p0.01%", "p0.1%", "p1%", "median", "mean",
-                     "std", "pairs within"], rows)
-        report["distances"] = dist_report
-        print("lower tail, pairs at distance <= d (unrelated):")
-        for a in PERCEPTUAL:
-            cum = np.cumsum(hists[a])
-            top = 48 if a is Algorithm.PDQ else 14
-            step = 4 if a is Algorithm.PDQ else 1
-            print(f"  {a.spec.label:6} " + "  ".join(f"<={t}:{int(cum[t])}" for t in range(0, top + 1, step)))
-        print()
-
-        # -- per framing kind (query side)
-        print("== unrelated pairs within the match distance, by the query's framing (stored: any item) ==")
-        rows, by_kind = [], {}
-        for kind in ["original", *(f.name for f in framings)]:
-            sel = (kinds == kind)[:, None] & unrelated
-            counts = {a.value: int((dist[a][sel] <= limits[a]).sum()) for a in PERCEPTUAL}
-            by_kind[kind] = {"pairs": int(sel.sum()), **counts}
-            rows.append([kind, f"{int(sel.sum()):,}", *counts.values()])
-        print_table(["query", "pairs", *(a.spec.label for a in PERCEPTUAL)], rows)
-        report["by_query_framing"] = by_kind
-
-        # -- quality per item
-        mq = {m: np.array([q.measures[m] for q in queries]) for m in MEASURES}
-        ms = {m: np.array([b.measures[m] for b in bank]) for m in MEASURES}
-        pair_min = {m: np.minimum(mq[m][:, None], ms[m][None, :]) for m in MEASURES}
-
-        print("== unrelated pairs within the match distance, by PDQ quality (the lower of the two sides) ==")
-        rows, by_q = [], {}
-        for lo, hi in QUALITY_BUCKETS:
-            sel = unrelated & (pair_min["pdq_quality"] >= lo) & (pair_min["pdq_quality"] < hi)
-            counts = {a.value: int((dist[a][sel] <= limits[a]).sum()) for a in PERCEPTUAL}
-            label = f"{lo}-{min(hi, 100)}"
-            by_q[label] = {"pairs": int(sel.sum()), **counts}
-            rows.append([label, f"{int(sel.sum()):,}", *counts.values()])
-        print_table(["PDQ quality", "pairs", *(a.spec.label for a in PERCEPTUAL)], rows)
-        report["by_pdq_quality"] = by_q
-
-        # -- information measures: which one separates the low-detail false matches
-        pd, ph, dh = (dist[a] for a in PERCEPTUAL)
-        lone64 = unrelated & ((ph <= limits[Algorithm.PHASH]) | (dh <= limits[Algorithm.DHASH]))
-        both64 = unrelated & (ph <= limits[Algorithm.PHASH]) & (dh <= limits[Algorithm.DHASH])
-        # True matches: a framing (or the scan-decoded original) against its own stored original.
-        own = np.zeros_like(related)
-        for qi, q in enumerate(queries):
-            if len(q.members) == 1:
-                own[qi, next(iter(q.members))] = True
-        true64 = own & ((ph <= limits[Algorithm.PHASH]) | (dh <= limits[Algorithm.DHASH]))
-        print("== information measures for a 64-bit quality gate ==")
-        print(f"false 64-bit matches (unrelated, pHash or dHash within 8): {int(lone64.sum())}; "
-              f"true 64-bit matches (an item vs its own original): {int(true64.sum())}")
-        rows, gate_report = [], {}
-        stored_vals = {m: ms[m][:n] for m in MEASURES}
-        for m, what in MEASURES.items():
-            false_vals = pair_min[m][lone64]
-            true_vals = pair_min[m][true64]
-            if len(false_vals):
-                gate = float(false_vals.max())
-                # The smallest gate above every false match: keep pairs with min(measure) > gate.
-                kept_true = float((true_vals > gate).mean()) if len(true_vals) else float("nan")
-                gated = float((stored_vals[m] <= gate).mean())
-                # Rank separation: P(a random false match's measure < a random true match's).
-                auc = float((false_vals[:, None] < true_vals[None, :]).mean()
-                            + 0.5 * (false_vals[:, None] == true_vals[None, :]).mean()) if len(true_vals) else float("nan")
-            else:
-                gate, kept_true, gated, auc = float("nan"), 1.0, 0.0, float("nan")
-            pct_false = np.percentile(false_vals, [50, 90]) if len(false_vals) else [float("nan")] * 2
-            gate_report[m] = {"what": what, "false_match_max": gate, "photos_gated_at_that": gated,
-                              "true_matches_kept": kept_true, "auc": auc,
-                              "false_median": float(pct_false[0]), "all_photos_median": float(np.median(stored_vals[m])),
-                              "photos_p10": float(np.percentile(stored_vals[m], 10))}
-            rows.append([m, f"{np.median(stored_vals[m]):.1f}", f"{np.percentile(stored_vals[m], 10):.1f}",
-                         f"{pct_false[0]:.1f}", f"{gate:.1f}", f"{gated:.1%}", f"{kept_true:.1%}", f"{auc:.3f}"])
-        print_table(["measure", "photos median", "photos p10", "false-match median", "false-match max",
-                     "photos <= max", "true matches kept", "AUC"], rows)
-        for m, what in MEASURES.items():
-            print(f"  {m}: {what}")
-        print("  (a pair's measure is the lower of its two sides; 'photos <= max' is the share of originals a gate "
-              "just above the worst false match would make weak; AUC: chance a false match scores lower than a "
-              "true one)\n")
-        report["measures"] = gate_report
-
-        # -- rules
-        q_ok = pair_min["pdq_quality"] >= PDQ_QUALITY_MIN
-        pdq_hit = pd <= limits[Algorithm.PDQ]
-        gate_measure = "pdq_quality"
-        gate_sweep = (0, 20, 30, 40, 50)
-        rules: dict[str, np.ndarray] = {
-            "PDQ <= 31 (any quality)": pdq_hit,
-            "PDQ <= 31, quality >= 50 both sides": pdq_hit & q_ok,
-            "pHash <= 8 alone": ph <= limits[Algorithm.PHASH],
-            "dHash <= 8 alone": dh <= limits[Algorithm.DHASH],
-            "pHash or dHash <= 8 (lone 64-bit)": (ph <= limits[Algorithm.PHASH]) | (dh <= limits[Algorithm.DHASH]),
-            "pHash AND dHash <= 8 (same photo)": (ph <= limits[Algorithm.PHASH]) & (dh <= limits[Algorithm.DHASH]),
-        }
-        for g in gate_sweep[1:]:
-            rules[f"pHash AND dHash <= 8, PDQ quality >= {g} both"] = (
-                rules["pHash AND dHash <= 8 (same photo)"] & (pair_min[gate_measure] >= g))
-        rules["old rule: PDQ(q>=50) or pHash or dHash"] = (pdq_hit & q_ok) | rules["pHash or dHash <= 8 (lone 64-bit)"]
-        rules["PDQ(q>=50) or (pHash AND dHash, q>=50)"] = (pdq_hit & q_ok) | rules[
-            "pHash AND dHash <= 8, PDQ quality >= 50 both"]
-
-        print("== unrelated pairs matched per rule, and extrapolated to large banks ==")
-        print(f"p = matched pairs / {n_pairs:,} pairs (rule of three, 3/n, when none); expected false matches per "
-              f"upload = p x bank entries; per day at {UPLOADS_PER_DAY:,} uploads")
-        rows, rule_report = [], {}
-        for name, hit in rules.items():
-            k = int((hit & unrelated).sum())
-            photos_involved = len({queries[i].name for i in np.flatnonzero((hit & unrelated).any(axis=1))})
-            p = k / n_pairs if k else 3 / n_pairs
-            bound = "" if k else "<"
-            per = {size: p * size for size in BANK_SIZES}
-            rule_report[name] = {"pairs": k, "query_photos": photos_involved, "p": p, "upper_bound": not k,
-                                 **{f"per_upload_{size}": v for size, v in per.items()},
-                                 **{f"per_day_{size}": v * UPLOADS_PER_DAY for size, v in per.items()}}
-            rows.append([name, k, photos_involved, f"{bound}{p:.1e}", *(f"{bound}{per[s]:.2g}" for s in BANK_SIZES),
-                         *(f"{bound}{per[s] * UPLOADS_PER_DAY:.2g}" for s in BANK_SIZES)])
-        print_table(["rule", "pairs", "query photos", "p per pair", "per upload 1M", "per upload 10M", "per day 1M",
-                     "per day 10M"], rows)
-        report["rules"] = rule_report
-
-        print("== fitted lower tail (probit: Phi^-1(F(d)) linear in d over the lowest 5% of pairs) ==")
-        rows, fit_report = [], {}
-        for a in PERCEPTUAL:
-            fit = probit_tail_fit(hists[a], n_pairs)
-            t = limits[a]
-            p_fit = tail_probability(fit, t)
-            emp = int(np.cumsum(hists[a])[t])
-            fit_report[a.value] = {"fit": fit, "threshold": t, "p_fit": p_fit, "p_empirical": emp / n_pairs,
-                                   **{f"per_upload_{s}": (p_fit or 0) * s for s in BANK_SIZES}}
-            rows.append([a.spec.label, t, f"{emp / n_pairs:.1e}" if emp else f"<{3 / n_pairs:.1e}", _e(p_fit),
-                         *(_e(None if p_fit is None else p_fit * s) for s in BANK_SIZES),
-                         *(_e(None if p_fit is None else p_fit * s * UPLOADS_PER_DAY) for s in BANK_SIZES)])
-        print_table(["hash", "d <=", "p empirical", "p fitted", "per upload 1M", "per upload 10M", "per day 1M",
-                     "per day 10M"], rows)
-        report["tail_fit"] = fit_report
-
-        # -- closest unrelated pairs (64-bit), to see what the false matches are
-        print(f"== the {args.closest} closest unrelated pairs by pHash + dHash ==")
-        score = np.where(unrelated, ph.astype(np.int32) + dh, 10_000)
-        flat = np.argsort(score, axis=None)[: args.closest]
-        rows, closest = [], []
-        for idx in flat:
-            qi, si = np.unravel_index(idx, score.shape)
-            q, s = queries[qi], bank[si]
-            rows.append([f"{q.name} [{q.kind}]", f"{s.name} [{s.kind}]", int(pd[qi, si]), int(ph[qi, si]),
-                         int(dh[qi, si]), int(q.measures["pdq_quality"]), int(s.measures["pdq_quality"]),
-                         f"{q.measures['gradient']:.1f}/{s.measures['gradient']:.1f}"])
-            closest.append({"query": q.name, "query_framing": q.kind, "stored": s.name, "stored_framing": s.kind,
-                            "pdq": int(pd[qi, si]), "phash": int(ph[qi, si]), "dhash": int(dh[qi, si]),
-                            "query_measures": q.measures, "stored_measures": s.measures})
-        print_table(["query", "stored", "PDQ", "pHash", "dHash", "q PDQq", "s PDQq", "gradient q/s"], rows, left=(0, 1))
-        report["closest"] = closest
-
+        report["distances"] = report_distances(pairs)
+        report.update(report_breakdowns(pairs))
+        measures = measure_table(pairs, n, (0.02, 0.05, 0.10, 0.20, 0.30))
+        report_measures(measures)
+        report["measures"] = measures
+        table = rule_table(pairs, rules(pairs, args.gate_measure, gates))
+        report_rules(table)
+        report["rules"] = table
+        report["tail_fit"] = report_tail_fit(pairs, report["distances"])  # type: ignore[arg-type]
+        report["closest"] = report_closest(pairs, args.closest)
+        report["analysis_seconds"] = round(time.monotonic() - hashed_at, 1)
+        report["hashing_seconds"] = round(hashed_at - started, 1)
+        del pairs
         if args.e2e_ban > 0:
             log(f"end to end: ban {args.e2e_ban} photos, scan the rest and their framings")
             e2e = end_to_end(stored, queries, args.e2e_ban, args.seed, work, log)
             report["end_to_end"] = e2e
-            c = e2e["counts"]
-            print(f"== end to end: {len(e2e['banned'])} photos banned (photosentry ban add), "  # type: ignore[arg-type]
-                  f"{c['scanned']} unrelated items scanned with photosentry.scan ==")  # type: ignore[index]
-            print_table(["outcome", "items"], [[k, v] for k, v in c.items()])  # type: ignore[union-attr]
-            for fb in e2e["false_blocks"]:  # type: ignore[union-attr]
-                ms_ = "; ".join(f"{m['algorithm']} d={m['distance']} entry {m['entry_id']} ({m['label']})"
-                                f"{' weak' if m['weak'] else ''}" for m in fb["matches"])
-                print(f"  FALSE {fb['action']}: {fb['query']} [{fb['framing']}]: {ms_}")
-            print("copies of the banned photos caught (bank_match block or quarantine), by framing: "
-                  + ", ".join(f"{k} {v['caught']}/{v['of']}" for k, v in e2e["true_copies_caught"].items()))  # type: ignore[union-attr]
-            print(f"(scanning took {e2e['scan_seconds']} s)\n")
+            report_e2e(e2e)
 
     elapsed = time.monotonic() - started
     report["seconds"] = round(elapsed, 1)
-    print(f"total time: {elapsed:.0f} s")
+    print(f"total time: {elapsed:.0f} s (hashing {report['hashing_seconds']} s, pairs {report['analysis_seconds']} s)")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1, default=str))
     return 0
