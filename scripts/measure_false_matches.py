@@ -889,7 +889,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="use only the first N photos (a quick run)")
     parser.add_argument("--framings", default="all",
                         help="comma-separated framing names to apply, 'all' or 'none' (names: "
-                        + ", ".join(f.name for f in FRAMINGS) + ")")
+                        + ", ".join(f.name for f in FRAMINGS).replace("%", "%%") + ")")
     parser.add_argument("--gate-measure", choices=sorted(MEASURES), default="pdq_quality",
                         help="the information measure the gated rules use (default pdq_quality)")
     parser.add_argument("--gates", default="20,30,40,50", help="gate values the rules table tries (default 20,30,40,50)")
