@@ -601,13 +601,14 @@ def build_pairs(queries: list[Item], stored: list[Item], related_names: Sequence
     # The bank may hold originals and framed copies alike: every item is stored and queried.
     bank = stored + queries[n:]
     unrelated = unrelated_mask(queries, bank)
-    if related_names:  # same-scene photos the corpus names: neither related nor unrelated
+    if related_names:  # photos of one scene that the corpus names: not unrelated either
         index = {it.name: i for i, it in enumerate(stored)}
-        groups = [{index[x] for x in g if x in index} for g in related_names]
-        for qi, q in enumerate(queries):
-            for si, s in enumerate(bank):
-                if any(q.members & g and s.members & g and q.members != s.members for g in groups):
-                    unrelated[qi, si] = False
+        for names in related_names:
+            group = {index[x] for x in names if x in index}
+            if len(group) > 1:
+                q_in = np.array([bool(q.members & group) for q in queries])
+                s_in = np.array([bool(b.members & group) for b in bank])
+                unrelated[np.ix_(q_in, s_in)] = False
     own = np.zeros_like(unrelated)
     for qi, q in enumerate(queries):
         if len(q.members) == 1:
