@@ -70,6 +70,11 @@ PACKAGES = (
     "fotoxx-common",
     "visp-images-data",
     "gcompris-qt-data",
+    "opencv-doc",
+    "kstars-data",
+    "libjs-jquery-backstretch",
+    "imagemagick-6-doc",
+    "scribus-template",
 )
 #: Never used here: kept aside for a held-out check of the detector.
 HELD_OUT = ("lomiri-wallpapers", "mate-backgrounds", "plasma-workspace-wallpapers", "xplanet-images")
@@ -93,6 +98,7 @@ PHASH_DUPLICATE = 6
 #: A PNG is taken for a photo only with this many distinct colours in a 128 px thumbnail
 #: (drawings and screenshots have a few hundred) and at most this much transparency.
 MIN_PHOTO_COLOURS = 3000
+MIN_PHOTO_GREYS = 120
 MAX_TRANSPARENT = 0.02
 MANIFEST = "manifest.json"
 
@@ -117,11 +123,14 @@ def looks_like_photo(img: Image.Image, *, is_jpeg: bool) -> bool:
     thumb = img.convert("RGB")
     thumb.thumbnail((128, 128))
     arr = np.asarray(thumb).reshape(-1, 3)
-    colours = len(np.unique(arr[:, 0].astype(np.int32) << 16 | arr[:, 1].astype(np.int32) << 8 | arr[:, 2]))
     # JPEG noise adds colours to a flat drawing too, so the bar is the same; a JPEG
     # gradient wallpaper still has few distinct colours after the thumbnail's averaging.
     del is_jpeg
-    if colours < MIN_PHOTO_COLOURS:
+    if np.abs(arr.astype(np.int16) - arr[:, :1]).max() <= 2:
+        # A black-and-white photo has at most 256 colours: count grey levels instead.
+        if len(np.unique(arr[:, 0])) < MIN_PHOTO_GREYS:
+            return False
+    elif len(np.unique(arr[:, 0].astype(np.int32) << 16 | arr[:, 1].astype(np.int32) << 8 | arr[:, 2])) < MIN_PHOTO_COLOURS:
         return False
     # Smooth gradients (abstract wallpapers) have many colours but almost no edges.
     grey = np.asarray(thumb.convert("L"), dtype=np.float32)
@@ -175,6 +184,8 @@ def _open_candidate(package: str, path: Path) -> _Candidate | None:
 
     try:
         with Image.open(path) as img:
+            if img.format == "JPEG":
+                img.draft("RGB", (MAX_SIDE, MAX_SIDE))  # decode big JPEGs at a reduced scale
             img.load()
             if min(img.size) < MIN_SIDE or not looks_like_photo(img, is_jpeg=path.suffix.lower() in (".jpg", ".jpeg")):
                 return None
