@@ -82,22 +82,26 @@ UPLOADS_PER_DAY = 1_000_000
 SKIMAGE_RELATED = (frozenset({"motorcycle_left", "motorcycle_right"}),)
 
 
-def corpus(cache_dir: Path | None) -> tuple[list[Path], str, tuple[frozenset[str], ...]]:
-    """The photos, where they come from, and groups of photo names (file stems) that
-    show one scene. scripts/photo_corpus.py when it is there, else scikit-image's."""
+def corpus(cache_dir: Path | None) -> tuple[list[Path], str, tuple[frozenset[str], ...], dict[str, str]]:
+    """The photos, where they come from, groups of photo names (file stems) that show
+    one scene, and each photo's source package by file name (photos of one package may
+    be variants of one picture: a crop, a blur, a tone-mapped copy, another shot of the
+    same scene). scripts/photo_corpus.py when it is there, else scikit-image's."""
     try:
         import photo_corpus  # type: ignore[import-not-found]
     except ImportError:
         photo_corpus = None
     related = SKIMAGE_RELATED + tuple(frozenset(g) for g in getattr(photo_corpus, "RELATED", ()))
     if photo_corpus is not None:
-        return list(photo_corpus.photos(cache_dir)), "scripts/photo_corpus.py", related
+        packages = {p.name: p.package for p in photo_corpus.manifest(cache_dir)}
+        return list(photo_corpus.photos(cache_dir)), "scripts/photo_corpus.py", related, packages
     import skimage.data
 
     folder = Path(skimage.data.__file__).parent
     synthetic = {"chessboard_GRAY.png", "chessboard_RGB.png", "color.png", "horse.png", "logo.png", "phantom.png"}
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg") and p.name not in synthetic)
-    return paths, f"scikit-image data ({folder}); scripts/photo_corpus.py not found", related
+    return (paths, f"scikit-image data ({folder}); scripts/photo_corpus.py not found", related,
+            {p.name: p.name for p in paths})
 
 
 def _fit(img: Image.Image, box: tuple[int, int]) -> Image.Image:
@@ -431,7 +435,7 @@ def tail_probability(fit: tuple[float, float] | None, threshold: int) -> float |
 
 
 def end_to_end(stored: list[Item], queries: list[Item], n_ban: int, seed: int, work: Path,
-               log: Callable[[str], None]) -> dict[str, object]:
+               packages: dict[str, str], log: Callable[[str], None]) -> dict[str, object]:
     """Ban ``n_ban`` photos with the CLI in a fresh data dir; scan every query item that shows
     none of them with the public API; count bank_match blocks and quarantines."""
     import photosentry
@@ -450,7 +454,8 @@ def end_to_end(stored: list[Item], queries: list[Item], n_ban: int, seed: int, w
     scanner = photosentry.new_scanner(data_dir=data_dir, threads=1)
     t0 = time.monotonic()
     counts = {"scanned": 0, "bank_match_block": 0, "bank_match_quarantine": 0, "bank_match_weak_only": 0,
-              "nudity_block": 0, "nudity_quarantine": 0, "other_not_allowed": 0}
+              "nudity_block": 0, "nudity_quarantine": 0, "other_not_allowed": 0,
+              "bank_match_same_package": 0, "bank_match_cross_package": 0}
     false_blocks: list[dict[str, object]] = []
     # The banned photos' own framings: true matches, to show the setup catches copies.
     caught = {f: [0, 0] for f in ("original", *(q.kind for q in queries))}
@@ -465,8 +470,13 @@ def end_to_end(stored: list[Item], queries: list[Item], n_ban: int, seed: int, w
         counts["scanned"] += 1
         if bank_action in ("block", "quarantine"):
             counts[f"bank_match_{bank_action}"] += 1
+            # ban add labels an entry with the banned file's name: its package tells a
+            # variant of one picture (same package) from a different picture.
+            mine = {packages.get(stored[x].path.name, "") for x in q.members}  # type: ignore[union-attr]
+            same = any(packages.get(m.label, m.label) in mine for m in verdict.matches)
+            counts["bank_match_same_package" if same else "bank_match_cross_package"] += 1
             false_blocks.append({"query": q.name, "framing": q.kind, "action": verdict.action.value,
-                                 "matches": [m.to_dict() for m in verdict.matches]})
+                                 "same_package": same, "matches": [m.to_dict() for m in verdict.matches]})
         elif verdict.matches:
             counts["bank_match_weak_only"] += 1
         nudity = codes.get("nudity")
@@ -582,6 +592,8 @@ class Pairs:
     bank: list[Item]
     dist: dict[Algorithm, np.ndarray]
     unrelated: np.ndarray
+    #: Unrelated, and no photo of one comes from a package of the other's photos.
+    cross: np.ndarray
     #: The query is a copy of the stored original (scan-decoded or framed): a true match.
     own: np.ndarray
     category: np.ndarray
@@ -596,7 +608,8 @@ class Pairs:
         return self.dist[algorithm] <= algorithm.spec.default_distance
 
 
-def build_pairs(queries: list[Item], stored: list[Item], related_names: Sequence[frozenset[str]]) -> Pairs:
+def build_pairs(queries: list[Item], stored: list[Item], related_names: Sequence[frozenset[str]],
+                packages: dict[str, str]) -> Pairs:
     n = len(stored)
     # The bank may hold originals and framed copies alike: every item is stored and queried.
     bank = stored + queries[n:]
@@ -614,7 +627,19 @@ def build_pairs(queries: list[Item], stored: list[Item], related_names: Sequence
         if len(q.members) == 1:
             own[qi, next(iter(q.members))] = True
     dist = {a: distance_matrix(queries, bank, a) for a in PERCEPTUAL}
-    return Pairs(queries, bank, dist, unrelated, own, categories(queries, bank),
+    # Photos as packages: a pair is cross-package when the two sides share no package.
+    names = sorted({packages.get(it.path.name, it.path.name) for it in stored if it.path is not None})
+    number = {name: k for k, name in enumerate(names)}
+    of_photo = [number[packages.get(it.path.name, it.path.name)] for it in stored]  # type: ignore[union-attr]
+
+    def by_package(items: list[Item]) -> np.ndarray:
+        m = np.zeros((len(items), len(names)), dtype=np.float32)
+        for i, it in enumerate(items):
+            m[i, [of_photo[x] for x in it.members]] = 1
+        return m
+
+    cross = unrelated & ((by_package(queries) @ by_package(bank).T) == 0)
+    return Pairs(queries, bank, dist, unrelated, cross, own, categories(queries, bank),
                  {m: np.array([q.measures[m] for q in queries]) for m in MEASURES},
                  {m: np.array([b.measures[m] for b in bank]) for m in MEASURES})
 
@@ -868,6 +893,44 @@ def report_closest(pairs: Pairs, how_many: int) -> list[dict[str, object]]:
     return out
 
 
+def contact_sheet(pairs: Pairs, out: Path, limit: int = 80) -> int:
+    """Side-by-side thumbnails (query left, stored right) of the unrelated pairs that a lone
+    PDQ, pHash or dHash match would join, closest first, so a person can check that each
+    really shows two different pictures. Returns how many pairs it shows."""
+    hit = pairs.unrelated & (pairs.within(Algorithm.PDQ) | pairs.within(Algorithm.PHASH)
+                             | pairs.within(Algorithm.DHASH))
+    qi, si = np.nonzero(hit)
+    # One per unordered pair of items: (a, b) and (b, a) look the same on a sheet.
+    seen, chosen = set(), []
+    order = np.argsort(pairs.dist[Algorithm.PHASH][qi, si].astype(np.int32) + pairs.dist[Algorithm.DHASH][qi, si])
+    for k in order:
+        a, b = pairs.queries[qi[k]], pairs.bank[si[k]]
+        key = frozenset({(a.name, a.kind), (b.name, b.kind)})
+        if key not in seen:
+            seen.add(key)
+            chosen.append((qi[k], si[k]))
+        if len(chosen) >= limit:
+            break
+    if not chosen:
+        return 0
+    cols, cell = 3, 150
+    sheet = Image.new("RGB", (cols * (2 * cell + 30), -(-len(chosen) // cols) * (cell + 16)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for k, (q, s_) in enumerate(chosen):
+        x, y = (k % cols) * (2 * cell + 30), (k // cols) * (cell + 16)
+        for j, item in enumerate((pairs.queries[q], pairs.bank[s_])):
+            if item.path is None:
+                continue
+            with Image.open(item.path) as img:
+                thumb = img.convert("RGB")
+                thumb.thumbnail((cell, cell))
+            sheet.paste(thumb, (x + j * (cell + 4), y))
+        d = [int(pairs.dist[a][q, s_]) for a in PERCEPTUAL]
+        draw.text((x, y + cell + 2), f"#{k} pdq {d[0]} ph {d[1]} dh {d[2]}", fill=(0, 0, 0))
+    sheet.save(out)
+    return len(chosen)
+
+
 def report_e2e(e2e: dict[str, object]) -> None:
     c = e2e["counts"]
     print(f"== end to end: {len(e2e['banned'])} photos banned with `photosentry ban add`, "  # type: ignore[arg-type]
@@ -876,7 +939,8 @@ def report_e2e(e2e: dict[str, object]) -> None:
     for fb in e2e["false_blocks"]:  # type: ignore[union-attr]
         found = "; ".join(f"{m['algorithm']} d={m['distance']} entry {m['entry_id']} ({m['label']})"
                           f"{' weak' if m['weak'] else ''}" for m in fb["matches"])
-        print(f"  FALSE {fb['action']}: {fb['query']} [{fb['framing']}]: {found}")
+        where = "same package" if fb["same_package"] else "CROSS-PACKAGE"
+        print(f"  {fb['action']} ({where}): {fb['query']} [{fb['framing']}]: {found}")
     print("copies of the banned photos caught (bank_match block or quarantine), by framing: "
           + ", ".join(f"{k} {v['caught']}/{v['of']}" for k, v in e2e["true_copies_caught"].items()))  # type: ignore[union-attr]
     print(f"(scanning took {e2e['scan_seconds']} s)\n")
@@ -901,6 +965,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--audit-corpus", type=Path, default=None, metavar="DIR",
                         help="only rebuild the corpus into DIR recording what its deduplication dropped (with a"
                              " contact sheet of the dropped pairs) and print that")
+    parser.add_argument("--sheet", type=Path, default=None, metavar="FILE.png",
+                        help="save a contact sheet of the unrelated pairs a lone hash would match, to check by eye")
     parser.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write every number as JSON")
     args = parser.parse_args(argv)
     try:
@@ -935,7 +1001,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown framings: {', '.join(sorted(unknown))}")
 
-    paths, source, related_names = corpus(args.cache_dir)
+    paths, source, related_names, packages = corpus(args.cache_dir)
     if args.limit:
         paths = paths[: args.limit]
     report: dict[str, object] = {"source": source, "command": " ".join(["python", *sys.argv])}
@@ -953,27 +1019,44 @@ def main(argv: list[str] | None = None) -> int:
             print("same-scene photos, kept out of the unrelated pairs: "
                   + "; ".join(" & ".join(sorted(g)) for g in related_names))
         log("distances")
-        pairs = build_pairs(queries, stored, related_names)
-        n_pairs = int(pairs.unrelated.sum())
-        print(f"ordered unrelated pairs (query x stored item, no photo in common): {n_pairs:,}\n")
+        pairs = build_pairs(queries, stored, related_names, packages)
+        every = pairs.unrelated
+        n_pairs, n_cross = int(every.sum()), int(pairs.cross.sum())
         report.update(photos=n, query_items=len(queries), stored_items=len(pairs.bank), unrelated_pairs=n_pairs,
-                      framings=[f.name for f in framings], skipped=skipped)
-        report["distances"] = report_distances(pairs)
-        report.update(report_breakdowns(pairs))
+                      cross_package_pairs=n_cross, framings=[f.name for f in framings], skipped=skipped)
+        print(f"ordered unrelated pairs (query x stored item, no photo in common): {n_pairs:,}; of which"
+              f" cross-package (no source package in common): {n_cross:,}\n")
+        print("######## A. cross-package pairs: two different pictures for certain ########\n")
+        pairs.unrelated = pairs.cross
+        cross: dict[str, object] = {"pairs": n_cross}
+        cross["distances"] = report_distances(pairs)
+        cross.update(report_breakdowns(pairs))
         measures = measure_table(pairs, n, (0.02, 0.05, 0.10, 0.20, 0.30))
         report_measures(measures)
-        report["measures"] = measures
-        table = rule_table(pairs, rules(pairs, args.gate_measure, gates))
-        report_rules(table)
-        report["rules"] = table
-        report["tail_fit"] = report_tail_fit(pairs, report["distances"])  # type: ignore[arg-type]
-        report["closest"] = report_closest(pairs, args.closest)
+        cross["measures"] = measures
+        cross["rules"] = rule_table(pairs, rules(pairs, args.gate_measure, gates))
+        report_rules(cross["rules"])  # type: ignore[arg-type]
+        cross["tail_fit"] = report_tail_fit(pairs, cross["distances"])  # type: ignore[arg-type]
+        cross["closest"] = report_closest(pairs, args.closest)
+        if args.sheet is not None:
+            shown = contact_sheet(pairs, args.sheet)
+            print(f"contact sheet of {shown} matched cross-package pairs: {args.sheet}\n")
+        report["cross_package"] = cross
+        print("######## B. every unrelated pair, photos of one package included (which holds variants of one"
+              " picture: blurs, warps, tone maps, crops, other shots of one scene) ########\n")
+        pairs.unrelated = every
+        every_r: dict[str, object] = {"pairs": n_pairs}
+        every_r["distances"] = report_distances(pairs)
+        every_r.update(report_breakdowns(pairs))
+        every_r["rules"] = rule_table(pairs, rules(pairs, args.gate_measure, gates))
+        report_rules(every_r["rules"])  # type: ignore[arg-type]
+        report["all_pairs"] = every_r
         report["analysis_seconds"] = round(time.monotonic() - hashed_at, 1)
         report["hashing_seconds"] = round(hashed_at - started, 1)
         del pairs
         if args.e2e_ban > 0:
             log(f"end to end: ban {args.e2e_ban} photos, scan the rest and their framings")
-            e2e = end_to_end(stored, queries, args.e2e_ban, args.seed, work, log)
+            e2e = end_to_end(stored, queries, args.e2e_ban, args.seed, work, packages, log)
             report["end_to_end"] = e2e
             report_e2e(e2e)
 
