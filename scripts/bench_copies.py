@@ -4,9 +4,10 @@ are caught, how many innocent photos are falsely matched, and what it costs per 
 
 What it does, in one run:
 
-1. takes the photo corpus (scripts/photo_corpus.py: several hundred distinct real
-   photos from Debian packages and scikit-image, cached) and splits it with a seed:
-   ``--banned`` photos are banned, the rest are innocent;
+1. takes the photo corpus (scripts/photo_corpus.py: distinct real photos from Debian
+   packages and scikit-image, cached) and splits its strict photos with a seed:
+   ``--banned`` photos are banned, the rest are innocent, with the corpus's looser
+   photo-like pictures (screenshots, diagrams, textures) as more innocent uploads;
 2. makes the copies a re-uploader makes of every banned photo (scripts/copy_kinds.py):
    the kinds caught before #17 (reencode, resize, mirror, rotate90, grayscale, tone,
    blur, stretch, watermark) and the new ones (crop_centre, crop_edge, border,
@@ -72,7 +73,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -545,6 +546,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="framings made of each innocent photo (default 1)")
     parser.add_argument("--negatives", type=int, default=0,
                         help="use at most this many innocent photos (default all; --quick: 80)")
+    parser.add_argument("--strict-negatives", action="store_true",
+                        help="innocent photos from the strict photos only (default: also the corpus's looser"
+                             " photo-like pictures: screenshots, diagrams, textures)")
     parser.add_argument("--seed", type=int, default=17, help="seed of the split and of every copy's parameters")
     parser.add_argument("--quick", action="store_true",
                         help="a few minutes: 12 banned photos, 1 copy per kind, 80 negatives, a 30-file timing")
@@ -585,15 +589,17 @@ def main(argv: list[str] | None = None) -> int:
     import copy_kinds
 
     started = time.perf_counter()
-    corpus = photo_corpus.photos(args.corpus_dir)
+    corpus = photo_corpus.photos(args.corpus_dir, strict=True)
+    loose = [] if args.strict_negatives else sorted(set(photo_corpus.photos(args.corpus_dir, strict=False)) - set(corpus))
     rng = random.Random(args.seed)
     shuffled = corpus[:]
     rng.shuffle(shuffled)
     banned = sorted(shuffled[: args.banned])
-    negatives = sorted(shuffled[args.banned:])
+    negatives = sorted(shuffled[args.banned:] + loose)
     if args.negatives:
         negatives = sorted(random.Random(args.seed + 1).sample(negatives, min(args.negatives, len(negatives))))
-    print(f"corpus: {len(corpus)} photos; {len(banned)} banned, {len(negatives)} innocent", file=sys.stderr)
+    print(f"corpus: {len(corpus)} photos and {len(loose)} photo-like pictures; {len(banned)} banned,"
+          f" {len(negatives)} innocent", file=sys.stderr)
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench_copies_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -663,7 +669,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             args.json.write_text(json.dumps({
                 "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                "corpus": len(corpus), "banned": [p.name for p in banned], "negatives": len(negatives),
+                "corpus": len(corpus), "loose": len(loose), "banned": [p.name for p in banned], "negatives": len(negatives),
                 "recall": recall, "negatives_table": negative, "timing": timing, "models": models,
                 "files": [asdict(i) for i in items],
             }, indent=1))

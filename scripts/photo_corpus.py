@@ -13,13 +13,21 @@ lomiri-wallpapers*, mate-backgrounds, plasma-workspace-wallpapers and xplanet-im
 are never used (:data:`HELD_OUT`): they are kept for a held-out check.
 
 Only raster files count (JPEG, PNG, WebP), at least :data:`MIN_SIDE` px on the short
-side. PNGs must look like photos (many distinct colours, no big transparent areas),
-so icons, drawings and screenshots stay out. Packages ship one picture at several
-resolutions or crops, so near-duplicates (PDQ within :data:`PDQ_DUPLICATE` bits or
-pHash within :data:`PHASH_DUPLICATE` bits) are kept once, the largest. Each photo is
-stored normalised (longest side at most :data:`MAX_SIDE` px, JPEG quality 95) with a
-``manifest.json`` (name, source package, source path, size), so later runs are fast
-and offline.
+side, that look like photos: many distinct colours (or grey levels), no big
+transparent areas, real detail (icons, drawings and smooth abstract wallpapers stay
+out). A *strict* photo is also not mostly flat (screenshots, diagrams, silhouettes);
+:func:`photos` gives the strict ones unless asked for all. Packages ship one picture
+at several resolutions or crops, and series of one scene (calibration shots, a
+tutorial's photo and its computed results), so one photo is kept per series (same
+package, folder and first word of the name, digits aside) and per near-duplicate
+group (PDQ within :data:`PDQ_DUPLICATE` bits or pHash within :data:`PHASH_DUPLICATE`
+bits), the largest. Each photo is stored normalised (longest side at most
+:data:`MAX_SIDE` px, JPEG quality 95) with a ``manifest.json`` (name, source package,
+source path, size, strict), so later runs are fast and offline.
+
+Debian holds fewer real photos than one might hope: about 195 strict photos (and ~60
+looser photo-like pictures) from the packages below, mostly opencv-doc's sample and
+manual photos, visp's and the wallpaper packages'.
 
     python scripts/photo_corpus.py build          # fetch, filter, deduplicate, cache
     python scripts/photo_corpus.py list           # one line per photo
@@ -36,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -48,34 +57,36 @@ from PIL import Image, ImageOps
 
 #: Where the corpus is cached unless told otherwise.
 DEFAULT_CACHE = Path(os.path.expanduser("~/.cache/photosentry/corpus"))
-#: Debian packages with real photos among their raster files. Some also hold
-#: drawings or UI art; the photo filter (:func:`looks_like_photo`) drops those.
-PACKAGES = (
-    "gnome-backgrounds",
-    "ukui-wallpapers",
-    "sway-backgrounds",
-    "desktop-base",
-    "lxqt-themes",
-    "xfdesktop4-data",
-    "propaganda-debian",
-    "debian-edu-artwork-emerald",
-    "debian-edu-artwork-homeworld",
-    "debian-edu-artwork-spacefun",
-    "palapeli-data",
-    "khangman",
-    "jigzo-data",
-    "ulcc",
-    "digikam-data",
-    "hugin-data",
-    "fotoxx-common",
-    "visp-images-data",
-    "gcompris-qt-data",
-    "opencv-doc",
-    "kstars-data",
-    "libjs-jquery-backstretch",
-    "imagemagick-6-doc",
-    "scribus-template",
-)
+#: Debian packages with real photos among their raster files, each with a pattern of
+#: paths to leave out (tutorial figures derived from other photos, UI screenshots,
+#: calibration sequences, masks). Some also hold drawings or UI art; the photo filter
+#: (:func:`looks_like_photo`) drops most of those.
+PACKAGES: dict[str, str | None] = {
+    "gnome-backgrounds": None,
+    "ukui-wallpapers": None,
+    "sway-backgrounds": None,
+    "desktop-base": None,
+    "lxqt-themes": None,
+    "xfdesktop4-data": None,
+    "propaganda-debian": None,
+    "debian-edu-artwork-emerald": None,
+    "debian-edu-artwork-homeworld": None,
+    "debian-edu-artwork-spacefun": None,
+    "palapeli-data": None,
+    "khangman": r"settings|getnewstuff|khangman-main|notes",
+    "jigzo-data": None,
+    "digikam-data": None,
+    "visp-images-data": r"chessboard|calib|grid|circle|target|mire|marker|mask|tag",
+    "gcompris-qt-data": None,
+    # The manual's figures of one tutorial (a photo and results computed from it) share
+    # a folder and a first word, so one of each is kept (see _series).
+    "opencv-doc": r"/shape/|_mask|logo|/left\d|/right\d|chessboard|digits|gradient|/pic\d|templ|tmpl|notes|/ml\.|"
+                  r"imageText|detect_blob|ellipses|/cards|/board|/box\.|/reg/|/fuzzy/|aloeGT|output_mattes|trimaps|"
+                  r"scenetext_char|scenetext_segmented|peilin|polygon|stanford",
+    "libjs-jquery-backstretch": None,
+    "imagemagick-6-doc": None,
+    "scribus-template": None,
+}
 #: Never used here: kept aside for a held-out check of the detector.
 HELD_OUT = ("lomiri-wallpapers", "mate-backgrounds", "plasma-workspace-wallpapers", "xplanet-images")
 #: scikit-image files that are synthetic or not photos of the world.
@@ -100,6 +111,8 @@ PHASH_DUPLICATE = 6
 MIN_PHOTO_COLOURS = 3000
 MIN_PHOTO_GREYS = 120
 MAX_TRANSPARENT = 0.02
+#: Largest share of flat pixels (equal to their right and lower neighbours) in a photo.
+MAX_FLAT = 0.5
 MANIFEST = "manifest.json"
 
 
@@ -112,10 +125,16 @@ class Photo:
     source: str
     width: int
     height: int
+    #: Passes the strict photo test (not mostly flat): the photos to ban in a benchmark.
+    #: The others are photo-like pictures (screenshots with photos, dark or studio
+    #: shots, art) that still make good innocent uploads.
+    strict: bool = True
 
 
-def looks_like_photo(img: Image.Image, *, is_jpeg: bool) -> bool:
-    """True for a photograph, False for icons, drawings, gradients and screenshots."""
+def looks_like_photo(img: Image.Image, *, is_jpeg: bool, strict: bool = True) -> bool:
+    """True for a photograph, False for icons, drawings and gradients; with ``strict``
+    also False for mostly flat pictures (screenshots, diagrams, silhouettes, but also
+    some dark or studio photos)."""
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         alpha = np.asarray(img.convert("RGBA").getchannel("A"))
         if (alpha < 250).mean() > MAX_TRANSPARENT:
@@ -135,7 +154,15 @@ def looks_like_photo(img: Image.Image, *, is_jpeg: bool) -> bool:
     # Smooth gradients (abstract wallpapers) have many colours but almost no edges.
     grey = np.asarray(thumb.convert("L"), dtype=np.float32)
     detail = np.abs(np.diff(grey, axis=0)).mean() + np.abs(np.diff(grey, axis=1)).mean()
-    return bool(detail > 3.0)
+    if detail <= 3.0:
+        return False
+    # Screenshots, diagrams and silhouettes are mostly flat: pixels equal to their
+    # neighbours (sampled, not averaged, so anti-aliasing does not hide it).
+    sampled = img.convert("RGB")
+    sampled.thumbnail((512, 512), Image.Resampling.NEAREST)
+    a = np.asarray(sampled, dtype=np.int16)
+    flat = ((np.abs(np.diff(a, axis=1)).max(axis=2)[:-1, :] <= 1) & (np.abs(np.diff(a, axis=0)).max(axis=2)[:, :-1] <= 1))
+    return bool(flat.mean() <= MAX_FLAT) if strict else True
 
 
 def _fetch_package(package: str, into: Path) -> Path | None:
@@ -172,10 +199,19 @@ class _Candidate:
     image: Image.Image
     pdq: np.ndarray
     phash: np.ndarray
+    strict: bool
 
     @property
     def area(self) -> int:
         return self.image.width * self.image.height
+
+
+def _series(package: str, path: Path) -> tuple[str, str, str]:
+    """Files of one series (``left01``..``left14``, one tutorial's figures, one theme at
+    several resolutions) share this key: package, folder, first word of the name
+    without digits. Only one photo of a series is kept: the others are the same scene."""
+    word = re.split(r"[_\-\s.]+", re.sub(r"\d+", "", path.stem).lower().strip("_- ."))[0]
+    return package, str(path.parent), word
 
 
 def _open_candidate(package: str, path: Path) -> _Candidate | None:
@@ -187,8 +223,10 @@ def _open_candidate(package: str, path: Path) -> _Candidate | None:
             if img.format == "JPEG":
                 img.draft("RGB", (MAX_SIDE, MAX_SIDE))  # decode big JPEGs at a reduced scale
             img.load()
-            if min(img.size) < MIN_SIDE or not looks_like_photo(img, is_jpeg=path.suffix.lower() in (".jpg", ".jpeg")):
+            is_jpeg = path.suffix.lower() in (".jpg", ".jpeg")
+            if min(img.size) < MIN_SIDE or not looks_like_photo(img, is_jpeg=is_jpeg, strict=False):
                 return None
+            strict = looks_like_photo(img, is_jpeg=is_jpeg, strict=True)
             img = ImageOps.exif_transpose(img).convert("RGB")
     except Exception:  # a damaged or odd file in a package is simply not a candidate
         return None
@@ -198,24 +236,35 @@ def _open_candidate(package: str, path: Path) -> _Candidate | None:
     small.thumbnail((512, 512))
     bits, _quality = pdqhash.compute(np.asarray(small))
     phash = imagehash.phash(small).hash.flatten()
-    return _Candidate(package, path, img, np.asarray(bits, dtype=bool), phash)
+    return _Candidate(package, path, img, np.asarray(bits, dtype=bool), phash, strict)
 
 
 def _deduplicate(candidates: list[_Candidate]) -> list[_Candidate]:
-    """One candidate per near-duplicate group, the largest (ties: first found)."""
+    """One candidate per series and per near-duplicate group, the largest (ties: first found)."""
     order = sorted(range(len(candidates)), key=lambda i: -candidates[i].area)
     kept: list[_Candidate] = []
+    series: set[tuple[str, str, str]] = set()
     for i in order:
         cand = candidates[i]
+        key = _series(cand.package, cand.path)
+        if key in series:
+            continue
         if any(int(np.count_nonzero(cand.pdq != k.pdq)) <= PDQ_DUPLICATE
                or int(np.count_nonzero(cand.phash != k.phash)) <= PHASH_DUPLICATE for k in kept):
             continue
+        series.add(key)
         kept.append(cand)
     return kept
 
 
-def build(cache_dir: Path | None = None, *, packages: tuple[str, ...] = PACKAGES, verbose: bool = True) -> list[Path]:
-    """Fetch, filter, deduplicate and store the corpus; returns the stored photos."""
+def build(cache_dir: Path | None = None, *, packages: tuple[str, ...] = tuple(PACKAGES),
+          unpacked: Path | None = None, verbose: bool = True) -> list[Path]:
+    """Fetch, filter, deduplicate and store the corpus; returns the stored photos.
+
+    Args:
+        unpacked: a folder with one already unpacked package per subfolder (named as
+            the package): used instead of downloading.
+    """
     cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
     for held in HELD_OUT:
         if any(p.startswith(held) for p in packages):
@@ -223,16 +272,19 @@ def build(cache_dir: Path | None = None, *, packages: tuple[str, ...] = PACKAGES
     candidates: list[_Candidate] = []
     with tempfile.TemporaryDirectory(prefix="photo_corpus_") as tmp:
         for package in packages:
-            root = _fetch_package(package, Path(tmp))
-            if root is None:
+            root = unpacked / package if unpacked is not None else _fetch_package(package, Path(tmp))
+            if root is None or not root.is_dir():
                 continue
+            skip = re.compile(PACKAGES[package]) if PACKAGES.get(package) else None
             found = [_open_candidate(package, p) for p in sorted(root.rglob("*"))
-                     if p.suffix.lower() in RASTER_SUFFIXES and p.is_file() and not p.is_symlink()]
+                     if p.suffix.lower() in RASTER_SUFFIXES and p.is_file() and not p.is_symlink()
+                     and not (skip and skip.search(str(p.relative_to(root))))]
             found_ok = [c for c in found if c is not None]
             if verbose:
                 print(f"  {package}: {len(found_ok)} photo-like files", file=sys.stderr)
             candidates.extend(found_ok)
-            shutil.rmtree(root, ignore_errors=True)
+            if unpacked is None:
+                shutil.rmtree(root, ignore_errors=True)
         sk = [c for c in (_open_candidate("scikit-image", p) for p in _skimage_photos()) if c is not None]
         if verbose:
             print(f"  scikit-image: {len(sk)} photo-like files", file=sys.stderr)
@@ -246,13 +298,14 @@ def build(cache_dir: Path | None = None, *, packages: tuple[str, ...] = PACKAGES
     for n, cand in enumerate(kept):
         name = f"{n:04d}-{cand.package}-{cand.path.stem[:40]}.jpg".replace(" ", "_")
         cand.image.save(tmp_cache / name, format="JPEG", quality=95)
-        rel = str(cand.path).split("/root/", 1)[-1] if cand.package != "scikit-image" else cand.path.name
-        manifest.append(Photo(name, cand.package, rel, cand.image.width, cand.image.height))
+        rel = str(cand.path).split(f"/{cand.package}/", 1)[-1].removeprefix("root/") if cand.package != "scikit-image" else cand.path.name
+        manifest.append(Photo(name, cand.package, rel, cand.image.width, cand.image.height, cand.strict))
     (tmp_cache / MANIFEST).write_text(json.dumps([asdict(p) for p in manifest], indent=1))
     shutil.rmtree(cache, ignore_errors=True)
     tmp_cache.rename(cache)
     if verbose:
-        print(f"{len(candidates)} photo-like files, {len(kept)} distinct photos in {cache}", file=sys.stderr)
+        print(f"{len(candidates)} photo-like files, {len(kept)} distinct photos"
+              f" ({sum(c.strict for c in kept)} strict) in {cache}", file=sys.stderr)
     return [cache / p.name for p in manifest]
 
 
@@ -264,10 +317,16 @@ def manifest(cache_dir: Path | None = None) -> list[Photo]:
     return [Photo(**row) for row in json.loads((cache / MANIFEST).read_text())]
 
 
-def photos(cache_dir: Path | None = None) -> list[Path]:
-    """Paths of the corpus's photos, sorted by name; builds the cache on first use."""
+def photos(cache_dir: Path | None = None, *, strict: bool = True) -> list[Path]:
+    """Paths of the corpus's photos, sorted by name; builds the cache on first use.
+
+    Args:
+        strict: only those that pass the strict photo test (:attr:`Photo.strict`, the
+            default); False adds the looser photo-like pictures (mostly diagrams,
+            screenshots and textures, a few dark photos).
+    """
     cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
-    return [cache / p.name for p in manifest(cache)]
+    return [cache / p.name for p in manifest(cache) if p.strict or not strict]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -278,21 +337,24 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"cache directory (default {DEFAULT_CACHE})")
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="fetch, filter, deduplicate and store the corpus (replaces a cached one)")
-    b.add_argument("--packages", nargs="+", default=list(PACKAGES),
-                   help="Debian packages to take photos from (default: the built-in list)")
+    b.add_argument("--packages", nargs="+", default=list(PACKAGES), choices=list(PACKAGES), metavar="PACKAGE",
+                   help="Debian packages to take photos from (default: all of the built-in list)")
+    b.add_argument("--unpacked", type=Path, default=None,
+                   help="a folder of already unpacked packages (one subfolder per package, named as it)"
+                        " to use instead of downloading")
     sub.add_parser("list", help="one line per photo: name, package, size (builds first if needed)")
     sub.add_parser("path", help="print the cache directory, building it first if needed")
     args = parser.parse_args(argv)
     if args.command == "build":
-        got = build(args.dir, packages=tuple(args.packages))
+        got = build(args.dir, packages=tuple(args.packages), unpacked=args.unpacked)
         print(f"{len(got)} photos in {args.dir}")
     elif args.command == "list":
         rows = manifest(args.dir)
         counts: dict[str, int] = {}
         for p in rows:
-            print(f"{p.name}\t{p.package}\t{p.width}x{p.height}\t{p.source}")
+            print(f"{p.name}\t{p.package}\t{p.width}x{p.height}\t{'strict' if p.strict else 'loose'}\t{p.source}")
             counts[p.package] = counts.get(p.package, 0) + 1
-        print(f"# {len(rows)} photos: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), file=sys.stderr)
+        print(f"# {len(rows)} photos ({sum(p.strict for p in rows)} strict): " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), file=sys.stderr)
     else:
         photos(args.dir)
         print(args.dir)
