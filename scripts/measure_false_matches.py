@@ -82,7 +82,7 @@ UPLOADS_PER_DAY = 1_000_000
 SKIMAGE_RELATED = (frozenset({"motorcycle_left", "motorcycle_right"}),)
 
 
-def corpus(cache_dir: Path | None) -> tuple[list[Path], str, tuple[frozenset[str], ...], dict[str, str]]:
+def corpus(cache_dir: Path | None, strict_only: bool = False) -> tuple[list[Path], str, tuple[frozenset[str], ...], dict[str, str]]:
     """The photos, where they come from, groups of photo names (file stems) that show
     one scene, and each photo's source package by file name (photos of one package may
     be variants of one picture: a crop, a blur, a tone-mapped copy, another shot of the
@@ -94,7 +94,13 @@ def corpus(cache_dir: Path | None) -> tuple[list[Path], str, tuple[frozenset[str
     related = SKIMAGE_RELATED + tuple(frozenset(g) for g in getattr(photo_corpus, "RELATED", ()))
     if photo_corpus is not None:
         packages = {p.name: p.package for p in photo_corpus.manifest(cache_dir)}
-        return list(photo_corpus.photos(cache_dir)), "scripts/photo_corpus.py", related, packages
+        # Innocent uploads are not all strict photos: the looser photo-like pictures
+        # (diagrams, screenshots, renders) are measured too unless --strict-only.
+        try:
+            paths = photo_corpus.photos(cache_dir, strict=strict_only)
+        except TypeError:  # an older photo_corpus without the strict test
+            paths = photo_corpus.photos(cache_dir)
+        return list(paths), f"scripts/photo_corpus.py ({'strict photos' if strict_only else 'all pictures'})", related, packages
     import skimage.data
 
     folder = Path(skimage.data.__file__).parent
@@ -951,6 +957,8 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     parser.add_argument("--cache-dir", type=Path, default=None, help="where photo_corpus.py keeps the photos")
+    parser.add_argument("--strict-only", action="store_true",
+                        help="only the corpus's strict photos (default: every picture it keeps, as uploads are)")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N photos (a quick run)")
     parser.add_argument("--framings", default="all",
                         help="comma-separated framing names to apply, 'all' or 'none' (names: "
@@ -1001,7 +1009,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown framings: {', '.join(sorted(unknown))}")
 
-    paths, source, related_names, packages = corpus(args.cache_dir)
+    paths, source, related_names, packages = corpus(args.cache_dir, args.strict_only)
     if args.limit:
         paths = paths[: args.limit]
     report: dict[str, object] = {"source": source, "command": " ".join(["python", *sys.argv])}
