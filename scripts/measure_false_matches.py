@@ -699,11 +699,14 @@ def rule_table(pairs: Pairs, candidate: dict[str, np.ndarray]) -> dict[str, dict
     return out
 
 
-def measure_table(pairs: Pairs, n_originals: int, quantiles: Sequence[float]) -> dict[str, object]:
-    """How well each information measure separates the false 64-bit matches from true ones."""
+def measure_table(pairs: Pairs, n_originals: int, quantiles: Sequence[float],
+                  within: np.ndarray | None = None) -> dict[str, object]:
+    """How well each information measure separates the false 64-bit matches from true ones
+    (only the pairs in ``within``, if given)."""
     ph, dh = pairs.within(Algorithm.PHASH), pairs.within(Algorithm.DHASH)
-    lone = np.nonzero(pairs.unrelated & (ph | dh))
-    both = np.nonzero(pairs.unrelated & ph & dh)
+    scope = pairs.unrelated if within is None else pairs.unrelated & within
+    lone = np.nonzero(scope & (ph | dh))
+    both = np.nonzero(scope & ph & dh)
     true = np.nonzero(pairs.own & (ph | dh))
     out: dict[str, object] = {}
     for m in MEASURES:
@@ -807,9 +810,9 @@ def report_breakdowns(pairs: Pairs) -> dict[str, object]:
     return out
 
 
-def report_measures(table: dict[str, object]) -> None:
+def report_measures(table: dict[str, object], title: str = "") -> None:
     any_m = next(iter(table.values()))
-    print("== information measures for the 64-bit hashes' quality gate ==")
+    print(f"== information measures for the 64-bit hashes' quality gate{title} ==")
     print(f"false 64-bit matches (unrelated, pHash or dHash within 8): {any_m['n_false_lone']} pairs, "  # type: ignore[index]
           f"{any_m['n_false_both']} with both; true ones (a copy vs its own original): {any_m['n_true']}")  # type: ignore[index]
     rows = []
@@ -1042,6 +1045,12 @@ def main(argv: list[str] | None = None) -> int:
         measures = measure_table(pairs, n, (0.02, 0.05, 0.10, 0.20, 0.30))
         report_measures(measures)
         cross["measures"] = measures
+        # The bank as moderators fill it: the banned photo itself, not a framed copy of it.
+        originals_only = np.zeros(len(pairs.bank), dtype=bool)
+        originals_only[:n] = True
+        measures_o = measure_table(pairs, n, (0.02, 0.05, 0.10, 0.20, 0.30), originals_only[None, :])
+        report_measures(measures_o, ", bank of originals only (the stored side is a photo, not a framed copy)")
+        cross["measures_bank_of_originals"] = measures_o
         cross["rules"] = rule_table(pairs, rules(pairs, args.gate_measure, gates))
         report_rules(cross["rules"])  # type: ignore[arg-type]
         cross["tail_fit"] = report_tail_fit(pairs, cross["distances"])  # type: ignore[arg-type]
