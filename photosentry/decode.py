@@ -9,8 +9,9 @@ Hostile files are normal input here. The order of checks is the defence:
    and against what decoding will really cost (:mod:`photosentry.media.budget`: a
    200 MP JPEG is decoded at 1/8 scale, a 60 MP PNG cannot be), so a decompression
    bomb costs a header parse, nothing more;
-4. animations are decoded only up to a pixel budget, and a handful of frames spread
-   evenly over them is kept for hashing and classification.
+4. animations are decoded only up to a pixel budget, and a handful of frames is kept
+   for hashing and classification: spread evenly over them, or by display time when
+   frames are shown for different times (:func:`choose_frames`).
 
 HEIC/HEIF (pillow-heif, libheif) and AVIF (Pillow's own plugin, libavif) go through
 the same checks; their irot/imir transforms are applied like EXIF orientation.
@@ -36,6 +37,7 @@ from PIL import AvifImagePlugin, Image, JpegImagePlugin, UnidentifiedImageError
 from . import defaults, progressive
 from .errors import UnreadableImage
 from .media import budget as _budget
+from .media import containers as _containers
 from .media import jpeg as _jpeg
 from .media import location as _location
 from .media import motion as _motion
@@ -80,12 +82,13 @@ class Limits:
     max_total_pixels: int = defaults.MAX_TOTAL_PIXELS
     max_frames: int = defaults.MAX_FRAMES
     scan_frames: int = defaults.SCAN_FRAMES
+    hash_frames: int = defaults.HASH_FRAMES
     max_declared_pixels: int = defaults.MAX_DECLARED_PIXELS
     max_decode_bytes: int = defaults.MAX_DECODE_BYTES
     bomb_ratio: int = defaults.DECOMPRESSION_BOMB_RATIO
 
     def __post_init__(self) -> None:
-        for name in ("max_bytes", "max_pixels", "max_total_pixels", "max_frames", "scan_frames",
+        for name in ("max_bytes", "max_pixels", "max_total_pixels", "max_frames", "scan_frames", "hash_frames",
                      "max_declared_pixels", "max_decode_bytes", "bomb_ratio"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
@@ -120,6 +123,10 @@ class DecodedImage:
     trailers: tuple[Trailer, ...] = ()
     #: The photo's EXIF or XMP carries GPS coordinates.
     gps: bool = False
+    #: More frames of an animation, walked but not kept for the models: hashed and matched
+    #: only, shrunk to at most ``HASH_FRAME_SIDE`` (their indices in ``hash_frame_indices``).
+    hash_frames: tuple[np.ndarray, ...] = ()
+    hash_frame_indices: tuple[int, ...] = ()
 
     @property
     def image_frames(self) -> int:
@@ -213,8 +220,9 @@ def decode(
             ``height`` still report the full size; ``reduction`` says by how much the
             frames are smaller. None decodes every pixel, except that a JPEG declaring
             more than ``limits.max_pixels`` is always reduced until it fits.
-        scan_trailing: kinds of trailing parts (``mp4``, ``jpeg``) whose content is
-            decoded and scanned too: a motion photo's sampled video frames, an MPF image.
+        scan_trailing: kinds of trailing parts (``mp4``, ``jpeg``, ``image``) whose content
+            is decoded and scanned too: a motion photo's sampled video frames, an MPF image,
+            an appended PNG, GIF, WebP, TIFF or BMP.
             Their frames follow the image's own; every part found is listed in
             ``trailers`` whether scanned or not.
 
@@ -235,7 +243,7 @@ def decode(
     img = _open(data, fmt, limits)
     with img:
         width, height = img.size
-        plan = _budget.plan(fmt, width, height, len(data), limits.budget, layout=layout, min_side=min_side)
+        plan = _plan(data, fmt, (width, height), limits, layout, min_side)
         try:
             reduction = _draft(img, plan)
             gps = _location.has_coordinates(img)
@@ -247,7 +255,8 @@ def decode(
                 except Exception:  # noqa: BLE001 - the file as it is decides, below
                     image = None
             if image is None:
-                image = _decode_frames(img, fmt, limits, reduction, (width, height), len(data))
+                image = _decode_frames(img, fmt, limits, reduction, (width, height), len(data),
+                                       _containers.frame_durations(data, fmt))
         except UnreadableImage:
             raise
         except Image.DecompressionBombError as exc:
@@ -260,6 +269,30 @@ def decode(
     if not trailers:
         return replace(image, gps=gps)
     return _scan_trailers(replace(image, gps=gps), data, trailers, frozenset(scan_trailing), limits, min_side)
+
+
+#: Block size a coded AV1 or HEVC frame may exceed its declared ``ispe`` size by.
+_CODED_PADDING = 64
+
+
+def _plan(
+    data: bytes, fmt: str, size: tuple[int, int], limits: Limits, layout: _jpeg.Layout | None, min_side: int | None
+) -> _budget.Plan:
+    """The budget's plan for the declared size, or for an AVIF's or HEIC's coded size when
+    its AV1 sequence header or HEVC SPS says more than ``ispe`` (the decoder allocates
+    the coded frame)."""
+    width, height = size
+    coded = max(_containers.coded_frame_sizes(data, fmt), key=lambda s: s[0] * s[1], default=size)
+    # Encoders pad to their block size (x265 codes a 333x201 photo as 334x202, anything
+    # under 64 px as 64x64) and crop with clap: that much is the same picture.
+    padded = (-(-width // _CODED_PADDING) * _CODED_PADDING, -(-height // _CODED_PADDING) * _CODED_PADDING)
+    if coded[0] * coded[1] <= width * height or (coded[0] <= padded[0] and coded[1] <= padded[1]):
+        return _budget.plan(fmt, width, height, len(data), limits.budget, layout=layout, min_side=min_side)
+    try:
+        return _budget.plan(fmt, *coded, len(data), limits.budget, min_side=min_side)
+    except UnreadableImage as exc:
+        raise UnreadableImage(exc.code, f"{exc.message} (the size its coded data declares; ispe declares"
+                                        f" {width}x{height})") from exc
 
 
 def _scan_trailers(
@@ -299,7 +332,7 @@ def _part_frames(
     content: bytes, kind: str, limits: Limits, budget: int, min_side: int | None
 ) -> tuple[list[np.ndarray], str | None]:
     """(frames, why not all of it was scanned) for one trailing part's content."""
-    if kind == _trailing.JPEG:
+    if kind in (_trailing.JPEG, _trailing.IMAGE):
         try:
             part = decode(content, replace(limits, max_pixels=min(budget, limits.max_pixels)), min_side=min_side)
         except UnreadableImage as exc:
@@ -419,9 +452,35 @@ def _dc_scans_only(data: bytes, img: Image.Image, reduction: int, full_size: tup
     return out if out.size == img.size and out.mode == img.mode else None
 
 
+def choose_frames(reachable: int, wanted: int, durations: list[int] | None = None) -> list[int]:
+    """Which of the first ``reachable`` frames to keep, at most ``wanted``, in file order.
+
+    Evenly spread over the frames when every frame is shown as long (or the file does not
+    say). Otherwise by display time, so that a frame shown for 10 s among a thousand
+    1 ms frames is kept whatever its index: the first frame (what a still preview shows)
+    and the last reached (what an animation that stops leaves on screen; it also keeps
+    the last index the walk reached), the ``SCAN_LONGEST_FRAMES`` frames shown longest, then frames at evenly spread
+    moments of the animation's running time, then evenly spread frames.
+    """
+    spread = [int(round(i)) for i in np.linspace(0, reachable - 1, wanted)]
+    shown = list(durations[:reachable]) if durations is not None and len(durations) >= reachable else []
+    if not shown or min(shown) == max(shown):
+        return sorted(set(spread))
+    order: list[int] = [0, reachable - 1]
+    order += sorted(range(reachable), key=lambda i: (-shown[i], i))[:defaults.SCAN_LONGEST_FRAMES]
+    ends = np.cumsum(shown)
+    moments = max(1, (wanted - len(set(order))))
+    order += [int(np.searchsorted(ends, (k + 0.5) * ends[-1] / moments, side="right")) for k in range(moments)]
+    chosen: list[int] = []
+    for index in order + spread:
+        if index not in chosen and index < reachable and len(chosen) < wanted:
+            chosen.append(index)
+    return sorted(chosen)
+
+
 def _decode_frames(
     img: Image.Image, fmt: str, limits: Limits, reduction: int = 1, full_size: tuple[int, int] | None = None,
-    file_bytes: int = 0,
+    file_bytes: int = 0, durations: list[int] | None = None,
 ) -> DecodedImage:
     width, height = img.size
     full_width, full_height = full_size or (width, height)
@@ -434,24 +493,31 @@ def _decode_frames(
     # no more pixels than one largest still (a 20 KB GIF with a 49 MP screen otherwise
     # costs four 49 MP frames: 2.2 GB and 13 s, scripts/make_hostile.py).
     wanted = min(limits.scan_frames, reachable, max(1, limits.max_pixels // (width * height)))
-    indices = sorted({int(round(i)) for i in np.linspace(0, reachable - 1, wanted)})
+    indices = choose_frames(reachable, wanted, durations)
+    # Every other frame walked is hashed too (a banned frame among a thousand is matched
+    # even when the models never see it), evenly spread when there are more than the budget.
+    kept = set(indices)
+    spare = max(0, min(limits.hash_frames, reachable) - len(indices))
+    others = [i for i in range(reachable) if i not in kept]
+    hashed = sorted({others[int(round(k))] for k in np.linspace(0, len(others) - 1, spare)}) if spare and others else []
 
     notes: list[str] = []
     transpose = _exif_transpose_method(img, notes)
     frames: list[np.ndarray] = []
+    hash_frames: list[np.ndarray] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # as in decode(): corrupt-data warnings are noise
-        for index in indices:
+        for index in sorted(kept.union(hashed)):
             if index:
                 img.seek(index)
             # Pages of a TIFF may each declare their own size: check every one.
             if img.size[0] * img.size[1] > limits.max_pixels:
                 raise _budget.refuse_frame(f"{fmt} frame {index}", img.size[0], img.size[1], file_bytes,
                                            limits.budget)
-            rgb = to_rgb_array(img)
+            rgb = to_rgb_array(img) if index in kept else _shrunk(img)
             if transpose is not None:
                 rgb = _apply_transpose(rgb, transpose)
-            frames.append(rgb)
+            (frames if index in kept else hash_frames).append(rgb)
     out_h, out_w = frames[0].shape[:2]
     if reduction > 1:
         # Report the photo's own size (orientation applied), not the reduced frame's.
@@ -466,7 +532,21 @@ def _decode_frames(
         frames_truncated=truncated,
         notes=tuple(notes),
         reduction=reduction,
+        hash_frames=tuple(hash_frames),
+        hash_frame_indices=tuple(hashed),
     )
+
+
+def _shrunk(img: Image.Image) -> np.ndarray:
+    """A frame that is only hashed, at most ``HASH_FRAME_SIDE`` on its longer side (the
+    hashes shrink it further anyway: PDQ to 64 px, pHash to 32, dHash to 9)."""
+    rgb = to_rgb_array(img)
+    height, width = rgb.shape[:2]
+    side = defaults.HASH_FRAME_SIDE
+    if max(width, height) <= side:
+        return rgb
+    size = (max(1, width * side // max(width, height)), max(1, height * side // max(width, height)))
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BOX))
 
 
 def _exif_transpose_method(img: Image.Image, notes: list[str]) -> int | None:

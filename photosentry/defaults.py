@@ -42,6 +42,15 @@ that is ``too_many_pixels``. Measured on flat 48 MP frames: Huffman-coded JPEG p
 at 512:1 (4:2:0, optimised tables), PNG at 1030:1 (deflate's ceiling), lossy WebP at
 1686:1; real photos stay under 100:1. The hostile set's bombs are all past 10,000:1."""
 
+MAX_JPEG_SCANS = 500
+"""Most scans (SOS segments) a JPEG may have; more is a ``decompression_bomb``,
+refused from its marker structure before decoding. libjpeg re-processes every
+coefficient of the whole frame for each scan of a progressive file, so the scan count,
+not the file size, sets the decoding time: a flat 4096x4096 progressive JPEG with 600
+repeated scans is a 130 KB file that takes 11 s to decode (3000 scans: 51 s). Encoders
+write about 10 scans (libjpeg's default progression); 500 leaves room for any
+hand-tuned progression while bounding a decode to a few seconds."""
+
 MAX_TOTAL_PIXELS = 200_000_000
 """Pixel budget for decoding every frame up to the last sampled one of an animation:
 bounds time and memory for files with thousands of frames."""
@@ -59,6 +68,22 @@ of 1080p or 4 s of 4K at 30 fps, about 2 s of decoding on one core. Motion photo
 SCAN_FRAMES = 8
 """Frames of an animation that are hashed and classified, spread evenly over it;
 any one of them can trigger a quarantine or block."""
+
+SCAN_LONGEST_FRAMES = 2
+"""Of the ``SCAN_FRAMES`` kept from an animation whose frames are shown for different
+times, how many are the frames shown longest (the rest: the first frame, then frames at
+evenly spread moments of its running time). A picture shown for 10 s among a thousand
+1 ms frames is what a viewer sees; sampling by index alone would almost never keep it."""
+
+HASH_FRAMES = 256
+"""Frames of an animation that are hashed and matched, the ``SCAN_FRAMES`` the models see
+among them; every frame walked when there are no more than this, else evenly spread.
+Hashing costs about 4 ms a frame (PDQ, pHash, dHash), so at most about 1 s, and each
+hashed frame adds its hashes to the verdict."""
+
+HASH_FRAME_SIDE = 128
+"""Longer side a frame that is only hashed is shrunk to before it is held: 256 of them
+stay under 13 MB, and the hashes shrink every frame further anyway (PDQ works on 64 px)."""
 
 DECODE_MIN_SIDE = 256
 """Smallest side the scan decodes a JPEG to (DCT-domain scaling, 1/2 to 1/8): what
@@ -128,6 +153,128 @@ the chance that a random 64-bit pair falls within 8 is 2.8e-10."""
 DHASH_MATCH_DISTANCE = 8
 """dHash distance (of 64 bits) that counts as a match: copies stay within 7 except
 rotations (PDQ and pHash catch those); unrelated photos are at least 15 apart."""
+
+SHORT_HASH_QUALITY_THRESHOLD = 50
+"""pHash and dHash (64 bits) of a frame whose PDQ quality (its gradient content, 0-100)
+is below this are weak, as PDQ's own are: smooth pictures (sky, fog, gradients, flat
+colours) collapse to nearly the same 64-bit hashes (docs/matching.md)."""
+
+DERIVED_HASH_SIDE = 1024
+"""A banned image is reduced to this longest side before its derived crops and
+rotations are hashed (hashes/derived.py): PDQ samples 64x64, so nothing it sees is lost."""
+
+FEATURE_COUNT = 256
+"""Keypoints stored for a banned image (hashes/localfeatures.py): 36 bytes each, so an
+image ban's ``orb`` entry is 9 KB (18 KB of hex in the store). 128 caught one copy in
+ten fewer of the crops, letterboxes and screenshots (scripts/bench_copies.py); more
+cost memory and matching time per scan."""
+
+FEATURE_BAN_SIDE = 512
+"""A banned image is reduced to this longest side before its keypoints are found."""
+
+FEATURE_QUERY_SIDE = 512
+"""An upload is reduced to this longest side before its keypoints are found."""
+
+FEATURE_QUERY_COUNT = 400
+"""Keypoints found in an upload: enough that a banned photo filling a quarter of it
+(a collage cell) keeps a few dozen."""
+
+FEATURE_FAST_THRESHOLD = 10
+"""ORB's corner detector threshold (OpenCV's default is 20): lower finds corners in
+softer photos."""
+
+FEATURE_MAX_DISTANCE = 64
+"""Two ORB descriptors (256 bits) further apart than this never pair."""
+
+FEATURE_RATIO = 0.8
+"""Lowe's ratio test: a pair is kept when its distance is under this share of the
+second-nearest descriptor's."""
+
+FEATURE_RANSAC_PIXELS = 6.0
+"""How far (pixels at ``FEATURE_QUERY_SIDE``) a pair may sit from the fitted transform
+and still count as an inlier."""
+
+FEATURE_MIN_SCALE = 0.15
+"""The banned photo may appear this small in an upload (a quarter of a screenshot)..."""
+
+FEATURE_MAX_SCALE = 6.0
+"""... or this much enlarged (a small crop blown up)."""
+
+FEATURE_MIN_SPREAD = 0.02
+"""Inliers must spread over at least this share of the banned photo's keypoint area
+(the product of the two sides' shares): a logo or a texture in one corner is not it."""
+
+FEATURE_MIN_INLIERS = 8
+"""Fewer inliers are not reported at all (unrelated photos reach 4-7 by chance)."""
+
+FEATURE_QUARANTINE_INLIERS = 12
+"""From this many inliers a feature match holds the upload for review (at most
+quarantine, whatever its bank's action)..."""
+
+FEATURE_BLOCK_INLIERS = 20
+"""... and from this many it counts as the banned photo (its bank's action)."""
+
+COPY_DECODE_MIN_SIDE = 512
+"""Where there are banks to match, the scan decodes a JPEG to at least this side
+instead of ``DECODE_MIN_SIDE``: a collage's cell or the photo in a screenshot is a
+quarter of the picture or less; at 256 pixels it keeps too few corners to verify, and
+a region's sides land a pixel off, which moves PDQ by a dozen bits."""
+
+FEATURE_REGION_LIMIT = 6
+"""Keypoints are also found in up to this many proposed regions (a screenshot's photo,
+collage cells: hashes/regions.py), whose corners a whole-picture search gives to text
+and the other cells."""
+
+REGION_THUMB_SIDE = 160
+"""Region proposals (hashes/regions.py) look for framings on a thumbnail this long."""
+
+REGION_MIN_FRAME_SIDE = 64
+"""Frames smaller than this get no region proposals (nothing to frame)."""
+
+REGION_LIMIT = 8
+"""At most this many regions of a photo are hashed and matched besides the photo: each
+adds a PDQ, a pHash and a dHash query (about 1 ms to hash, one range search each).
+Most photos have none; a collage of four with a border has six."""
+
+REGION_MIN_AREA = 0.1
+"""A proposed region covers at least this share of the picture (a collage's quarter
+cell is 0.25; a photo inside a phone screenshot at least a fifth)."""
+
+REGION_MARGIN_TOLERANCE = 12
+"""A pixel is the margin's colour when no channel is further than this (0-255) from
+the colour of the outermost line: JPEG noise and soft bar edges stay inside."""
+
+REGION_CLEAN_LINE = 0.9
+"""A line of a margin is clean when this share of its pixels is the margin's colour ..."""
+
+REGION_TEXT_LINE = 0.25
+"""... and still margin (a caption's line of text) down to this share; under it, the
+photo has begun."""
+
+REGION_EDGE_REACH = 0.4
+"""A photo's own edge is looked for within this share of each side of the picture ..."""
+
+REGION_EDGE_FILL = 0.5
+"""... as a luminance step over ``REGION_SEAM_STEP`` along at least this share of the line."""
+
+REGION_MIN_MARGIN = 0.015
+"""Margins thinner than this share of the side are left on: PDQ absorbs them."""
+
+REGION_BACKGROUND_SHARE = 0.03
+"""A colour is a screenshot's background when at least this share of the pixels (and
+a twentieth of the border) has it."""
+
+REGION_SPLIT_DEPTH = 2
+"""A collage is cut along its seams one way, then each piece the other way: grids, and
+one large photo beside a stack of small ones."""
+
+REGION_SEAM_STEP = 24.0
+"""A hard seam between two collage photos: a luminance step over this between two
+neighbouring lines ..."""
+
+REGION_SEAM_FILL = 0.6
+"""... along at least this share of the line (a horizon or a wall edge rarely crosses
+a photo that cleanly; when one does, its cells only add queries)."""
 
 AUTO_SNAPSHOT_MIN_ENTRIES = 100_000
 """A matcher that had to read this many entries or more from the store itself (no

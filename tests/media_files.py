@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -185,6 +186,39 @@ def samsung_motion_photo(still: Image.Image, video: bytes, **jpeg: object) -> by
             + struct.pack("<I", len(directory)) + b"SEFT")
 
 
+def samsung_sef(image: bytes, blocks: list[tuple[bytes, int, bytes]]) -> bytes:
+    """``image`` followed by Samsung SEF blocks ``(name, type, body)`` and the SEF directory
+    listing them (each entry: type, distance back from SEFH, length), as Samsung phones
+    write ``Image_UTC_Data``, ``MotionPhoto_Data`` and the rest."""
+    out, entries = bytearray(image), []
+    for name, kind, body in blocks:
+        block = b"\x00\x00" + struct.pack("<HI", kind, len(name)) + name + body
+        entries.append((kind, len(out), len(block)))
+        out += block
+    head = len(out)
+    directory = b"SEFH" + struct.pack("<II", 107, len(entries)) + b"".join(
+        b"\x00\x00" + struct.pack("<HII", kind, head - at, size) for kind, at, size in entries)
+    return bytes(out) + directory + struct.pack("<I", len(directory)) + b"SEFT"
+
+
+def exif_with_thumbnail(thumbnail: bytes) -> bytes:
+    """An EXIF block (``Exif\\0\\0`` and a little-endian TIFF structure) whose IFD1 carries
+    ``thumbnail`` as its JPEG thumbnail, as cameras and phones write it."""
+    ifd0 = struct.pack("<H", 1) + struct.pack("<HHII", 0x0112, 3, 1, 1)  # Orientation: 1
+    ifd1_at = 8 + len(ifd0) + 4
+    thumb_at = ifd1_at + 2 + 3 * 12 + 4
+    ifd1 = struct.pack("<H", 3) + b"".join(struct.pack("<HHII", *entry) for entry in (
+        (0x0103, 3, 1, 6),  # Compression: JPEG
+        (0x0201, 4, 1, thumb_at),
+        (0x0202, 4, 1, len(thumbnail)),
+    )) + struct.pack("<I", 0)
+    return b"Exif\x00\x00II*\x00" + struct.pack("<I", 8) + ifd0 + struct.pack("<I", ifd1_at) + ifd1 + thumbnail
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
 def multi_picture(primary: Image.Image, *others: Image.Image) -> bytes:
     """An MPO / multi-picture JPEG (MPF index in APP2), as Pillow writes it."""
     return encode(primary.convert("RGB"), "MPO", save_all=True, append_images=[o.convert("RGB") for o in others],
@@ -214,3 +248,15 @@ def gps_exif(lat: float = 48.8584, lon: float = 2.2945, orientation: int | None 
 def samsung_heic_motion_photo(still: Image.Image, video: bytes) -> bytes:
     """A Samsung HEIC motion photo: the video in a top-level ``mpvd`` box after the image's boxes."""
     return heic(still.convert("RGB"), exif=gps_exif()) + struct.pack(">I", 8 + len(video)) + b"mpvd" + video
+
+
+def many_scans_jpeg(img: Image.Image, extra_scans: int) -> bytes:
+    """A progressive JPEG whose last scan (with the Huffman table before it) is repeated
+    ``extra_scans`` times before EOI: a few bytes each, yet libjpeg goes over the whole
+    frame again for every one of them (the "progressive scan" CPU bomb)."""
+    data = encode(img.convert("RGB"), "JPEG", quality=90, progressive=True)
+    at = data.rfind(b"\xff\xda")
+    table = data.rfind(b"\xff\xc4", 0, at)
+    start = table if table > data.rfind(b"\xff\xda", 0, at) else at
+    assert data.endswith(b"\xff\xd9")
+    return data[:-2] + data[start:-2] * extra_scans + b"\xff\xd9"

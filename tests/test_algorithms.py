@@ -33,8 +33,9 @@ def test_registry_holds_the_facts_the_project_documents() -> None:
     assert [(a.bits, a.spec.default_distance, a.spec.max_distance) for a in Algorithm] == [
         (256, 0, 0), (128, 0, 0),
         (256, defaults.PDQ_MATCH_DISTANCE, 127), (64, defaults.PHASH_MATCH_DISTANCE, 31),
-        (64, defaults.DHASH_MATCH_DISTANCE, 31),
+        (64, defaults.DHASH_MATCH_DISTANCE, 31), (defaults.FEATURE_COUNT * 36 * 8, 0, 0),
     ]
+    assert [a for a in Algorithm if a.is_features] == [Algorithm.ORB]
     for algorithm, signal in SIGNALS.items():  # the hashers take their facts from it
         assert signal.default_distance == algorithm.spec.default_distance
     assert PdqSignal.QUALITY_THRESHOLD == Algorithm.PDQ.spec.quality_threshold == defaults.PDQ_QUALITY_THRESHOLD
@@ -46,7 +47,10 @@ def test_weak_rule_is_the_quality_threshold_of_algorithms_that_have_one() -> Non
     assert PerceptualHash(Algorithm.PDQ, pdq, (pdq,), threshold - 1).weak
     assert PerceptualHash(Algorithm.PDQ, pdq, (pdq,), None).weak  # no score counts as 0
     assert not PerceptualHash(Algorithm.PDQ, pdq, (pdq,), threshold).weak
-    assert not PerceptualHash(Algorithm.PHASH, "ab" * 8, ("ab" * 8,), 0).weak
+    # The 64-bit hashes carry their frame's PDQ quality and are gated at their own threshold.
+    short = defaults.SHORT_HASH_QUALITY_THRESHOLD
+    assert PerceptualHash(Algorithm.PHASH, "ab" * 8, ("ab" * 8,), short - 1).weak
+    assert not PerceptualHash(Algorithm.DHASH, "ab" * 8, ("ab" * 8,), short).weak
 
 
 @pytest.mark.parametrize(

@@ -49,7 +49,7 @@ CONCURRENT_HASHES = 50
 def fake_hash(algorithm: Algorithm, n: int) -> str:
     """A valid, deterministic hash value for ``algorithm`` (never degenerate in practice)."""
     digest = hashlib.sha256(f"{algorithm.value}-{n}".encode()).hexdigest()
-    return digest[: algorithm.bits // 4]
+    return (digest * (algorithm.bits // 256 + 1))[: algorithm.bits // 4]  # ORB keypoints are kilobytes
 
 
 def entry(n: int, bank: str = "banned", algorithm: Algorithm = Algorithm.SHA256, **kw: object) -> NewEntry:
@@ -546,3 +546,14 @@ def test_importing_the_banks_package_leaves_redis_py_unloaded() -> None:
     code = ("import sys, photosentry.hashes.banks as b; assert 'redis' not in sys.modules;"
             " b.RedisBankStore; assert 'redis' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_keypoint_entries_are_read_apart_and_leave_with_their_removal(bank_store: BankStore) -> None:
+    # A matcher that loaded its hashes from a snapshot reads image bans' keypoints alone.
+    added = bank_store.add([entry(n, algorithm=a) for n in (1, 2) for a in Algorithm], actor="a", reason="r")
+    orb = [e for e in added if e.algorithm is Algorithm.ORB]
+    read = [(i, v, b) for ids, values, banks in bank_store.active_columns(Algorithm.ORB)
+            for i, v, b in zip(ids, values, banks, strict=True)]
+    assert read == [(e.id, e.value, e.bank) for e in orb]
+    bank_store.remove([orb[0].id], actor="a", reason="r")
+    assert [i for ids, _, _ in bank_store.active_columns(Algorithm.ORB) for i in ids] == [orb[1].id]

@@ -72,8 +72,13 @@ def test_clean_photos_exit_zero_and_table_output(corpus: Corpus, data_dir: Path)
 
 def test_remove_lifts_the_ban_and_keeps_history(corpus: Corpus, data_dir: Path) -> None:
     added = ban(corpus.banned, "--label", "rocket")
-    ids = [line.split()[0] for line in added.splitlines() if line.strip()[:1].isdigit()]
-    assert len(ids) == 5  # sha256, md5, pdq, phash, dhash: never the photo itself
+    rows = [line.split() for line in added.splitlines() if line.strip()[:1].isdigit()]
+    ids = [row[0] for row in rows]
+    # sha256, md5, pdq, phash, dhash, the PDQ of its crops and rotations and its
+    # keypoints: derived data only, never the photo itself.
+    tags = [row[2].split(":")[0] for row in rows]
+    assert tags[:5] == ["sha256", "md5", "pdq", "phash", "dhash"] and tags[-1] == "orb"
+    assert set(tags[5:-1]) == {"pdq"} and len(tags[5:-1]) >= 10
     copy = corpus.copies["reencoded_q50"]
     assert scan_json(copy)[1][copy.name]["action"] == "block"
 
@@ -106,8 +111,13 @@ def test_ban_by_hash_and_group_remove(corpus: Corpus, data_dir: Path) -> None:
 
     ban(corpus.banned)
     sha = hash_image(data, decoded.frames, decoded.frame_indices).sha256
+    code, listed = run("ban", "list", "--json")
+    own = [json.loads(line) for line in listed.splitlines()]
+    assert sum(e["group"] == sha for e in own) > 5  # its hashes, derived hashes and keypoints
     code, out = run("ban", "remove", "--group", sha, "--by", "bob", "--reason", "dup")
-    assert code == 0 and out.count("removed") == 5, out
+    assert code == 0 and out.count("removed") == sum(e["group"] == sha for e in own), out
+    code, listed = run("ban", "list", "--json")
+    assert [json.loads(line)["group"] for line in listed.splitlines()] == [""]  # the --hash entry stays
 
 
 def test_minors_profile_from_context(corpus: Corpus, data_dir: Path) -> None:

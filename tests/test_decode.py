@@ -11,6 +11,7 @@ import pytest
 import skimage.data
 from PIL import Image, ImageOps
 
+from photosentry import defaults
 from photosentry.decode import (
     DECOMPRESSION_BOMB,
     EMPTY_FILE,
@@ -27,8 +28,15 @@ from photosentry.decode import (
     to_rgb_array,
 )
 from photosentry.errors import UnreadableImage
+from photosentry.hashes.banks import SqliteBankStore
+from photosentry.hashes.matcher import BankMatcher
+from photosentry.models.open_nsfw import OpenNsfwClassifier
+from photosentry.worker.pipeline import Scanner
+from photosentry.worker.policy import Policy
+from photosentry.worker.verdict import Action
 
 from . import corpus as corpus_mod
+from .test_pipeline import ban
 
 SKIMAGE_DATA = Path(skimage.data.__file__).parent
 
@@ -371,3 +379,49 @@ def test_every_tiff_page_is_checked_against_the_pixel_limit() -> None:
     data = encode(small, "TIFF", save_all=True, append_images=[large])
     assert decode(data).frame_count == 2
     assert reason(data, Limits(max_pixels=1000)) == TOO_MANY_PIXELS
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP", "PNG"])
+def test_a_frame_shown_for_seconds_among_many_brief_ones_is_kept(fmt: str) -> None:
+    """F10: frames are chosen by display time, not by index alone: the one frame a viewer
+    really sees (10 s among 120 frames of 10 ms) is kept wherever it sits."""
+    count, shown_long = 120, 60  # linspace(0, 119, 8) would keep 51 and 68, never 60
+    frames = [Image.new("RGB", (32, 32), (2 * i, 100, 50)) for i in range(count)]
+    frames[shown_long] = Image.new("RGB", (32, 32), (250, 0, 250))
+    durations = [10] * count
+    durations[shown_long] = 10_000
+    data = encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=durations, loop=0,
+                  **({"lossless": True} if fmt == "WEBP" else {}))
+    image = decode(data)
+    assert image.frame_count == count and len(image.frames) == Limits().scan_frames
+    assert shown_long in image.frame_indices and image.frame_indices[0] == 0 and image.frame_indices[-1] == count - 1
+    kept = image.frames[image.frame_indices.index(shown_long)]
+    assert abs(kept.astype(int) - (250, 0, 250)).max() < 8  # really that frame
+    # Frames all shown as long are still spread evenly over the animation.
+    assert decode(animated_gif(50), Limits(scan_frames=4)).frame_indices == (0, 16, 33, 49)
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
+def test_every_frame_walked_is_hashed_and_a_banned_one_is_matched(
+    fmt: str, corpus: corpus_mod.Corpus, store: SqliteBankStore, classifier: OpenNsfwClassifier
+) -> None:
+    """F10: the models see 8 frames, but every frame walked (within ``HASH_FRAMES``) is
+    hashed, so a banned picture in one frame the sampling skips is still matched."""
+    ban(store, corpus.banned)
+    count, hidden = 61, 30  # linspace(0, 60, 8) keeps 26 and 34, never 30
+    clean = corpus_mod.load("coffee.png").convert("RGB").resize((320, 213))
+    frames = [clean.rotate(i, fillcolor=(i, 0, 0)) for i in range(count)]
+    with Image.open(corpus.banned) as banned:
+        frames[hidden] = banned.convert("RGB").resize((320, 213))
+    data = encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=100, loop=0,
+                  **({"lossless": True} if fmt == "WEBP" else {}))
+    image = decode(data)
+    assert hidden not in image.frame_indices and hidden in image.hash_frame_indices
+    assert sorted(image.frame_indices + image.hash_frame_indices) == list(range(count))
+    assert all(max(f.shape[:2]) <= defaults.HASH_FRAME_SIDE for f in image.hash_frames)
+    # A budget smaller than the animation spreads the hashed frames over it.
+    assert len(decode(data, Limits(hash_frames=20)).hash_frame_indices) == 20 - Limits().scan_frames
+
+    verdict = Scanner(policy=Policy.default(), matcher=BankMatcher(store), classifier=classifier).scan_bytes(data)
+    assert verdict.action is Action.BLOCK, verdict.reason_codes
+    assert {m.frame for m in verdict.matches if m.algorithm.is_perceptual} == {hidden}

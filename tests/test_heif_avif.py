@@ -23,6 +23,7 @@ from photosentry.errors import UnreadableImage
 from photosentry.hashes.banks import SqliteBankStore
 from photosentry.hashes.codecs import Algorithm, hamming
 from photosentry.hashes.matcher import BankMatcher
+from photosentry.media import containers
 from photosentry.hashes.signals import hash_image
 from photosentry.models.open_nsfw import OpenNsfwClassifier
 from photosentry.worker.pipeline import Scanner
@@ -96,6 +97,36 @@ def test_huge_declared_size_is_a_bomb(fmt: str, banned_image: Image.Image) -> No
     assert refused.code == DECOMPRESSION_BOMB, refused.message
     # 10 gigapixels: libavif refuses to parse it at all; libheif reports the size, which we refuse.
     assert reason(media_files.rewrite_ispe(data, 100_000, 100_000)).code in (DECOMPRESSION_BOMB, UNREADABLE)
+
+
+def test_avif_whose_ispe_understates_its_av1_frame_is_budgeted_by_the_coded_size() -> None:
+    """F7: the AV1 decoder allocates what the sequence header says, whatever ``ispe`` claims;
+    a 16.7 MP frame behind a 64x64 ispe is refused from its headers like any bomb."""
+    data = media_files.avif(Image.new("RGB", (4096, 4096), (120, 130, 140)), quality=50, speed=10)
+    small = media_files.rewrite_ispe(data, 64, 64)
+    assert containers.coded_frame_sizes(small, "avif") == [(4096, 4096)]
+    limits = Limits(max_pixels=4_000_000)
+    refused = reason(small, limits)
+    assert refused.code == DECOMPRESSION_BOMB, refused.message
+    assert "4096x4096" in refused.message and "ispe declares 64x64" in refused.message
+    # Honest files are planned on their one size as before; an alpha plane's own
+    # sequence header (the same size) changes nothing.
+    assert decode(media_files.avif(Image.new("RGBA", (333, 201), (1, 2, 3, 100)))).width == 333
+    assert reason(data, limits).code == DECOMPRESSION_BOMB
+
+
+def test_heic_whose_ispe_understates_its_hevc_frame_is_budgeted_by_the_coded_size() -> None:
+    """F7 for HEIC: libde265 decodes what the SPS says before libheif checks ``ispe``."""
+    data = media_files.heic(Image.new("RGB", (2048, 2048), (120, 130, 140)), quality=30)
+    small = media_files.rewrite_ispe(data, 64, 64)
+    assert containers.coded_frame_sizes(small, "heif") == [(2048, 2048)]
+    refused = reason(small, Limits(max_pixels=1_000_000))
+    assert refused.code == DECOMPRESSION_BOMB, refused.message
+    assert "2048x2048" in refused.message and "ispe declares 64x64" in refused.message
+    # Real files: an iPhone-style grid's tiles code less than the grid declares, and an
+    # image with alpha codes its alpha plane at the same size.
+    assert decode(data).width == 2048
+    assert decode(media_files.heic(Image.new("RGBA", (333, 201), (1, 2, 3, 100)))).width == 333
 
 
 def test_heif_with_more_images_than_libheif_allows_is_refused_with_its_reason() -> None:

@@ -492,7 +492,9 @@ def test_a_calibration_is_cached_per_host_and_reused(tmp_path: Path, monkeypatch
 
 
 def test_calibration_candidates_cover_the_directory_widths_the_model_cannot_order() -> None:
-    # Issue #19: at 10M PDQ the model chose dir=21 and dir=20 measured faster; both are timed.
-    shapes = {calibrate.shape(layout) for layout in calibrate.candidates(256, 31, 10_000_000)}
+    # Issue #19: at 10M PDQ on a host with vector popcounts the model chose dir=21 and
+    # dir=20 measured faster; both are timed. (A host without them plans for its scalar
+    # scans: the model's pick is still the first candidate.)
+    shapes = {calibrate.shape(layout) for layout in calibrate.candidates(256, 31, 10_000_000, vector=True)}
     assert {("packed", 11, 21), ("packed", 11, 20)} <= shapes
     assert calibrate.candidates(256, 31, 10_000_000)[0] == mih.plan_layout(256, 31, 10_000_000)

@@ -18,16 +18,20 @@ import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
-from photosentry import enqueue_scan
+from photosentry import defaults, enqueue_scan
 from photosentry.decode import DecodedImage, decode
 from photosentry.errors import UnreadableImage
+from photosentry.media import jpeg
 from photosentry.models.open_nsfw import OpenNsfwClassifier
 from photosentry.worker.pipeline import Scanner
 from photosentry.worker.policy import Policy
 from photosentry.worker.verdict import ReasonCode
 from scripts import make_hostile
 from scripts.make_hostile import Hostile
+
+from . import media_files
 
 PHOTOSENTRY = str(Path(sys.executable).with_name("photosentry"))
 REPO = Path(__file__).resolve().parents[1]
@@ -248,3 +252,22 @@ def test_a_file_slower_than_the_job_timeout_is_quarantined_not_lost(
     assert "JobTimeoutException" in slow_verdict["reasons"][0]["text"]
     assert "2 attempts" in slow_verdict["reasons"][0]["text"]
     assert [v["action"] for v in verdicts["quick"]] == ["allow"]
+
+
+# -- red team round three --------------------------------------------------------------------
+
+
+def test_a_jpeg_with_hundreds_of_progressive_scans_is_a_bomb_refused_before_decoding(scanner: Scanner) -> None:
+    """F3: libjpeg goes over the whole frame once per scan, so a small file of repeated
+    scans costs seconds to minutes; the scan count is read from the markers instead."""
+    flat = Image.new("RGB", (512, 512), (120, 130, 140))
+    bomb = media_files.many_scans_jpeg(flat, defaults.MAX_JPEG_SCANS)
+    assert jpeg.parse(bomb).scans > defaults.MAX_JPEG_SCANS
+    with pytest.raises(UnreadableImage) as refused:
+        decode(bomb)
+    assert refused.value.code == "decompression_bomb" and "scans" in refused.value.message
+    verdict = scanner.scan_bytes(bomb, subject="many-scans.jpg")
+    assert verdict.action.value == "quarantine" and "decompression_bomb" in _codes(verdict)
+
+    # An ordinary progressive JPEG (about 10 scans), even one with a few extra, is read.
+    assert decode(media_files.many_scans_jpeg(flat, 20)).width == 512

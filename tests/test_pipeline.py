@@ -10,7 +10,9 @@ import pytest
 from PIL import Image
 
 from photosentry.decode import Limits, decode
-from photosentry.hashes.banks import EntrySource, NewEntry, SqliteBankStore
+from photosentry.hashes.banks import EntrySource, NewEntry, SqliteBankStore, entries_from_hashes
+from photosentry.hashes.derived import derive
+from photosentry.hashes.localfeatures import banned_features
 from photosentry.hashes.codecs import Algorithm
 from photosentry.hashes.matcher import BankMatcher
 from photosentry.hashes.signals import hash_bytes, hash_image
@@ -29,11 +31,9 @@ def ban(store: SqliteBankStore, path: Path, bank: str = "banned") -> list[int]:
     data = path.read_bytes()
     image = decode(data)
     hashes = hash_image(data, image.frames, image.frame_indices)
-    values = {**hashes.exact(), **{h.algorithm: h.value for f in hashes.frames for h in f.hashes}}
-    entries = [
-        NewEntry(algorithm, value, bank, label=path.name, source=EntrySource.IMAGE, group=hashes.sha256[:16])
-        for algorithm, value in values.items()
-    ]
+    # What `ban add IMAGE` stores: its hashes, its crops' and rotations' PDQ, its keypoints.
+    entries, _ = entries_from_hashes(hashes, bank, label=path.name, derived=derive(image.frames[0]),
+                                     features=banned_features(image.frames[0]))
     return [e.id for e in store.add(entries, **WHO)]
 
 
@@ -44,15 +44,15 @@ def scanner(policy: Policy, store: SqliteBankStore, classifier: OpenNsfwClassifi
 
 @pytest.fixture
 def banned_scanner(scanner: Scanner, store: SqliteBankStore, corpus: corpus_mod.Corpus) -> Scanner:
-    ban(store, corpus.banned)
-    assert scanner.matcher is not None and scanner.matcher.refresh() == 5
+    ids = ban(store, corpus.banned)
+    assert scanner.matcher is not None and scanner.matcher.refresh() == len(ids)
     return scanner
 
 
 def test_copies_blocked_clean_allowed(banned_scanner: Scanner, corpus: corpus_mod.Corpus) -> None:
     verdict = banned_scanner.scan_path(corpus.banned)
     assert verdict.action is Action.BLOCK
-    assert {m.algorithm.value for m in verdict.matches} == {"sha256", "md5", "pdq", "phash", "dhash"}
+    assert {m.algorithm.value for m in verdict.matches} == {"sha256", "md5", "pdq", "phash", "dhash", "orb"}
 
     for name, path in corpus.copies.items():
         verdict = banned_scanner.scan_path(path)

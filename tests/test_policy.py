@@ -256,7 +256,9 @@ def test_moderation_bank_depends_on_profile(policy: Policy) -> None:
 
 def test_weak_matches_ignored(policy: Policy) -> None:
     action, reasons = decide(policy.base, matches=[match("banned", weak=True)])
-    assert action is Action.ALLOW and codes(reasons) == ["clean"]
+    # Reported for the moderators, not acted on.
+    assert action is Action.ALLOW and codes(reasons) == ["clean", "weak_match"]
+    assert reasons[1].action is Action.ALLOW and reasons[1].detail["banks"] == ["banned"]
     # ...but a strong match in the same bank still counts, and only it is listed.
     action, reasons = decide(policy.base, matches=[match("banned", weak=True), match("banned", entry_id=2)])
     assert action is Action.BLOCK and reasons[0].detail["entry_ids"] == [2]

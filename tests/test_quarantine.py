@@ -122,10 +122,14 @@ def test_confirm_with_ban_blocks_re_uploads_and_counts_once(
     assert "item 1 confirmed by alice" in done.output and "hashes in bank 'banned'" in done.output
     assert "callback delivered" in done.output
 
-    # The bank: every hash of the photo, as entries grouped by its SHA-256; never the photo.
+    # The bank: every hash of the photo, the PDQ of its crops and rotations and its
+    # keypoints (read from the quarantined copy), as entries grouped by its SHA-256;
+    # never the photo.
     store = RedisBankStore(redis_client)
     banned = list(store.entries(bank="banned"))
-    assert {e.algorithm.value for e in banned} == {"sha256", "md5", "pdq", "phash", "dhash"}
+    assert {e.algorithm.value for e in banned} == {"sha256", "md5", "pdq", "phash", "dhash", "orb"}
+    assert {e.source.value for e in banned} == {"image", "derived"}
+    assert sum(e.source.value == "derived" and e.algorithm.value == "pdq" for e in banned) >= 10
     assert {e.group for e in banned} == {sha} and all(e.added_by == "alice" for e in banned)
     assert all("ticket 881" in e.reason for e in banned)
     # The file: evidence in the blocked store, gone from quarantine.
@@ -154,7 +158,7 @@ def test_confirm_with_ban_blocks_re_uploads_and_counts_once(
                         "--ban", "banned")
     assert again.exit_code == 0 and "already confirmed" in again.output
     assert len(stream_entries(redis_client)) == 2 and len(receiver.received) == 1
-    assert store.version() == bank_version + 5
+    assert store.version() == bank_version + len(banned)
     assert "score     1.00" in photosentry(settings, "uploader", "show", "u-1").output
     other = photosentry(settings, "quarantine", "release", "1", "--by", "bob", "--reason", "appeal")
     assert other.exit_code == 1 and "already confirmed by alice" in other.output

@@ -145,6 +145,46 @@ def test_a_png_whose_iend_was_replaced_still_has_its_zip_found(photos: dict[str,
     assert kinds == [trailing.ZIP]
 
 
+def test_what_follows_an_image_is_split_by_its_own_framing(photos: dict[str, Image.Image],
+                                                           clips: dict[str, bytes]) -> None:
+    """F6: Samsung SEF blocks are looked into, an appended image or ZIP ends where its own
+    structure says (what follows is a part of its own), PNG chunks after IEND are measured,
+    and TIFF and BMP photos have their end found like every other format."""
+    small = photos["coffee"].resize((96, 64))
+    jpg = media_files.encode(small, "JPEG")
+    zip_ = media_files.zip_bytes({"a.txt": b"not a photo"})
+    script = b"<script>alert(document.cookie)</script>"
+    tiff, bmp, png = (media_files.encode(small, fmt) for fmt in ("TIFF", "BMP", "PNG"))
+    chunk = media_files.png_chunk(b"tEXt", b"Comment\x00after the end")
+    utc, video = b"1765000000000", clips["coffee"]
+    cases = {
+        "sef": (media_files.samsung_sef(jpg, [(b"Image_UTC_Data", 0x0A01, utc), (b"MotionPhoto_Data", 0x0A30, video)]),
+                [("metadata", "samsung:Image_UTC_Data"), ("mp4", "samsung:MotionPhoto_Data"),
+                 ("metadata", "samsung:SEF directory")]),
+        "sef+script": (media_files.samsung_sef(jpg, [(b"Image_UTC_Data", 0x0A01, script)]),
+                       [("script", "samsung:Image_UTC_Data"), ("metadata", "samsung:SEF directory")]),
+        "zip then script": (jpg + zip_ + script, [("zip", ""), ("script", "")]),
+        "png chunks then zip": (png + chunk + zip_, [("unknown", "png:chunks"), ("zip", "")]),
+        "jpeg+tiff+script": (jpg + tiff + script, [("image", "tiff"), ("script", "")]),
+        "jpeg+bmp": (jpg + bmp, [("image", "bmp")]),
+        "jpeg+png": (jpg + png, [("image", "png")]),
+        "tiff+zip": (tiff + zip_, [("zip", "")]),
+        "bmp+zip": (bmp + zip_, [("zip", "")]),
+    }
+    for name, (data, expected) in cases.items():
+        found = decode(data, scan_trailing=SCAN | {"image"}).trailers
+        assert [(t.kind, t.source) for t in found] == expected, (name, found)
+        assert sum(t.size for t in found) == len(data) - found[0].offset, name  # every byte is in a part
+        assert all(t.frames_scanned == 1 and t.error is None for t in found if t.kind == "image"), name
+    sizes = {t.kind: t.size for t in decode(jpg + zip_ + script).trailers}
+    assert sizes == {"zip": len(zip_), "script": len(script)}
+    # The photos alone have nothing after them.
+    for alone in (tiff, bmp, media_files.encode(small, "TIFF", compression="tiff_lzw"),
+                  media_files.encode(small.convert("P"), "BMP"),
+                  media_files.encode(small, "TIFF", save_all=True, append_images=[small.rotate(90, expand=True)])):
+        assert [t.kind for t in decode(alone).trailers] in ([], ["padding"])
+
+
 # -- through the Scanner and the policy ------------------------------------------------------------
 
 
@@ -186,6 +226,39 @@ def test_a_jpeg_zip_polyglot_is_quarantined_with_what_was_found(scanner: Scanner
     detail = verdict.reasons[0].detail
     assert (detail["kind"], detail["size"], detail["offset"]) == ("zip", len(zip_), len(image))
     assert f"trailing_zip:{len(zip_)}" in verdict.media.notes  # type: ignore[union-attr]
+
+
+def test_a_banned_photo_appended_as_a_tiff_is_blocked(scanner: Scanner, photos: dict[str, Image.Image]) -> None:
+    data = media_files.encode(photos["coffee"], "JPEG") + media_files.encode(photos["banned"], "TIFF")
+    verdict = scanner.scan_bytes(data, subject="holiday.jpg")
+    assert verdict.action is Action.BLOCK, verdict.reason_codes
+    assert verdict.to_dict()["media"]["trailing"][0]["kind"] == "image"
+
+
+def test_a_bmp_with_a_zip_after_it_is_quarantined(scanner: Scanner, photos: dict[str, Image.Image]) -> None:
+    zip_ = media_files.zip_bytes({"a.txt": b"not a photo"})
+    verdict = scanner.scan_bytes(media_files.encode(photos["coffee"], "BMP") + zip_)
+    assert verdict.action is Action.QUARANTINE
+    assert verdict.reason_codes == [ReasonCode.TRAILING_DATA.value]
+
+
+def test_a_banned_photo_hidden_as_the_exif_thumbnail_is_blocked(scanner: Scanner,
+                                                                photos: dict[str, Image.Image]) -> None:
+    """F11: galleries and file browsers show the EXIF thumbnail instead of the photo, so
+    it is decoded, hashed and classified like another frame."""
+    def with_thumbnail(photo: Image.Image, thumbnail: Image.Image) -> bytes:
+        small = media_files.encode(thumbnail.resize((160, 160 * thumbnail.height // thumbnail.width)), "JPEG")
+        return media_files.encode(photo, "JPEG", exif=media_files.exif_with_thumbnail(small))
+
+    verdict = scanner.scan_bytes(with_thumbnail(photos["coffee"], photos["banned"]), subject="holiday.jpg")
+    assert verdict.action is Action.BLOCK, verdict.reason_codes
+    assert {m.frame for m in verdict.matches if m.algorithm.is_perceptual} == {1}, "matched on the thumbnail only"
+    part = verdict.to_dict()["media"]["trailing"][0]
+    assert (part["kind"], part["source"], part["frames_scanned"]) == ("jpeg", "exif:thumbnail", 1)
+
+    clean = scanner.scan_bytes(with_thumbnail(photos["coffee"], photos["coffee"]))
+    assert clean.action is Action.ALLOW, [r.text for r in clean.reasons]
+    assert clean.media is not None and clean.media.frames_scanned == 2
 
 
 def test_padding_is_allowed_and_reported(scanner: Scanner, photos: dict[str, Image.Image]) -> None:

@@ -14,6 +14,9 @@ from ..hashes.algorithms import PERCEPTUAL
 from ..hashes.banks import BankEntry, BankKind, BankStore, EntrySource, NewEntry, check_bank_name, entries_from_hashes
 from ..hashes.codecs import Algorithm, parse_tagged
 from ..hashes.imports import ImportFormat
+from ..hashes.derived import derive
+from ..hashes.evidence import describe
+from ..hashes.localfeatures import banned_features
 from ..hashes.signals import hash_image
 from .root import (
     cli,
@@ -76,7 +79,7 @@ def ban_add(
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     for entry in added:
-        click.echo(f"{entry.id:>6}  {entry.bank:<12} {entry.tagged}")
+        click.echo(f"{entry.id:>6}  {entry.bank:<12} {entry.shown}")
     click.echo(f"bank version {store.version()}")
     close_store(store)
 
@@ -89,7 +92,8 @@ def _entries_from_image(path: Path, bank: str, label: str) -> list[NewEntry]:
     except UnreadableImage as exc:
         raise click.BadParameter(f"{path}: {exc.code}: {exc.message}", param_hint="IMAGES") from exc
     hashes = hash_image(data, decoded.frames, decoded.frame_indices)
-    entries, warnings = entries_from_hashes(hashes, bank, label=label or path.name)
+    entries, warnings = entries_from_hashes(hashes, bank, label=label or path.name, derived=derive(decoded.frames[0]),
+                                            features=banned_features(decoded.frames[0]))
     for warning in warnings:
         click.echo(f"warning: {path.name} {warning}", err=True)
     return entries
@@ -110,7 +114,7 @@ def ban_list(ctx: click.Context, bank: str | None, include_removed: bool, as_jso
             click.echo(json.dumps(entry.to_dict()))
         else:
             state = "active" if entry.active else "removed"
-            click.echo(f"{entry.id:>6}  {entry.bank:<12} {state:<8} {entry.added_by[:11]:<12} {entry.label[:23]:<24} {entry.tagged}")
+            click.echo(f"{entry.id:>6}  {entry.bank:<12} {state:<8} {entry.added_by[:11]:<12} {entry.label[:23]:<24} {entry.shown}")
     close_store(store)
 
 
@@ -136,7 +140,7 @@ def ban_remove(ctx: click.Context, entry_ids: tuple[int, ...], groups: tuple[str
     except PhotoSentryError as exc:
         raise click.BadParameter(str(exc), param_hint="ENTRY_IDS") from exc
     for entry in removed:
-        click.echo(f"{entry.id:>6}  removed  {entry.bank:<12} {entry.tagged}")
+        click.echo(f"{entry.id:>6}  removed  {entry.bank:<12} {entry.shown}")
     click.echo(f"bank version {store.version()}")
     close_store(store)
 
@@ -352,7 +356,8 @@ def ban_check(ctx: click.Context, images: tuple[str, ...], as_json: bool) -> Non
             click.echo(f"{path}: {exc.code}: {exc.message}", err=True)
             flagged = True
             continue
-        matches = matcher.match(hash_image(data, decoded.frames, decoded.frame_indices))
+        matches = matcher.match(hash_image(data, decoded.frames, decoded.frame_indices, regions=True,
+                                           features=matcher.wants_features))
         flagged |= any(not m.allow and not m.weak for m in matches)
         if as_json:
             click.echo(json.dumps({"image": str(path), "matches": [m.to_dict() for m in matches]}))
@@ -361,9 +366,10 @@ def ban_check(ctx: click.Context, images: tuple[str, ...], as_json: bool) -> Non
             click.echo(f"{path}: no match (bank version {matcher.version})")
         for m in matches:
             kind = "allow" if m.allow else "ban"
-            note = " weak (low PDQ quality)" if m.weak else ""
+            where = f" region {m.region}" if m.region else ""
             click.echo(f"{path}: entry {m.entry_id} bank {m.bank} ({kind}) {m.algorithm.value} distance {m.distance}"
-                       f" frame {m.frame} variant {m.variant}{note} {m.label}")
+                       f" frame {m.frame} variant {m.variant}{where} {'WEAK' if m.weak else 'strong'}:"
+                       f" {describe(m)} {m.label}")
     close_store(store)
     ctx.exit(1 if flagged else 0)
 
@@ -386,7 +392,7 @@ def ban_history(ctx: click.Context, bank: str | None, entry_id: int | None, limi
 
     store = open_store(ctx)
     changes = store.history(bank=bank, entry_id=entry_id, limit=limit)
-    values = {e.id: e.tagged for e in store.get_many([c.entry_id for c in changes if c.entry_id is not None])}
+    values = {e.id: e.shown for e in store.get_many([c.entry_id for c in changes if c.entry_id is not None])}
     if not as_json:
         click.echo(f"{'VERSION':>8}  {'WHEN (UTC)':<19}  {'WHO':<14} {'WHAT':<7} {'BANK':<12} {'ENTRY':>7}  REASON / HASH")
     for c in changes:

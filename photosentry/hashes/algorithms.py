@@ -37,6 +37,9 @@ class Algorithm(str, Enum):
     PHASH = "phash"
     #: imagehash's difference hash, 64 bits.
     DHASH = "dhash"
+    #: ORB keypoints of a banned image (hashes/localfeatures.py): matched by geometric
+    #: verification, not by a distance; stored for image bans only.
+    ORB = "orb"
 
     @property
     def spec(self) -> AlgorithmSpec:
@@ -49,6 +52,15 @@ class Algorithm(str, Enum):
     @property
     def is_perceptual(self) -> bool:
         return self.spec.perceptual
+
+    @property
+    def is_features(self) -> bool:
+        return self.spec.features
+
+    @property
+    def is_hash(self) -> bool:
+        """Matched by a hash index (exactly or within a Hamming distance), not by features."""
+        return not self.spec.features
 
     @classmethod
     def parse(cls, name: str) -> Algorithm:
@@ -74,6 +86,9 @@ class AlgorithmSpec:
     #: The hasher's own quality score (0-100) below which a hash is weak: it is kept and
     #: reported, but a match on it alone decides nothing. None: the algorithm has no score.
     quality_threshold: int | None = None
+    #: A set of local features (keypoints and descriptors), matched by geometric
+    #: verification: no distance, no quality, not in the hash indexes.
+    features: bool = False
 
     @property
     def hex_digits(self) -> int:
@@ -111,6 +126,8 @@ def _registry(specs: Iterable[AlgorithmSpec]) -> Mapping[Algorithm, AlgorithmSpe
             # The Hamming index reads perceptual hashes as 64-bit words.
             raise RegistryError(f"{name}: {spec.bits} bits is not a whole number of "
                                 f"{'64-bit words' if spec.perceptual else 'hex digits'}")
+        if spec.features and spec.perceptual:
+            raise RegistryError(f"{name}: local features are matched by verification, not by a Hamming distance")
         if not spec.perceptual and (spec.default_distance or spec.quality_threshold is not None):
             raise RegistryError(f"{name} is matched exactly: it takes no distance and no quality threshold")
         if not 0 <= spec.default_distance <= spec.max_distance:
@@ -128,11 +145,18 @@ ALGORITHMS: Mapping[Algorithm, AlgorithmSpec] = _registry([
     AlgorithmSpec(Algorithm.MD5, 128, "MD5"),
     AlgorithmSpec(Algorithm.PDQ, 256, "PDQ", perceptual=True, default_distance=defaults.PDQ_MATCH_DISTANCE,
                   quality_threshold=defaults.PDQ_QUALITY_THRESHOLD),
-    AlgorithmSpec(Algorithm.PHASH, 64, "pHash", perceptual=True, default_distance=defaults.PHASH_MATCH_DISTANCE),
-    AlgorithmSpec(Algorithm.DHASH, 64, "dHash", perceptual=True, default_distance=defaults.DHASH_MATCH_DISTANCE),
+    # The 64-bit hashes have no quality score of their own: they carry their frame's PDQ
+    # quality (signals.hash_frame), gated at the same level.
+    AlgorithmSpec(Algorithm.PHASH, 64, "pHash", perceptual=True, default_distance=defaults.PHASH_MATCH_DISTANCE,
+                  quality_threshold=defaults.SHORT_HASH_QUALITY_THRESHOLD),
+    AlgorithmSpec(Algorithm.DHASH, 64, "dHash", perceptual=True, default_distance=defaults.DHASH_MATCH_DISTANCE,
+                  quality_threshold=defaults.SHORT_HASH_QUALITY_THRESHOLD),
+    AlgorithmSpec(Algorithm.ORB, defaults.FEATURE_COUNT * 36 * 8, "ORB features", features=True),
 ])
 
 #: The perceptual algorithms, in registry order.
 PERCEPTUAL: tuple[Algorithm, ...] = tuple(a for a, s in ALGORITHMS.items() if s.perceptual)
+#: The algorithms a hash index matches (every one but local features), in registry order.
+HASHES: tuple[Algorithm, ...] = tuple(a for a, s in ALGORITHMS.items() if not s.features)
 
-__all__ = ["ALGORITHMS", "PERCEPTUAL", "Algorithm", "AlgorithmSpec"]
+__all__ = ["ALGORITHMS", "HASHES", "PERCEPTUAL", "Algorithm", "AlgorithmSpec"]

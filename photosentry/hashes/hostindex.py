@@ -48,7 +48,7 @@ import numpy as np
 
 from ..errors import IndexFileError
 from . import mih
-from .algorithms import Algorithm
+from .algorithms import HASHES, Algorithm
 from .index import HashIndex, SortedExactIndex, TieredIndex, _id_dtype
 from .indexfile import MappedIndexFile, open_index_file, write_index_file
 from .mih import calibrate
@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 KEEP_FILES = 2
 _FILE = re.compile(r"v(\d{12})-(\d{20})\.idx")
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_ALGORITHMS = tuple(Algorithm)
+_ALGORITHMS = HASHES  # local features stay in each matcher (they are few: one per image ban)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,9 @@ from .. import defaults
 from ..errors import BankNotFound, IndexFileError
 from .banks import BankConfig, BankEntry, BankStore, ChangeOp
 from .codecs import Algorithm
+from .algorithms import HASHES
+from .evidence import grade
+from .localfeatures import FeatureHit, FeatureIndex
 from .hostindex import HostIndex, IndexColumns, SharedIndex
 from .index import HashIndex, SortedExactIndex, TieredIndex, hex_to_codes
 from .signals import ImageHashes
@@ -48,11 +51,23 @@ class Match:
     frame: int = 0
     #: Which query variant matched: 0 is the photo as is, others are flips/rotations.
     variant: int = 0
-    #: A PDQ match from a low-quality hash: it does not count on its own.
+    #: Not evidence enough to act on (a low-detail picture's hash, a lone 64-bit
+    #: hash): reported, never decisive. :func:`.evidence.grade` sets it.
     weak: bool = False
     #: The entry is in an allow bank (a known false positive): the policy may let
     #: it suppress ban matches for this photo instead of counting it against it.
     allow: bool = False
+    #: The banned image the entry was hashed from (its SHA-256; empty for imported hashes).
+    group: str = ""
+    #: Where the entry came from (``EntrySource``: image, derived, import, moderator).
+    source: str = ""
+    #: The region of the photo that matched (hashes/regions.py), empty for the whole photo.
+    region: str = ""
+    #: Why the match is strong or weak (hashes/evidence.py), e.g. ``pdq``, ``lone_64bit``.
+    basis: str = ""
+    #: ORB matches: keypoints of the banned image that one transform maps onto the photo
+    #: (``distance`` is then how many of its stored keypoints did not).
+    inliers: int = 0
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -65,6 +80,8 @@ class Match:
             "variant": self.variant,
             "weak": self.weak,
             "allow": self.allow,
+            **{k: v for k, v in (("group", self.group), ("source", self.source), ("region", self.region),
+                                 ("basis", self.basis), ("inliers", self.inliers)) if v},
         }
 
     @classmethod
@@ -80,7 +97,16 @@ class Match:
             variant=int(raw.get("variant", 0)),
             weak=bool(raw.get("weak", False)),
             allow=bool(raw.get("allow", False)),
+            group=str(raw.get("group", "")),
+            source=str(raw.get("source", "")),
+            region=str(raw.get("region", "")),
+            basis=str(raw.get("basis", "")),
+            inliers=int(raw.get("inliers", 0)),
         )
+
+
+def _info(entry: BankEntry) -> tuple[str, str, str]:
+    return entry.label, entry.group, entry.source.value
 
 
 def _new_index(algorithm: Algorithm, radius: int) -> HashIndex:
@@ -188,12 +214,16 @@ class BankMatcher:
         self._load_banks()
         # Each index is laid out for the widest distance a bank asks for, and never less
         # than the algorithm's default (_max_distance counts it); wider ones still work, more slowly.
-        self._indexes: dict[Algorithm, HashIndex] = {a: _new_index(a, self._max_distance(a)) for a in Algorithm}
+        self._indexes: dict[Algorithm, HashIndex] = {a: _new_index(a, self._max_distance(a)) for a in HASHES}
+        # Image bans' keypoints: one entry per banned image, kept by each matcher (not in
+        # snapshots or the host file), and told apart by bank themselves: they outlive
+        # swaps of the shared index.
+        self._features = FeatureIndex()
         self._bank_names: list[str] = []
         self._bank_numbers: dict[str, int] = {}
         self._bank_of = _ByEntry(np.uint16)
         self._algo_of = _ByEntry(np.uint8)  # 0: not indexed; else 1 + position in Algorithm
-        self._labels: dict[int, str] = {}
+        self._info: dict[int, tuple[str, str, str]] = {}
         #: Where the view came from: "snapshot v<N>", "store", or "shared index v<N>" (with
         #: ", built from ..." when this process built the file).
         self.loaded_from = "store"
@@ -216,6 +246,7 @@ class BankMatcher:
             for algorithm, (ids, codes, banks) in source.columns.items():
                 self._bulk(algorithm, ids, codes, banks)
             self.version = source.version
+        self._load_features()
         self.refresh()
 
     # -- loading ------------------------------------------------------------------------
@@ -231,7 +262,7 @@ class BankMatcher:
             snap = latest_snapshot(snapshot_dir, max_version=store.version(), store_id=store_id)
         if snap is not None:
             try:
-                columns = {a: snap.columns(a) for a in Algorithm}
+                columns = {a: snap.columns(a) for a in HASHES}
             except (OSError, ValueError) as exc:
                 # Pruned by a concurrent writer or damaged: the store is the truth.
                 log.warning("bank snapshot %s unreadable (%s); reading the store", snap.path, exc)
@@ -246,7 +277,7 @@ class BankMatcher:
         # (adds are idempotent by id), so nothing is missed.
         version = store.version()
         read: dict[Algorithm, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        for algorithm in Algorithm:
+        for algorithm in HASHES:
             id_parts, code_parts, bank_parts = [], [], []
             for ids, values, banks in store.active_columns(algorithm):
                 id_parts.append(np.asarray(ids, dtype=np.int64))
@@ -379,10 +410,15 @@ class BankMatcher:
 
     @property
     def size(self) -> int:
-        return sum(len(index) for index in self._indexes.values())
+        return sum(len(index) for index in self._indexes.values()) + len(self._features)
 
     def counts(self) -> dict[Algorithm, int]:
-        return {a: len(index) for a, index in self._indexes.items()}
+        return {**{a: len(index) for a, index in self._indexes.items()}, Algorithm.ORB: len(self._features)}
+
+    @property
+    def wants_features(self) -> bool:
+        """Whether any image ban has keypoints: only then is an upload's worth finding."""
+        return len(self._features) > 0
 
     def refresh(self, *, every_s: float = 0.0) -> int:
         """Apply changes made since our version; returns how many were applied.
@@ -422,18 +458,21 @@ class BankMatcher:
         return self._banks.get(name) or BankConfig(name)
 
     def match(self, hashes: ImageHashes) -> list[Match]:
-        """Every active entry the photo matches, closest variant and frame per entry."""
-        best: dict[int, tuple[bool, int, int, int, Algorithm]] = {}  # id -> (weak, distance, frame, variant, algo)
+        """Every active entry the photo matches (closest variant, frame and region per
+        entry), graded strong or weak by :func:`.evidence.grade`."""
+        best: dict[int, tuple[bool, int, int, int, Algorithm, str]] = {}  # id -> (weak, distance, frame, variant, algo, region)
 
-        def keep(entry_id: int, algorithm: Algorithm, distance: int, frame: int, variant: int, weak: bool) -> None:
+        def keep(entry_id: int, algorithm: Algorithm, distance: int, frame: int, variant: int, weak: bool,
+                 region: str = "") -> None:
             current = best.get(entry_id)
-            if current is None or (weak, distance) < (current[0], current[1]):
-                best[entry_id] = (weak, distance, frame, variant, algorithm)
+            # The whole photo's match wins a tie: it is the plainer evidence.
+            if current is None or (weak, distance, bool(region)) < (current[0], current[1], bool(current[5])):
+                best[entry_id] = (weak, distance, frame, variant, algorithm, region)
 
         for algorithm, value in hashes.exact().items():
             for hit in self._indexes[algorithm].query([value], 0):
                 keep(hit.entry_id, algorithm, 0, 0, 0, False)
-        for frame in hashes.frames:
+        for frame in (*hashes.frames, *hashes.regions):
             for ph in frame.hashes:
                 index = self._indexes[ph.algorithm]
                 if not len(index):
@@ -442,14 +481,25 @@ class BankMatcher:
                 for hit in index.query(ph.variants, self._max_distance(ph.algorithm)):
                     bank = self._bank_names[int(self._bank_of[hit.entry_id])]
                     if hit.distance <= self.bank(bank).distance(ph.algorithm):
-                        keep(hit.entry_id, ph.algorithm, hit.distance, frame.frame, hit.query, weak)
-        labels = self._labels_of(list(best))
+                        keep(hit.entry_id, ph.algorithm, hit.distance, frame.frame, hit.query, weak, frame.region)
+        verified: dict[int, tuple[FeatureHit, str]] = {}  # entry id -> its most inliers, and where
+        for region, keypoints in hashes.features if len(self._features) else ():
+            for hit in self._features.search(keypoints):
+                if hit.entry_id not in verified or hit.inliers > verified[hit.entry_id][0].inliers:
+                    verified[hit.entry_id] = (hit, region)
+        info = self._info_of([*best, *verified])
         matches = []
-        for entry_id, (weak, distance, frame, variant, algorithm) in best.items():
+        for entry_id, (weak, distance, frame, variant, algorithm, region) in best.items():
             bank = self._bank_names[int(self._bank_of[entry_id])]
-            matches.append(Match(entry_id, bank, algorithm, distance, labels.get(entry_id, ""), frame, variant, weak,
-                                 self.bank(bank).is_allow))
-        return sorted(matches, key=lambda m: (m.weak, m.distance / m.algorithm.bits, m.entry_id))
+            label, group, source = info.get(entry_id, ("", "", ""))
+            matches.append(Match(entry_id, bank, algorithm, distance, label, frame, variant, weak,
+                                 self.bank(bank).is_allow, group, source, region))
+        for hit, region in verified.values():
+            label, group, source = info.get(hit.entry_id, ("", "", ""))
+            matches.append(Match(hit.entry_id, hit.bank, Algorithm.ORB, defaults.FEATURE_COUNT - hit.inliers, label,
+                                 hashes.frames[0].frame if hashes.frames else 0, 0, False,
+                                 self.bank(hit.bank).is_allow, group, source, region, inliers=hit.inliers))
+        return sorted(grade(matches), key=lambda m: (m.weak, m.distance / m.algorithm.bits, m.entry_id))
 
     def index(self, algorithm: Algorithm) -> HashIndex:
         return self._indexes[algorithm]
@@ -470,19 +520,19 @@ class BankMatcher:
         except Exception as exc:  # logged, never raised
             log.warning("could not write a bank snapshot to %s: %s", directory, exc)
 
-    def _labels_of(self, entry_ids: list[int]) -> dict[int, str]:
-        # Labels are read only for matched entries (few), and cached: keeping 10
-        # million of them in memory would cost more than the whole index.
-        missing = [i for i in entry_ids if i not in self._labels]
+    def _info_of(self, entry_ids: list[int]) -> dict[int, tuple[str, str, str]]:
+        """(label, group, source) of matched entries. Read only for matched entries (few),
+        and cached: keeping them for 10 million entries would cost more than the index."""
+        missing = [i for i in entry_ids if i not in self._info]
         if missing:
             try:
                 for entry in self._store.get_many(missing):
-                    if len(self._labels) > 10_000:
-                        self._labels.clear()
-                    self._labels[entry.id] = entry.label
+                    if len(self._info) > 10_000:
+                        self._info.clear()
+                    self._info[entry.id] = _info(entry)
             except BankNotFound:
                 pass
-        return {i: self._labels.get(i, "") for i in entry_ids}
+        return {i: self._info[i] for i in entry_ids if i in self._info}
 
     def _max_distance(self, algorithm: Algorithm) -> int:
         return max([self.bank(b).distance(algorithm) for b in self._banks] + [BankConfig("").distance(algorithm)])
@@ -503,13 +553,23 @@ class BankMatcher:
         index = self._indexes[algorithm]
         index.load(ids, codes)  # type: ignore[attr-defined]
 
+    def _load_features(self) -> None:
+        for ids, values, banks in self._store.active_columns(Algorithm.ORB):
+            for entry_id, value, bank in zip(ids, values, banks, strict=True):
+                self._features.add(int(entry_id), value, bank)
+
     def _add(self, entry: BankEntry) -> None:
+        if entry.algorithm.is_features:
+            self._features.add(entry.id, entry.value, entry.bank)
+            self._info[entry.id] = _info(entry)
+            return
         self._indexes[entry.algorithm].add(entry.id, entry.value)
         self._bank_of[entry.id] = self._bank_number(entry.bank)
         self._algo_of[entry.id] = _ALGORITHMS.index(entry.algorithm) + 1
-        self._labels[entry.id] = entry.label
+        self._info[entry.id] = _info(entry)
 
     def _remove(self, entry_id: int) -> None:
+        self._features.remove(entry_id)
         if self._algo_of[entry_id]:
             self._indexes[_ALGORITHMS[int(self._algo_of[entry_id]) - 1]].remove(entry_id)
             self._algo_of[entry_id] = 0

@@ -13,19 +13,23 @@ algorithm.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
 
+from .. import defaults
 from ..errors import RegistryError
 from . import perceptual
 from .codecs import Algorithm
+from .localfeatures import LocalFeatures, query_features
+from .regions import propose
 
 
 @dataclass(frozen=True)
@@ -206,7 +210,7 @@ def _signal_registry(
             raise RegistryError(f"{signal.__name__}: {signal.algorithm.value} is "
                                 f"{'perceptual' if signal.algorithm.is_perceptual else 'exact'}, the signal is not")
         out[signal.algorithm] = signal
-    missing = [a.value for a in Algorithm if a not in out]
+    missing = [a.value for a in Algorithm if a.is_hash and a not in out]
     if missing:
         raise RegistryError(f"hash algorithms without a signal: {', '.join(missing)}")
     return out
@@ -219,10 +223,12 @@ SIGNALS: dict[Algorithm, type[Signal]] = _signal_registry(BYTES_SIGNALS, FRAME_S
 
 @dataclass(frozen=True)
 class FrameHashes:
-    """Perceptual hashes of one frame (frame = index in the file)."""
+    """Perceptual hashes of one frame (frame = index in the file), or of a region of it."""
 
     frame: int
     hashes: tuple[PerceptualHash, ...]
+    #: The region of the frame hashed (:attr:`.regions.Region.name`); empty: the whole frame.
+    region: str = ""
 
     def get(self, algorithm: Algorithm) -> PerceptualHash | None:
         return next((h for h in self.hashes if h.algorithm is algorithm), None)
@@ -235,6 +241,14 @@ class ImageHashes:
     sha256: str
     md5: str
     frames: tuple[FrameHashes, ...] = ()
+    #: Hashes of the regions of the first frame that may hold a photo of their own (a
+    #: framed, letterboxed, screenshotted or collaged copy): a matching detail like the
+    #: variants, so never stored, shown or put in a bank.
+    regions: tuple[FrameHashes, ...] = ()
+    #: The first frame's keypoints, and those of its proposed regions that may hold a
+    #: photo of their own, by region name ("" for the whole frame), for image bans'
+    #: keypoints to be verified against (:mod:`.localfeatures`); a matching detail too.
+    features: tuple[tuple[str, LocalFeatures], ...] = field(default=(), compare=False)
 
     def exact(self) -> dict[Algorithm, str]:
         return {Algorithm.SHA256: self.sha256, Algorithm.MD5: self.md5}
@@ -270,7 +284,9 @@ class ImageHashes:
                 name = signal.algorithm.value
                 value = entry.get(name)
                 if isinstance(value, str):
-                    quality = entry.get(f"{name}_quality", raw.get(f"{name}_quality") if i == 0 else None)
+                    # The 64-bit hashes carry their frame's PDQ quality (hash_frame).
+                    own = f"{name}_quality" if signal.algorithm is Algorithm.PDQ else "pdq_quality"
+                    quality = entry.get(own, raw.get(own) if i == 0 else None)
                     found.append(PerceptualHash(signal.algorithm, value, (value,),
                                                 quality if isinstance(quality, int) else None))
             if found:
@@ -283,7 +299,7 @@ def _frame_dict(frame: FrameHashes) -> dict[str, object]:
     out: dict[str, object] = {}
     for h in frame.hashes:
         out[h.algorithm.value] = h.value
-        if h.quality is not None:
+        if h.quality is not None and h.algorithm is Algorithm.PDQ:  # the others carry PDQ's
             out[f"{h.algorithm.value}_quality"] = h.quality
     return out
 
@@ -300,6 +316,8 @@ def hash_image(
     *,
     source_size: tuple[int, int] | None = None,
     reduction: int = 1,
+    regions: bool = False,
+    features: bool = False,
 ) -> ImageHashes:
     """Exact hashes of ``data`` and perceptual hashes of each decoded frame.
 
@@ -308,13 +326,43 @@ def hash_image(
             photo's (width, height) (a scan's fast decode: ``DecodedImage.width``,
             ``.height`` and ``.reduction``), so PDQ filters them as the photo itself;
             a frame whose size is not the photo's reduced size is hashed as it is.
+        regions: also hash the regions of the first frame that may hold a photo of
+            their own (:func:`.regions.propose`); what a scan matches, not what a ban stores.
+        features: also find the first frame's keypoints (:func:`.localfeatures.query_features`).
     """
     exact = hash_bytes(data)
     per_frame = []
     for index, rgb in zip(frame_indices, frames, strict=True):
         frame = HashFrame(rgb, **_reduced_from(rgb, source_size, reduction))
-        per_frame.append(FrameHashes(index, tuple(s.hash_prepared(frame) for s in FRAME_SIGNALS)))
-    return ImageHashes(exact.sha256, exact.md5, tuple(per_frame))
+        per_frame.append(FrameHashes(index, hash_frame(frame)))
+    found: tuple[FrameHashes, ...] = ()
+    keypoints: tuple[tuple[str, LocalFeatures], ...] = ()
+    if (regions or features) and frames:
+        proposed = propose(frames[0])
+        if regions:
+            found = tuple(
+                FrameHashes(frame_indices[0], tuple(_identity(h) for h in hash_frame(HashFrame(r.crop(frames[0])))),
+                            r.name)
+                for r in proposed
+            )
+        if features:
+            parts = [r for r in proposed if r.kind in ("content", "cell")][: defaults.FEATURE_REGION_LIMIT]
+            keypoints = (("", query_features(frames[0])), *((r.name, query_features(r.crop(frames[0]))) for r in parts))
+    return ImageHashes(exact.sha256, exact.md5, tuple(per_frame), found, keypoints)
+
+
+def hash_frame(frame: HashFrame) -> tuple[PerceptualHash, ...]:
+    """Every perceptual hash of one prepared frame. The 64-bit hashes carry the frame's
+    PDQ quality: a picture with too little detail for PDQ has too little for them."""
+    out = [s.hash_prepared(frame) for s in FRAME_SIGNALS]
+    pdq = next((h.quality for h in out if h.algorithm is Algorithm.PDQ), None)
+    return tuple(h if h.quality is not None else dataclasses.replace(h, quality=pdq) for h in out)
+
+
+def _identity(h: PerceptualHash) -> PerceptualHash:
+    # A region is queried as it is: its rotations and mirrors would multiply the
+    # searches for copies nobody makes (a mirrored photo inside an upright screenshot).
+    return dataclasses.replace(h, variants=h.variants[:1])
 
 
 def _reduced_from(rgb: np.ndarray, source_size: tuple[int, int] | None, reduction: int) -> dict[str, object]:

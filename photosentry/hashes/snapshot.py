@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from .banks import BankStore
+from .algorithms import HASHES
 from .codecs import Algorithm
 from .index import hex_to_codes
 
@@ -94,7 +95,7 @@ def write_snapshot(
     version = store.version()
     bank_numbers: dict[str, int] = {}
     columns: dict[Algorithm, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    for algorithm in Algorithm:
+    for algorithm in HASHES:  # local features are read from the store (matcher.py)
         words = algorithm.bits // 64
         id_parts, code_parts, bank_parts = [], [], []
         for ids, values, banks in store.active_columns(algorithm):
@@ -140,7 +141,7 @@ def save_snapshot(
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory))
     try:
         counts: dict[str, int] = {}
-        for algorithm in Algorithm:
+        for algorithm in HASHES:
             ids, codes, bank_numbers = columns.get(algorithm) or (
                 np.empty(0, np.int64), np.empty((0, algorithm.bits // 64), np.uint64), np.empty(0, np.uint16))
             counts[algorithm.value] = int(len(ids))

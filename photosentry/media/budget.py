@@ -9,7 +9,9 @@ decodes a JPEG at 1/2, 1/4 or 1/8 scale in the DCT domain, so a 200 MP JPEG cost
   least the one that brings it under ``max_pixels``);
 - for a progressive or multi-scan JPEG, every DCT coefficient of the full-size frame,
   which libjpeg keeps in memory whatever the output scale;
-- the declared size itself, which bounds entropy-decoding time for reducible files.
+- the declared size itself, which bounds entropy-decoding time for reducible files;
+- for a JPEG, its number of scans: libjpeg goes over the whole frame once per scan, so
+  a small file made of thousands of scans costs minutes (``decompression_bomb``).
 
 A refusal says which of two things the file is. ``decompression_bomb`` names an attack:
 a huge declared size in a file far too small to hold it (more raw pixel bytes per
@@ -53,6 +55,7 @@ class Budget:
     max_declared_pixels: int = defaults.MAX_DECLARED_PIXELS
     max_decode_bytes: int = defaults.MAX_DECODE_BYTES
     bomb_ratio: int = defaults.DECOMPRESSION_BOMB_RATIO
+    max_scans: int = defaults.MAX_JPEG_SCANS
 
 
 def plan(
@@ -78,6 +81,10 @@ def plan(
     """
     if width < 1 or height < 1:
         raise UnreadableImage(UNREADABLE, f"declared size {width}x{height} is empty")
+    if layout is not None and layout.scans > budget.max_scans:
+        raise UnreadableImage(DECOMPRESSION_BOMB,
+                              f"{fmt} has {layout.scans} scans (limit {budget.max_scans}): the decoder would"
+                              f" re-process the whole {width}x{height} frame for each of them")
     declared = width * height
     if declared > budget.max_pixels and is_bomb(declared, file_bytes, budget):
         raise bomb(fmt, width, height, file_bytes)

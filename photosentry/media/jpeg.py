@@ -94,6 +94,9 @@ class Layout:
     #: Where the walk stopped: ``end``, or where the structure stopped making sense
     #: (the end of the data for a file cut short in its entropy-coded data).
     stop: int = 0
+    #: SOS segments walked: libjpeg re-reads its whole coefficient buffer for each scan
+    #: of a progressive file, so this (not the file's size) bounds its decoding time.
+    scans: int = 0
 
     @property
     def buffered(self) -> bool:
@@ -118,18 +121,19 @@ def parse(data: bytes, start: int = 0) -> Layout:
     segments: list[Segment] = []
     frame: Frame | None = None
     first_scan = 0
+    scans = 0
     pos = start + 2
     n = len(data)
     while pos + 1 < n and len(segments) < MAX_SEGMENTS:
         if data[pos] != 0xFF:
-            return Layout(start, tuple(segments), frame, first_scan, None, pos)
+            return Layout(start, tuple(segments), frame, first_scan, None, pos, scans)
         while pos + 1 < n and data[pos + 1] == 0xFF:  # fill bytes
             pos += 1
         if pos + 1 >= n:
             break
         marker = data[pos + 1]
         if marker == EOI:
-            return Layout(start, tuple(segments), frame, first_scan, pos + 2, pos + 2)
+            return Layout(start, tuple(segments), frame, first_scan, pos + 2, pos + 2, scans)
         if marker in _STANDALONE or marker == 0xD8:
             pos += 2
             continue
@@ -137,20 +141,21 @@ def parse(data: bytes, start: int = 0) -> Layout:
             break
         length = struct.unpack_from(">H", data, pos + 2)[0] + 2
         if length < 4 or pos + length > n:
-            return Layout(start, tuple(segments), frame, first_scan, None, pos)
+            return Layout(start, tuple(segments), frame, first_scan, None, pos, scans)
         segment = Segment(marker, pos, length)
         segments.append(segment)
         if marker in SOF_MARKERS and frame is None:
             frame = _frame(data, segment)
         pos += length
         if marker == SOS:
+            scans += 1
             if not first_scan and length >= 5:
                 first_scan = data[segment.payload_offset]
             found = _NEXT_MARKER.search(data, pos)
             if found is None:
-                return Layout(start, tuple(segments), frame, first_scan, None, n)
+                return Layout(start, tuple(segments), frame, first_scan, None, n, scans)
             pos = found.start()
-    return Layout(start, tuple(segments), frame, first_scan, None, min(pos, n))
+    return Layout(start, tuple(segments), frame, first_scan, None, min(pos, n), scans)
 
 
 def _frame(data: bytes, segment: Segment) -> Frame | None:

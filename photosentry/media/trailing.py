@@ -9,8 +9,9 @@ script appended to a real photo opens as both (a polyglot), and nothing a viewer
 gives it away.
 
 :func:`find` splits what follows the image into parts by structure (a JPEG runs to
-its EOI, an ISO BMFF file to its last box, a SEF block to its declared length) and
-names each by what it looks like: ``mp4``, ``jpeg``, ``zip``, ``script``,
+its EOI, an ISO BMFF file to its last box, a SEF block to its declared length, another
+image to its own end, a ZIP to its end-of-directory record, PNG chunks to the last whole
+chunk) and names each by what it looks like: ``mp4``, ``jpeg``, ``image``, ``zip``, ``script``,
 ``metadata`` (a vendor's own trailer blocks), ``padding`` (zero bytes) or ``unknown``.
 It never decodes anything; the policy decides what each kind gets
 (:mod:`photosentry.worker.policy`, ``[trailing]``) and :func:`photosentry.decode.decode`
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import re
 import struct
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -29,14 +31,17 @@ from . import containers, jpeg
 
 MP4 = "mp4"
 JPEG = "jpeg"
+#: Another image format appended whole (PNG, GIF, WebP, TIFF, BMP): shown by whatever
+#: opens the bytes from there, so scanned like an appended JPEG.
+IMAGE = "image"
 ZIP = "zip"
 SCRIPT = "script"
 METADATA = "metadata"
 PADDING = "padding"
 UNKNOWN = "unknown"
-KINDS = (MP4, JPEG, ZIP, SCRIPT, METADATA, PADDING, UNKNOWN)
+KINDS = (MP4, JPEG, IMAGE, ZIP, SCRIPT, METADATA, PADDING, UNKNOWN)
 #: Kinds whose content can be decoded and scanned like the photo's own frames.
-SCANNABLE = frozenset({MP4, JPEG})
+SCANNABLE = frozenset({MP4, JPEG, IMAGE})
 
 #: Most parts one file is split into; whatever is left after them is one ``unknown`` part.
 MAX_PARTS = 16
@@ -62,7 +67,7 @@ class Trailer:
     kind: str
     offset: int
     size: int
-    #: What declared it, when something did: ``mpf``, ``xmp:MotionPhoto``, ``xmp:MicroVideo``,
+    #: What declared it, when something did: ``mpf``, ``exif:thumbnail``, ``xmp:MotionPhoto``, ``xmp:MicroVideo``,
     #: ``samsung:MotionPhoto_Data``, ``samsung:<block>``, ``heif:mpvd``; empty when found by
     #: structure alone.
     source: str = ""
@@ -102,9 +107,10 @@ class Trailer:
 
 
 def find(data: bytes, fmt: str, layout: jpeg.Layout | None = None) -> tuple[Trailer, ...]:
-    """Every part of ``data`` that is not the image itself; () when there is none (or for
-    TIFF and BMP, whose end is not framed)."""
+    """Every part of ``data`` that is not the image itself; () when there is none."""
     hidden = list(_hidden_boxes(data)) if fmt in ("heif", "avif") else []
+    if fmt == "jpeg" and layout is not None:
+        hidden += _exif_thumbnails(data, layout)
     end = containers.image_end(data, fmt, layout)
     if end >= len(data):
         return tuple(hidden)
@@ -130,6 +136,9 @@ def _split(data: bytes, start: int, declared: dict[int, str]) -> tuple[Trailer, 
         elif data[pos + 4:pos + 8] == b"ftyp":
             end = containers.bmff_end(data, pos)
             part = Trailer(MP4, pos, end - pos, declared.get(pos, ""))
+        elif (framed := _framed(data, pos, min([o for o in claimed if o > pos] + [_next_known(data, pos, declared)]),
+                                declared.get(pos, ""))) is not None:
+            part = framed
         else:
             stop = min([o for o in claimed if o > pos] + [_next_known(data, pos, declared), n])
             video = data.find(b"ftyp", pos + 4, stop)
@@ -147,6 +156,88 @@ def _split(data: bytes, start: int, declared: dict[int, str]) -> tuple[Trailer, 
         parts.append(part)
         pos = part.offset + part.size
     return tuple(parts)
+
+
+def _framed(data: bytes, pos: int, limit: int, source: str) -> Trailer | None:
+    """The part at ``pos`` when its own framing says where it ends (an appended image, a
+    ZIP, a run of PNG chunks), cut at ``limit`` (where a declared part starts); else None."""
+    fmt = image_format(data, pos)
+    if fmt is not None:
+        end = containers.image_end(data[pos:limit], fmt) + pos if fmt in ("tiff", "bmp") else _image_end(data, pos, fmt)
+        return Trailer(IMAGE, pos, min(end, limit) - pos, source or fmt)
+    end = _png_chunks_end(data, pos, limit)
+    if end > pos:
+        return Trailer(sniff(data, pos, end), pos, end - pos, source or "png:chunks")
+    zipped = _zip_span(data, pos, limit)
+    if zipped is not None:
+        start, end = zipped
+        if start > pos:  # bytes before the archive are a part of their own
+            return Trailer(sniff(data, pos, start), pos, start - pos, source)
+        return Trailer(ZIP, pos, end - pos, source)
+    return None
+
+
+def image_format(data: bytes, pos: int) -> str | None:
+    """The format of an image starting at ``pos`` whose end its own structure gives
+    (JPEG and ISO BMFF files are split by :func:`_split` itself)."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n", pos):
+        return "png"
+    if data[pos:pos + 6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if data.startswith(b"RIFF", pos) and data[pos + 8:pos + 12] == b"WEBP":
+        return "webp"
+    if containers.is_tiff(data, pos):
+        return "tiff"
+    if containers.is_bmp(data, pos):
+        return "bmp"
+    return None
+
+
+def _image_end(data: bytes, pos: int, fmt: str) -> int:
+    if fmt == "png":
+        return containers.png_end(data, pos)
+    if fmt == "gif":
+        return containers.gif_end(data, pos)
+    return containers.riff_end(data, pos)
+
+
+#: A ZIP's end of central directory record: signature, then 18 bytes ending in the
+#: comment's length.
+_ZIP_END = b"PK\x05\x06"
+_ZIP_END_SIZE = 22
+
+
+def _zip_span(data: bytes, pos: int, limit: int) -> tuple[int, int] | None:
+    """(start, end) of the ZIP whose end record is the first in ``data[pos:limit]``: it
+    ends after that record's comment and starts where its directory's offsets say (at
+    ``pos`` when they count from the start of the file, as a polyglot's may)."""
+    record = data.find(_ZIP_END, pos, limit)
+    if record < 0 or record + _ZIP_END_SIZE > limit:
+        return None
+    directory_size, directory_offset, comment = struct.unpack_from("<IIH", data, record + 12)
+    end = min(record + _ZIP_END_SIZE + comment, limit)
+    start = record - directory_size - directory_offset
+    if not pos < start <= record:
+        start = pos
+    return start, end
+
+
+def _png_chunks_end(data: bytes, pos: int, limit: int) -> int:
+    """Offset after the run of whole PNG chunks (length, four letters, data, matching CRC)
+    starting at ``pos``; ``pos`` when there is none (what a PNG's writer left after IEND)."""
+    end = pos
+    for _ in range(containers.MAX_STEPS):
+        if end + 12 > limit:
+            break
+        length = struct.unpack_from(">I", data, end)[0]
+        kind = data[end + 4:end + 8]
+        stop = end + 12 + length
+        if not kind.isalpha() or stop > limit:
+            break
+        if zlib.crc32(data[end + 4:stop - 4]) != struct.unpack_from(">I", data, stop - 4)[0]:
+            break
+        end = stop
+    return end
 
 
 def _next_known(data: bytes, pos: int, declared: dict[int, str]) -> int:
@@ -273,14 +364,66 @@ def _samsung_blocks(data: bytes, start: int) -> list[Trailer]:
                 kind = MP4
             elif data.startswith(b"\xff\xd8\xff", body[0]):
                 kind = JPEG
-            elif length <= MAX_METADATA_BLOCK:
-                kind = METADATA
+            elif image_format(data, body[0]) is not None:
+                kind = IMAGE
             else:
+                # A small block is metadata only if it does not look like something else:
+                # a script or a ZIP under a Samsung block name is still a script or a ZIP.
                 kind = sniff(data, *body)
+                if kind in (UNKNOWN, PADDING) and length <= MAX_METADATA_BLOCK:
+                    kind = METADATA
             parts.append(Trailer(kind, block, length, f"samsung:{name}", content=body))
     except struct.error:
         return []
     return parts
+
+
+# -- inside the image's own metadata ---------------------------------------------------------
+
+_EXIF_PREFIX = b"Exif\x00\x00"
+#: IFD1 tags giving a JPEG thumbnail's offset (from the TIFF header) and length.
+_THUMBNAIL_OFFSET, _THUMBNAIL_LENGTH = 0x0201, 0x0202
+
+
+def _exif_thumbnails(data: bytes, layout: jpeg.Layout) -> list[Trailer]:
+    """The JPEG thumbnail an EXIF block carries (IFD1), as a part to scan: galleries and
+    file browsers show it instead of the photo, so a banned picture can hide there
+    behind an innocent one. Only a thumbnail wholly inside its APP1 segment and starting
+    like a JPEG is one a viewer can show."""
+    out = []
+    for segment in layout.app(0xE1, _EXIF_PREFIX, data):
+        base = segment.payload_offset + len(_EXIF_PREFIX)
+        stop = segment.offset + segment.length
+        found = _ifd1_thumbnail(data[base:stop])
+        if found is None:
+            continue
+        start, end = base + found[0], base + found[0] + found[1]
+        if end <= stop and data.startswith(b"\xff\xd8", start):
+            out.append(Trailer(JPEG, start, end - start, "exif:thumbnail", content=(start, end)))
+    return out
+
+
+def _ifd1_thumbnail(tiff: bytes) -> tuple[int, int] | None:
+    """(offset, length) of the JPEG thumbnail IFD1 of a TIFF-structured EXIF block names."""
+    if tiff[:4] not in (b"II*\x00", b"MM\x00*"):
+        return None
+    e = "<" if tiff[:2] == b"II" else ">"
+    try:
+        ifd0 = struct.unpack_from(e + "I", tiff, 4)[0]
+        count = struct.unpack_from(e + "H", tiff, ifd0)[0]
+        ifd1 = struct.unpack_from(e + "I", tiff, ifd0 + 2 + 12 * count)[0]
+        if not ifd1:
+            return None
+        tags = {}
+        for i in range(min(struct.unpack_from(e + "H", tiff, ifd1)[0], 256)):
+            tag, kind, _, value = struct.unpack_from(e + "HHI4s", tiff, ifd1 + 2 + 12 * i)
+            if tag in (_THUMBNAIL_OFFSET, _THUMBNAIL_LENGTH):
+                tags[tag] = struct.unpack_from(e + ("H" if kind == 3 else "I"), value)[0]
+    except struct.error:
+        return None
+    if tags.get(_THUMBNAIL_OFFSET) and tags.get(_THUMBNAIL_LENGTH):
+        return tags[_THUMBNAIL_OFFSET], tags[_THUMBNAIL_LENGTH]
+    return None
 
 
 # -- inside an ISO BMFF still image ----------------------------------------------------------

@@ -30,6 +30,9 @@ from typing import Any
 
 import redis
 
+from ..decode import Limits, decode
+from ..hashes.derived import DerivedHash, derive
+from ..hashes.localfeatures import LocalFeatures, banned_features
 from ..hashes.banks import BankStore, EntrySource, allow_photo, entries_from_hashes, open_store
 from ..s3.location import is_s3_url
 from ..worker import confined
@@ -263,10 +266,26 @@ class Reviewer:
             # Makes a new bank an allow bank first; refuses a ban bank.
             added = allow_photo(self.banks, hashes, bank=bank, actor=actor, reason=why, label=label)
         else:
-            entries, _ = entries_from_hashes(hashes, bank, label=label, source=EntrySource.IMAGE)
+            derived, features = self._derived(item)
+            entries, _ = entries_from_hashes(hashes, bank, label=label, source=EntrySource.IMAGE,
+                                             derived=derived, features=features)
             added = self.banks.add(entries, actor=actor, reason=why)
         key = "allow_bank" if kind == RELEASE else "ban_bank"
         return {key: bank, "bank_entries": [e.id for e in added], "bank_version": self.banks.version()}
+
+    def _derived(self, item: QueueItem) -> tuple[list[DerivedHash], LocalFeatures | None]:
+        """The crop and rotation hashes and the keypoints of the confirmed photo
+        (hashes/derived.py, localfeatures.py), from its quarantined copy; none when that
+        is gone (the ban keeps its own hashes)."""
+        try:
+            data = self.photo_bytes(item)
+            if data is None:
+                return [], None
+            frame = decode(data, Limits()).frames[0]
+            return derive(frame), banned_features(frame)
+        except Exception as exc:  # noqa: BLE001 - the ban itself must not fail for its extras
+            log.warning("no derived hashes for review item %s: %s", item.item_id, exc)
+            return [], None
 
     def _read(self, item: QueueItem) -> bytes | None:
         return self.photo_bytes(item)

@@ -77,7 +77,7 @@ def unpack_hashes(data: bytes) -> ImageHashes:
             variants = tuple(data[pos + i * size : pos + (i + 1) * size].hex() for i in range(count))
             pos += count * size
             if variants:
-                q = None if algorithm is not Algorithm.PDQ or quality == _NO_QUALITY else quality
+                q = None if quality == _NO_QUALITY else quality  # the 64-bit hashes carry PDQ's (signals.hash_frame)
                 per.append(PerceptualHash(algorithm, variants[0], variants, q))
         frames.append(FrameHashes(index, tuple(per)))
     return ImageHashes(sha.hex(), md5.hex(), tuple(frames))

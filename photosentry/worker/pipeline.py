@@ -270,6 +270,12 @@ class Scanner:
                 photo.verdict = self._crashed(photo, exc)
         return photo.verdict
 
+    def _decode_side(self) -> int | None:
+        """The decode's smallest side: larger where there are banks to find copies in."""
+        if self.decode_min_side is not None and self.matcher is not None and self.matcher.size:
+            return max(self.decode_min_side, defaults.COPY_DECODE_MIN_SIDE)
+        return self.decode_min_side
+
     def _prepare(self, photo: "_Photo") -> None:
         """decode -> hash -> match, and whether the models still have a say."""
         run, data = photo.run, photo.data
@@ -277,7 +283,7 @@ class Scanner:
         decoded: DecodedImage | None = None
         with run.stage("decode"):
             try:
-                decoded = decode(data, self.limits, min_side=self.decode_min_side,
+                decoded = decode(data, self.limits, min_side=self._decode_side(),
                                  scan_trailing=profile.trailing.scan_kinds)
             except UnreadableImage as exc:
                 run.failures.append((ReasonCode(exc.code), exc.message))
@@ -289,8 +295,11 @@ class Scanner:
             else:
                 # A reduced frame is hashed with the photo's own PDQ filter, so the
                 # values stay those of the full-resolution photo (perceptual.py).
-                photo.hashes = hash_image(data, decoded.frames, decoded.frame_indices,
-                                          source_size=(decoded.width, decoded.height), reduction=decoded.reduction)
+                photo.hashes = hash_image(data, decoded.frames + decoded.hash_frames,
+                                          decoded.frame_indices + decoded.hash_frame_indices,
+                                          source_size=(decoded.width, decoded.height), reduction=decoded.reduction,
+                                          regions=self.matcher is not None,
+                                          features=self.matcher is not None and self.matcher.wants_features)
                 if decoded.frames_truncated:
                     run.failures.append(
                         (

@@ -19,6 +19,7 @@ from typing import Any
 
 from .. import defaults
 from ..errors import PolicyError
+from ..hashes.evidence import REVIEW_ONLY_BASES, describe
 from ..hashes.matcher import Match
 from ..media import scrub
 from ..media import trailing as _trailing
@@ -69,6 +70,7 @@ TRAILING_ACTIONS = ("allow", "scan", "quarantine", "block")
 DEFAULT_TRAILING = {
     _trailing.MP4: "scan",
     _trailing.JPEG: "scan",
+    _trailing.IMAGE: "scan",
     _trailing.METADATA: "allow",
     _trailing.PADDING: "allow",
     _trailing.ZIP: "quarantine",
@@ -85,7 +87,7 @@ class TrailingRules:
     photo's video, an MPF image); if it cannot be, the photo fails closed
     (``trailing_unscanned``). ``allow``: kept, and named in the verdict's media notes.
     ``quarantine``/``block``: reason ``trailing_data``. ``unknown`` can never be
-    allowed (nothing vouches for it) and only ``mp4``/``jpeg`` can be scanned.
+    allowed (nothing vouches for it) and only ``mp4``/``jpeg``/``image`` can be scanned.
     """
 
     actions: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_TRAILING))
@@ -447,13 +449,13 @@ def decide(
     if media is not None:
         reasons.extend(_media_reasons(profile, media))
 
-    allowed = [m for m in matches if m.allow and not m.weak]  # a low-quality PDQ hash vouches for nothing
+    allowed = [m for m in matches if m.allow and not m.weak]  # weak evidence vouches for nothing
     vouched = _vouched_for(allowed)
     rules = profile.allow
     suppressed: list[Reason] = []
     by_bank: dict[str, list[Match]] = {}
     for m in matches:
-        if not m.weak and not m.allow:  # a low-quality PDQ hash does not match on its own
+        if not m.weak and not m.allow:  # weak evidence decides nothing (hashes/evidence.py)
             by_bank.setdefault(m.bank, []).append(m)
     for bank, hits in by_bank.items():
         if vouched and ReasonCode.BANK_MATCH in rules.suppresses and bank not in rules.never_suppress_banks:
@@ -483,6 +485,9 @@ def decide(
         reasons.append(_allow_listed(allowed, suppressed))
     if not reasons:
         reasons.append(Reason(ReasonCode.CLEAN, Action.ALLOW, "no bank match and no score over a threshold"))
+    weak = [m for m in matches if m.weak and not m.allow]
+    if weak:
+        reasons.append(_weak_reason(weak))
     if profile.unreadable_context:
         reasons.append(Reason(
             ReasonCode.CONTEXT_UNREADABLE, Action.ALLOW,
@@ -568,13 +573,33 @@ def _cleared(ban: Match, allowed: Sequence[Match]) -> bool:
 
 
 def _bank_reason(profile: Profile, bank: str, hits: Sequence[Match]) -> Reason:
-    closest = min(hits, key=lambda m: m.distance / m.algorithm.bits)
+    closest = min(hits, key=lambda m: (m.basis in REVIEW_ONLY_BASES, m.distance / m.algorithm.bits))
+    action = profile.bank_action(bank)
+    if all(m.basis in REVIEW_ONLY_BASES for m in hits) and action.severity > Action.QUARANTINE.severity:
+        action = Action.QUARANTINE  # evidence enough to hold for a moderator, not to block
+    how = describe(closest) if closest.algorithm.is_features else \
+        f"{closest.algorithm.value} distance {closest.distance}, {describe(closest)}"
     return Reason(
         ReasonCode.BANK_MATCH,
-        profile.bank_action(bank),
+        action,
         f"matches {len(hits)} entr{'y' if len(hits) == 1 else 'ies'} of bank {bank!r}"
-        f" (closest: entry {closest.entry_id}, {closest.algorithm.value} distance {closest.distance})",
-        {"bank": bank, "entry_ids": sorted(m.entry_id for m in hits)},
+        f" (closest: entry {closest.entry_id}, {how})",
+        {"bank": bank, "entry_ids": sorted(m.entry_id for m in hits),
+         **({"bases": sorted({m.basis for m in hits if m.basis})} if any(m.basis for m in hits) else {}),
+         **({"regions": sorted({m.region for m in hits if m.region})} if any(m.region for m in hits) else {})},
+    )
+
+
+def _weak_reason(weak: Sequence[Match]) -> Reason:
+    """The evidence that was not enough to act on, for the record and the moderators."""
+    closest = min(weak, key=lambda m: m.distance / m.algorithm.bits)
+    return Reason(
+        ReasonCode.WEAK_MATCH,
+        Action.ALLOW,
+        f"{len(weak)} weak match{'es' if len(weak) != 1 else ''} not acted on (closest: entry {closest.entry_id}"
+        f" of bank {closest.bank!r}, {closest.algorithm.value} distance {closest.distance}: {describe(closest)})",
+        {"entry_ids": sorted(m.entry_id for m in weak), "banks": sorted({m.bank for m in weak}),
+         "bases": sorted({m.basis for m in weak})},
     )
 
 

@@ -49,6 +49,9 @@ class ReasonCode(str, Enum):
     CLEAN = "clean"
     #: A hash matched an active entry of a bank.
     BANK_MATCH = "bank_match"
+    #: Only weak bank matches (a lone 64-bit hash, a low-detail picture's hash): shown so
+    #: a moderator sees them, never acted on (hashes/evidence.py).
+    WEAK_MATCH = "weak_match"
     #: A nudity model's score reached a threshold.
     NUDITY = "nudity"
     #: The photo matched an allow bank (a known false positive), which suppressed

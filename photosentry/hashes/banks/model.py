@@ -5,11 +5,14 @@ Plain values, shared by every backend; nothing here reads or writes a store.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 
 from ...errors import InvalidHash
 from ..codecs import Algorithm, normalize
+from ..derived import DerivedHash
+from ..localfeatures import LocalFeatures
 from ..signals import ImageHashes
 
 
@@ -22,6 +25,9 @@ class EntrySource(str, Enum):
     IMAGE = "image"
     #: Read from an import file (industry list, export of another instance).
     IMPORT = "import"
+    #: Hashed from a crop or small rotation of an image a moderator supplied
+    #: (hashes/derived.py), so cropped and tilted copies of it match too.
+    DERIVED = "derived"
 
 
 class BankKind(str, Enum):
@@ -80,6 +86,13 @@ class BankEntry:
     def tagged(self) -> str:
         return f"{self.algorithm.value}:{self.value}"
 
+    @property
+    def shown(self) -> str:
+        """``tagged`` for a table: keypoints (kilobytes of hex) as their count."""
+        if self.algorithm.is_features:
+            return f"{self.algorithm.value}:{len(LocalFeatures.decode(self.value))} keypoints"
+        return self.tagged
+
     def to_dict(self) -> dict[str, object]:
         out = asdict(self)
         out["algorithm"] = self.algorithm.value
@@ -120,14 +133,18 @@ class Change:
 
 
 def entries_from_hashes(
-    hashes: ImageHashes, bank: str, *, label: str = "", source: EntrySource = EntrySource.IMAGE
+    hashes: ImageHashes, bank: str, *, label: str = "", source: EntrySource = EntrySource.IMAGE,
+    derived: Sequence[DerivedHash] = (),
+    features: LocalFeatures | None = None,
 ) -> tuple[list[NewEntry], list[str]]:
     """The bank entries for one photo's hashes, grouped by its SHA-256, and warnings.
 
     Every hash of the photo becomes an entry: SHA-256, MD5 and each frame's PDQ,
-    pHash and dHash. A degenerate perceptual hash (a blank frame) is skipped with a
-    warning; a weak one (PDQ below its quality threshold) is kept, with a warning that
-    it will not match on its own.
+    pHash and dHash, then each ``derived`` hash (PDQ of a crop or rotation of it,
+    :mod:`..derived`) as a ``derived`` entry labelled with its window, and its
+    keypoints (``features``, :mod:`..localfeatures`) as one ``orb`` entry. A degenerate
+    perceptual hash (a blank frame) is skipped with a warning; a weak one (below its
+    quality threshold) is kept, with a warning that it will not match on its own.
     """
     group = hashes.sha256
     entries = [NewEntry(algorithm, value, bank, label, source, group) for algorithm, value in hashes.exact().items()]
@@ -144,6 +161,13 @@ def entries_from_hashes(
                 entries.append(NewEntry(ph.algorithm, ph.value, bank, label, source, group))
             except InvalidHash as exc:  # e.g. a blank frame's all-zero hash
                 warnings.append(f"frame {frame.frame}: skipped {ph.algorithm.value}: {exc}")
+    own = {e.value for e in entries}
+    for d in derived:
+        if d.value not in own:
+            entries.append(NewEntry(Algorithm.PDQ, d.value, bank, f"{label} [{d.name}]" if label else f"[{d.name}]",
+                                    EntrySource.DERIVED, group))
+    if features is not None:
+        entries.append(NewEntry(Algorithm.ORB, features.encode(), bank, label, EntrySource.DERIVED, group))
     return entries, warnings
 
 

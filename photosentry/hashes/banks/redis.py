@@ -11,6 +11,9 @@ Keys, all under ``prefix`` (plain strings and JSON; no pickle, never an image):
 - ``entry:<id>``: a hash per entry, its fields named like :class:`BankEntry`'s.
 - ``ids``, ``active``, ``group:<name>``: sorted sets of entry ids scored by id, so
   :meth:`RedisBankStore.entries` pages through them in id order.
+- ``features``: the sorted set of *active* local-feature entries (``orb``: one per
+  image ban), so a matcher that loaded its hashes from a snapshot or the host's index
+  file reads them without paging through millions of entries.
 - ``dedup``: a hash ``bank NUL algorithm NUL value`` -> id of the active entry.
 - ``changes``: a sorted set of JSON changes scored by version, so a worker at
   version N reads only what came after N.
@@ -57,6 +60,7 @@ local K_VERSION, K_NEXT_ID, K_IDS, K_ACTIVE, K_DEDUP, K_CHANGES, K_NAMES, K_BANK
 local prefix, actor, reason = ARGV[1], ARGV[2], ARGV[3]
 local t = redis.call('TIME')
 local now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
+local FEATURES = {""" + ", ".join(f"{a.value} = true" for a in Algorithm if a.is_features) + """}
 
 local function log(op, entry_id, bank)
     local version = redis.call('INCR', K_VERSION)
@@ -91,6 +95,9 @@ for i = 4, #ARGV, 6 do
         if group ~= '' then
             redis.call('ZADD', prefix .. 'group:' .. group, id, sid)
         end
+        if FEATURES[algorithm] then
+            redis.call('ZADD', prefix .. 'features', id, sid)
+        end
         redis.call('SADD', K_NAMES, bank)
         log('add', sid, bank)
         out[#out + 1] = id
@@ -115,6 +122,7 @@ for i = 4, #ARGV do
         redis.call('HSET', key, 'active', '0', 'removed_by', actor, 'removed_at', now,
                    'removed_reason', reason)
         redis.call('ZREM', K_ACTIVE, sid)
+        redis.call('ZREM', prefix .. 'features', sid)
         redis.call('HDEL', K_DEDUP, f[2] .. '\\0' .. f[3] .. '\\0' .. f[4])
         log('remove', sid, f[2])
     end
@@ -225,6 +233,21 @@ class RedisBankStore(BankStore):
                 if not include_removed and not entry.active:
                     continue
                 yield entry
+            after = int(page[-1])
+
+    def active_columns(self, algorithm: Algorithm, *, chunk: int = 100_000) -> Iterator[tuple[list[int], list[str], list[str]]]:
+        if not algorithm.is_features:
+            yield from super().active_columns(algorithm, chunk=chunk)
+            return
+        after = 0
+        while True:
+            page = self._r.zrangebyscore(self.prefix + "features", f"({after}", "+inf", start=0, num=self.page_size)
+            if not page:
+                return
+            found = [e for e in self._get_many([int(i) for i in page], missing_ok=True)
+                     if e.active and e.algorithm is algorithm]
+            if found:
+                yield [e.id for e in found], [e.value for e in found], [e.bank for e in found]
             after = int(page[-1])
 
     def version(self) -> int:

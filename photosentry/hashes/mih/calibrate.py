@@ -87,9 +87,10 @@ def shape(layout: Layout) -> tuple[object, ...]:
     return ("packed", layout.m, max(layout.dir_widths))
 
 
-def candidates(bits: int, radius: int, n: int) -> list[Layout]:
-    """The layouts a calibration times, the model's pick first."""
-    ranked = ranked_layouts(bits, radius, n)
+def candidates(bits: int, radius: int, n: int, *, vector: bool | None = None) -> list[Layout]:
+    """The layouts a calibration times, the model's pick first (``vector``: for the vector
+    or the scalar scans; default the ones this host runs)."""
+    ranked = ranked_layouts(bits, radius, n, vector=vector)
     if not ranked:
         return []
     best_cost = ranked[0][0]

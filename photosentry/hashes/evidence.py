@@ -1,0 +1,102 @@
+"""Which bank matches are evidence enough to act on: the one rule, applied to every match.
+
+A match is *strong* (it may block or quarantine, as its bank's policy says) when it is:
+
+- ``exact``: the same bytes (SHA-256 or MD5);
+- ``pdq``: PDQ within the bank's distance (31 by default) of a photo hash whose PDQ
+  quality is at least 50, for the whole photo (``pdq``), for a region of it that may
+  hold the banned photo (``pdq_region``), or against a hash derived from a banned
+  image's crop or rotation (``pdq_derived``);
+- ``features``: the banned image's ORB keypoints mapped onto the photo by one
+  rotation-scale-shift, with at least ``FEATURE_BLOCK_INLIERS`` pairs agreeing
+  (:mod:`.localfeatures`); with ``FEATURE_QUARANTINE_INLIERS`` or more but fewer,
+  ``features_partial``: strong enough to hold the photo for review, never to block it;
+- ``two_hashes``: pHash *and* dHash (or either with PDQ or keypoints in place) within
+  their distances of the same banned image (one ``group``) in the same bank, from a
+  picture with enough detail; independent signals agreeing on one image are what a
+  coincidence rarely does.
+
+Everything else is *weak*: kept in the verdict (and ``ban check``) so a moderator sees
+it, but it decides nothing. A lone 64-bit hash within 8 is weak: smooth, low-detail
+pictures (sky, fog, gradients) collapse to nearly the same 64-bit hashes, and across a
+bank of millions such coincidences happen daily (docs/matching.md measures them). A
+hash from a low-detail picture (PDQ quality under 50) is weak whatever it matches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from .. import defaults
+from .codecs import Algorithm
+
+if TYPE_CHECKING:
+    from .matcher import Match
+
+#: Why a match is strong (it may act) or weak (it is only reported).
+EXACT, PDQ, PDQ_REGION, PDQ_DERIVED, TWO_HASHES = "exact", "pdq", "pdq_region", "pdq_derived", "two_hashes"
+FEATURES, FEATURES_PARTIAL = "features", "features_partial"
+LOW_QUALITY, LONE_SHORT_HASH, FEW_FEATURES = "low_quality", "lone_64bit", "few_features"
+STRONG_BASES = frozenset({EXACT, PDQ, PDQ_REGION, PDQ_DERIVED, TWO_HASHES, FEATURES, FEATURES_PARTIAL})
+#: Strong enough to hold a photo for review, not to block it: the action is at most quarantine.
+REVIEW_ONLY_BASES = frozenset({FEATURES_PARTIAL})
+
+#: Entries hashed from a transformed window of a banned image (``EntrySource.DERIVED``).
+DERIVED_SOURCE = "derived"
+
+
+def grade(matches: Sequence["Match"]) -> list["Match"]:
+    """``matches`` with ``weak`` and ``basis`` set by the rule above (input order kept).
+
+    ``weak`` on the way in means the photo's hash itself was too weak (low quality);
+    the rule never makes such a match strong.
+    """
+    # Which algorithms matched each banned image (group) of each bank with a usable hash.
+    # Keypoints in place count as one more independent signal.
+    seen: dict[tuple[str, str], set[Algorithm]] = {}
+    for m in matches:
+        usable = m.inliers >= defaults.FEATURE_QUARANTINE_INLIERS if m.algorithm.is_features else \
+            m.algorithm.is_perceptual and not m.weak
+        if usable and m.group:
+            seen.setdefault((m.bank, m.group), set()).add(m.algorithm)
+    out = []
+    for m in matches:
+        basis = _basis(m, seen)
+        out.append(dataclasses.replace(m, weak=basis not in STRONG_BASES, basis=basis))
+    return out
+
+
+def _basis(m: "Match", seen: dict[tuple[str, str], set[Algorithm]]) -> str:
+    if m.algorithm.is_features:
+        if m.inliers >= defaults.FEATURE_BLOCK_INLIERS:
+            return FEATURES
+        return FEATURES_PARTIAL if m.inliers >= defaults.FEATURE_QUARANTINE_INLIERS else FEW_FEATURES
+    if not m.algorithm.is_perceptual:
+        return EXACT
+    if m.weak:
+        return LOW_QUALITY
+    if m.algorithm is Algorithm.PDQ:
+        if m.source == DERIVED_SOURCE:
+            return PDQ_DERIVED
+        return PDQ_REGION if m.region else PDQ
+    if m.group and len(seen.get((m.bank, m.group), ())) >= 2:
+        return TWO_HASHES
+    return LONE_SHORT_HASH
+
+
+def describe(m: "Match") -> str:
+    """A moderator's phrase for a match's basis."""
+    return {
+        EXACT: "the same bytes",
+        PDQ: "PDQ of the whole photo",
+        PDQ_REGION: f"PDQ of a region of the photo ({m.region})",
+        PDQ_DERIVED: "PDQ against a crop or rotation of the banned image",
+        TWO_HASHES: "two independent hashes of the same banned image",
+        FEATURES: f"{m.inliers} keypoints of the banned image in place",
+        FEATURES_PARTIAL: f"{m.inliers} keypoints of the banned image in place (enough to review, not to block)",
+        FEW_FEATURES: f"only {m.inliers} keypoints of a banned image in place (weak: decides nothing)",
+        LOW_QUALITY: "a hash of a low-detail picture (weak: decides nothing)",
+        LONE_SHORT_HASH: f"a lone {m.algorithm.spec.label} match (weak: decides nothing)",
+    }.get(m.basis, m.basis)

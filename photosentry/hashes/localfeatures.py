@@ -1,0 +1,194 @@
+"""Local features with geometric verification: the copies no whole-image hash survives.
+
+A crop of a fifth, a tilt of seven degrees, a sticker, the banned photo as one cell of
+a collage or a small part of a screenshot: each moves PDQ far past its distance, but
+most of the photo's corners are still there, in the same arrangement. So a ban by
+image also stores the ORB keypoints of the banned photo (:func:`banned_features`: the
+:data:`~photosentry.defaults.FEATURE_COUNT` strongest, each a 256-bit descriptor and a
+position; a few kilobytes, never pixels), as one ``orb`` entry of its group. A scan
+extracts the upload's keypoints (:func:`query_features`), pairs each with its nearest
+banned descriptors (Lowe's ratio test), and for the banned images with enough pairs
+fits a similarity transform (rotation, scale, shift) with RANSAC: the number of pairs
+that agree with it, the *inliers*, is the evidence (:class:`FeatureIndex`).
+
+Unrelated photos share a handful of chance pairs that no single transform explains;
+the thresholds in :mod:`.evidence` and their measurements are in docs/matching.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .. import defaults
+
+#: Bytes per stored keypoint: a 32-byte ORB descriptor, then x and y (uint16, big-endian,
+#: in pixels of the banned photo reduced to ``FEATURE_BAN_SIDE``).
+_POINT_BYTES = 36
+#: x and y of an unused slot (a photo with fewer keypoints than the fixed width).
+_EMPTY = 0xFFFF
+#: Hex digits of an encoded feature set: what the ``orb`` algorithm's registry entry says.
+FEATURE_BITS = defaults.FEATURE_COUNT * _POINT_BYTES * 8
+
+
+@dataclass(frozen=True)
+class LocalFeatures:
+    """Keypoints of one picture: positions (n, 2) float32 and ORB descriptors (n, 32) uint8."""
+
+    points: np.ndarray
+    descriptors: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def encode(self) -> str:
+        """The fixed-width hex form a bank entry stores (unused slots padded)."""
+        out = np.zeros((defaults.FEATURE_COUNT, _POINT_BYTES), dtype=np.uint8)
+        out[:, 32:] = 0xFF
+        n = min(len(self), defaults.FEATURE_COUNT)
+        out[:n, :32] = self.descriptors[:n]
+        xy = np.clip(np.rint(self.points[:n]), 0, _EMPTY - 1).astype(">u2")
+        out[:n, 32:] = xy.view(np.uint8).reshape(n, 4)
+        return out.tobytes().hex()
+
+    @classmethod
+    def decode(cls, value: str) -> "LocalFeatures":
+        raw = np.frombuffer(bytes.fromhex(value), dtype=np.uint8).reshape(-1, _POINT_BYTES)
+        xy = raw[:, 32:].copy().view(">u2").reshape(-1, 2)
+        used = ~(xy == _EMPTY).all(axis=1)
+        return cls(xy[used].astype(np.float32), np.ascontiguousarray(raw[used, :32]))
+
+
+def _grey(rgb: np.ndarray, side: int) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+    scale = side / max(h, w)
+    if scale < 1:
+        grey = cv2.resize(grey, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    return grey
+
+
+def _orb(grey: np.ndarray, n: int) -> LocalFeatures:
+    detector = cv2.ORB_create(nfeatures=n, fastThreshold=defaults.FEATURE_FAST_THRESHOLD)
+    keypoints, descriptors = detector.detectAndCompute(grey, None)
+    if descriptors is None or not keypoints:
+        return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8))
+    order = np.argsort([-k.response for k in keypoints], kind="stable")
+    points = np.array([keypoints[i].pt for i in order], dtype=np.float32)
+    return LocalFeatures(points, np.ascontiguousarray(descriptors[order]))
+
+
+def banned_features(rgb: np.ndarray) -> LocalFeatures | None:
+    """The strongest keypoints of a banned photo (None: too few to verify a copy by)."""
+    found = _orb(_grey(rgb, defaults.FEATURE_BAN_SIDE), 4 * defaults.FEATURE_COUNT)
+    if len(found) < defaults.FEATURE_MIN_INLIERS:
+        return None
+    return LocalFeatures(found.points[: defaults.FEATURE_COUNT], found.descriptors[: defaults.FEATURE_COUNT])
+
+
+def query_features(rgb: np.ndarray) -> LocalFeatures:
+    """The keypoints of an upload, to be paired with every banned photo's."""
+    return _orb(_grey(rgb, defaults.FEATURE_QUERY_SIDE), defaults.FEATURE_QUERY_COUNT)
+
+
+@dataclass(frozen=True)
+class FeatureHit:
+    """A banned photo whose keypoints a transform maps onto the upload's."""
+
+    entry_id: int
+    bank: str
+    #: Pairs consistent with the fitted transform.
+    inliers: int
+    #: Pairs that passed the ratio test before the fit.
+    pairs: int
+
+
+class FeatureIndex:
+    """Every active ``orb`` entry's keypoints, stacked for one nearest-neighbour search.
+
+    The search is brute force over all banned descriptors (OpenCV's SIMD Hamming
+    matcher): cost grows with the number of image bans (docs/matching.md measures it),
+    which are far fewer than imported hashes.
+    """
+
+    def __init__(self) -> None:
+        self._sets: dict[int, LocalFeatures] = {}
+        self._banks: dict[int, str] = {}
+        self._stack: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self._sets)
+
+    def add(self, entry_id: int, value: str, bank: str) -> None:
+        features = LocalFeatures.decode(value)
+        if len(features):
+            self._sets[entry_id] = features
+            self._banks[entry_id] = bank
+            self._stack = None
+
+    def remove(self, entry_id: int) -> None:
+        if self._sets.pop(entry_id, None) is not None:
+            del self._banks[entry_id]
+            self._stack = None
+
+    def _stacked(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self._stack is None:
+            ids = list(self._sets)
+            owner = np.concatenate([np.full(len(self._sets[i]), i, dtype=np.int64) for i in ids])
+            points = np.concatenate([self._sets[i].points for i in ids])
+            descriptors = np.concatenate([self._sets[i].descriptors for i in ids])
+            self._stack = (owner, points, descriptors)
+        return self._stack
+
+    def search(self, query: LocalFeatures) -> list[FeatureHit]:
+        """The banned photos the upload's keypoints verify, with at least
+        ``FEATURE_MIN_INLIERS`` inliers, most first."""
+        if not self._sets or len(query) < defaults.FEATURE_MIN_INLIERS:
+            return []
+        owner, points, descriptors = self._stacked()
+        matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
+        pairs: dict[int, list[tuple[int, int]]] = {}
+        for found in matcher.knnMatch(query.descriptors, descriptors, k=2):
+            if len(found) < 2:
+                continue
+            best, second = found
+            # Lowe's ratio test, against the second nearest of *another* banned photo's
+            # or the same one's: a descriptor that fits many places says nothing.
+            if best.distance <= defaults.FEATURE_MAX_DISTANCE and best.distance < defaults.FEATURE_RATIO * second.distance:
+                pairs.setdefault(int(owner[best.trainIdx]), []).append((best.queryIdx, best.trainIdx))
+        hits = []
+        for entry_id, found_pairs in pairs.items():
+            if len(found_pairs) < defaults.FEATURE_MIN_INLIERS:
+                continue
+            inliers = _verified(found_pairs, query.points, points)
+            if inliers >= defaults.FEATURE_MIN_INLIERS:
+                hits.append(FeatureHit(entry_id, self._banks[entry_id], inliers, len(found_pairs)))
+        return sorted(hits, key=lambda h: -h.inliers)
+
+
+def _verified(pairs: list[tuple[int, int]], query_points: np.ndarray, banned_points: np.ndarray) -> int:
+    """Pairs consistent with one similarity transform from the banned photo to the
+    upload, and only if that transform is plausible for a copy."""
+    src = banned_points[[b for _, b in pairs]]
+    dst = query_points[[q for q, _ in pairs]]
+    transform, mask = cv2.estimateAffinePartial2D(
+        src, dst, method=cv2.RANSAC, ransacReprojThreshold=defaults.FEATURE_RANSAC_PIXELS, maxIters=500,
+        confidence=0.99, refineIters=5)
+    if transform is None or mask is None:
+        return 0
+    scale = float(np.hypot(transform[0, 0], transform[1, 0]))
+    if not defaults.FEATURE_MIN_SCALE <= scale <= defaults.FEATURE_MAX_SCALE:
+        return 0
+    kept = mask.ravel().astype(bool)
+    # Inliers bunched in one spot of the banned photo (a logo, a repeated texture) do
+    # not show the photo: they must spread over a fair part of it.
+    spread = src[kept]
+    if len(spread) < 3:
+        return 0
+    extent = np.ptp(spread, axis=0)
+    full = np.ptp(banned_points, axis=0) + 1
+    if (extent / full).prod() < defaults.FEATURE_MIN_SPREAD:
+        return 0
+    return int(kept.sum())

@@ -1,0 +1,315 @@
+"""Where the banned photo might be inside an upload: query-side region proposals.
+
+Re-uploaders rarely post a banned photo bare: they frame it, letterbox it onto a 9:16
+story canvas, add a caption bar, show it inside a chat screenshot or put it in a
+collage. A whole-image hash of such a copy describes the framing as much as the photo,
+so PDQ misses it. Here the upload is searched for the rectangles a photo would occupy,
+and each one is hashed and matched like the photo itself (:func:`propose`):
+
+- ``trim``: uniform margins cut off each edge: borders, letterbox bars, caption bars
+  (a bar may carry text: a line counts as margin when most of its pixels are the
+  bar's colour);
+- ``content``: the largest solid block of pixels that are not the picture's
+  background colours (a screenshot's flat UI and its text are background; text strokes
+  are thinner than the opening that removes them);
+- ``cell``: the cells of a collage, split along straight seams that cross the picture
+  (a uniform gutter or a hard edge along most of its length), up to two levels deep.
+
+Everything runs on a thumbnail (longest side :data:`defaults.REGION_THUMB_SIDE`), so
+it costs about a millisecond; the crops are cut from the frame the scan decoded.
+Proposals only add queries: the whole photo is always matched too, and what a region
+match counts for is the evidence rule's call (:mod:`.evidence`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .. import defaults
+
+
+@dataclass(frozen=True)
+class Region:
+    """A rectangle of a frame: ``kind`` names the proposer, the box is in frame pixels."""
+
+    kind: str
+    left: int
+    top: int
+    right: int
+    bottom: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}:{self.left},{self.top},{self.right},{self.bottom}"
+
+    def crop(self, rgb: np.ndarray) -> np.ndarray:
+        return rgb[self.top:self.bottom, self.left:self.right]
+
+    @property
+    def area(self) -> int:
+        return max(0, self.right - self.left) * max(0, self.bottom - self.top)
+
+
+Box = tuple[int, int, int, int]  # left, top, right, bottom (thumbnail pixels)
+
+
+def propose(rgb: np.ndarray, *, limit: int = defaults.REGION_LIMIT) -> list[Region]:
+    """Up to ``limit`` rectangles of ``rgb`` (H, W, 3 uint8) that may hold a photo of
+    their own, largest evidence first; none for a photo that fills its frame."""
+    h, w = rgb.shape[:2]
+    if min(h, w) < defaults.REGION_MIN_FRAME_SIDE:
+        return []
+    # Every n-th pixel, not an area average: margins, backgrounds and seams survive
+    # it, and averaging a 12 MP frame would cost more than everything else here.
+    stride = -(-max(h, w) // defaults.REGION_THUMB_SIDE)
+    small = np.ascontiguousarray(rgb[::stride, ::stride])
+    sh, sw = small.shape[:2]
+    full: Box = (0, 0, sw, sh)
+    found: list[tuple[str, Box]] = []
+    trimmed = _trim(small, full)
+    if trimmed != full:
+        found.append(("trim", trimmed))
+    edged = _edges(small, trimmed)
+    if edged != trimmed:
+        found.append(("edges", edged))
+    bases = [trimmed]
+    content = _content(small)
+    if content is not None:
+        content = _trim(small, content)
+        found.append(("content", content))
+        bases.append(content)
+    for base in dict.fromkeys(bases):
+        cells = _split(small, base, depth=defaults.REGION_SPLIT_DEPTH)
+        if len(cells) > 1:
+            found.extend(("cell", _trim(small, c)) for c in cells)
+    out: list[Region] = []
+    kept: list[Box] = [full]
+    for kind, box in found:
+        if _area(box) < defaults.REGION_MIN_AREA * sw * sh or any(_iou(box, k) >= 0.9 for k in kept):
+            continue
+        kept.append(box)
+        fx, fy = w / sw, h / sh
+        coarse = (round(box[0] * fx), round(box[1] * fy), min(w, round(box[2] * fx)), min(h, round(box[3] * fy)))
+        out.append(Region(kind, *_refined(rgb, coarse, reach=stride + 1)))
+        if len(out) >= limit:
+            break
+    return out
+
+
+def _refined(rgb: np.ndarray, box: Box, *, reach: int) -> Box:
+    """``box`` with each side moved, within ``reach`` pixels, onto the frame line where
+    the picture changes most: the thumbnail places a side to a thumbnail pixel (half a
+    percent), and PDQ moves a dozen bits for that."""
+    h, w = rgb.shape[:2]
+    left, top, right, bottom = box
+    grey = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+    def best(lines: np.ndarray, at: int, limit: int) -> int:
+        # lines[i] is the i-th line across the box; the side sits between lines at-1 and at.
+        lo, hi = max(1, at - reach), min(limit - 1, at + reach)
+        if hi <= lo:
+            return at
+        steps = np.abs(lines[lo:hi + 1] - lines[lo - 1:hi]).mean(axis=1)
+        return lo + int(steps.argmax())
+
+    rows = grey[:, left:right]
+    cols = grey[top:bottom].T
+    top = best(rows, top, h) if top > 0 else 0
+    bottom = best(rows, bottom, h) if bottom < h else h
+    left = best(cols, left, w) if left > 0 else 0
+    right = best(cols, right, w) if right < w else w
+    return (left, top, right, bottom) if right - left >= 8 and bottom - top >= 8 else box
+
+
+# -- margins ------------------------------------------------------------------------------
+
+
+def _trim(small: np.ndarray, box: Box) -> Box:
+    """``box`` without the uniform margins on each edge (twice: a frame around a border)."""
+    for _ in range(2):
+        left, top, right, bottom = box
+        part = small[top:bottom, left:right].astype(np.int16)
+        if part.shape[0] < 8 or part.shape[1] < 8:
+            return box
+        t = _margin(part)
+        b = _margin(part[::-1])
+        lft = _margin(part.transpose(1, 0, 2))
+        rgt = _margin(part.transpose(1, 0, 2)[::-1])
+        new = (left + lft, top + t, right - rgt, bottom - b)
+        if new[2] - new[0] < 0.25 * (right - left) or new[3] - new[1] < 0.25 * (bottom - top):
+            return box  # nearly all margin: a flat picture, not a framed one
+        if new == box:
+            break
+        box = new
+    return box
+
+
+def _margin(lines: np.ndarray) -> int:
+    """How many of ``lines`` (rows from an edge inward, (n, m, 3) int16) are a margin:
+    the margin is the outermost line's colour; a caption bar's lines of text are still
+    margin while a fair share of them is that colour, and the margin ends at the last
+    clean line before the first line that is not (a bar has padding under its text)."""
+    n = lines.shape[0]
+    reach = n // 2
+    ref = np.median(lines[0], axis=0).astype(np.int16)
+    tol = defaults.REGION_MARGIN_TOLERANCE
+    near = np.abs(lines[:reach] - ref) <= tol
+    share = (near[..., 0] & near[..., 1] & near[..., 2]).mean(axis=1)
+    clean = share >= defaults.REGION_CLEAN_LINE
+    if not clean[0]:
+        return 0
+    broken = np.flatnonzero(share < defaults.REGION_TEXT_LINE)
+    cleans = np.flatnonzero(clean[: broken[0] if len(broken) else reach])
+    depth = int(cleans[-1]) + 1
+    return depth if depth >= max(2, int(n * defaults.REGION_MIN_MARGIN)) else 0
+
+
+def _edges(small: np.ndarray, box: Box) -> Box:
+    """``box`` cut at the strongest straight edge crossing it near each side: where a
+    photo meets a patterned frame, a blurred story background or a bar."""
+    left, top, right, bottom = box
+    grey = small[top:bottom, left:right].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    h, w = grey.shape
+    out = [left, top, right, bottom]
+    rows = (np.abs(np.diff(grey, axis=0)) > defaults.REGION_SEAM_STEP).mean(axis=1)  # between y and y + 1
+    cols = (np.abs(np.diff(grey, axis=1)) > defaults.REGION_SEAM_STEP).mean(axis=0)
+    for profile, n, near, far in ((rows, h, 1, 3), (cols, w, 0, 2)):
+        reach = int(n * defaults.REGION_EDGE_REACH)
+        if reach < 2:
+            continue
+        head, tail = profile[:reach], profile[::-1][:reach]
+        if head.max() >= defaults.REGION_EDGE_FILL:
+            out[near] += int(head.argmax()) + 1
+        if tail.max() >= defaults.REGION_EDGE_FILL:
+            out[far] -= int(tail.argmax()) + 1
+    return (out[0], out[1], out[2], out[3])
+
+
+# -- the photo inside a screenshot ----------------------------------------------------------------
+
+
+def _content(small: np.ndarray) -> Box | None:
+    """The bounding box of the largest solid block that is not background, if it is a
+    clear part of the picture (not nearly all of it, not a sliver)."""
+    h, w = small.shape[:2]
+    quant = (small >> 3).astype(np.int32)
+    codes = (quant[..., 0] << 10) | (quant[..., 1] << 5) | quant[..., 2]
+    counts = np.bincount(codes.ravel(), minlength=1 << 15)
+    border = np.concatenate([codes[0], codes[-1], codes[:, 0], codes[:, -1]])
+    border_counts = np.bincount(border, minlength=1 << 15)
+    common = np.flatnonzero(counts >= defaults.REGION_BACKGROUND_SHARE * h * w)
+    background = [c for c in common if border_counts[c] >= 0.05 * len(border)]
+    if not background:
+        return None
+    # A pixel one bin off a background colour (JPEG noise, anti-aliasing) is background too.
+    is_background = np.zeros(1 << 15, dtype=bool)
+    steps = np.array([-1, 0, 1])
+    for c in background:
+        r, g, b = ((c >> 10) & 31) + steps, ((c >> 5) & 31) + steps, (c & 31) + steps
+        r, g, b = r[(r >= 0) & (r < 32)], g[(g >= 0) & (g < 32)], b[(b >= 0) & (b < 32)]
+        is_background[(r[:, None, None] << 10) | (g[None, :, None] << 5) | b[None, None, :]] = True
+    mask = ~is_background[codes]
+    k = max(3, round(min(h, w) * 0.025)) | 1
+    kernel = np.ones((k, k), np.uint8)
+    solid = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, kernel)
+    solid = cv2.morphologyEx(solid, cv2.MORPH_CLOSE, kernel)
+    n, _, stats, _ = cv2.connectedComponentsWithStats(solid, connectivity=4)
+    if n <= 1:
+        return None
+    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    x, y, bw, bh, area = (int(v) for v in stats[best])
+    share = bw * bh / (h * w)
+    if share < defaults.REGION_MIN_AREA or share > 0.9 or area < 0.6 * bw * bh:
+        return None
+    return (x, y, x + bw, y + bh)
+
+
+# -- collages --------------------------------------------------------------------------------
+
+
+def _split(small: np.ndarray, box: Box, *, depth: int) -> list[Box]:
+    """The cells of ``box`` if it is a grid: cut along every seam that crosses it one way,
+    then each piece along every seam that crosses it the other way (columns first, then
+    rows first: a large photo beside a stack of small ones is found either way)."""
+    cells: list[Box] = []
+    for axis in (1, 0):
+        pieces = _cut(small, box, axis)
+        if len(pieces) == 1:
+            continue
+        for piece in pieces:
+            cells.extend(_cut(small, piece, 1 - axis) if depth > 1 else [piece])
+    out: list[Box] = []
+    for cell in cells:
+        if not any(_iou(cell, kept) >= 0.9 for kept in out):
+            out.append(cell)
+    return out or [box]
+
+
+def _cut(small: np.ndarray, box: Box, axis: int) -> list[Box]:
+    """``box`` cut along every seam crossing it (axis 1: vertical seams, into columns)."""
+    left, top, right, bottom = box
+    part = small[top:bottom, left:right]
+    if min(part.shape[:2]) < 24:
+        return [box]
+    grey = part.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    seams = _seams(grey.T if axis == 1 else grey)
+    out, at = [], 0
+    for end, start in seams:
+        out.append((at, end))
+        at = start
+    out.append((at, grey.shape[1] if axis == 1 else grey.shape[0]))
+    if axis == 1:
+        return [(left + a, top, left + b, bottom) for a, b in out]
+    return [(left, top + a, right, top + b) for a, b in out]
+
+
+def _seams(grey: np.ndarray) -> list[tuple[int, int]]:
+    """Every horizontal seam of ``grey`` away from its edges, top to bottom, as (end of
+    the part above, start of the part below).
+
+    A seam is a uniform gutter band crossing the whole width, or a hard edge: a row
+    step larger than :data:`defaults.REGION_SEAM_STEP` along most of the width. Seams
+    closer than a tenth of the height to a stronger one are the same seam's echo.
+    """
+    h = grey.shape[0]
+    lo, hi = int(h * 0.12), int(h * 0.88)
+    if hi - lo < 4:
+        return []
+    step = np.abs(np.diff(grey, axis=0))  # step[y] is between rows y and y + 1
+    edge = (step > defaults.REGION_SEAM_STEP).mean(axis=1)
+    flat = grey.std(axis=1) < 2.5
+    found: list[tuple[float, int, int]] = []  # (strength, end, start)
+    y = lo
+    while y < hi:
+        if flat[y]:
+            end = y
+            while end + 1 < h and flat[end + 1]:
+                end += 1
+            start = y
+            while start - 1 >= 0 and flat[start - 1]:
+                start -= 1
+            if start > 0 and end < h - 1 and end - start + 1 <= 0.1 * h:
+                found.append((1.0 + (end - start + 1) / h, start, end + 1))
+            y = end + 1
+            continue
+        if edge[y] >= defaults.REGION_SEAM_FILL:
+            found.append((float(edge[y]), y + 1, y + 1))
+        y += 1
+    kept: list[tuple[float, int, int]] = []
+    for seam in sorted(found, reverse=True):
+        if all(abs(seam[1] - k[1]) >= 0.1 * h for k in kept):
+            kept.append(seam)
+    return sorted((end, start) for _, end, start in kept)
+
+
+def _area(box: Box) -> int:
+    return max(0, box[2] - box[0]) * max(0, box[3] - box[1])
+
+
+def _iou(a: Box, b: Box) -> float:
+    inter = _area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
+    union = _area(a) + _area(b) - inter
+    return inter / union if union else 0.0
