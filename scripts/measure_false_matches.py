@@ -10,7 +10,7 @@ to banks of 1M and 10M entries.
 
 1. Hashes: every photo is hashed as ``photosentry ban add`` hashes a banned image (full
    decode) and, with each framing, as the scan hashes an upload (decode at
-   DECODE_MIN_SIDE, then hash_image). The distance is the one the matcher sees: the
+   QUERY_DECODE_SIDE, then hash_image). The distance is the one the matcher sees: the
    minimum over the query's variants (PDQ 8, pHash 8, dHash 2) against the stored
    canonical hash.
 2. Pairs: every ordered pair (query, stored) of items that show no photo in common:
@@ -66,6 +66,9 @@ PERCEPTUAL = (Algorithm.PDQ, Algorithm.PHASH, Algorithm.DHASH)
 FRAMING_BASE_SIDE = 1280
 #: JPEG quality of the framed copies (what a phone or an app writes).
 FRAMING_JPEG_QUALITY = 90
+#: The side the scan decodes an upload to when there are banks to match (the larger
+#: decode that copy detection asks for, where the product has one).
+QUERY_DECODE_SIDE = max(defaults.DECODE_MIN_SIDE, getattr(defaults, "COPY_DECODE_MIN_SIDE", 0))
 #: PDQ's quality threshold (ThreatExchange's PdqSignal.QUALITY_THRESHOLD).
 PDQ_QUALITY_MIN = Algorithm.PDQ.spec.quality_threshold or 50
 #: PDQ-quality buckets for the per-bucket counts: [low, high).
@@ -279,10 +282,10 @@ MEASURES = {
 def hash_item(data: bytes, *, as_query: bool) -> tuple[dict[Algorithm, np.ndarray], dict[Algorithm, np.ndarray], dict[str, float]]:
     """Stored values, query variants and measures of one file.
 
-    ``as_query``: decode as the scan does (DCT-domain reduction to DECODE_MIN_SIDE);
+    ``as_query``: decode as the scan does (DCT-domain reduction to QUERY_DECODE_SIDE);
     otherwise as ``ban add`` does (full decode).
     """
-    decoded = decode(data, min_side=defaults.DECODE_MIN_SIDE) if as_query else decode(data)
+    decoded = decode(data, min_side=QUERY_DECODE_SIDE) if as_query else decode(data)
     hashes: ImageHashes = hash_image(data, decoded.frames[:1], decoded.frame_indices[:1],
                                      source_size=(decoded.width, decoded.height), reduction=decoded.reduction)
     frame = hashes.frames[0]
