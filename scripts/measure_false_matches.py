@@ -532,9 +532,11 @@ def audit_corpus(out: Path, log: Callable[[str], None]) -> dict[str, object]:
                 continue
             best = min(kept, key=lambda k: (int(np.count_nonzero(cand.pdq != k.pdq)),
                                             int(np.count_nonzero(cand.phash != k.phash))))
+            pdq = int(np.count_nonzero(cand.pdq != best.pdq))
+            phash = int(np.count_nonzero(cand.phash != best.phash))
+            close = pdq <= getattr(photo_corpus, "PDQ_DUPLICATE", 31) or phash <= getattr(photo_corpus, "PHASH_DUPLICATE", 6)
             dropped.append({"dropped": f"{cand.package}:{cand.path.name}", "kept": f"{best.package}:{best.path.name}",
-                            "pdq": int(np.count_nonzero(cand.pdq != best.pdq)),
-                            "phash": int(np.count_nonzero(cand.phash != best.phash)),
+                            "pdq": pdq, "phash": phash, "why": "near-duplicate" if close else "series",
                             "same_package": cand.package == best.package,
                             "sizes": [list(best.image.size), list(cand.image.size)]})
             sheet_pairs.append((best.image.copy(), cand.image.copy()))
@@ -542,9 +544,9 @@ def audit_corpus(out: Path, log: Callable[[str], None]) -> dict[str, object]:
             sheet_pairs[-1][1].thumbnail((160, 160))
         return kept
 
-    def recording_filter(img, *, is_jpeg):  # type: ignore[no-untyped-def]
-        ok = original_filter(img, is_jpeg=is_jpeg)
-        if not ok and img.mode not in ("RGBA", "LA", "PA"):
+    def recording_filter(img, **kwargs):  # type: ignore[no-untyped-def]
+        ok = original_filter(img, **kwargs)
+        if not ok and not kwargs.get("strict", False) and img.mode not in ("RGBA", "LA", "PA"):
             low_detail["files"] += 1
         return ok
 
@@ -995,10 +997,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.audit_corpus is not None:
         audit = audit_corpus(args.audit_corpus, log)
         print(f"corpus rebuilt in {args.audit_corpus}: {audit['kept']} photos kept, {audit['dropped_count']} candidates"
-              f" dropped as near-duplicates ({audit['cross_package']} of them of a photo from another package),"
+              f" dropped as near-duplicates or series members ({audit['cross_package']} of them nearest a photo"
+              " from another package),"
               f" {audit['filtered_out_files']} opaque files turned away by the photo filter")
-        print_table(["dropped", "taken for a copy of", "PDQ", "pHash", "same package"],
-                    [[d["dropped"], d["kept"], d["pdq"], d["phash"], d["same_package"]]
+        print_table(["dropped", "nearest kept", "PDQ", "pHash", "why", "same package"],
+                    [[d["dropped"], d["kept"], d["pdq"], d["phash"], d.get("why", ""), d["same_package"]]
                      for d in sorted(audit["dropped"], key=lambda d: (d["phash"], d["pdq"]))], left=(0, 1))  # type: ignore[union-attr]
         if args.json:
             args.json.write_text(json.dumps(audit, indent=1, default=str))
