@@ -335,7 +335,12 @@ def ban_export(ctx: click.Context, fmt: str, bank: str | None, include_removed: 
 def ban_check(ctx: click.Context, images: tuple[str, ...], as_json: bool) -> None:
     """Which bank entries do IMAGES match, at what distance, in which bank?
 
-    Exit status 0 if nothing matched, 1 if any image matched a ban bank.
+    Each match says whether it is strong (enough to act on: exact bytes, PDQ, two
+    hashes of one banned image, keypoints in place) or WEAK (a lone pHash or dHash, a
+    flat picture's hash: shown, never acted on), and which region of the image matched
+    when it was not the whole image (a photo inside a screenshot, a collage cell).
+
+    Exit status 0 if nothing matched strongly, 1 if any image matched a ban bank strongly.
 
     \b
     Example:
@@ -367,7 +372,8 @@ def ban_check(ctx: click.Context, images: tuple[str, ...], as_json: bool) -> Non
         for m in matches:
             kind = "allow" if m.allow else "ban"
             where = f" region {m.region}" if m.region else ""
-            click.echo(f"{path}: entry {m.entry_id} bank {m.bank} ({kind}) {m.algorithm.value} distance {m.distance}"
+            how = f"{m.inliers} keypoints" if m.algorithm.is_features else f"distance {m.distance}"
+            click.echo(f"{path}: entry {m.entry_id} bank {m.bank} ({kind}) {m.algorithm.value} {how}"
                        f" frame {m.frame} variant {m.variant}{where} {'WEAK' if m.weak else 'strong'}:"
                        f" {describe(m)} {m.label}")
     close_store(store)
