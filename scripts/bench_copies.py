@@ -193,7 +193,9 @@ def product_env(root: Path) -> dict[str, str]:
 def cli(root: Path, data_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-c", "import sys; from photosentry.cli import main; sys.exit(main())",
            "--data-dir", str(data_dir), *args]
-    proc = subprocess.run(cmd, env=product_env(root), capture_output=True, text=True)
+    # cwd=root: `python -c` puts the working directory first on sys.path, ahead of
+    # PYTHONPATH, so run from elsewhere it would ban with that directory's photosentry.
+    proc = subprocess.run(cmd, env=product_env(root), capture_output=True, text=True, cwd=root)
     if check and proc.returncode != 0:
         raise SystemExit(f"photosentry {' '.join(args[:2])} failed ({proc.returncode}) with {root}:\n"
                          f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")

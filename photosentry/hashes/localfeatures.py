@@ -118,15 +118,18 @@ class FeatureHit:
 class FeatureIndex:
     """Every active ``orb`` entry's keypoints, stacked for one nearest-neighbour search.
 
-    The search is brute force over all banned descriptors (FAISS's binary flat index,
-    four times faster than OpenCV's matcher here): its cost grows with the number of
-    image bans (docs/matching.md measures it), which are far fewer than imported hashes.
+    The search is FAISS's: brute force over every banned descriptor for a few image
+    bans, then an inverted file (``FEATURE_IVF_*``: the descriptors clustered, and only
+    the clusters nearest each query descriptor searched), whose cost grows with the
+    square root of the bank instead of the bank (docs/matching.md measures both). It is
+    rebuilt, in a few hundred milliseconds per thousand image bans, at the first search
+    after bans change, which happen at a moderator's pace.
     """
 
     def __init__(self) -> None:
         self._sets: dict[int, LocalFeatures] = {}
         self._banks: dict[int, str] = {}
-        self._stack: tuple[np.ndarray, np.ndarray, faiss.IndexBinaryFlat] | None = None
+        self._stack: tuple[np.ndarray, np.ndarray, faiss.IndexBinary] | None = None
 
     def __len__(self) -> int:
         return len(self._sets)
@@ -143,14 +146,13 @@ class FeatureIndex:
             del self._banks[entry_id]
             self._stack = None
 
-    def _stacked(self) -> tuple[np.ndarray, np.ndarray, faiss.IndexBinaryFlat]:
+    def _stacked(self) -> tuple[np.ndarray, np.ndarray, faiss.IndexBinary]:
         if self._stack is None:
             ids = list(self._sets)
             owner = np.concatenate([np.full(len(self._sets[i]), i, dtype=np.int64) for i in ids])
             points = np.concatenate([self._sets[i].points for i in ids])
-            index = faiss.IndexBinaryFlat(256)
-            index.add(np.ascontiguousarray(np.concatenate([self._sets[i].descriptors for i in ids])))
-            self._stack = (owner, points, index)
+            descriptors = np.ascontiguousarray(np.concatenate([self._sets[i].descriptors for i in ids]))
+            self._stack = (owner, points, _index(descriptors))
         return self._stack
 
     def search(self, query: LocalFeatures,
@@ -193,6 +195,30 @@ class FeatureIndex:
             if best >= defaults.FEATURE_MIN_INLIERS:
                 hits.append((FeatureHit(entry_id, self._banks[entry_id], best, len(found_pairs)), where))
         return sorted(hits, key=lambda h: -h[0].inliers)
+
+
+def _index(descriptors: np.ndarray) -> faiss.IndexBinary:
+    """A FAISS index of ``descriptors`` ((n, 32) uint8): flat while small, else an inverted
+    file trained on (a sample of) them."""
+    n = len(descriptors)
+    if n < defaults.FEATURE_IVF_MIN:
+        flat = faiss.IndexBinaryFlat(256)
+        flat.add(descriptors)
+        return flat
+    lists = max(16, int(defaults.FEATURE_IVF_LISTS_PER_ROOT * np.sqrt(n)))
+    sample = descriptors
+    if n > 64 * lists:  # k-means needs a few dozen points a cluster, not all of them
+        sample = descriptors[np.random.default_rng(0).choice(n, 64 * lists, replace=False)]
+    ivf = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(256), 256, lists)
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        ivf.train(sample)
+        ivf.add(descriptors)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    ivf.nprobe = defaults.FEATURE_IVF_PROBES
+    return ivf
 
 
 def _verified(pairs: list[tuple[int, int]], query_points: np.ndarray, banned_points: np.ndarray) -> int:
