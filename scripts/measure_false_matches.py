@@ -60,6 +60,8 @@ from photosentry.hashes.algorithms import Algorithm  # noqa: E402
 from photosentry.hashes.perceptual import DHASH_SIZE, PHASH_SIDE  # noqa: E402
 from photosentry.hashes.signals import ImageHashes, hash_image  # noqa: E402
 
+from measure_distances import print_table as _plain_table  # noqa: E402
+
 PERCEPTUAL = (Algorithm.PDQ, Algorithm.PHASH, Algorithm.DHASH)
 #: The largest side a photo is reduced to before a framing is drawn around it (a
 #: re-upload is rarely bigger; it keeps 8 framings of a 4K wallpaper cheap).
@@ -746,16 +748,8 @@ def measure_table(pairs: Pairs, n_originals: int, quantiles: Sequence[float],
 
 
 def print_table(headers: list[str], rows: list[list[object]], left: tuple[int, ...] = (0,)) -> None:
-    cells = [[str(c) for c in r] for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-
-    def fmt(values: list[str]) -> str:
-        return "  ".join(v.ljust(w) if i in left else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths))).rstrip()
-
-    print(fmt(headers))
-    print("  ".join("-" * w for w in widths))
-    for r in cells:
-        print(fmt(r))
+    """measure_distances.py's plain-text table, then a blank line."""
+    _plain_table(headers, rows, left)
     print()
 
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from photosentry.decode import Limits, decode
-from photosentry.hashes.banks import EntrySource, NewEntry, SqliteBankStore, entries_from_hashes
+from photosentry.hashes.banks import NewEntry, SqliteBankStore, entries_from_hashes
 from photosentry.hashes.derived import derive
 from photosentry.hashes.localfeatures import banned_features
 from photosentry.hashes.codecs import Algorithm
