@@ -251,8 +251,9 @@ class ImageHashes:
     #: frame box) whose keypoints are also verified alone; matching details too.
     features: LocalFeatures | None = field(default=None, compare=False)
     feature_regions: tuple[tuple[str, tuple[int, int, int, int]], ...] = field(default=(), compare=False)
-    #: A collage's cells' own keypoints, by region name: four photos share the whole
-    #: picture's keypoints, so each cell is looked at alone too.
+    #: Keypoints of a collage's cells and of a screenshot's photo, each found alone, by
+    #: region name: four photos share the whole picture's keypoints, and a photo a sixth
+    #: of a screenshot's height keeps few of them.
     cell_features: tuple[tuple[str, LocalFeatures], ...] = field(default=(), compare=False)
 
     def exact(self) -> dict[Algorithm, str]:
@@ -357,9 +358,12 @@ def hash_image(
             keypoints = query_features(frames[0])
             boxes = tuple((r.name, (r.left, r.top, r.right, r.bottom)) for r in proposed
                           if r.kind in ("content", "cell"))[: defaults.FEATURE_REGION_LIMIT]
+            # Regions small enough that the whole picture's keypoints, found at 384 pixels,
+            # leave them too few: a collage's cells, a screenshot's photo (a phone screen
+            # is 2,340 pixels tall, so its photo is a sixth of 384).
             grid = [r for r in proposed if r.kind == "cell"]
-            if len(grid) >= 2:
-                cells = tuple((r.name, query_features(r.crop(frames[0]))) for r in grid[: defaults.FEATURE_REGION_LIMIT])
+            alone = [r for r in proposed if r.kind == "content"] + (grid if len(grid) >= 2 else [])
+            cells = tuple((r.name, query_features(r.crop(frames[0]))) for r in alone[: defaults.FEATURE_REGION_LIMIT])
     return ImageHashes(exact.sha256, exact.md5, tuple(per_frame), found, keypoints, boxes, cells)
 
 
