@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 from rq import Queue
-from rq.exceptions import DequeueTimeout
+from rq.exceptions import DequeueTimeout, StopRequested
 from rq.job import Job, JobStatus
 from rq.utils import as_text, now
 
@@ -85,6 +85,8 @@ class ReliableQueue(Queue):
                 try:
                     fetched = rq_compat.fetch_dequeued(cls, connection, queue_key, job_id, job_class=job_class,
                                                        serializer=serializer, death_penalty_class=death_penalty_class)
+                except StopRequested:
+                    raise  # SIGTERM meanwhile (RQ's handler raises it to stop an idle worker)
                 except Exception as exc:  # noqa: BLE001 - whatever a hostile hash makes RQ raise
                     problem = f"RQ cannot read the job ({type(exc).__name__}: {str(exc)[:200]})"
             if problem is not None:

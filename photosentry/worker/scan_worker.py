@@ -42,6 +42,7 @@ from typing import Any
 
 import redis
 from rq import Queue, SimpleWorker
+from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.timeouts import UnixSignalDeathPenalty
@@ -180,6 +181,8 @@ class ScanWorker(SimpleWorker):
                 return
             done = recover_abandoned(self.connection, self.queue_names(), give_up=give_up_with_verdict)
             done += recover_intermediate(self.connection, self.queue_names())
+        except StopRequested:
+            raise  # SIGTERM arrived meanwhile: RQ's handler stops an idle worker by raising it
         except Exception:  # noqa: BLE001 - recovery is retried on the next tick
             log.exception("recovering abandoned jobs failed")
             return
@@ -239,6 +242,11 @@ class ScanWorker(SimpleWorker):
             try:
                 rq_compat.registry_maintenance(
                     self, queue, before=lambda q: defuse_registered(q, self.job_rules, refuse=_refuse_registered))
+            except StopRequested:
+                # SIGTERM during maintenance: RQ stops an idle worker by raising this from
+                # its signal handler; swallowed, the worker went on to wait for jobs and
+                # never stopped (tests/test_queue_e2e.py's SIGTERM test, 2 runs in 3).
+                raise
             except Exception:  # noqa: BLE001 - maintenance is tried again on the next tick
                 log.exception("registry maintenance of queue %s failed", queue.name)
         self.last_cleaned_at = now()
