@@ -66,6 +66,8 @@ class _Photo:
     hashes: ImageHashes | None = None
     matches: list[Match] = field(default_factory=list)
     scores: list[ModelScore] = field(default_factory=list)
+    #: The frames the models see (:func:`_model_frames`), set once hashed.
+    model_frames: tuple[np.ndarray, ...] = ()
     #: Decoded, and not already blocked by a bank match or a failure.
     needs_models: bool = False
     #: Set once decided (by the catch-all for an unexpected error, or at the end).
@@ -74,29 +76,6 @@ class _Photo:
     @property
     def frame_count(self) -> int:
         return len(self.model_frames)
-
-    @property
-    def model_frames(self) -> tuple[np.ndarray, ...]:
-        """The frames the models see: every frame, less trailing images (an EXIF
-        thumbnail, an MPF preview) that show the same picture as the photo itself,
-        which the models have seen already; their hashes are matched all the same."""
-        if self.decoded is None:
-            return ()
-        frames = self.decoded.frames
-        own = self.decoded.image_frames
-        if self.hashes is None or own >= len(frames) or not self.hashes.frames:
-            return frames
-        first = self.hashes.frames[0].get(Algorithm.PDQ)
-        if first is None or first.weak:
-            return frames
-        keep = list(frames[:own])
-        for i in range(own, len(frames)):
-            ph = self.hashes.frames[i].get(Algorithm.PDQ) if i < len(self.hashes.frames) else None
-            same = ph is not None and not ph.weak and min(hamming(v, first.value) for v in ph.variants) <= \
-                defaults.PDQ_MATCH_DISTANCE
-            if not same:
-                keep.append(frames[i])
-        return tuple(keep)
 
     @property
     def held_bytes(self) -> int:
@@ -324,6 +303,7 @@ class Scanner:
                                           source_size=(decoded.width, decoded.height), reduction=decoded.reduction,
                                           regions=self.matcher is not None,
                                           features=self.matcher is not None and self.matcher.wants_features)
+                photo.model_frames = _model_frames(decoded, photo.hashes)
                 if decoded.frames_truncated:
                     run.failures.append(
                         (
@@ -429,6 +409,25 @@ class Scanner:
             scores=scores,
             uploader=uploader,
         )
+
+
+def _model_frames(decoded: DecodedImage, hashes: ImageHashes) -> tuple[np.ndarray, ...]:
+    """The frames the models see: every frame, less trailing images (an EXIF thumbnail,
+    an MPF preview) that show the same picture as the photo itself, which the models see
+    already; their hashes are matched all the same. ``hashes.frames`` follow
+    ``decoded.frames`` one for one (hash-only frames come after them)."""
+    frames, own = decoded.frames, decoded.image_frames
+    first = hashes.frames[0].get(Algorithm.PDQ) if hashes.frames else None
+    if own >= len(frames) or first is None or first.weak:
+        return frames
+    keep = list(frames[:own])
+    for i in range(own, len(frames)):
+        ph = hashes.frames[i].get(Algorithm.PDQ) if i < len(hashes.frames) else None
+        same = ph is not None and not ph.weak and min(hamming(v, first.value) for v in ph.variants) <= \
+            defaults.PDQ_MATCH_DISTANCE
+        if not same:
+            keep.append(frames[i])
+    return tuple(keep)
 
 
 def failure_verdict(
