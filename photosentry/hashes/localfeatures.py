@@ -17,7 +17,8 @@ the thresholds in :mod:`.evidence` and their measurements are in docs/matching.m
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import cv2
@@ -86,9 +87,14 @@ def _orb(grey: np.ndarray, n: int, scale: float) -> LocalFeatures:
     return LocalFeatures(points, np.ascontiguousarray(descriptors[order]), scale)
 
 
+def _keypoints(rgb: np.ndarray, side: int, n: int) -> LocalFeatures:
+    grey, scale = _grey(rgb, side)
+    return _orb(grey, n, scale)
+
+
 def banned_features(rgb: np.ndarray) -> LocalFeatures | None:
     """The strongest keypoints of a banned photo (None: too few to verify a copy by)."""
-    found = _orb(*_with_count(_grey(rgb, defaults.FEATURE_BAN_SIDE), 4 * defaults.FEATURE_COUNT))
+    found = _keypoints(rgb, defaults.FEATURE_BAN_SIDE, 4 * defaults.FEATURE_COUNT)
     if len(found) < defaults.FEATURE_MIN_INLIERS:
         return None
     return LocalFeatures(found.points[: defaults.FEATURE_COUNT], found.descriptors[: defaults.FEATURE_COUNT])
@@ -96,11 +102,18 @@ def banned_features(rgb: np.ndarray) -> LocalFeatures | None:
 
 def query_features(rgb: np.ndarray) -> LocalFeatures:
     """The keypoints of an upload, to be paired with every banned photo's."""
-    return _orb(*_with_count(_grey(rgb, defaults.FEATURE_QUERY_SIDE), defaults.FEATURE_QUERY_COUNT))
+    return _keypoints(rgb, defaults.FEATURE_QUERY_SIDE, defaults.FEATURE_QUERY_COUNT)
 
 
-def _with_count(grey_scale: tuple[np.ndarray, float], n: int) -> tuple[np.ndarray, int, float]:
-    return grey_scale[0], n, grey_scale[1]
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """FAISS on one thread: a scan is one thread, its process's siblings have the other cores."""
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(threads)
 
 
 @dataclass(frozen=True)
@@ -166,12 +179,8 @@ class FeatureIndex:
         pairs: dict[int, list[tuple[int, int]]] = {}
         if index.ntotal < 2:
             return []
-        threads = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(1)  # a scan is one thread; its process's siblings have the other cores
-        try:
+        with _one_thread():
             distances, nearest = index.search(np.ascontiguousarray(query.descriptors), 2)
-        finally:
-            faiss.omp_set_num_threads(threads)
         # Lowe's ratio test, against the second nearest of *another* banned photo's or the
         # same one's: a descriptor that fits many places says nothing.
         keep = (distances[:, 0] <= defaults.FEATURE_MAX_DISTANCE) & \
@@ -210,13 +219,9 @@ def _index(descriptors: np.ndarray) -> faiss.IndexBinary:
     if n > 64 * lists:  # k-means needs a few dozen points a cluster, not all of them
         sample = descriptors[np.random.default_rng(0).choice(n, 64 * lists, replace=False)]
     ivf = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(256), 256, lists)
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
+    with _one_thread():
         ivf.train(sample)
         ivf.add(descriptors)
-    finally:
-        faiss.omp_set_num_threads(threads)
     ivf.nprobe = defaults.FEATURE_IVF_PROBES
     return ivf
 
