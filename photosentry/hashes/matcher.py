@@ -255,7 +255,7 @@ class BankMatcher:
         """Every active entry, from the newest usable snapshot or else the store (saving
         what it read as a snapshot when it was many), numbered by this matcher's banks."""
         store, snapshot_dir = self._store, self._snapshot_dir
-        radii = {a: self._max_distance(a) for a in Algorithm if a.is_perceptual}
+        radii = self._radii()
         snap = None
         if snapshot_dir is not None:
             store_id = store.store_id()
@@ -484,12 +484,14 @@ class BankMatcher:
                         keep(hit.entry_id, ph.algorithm, hit.distance, frame.frame, hit.query, weak, frame.region)
         verified: dict[int, tuple[FeatureHit, str]] = {}  # entry id -> its most inliers, and where
         if hashes.features is not None and len(self._features):
-            for hit, region in self._features.search(hashes.features, hashes.feature_regions):
-                verified[hit.entry_id] = (hit, region)
-            for name, keypoints in hashes.cell_features:
-                for hit, _ in self._features.search(keypoints):
+            # The whole picture's keypoints (verified region by region too), then each
+            # region's own, by the region's name.
+            searches = [(hashes.features, hashes.feature_regions, ""),
+                        *((keypoints, (), name) for name, keypoints in hashes.cell_features)]
+            for keypoints, boxes, name in searches:
+                for hit, region in self._features.search(keypoints, boxes):
                     if hit.entry_id not in verified or hit.inliers > verified[hit.entry_id][0].inliers:
-                        verified[hit.entry_id] = (hit, name)
+                        verified[hit.entry_id] = (hit, region or name)
         info = self._info_of([*best, *verified])
         matches = []
         for entry_id, (weak, distance, frame, variant, algorithm, region) in best.items():
@@ -562,14 +564,13 @@ class BankMatcher:
                 self._features.add(int(entry_id), value, bank)
 
     def _add(self, entry: BankEntry) -> None:
+        self._info[entry.id] = _info(entry)
         if entry.algorithm.is_features:
             self._features.add(entry.id, entry.value, entry.bank)
-            self._info[entry.id] = _info(entry)
             return
         self._indexes[entry.algorithm].add(entry.id, entry.value)
         self._bank_of[entry.id] = self._bank_number(entry.bank)
         self._algo_of[entry.id] = _ALGORITHMS.index(entry.algorithm) + 1
-        self._info[entry.id] = _info(entry)
 
     def _remove(self, entry_id: int) -> None:
         self._features.remove(entry_id)
