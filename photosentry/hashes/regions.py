@@ -67,35 +67,39 @@ def propose(rgb: np.ndarray, *, limit: int = defaults.REGION_LIMIT) -> list[Regi
     stride = -(-max(h, w) // defaults.REGION_THUMB_SIDE)
     small = np.ascontiguousarray(rgb[::stride, ::stride])
     sh, sw = small.shape[:2]
+    # The thumbnail's colours as signed numbers (for margins) and its luminance (for
+    # edges, detail and seams), each made once: every proposer reads a part of them.
+    colours = small.astype(np.int16)
+    luma = small.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     full: Box = (0, 0, sw, sh)
     found: list[tuple[str, Box]] = []
-    trimmed = _trim(small, full)
+    trimmed = _trim(colours, full)
     if trimmed != full:
         found.append(("trim", trimmed))
-    edged = _edges(small, trimmed)
+    edged = _edges(luma, trimmed)
     if edged != trimmed:
         found.append(("edges", edged))
-    sharp = _sharp(small)
+    sharp = _sharp(luma)
     if sharp is not None:
         found.append(("sharp", sharp))
     bases = [trimmed]
     content = _content(small)
     if content is not None:
-        content = _trim(small, content)
+        content = _trim(colours, content)
         found.append(("content", content))
         bases.append(content)
     for base in dict.fromkeys(bases):
-        cells = _split(small, base, depth=defaults.REGION_SPLIT_DEPTH)
+        cells = _split(luma, base, depth=defaults.REGION_SPLIT_DEPTH)
         if len(cells) > 1:
-            found.extend(("cell", _trim(small, c)) for c in cells)
+            found.extend(("cell", _trim(colours, c)) for c in cells)
     out: list[Region] = []
     kept: list[Box] = [full]
     grey: np.ndarray | None = None
+    fx, fy = w / sw, h / sh
     for kind, box in found:
         if _area(box) < defaults.REGION_MIN_AREA * sw * sh or any(_iou(box, k) >= 0.9 for k in kept):
             continue
         kept.append(box)
-        fx, fy = w / sw, h / sh
         coarse = (round(box[0] * fx), round(box[1] * fy), min(w, round(box[2] * fx)), min(h, round(box[3] * fy)))
         if grey is None:
             grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY).astype(np.float32)
@@ -133,11 +137,12 @@ def _refined(grey: np.ndarray, box: Box, *, reach: int) -> Box:
 # -- margins ------------------------------------------------------------------------------
 
 
-def _trim(small: np.ndarray, box: Box) -> Box:
-    """``box`` without the uniform margins on each edge (twice: a frame around a border)."""
+def _trim(colours: np.ndarray, box: Box) -> Box:
+    """``box`` of ``colours`` ((h, w, 3) int16) without the uniform margins on each edge
+    (twice: a frame around a border)."""
     for _ in range(2):
         left, top, right, bottom = box
-        part = small[top:bottom, left:right].astype(np.int16)
+        part = colours[top:bottom, left:right]
         if part.shape[0] < 8 or part.shape[1] < 8:
             return box
         t = _margin(part)
@@ -173,11 +178,11 @@ def _margin(lines: np.ndarray) -> int:
     return depth if depth >= max(2, int(n * defaults.REGION_MIN_MARGIN)) else 0
 
 
-def _edges(small: np.ndarray, box: Box) -> Box:
-    """``box`` cut at the strongest straight edge crossing it near each side: where a
-    photo meets a patterned frame, a blurred story background or a bar."""
+def _edges(luma: np.ndarray, box: Box) -> Box:
+    """``box`` of ``luma`` cut at the strongest straight edge crossing it near each side:
+    where a photo meets a patterned frame, a blurred story background or a bar."""
     left, top, right, bottom = box
-    grey = small[top:bottom, left:right].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    grey = luma[top:bottom, left:right]
     h, w = grey.shape
     out = [left, top, right, bottom]
     # Top and bottom first; then the sides, along the rows between them only (a photo
@@ -204,11 +209,10 @@ def _ends(profile: np.ndarray, n: int, out: list[int], near: int, far: int) -> N
         out[far] -= int(tail.argmax()) + 1
 
 
-def _sharp(small: np.ndarray) -> Box | None:
-    """The band of lines with a photo's detail in them: a story's background is the photo
-    itself blurred and darkened, with no edge a margin or a line would find, but next to
-    the photo it has next to no detail."""
-    grey = small.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+def _sharp(grey: np.ndarray) -> Box | None:
+    """The band of lines of ``grey`` with a photo's detail in them: a story's background
+    is the photo itself blurred and darkened, with no edge a margin or a line would find,
+    but next to the photo it has next to no detail."""
     h, w = grey.shape
     across = np.abs(np.diff(grey, axis=1)).mean(axis=1)  # detail along each row
     rows = np.flatnonzero(across > defaults.REGION_SHARP_SHARE * np.percentile(across, 90))
@@ -265,17 +269,17 @@ def _content(small: np.ndarray) -> Box | None:
 # -- collages --------------------------------------------------------------------------------
 
 
-def _split(small: np.ndarray, box: Box, *, depth: int) -> list[Box]:
+def _split(luma: np.ndarray, box: Box, *, depth: int) -> list[Box]:
     """The cells of ``box`` if it is a grid: cut along every seam that crosses it one way,
     then each piece along every seam that crosses it the other way (columns first, then
     rows first: a large photo beside a stack of small ones is found either way)."""
     cells: list[Box] = []
     for axis in (1, 0):
-        pieces = _cut(small, box, axis)
+        pieces = _cut(luma, box, axis)
         if len(pieces) == 1:
             continue
         for piece in pieces:
-            cells.extend(_cut(small, piece, 1 - axis) if depth > 1 else [piece])
+            cells.extend(_cut(luma, piece, 1 - axis) if depth > 1 else [piece])
     out: list[Box] = []
     for cell in cells:
         if not any(_iou(cell, kept) >= 0.9 for kept in out):
@@ -283,13 +287,12 @@ def _split(small: np.ndarray, box: Box, *, depth: int) -> list[Box]:
     return out or [box]
 
 
-def _cut(small: np.ndarray, box: Box, axis: int) -> list[Box]:
-    """``box`` cut along every seam crossing it (axis 1: vertical seams, into columns)."""
+def _cut(luma: np.ndarray, box: Box, axis: int) -> list[Box]:
+    """``box`` of ``luma`` cut along every seam crossing it (axis 1: vertical seams, into columns)."""
     left, top, right, bottom = box
-    part = small[top:bottom, left:right]
-    if min(part.shape[:2]) < 24:
+    grey = luma[top:bottom, left:right]
+    if min(grey.shape) < 24:
         return [box]
-    grey = part.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     seams = _seams(grey.T if axis == 1 else grey)
     out, at = [], 0
     for end, start in seams:
