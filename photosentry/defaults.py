@@ -247,7 +247,7 @@ REGION_THUMB_SIDE = 160
 REGION_MIN_FRAME_SIDE = 64
 """Frames smaller than this get no region proposals (nothing to frame)."""
 
-REGION_LIMIT = 8
+REGION_LIMIT = 12
 """At most this many regions of a photo are hashed and matched besides the photo: each
 adds one PDQ query (about 1 ms to hash, one range search). Most photos have none or
 one; a collage of four with a border has six."""
@@ -292,7 +292,7 @@ REGION_SEAM_STEP = 24.0
 """A hard seam between two collage photos: a luminance step over this between two
 neighbouring lines ..."""
 
-REGION_SEAM_FILL = 0.75
+REGION_SEAM_FILL = 0.6
 """... along at least this share of the line (a horizon or a wall edge rarely crosses
 a photo that cleanly; when one does, its cells only add queries)."""
 

@@ -13,7 +13,9 @@ and each one is hashed and matched like the photo itself (:func:`propose`):
   background colours (a screenshot's flat UI and its text are background; text strokes
   are thinner than the opening that removes them);
 - ``cell``: the cells of a collage, split along straight seams that cross the picture
-  (a uniform gutter or a hard edge along most of its length), up to two levels deep.
+  (a uniform gutter or a hard edge along most of its length), up to two levels deep;
+  ``piece``: a part of the first split that the second split cut again (the photo's
+  own straight edges may have been taken for seams).
 
 Everything runs on a thumbnail (longest side :data:`defaults.REGION_THUMB_SIDE`), so
 it costs about a millisecond; the crops are cut from the frame the scan decoded.
@@ -88,10 +90,13 @@ def propose(rgb: np.ndarray, *, limit: int = defaults.REGION_LIMIT) -> list[Regi
         content = _trim(colours, content)
         found.append(("content", content))
         bases.append(content)
+    pieces: list[tuple[str, Box]] = []
     for base in dict.fromkeys(bases):
-        cells = _split(luma, base, depth=defaults.REGION_SPLIT_DEPTH)
+        cells, whole = _split(luma, base, depth=defaults.REGION_SPLIT_DEPTH)
         if len(cells) > 1:
             found.extend(("cell", _trim(colours, c)) for c in cells)
+            pieces.extend(("piece", _trim(colours, c)) for c in whole)
+    found.extend(pieces)
     out: list[Region] = []
     kept: list[Box] = [full]
     grey: np.ndarray | None = None
@@ -269,57 +274,80 @@ def _content(small: np.ndarray) -> Box | None:
 # -- collages --------------------------------------------------------------------------------
 
 
-def _split(luma: np.ndarray, box: Box, *, depth: int) -> list[Box]:
+def _split(luma: np.ndarray, box: Box, *, depth: int) -> tuple[list[Box], list[Box]]:
     """The cells of ``box`` if it is a grid: cut along every seam that crosses it one way,
     then each piece along every seam that crosses it the other way (columns first, then
-    rows first: a large photo beside a stack of small ones is found either way)."""
+    rows first: a large photo beside a stack of small ones is found either way); and
+    the pieces of the first cut that the second cut split.
+
+    A collage app draws every gutter alike or none at all, so once a cut finds a
+    gutter, the pieces are cut at gutters only: a photo's own straight edge (a
+    horizon, a table) inside a cell of a guttered collage is not a seam.
+    """
     cells: list[Box] = []
+    whole: list[Box] = []
     for axis in (1, 0):
-        pieces = _cut(luma, box, axis)
+        pieces, guttered = _cut(luma, box, axis, gutters_only=False)
         if len(pieces) == 1:
             continue
         for piece in pieces:
-            cells.extend(_cut(luma, piece, 1 - axis) if depth > 1 else [piece])
+            parts = _cut(luma, piece, 1 - axis, gutters_only=guttered)[0] if depth > 1 else [piece]
+            cells.extend(parts)
+            if len(parts) > 1:
+                # The piece is a cell too when its "seams" are the photo's own (a
+                # horizon, a figure of two panels): it is queried beside its parts.
+                whole.append(piece)
+    return _distinct(cells) or [box], _distinct(whole)
+
+
+def _distinct(boxes: list[Box]) -> list[Box]:
     out: list[Box] = []
-    for cell in cells:
-        if not any(_iou(cell, kept) >= 0.9 for kept in out):
-            out.append(cell)
-    return out or [box]
+    for b in boxes:
+        if not any(_iou(b, kept) >= 0.9 for kept in out):
+            out.append(b)
+    return out
 
 
-def _cut(luma: np.ndarray, box: Box, axis: int) -> list[Box]:
-    """``box`` of ``luma`` cut along every seam crossing it (axis 1: vertical seams, into columns)."""
+def _cut(luma: np.ndarray, box: Box, axis: int, *, gutters_only: bool) -> tuple[list[Box], bool]:
+    """``box`` of ``luma`` cut along every seam crossing it (axis 1: vertical seams, into
+    columns), and whether the seams were gutters."""
     left, top, right, bottom = box
     grey = luma[top:bottom, left:right]
     if min(grey.shape) < 24:
-        return [box]
-    seams = _seams(grey.T if axis == 1 else grey)
+        return [box], False
+    seams, guttered = _seams(grey.T if axis == 1 else grey, gutters_only=gutters_only)
     out, at = [], 0
     for end, start in seams:
         out.append((at, end))
         at = start
     out.append((at, grey.shape[1] if axis == 1 else grey.shape[0]))
     if axis == 1:
-        return [(left + a, top, left + b, bottom) for a, b in out]
-    return [(left, top + a, right, top + b) for a, b in out]
+        return [(left + a, top, left + b, bottom) for a, b in out], guttered
+    return [(left, top + a, right, top + b) for a, b in out], guttered
 
 
-def _seams(grey: np.ndarray) -> list[tuple[int, int]]:
+def _seams(grey: np.ndarray, *, gutters_only: bool = False) -> tuple[list[tuple[int, int]], bool]:
     """Every horizontal seam of ``grey`` away from its edges, top to bottom, as (end of
-    the part above, start of the part below).
+    the part above, start of the part below), and whether they are gutters.
 
     A seam is a uniform gutter band crossing the whole width, or a hard edge: a row
-    step larger than :data:`defaults.REGION_SEAM_STEP` along most of the width. Seams
-    closer than a tenth of the height to a stronger one are the same seam's echo.
+    step larger than :data:`defaults.REGION_SEAM_STEP` along most of the width, where
+    the rows around it have far fewer (a textured photo's rows all have many), and not
+    undone by an opposite step a row or two on (that is a drawn line: a grid printed in
+    the photo, a table's ruling). Where the picture has gutters, its hard edges are the
+    photos' own. Seams closer than a tenth of the height to a stronger one are the same
+    seam's echo.
     """
     h = grey.shape[0]
     lo, hi = int(h * 0.12), int(h * 0.88)
     if hi - lo < 4:
-        return []
-    step = np.abs(np.diff(grey, axis=0))  # step[y] is between rows y and y + 1
-    edge = (step > defaults.REGION_SEAM_STEP).mean(axis=1)
+        return [], False
+    signed = np.diff(grey, axis=0)  # signed[y] is the step between rows y and y + 1
+    strong = np.abs(signed) > defaults.REGION_SEAM_STEP
+    edge = strong.mean(axis=1)
     flat = grey.std(axis=1) < 2.5
-    found: list[tuple[float, int, int]] = []  # (strength, end, start)
+    gutters: list[tuple[float, int, int]] = []  # (strength, end, start)
+    edges: list[tuple[float, int, int]] = []
     y = lo
     while y < hi:
         if flat[y]:
@@ -330,17 +358,32 @@ def _seams(grey: np.ndarray) -> list[tuple[int, int]]:
             while start - 1 >= 0 and flat[start - 1]:
                 start -= 1
             if start > 0 and end < h - 1 and end - start + 1 <= 0.1 * h:
-                found.append((1.0 + (end - start + 1) / h, start, end + 1))
+                gutters.append((1.0 + (end - start + 1) / h, start, end + 1))
             y = end + 1
             continue
-        if edge[y] >= defaults.REGION_SEAM_FILL:
-            found.append((float(edge[y]), y + 1, y + 1))
+        if edge[y] >= defaults.REGION_SEAM_FILL and _is_seam(signed, strong, edge, y):
+            edges.append((float(edge[y]), y + 1, y + 1))
         y += 1
+    found = gutters if gutters or gutters_only else edges
     kept: list[tuple[float, int, int]] = []
     for seam in sorted(found, reverse=True):
         if all(abs(seam[1] - k[1]) >= 0.1 * h for k in kept):
             kept.append(seam)
-    return sorted((end, start) for _, end, start in kept)
+    return sorted((end, start) for _, end, start in kept), bool(gutters)
+
+
+def _is_seam(signed: np.ndarray, strong: np.ndarray, edge: np.ndarray, y: int) -> bool:
+    """Whether the hard edge under row ``y`` is where two pictures meet, not detail of one."""
+    n = len(edge)
+    around = np.concatenate([edge[max(0, y - 5): max(0, y - 1)], edge[y + 2: y + 6]])
+    if len(around) and edge[y] < 2.0 * float(np.median(around)):
+        return False  # texture: the rows about it step as often
+    for other in (y - 2, y - 1, y + 1, y + 2):
+        if 0 <= other < n:
+            undone = strong[y] & strong[other] & (np.sign(signed[y]) != np.sign(signed[other]))
+            if undone.mean() >= 0.5 * edge[y]:
+                return False
+    return True
 
 
 def _area(box: Box) -> int:

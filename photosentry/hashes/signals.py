@@ -357,7 +357,7 @@ def hash_image(
         if features:
             keypoints = query_features(frames[0])
             boxes = tuple((r.name, (r.left, r.top, r.right, r.bottom)) for r in proposed
-                          if r.kind in ("content", "cell"))[: defaults.FEATURE_REGION_LIMIT]
+                          if r.kind in ("content", "cell", "piece"))[: defaults.FEATURE_REGION_LIMIT]
             # Regions small enough that the whole picture's keypoints, found at 384 pixels,
             # leave them too few: a collage's cells, a screenshot's photo (a phone screen
             # is 2,340 pixels tall, so its photo is a sixth of 384).
