@@ -142,7 +142,8 @@ def test_a_lone_64_bit_match_is_reported_never_acted_on(policy: Policy, store: S
     assert ReasonCode.BANK_MATCH.value not in verdict.reason_codes
     assert ReasonCode.WEAK_MATCH.value in verdict.reason_codes
     (m,) = verdict.matches
-    assert m.weak and m.basis == "lone_64bit" and m.distance == 0
+    # The scan's quick thumbnail moves a bit or two (perceptual.QUICK_REDUCING_GAP).
+    assert m.weak and m.basis == "lone_64bit" and m.distance <= 2
 
 
 def test_flat_pictures_64_bit_hashes_are_weak(store: SqliteBankStore) -> None:

@@ -345,6 +345,7 @@ def _seams(grey: np.ndarray, *, gutters_only: bool = False) -> tuple[list[tuple[
     signed = np.diff(grey, axis=0)  # signed[y] is the step between rows y and y + 1
     strong = np.abs(signed) > defaults.REGION_SEAM_STEP
     edge = strong.mean(axis=1)
+    hard = (edge >= defaults.REGION_SEAM_FILL) & _seam_like(signed, strong, edge)
     flat = grey.std(axis=1) < 2.5
     gutters: list[tuple[float, int, int]] = []  # (strength, end, start)
     edges: list[tuple[float, int, int]] = []
@@ -361,7 +362,7 @@ def _seams(grey: np.ndarray, *, gutters_only: bool = False) -> tuple[list[tuple[
                 gutters.append((1.0 + (end - start + 1) / h, start, end + 1))
             y = end + 1
             continue
-        if edge[y] >= defaults.REGION_SEAM_FILL and _is_seam(signed, strong, edge, y):
+        if hard[y]:
             edges.append((float(edge[y]), y + 1, y + 1))
         y += 1
     found = gutters if gutters or gutters_only else edges
@@ -372,18 +373,29 @@ def _seams(grey: np.ndarray, *, gutters_only: bool = False) -> tuple[list[tuple[
     return sorted((end, start) for _, end, start in kept), bool(gutters)
 
 
-def _is_seam(signed: np.ndarray, strong: np.ndarray, edge: np.ndarray, y: int) -> bool:
-    """Whether the hard edge under row ``y`` is where two pictures meet, not detail of one."""
-    n = len(edge)
-    around = np.concatenate([edge[max(0, y - 5): max(0, y - 1)], edge[y + 2: y + 6]])
-    if len(around) and edge[y] < 2.0 * float(np.median(around)):
-        return False  # texture: the rows about it step as often
-    for other in (y - 2, y - 1, y + 1, y + 2):
-        if 0 <= other < n:
-            undone = strong[y] & strong[other] & (np.sign(signed[y]) != np.sign(signed[other]))
-            if undone.mean() >= 0.5 * edge[y]:
-                return False
-    return True
+def _around(values: np.ndarray) -> np.ndarray:
+    """For each line, the median of ``values`` over the four lines on each side of it,
+    past its immediate neighbours (which a seam's blur may touch); the ends repeat."""
+    n = len(values)
+    padded = np.pad(values, 5, mode="edge")
+    return np.median(np.stack([padded[5 + k: 5 + k + n] for k in (-5, -4, -3, -2, 2, 3, 4, 5)]), axis=0)
+
+
+def _seam_like(signed: np.ndarray, strong: np.ndarray, share: np.ndarray) -> np.ndarray:
+    """Per line, whether its step (``strong`` along ``share`` of it) is where two
+    pictures meet: the lines about it step far less often (else it is texture), and no
+    opposite step a line or two on undoes it (else it is a drawn line: a grid printed
+    in the photo, a table's ruling)."""
+    ok = share >= 2.0 * _around(share)
+    n = len(share)
+    sign = np.sign(signed)
+    for k in (1, 2):
+        if n <= k:
+            break
+        undone = (strong[:-k] & strong[k:] & (sign[:-k] != sign[k:])).mean(axis=1)
+        ok[:-k] &= undone < 0.5 * share[:-k]  # undone by the line k below
+        ok[k:] &= undone < 0.5 * share[k:]  # or k above
+    return ok
 
 
 def _area(box: Box) -> int:

@@ -81,6 +81,8 @@ class HashFrame:
         source_size: (width, height) of the photo ``rgb`` was reduced from (the scan
             decodes JPEGs at 1/2 to 1/8 scale), each frame pixel the mean of a
             ``reduction`` x ``reduction`` block of it; None: ``rgb`` is the photo.
+        quick: a scan's frame: pHash and dHash thumbnails after a box reduction
+            (:data:`.perceptual.QUICK_REDUCING_GAP`); what a ban stores is exact.
     """
 
     def __init__(
@@ -90,8 +92,12 @@ class HashFrame:
         *,
         source_size: tuple[int, int] | None = None,
         reduction: int = 1,
+        quick: bool = False,
+        luma: np.ndarray | None = None,
     ) -> None:
         self.rgb = rgb
+        self.quick = quick
+        self._luma = luma
         self._image = image
         self.source_size = source_size
         self.reduction = reduction
@@ -99,6 +105,11 @@ class HashFrame:
     @functools.cached_property
     def image(self) -> Image.Image:
         return self._image if self._image is not None else Image.fromarray(self.rgb)
+
+    @functools.cached_property
+    def luma(self) -> np.ndarray:
+        """PDQ's float luminance: shared by the frame's PDQ and its regions'."""
+        return self._luma if self._luma is not None else perceptual.pdq_luma(self.rgb)
 
     @functools.cached_property
     def grey(self) -> Image.Image:
@@ -152,7 +163,7 @@ class PdqSignal(FrameSignal):
         # (perceptual.pdq_dihedral), so it stays within a bit or two of the
         # full-resolution hash that other tools compute.
         variants, quality = perceptual.pdq_dihedral(
-            frame.rgb, source_size=frame.source_size, reduction=frame.reduction
+            frame.rgb, source_size=frame.source_size, reduction=frame.reduction, luma=frame.luma
         )
         return PerceptualHash(cls.algorithm, variants[0], variants, quality)
 
@@ -180,7 +191,7 @@ class PHashSignal(FrameSignal):
         # canonical value is exact; the rotated variants may differ from a full-image
         # rotation by a bit or two of resampling rounding (measured: at most 2 on
         # the test corpus), far inside the match distance.
-        variants = perceptual.phash_dihedral(frame.grey)
+        variants = perceptual.phash_dihedral(frame.grey, quick=frame.quick)
         return PerceptualHash(cls.algorithm, variants[0], variants)
 
 
@@ -192,7 +203,7 @@ class DHashSignal(FrameSignal):
         # dHash compares neighbouring columns of a 9x8 thumbnail, so only the mirror
         # (the common evasion) is worth a variant; rotations are PDQ's and pHash's job.
         # Mirroring the thumbnail instead of the full photo costs nothing at 12 MP.
-        value, mirrored, margin = perceptual.dhash_mirrored(frame.grey)
+        value, mirrored, margin = perceptual.dhash_mirrored(frame.grey, quick=frame.quick)
         # Its information score: the thumbnail's median column difference, in whole grey levels.
         return PerceptualHash(cls.algorithm, value, (value, mirrored), int(margin))
 
@@ -323,6 +334,7 @@ def hash_image(
     reduction: int = 1,
     regions: bool = False,
     features: bool = False,
+    quick: bool = False,
 ) -> ImageHashes:
     """Exact hashes of ``data`` and perceptual hashes of each decoded frame.
 
@@ -334,11 +346,15 @@ def hash_image(
         regions: also hash the regions of the first frame that may hold a photo of
             their own (:func:`.regions.propose`); what a scan matches, not what a ban stores.
         features: also find the first frame's keypoints (:func:`.localfeatures.query_features`).
+        quick: a scan's hashes: pHash and dHash thumbnails after a box reduction, within
+            a bit or two of the exact values a ban stores (:data:`.perceptual.QUICK_REDUCING_GAP`).
     """
     exact = hash_bytes(data)
     per_frame = []
+    prepared: list[HashFrame] = []
     for index, rgb in zip(frame_indices, frames, strict=True):
-        frame = HashFrame(rgb, **_reduced_from(rgb, source_size, reduction))
+        frame = HashFrame(rgb, quick=quick, **_reduced_from(rgb, source_size, reduction))
+        prepared.append(frame)
         per_frame.append(FrameHashes(index, hash_frame(frame)))
     found: tuple[FrameHashes, ...] = ()
     keypoints: LocalFeatures | None = None
@@ -350,7 +366,9 @@ def hash_image(
             # PDQ only: what hash-only lists hold, and strong alone; a region's 64-bit
             # hashes would only ever be weak evidence, at 3 ms a region.
             found = tuple(
-                FrameHashes(frame_indices[0], (_identity(PdqSignal.hash_prepared(HashFrame(r.crop(frames[0])))),),
+                FrameHashes(frame_indices[0],
+                            (_identity(PdqSignal.hash_prepared(HashFrame(r.crop(frames[0]),
+                                                                         luma=r.crop(prepared[0].luma)))),),
                             r.name)
                 for r in proposed
             )

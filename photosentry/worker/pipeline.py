@@ -302,7 +302,8 @@ class Scanner:
                                           decoded.frame_indices + decoded.hash_frame_indices,
                                           source_size=(decoded.width, decoded.height), reduction=decoded.reduction,
                                           regions=self.matcher is not None,
-                                          features=self.matcher is not None and self.matcher.wants_features)
+                                          features=self.matcher is not None and self.matcher.wants_features,
+                                          quick=True)
                 photo.model_frames = _model_frames(decoded, photo.hashes)
                 if decoded.frames_truncated:
                     run.failures.append(
