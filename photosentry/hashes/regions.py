@@ -94,8 +94,8 @@ def propose(rgb: np.ndarray, *, limit: int = defaults.REGION_LIMIT) -> list[Regi
     for base in dict.fromkeys(bases):
         cells, whole = _split(luma, base, depth=defaults.REGION_SPLIT_DEPTH)
         if len(cells) > 1:
-            found.extend(("cell", _trim(colours, c)) for c in cells)
-            pieces.extend(("piece", _trim(colours, c)) for c in whole)
+            found.extend(("cell", c) for c in cells)
+            pieces.extend(("piece", c) for c in whole)
     found.extend(pieces)
     out: list[Region] = []
     kept: list[Box] = [full]
@@ -335,8 +335,8 @@ def _seams(grey: np.ndarray, *, gutters_only: bool = False) -> tuple[list[tuple[
     the rows around it have far fewer (a textured photo's rows all have many), and not
     undone by an opposite step a row or two on (that is a drawn line: a grid printed in
     the photo, a table's ruling). Where the picture has gutters, its hard edges are the
-    photos' own. Seams closer than a tenth of the height to a stronger one are the same
-    seam's echo.
+    photos' own. Seams closer than 0.15 of the height to a stronger one are the same
+    seam's echo (a grid finer than 6 x 6 is stripes, not photos).
     """
     h = grey.shape[0]
     lo, hi = int(h * 0.12), int(h * 0.88)
@@ -368,7 +368,7 @@ def _seams(grey: np.ndarray, *, gutters_only: bool = False) -> tuple[list[tuple[
     found = gutters if gutters or gutters_only else edges
     kept: list[tuple[float, int, int]] = []
     for seam in sorted(found, reverse=True):
-        if all(abs(seam[1] - k[1]) >= 0.1 * h for k in kept):
+        if all(abs(seam[1] - k[1]) >= 0.15 * h for k in kept):
             kept.append(seam)
     return sorted((end, start) for _, end, start in kept), bool(gutters)
 
