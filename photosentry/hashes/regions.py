@@ -15,7 +15,8 @@ and each one is hashed and matched like the photo itself (:func:`propose`):
 - ``cell``: the cells of a collage, split along straight seams that cross the picture
   (a uniform gutter or a hard edge along most of its length), up to two levels deep;
   ``piece``: a part of the first split that the second split cut again (the photo's
-  own straight edges may have been taken for seams).
+  own straight edges may have been taken for seams), and the cells of the same grid
+  cut without preferring gutters (a photo's own flat band may pass for a gutter).
 
 Everything runs on a thumbnail (longest side :data:`defaults.REGION_THUMB_SIDE`), so
 it costs about a millisecond; the crops are cut from the frame the scan decoded.
@@ -92,10 +93,10 @@ def propose(rgb: np.ndarray, *, limit: int = defaults.REGION_LIMIT) -> list[Regi
         bases.append(content)
     pieces: list[tuple[str, Box]] = []
     for base in dict.fromkeys(bases):
-        cells, whole = _split(luma, base, depth=defaults.REGION_SPLIT_DEPTH)
+        cells, more = _split(luma, base, depth=defaults.REGION_SPLIT_DEPTH)
         if len(cells) > 1:
             found.extend(("cell", c) for c in cells)
-            pieces.extend(("piece", c) for c in whole)
+        pieces.extend(("piece", c) for c in more)
     found.extend(pieces)
     out: list[Region] = []
     kept: list[Box] = [full]
@@ -278,26 +279,38 @@ def _split(luma: np.ndarray, box: Box, *, depth: int) -> tuple[list[Box], list[B
     """The cells of ``box`` if it is a grid: cut along every seam that crosses it one way,
     then each piece along every seam that crosses it the other way (columns first, then
     rows first: a large photo beside a stack of small ones is found either way); and
-    the pieces of the first cut that the second cut split.
+    more boxes that may be cells where a seam was a mistake (:func:`_grid`'s second list).
 
     A collage app draws every gutter alike or none at all, so once a cut finds a
     gutter, the pieces are cut at gutters only: a photo's own straight edge (a
-    horizon, a table) inside a cell of a guttered collage is not a seam.
+    horizon, a table) inside a cell of a guttered collage is not a seam. But a photo
+    may have a flat band of its own (a white margin, a black sky) that passes for a
+    gutter and hides the hard edges of a collage without gutters, so the grid cut at
+    gutters and hard edges alike is proposed too.
     """
+    cells, whole = _grid(luma, box, depth=depth, prefer_gutters=True)
+    mixed, mixed_whole = _grid(luma, box, depth=depth, prefer_gutters=False)
+    more = [b for b in _distinct(mixed + mixed_whole + whole) if not any(_iou(b, c) >= 0.9 for c in cells)]
+    return cells or [box], more
+
+
+def _grid(luma: np.ndarray, box: Box, *, depth: int, prefer_gutters: bool) -> tuple[list[Box], list[Box]]:
+    """:func:`_split`'s grid, one way: the cells, and the pieces of the first cut that
+    the second cut split (the piece is a cell too when its "seams" are the photo's own:
+    a horizon, a figure of two panels)."""
     cells: list[Box] = []
     whole: list[Box] = []
     for axis in (1, 0):
-        pieces, guttered = _cut(luma, box, axis, gutters_only=False)
+        pieces, guttered = _cut(luma, box, axis, gutters_only=False, prefer_gutters=prefer_gutters)
         if len(pieces) == 1:
             continue
         for piece in pieces:
-            parts = _cut(luma, piece, 1 - axis, gutters_only=guttered)[0] if depth > 1 else [piece]
+            parts = _cut(luma, piece, 1 - axis, gutters_only=guttered and prefer_gutters,
+                         prefer_gutters=prefer_gutters)[0] if depth > 1 else [piece]
             cells.extend(parts)
             if len(parts) > 1:
-                # The piece is a cell too when its "seams" are the photo's own (a
-                # horizon, a figure of two panels): it is queried beside its parts.
                 whole.append(piece)
-    return _distinct(cells) or [box], _distinct(whole)
+    return _distinct(cells), _distinct(whole)
 
 
 def _distinct(boxes: list[Box]) -> list[Box]:
@@ -308,14 +321,15 @@ def _distinct(boxes: list[Box]) -> list[Box]:
     return out
 
 
-def _cut(luma: np.ndarray, box: Box, axis: int, *, gutters_only: bool) -> tuple[list[Box], bool]:
+def _cut(luma: np.ndarray, box: Box, axis: int, *, gutters_only: bool,
+         prefer_gutters: bool = True) -> tuple[list[Box], bool]:
     """``box`` of ``luma`` cut along every seam crossing it (axis 1: vertical seams, into
     columns), and whether the seams were gutters."""
     left, top, right, bottom = box
     grey = luma[top:bottom, left:right]
     if min(grey.shape) < 24:
         return [box], False
-    seams, guttered = _seams(grey.T if axis == 1 else grey, gutters_only=gutters_only)
+    seams, guttered = _seams(grey.T if axis == 1 else grey, gutters_only=gutters_only, prefer_gutters=prefer_gutters)
     out, at = [], 0
     for end, start in seams:
         out.append((at, end))
@@ -326,7 +340,8 @@ def _cut(luma: np.ndarray, box: Box, axis: int, *, gutters_only: bool) -> tuple[
     return [(left, top + a, right, top + b) for a, b in out], guttered
 
 
-def _seams(grey: np.ndarray, *, gutters_only: bool = False) -> tuple[list[tuple[int, int]], bool]:
+def _seams(grey: np.ndarray, *, gutters_only: bool = False,
+           prefer_gutters: bool = True) -> tuple[list[tuple[int, int]], bool]:
     """Every horizontal seam of ``grey`` away from its edges, top to bottom, as (end of
     the part above, start of the part below), and whether they are gutters.
 
@@ -335,7 +350,7 @@ def _seams(grey: np.ndarray, *, gutters_only: bool = False) -> tuple[list[tuple[
     the rows around it have far fewer (a textured photo's rows all have many), and not
     undone by an opposite step a row or two on (that is a drawn line: a grid printed in
     the photo, a table's ruling). Where the picture has gutters, its hard edges are the
-    photos' own. Seams closer than 0.15 of the height to a stronger one are the same
+    photos' own (unless ``prefer_gutters`` is off). Seams closer than 0.15 of the height to a stronger one are the same
     seam's echo (a grid finer than 6 x 6 is stripes, not photos).
     """
     h = grey.shape[0]
@@ -365,7 +380,7 @@ def _seams(grey: np.ndarray, *, gutters_only: bool = False) -> tuple[list[tuple[
         if hard[y]:
             edges.append((float(edge[y]), y + 1, y + 1))
         y += 1
-    found = gutters if gutters or gutters_only else edges
+    found = gutters if gutters_only or (gutters and prefer_gutters) else gutters + edges
     kept: list[tuple[float, int, int]] = []
     for seam in sorted(found, reverse=True):
         if all(abs(seam[1] - k[1]) >= 0.15 * h for k in kept):
