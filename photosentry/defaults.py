@@ -288,6 +288,10 @@ REGION_SPLIT_DEPTH = 2
 """A collage is cut along its seams one way, then each piece the other way: grids, and
 one large photo beside a stack of small ones."""
 
+REGION_CELL_GUTTER = 0.03
+"""Flat lines along a collage cell's edges are cut off up to this share of its side: a
+thin gutter; deeper flat lines are the photo's own."""
+
 REGION_SEAM_STEP = 24.0
 """A hard seam between two collage photos: a luminance step over this between two
 neighbouring lines ..."""

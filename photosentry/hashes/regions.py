@@ -95,8 +95,8 @@ def propose(rgb: np.ndarray, *, limit: int = defaults.REGION_LIMIT) -> list[Regi
     for base in dict.fromkeys(bases):
         cells, more = _split(luma, base, depth=defaults.REGION_SPLIT_DEPTH)
         if len(cells) > 1:
-            found.extend(("cell", c) for c in cells)
-        pieces.extend(("piece", c) for c in more)
+            found.extend(("cell", _gutters_off(colours, c)) for c in cells)
+        pieces.extend(("piece", _gutters_off(colours, c)) for c in more)
     found.extend(pieces)
     out: list[Region] = []
     kept: list[Box] = [full]
@@ -162,6 +162,25 @@ def _trim(colours: np.ndarray, box: Box) -> Box:
             break
         box = new
     return box
+
+
+def _gutters_off(colours: np.ndarray, box: Box) -> Box:
+    """A collage cell ``box`` without the flat lines along its edges, up to
+    ``REGION_CELL_GUTTER`` of its side: a gutter too thin to be a seam's flat band of
+    its own (a line or two of the thumbnail) stays in the cell the seam ended; a photo's
+    own flat edge (a sky, a white margin) is not cut into beyond that."""
+    left, top, right, bottom = box
+    part = colours[top:bottom, left:right]
+    if part.shape[0] < 8 or part.shape[1] < 8:
+        return box
+    flat_rows = part.std(axis=1).max(axis=1) <= 4.0
+    flat_cols = part.std(axis=0).max(axis=1) <= 4.0
+
+    def run(flat: np.ndarray) -> int:  # flat lines from the start, at most the share
+        head = flat[: max(1, int(len(flat) * defaults.REGION_CELL_GUTTER))]
+        return len(head) if head.all() else int(np.argmin(head))
+
+    return (left + run(flat_cols), top + run(flat_rows), right - run(flat_cols[::-1]), bottom - run(flat_rows[::-1]))
 
 
 def _margin(lines: np.ndarray) -> int:
