@@ -192,11 +192,12 @@ def _margin(lines: np.ndarray) -> int:
     reach = n // 2
     ref = np.median(lines[0], axis=0).astype(np.int16)
     tol = defaults.REGION_MARGIN_TOLERANCE
+    outer = (np.abs(lines[0] - ref) <= tol).all(axis=1).mean()
+    if outer < defaults.REGION_CLEAN_LINE:
+        return 0  # most photos: their edge is no margin, so the lines inside are not read
     near = np.abs(lines[:reach] - ref) <= tol
     share = (near[..., 0] & near[..., 1] & near[..., 2]).mean(axis=1)
     clean = share >= defaults.REGION_CLEAN_LINE
-    if not clean[0]:
-        return 0
     broken = np.flatnonzero(share < defaults.REGION_TEXT_LINE)
     cleans = np.flatnonzero(clean[: broken[0] if len(broken) else reach])
     depth = int(cleans[-1]) + 1
@@ -307,25 +308,26 @@ def _split(luma: np.ndarray, box: Box, *, depth: int) -> tuple[list[Box], list[B
     gutter and hides the hard edges of a collage without gutters, so the grid cut at
     gutters and hard edges alike is proposed too.
     """
-    cells, whole = _grid(luma, box, depth=depth, prefer_gutters=True)
-    mixed, mixed_whole = _grid(luma, box, depth=depth, prefer_gutters=False)
+    seams = _Seams(luma)
+    cells, whole = _grid(seams, box, depth=depth, prefer_gutters=True)
+    mixed, mixed_whole = _grid(seams, box, depth=depth, prefer_gutters=False)
     more = [b for b in _distinct(mixed + mixed_whole + whole) if not any(_iou(b, c) >= 0.9 for c in cells)]
     return cells or [box], more
 
 
-def _grid(luma: np.ndarray, box: Box, *, depth: int, prefer_gutters: bool) -> tuple[list[Box], list[Box]]:
+def _grid(seams: "_Seams", box: Box, *, depth: int, prefer_gutters: bool) -> tuple[list[Box], list[Box]]:
     """:func:`_split`'s grid, one way: the cells, and the pieces of the first cut that
     the second cut split (the piece is a cell too when its "seams" are the photo's own:
     a horizon, a figure of two panels)."""
     cells: list[Box] = []
     whole: list[Box] = []
     for axis in (1, 0):
-        pieces, guttered = _cut(luma, box, axis, gutters_only=False, prefer_gutters=prefer_gutters)
+        pieces, guttered = seams.cut(box, axis, gutters_only=False, prefer_gutters=prefer_gutters)
         if len(pieces) == 1:
             continue
         for piece in pieces:
-            parts = _cut(luma, piece, 1 - axis, gutters_only=guttered and prefer_gutters,
-                         prefer_gutters=prefer_gutters)[0] if depth > 1 else [piece]
+            parts = seams.cut(piece, 1 - axis, gutters_only=guttered and prefer_gutters,
+                              prefer_gutters=prefer_gutters)[0] if depth > 1 else [piece]
             cells.extend(parts)
             if len(parts) > 1:
                 whole.append(piece)
@@ -340,49 +342,66 @@ def _distinct(boxes: list[Box]) -> list[Box]:
     return out
 
 
-def _cut(luma: np.ndarray, box: Box, axis: int, *, gutters_only: bool,
-         prefer_gutters: bool = True) -> tuple[list[Box], bool]:
-    """``box`` of ``luma`` cut along every seam crossing it (axis 1: vertical seams, into
-    columns), and whether the seams were gutters."""
-    left, top, right, bottom = box
-    grey = luma[top:bottom, left:right]
-    if min(grey.shape) < 24:
-        return [box], False
-    seams, guttered = _seams(grey.T if axis == 1 else grey, gutters_only=gutters_only, prefer_gutters=prefer_gutters)
-    out, at = [], 0
-    for end, start in seams:
-        out.append((at, end))
-        at = start
-    out.append((at, grey.shape[1] if axis == 1 else grey.shape[0]))
-    if axis == 1:
-        return [(left + a, top, left + b, bottom) for a, b in out], guttered
-    return [(left, top + a, right, top + b) for a, b in out], guttered
+Seam = tuple[float, int, int]  # strength, end of the part before, start of the part after
 
 
-def _seams(grey: np.ndarray, *, gutters_only: bool = False,
-           prefer_gutters: bool = True) -> tuple[list[tuple[int, int]], bool]:
-    """Every horizontal seam of ``grey`` away from its edges, top to bottom, as (end of
-    the part above, start of the part below), and whether they are gutters.
+class _Seams:
+    """The seams crossing boxes of a thumbnail's luminance, found once for each box and
+    direction: both of :func:`_split`'s grids cut the same boxes."""
 
-    A seam is a uniform gutter band crossing the whole width, or a hard edge: a row
-    step larger than :data:`defaults.REGION_SEAM_STEP` along most of the width, where
-    the rows around it have far fewer (a textured photo's rows all have many), and not
+    def __init__(self, luma: np.ndarray) -> None:
+        self.luma = luma
+        self._found: dict[tuple[Box, int], tuple[list[Seam], list[Seam], int]] = {}
+
+    def cut(self, box: Box, axis: int, *, gutters_only: bool, prefer_gutters: bool) -> tuple[list[Box], bool]:
+        """``box`` cut along every seam crossing it (axis 1: vertical seams, into
+        columns), and whether it has gutters. Where it has, its hard edges are the
+        photos' own unless ``prefer_gutters`` is off; with ``gutters_only``, always."""
+        left, top, right, bottom = box
+        if min(right - left, bottom - top) < 24:
+            return [box], False
+        key = (box, axis)
+        if key not in self._found:
+            grey = self.luma[top:bottom, left:right]
+            self._found[key] = (*_seams(grey.T if axis == 1 else grey), right - left if axis == 1 else bottom - top)
+        gutters, edges, n = self._found[key]
+        found = gutters if gutters_only or (gutters and prefer_gutters) else gutters + edges
+        kept: list[Seam] = []
+        for seam in sorted(found, reverse=True):
+            if all(abs(seam[1] - k[1]) >= 0.15 * n for k in kept):
+                kept.append(seam)
+        out, at = [], 0
+        for _, end, start in sorted(kept, key=lambda k: k[1]):
+            out.append((at, end))
+            at = start
+        out.append((at, n))
+        if axis == 1:
+            return [(left + a, top, left + b, bottom) for a, b in out], bool(gutters)
+        return [(left, top + a, right, top + b) for a, b in out], bool(gutters)
+
+
+def _seams(grey: np.ndarray) -> tuple[list[Seam], list[Seam]]:
+    """The horizontal seams of ``grey`` away from its edges: its gutters and its hard edges.
+
+    A gutter is a uniform band crossing the whole width; a hard edge is a row step
+    larger than :data:`defaults.REGION_SEAM_STEP` along most of the width, where the
+    rows around it have far fewer (a textured photo's rows all have many), and not
     undone by an opposite step a row or two on (that is a drawn line: a grid printed in
-    the photo, a table's ruling). Where the picture has gutters, its hard edges are the
-    photos' own (unless ``prefer_gutters`` is off). Seams closer than 0.15 of the height to a stronger one are the same
-    seam's echo (a grid finer than 6 x 6 is stripes, not photos).
+    the photo, a table's ruling). :meth:`_Seams.cut` chooses among them; seams closer
+    than 0.15 of the height to a stronger one are its echo (a grid finer than 6 x 6 is
+    stripes, not photos).
     """
     h = grey.shape[0]
     lo, hi = int(h * 0.12), int(h * 0.88)
     if hi - lo < 4:
-        return [], False
+        return [], []
     signed = np.diff(grey, axis=0)  # signed[y] is the step between rows y and y + 1
     strong = np.abs(signed) > defaults.REGION_SEAM_STEP
     edge = strong.mean(axis=1)
     hard = (edge >= defaults.REGION_SEAM_FILL) & _seam_like(signed, strong, edge)
     flat = grey.std(axis=1) < 2.5
-    gutters: list[tuple[float, int, int]] = []  # (strength, end, start)
-    edges: list[tuple[float, int, int]] = []
+    gutters: list[Seam] = []
+    edges: list[Seam] = []
     y = lo
     while y < hi:
         if flat[y]:
@@ -399,12 +418,7 @@ def _seams(grey: np.ndarray, *, gutters_only: bool = False,
         if hard[y]:
             edges.append((float(edge[y]), y + 1, y + 1))
         y += 1
-    found = gutters if gutters_only or (gutters and prefer_gutters) else gutters + edges
-    kept: list[tuple[float, int, int]] = []
-    for seam in sorted(found, reverse=True):
-        if all(abs(seam[1] - k[1]) >= 0.15 * h for k in kept):
-            kept.append(seam)
-    return sorted((end, start) for _, end, start in kept), bool(gutters)
+    return gutters, edges
 
 
 def _around(values: np.ndarray) -> np.ndarray:
