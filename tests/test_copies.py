@@ -14,13 +14,14 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 from photosentry.decode import decode
 from photosentry.hashes.banks import EntrySource, NewEntry, SqliteBankStore, entries_from_hashes
 from photosentry.hashes.codecs import Algorithm, hamming
 from photosentry.hashes.derived import derive
 from photosentry.hashes.localfeatures import banned_features
+from photosentry.hashes import regions
 from photosentry.hashes.matcher import BankMatcher, Match
 from photosentry.hashes.signals import hash_image
 from photosentry.worker.pipeline import Scanner
@@ -251,3 +252,45 @@ def test_removing_an_image_ban_removes_everything_it_stored(store: SqliteBankSto
     matcher.refresh()
     assert not matcher.wants_features
     assert scanner.scan_bytes(copy).matches == ()
+
+
+def filled_row(cells: list[Image.Image], size: tuple[int, int] = (480, 600)) -> Image.Image:
+    """A row of collage cells without gutters, each photo cropped to fill its cell as a
+    collage app does (ImageOps.fit: about the centre)."""
+    out = Image.new("RGB", (size[0] * len(cells), size[1]))
+    for i, photo in enumerate(cells):
+        out.paste(ImageOps.fit(photo, size, Image.Resampling.LANCZOS), (i * size[0], 0))
+    return out
+
+
+def test_a_collage_cell_cropped_to_fill_meets_a_cover_window_of_the_ban(store: SqliteBankStore,
+                                                                        photos: dict[str, Image.Image]) -> None:
+    # The square banned photo fills a 480x600 cell: a fifth of its width is cut off about
+    # the centre, which moves its own PDQ far past 31; the ban's cover window does not.
+    banned = photos[corpus_mod.BANNED_PHOTO]
+    ban_image(store, banned)
+    data = jpeg(filled_row([photos["chelsea.png"], banned, photos["coffee.png"]]))
+    image = decode(data)
+    upload = hash_image(data, image.frames, image.frame_indices, regions=True)
+    matches = BankMatcher(store).match(upload)
+    cover = [m for m in matches if m.algorithm is Algorithm.PDQ and m.basis == "pdq_derived" and "[cover-width-" in m.label]
+    assert cover and cover[0].region.startswith(("cell:", "piece:")) and not cover[0].weak, matches
+
+
+def test_a_photo_with_a_flat_band_of_its_own_does_not_hide_the_seams(photos: dict[str, Image.Image]) -> None:
+    # The right-hand photo has a white stripe from top to bottom: taken for a gutter, it
+    # made the cut ignore the hard seams of a collage without gutters, so the middle
+    # cell was never proposed. The grid cut at both is proposed too.
+    banded = photos["coffee.png"].copy()
+    ImageDraw.Draw(banded).rectangle((300, 0, 330, banded.height), fill=(255, 255, 255))
+    row = filled_row([photos["chelsea.png"], photos[corpus_mod.BANNED_PHOTO], banded], size=(480, 480))
+    frame = decode(jpeg(row)).frames[0]
+    truth = (480, 0, 960, 480)
+    boxes = [(r.left, r.top, r.right, r.bottom) for r in regions.propose(frame)]
+    assert max(regions._iou(b, truth) for b in boxes) >= 0.97, boxes
+    # Preferring the stripe as a gutter alone would have missed it.
+    h, w = frame.shape[:2]
+    stride = -(-max(h, w) // 160)
+    luma = np.ascontiguousarray(frame[::stride, ::stride]).astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    cells, _ = regions._grid(regions._Seams(luma), (0, 0, luma.shape[1], luma.shape[0]), depth=2, prefer_gutters=True)
+    assert all(regions._iou(tuple(v * stride for v in c), truth) < 0.9 for c in cells), cells

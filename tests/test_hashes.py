@@ -64,6 +64,25 @@ def test_phash_and_dhash_equal_imagehash(corpus: corpus_mod.Corpus) -> None:
         assert frame.get(Algorithm.DHASH).value == expected_dhash, name
 
 
+def test_a_scans_quick_thumbnails_stay_within_two_bits_of_what_a_ban_stores(corpus: corpus_mod.Corpus) -> None:
+    # A scan makes its pHash and dHash thumbnails after a box reduction (1 ms saved a
+    # photo, perceptual.QUICK_REDUCING_GAP); a ban stores imagehash's exact values. On
+    # photos with detail (dHash margin >= 6, all but flat pictures) they stay close.
+    moved = []
+    for name, path in photos(corpus).items():
+        data = path.read_bytes()
+        image = decode(data)
+        exact = hash_image(data, image.frames, image.frame_indices).frames[0]
+        quick = hash_image(data, image.frames, image.frame_indices, quick=True).frames[0]
+        assert exact.get(Algorithm.PDQ) == quick.get(Algorithm.PDQ), name
+        for algorithm in (Algorithm.PHASH, Algorithm.DHASH):
+            a, b = exact.get(algorithm), quick.get(algorithm)
+            assert a is not None and b is not None
+            if not a.weak:
+                moved.append(hamming(a.value, b.value))
+    assert moved and max(moved) <= 6 and sum(moved) / len(moved) <= 2, moved
+
+
 def test_every_variant_equals_the_reference_libraries(corpus: corpus_mod.Corpus) -> None:
     """The variants come from one DCT each (hashes/perceptual.py); they must equal what
     pdqhash.compute_dihedral gives and what imagehash gives on each transposed thumbnail."""

@@ -201,3 +201,34 @@ def test_scanner_never_raises(scanner: Scanner) -> None:
         verdict = scanner.scan_bytes(data)
         assert isinstance(verdict, Verdict)
         assert verdict.action is not Action.ALLOW, data
+
+
+def test_the_model_scores_a_large_jpeg_as_it_would_without_banks(policy: Policy, store: SqliteBankStore,
+                                                                 classifier: OpenNsfwClassifier,
+                                                                 corpus: corpus_mod.Corpus) -> None:
+    # Banks make the scan decode a JPEG to at least 512 pixels (copy detection needs
+    # them); the model's frame is box-shrunk back to the size a scan without banks
+    # decodes, so it costs the model no more and its score barely moves.
+    with Image.open(corpus.clean["coffee"]) as img:
+        big = img.convert("RGB").resize((2400, 1600), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    big.save(out, format="JPEG", quality=90)
+    data = out.getvalue()
+    ban(store, corpus.banned)
+    with_banks = Scanner(policy=policy, matcher=BankMatcher(store), classifier=classifier)
+    without = Scanner(policy=policy, matcher=None, classifier=classifier)
+    assert with_banks._decode_side() > without._decode_side()  # type: ignore[operator]
+    seen: list[tuple[int, ...]] = []
+    original = classifier.classify
+
+    def spy(frames):  # type: ignore[no-untyped-def]
+        seen.append(tuple(f.shape for f in frames))
+        return original(frames)
+
+    classifier.classify = spy  # type: ignore[method-assign]
+    try:
+        a, b = with_banks.scan_bytes(data), without.scan_bytes(data)
+    finally:
+        del classifier.classify
+    assert seen[0] == seen[1] == ((400, 600, 3),), seen  # 1/4 scale, as decoded for the model alone
+    assert abs(a.scores[0].score - b.scores[0].score) < 0.01, (a.scores, b.scores)
