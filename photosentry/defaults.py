@@ -256,6 +256,11 @@ REGION_MIN_AREA = 0.1
 """A proposed region covers at least this share of the picture (a collage's quarter
 cell is 0.25; a photo inside a phone screenshot at least a fifth)."""
 
+REGION_SAME_BOX = 0.97
+"""Two proposed regions (or a region and the whole frame) are one query when their
+IoU, measured after refinement in frame pixels, is at least this: PDQ tells crops
+apart that differ by a couple of percent of a side (IoU 0.92 is a 2% border)."""
+
 REGION_MARGIN_TOLERANCE = 12
 """A pixel is the margin's colour when no channel is further than this (0-255) from
 the colour of the outermost line: JPEG noise and soft bar edges stay inside."""

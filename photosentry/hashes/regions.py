@@ -99,17 +99,24 @@ def propose(rgb: np.ndarray, *, limit: int = defaults.REGION_LIMIT) -> list[Regi
         pieces.extend(("piece", _gutters_off(colours, c)) for c in more)
     found.extend(pieces)
     out: list[Region] = []
-    kept: list[Box] = [full]
+    # Boxes are told apart after refinement, in frame pixels, and only when they nearly
+    # coincide: PDQ matches a crop within a percent or two of each side, so a box at
+    # IoU 0.92 with the frame (a 2% border) or with an earlier, rougher box is a query
+    # of its own.
+    kept: list[Box] = [(0, 0, w, h)]
     grey: np.ndarray | None = None
     fx, fy = w / sw, h / sh
     for kind, box in found:
-        if _area(box) < defaults.REGION_MIN_AREA * sw * sh or any(_iou(box, k) >= 0.9 for k in kept):
+        if _area(box) < defaults.REGION_MIN_AREA * sw * sh:
             continue
-        kept.append(box)
         coarse = (round(box[0] * fx), round(box[1] * fy), min(w, round(box[2] * fx)), min(h, round(box[3] * fy)))
         if grey is None:
             grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY).astype(np.float32)
-        out.append(Region(kind, *_refined(grey, coarse, reach=stride + 1)))
+        fine = _refined(grey, coarse, reach=stride + 1)
+        if any(_iou(fine, k) >= defaults.REGION_SAME_BOX for k in kept):
+            continue
+        kept.append(fine)
+        out.append(Region(kind, *fine))
         if len(out) >= limit:
             break
     return out
