@@ -282,6 +282,14 @@ REGION_EDGE_REACH = 0.4
 REGION_EDGE_FILL = 0.7
 """... as a luminance step over ``REGION_SEAM_STEP`` along at least this share of the line."""
 
+REGION_LINE_STEP = 3.0
+"""A photo's edge against what surrounds it (hashes/regions.py ``outline``): a pixel of
+the line steps by at least this (0-255 luminance) and twice as much as either of the
+two lines outside it ..."""
+
+REGION_LINE_FILL = 0.7
+"""... along at least this share of the line."""
+
 REGION_MIN_MARGIN = 0.015
 """Margins thinner than this share of the side are left on: PDQ absorbs them."""
 

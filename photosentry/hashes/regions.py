@@ -9,6 +9,10 @@ and each one is hashed and matched like the photo itself (:func:`propose`):
 - ``trim``: uniform margins cut off each edge: borders, letterbox bars, caption bars
   (a bar may carry text: a line counts as margin when most of its pixels are the
   bar's colour);
+- ``edges``: the strongest straight edge near each side (a patterned frame); ``outline``:
+  the outermost straight line near each side that steps all along while the lines
+  outside it barely do (a photo on a story's blurred copy of itself, however faint);
+  ``sharp``: the band of lines with a photo's detail in them;
 - ``content``: the largest solid block of pixels that are not the picture's
   background colours (a screenshot's flat UI and its text are background; text strokes
   are thinner than the opening that removes them);
@@ -82,6 +86,9 @@ def propose(rgb: np.ndarray, *, limit: int = defaults.REGION_LIMIT) -> list[Regi
     edged = _edges(luma, trimmed)
     if edged != trimmed:
         found.append(("edges", edged))
+    outlined = _outline(luma, trimmed)
+    if outlined != trimmed:
+        found.append(("outline", outlined))
     sharp = _sharp(luma)
     if sharp is not None:
         found.append(("sharp", sharp))
@@ -239,6 +246,42 @@ def _ends(profile: np.ndarray, n: int, out: list[int], near: int, far: int) -> N
         out[near] += int(head.argmax()) + 1
     if tail.max() >= defaults.REGION_EDGE_FILL:
         out[far] -= int(tail.argmax()) + 1
+
+
+def _outline(luma: np.ndarray, box: Box) -> Box:
+    """``box`` of ``luma`` cut, on each side, at the outermost straight line that steps
+    along nearly all of its length while the lines outside it barely step: where a
+    photo meets a bar, a border or a story's blurred copy of itself, however faint the
+    step (a dark photo on its darkened copy steps a few levels), since what lies
+    outside a pasted photo is smoother than its edge. The sides are looked for along
+    the rows between the top and bottom found (a photo on a story canvas is a band)."""
+    left, top, right, bottom = box
+    grey = luma[top:bottom, left:right]
+    out = [left, top, right, bottom]
+    _outer(grey, out, 1, 3)
+    band = grey[out[1] - top: out[3] - top]
+    if band.shape[0] >= 8:
+        _outer(band.T, out, 0, 2)
+    return (out[0], out[1], out[2], out[3])
+
+
+def _outer(grey: np.ndarray, out: list[int], near: int, far: int) -> None:
+    """Move ``out[near]`` and ``out[far]`` onto the outermost line of ``grey``'s rows,
+    from the top and from the bottom, that :func:`_outline` takes for a photo's edge."""
+    n = grey.shape[0]
+    reach = int(n * defaults.REGION_EDGE_REACH)
+    if reach < 3 or grey.shape[1] < 8:
+        return
+    for rows, at, sign in ((grey[: reach + 1], near, 1), (grey[::-1][: reach + 1], far, -1)):
+        steps = np.abs(np.diff(rows, axis=0))  # steps[y]: between lines y and y + 1
+        calm = np.maximum(steps[:-2], steps[1:-1])  # the two steps outside steps[y + 2]
+        line = (steps[2:] >= defaults.REGION_LINE_STEP) & (steps[2:] >= 2.0 * calm)
+        share = line.mean(axis=1)
+        hits = np.flatnonzero(share >= defaults.REGION_LINE_FILL)
+        # The very first steps have no calm lines outside them: a margin of one or two
+        # lines is left to :func:`_trim`.
+        if len(hits):
+            out[at] += sign * (int(hits[0]) + 3)
 
 
 def _sharp(grey: np.ndarray) -> Box | None:
