@@ -105,6 +105,9 @@ def propose(rgb: np.ndarray, *, limit: int = defaults.REGION_LIMIT) -> list[Regi
             found.extend(("cell", _gutters_off(colours, c)) for c in cells)
         pieces.extend(("piece", _gutters_off(colours, c)) for c in more)
     found.extend(pieces)
+    # Last: they only matter where the trim cut into a photo's own flat edge.
+    if trimmed != full:
+        found.extend(("trim", b) for b in _framings(full, trimmed))
     out: list[Region] = []
     # Boxes are told apart after refinement, in frame pixels, and only when they nearly
     # coincide: PDQ matches a crop within a percent or two of each side, so a box at
@@ -176,6 +179,26 @@ def _trim(colours: np.ndarray, box: Box) -> Box:
             break
         box = new
     return box
+
+
+def _framings(full: Box, box: Box) -> list[Box]:
+    """Other readings of the margins trimmed off ``full`` to leave ``box``, for a photo
+    with a flat edge of its own (a white figure background, a black sky) that the
+    margin's colour ran on into: a frame or a letterbox is centred, so of two opposite
+    margins the thinner one is the framing's and the other side is cut there too; a
+    caption is one bar, so the other sides' margins may be the photo's own."""
+    depth = [box[0] - full[0], box[1] - full[1], full[2] - box[2], full[3] - box[3]]
+    centred = list(depth)
+    for a, b in ((0, 2), (1, 3)):
+        if depth[a] and depth[b]:
+            centred[a] = centred[b] = min(depth[a], depth[b])
+    deepest = int(np.argmax(depth))
+    single = [d if i == deepest else 0 for i, d in enumerate(depth)]
+    out = []
+    for d in (centred, single):
+        if d != depth:
+            out.append((full[0] + d[0], full[1] + d[1], full[2] - d[2], full[3] - d[3]))
+    return out
 
 
 def _gutters_off(colours: np.ndarray, box: Box) -> Box:
