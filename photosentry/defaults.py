@@ -290,6 +290,14 @@ two lines outside it ..."""
 REGION_LINE_FILL = 0.7
 """... along at least this share of the line."""
 
+REGION_FRAME_DEPTH = 0.12
+"""A frame of even thickness (hashes/regions.py ``frame``) is looked for up to this share
+of the short side deep ..."""
+
+REGION_FRAME_FILL = 0.6
+"""... as an edge along at least this share of each side's line (a patterned frame's
+edge against the photo steps less than everywhere)."""
+
 REGION_MIN_MARGIN = 0.015
 """Margins thinner than this share of the side are left on: PDQ absorbs them."""
 

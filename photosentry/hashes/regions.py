@@ -9,6 +9,8 @@ and each one is hashed and matched like the photo itself (:func:`propose`):
 - ``trim``: uniform margins cut off each edge: borders, letterbox bars, caption bars
   (a bar may carry text: a line counts as margin when most of its pixels are the
   bar's colour);
+- ``frame``: a frame of even thickness, at the depth where three sides have an edge
+  (a striped, dotted or checked frame, which no trim takes off);
 - ``edges``: the strongest straight edge near each side (a patterned frame); ``outline``:
   the outermost straight line near each side that steps all along while the lines
   outside it barely do (a photo on a story's blurred copy of itself, however faint);
@@ -83,6 +85,9 @@ def propose(rgb: np.ndarray, *, limit: int = defaults.REGION_LIMIT) -> list[Regi
     trimmed = _trim(colours, full)
     if trimmed != full:
         found.append(("trim", trimmed))
+    framed = _frame(luma)
+    if framed is not None:
+        found.append(("frame", framed))
     edged = _edges(luma, trimmed)
     if edged != trimmed:
         found.append(("edges", edged))
@@ -305,6 +310,43 @@ def _outer(grey: np.ndarray, out: list[int], near: int, far: int) -> None:
         # lines is left to :func:`_trim`.
         if len(hits):
             out[at] += sign * (int(hits[0]) + 3)
+
+
+def _frame(grey: np.ndarray) -> Box | None:
+    """``grey`` inside a frame of even thickness: the depth at which the top, left and
+    right sides all have a straight edge (a luminance step over ``REGION_SEAM_STEP``
+    along ``REGION_FRAME_FILL`` of the line, a line either way for the thumbnail's
+    rounding), and the bottom's edge at that depth or, for a Polaroid's deeper bottom,
+    the strongest one within four times it. A striped, dotted or checked frame has
+    edges of its own, but rarely at one depth on three sides, and never is it flat
+    enough for :func:`_trim`."""
+    h, w = grey.shape
+    reach = int(min(h, w) * defaults.REGION_FRAME_DEPTH)
+    if reach < 3:
+        return None
+
+    def profile(lines: np.ndarray, n: int) -> np.ndarray:  # share stepping between line t-1 and t
+        lines = lines[: n + 2]
+        share = (np.abs(np.diff(lines, axis=0)) > defaults.REGION_SEAM_STEP).mean(axis=1)
+        return np.concatenate([[0.0], share])
+
+    sides = [profile(grey[:, int(0.1 * w): int(0.9 * w)], 4 * reach),
+             profile(grey.T[:, int(0.1 * h): int(0.9 * h)], reach),
+             profile(grey.T[::-1, int(0.1 * h): int(0.9 * h)], reach),
+             profile(grey[::-1, int(0.1 * w): int(0.9 * w)], 4 * reach)]
+    loose = [np.maximum(np.maximum(p[:-2], p[1:-1]), p[2:]) for p in sides]  # loose[t - 1]: best of t-1..t+1
+    top, left, right = (p[: reach - 1] for p in loose[:3])
+    score = np.minimum(np.minimum(top, left), right)
+    t = int(score.argmax())
+    if score[t] < defaults.REGION_FRAME_FILL:
+        return None
+    depth = [int(np.argmax(sides[i][t: t + 3])) + t for i in range(3)]
+    bottom = sides[3][t: 4 * (t + 1) + 1]
+    if len(bottom) == 0 or bottom.max() < defaults.REGION_FRAME_FILL:
+        return None
+    below = t + (int(np.argmax(bottom[:3])) if bottom[:3].max() >= defaults.REGION_FRAME_FILL else int(bottom.argmax()))
+    box = (depth[1], depth[0], w - depth[2], h - below)
+    return box if box[2] - box[0] >= 8 and box[3] - box[1] >= 8 else None
 
 
 def _sharp(grey: np.ndarray) -> Box | None:
