@@ -260,6 +260,11 @@ REGION_MIN_AREA = 0.1
 """A proposed region covers at least this share of the picture (a collage's quarter
 cell is 0.25; a photo inside a phone screenshot at least a fifth)."""
 
+REGION_SAME_BOX = 0.97
+"""Two proposed regions (or a region and the whole frame) are one query when their
+IoU, measured after refinement in frame pixels, is at least this: PDQ tells crops
+apart that differ by a couple of percent of a side (IoU 0.92 is a 2% border)."""
+
 REGION_MARGIN_TOLERANCE = 12
 """A pixel is the margin's colour when no channel is further than this (0-255) from
 the colour of the outermost line: JPEG noise and soft bar edges stay inside."""
@@ -280,6 +285,22 @@ REGION_EDGE_REACH = 0.4
 
 REGION_EDGE_FILL = 0.7
 """... as a luminance step over ``REGION_SEAM_STEP`` along at least this share of the line."""
+
+REGION_LINE_STEP = 3.0
+"""A photo's edge against what surrounds it (hashes/regions.py ``outline``): a pixel of
+the line steps by at least this (0-255 luminance) and twice as much as either of the
+two lines outside it ..."""
+
+REGION_LINE_FILL = 0.7
+"""... along at least this share of the line."""
+
+REGION_FRAME_DEPTH = 0.12
+"""A frame of even thickness (hashes/regions.py ``frame``) is looked for up to this share
+of the short side deep ..."""
+
+REGION_FRAME_FILL = 0.6
+"""... as an edge along at least this share of each side's line (a patterned frame's
+edge against the photo steps less than everywhere)."""
 
 REGION_MIN_MARGIN = 0.015
 """Margins thinner than this share of the side are left on: PDQ absorbs them."""

@@ -9,6 +9,12 @@ and each one is hashed and matched like the photo itself (:func:`propose`):
 - ``trim``: uniform margins cut off each edge: borders, letterbox bars, caption bars
   (a bar may carry text: a line counts as margin when most of its pixels are the
   bar's colour);
+- ``frame``: a frame of even thickness, at the depth where three sides have an edge
+  (a striped, dotted or checked frame, which no trim takes off);
+- ``edges``: the strongest straight edge near each side (a patterned frame); ``outline``:
+  the outermost straight line near each side that steps all along while the lines
+  outside it barely do (a photo on a story's blurred copy of itself, however faint);
+  ``sharp``: the band of lines with a photo's detail in them;
 - ``content``: the largest solid block of pixels that are not the picture's
   background colours (a screenshot's flat UI and its text are background; text strokes
   are thinner than the opening that removes them);
@@ -79,9 +85,15 @@ def propose(rgb: np.ndarray, *, limit: int = defaults.REGION_LIMIT) -> list[Regi
     trimmed = _trim(colours, full)
     if trimmed != full:
         found.append(("trim", trimmed))
+    framed = _frame(luma)
+    if framed is not None:
+        found.append(("frame", framed))
     edged = _edges(luma, trimmed)
     if edged != trimmed:
         found.append(("edges", edged))
+    outlined = _outline(luma, trimmed)
+    if outlined != trimmed:
+        found.append(("outline", outlined))
     sharp = _sharp(luma)
     if sharp is not None:
         found.append(("sharp", sharp))
@@ -98,18 +110,28 @@ def propose(rgb: np.ndarray, *, limit: int = defaults.REGION_LIMIT) -> list[Regi
             found.extend(("cell", _gutters_off(colours, c)) for c in cells)
         pieces.extend(("piece", _gutters_off(colours, c)) for c in more)
     found.extend(pieces)
+    # Last: they only matter where the trim cut into a photo's own flat edge.
+    if trimmed != full:
+        found.extend(("trim", b) for b in _framings(full, trimmed))
     out: list[Region] = []
-    kept: list[Box] = [full]
+    # Boxes are told apart after refinement, in frame pixels, and only when they nearly
+    # coincide: PDQ matches a crop within a percent or two of each side, so a box at
+    # IoU 0.92 with the frame (a 2% border) or with an earlier, rougher box is a query
+    # of its own.
+    kept: list[Box] = [(0, 0, w, h)]
     grey: np.ndarray | None = None
     fx, fy = w / sw, h / sh
     for kind, box in found:
-        if _area(box) < defaults.REGION_MIN_AREA * sw * sh or any(_iou(box, k) >= 0.9 for k in kept):
+        if _area(box) < defaults.REGION_MIN_AREA * sw * sh:
             continue
-        kept.append(box)
         coarse = (round(box[0] * fx), round(box[1] * fy), min(w, round(box[2] * fx)), min(h, round(box[3] * fy)))
         if grey is None:
             grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY).astype(np.float32)
-        out.append(Region(kind, *_refined(grey, coarse, reach=stride + 1)))
+        fine = _refined(grey, coarse, reach=stride + 1)
+        if any(_iou(fine, k) >= defaults.REGION_SAME_BOX for k in kept):
+            continue
+        kept.append(fine)
+        out.append(Region(kind, *fine))
         if len(out) >= limit:
             break
     return out
@@ -162,6 +184,26 @@ def _trim(colours: np.ndarray, box: Box) -> Box:
             break
         box = new
     return box
+
+
+def _framings(full: Box, box: Box) -> list[Box]:
+    """Other readings of the margins trimmed off ``full`` to leave ``box``, for a photo
+    with a flat edge of its own (a white figure background, a black sky) that the
+    margin's colour ran on into: a frame or a letterbox is centred, so of two opposite
+    margins the thinner one is the framing's and the other side is cut there too; a
+    caption is one bar, so the other sides' margins may be the photo's own."""
+    depth = [box[0] - full[0], box[1] - full[1], full[2] - box[2], full[3] - box[3]]
+    centred = list(depth)
+    for a, b in ((0, 2), (1, 3)):
+        if depth[a] and depth[b]:
+            centred[a] = centred[b] = min(depth[a], depth[b])
+    deepest = int(np.argmax(depth))
+    single = [d if i == deepest else 0 for i, d in enumerate(depth)]
+    out = []
+    for d in (centred, single):
+        if d != depth:
+            out.append((full[0] + d[0], full[1] + d[1], full[2] - d[2], full[3] - d[3]))
+    return out
 
 
 def _gutters_off(colours: np.ndarray, box: Box) -> Box:
@@ -233,6 +275,79 @@ def _ends(profile: np.ndarray, n: int, out: list[int], near: int, far: int) -> N
         out[near] += int(head.argmax()) + 1
     if tail.max() >= defaults.REGION_EDGE_FILL:
         out[far] -= int(tail.argmax()) + 1
+
+
+def _outline(luma: np.ndarray, box: Box) -> Box:
+    """``box`` of ``luma`` cut, on each side, at the outermost straight line that steps
+    along nearly all of its length while the lines outside it barely step: where a
+    photo meets a bar, a border or a story's blurred copy of itself, however faint the
+    step (a dark photo on its darkened copy steps a few levels), since what lies
+    outside a pasted photo is smoother than its edge. The sides are looked for along
+    the rows between the top and bottom found (a photo on a story canvas is a band)."""
+    left, top, right, bottom = box
+    grey = luma[top:bottom, left:right]
+    out = [left, top, right, bottom]
+    _outer(grey, out, 1, 3)
+    band = grey[out[1] - top: out[3] - top]
+    if band.shape[0] >= 8:
+        _outer(band.T, out, 0, 2)
+    return (out[0], out[1], out[2], out[3])
+
+
+def _outer(grey: np.ndarray, out: list[int], near: int, far: int) -> None:
+    """Move ``out[near]`` and ``out[far]`` onto the outermost line of ``grey``'s rows,
+    from the top and from the bottom, that :func:`_outline` takes for a photo's edge."""
+    n = grey.shape[0]
+    reach = int(n * defaults.REGION_EDGE_REACH)
+    if reach < 3 or grey.shape[1] < 8:
+        return
+    for rows, at, sign in ((grey[: reach + 1], near, 1), (grey[::-1][: reach + 1], far, -1)):
+        steps = np.abs(np.diff(rows, axis=0))  # steps[y]: between lines y and y + 1
+        calm = np.maximum(steps[:-2], steps[1:-1])  # the two steps outside steps[y + 2]
+        line = (steps[2:] >= defaults.REGION_LINE_STEP) & (steps[2:] >= 2.0 * calm)
+        share = line.mean(axis=1)
+        hits = np.flatnonzero(share >= defaults.REGION_LINE_FILL)
+        # The very first steps have no calm lines outside them: a margin of one or two
+        # lines is left to :func:`_trim`.
+        if len(hits):
+            out[at] += sign * (int(hits[0]) + 3)
+
+
+def _frame(grey: np.ndarray) -> Box | None:
+    """``grey`` inside a frame of even thickness: the depth at which the top, left and
+    right sides all have a straight edge (a luminance step over ``REGION_SEAM_STEP``
+    along ``REGION_FRAME_FILL`` of the line, a line either way for the thumbnail's
+    rounding), and the bottom's edge at that depth or, for a Polaroid's deeper bottom,
+    the strongest one within four times it. A striped, dotted or checked frame has
+    edges of its own, but rarely at one depth on three sides, and never is it flat
+    enough for :func:`_trim`."""
+    h, w = grey.shape
+    reach = int(min(h, w) * defaults.REGION_FRAME_DEPTH)
+    if reach < 3:
+        return None
+
+    def profile(lines: np.ndarray, n: int) -> np.ndarray:  # share stepping between line t-1 and t
+        lines = lines[: n + 2]
+        share = (np.abs(np.diff(lines, axis=0)) > defaults.REGION_SEAM_STEP).mean(axis=1)
+        return np.concatenate([[0.0], share])
+
+    sides = [profile(grey[:, int(0.1 * w): int(0.9 * w)], 4 * reach),
+             profile(grey.T[:, int(0.1 * h): int(0.9 * h)], reach),
+             profile(grey.T[::-1, int(0.1 * h): int(0.9 * h)], reach),
+             profile(grey[::-1, int(0.1 * w): int(0.9 * w)], 4 * reach)]
+    loose = [np.maximum(np.maximum(p[:-2], p[1:-1]), p[2:]) for p in sides]  # loose[t - 1]: best of t-1..t+1
+    top, left, right = (p[: reach - 1] for p in loose[:3])
+    score = np.minimum(np.minimum(top, left), right)
+    t = int(score.argmax())
+    if score[t] < defaults.REGION_FRAME_FILL:
+        return None
+    depth = [int(np.argmax(sides[i][t: t + 3])) + t for i in range(3)]
+    bottom = sides[3][t: 4 * (t + 1) + 1]
+    if len(bottom) == 0 or bottom.max() < defaults.REGION_FRAME_FILL:
+        return None
+    below = t + (int(np.argmax(bottom[:3])) if bottom[:3].max() >= defaults.REGION_FRAME_FILL else int(bottom.argmax()))
+    box = (depth[1], depth[0], w - depth[2], h - below)
+    return box if box[2] - box[0] >= 8 and box[3] - box[1] >= 8 else None
 
 
 def _sharp(grey: np.ndarray) -> Box | None:
