@@ -215,14 +215,15 @@ def _gutters_off(colours: np.ndarray, box: Box) -> Box:
     part = colours[top:bottom, left:right]
     if part.shape[0] < 8 or part.shape[1] < 8:
         return box
-    flat_rows = part.std(axis=1).max(axis=1) <= 4.0
-    flat_cols = part.std(axis=0).max(axis=1) <= 4.0
+    rows, cols = (max(1, int(n * defaults.REGION_CELL_GUTTER)) for n in part.shape[:2])
 
-    def run(flat: np.ndarray) -> int:  # flat lines from the start, at most the share
-        head = flat[: max(1, int(len(flat) * defaults.REGION_CELL_GUTTER))]
-        return len(head) if head.all() else int(np.argmin(head))
+    def run(lines: np.ndarray) -> int:  # flat lines (n, m, 3) from the first, at most all n
+        flat = lines.std(axis=1).max(axis=1) <= 4.0
+        return len(flat) if flat.all() else int(np.argmin(flat))
 
-    return (left + run(flat_cols), top + run(flat_rows), right - run(flat_cols[::-1]), bottom - run(flat_rows[::-1]))
+    across = part.transpose(1, 0, 2)
+    return (left + run(across[:cols]), top + run(part[:rows]),
+            right - run(across[::-1][:cols]), bottom - run(part[::-1][:rows]))
 
 
 def _margin(lines: np.ndarray) -> int:
