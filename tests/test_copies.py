@@ -21,7 +21,8 @@ from photosentry.hashes.banks import EntrySource, NewEntry, SqliteBankStore, ent
 from photosentry.hashes.codecs import Algorithm, hamming
 from photosentry.hashes.derived import derive
 from photosentry.hashes.localfeatures import banned_features
-from photosentry.hashes import regions
+from photosentry.hashes import collage as cells_module, regions
+from photosentry.hashes.boxes import iou
 from photosentry.hashes.matcher import BankMatcher, Match
 from photosentry.hashes.signals import hash_image
 from photosentry.worker.pipeline import Scanner
@@ -287,10 +288,10 @@ def test_a_photo_with_a_flat_band_of_its_own_does_not_hide_the_seams(photos: dic
     frame = decode(jpeg(row)).frames[0]
     truth = (480, 0, 960, 480)
     boxes = [(r.left, r.top, r.right, r.bottom) for r in regions.propose(frame)]
-    assert max(regions._iou(b, truth) for b in boxes) >= 0.97, boxes
+    assert max(iou(b, truth) for b in boxes) >= 0.97, boxes
     # Preferring the stripe as a gutter alone would have missed it.
     h, w = frame.shape[:2]
     stride = -(-max(h, w) // 160)
     luma = np.ascontiguousarray(frame[::stride, ::stride]).astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-    cells, _ = regions._grid(regions._Seams(luma), (0, 0, luma.shape[1], luma.shape[0]), depth=2, prefer_gutters=True)
-    assert all(regions._iou(tuple(v * stride for v in c), truth) < 0.9 for c in cells), cells
+    cells, _ = cells_module._grid(cells_module._Seams(luma), (0, 0, luma.shape[1], luma.shape[0]), depth=2, prefer_gutters=True)
+    assert all(iou(tuple(v * stride for v in c), truth) < 0.9 for c in cells), cells

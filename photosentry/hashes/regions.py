@@ -18,14 +18,12 @@ and each one is hashed and matched like the photo itself (:func:`propose`):
 - ``content``: the largest solid block of pixels that are not the picture's
   background colours (a screenshot's flat UI and its text are background; text strokes
   are thinner than the opening that removes them);
-- ``cell``: the cells of a collage, split along straight seams that cross the picture
-  (a uniform gutter or a hard edge along most of its length), up to two levels deep;
-  ``piece``: a part of the first split that the second split cut again (the photo's
-  own straight edges may have been taken for seams), and the cells of the same grid
-  cut without preferring gutters (a photo's own flat band may pass for a gutter).
+- ``cell``: the cells of a collage (:mod:`.collage`), split along straight seams that
+  cross the picture, up to two levels deep; ``piece``: a part of the first split that
+  the second split cut again, and the cells of the grid cut without preferring gutters.
 
 Everything runs on a thumbnail (longest side :data:`defaults.REGION_THUMB_SIDE`), so
-it costs about a millisecond; the crops are cut from the frame the scan decoded.
+it costs about 3 ms a photo; the crops are cut from the frame the scan decoded.
 Proposals only add queries: the whole photo is always matched too, and what a region
 match counts for is the evidence rule's call (:mod:`.evidence`).
 """
@@ -38,6 +36,8 @@ import cv2
 import numpy as np
 
 from .. import defaults
+from .boxes import Box, area, iou
+from .collage import cells_of, gutters_off
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,6 @@ class Region:
         return max(0, self.right - self.left) * max(0, self.bottom - self.top)
 
 
-Box = tuple[int, int, int, int]  # left, top, right, bottom (thumbnail pixels)
 
 
 def propose(rgb: np.ndarray, *, limit: int = defaults.REGION_LIMIT) -> list[Region]:
@@ -105,10 +104,10 @@ def propose(rgb: np.ndarray, *, limit: int = defaults.REGION_LIMIT) -> list[Regi
         bases.append(content)
     pieces: list[tuple[str, Box]] = []
     for base in dict.fromkeys(bases):
-        cells, more = _split(luma, base, depth=defaults.REGION_SPLIT_DEPTH)
+        cells, more = cells_of(luma, base, depth=defaults.REGION_SPLIT_DEPTH)
         if len(cells) > 1:
-            found.extend(("cell", _gutters_off(colours, c)) for c in cells)
-        pieces.extend(("piece", _gutters_off(colours, c)) for c in more)
+            found.extend(("cell", gutters_off(colours, c)) for c in cells)
+        pieces.extend(("piece", gutters_off(colours, c)) for c in more)
     found.extend(pieces)
     # Last: they only matter where the trim cut into a photo's own flat edge.
     if trimmed != full:
@@ -122,13 +121,13 @@ def propose(rgb: np.ndarray, *, limit: int = defaults.REGION_LIMIT) -> list[Regi
     grey: np.ndarray | None = None
     fx, fy = w / sw, h / sh
     for kind, box in found:
-        if _area(box) < defaults.REGION_MIN_AREA * sw * sh:
+        if area(box) < defaults.REGION_MIN_AREA * sw * sh:
             continue
         coarse = (round(box[0] * fx), round(box[1] * fy), min(w, round(box[2] * fx)), min(h, round(box[3] * fy)))
         if grey is None:
             grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY).astype(np.float32)
         fine = _refined(grey, coarse, reach=stride + 1)
-        if any(_iou(fine, k) >= defaults.REGION_SAME_BOX for k in kept):
+        if any(iou(fine, k) >= defaults.REGION_SAME_BOX for k in kept):
             continue
         kept.append(fine)
         out.append(Region(kind, *fine))
@@ -204,26 +203,6 @@ def _framings(full: Box, box: Box) -> list[Box]:
         if d != depth:
             out.append((full[0] + d[0], full[1] + d[1], full[2] - d[2], full[3] - d[3]))
     return out
-
-
-def _gutters_off(colours: np.ndarray, box: Box) -> Box:
-    """A collage cell ``box`` without the flat lines along its edges, up to
-    ``REGION_CELL_GUTTER`` of its side: a gutter too thin to be a seam's flat band of
-    its own (a line or two of the thumbnail) stays in the cell the seam ended; a photo's
-    own flat edge (a sky, a white margin) is not cut into beyond that."""
-    left, top, right, bottom = box
-    part = colours[top:bottom, left:right]
-    if part.shape[0] < 8 or part.shape[1] < 8:
-        return box
-    rows, cols = (max(1, int(n * defaults.REGION_CELL_GUTTER)) for n in part.shape[:2])
-
-    def run(lines: np.ndarray) -> int:  # flat lines (n, m, 3) from the first, at most all n
-        flat = lines.std(axis=1).max(axis=1) <= 4.0
-        return len(flat) if flat.all() else int(np.argmin(flat))
-
-    across = part.transpose(1, 0, 2)
-    return (left + run(across[:cols]), top + run(part[:rows]),
-            right - run(across[::-1][:cols]), bottom - run(part[::-1][:rows]))
 
 
 def _margin(lines: np.ndarray) -> int:
@@ -366,7 +345,7 @@ def _sharp(grey: np.ndarray) -> Box | None:
     if len(cols) < 8:
         return None
     box = (int(cols[0]), top, int(cols[-1]) + 1, bottom)
-    return box if _area(box) < 0.85 * h * w else None
+    return box if area(box) < 0.85 * h * w else None
 
 
 # -- the photo inside a screenshot ----------------------------------------------------------------
@@ -406,167 +385,3 @@ def _content(small: np.ndarray) -> Box | None:
     if share < defaults.REGION_MIN_AREA or share > 0.9 or area < 0.6 * bw * bh:
         return None
     return (x, y, x + bw, y + bh)
-
-
-# -- collages --------------------------------------------------------------------------------
-
-
-def _split(luma: np.ndarray, box: Box, *, depth: int) -> tuple[list[Box], list[Box]]:
-    """The cells of ``box`` if it is a grid: cut along every seam that crosses it one way,
-    then each piece along every seam that crosses it the other way (columns first, then
-    rows first: a large photo beside a stack of small ones is found either way); and
-    more boxes that may be cells where a seam was a mistake (:func:`_grid`'s second list).
-
-    A collage app draws every gutter alike or none at all, so once a cut finds a
-    gutter, the pieces are cut at gutters only: a photo's own straight edge (a
-    horizon, a table) inside a cell of a guttered collage is not a seam. But a photo
-    may have a flat band of its own (a white margin, a black sky) that passes for a
-    gutter and hides the hard edges of a collage without gutters, so the grid cut at
-    gutters and hard edges alike is proposed too.
-    """
-    seams = _Seams(luma)
-    cells, whole = _grid(seams, box, depth=depth, prefer_gutters=True)
-    mixed, mixed_whole = _grid(seams, box, depth=depth, prefer_gutters=False)
-    more = [b for b in _distinct(mixed + mixed_whole + whole) if not any(_iou(b, c) >= 0.9 for c in cells)]
-    return cells or [box], more
-
-
-def _grid(seams: "_Seams", box: Box, *, depth: int, prefer_gutters: bool) -> tuple[list[Box], list[Box]]:
-    """:func:`_split`'s grid, one way: the cells, and the pieces of the first cut that
-    the second cut split (the piece is a cell too when its "seams" are the photo's own:
-    a horizon, a figure of two panels)."""
-    cells: list[Box] = []
-    whole: list[Box] = []
-    for axis in (1, 0):
-        pieces, guttered = seams.cut(box, axis, gutters_only=False, prefer_gutters=prefer_gutters)
-        if len(pieces) == 1:
-            continue
-        for piece in pieces:
-            parts = seams.cut(piece, 1 - axis, gutters_only=guttered and prefer_gutters,
-                              prefer_gutters=prefer_gutters)[0] if depth > 1 else [piece]
-            cells.extend(parts)
-            if len(parts) > 1:
-                whole.append(piece)
-    return _distinct(cells), _distinct(whole)
-
-
-def _distinct(boxes: list[Box]) -> list[Box]:
-    out: list[Box] = []
-    for b in boxes:
-        if not any(_iou(b, kept) >= 0.9 for kept in out):
-            out.append(b)
-    return out
-
-
-Seam = tuple[float, int, int]  # strength, end of the part before, start of the part after
-
-
-class _Seams:
-    """The seams crossing boxes of a thumbnail's luminance, found once for each box and
-    direction: both of :func:`_split`'s grids cut the same boxes."""
-
-    def __init__(self, luma: np.ndarray) -> None:
-        self.luma = luma
-        self._found: dict[tuple[Box, int], tuple[list[Seam], list[Seam], int]] = {}
-
-    def cut(self, box: Box, axis: int, *, gutters_only: bool, prefer_gutters: bool) -> tuple[list[Box], bool]:
-        """``box`` cut along every seam crossing it (axis 1: vertical seams, into
-        columns), and whether it has gutters. Where it has, its hard edges are the
-        photos' own unless ``prefer_gutters`` is off; with ``gutters_only``, always."""
-        left, top, right, bottom = box
-        if min(right - left, bottom - top) < 24:
-            return [box], False
-        key = (box, axis)
-        if key not in self._found:
-            grey = self.luma[top:bottom, left:right]
-            self._found[key] = (*_seams(grey.T if axis == 1 else grey), right - left if axis == 1 else bottom - top)
-        gutters, edges, n = self._found[key]
-        found = gutters if gutters_only or (gutters and prefer_gutters) else gutters + edges
-        kept: list[Seam] = []
-        for seam in sorted(found, reverse=True):
-            if all(abs(seam[1] - k[1]) >= 0.15 * n for k in kept):
-                kept.append(seam)
-        out, at = [], 0
-        for _, end, start in sorted(kept, key=lambda k: k[1]):
-            out.append((at, end))
-            at = start
-        out.append((at, n))
-        if axis == 1:
-            return [(left + a, top, left + b, bottom) for a, b in out], bool(gutters)
-        return [(left, top + a, right, top + b) for a, b in out], bool(gutters)
-
-
-def _seams(grey: np.ndarray) -> tuple[list[Seam], list[Seam]]:
-    """The horizontal seams of ``grey`` away from its edges: its gutters and its hard edges.
-
-    A gutter is a uniform band crossing the whole width; a hard edge is a row step
-    larger than :data:`defaults.REGION_SEAM_STEP` along most of the width, where the
-    rows around it have far fewer (a textured photo's rows all have many), and not
-    undone by an opposite step a row or two on (that is a drawn line: a grid printed in
-    the photo, a table's ruling). :meth:`_Seams.cut` chooses among them; seams closer
-    than 0.15 of the height to a stronger one are its echo (a grid finer than 6 x 6 is
-    stripes, not photos).
-    """
-    h = grey.shape[0]
-    lo, hi = int(h * 0.12), int(h * 0.88)
-    if hi - lo < 4:
-        return [], []
-    signed = np.diff(grey, axis=0)  # signed[y] is the step between rows y and y + 1
-    strong = np.abs(signed) > defaults.REGION_SEAM_STEP
-    edge = strong.mean(axis=1)
-    hard = (edge >= defaults.REGION_SEAM_FILL) & _seam_like(signed, strong, edge)
-    flat = grey.std(axis=1) < 2.5
-    gutters: list[Seam] = []
-    edges: list[Seam] = []
-    y = lo
-    while y < hi:
-        if flat[y]:
-            end = y
-            while end + 1 < h and flat[end + 1]:
-                end += 1
-            start = y
-            while start - 1 >= 0 and flat[start - 1]:
-                start -= 1
-            if start > 0 and end < h - 1 and end - start + 1 <= 0.1 * h:
-                gutters.append((1.0 + (end - start + 1) / h, start, end + 1))
-            y = end + 1
-            continue
-        if hard[y]:
-            edges.append((float(edge[y]), y + 1, y + 1))
-        y += 1
-    return gutters, edges
-
-
-def _around(values: np.ndarray) -> np.ndarray:
-    """For each line, the median of ``values`` over the four lines on each side of it,
-    past its immediate neighbours (which a seam's blur may touch); the ends repeat."""
-    n = len(values)
-    padded = np.pad(values, 5, mode="edge")
-    return np.median(np.stack([padded[5 + k: 5 + k + n] for k in (-5, -4, -3, -2, 2, 3, 4, 5)]), axis=0)
-
-
-def _seam_like(signed: np.ndarray, strong: np.ndarray, share: np.ndarray) -> np.ndarray:
-    """Per line, whether its step (``strong`` along ``share`` of it) is where two
-    pictures meet: the lines about it step far less often (else it is texture), and no
-    opposite step a line or two on undoes it (else it is a drawn line: a grid printed
-    in the photo, a table's ruling)."""
-    ok = share >= 2.0 * _around(share)
-    n = len(share)
-    sign = np.sign(signed)
-    for k in (1, 2):
-        if n <= k:
-            break
-        undone = (strong[:-k] & strong[k:] & (sign[:-k] != sign[k:])).mean(axis=1)
-        ok[:-k] &= undone < 0.5 * share[:-k]  # undone by the line k below
-        ok[k:] &= undone < 0.5 * share[k:]  # or k above
-    return ok
-
-
-def _area(box: Box) -> int:
-    return max(0, box[2] - box[0]) * max(0, box[3] - box[1])
-
-
-def _iou(a: Box, b: Box) -> float:
-    inter = _area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
-    union = _area(a) + _area(b) - inter
-    return inter / union if union else 0.0
