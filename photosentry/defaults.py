@@ -248,6 +248,10 @@ from 160 to 172 (a seam crossing a third of a collage has half again as many pix
 show it by), and on 192 innocent photos from 374 to 318 regions and 178 to 159
 keypoint passes, for 0.9 ms more a photo in the proposals."""
 
+REGION_CORNER = 0.12
+"""A region's corners are looked at for a chat app's rounding within this share of its
+short side (regions.square_corners)."""
+
 REGION_MIN_FRAME_SIDE = 64
 """Frames smaller than this get no region proposals (nothing to frame)."""
 

@@ -295,3 +295,29 @@ def test_a_photo_with_a_flat_band_of_its_own_does_not_hide_the_seams(photos: dic
     luma = np.ascontiguousarray(frame[::stride, ::stride]).astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
     cells, _ = cells_module._grid(cells_module._Seams(luma), (0, 0, luma.shape[1], luma.shape[0]), depth=2, prefer_gutters=True)
     assert all(iou(tuple(v * stride for v in c), truth) < 0.9 for c in cells), cells
+
+
+def test_a_chat_apps_rounded_corners_are_filled_in_before_pdq(photos: dict[str, Image.Image]) -> None:
+    # A chat app shows a photo with its corners rounded off onto the chat's background;
+    # the region found is exactly the photo, but four white patches move its PDQ. Filled
+    # in from the photo around them, it comes back close to the banned photo's.
+    banned = photos[corpus_mod.BANNED_PHOTO]
+    mask = Image.new("L", banned.size, 0)
+    ImageDraw.Draw(mask).rounded_rectangle((0, 0, banned.width - 1, banned.height - 1), radius=48, fill=255)
+    shown = Image.new("RGB", banned.size, (255, 255, 255))
+    shown.paste(banned, (0, 0), mask)
+    rounded = decode(jpeg(shown)).frames[0]
+    filled = regions.square_corners(rounded)
+    assert filled is not None
+
+    def pdq(rgb: np.ndarray) -> str:
+        image = decode(jpeg(Image.fromarray(rgb)))
+        found = hash_image(jpeg(Image.fromarray(rgb)), image.frames, image.frame_indices).frames[0].get(Algorithm.PDQ)
+        assert found is not None
+        return found.value
+
+    original = pdq(np.asarray(banned))
+    assert hamming(pdq(filled), original) < hamming(pdq(rounded), original)
+    # A photo with square corners (and its own dark or bright corners) is left alone.
+    for name in (corpus_mod.BANNED_PHOTO, *OTHERS):
+        assert regions.square_corners(decode(jpeg(photos[name])).frames[0]) is None, name

@@ -29,7 +29,7 @@ from ..errors import RegistryError
 from . import perceptual
 from .codecs import Algorithm
 from .localfeatures import LocalFeatures, query_features
-from .regions import propose
+from .regions import Region, propose, square_corners
 
 
 @dataclass(frozen=True)
@@ -365,13 +365,7 @@ def hash_image(
         if regions:
             # PDQ only: what hash-only lists hold, and strong alone; a region's 64-bit
             # hashes would only ever be weak evidence, at 3 ms a region.
-            found = tuple(
-                FrameHashes(frame_indices[0],
-                            (_identity(PdqSignal.hash_prepared(HashFrame(r.crop(frames[0]),
-                                                                         luma=r.crop(prepared[0].luma)))),),
-                            r.name)
-                for r in proposed
-            )
+            found = tuple(FrameHashes(frame_indices[0], _region_pdq(prepared[0], r), r.name) for r in proposed)
         if features:
             keypoints = query_features(frames[0])
             boxes = tuple((r.name, (r.left, r.top, r.right, r.bottom)) for r in proposed
@@ -393,6 +387,18 @@ def hash_frame(frame: HashFrame) -> tuple[PerceptualHash, ...]:
     out = [s.hash_prepared(frame) for s in FRAME_SIGNALS]
     short = next((h.quality for h in out if h.algorithm is Algorithm.DHASH), None)
     return tuple(h if h.quality is not None else dataclasses.replace(h, quality=short) for h in out)
+
+
+def _region_pdq(frame: HashFrame, region: Region) -> tuple[PerceptualHash, ...]:
+    """PDQ of a region of ``frame``; and of it with its corners filled in where they look
+    rounded off (a chat app's), both matched: a photo's own corner (a dark vignette)
+    may look rounded too, and filling it would lose what the first one matches."""
+    crop = region.crop(frame.rgb)
+    found = [_identity(PdqSignal.hash_prepared(HashFrame(crop, luma=region.crop(frame.luma))))]
+    squared = square_corners(crop)
+    if squared is not None:
+        found.append(_identity(PdqSignal.hash_prepared(HashFrame(squared))))
+    return tuple(found)
 
 
 def _identity(h: PerceptualHash) -> PerceptualHash:
