@@ -321,3 +321,15 @@ def test_a_chat_apps_rounded_corners_are_filled_in_before_pdq(photos: dict[str, 
     # A photo with square corners (and its own dark or bright corners) is left alone.
     for name in (corpus_mod.BANNED_PHOTO, *OTHERS):
         assert regions.square_corners(decode(jpeg(photos[name])).frames[0]) is None, name
+
+
+@pytest.mark.parametrize("size", [(2400, 6), (6, 2400), (1, 1), (40, 40)])
+def test_a_sliver_of_a_picture_is_scanned_not_crashed_on(size: tuple[int, int], policy: Policy, store: SqliteBankStore,
+                                                         photos: dict[str, Image.Image]) -> None:
+    # ORB's pyramid failed on a picture a few pixels across (a 6 x 2400 banner), so a
+    # scan with image bans in the banks ended in scan_failed instead of a verdict.
+    ban_image(store, photos[corpus_mod.BANNED_PHOTO])
+    out = io.BytesIO()
+    photos["coffee.png"].resize(size).save(out, format="PNG")
+    verdict = scanner_for(policy, store).scan_bytes(out.getvalue())
+    assert ReasonCode.SCAN_FAILED.value not in verdict.reason_codes, [r.text for r in verdict.reasons]

@@ -67,6 +67,10 @@ class LocalFeatures:
         return cls(xy[used].astype(np.float32), np.ascontiguousarray(raw[used, :32]))
 
 
+#: ORB's descriptor patch (31 pixels) and its border: no keypoint fits in less.
+_ORB_MIN_SIDE = 32
+
+
 def _grey(rgb: np.ndarray, side: int) -> tuple[np.ndarray, float]:
     h, w = rgb.shape[:2]
     grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
@@ -78,6 +82,10 @@ def _grey(rgb: np.ndarray, side: int) -> tuple[np.ndarray, float]:
 
 
 def _orb(grey: np.ndarray, n: int, scale: float) -> LocalFeatures:
+    if min(grey.shape[:2]) < _ORB_MIN_SIDE:
+        # ORB's pyramid fails on a picture a few pixels across (a 7 x 3000 banner, a
+        # 1-pixel GIF); it would find no keypoint there anyway.
+        return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8), scale)
     detector = cv2.ORB_create(nfeatures=n, fastThreshold=defaults.FEATURE_FAST_THRESHOLD)
     keypoints, descriptors = detector.detectAndCompute(grey, None)
     if descriptors is None or not keypoints:
