@@ -252,6 +252,10 @@ REGION_CORNER = 0.12
 """A region's corners are looked at for a chat app's rounding within this share of its
 short side (regions.square_corners)."""
 
+REGION_HASH_MAX_SIDE = 2048
+"""Regions of a frame larger than this (a big PNG or HEIC, decoded whole) are hashed
+from a copy shrunk to half of it."""
+
 REGION_MIN_FRAME_SIDE = 64
 """Frames smaller than this get no region proposals (nothing to frame)."""
 

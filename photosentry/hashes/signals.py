@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -365,7 +366,8 @@ def hash_image(
         if regions:
             # PDQ only: what hash-only lists hold, and strong alone; a region's 64-bit
             # hashes would only ever be weak evidence, at 3 ms a region.
-            found = tuple(FrameHashes(frame_indices[0], _region_pdq(prepared[0], r), r.name) for r in proposed)
+            source = _region_source(prepared[0])
+            found = tuple(FrameHashes(frame_indices[0], _region_pdq(source, r), r.name) for r in proposed)
         if features:
             keypoints = query_features(frames[0])
             boxes = tuple((r.name, (r.left, r.top, r.right, r.bottom)) for r in proposed
@@ -389,10 +391,30 @@ def hash_frame(frame: HashFrame) -> tuple[PerceptualHash, ...]:
     return tuple(h if h.quality is not None else dataclasses.replace(h, quality=short) for h in out)
 
 
-def _region_pdq(frame: HashFrame, region: Region) -> tuple[PerceptualHash, ...]:
-    """PDQ of a region of ``frame``; and of it with its corners filled in where they look
-    rounded off (a chat app's), both matched: a photo's own corner (a dark vignette)
-    may look rounded too, and filling it would lose what the first one matches."""
+def _region_source(frame: HashFrame) -> tuple[HashFrame, float]:
+    """The frame the regions are hashed from, and its scale: ``frame`` itself, or where
+    it is larger than ``REGION_HASH_MAX_SIDE`` (a 48 MP PNG, decoded whole) a copy
+    shrunk to half that, so a dozen regions cost milliseconds, not a second; PDQ reads
+    64 x 64 samples of a region either way."""
+    h, w = frame.rgb.shape[:2]
+    if max(h, w) <= defaults.REGION_HASH_MAX_SIDE:
+        return frame, 1.0
+    scale = defaults.REGION_HASH_MAX_SIDE / 2 / max(h, w)
+    small = cv2.resize(frame.rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    return HashFrame(small), scale
+
+
+def _region_pdq(source: tuple[HashFrame, float], region: Region) -> tuple[PerceptualHash, ...]:
+    """PDQ of a region of the frame (hashed from ``source``, :func:`_region_source`); and
+    of it with its corners filled in where they look rounded off (a chat app's), both
+    matched: a photo's own corner (a dark vignette) may look rounded too, and filling it
+    would lose what the first one matches."""
+    frame, scale = source
+    if scale != 1.0:
+        h, w = frame.rgb.shape[:2]
+        region = dataclasses.replace(region, left=min(w - 1, int(region.left * scale)), top=min(h - 1, int(region.top * scale)),
+                                     right=max(1, min(w, round(region.right * scale))),
+                                     bottom=max(1, min(h, round(region.bottom * scale))))
     crop = region.crop(frame.rgb)
     found = [_identity(PdqSignal.hash_prepared(HashFrame(crop, luma=region.crop(frame.luma))))]
     squared = square_corners(crop)
