@@ -1,0 +1,101 @@
+"""Known false matches, found by the red team of 2026-12-07 and not fixed yet (#17).
+
+Each test states the non-negotiable ("never block the innocent") for an upload that
+shares only a part, a template or an app's UI with a banned image, and is marked
+``xfail(strict=True)``: it fails today, and the day a fix makes it pass, the strict
+mark fails the suite so that the mark is removed. What each needs is in its reason
+and in the closing note of #17.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+
+import pytest
+from PIL import Image, ImageDraw
+
+from photosentry.decode import decode
+from photosentry.hashes.banks import SqliteBankStore, entries_from_hashes
+from photosentry.hashes.derived import derive
+from photosentry.hashes.localfeatures import banned_features
+from photosentry.hashes.matcher import BankMatcher
+from photosentry.hashes.signals import hash_image
+from photosentry.worker.pipeline import Scanner
+from photosentry.worker.policy import Policy
+from photosentry.worker.verdict import ReasonCode
+
+from . import corpus as corpus_mod
+
+WORDS = "the a to of and lol omg see you later did tonight what why where party send pics now no yes maybe friday dinner".split()
+
+
+def jpeg(img: Image.Image, quality: int = 88) -> bytes:
+    out = io.BytesIO()
+    img.convert("RGB").save(out, format="JPEG", quality=quality)
+    return out.getvalue()
+
+
+def scan_after_banning(store: SqliteBankStore, banned: Image.Image, upload: Image.Image):  # type: ignore[no-untyped-def]
+    data = jpeg(banned, 92)
+    image = decode(data)
+    hashes = hash_image(data, image.frames, image.frame_indices)
+    entries, _ = entries_from_hashes(hashes, "banned", label="banned", derived=derive(image.frames[0]),
+                                     features=banned_features(image.frames[0]))
+    store.add(entries, actor="test", reason="red team")
+    return Scanner(policy=Policy.default(), matcher=BankMatcher(store), classifier=None).scan_bytes(jpeg(upload))
+
+
+def square(name: str) -> Image.Image:
+    img = corpus_mod.load(name).convert("RGB")
+    side = min(img.size)
+    return img.crop(((img.width - side) // 2, (img.height - side) // 2,
+                     (img.width + side) // 2, (img.height + side) // 2)).resize((640, 640))
+
+
+def chat(seed: int, *, keyboard: bool = False, w: int = 1080, h: int = 2340) -> Image.Image:
+    """A chat app's screen: one header, bubbles of other words, maybe the keyboard."""
+    r = random.Random(seed)
+    out = Image.new("RGB", (w, h), (255, 255, 255))
+    d = ImageDraw.Draw(out)
+    d.rectangle((0, 0, w, 220), fill=(245, 245, 245))
+    d.text((180, 90), "alex_93", fill=(0, 0, 0), font_size=60)
+    d.ellipse((40, 60, 140, 160), fill=(90, 140, 220))
+    top = h - 900 if keyboard else h - 200
+    y = 300
+    while y < top - 200:
+        mine = r.random() < 0.5
+        x0 = 300 if mine else 40
+        d.rounded_rectangle((x0, y, x0 + 740, y + 150), 40, fill=(0, 132, 255) if mine else (230, 230, 235))
+        d.text((x0 + 40, y + 45), " ".join(r.choice(WORDS) for _ in range(r.randint(2, 5))),
+               fill=(255, 255, 255) if mine else (0, 0, 0), font_size=52)
+        y += 190
+    if keyboard:
+        d.rectangle((0, top, w, h), fill=(210, 213, 219))
+        for i, row in enumerate(("qwertyuiop", "asdfghjkl", "zxcvbnm")):
+            x = (w - len(row) * 106) // 2
+            for ch in row:
+                d.rounded_rectangle((x, top + 40 + i * 160, x + 98, top + 170 + i * 160), 12, fill=(255, 255, 255))
+                d.text((x + 30, top + 70 + i * 160), ch, fill=(0, 0, 0), font_size=60)
+                x += 106
+        d.rounded_rectangle((250, top + 520, 830, top + 650), 12, fill=(255, 255, 255))
+    return out
+
+
+@pytest.mark.xfail(strict=True, reason="a ban's keypoints match any one photo a banned collage was made of: verifying "
+                   "that the upload shows most of the banned image needs its size in the orb entry")
+def test_banning_a_collage_does_not_block_the_photos_it_was_made_of(store: SqliteBankStore) -> None:
+    photos = [square(n) for n in ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg")]
+    banned = Image.new("RGB", (1116, 1116), (255, 255, 255))
+    for i, photo in enumerate(photos):
+        r, c = divmod(i, 2)
+        banned.paste(photo.resize((540, 540)), (12 + c * 552, 12 + r * 552))
+    verdict = scan_after_banning(store, banned, photos[1])
+    assert ReasonCode.BANK_MATCH.value not in verdict.reason_codes, [(m.basis, m.inliers) for m in verdict.matches]
+
+
+@pytest.mark.xfail(strict=True, reason="whole-image PDQ of two UI-dominated screenshots (same header, bubbles, keyboard) "
+                   "is within 31 at quality 100: PDQ cannot see the text")
+def test_two_chat_screenshots_with_the_same_keyboard_are_not_one_photo(store: SqliteBankStore) -> None:
+    verdict = scan_after_banning(store, chat(1, keyboard=True), chat(7, keyboard=True))
+    assert ReasonCode.BANK_MATCH.value not in verdict.reason_codes, [(m.basis, m.distance) for m in verdict.matches]
