@@ -431,6 +431,19 @@ def large_but_legal() -> Hostile:
                    "7000x7000 zeros: just under the pixel limit")
 
 
+def slow_but_legal() -> Hostile:
+    """A 49 MP half-transparent RGBA PNG of about 200 KB: under every limit, fully decoded
+    and composited onto white, several seconds on one core (the grey one above now
+    decodes and hashes in about a second, too close to a one-second job timeout)."""
+    width = height = 7000
+    raw = zlib.compressobj(9)
+    row = b"\x00" + bytes((10, 20, 30, 128)) * width
+    idat = b"".join(raw.compress(row) for _ in range(height)) + raw.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
+    data = PNG_SIG + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
+    return Hostile("png-49mp-rgba.png", "shape", data, True, DAMAGED, "7000x7000 half-transparent: composited whole")
+
+
 def truncations(bases: dict[str, bytes]) -> Iterator[Hostile]:
     for base, data in bases.items():
         for cut in (8, 33, len(data) // 10, len(data) // 2):

@@ -238,7 +238,7 @@ def test_a_worker_gives_every_hostile_upload_one_verdict_within_the_memory_ceili
 def test_a_file_slower_than_the_job_timeout_is_quarantined_not_lost(
     worker_env: dict[str, str], redis_client: redis.Redis
 ) -> None:
-    slow = make_hostile.large_but_legal()  # ~5 s to decode and hash on one core
+    slow = make_hostile.slow_but_legal()  # ~3.5 s to decode and hash on one core
     quick = make_hostile.encoded_bases(make_hostile.base_images(make_hostile.DEFAULT_PHOTOS))
     enqueue_scan(redis_client, source=slow.data, upload_id="slow", job_timeout=1, retries=1)
     enqueue_scan(redis_client, source=next(iter(quick.values())), upload_id="quick", job_timeout=60, retries=0)
