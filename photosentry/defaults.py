@@ -216,6 +216,11 @@ FEATURE_MIN_SCALE = 0.15
 FEATURE_MAX_SCALE = 6.0
 """... or this much enlarged (a small crop blown up)."""
 
+FEATURE_MIN_SHOWN = 0.3
+"""The upload must show at least this share of the banned photo, placed by the fitted
+transform: a crop of a fifth off every edge shows 36%, one photo of a banned 2 x 2
+collage a quarter (an entry stored before the photo's size was skips the check)."""
+
 FEATURE_MIN_SPREAD = 0.02
 """Inliers must spread over at least this share of the banned photo's keypoint area
 (the product of the two sides' shares): a logo or a texture in one corner is not it."""

@@ -333,3 +333,16 @@ def test_a_sliver_of_a_picture_is_scanned_not_crashed_on(size: tuple[int, int], 
     photos["coffee.png"].resize(size).save(out, format="PNG")
     verdict = scanner_for(policy, store).scan_bytes(out.getvalue())
     assert ReasonCode.SCAN_FAILED.value not in verdict.reason_codes, [r.text for r in verdict.reasons]
+
+
+def test_an_orb_entry_keeps_its_photos_size_and_old_entries_still_read(photos: dict[str, Image.Image]) -> None:
+    from photosentry.hashes.localfeatures import LocalFeatures
+
+    frame = decode(jpeg(photos["coffee.png"])).frames[0]
+    found = banned_features(frame)
+    assert found is not None and found.size == (512, 512)  # the square photo reduced as the keypoints are
+    again = LocalFeatures.decode(found.encode())
+    assert again.size == found.size and len(again) == len(found) and (again.points == found.points.round()).all()
+    # An entry written before the size was (every slot a keypoint) reads as it did.
+    old = LocalFeatures(found.points, found.descriptors)
+    assert LocalFeatures.decode(old.encode()).size == (0, 0) and len(LocalFeatures.decode(old.encode())) == len(found)

@@ -1,10 +1,10 @@
-"""Known false matches, found by the red team of 2026-12-07 and not fixed yet (#17).
+"""False matches found by the red team of 2026-12-07 (#17).
 
 Each test states the non-negotiable ("never block the innocent") for an upload that
-shares only a part, a template or an app's UI with a banned image, and is marked
-``xfail(strict=True)``: it fails today, and the day a fix makes it pass, the strict
-mark fails the suite so that the mark is removed. What each needs is in its reason
-and in the closing note of #17.
+shares only a part, a template or an app's UI with a banned image. Those not fixed yet
+are marked ``xfail(strict=True)``: they fail today, and the day a fix makes one pass,
+the strict mark fails the suite so that the mark is removed. What each needs is in its
+reason and in the closing note of #17.
 """
 
 from __future__ import annotations
@@ -82,9 +82,9 @@ def chat(seed: int, *, keyboard: bool = False, w: int = 1080, h: int = 2340) -> 
     return out
 
 
-@pytest.mark.xfail(strict=True, reason="a ban's keypoints match any one photo a banned collage was made of: verifying "
-                   "that the upload shows most of the banned image needs its size in the orb entry")
 def test_banning_a_collage_does_not_block_the_photos_it_was_made_of(store: SqliteBankStore) -> None:
+    # Fixed: the ban's keypoints matched any one photo of the banned collage (31 inliers,
+    # blocked); now the upload must show most of the banned image (FEATURE_MIN_SHOWN).
     photos = [square(n) for n in ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg")]
     banned = Image.new("RGB", (1116, 1116), (255, 255, 255))
     for i, photo in enumerate(photos):

@@ -32,6 +32,9 @@ from .. import defaults
 _POINT_BYTES = 36
 #: x and y of an unused slot (a photo with fewer keypoints than the fixed width).
 _EMPTY = 0xFFFF
+#: The descriptor of the slot that holds the picture's own (width, height) instead of a
+#: keypoint (entries from before it have none; they skip the check that needs it).
+_SIZE_MARK = np.frombuffer(b"photosentry:size" * 2, dtype=np.uint8)
 #: Hex digits of an encoded feature set: what the ``orb`` algorithm's registry entry says.
 FEATURE_BITS = defaults.FEATURE_COUNT * _POINT_BYTES * 8
 
@@ -45,26 +48,36 @@ class LocalFeatures:
     #: Pixels of the picture the keypoints were found on per pixel of the frame given
     #: (an upload's frame is reduced to ``FEATURE_QUERY_SIDE`` first).
     scale: float = 1.0
+    #: (width, height) of the picture the keypoints were found on, in their pixels;
+    #: (0, 0): not known (an entry stored before the size was).
+    size: tuple[int, int] = (0, 0)
 
     def __len__(self) -> int:
         return len(self.points)
 
     def encode(self) -> str:
-        """The fixed-width hex form a bank entry stores (unused slots padded)."""
+        """The fixed-width hex form a bank entry stores (unused slots padded); the last
+        slot holds the picture's size where it is known."""
         out = np.zeros((defaults.FEATURE_COUNT, _POINT_BYTES), dtype=np.uint8)
         out[:, 32:] = 0xFF
-        n = min(len(self), defaults.FEATURE_COUNT)
+        room = defaults.FEATURE_COUNT - (1 if self.size[0] else 0)
+        n = min(len(self), room)
         out[:n, :32] = self.descriptors[:n]
         xy = np.clip(np.rint(self.points[:n]), 0, _EMPTY - 1).astype(">u2")
         out[:n, 32:] = xy.view(np.uint8).reshape(n, 4)
+        if self.size[0]:
+            out[-1, :32] = _SIZE_MARK
+            out[-1, 32:] = np.array(self.size, dtype=">u2").view(np.uint8)
         return out.tobytes().hex()
 
     @classmethod
     def decode(cls, value: str) -> "LocalFeatures":
         raw = np.frombuffer(bytes.fromhex(value), dtype=np.uint8).reshape(-1, _POINT_BYTES)
         xy = raw[:, 32:].copy().view(">u2").reshape(-1, 2)
-        used = ~(xy == _EMPTY).all(axis=1)
-        return cls(xy[used].astype(np.float32), np.ascontiguousarray(raw[used, :32]))
+        marked = (raw[:, :32] == _SIZE_MARK).all(axis=1)
+        used = ~(xy == _EMPTY).all(axis=1) & ~marked
+        size = (int(xy[marked][0, 0]), int(xy[marked][0, 1])) if marked.any() else (0, 0)
+        return cls(xy[used].astype(np.float32), np.ascontiguousarray(raw[used, :32]), size=size)
 
 
 #: ORB's descriptor patch (31 pixels) and its border: no keypoint fits in less.
@@ -82,17 +95,19 @@ def _grey(rgb: np.ndarray, side: int) -> tuple[np.ndarray, float]:
 
 
 def _orb(grey: np.ndarray, n: int, scale: float) -> LocalFeatures:
+    size = (grey.shape[1], grey.shape[0])
+    none = LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8), scale, size)
     if min(grey.shape[:2]) < _ORB_MIN_SIDE:
         # ORB's pyramid fails on a picture a few pixels across (a 7 x 3000 banner, a
         # 1-pixel GIF); it would find no keypoint there anyway.
-        return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8), scale)
+        return none
     detector = cv2.ORB_create(nfeatures=n, fastThreshold=defaults.FEATURE_FAST_THRESHOLD)
     keypoints, descriptors = detector.detectAndCompute(grey, None)
     if descriptors is None or not keypoints:
-        return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8), scale)
+        return none
     order = np.argsort([-k.response for k in keypoints], kind="stable")
     points = np.array([keypoints[i].pt for i in order], dtype=np.float32)
-    return LocalFeatures(points, np.ascontiguousarray(descriptors[order]), scale)
+    return LocalFeatures(points, np.ascontiguousarray(descriptors[order]), scale, size)
 
 
 def _keypoints(rgb: np.ndarray, side: int, n: int) -> LocalFeatures:
@@ -105,7 +120,8 @@ def banned_features(rgb: np.ndarray) -> LocalFeatures | None:
     found = _keypoints(rgb, defaults.FEATURE_BAN_SIDE, 4 * defaults.FEATURE_COUNT)
     if len(found) < defaults.FEATURE_MIN_INLIERS:
         return None
-    return LocalFeatures(found.points[: defaults.FEATURE_COUNT], found.descriptors[: defaults.FEATURE_COUNT])
+    keep = defaults.FEATURE_COUNT - 1  # the last slot of the entry holds the size
+    return LocalFeatures(found.points[:keep], found.descriptors[:keep], size=found.size)
 
 
 def query_features(rgb: np.ndarray) -> LocalFeatures:
@@ -201,12 +217,13 @@ class FeatureIndex:
         for entry_id, found_pairs in pairs.items():
             if len(found_pairs) < defaults.FEATURE_MIN_INLIERS:
                 continue
-            best, where = _verified(found_pairs, query.points, points), ""
+            shown = (self._sets[entry_id].size, query.size)
+            best, where = _verified(found_pairs, query.points, points, shown), ""
             for name, (left, top, right, bottom) in boxes:
                 inside = [(q, b) for q, b in found_pairs
                           if left <= query.points[q, 0] < right and top <= query.points[q, 1] < bottom]
                 if len(inside) >= defaults.FEATURE_MIN_INLIERS and len(inside) < len(found_pairs):
-                    inliers = _verified(inside, query.points, points)
+                    inliers = _verified(inside, query.points, points, shown)
                     if inliers > best:
                         best, where = inliers, name
             if best >= defaults.FEATURE_MIN_INLIERS:
@@ -234,9 +251,12 @@ def _index(descriptors: np.ndarray) -> faiss.IndexBinary:
     return ivf
 
 
-def _verified(pairs: list[tuple[int, int]], query_points: np.ndarray, banned_points: np.ndarray) -> int:
+def _verified(pairs: list[tuple[int, int]], query_points: np.ndarray, banned_points: np.ndarray,
+              sizes: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))) -> int:
     """Pairs consistent with one similarity transform from the banned photo to the
-    upload, and only if that transform is plausible for a copy."""
+    upload, and only if that transform is plausible for a copy: among other things, the
+    upload shows most of the banned photo, not a part of it (:func:`_shown`; ``sizes``:
+    the banned photo's and the upload's, where known)."""
     src = banned_points[[b for _, b in pairs]]
     dst = query_points[[q for q, _ in pairs]]
     transform, mask = cv2.estimateAffinePartial2D(
@@ -257,4 +277,24 @@ def _verified(pairs: list[tuple[int, int]], query_points: np.ndarray, banned_poi
     full = np.ptp(banned_points, axis=0) + 1
     if (extent / full).prod() < defaults.FEATURE_MIN_SPREAD:
         return 0
+    banned_size, query_size = sizes
+    if banned_size[0] and query_size[0] and _shown(transform, banned_size, query_size) < defaults.FEATURE_MIN_SHOWN:
+        return 0
     return int(kept.sum())
+
+
+def _shown(transform: np.ndarray, banned_size: tuple[int, int], query_size: tuple[int, int]) -> float:
+    """The share of the banned photo that the fitted transform puts inside the upload. A
+    copy shows most of it (a crop of a fifth off every edge still shows 36%); an upload
+    that is a part of it, one photo of a banned 2 x 2 collage, shows a quarter: matching
+    that would block the innocent photos a banned collage or meme was made of."""
+    w, h = banned_size
+    corners = np.array([[[0, 0], [w, 0], [w, h], [0, h]]], np.float32)
+    placed = cv2.transform(corners, transform)[0].astype(np.float32)
+    area = abs(float(cv2.contourArea(placed)))
+    if area <= 0:
+        return 0.0
+    qw, qh = query_size
+    frame = np.array([[0, 0], [qw, 0], [qw, qh], [0, qh]], np.float32)
+    inside, _ = cv2.intersectConvexConvex(placed, frame)
+    return float(inside) / area
