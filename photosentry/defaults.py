@@ -221,6 +221,11 @@ FEATURE_MIN_SHOWN = 0.3
 transform: a crop of a fifth off every edge shows 36%, one photo of a banned 2 x 2
 collage a quarter (an entry stored before the photo's size was skips the check)."""
 
+FEATURE_MIN_FILL = 0.1
+"""... and the banned photo, so placed, must fill at least this share of the upload or
+of the region it was found in: a banned chat screenshot shrunk to a stamp in one cell of
+another chat (glyphs of one font meeting) is not a copy."""
+
 FEATURE_MIN_SPREAD = 0.02
 """Inliers must spread over at least this share of the banned photo's keypoint area
 (the product of the two sides' shares): a logo or a texture in one corner is not it."""

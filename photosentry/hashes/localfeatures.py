@@ -217,13 +217,17 @@ class FeatureIndex:
         for entry_id, found_pairs in pairs.items():
             if len(found_pairs) < defaults.FEATURE_MIN_INLIERS:
                 continue
-            shown = (self._sets[entry_id].size, query.size)
-            best, where = _verified(found_pairs, query.points, points, shown), ""
+            banned_size = self._sets[entry_id].size
+            whole = (0.0, 0.0, float(query.size[0]), float(query.size[1])) if query.size[0] else None
+            best, where = _verified(found_pairs, query.points, points, banned_size, whole), ""
             for name, (left, top, right, bottom) in boxes:
                 inside = [(q, b) for q, b in found_pairs
                           if left <= query.points[q, 0] < right and top <= query.points[q, 1] < bottom]
                 if len(inside) >= defaults.FEATURE_MIN_INLIERS and len(inside) < len(found_pairs):
-                    inliers = _verified(inside, query.points, points, shown)
+                    # The banned photo must then lie in the region (a cell, a
+                    # screenshot's photo), not merely overlap it: an app's header in
+                    # one cell of a screenshot is not the banned screenshot.
+                    inliers = _verified(inside, query.points, points, banned_size, (left, top, right, bottom))
                     if inliers > best:
                         best, where = inliers, name
             if best >= defaults.FEATURE_MIN_INLIERS:
@@ -252,11 +256,12 @@ def _index(descriptors: np.ndarray) -> faiss.IndexBinary:
 
 
 def _verified(pairs: list[tuple[int, int]], query_points: np.ndarray, banned_points: np.ndarray,
-              sizes: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))) -> int:
+              banned_size: tuple[int, int] = (0, 0), within: tuple[float, float, float, float] | None = None) -> int:
     """Pairs consistent with one similarity transform from the banned photo to the
     upload, and only if that transform is plausible for a copy: among other things, the
-    upload shows most of the banned photo, not a part of it (:func:`_shown`; ``sizes``:
-    the banned photo's and the upload's, where known)."""
+    box ``within`` (the upload, or the region the pairs were taken from, in keypoint
+    pixels) shows most of the banned photo and is filled by a fair part of it
+    (:func:`_placed`; skipped where the banned photo's size is not known)."""
     src = banned_points[[b for _, b in pairs]]
     dst = query_points[[q for q, _ in pairs]]
     transform, mask = cv2.estimateAffinePartial2D(
@@ -277,24 +282,33 @@ def _verified(pairs: list[tuple[int, int]], query_points: np.ndarray, banned_poi
     full = np.ptp(banned_points, axis=0) + 1
     if (extent / full).prod() < defaults.FEATURE_MIN_SPREAD:
         return 0
-    banned_size, query_size = sizes
-    if banned_size[0] and query_size[0] and _shown(transform, banned_size, query_size) < defaults.FEATURE_MIN_SHOWN:
-        return 0
+    if banned_size[0] and within is not None:
+        shown, fills = _placed(transform, banned_size, within)
+        if shown < defaults.FEATURE_MIN_SHOWN or fills < defaults.FEATURE_MIN_FILL:
+            return 0
     return int(kept.sum())
 
 
-def _shown(transform: np.ndarray, banned_size: tuple[int, int], query_size: tuple[int, int]) -> float:
-    """The share of the banned photo that the fitted transform puts inside the upload. A
-    copy shows most of it (a crop of a fifth off every edge still shows 36%); an upload
-    that is a part of it, one photo of a banned 2 x 2 collage, shows a quarter: matching
-    that would block the innocent photos a banned collage or meme was made of."""
+def _placed(transform: np.ndarray, banned_size: tuple[int, int],
+            within: tuple[float, float, float, float]) -> tuple[float, float]:
+    """Where the fitted transform puts the banned photo, against the box ``within``: the
+    share of the banned photo inside it, and the share of the box it fills.
+
+    A copy shows most of the banned photo (a crop of a fifth off every edge still shows
+    36%); an upload that is a part of it, one photo of a banned 2 x 2 collage, shows a
+    quarter: matching that would block the innocent photos a banned collage or meme was
+    made of. And a copy fills a fair part of where it was found (a collage cell, a
+    screenshot's photo: most of it; a whole upload: a quarter-screen photo's share);
+    the banned photo shrunk to a stamp in a corner of the box is glyphs of one font
+    meeting glyphs of the same font (a chat app's UI), not a copy."""
     w, h = banned_size
     corners = np.array([[[0, 0], [w, 0], [w, h], [0, h]]], np.float32)
     placed = cv2.transform(corners, transform)[0].astype(np.float32)
     area = abs(float(cv2.contourArea(placed)))
     if area <= 0:
         return 0.0
-    qw, qh = query_size
-    frame = np.array([[0, 0], [qw, 0], [qw, qh], [0, qh]], np.float32)
+    x0, y0, x1, y1 = within
+    frame = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float32)
     inside, _ = cv2.intersectConvexConvex(placed, frame)
-    return float(inside) / area
+    box = max(1e-6, (x1 - x0) * (y1 - y0))
+    return float(inside) / area, float(inside) / box
