@@ -11,6 +11,7 @@ and a review-only match never blocks.
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -323,7 +324,7 @@ def test_a_chat_apps_rounded_corners_are_filled_in_before_pdq(photos: dict[str, 
         assert regions.square_corners(decode(jpeg(photos[name])).frames[0]) is None, name
 
 
-@pytest.mark.parametrize("size", [(2400, 6), (6, 2400), (1, 1), (40, 40)])
+@pytest.mark.parametrize("size", [(2400, 6), (6, 2400), (1, 1), (40, 40), (64, 16000)])
 def test_a_sliver_of_a_picture_is_scanned_not_crashed_on(size: tuple[int, int], policy: Policy, store: SqliteBankStore,
                                                          photos: dict[str, Image.Image]) -> None:
     # ORB's pyramid failed on a picture a few pixels across (a 6 x 2400 banner), so a
@@ -333,6 +334,10 @@ def test_a_sliver_of_a_picture_is_scanned_not_crashed_on(size: tuple[int, int], 
     photos["coffee.png"].resize(size).save(out, format="PNG")
     verdict = scanner_for(policy, store).scan_bytes(out.getvalue())
     assert ReasonCode.SCAN_FAILED.value not in verdict.reason_codes, [r.text for r in verdict.reasons]
+    # Nor do the proposals warn on it (a one-pixel-wide thumbnail averaged nothing).
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        regions.propose(decode(out.getvalue()).frames[0])
 
 
 def test_an_orb_entry_keeps_its_photos_size_and_old_entries_still_read(photos: dict[str, Image.Image]) -> None:

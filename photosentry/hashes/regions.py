@@ -382,6 +382,8 @@ def _sharp(grey: np.ndarray) -> Box | None:
     is the photo itself blurred and darkened, with no edge a margin or a line would find,
     but next to the photo it has next to no detail."""
     h, w = grey.shape
+    if min(h, w) < 8:
+        return None  # a sliver (a thumbnail one pixel wide has no detail along its rows)
     across = np.abs(np.diff(grey, axis=1)).mean(axis=1)  # detail along each row
     rows = np.flatnonzero(across > defaults.REGION_SHARP_SHARE * np.percentile(across, 90))
     if len(rows) < 8:
