@@ -213,12 +213,12 @@ class FeatureIndex:
             train = int(nearest[q, 0])
             pairs.setdefault(int(owner[train]), []).append((int(q), train))
         boxes = [(name, np.array(box, dtype=np.float32) * query.scale) for name, box in regions]
+        whole = (0.0, 0.0, float(query.size[0]), float(query.size[1])) if query.size[0] else None
         hits = []
         for entry_id, found_pairs in pairs.items():
             if len(found_pairs) < defaults.FEATURE_MIN_INLIERS:
                 continue
             banned_size = self._sets[entry_id].size
-            whole = (0.0, 0.0, float(query.size[0]), float(query.size[1])) if query.size[0] else None
             best, where = _verified(found_pairs, query.points, points, banned_size, whole), ""
             for name, (left, top, right, bottom) in boxes:
                 inside = [(q, b) for q, b in found_pairs
@@ -306,7 +306,7 @@ def _placed(transform: np.ndarray, banned_size: tuple[int, int],
     placed = cv2.transform(corners, transform)[0].astype(np.float32)
     area = abs(float(cv2.contourArea(placed)))
     if area <= 0:
-        return 0.0
+        return 0.0, 0.0
     x0, y0, x1, y1 = within
     frame = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float32)
     inside, _ = cv2.intersectConvexConvex(placed, frame)
