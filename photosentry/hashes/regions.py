@@ -153,10 +153,10 @@ def square_corners(crop: np.ndarray) -> np.ndarray | None:
     if limit < 4:
         return None
     yy, xx = np.mgrid[0:limit, 0:limit]
-    found: list[tuple[int, int, int]] = []  # (radius, y0, x0)
+    found: list[tuple[int, bool, bool]] = []  # (radius, at the bottom, at the right)
     for flip_y, flip_x in ((False, False), (False, True), (True, False), (True, True)):
-        patch = crop[:limit, :limit] if not (flip_y or flip_x) else crop[::-1 if flip_y else 1, ::-1 if flip_x else 1][:limit, :limit]
-        patch = patch.astype(np.int16)
+        # The corner turned to the top left, its tip at [0, 0].
+        patch = crop[::-1 if flip_y else 1, ::-1 if flip_x else 1][:limit, :limit].astype(np.int16)
         same = (np.abs(patch - patch[0, 0]) <= 2 * defaults.REGION_MARGIN_TOLERANCE).all(axis=2)
         along = min(int(np.argmin(same[0])) if not same[0].all() else limit,
                     int(np.argmin(same[:, 0])) if not same[:, 0].all() else limit)
