@@ -20,7 +20,10 @@ Everything else is *weak*: kept in the verdict (and ``ban check``) so a moderato
 it, but it decides nothing. A lone 64-bit hash within 8 is weak: smooth, low-detail
 pictures (sky, fog, gradients) collapse to nearly the same 64-bit hashes, and across a
 bank of millions such coincidences happen daily (docs/matching.md measures them). A
-hash from a low-detail picture (PDQ quality under 50) is weak whatever it matches.
+hash from a low-detail picture (PDQ quality under 50) is weak whatever it matches; so is
+any perceptual hash of a picture (a frame, or the region hashed) that is mostly flat
+colour (:mod:`.flatness`): an app's screen, whose hashes see its layout and not its
+text, so that every chat of one app with bubbles on the same sides hashes alike.
 """
 
 from __future__ import annotations
@@ -31,14 +34,17 @@ from typing import TYPE_CHECKING
 
 from .. import defaults
 from .codecs import Algorithm
+from .flatness import is_flat
 
 if TYPE_CHECKING:
     from .matcher import Match
+    from .signals import PerceptualHash
 
 #: Why a match is strong (it may act) or weak (it is only reported).
 EXACT, PDQ, PDQ_REGION, PDQ_DERIVED, TWO_HASHES = "exact", "pdq", "pdq_region", "pdq_derived", "two_hashes"
 FEATURES, FEATURES_PARTIAL = "features", "features_partial"
-LOW_QUALITY, LONE_SHORT_HASH, FEW_FEATURES = "low_quality", "lone_64bit", "few_features"
+LOW_QUALITY, FLAT_PICTURE = "low_quality", "flat_picture"
+LONE_SHORT_HASH, FEW_FEATURES = "lone_64bit", "few_features"
 STRONG_BASES = frozenset({EXACT, PDQ, PDQ_REGION, PDQ_DERIVED, TWO_HASHES, FEATURES, FEATURES_PARTIAL})
 #: Strong enough to hold a photo for review, not to block it: the action is at most quarantine.
 REVIEW_ONLY_BASES = frozenset({FEATURES_PARTIAL})
@@ -47,11 +53,19 @@ REVIEW_ONLY_BASES = frozenset({FEATURES_PARTIAL})
 DERIVED_SOURCE = "derived"
 
 
+def weakness(h: "PerceptualHash", flat: float) -> str:
+    """Why a photo's hash is too weak to act on whatever it matches ("" if it is not):
+    its own quality score, or the flat share of the picture it was computed from."""
+    if h.weak:
+        return LOW_QUALITY
+    return FLAT_PICTURE if is_flat(flat) else ""
+
+
 def grade(matches: Sequence["Match"]) -> list["Match"]:
     """``matches`` with ``weak`` and ``basis`` set by the rule above (input order kept).
 
-    ``weak`` on the way in means the photo's hash itself was too weak (low quality);
-    the rule never makes such a match strong.
+    ``weak`` on the way in means the photo's hash itself was too weak (its ``basis``
+    says why: :func:`weakness`); the rule never makes such a match strong.
     """
     # Which algorithms matched each banned image (group) of each bank with a usable hash.
     # Keypoints in place count as one more independent signal.
@@ -76,7 +90,7 @@ def _basis(m: "Match", seen: dict[tuple[str, str], set[Algorithm]]) -> str:
     if not m.algorithm.is_perceptual:
         return EXACT
     if m.weak:
-        return LOW_QUALITY
+        return m.basis or LOW_QUALITY
     if m.algorithm is Algorithm.PDQ:
         if m.source == DERIVED_SOURCE:
             return PDQ_DERIVED
@@ -98,5 +112,7 @@ def describe(m: "Match") -> str:
         FEATURES_PARTIAL: f"{m.inliers} keypoints of the banned image in place (enough to review, not to block)",
         FEW_FEATURES: f"only {m.inliers} keypoints of a banned image in place (weak: decides nothing)",
         LOW_QUALITY: "a hash of a low-detail picture (weak: decides nothing)",
+        FLAT_PICTURE: "a hash of a picture mostly flat colour, such as an app's screen: it sees the layout,"
+                      " not the text (weak: decides nothing)",
         LONE_SHORT_HASH: f"a lone {m.algorithm.spec.label} match (weak: decides nothing)",
     }.get(m.basis, m.basis)

@@ -28,7 +28,7 @@ from ..errors import BankNotFound, IndexFileError
 from .banks import BankConfig, BankEntry, BankStore, ChangeOp
 from .codecs import Algorithm
 from .algorithms import HASHES
-from .evidence import grade
+from .evidence import grade, weakness
 from .localfeatures import FeatureHit, FeatureIndex
 from .hostindex import HostIndex, IndexColumns, SharedIndex
 from .index import HashIndex, SortedExactIndex, TieredIndex, hex_to_codes
@@ -460,9 +460,10 @@ class BankMatcher:
     def match(self, hashes: ImageHashes) -> list[Match]:
         """Every active entry the photo matches (closest variant, frame and region per
         entry), graded strong or weak by :func:`.evidence.grade`."""
-        best: dict[int, tuple[bool, int, int, int, Algorithm, str]] = {}  # id -> (weak, distance, frame, variant, algo, region)
+        # id -> (why weak, or "" for strong; distance, frame, variant, algo, region)
+        best: dict[int, tuple[str, int, int, int, Algorithm, str]] = {}
 
-        def keep(entry_id: int, algorithm: Algorithm, distance: int, frame: int, variant: int, weak: bool,
+        def keep(entry_id: int, algorithm: Algorithm, distance: int, frame: int, variant: int, weak: str,
                  region: str = "") -> None:
             current = best.get(entry_id)
             # The whole photo's match wins a tie: it is the plainer evidence.
@@ -471,13 +472,13 @@ class BankMatcher:
 
         for algorithm, value in hashes.exact().items():
             for hit in self._indexes[algorithm].query([value], 0):
-                keep(hit.entry_id, algorithm, 0, 0, 0, False)
+                keep(hit.entry_id, algorithm, 0, 0, 0, "")
         for frame in (*hashes.frames, *hashes.regions):
             for ph in frame.hashes:
                 index = self._indexes[ph.algorithm]
                 if not len(index):
                     continue
-                weak = ph.weak
+                weak = weakness(ph, frame.flat)
                 for hit in index.query(ph.variants, self._max_distance(ph.algorithm)):
                     bank = self._bank_names[int(self._bank_of[hit.entry_id])]
                     if hit.distance <= self.bank(bank).distance(ph.algorithm):
@@ -497,8 +498,8 @@ class BankMatcher:
         for entry_id, (weak, distance, frame, variant, algorithm, region) in best.items():
             bank = self._bank_names[int(self._bank_of[entry_id])]
             label, group, source = info.get(entry_id, ("", "", ""))
-            matches.append(Match(entry_id, bank, algorithm, distance, label, frame, variant, weak,
-                                 self.bank(bank).is_allow, group, source, region))
+            matches.append(Match(entry_id, bank, algorithm, distance, label, frame, variant, bool(weak),
+                                 self.bank(bank).is_allow, group, source, region, basis=weak))
         for hit, region in verified.values():
             label, group, source = info.get(hit.entry_id, ("", "", ""))
             matches.append(Match(hit.entry_id, hit.bank, Algorithm.ORB, defaults.FEATURE_COUNT - hit.inliers, label,

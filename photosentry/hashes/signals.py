@@ -29,6 +29,7 @@ from .. import defaults
 from ..errors import RegistryError
 from . import perceptual
 from .codecs import Algorithm
+from .flatness import FlatMap
 from .localfeatures import LocalFeatures, query_features
 from .regions import Region, propose, square_corners
 
@@ -242,6 +243,9 @@ class FrameHashes:
     hashes: tuple[PerceptualHash, ...]
     #: The region of the frame hashed (:attr:`.regions.Region.name`); empty: the whole frame.
     region: str = ""
+    #: The share of the hashed picture that is flat colour (:mod:`.flatness`): a
+    #: matching detail (never stored); a flat picture's hashes see its layout.
+    flat: float = field(default=0.0, compare=False)
 
     def get(self, algorithm: Algorithm) -> PerceptualHash | None:
         return next((h for h in self.hashes if h.algorithm is algorithm), None)
@@ -353,10 +357,12 @@ def hash_image(
     exact = hash_bytes(data)
     per_frame = []
     prepared: list[HashFrame] = []
+    flat_maps = []
     for index, rgb in zip(frame_indices, frames, strict=True):
         frame = HashFrame(rgb, quick=quick, **_reduced_from(rgb, source_size, reduction))
         prepared.append(frame)
-        per_frame.append(FrameHashes(index, hash_frame(frame)))
+        flat_maps.append(FlatMap(rgb))
+        per_frame.append(FrameHashes(index, hash_frame(frame), flat=flat_maps[-1].share()))
     found: tuple[FrameHashes, ...] = ()
     keypoints: LocalFeatures | None = None
     boxes: tuple[tuple[str, tuple[int, int, int, int]], ...] = ()
@@ -367,7 +373,9 @@ def hash_image(
             # PDQ only: what hash-only lists hold, and strong alone; a region's 64-bit
             # hashes would only ever be weak evidence, at 3 ms a region.
             source = _region_source(prepared[0])
-            found = tuple(FrameHashes(frame_indices[0], _region_pdq(source, r), r.name) for r in proposed)
+            found = tuple(FrameHashes(frame_indices[0], _region_pdq(source, r), r.name,
+                                      flat=flat_maps[0].share((r.left, r.top, r.right, r.bottom)))
+                          for r in proposed)
         if features:
             keypoints = query_features(frames[0])
             boxes = tuple((r.name, (r.left, r.top, r.right, r.bottom)) for r in proposed
