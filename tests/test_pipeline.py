@@ -217,7 +217,7 @@ def test_the_model_scores_a_large_jpeg_as_it_would_without_banks(policy: Policy,
     ban(store, corpus.banned)
     with_banks = Scanner(policy=policy, matcher=BankMatcher(store), classifier=classifier)
     without = Scanner(policy=policy, matcher=None, classifier=classifier)
-    assert with_banks._decode_side() > without._decode_side()  # type: ignore[operator]
+    assert with_banks._decode_side(with_banks._copy_search()) > without._decode_side(without._copy_search())  # type: ignore[operator]
     seen: list[tuple[int, ...]] = []
     original = classifier.classify
 
@@ -232,3 +232,22 @@ def test_the_model_scores_a_large_jpeg_as_it_would_without_banks(policy: Policy,
         del classifier.classify
     assert seen[0] == seen[1] == ((400, 600, 3),), seen  # 1/4 scale, as decoded for the model alone
     assert abs(a.scores[0].score - b.scores[0].score) < 0.01, (a.scores, b.scores)
+
+
+def test_regions_and_keypoints_are_looked_for_only_where_a_bank_can_match_them(policy: Policy,
+                                                                             store: SqliteBankStore,
+                                                                             corpus: corpus_mod.Corpus) -> None:
+    # Region hashes are PDQ and keypoints meet image bans' keypoints: a host whose banks
+    # hold only exact hashes (or nothing) pays for neither, nor for the larger decode.
+    scanner = Scanner(policy=policy, matcher=BankMatcher(store), classifier=None)
+    data = corpus.clean["coffee"].read_bytes()
+    assert scanner._copy_search() == (False, False)
+    assert scanner._decode_side((False, False)) == scanner.decode_min_side
+    store.add([NewEntry(Algorithm.SHA256, "ab" * 32, "banned")], **WHO)
+    scanner.matcher.refresh()  # type: ignore[union-attr]
+    assert scanner._copy_search() == (False, False)
+    verdict = scanner.scan_bytes(data)
+    assert verdict.action is not Action.BLOCK
+    ban(store, corpus.banned)
+    scanner.matcher.refresh()  # type: ignore[union-attr]
+    assert scanner._copy_search() == (True, True)

@@ -416,6 +416,12 @@ class BankMatcher:
         return {**{a: len(index) for a, index in self._indexes.items()}, Algorithm.ORB: len(self._features)}
 
     @property
+    def wants_regions(self) -> bool:
+        """Whether any bank holds PDQ hashes: regions are hashed with PDQ only, so
+        without them proposing regions would be work for nothing."""
+        return len(self._indexes[Algorithm.PDQ]) > 0
+
+    @property
     def wants_features(self) -> bool:
         """Whether any image ban has keypoints: only then is an upload's worth finding."""
         return len(self._features) > 0

@@ -274,9 +274,16 @@ class Scanner:
                 photo.verdict = self._crashed(photo, exc)
         return photo.verdict
 
-    def _decode_side(self) -> int | None:
-        """The decode's smallest side: larger where there are banks to find copies in."""
-        if self.decode_min_side is not None and self.matcher is not None and self.matcher.size:
+    def _copy_search(self) -> tuple[bool, bool]:
+        """Whether to hash the upload's regions and find its keypoints: only where a
+        bank holds what they are matched against (PDQ hashes, image bans' keypoints)."""
+        if self.matcher is None:
+            return False, False
+        return self.matcher.wants_regions, self.matcher.wants_features
+
+    def _decode_side(self, copy_search: tuple[bool, bool]) -> int | None:
+        """The decode's smallest side: larger where regions or keypoints are looked for."""
+        if self.decode_min_side is not None and any(copy_search):
             return max(self.decode_min_side, defaults.COPY_DECODE_MIN_SIDE)
         return self.decode_min_side
 
@@ -285,9 +292,10 @@ class Scanner:
         run, data = photo.run, photo.data
         profile = self.policy.profile_for(photo.context)
         decoded: DecodedImage | None = None
+        regions, features = copy_search = self._copy_search()
         with run.stage("decode"):
             try:
-                decoded = decode(data, self.limits, min_side=self._decode_side(),
+                decoded = decode(data, self.limits, min_side=self._decode_side(copy_search),
                                  scan_trailing=profile.trailing.scan_kinds)
             except UnreadableImage as exc:
                 run.failures.append((ReasonCode(exc.code), exc.message))
@@ -302,8 +310,7 @@ class Scanner:
                 photo.hashes = hash_image(data, decoded.frames + decoded.hash_frames,
                                           decoded.frame_indices + decoded.hash_frame_indices,
                                           source_size=(decoded.width, decoded.height), reduction=decoded.reduction,
-                                          regions=self.matcher is not None,
-                                          features=self.matcher is not None and self.matcher.wants_features,
+                                          regions=regions, features=features,
                                           quick=True)
                 photo.model_frames = _model_frames(decoded, photo.hashes, self.decode_min_side)
                 if decoded.frames_truncated:
