@@ -28,10 +28,11 @@ _NEIGHBOURS = np.ones((3, 3), np.uint8)
 class FlatMap:
     """Which pixels of a frame's thumbnail are flat, summed for any box's share."""
 
-    def __init__(self, rgb: np.ndarray) -> None:
-        h, w = rgb.shape[:2]
+    def __init__(self, picture: np.ndarray) -> None:
+        """``picture``: the frame, (H, W, 3) RGB or its (H, W) luminance (OpenCV's, uint8)."""
+        h, w = picture.shape[:2]
         self._stride = max(1, -(-max(h, w) // defaults.REGION_THUMB_SIDE))
-        small = np.ascontiguousarray(rgb[:: self._stride, :: self._stride])
+        small = np.ascontiguousarray(picture[:: self._stride, :: self._stride])
         grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY) if small.ndim == 3 else small
         spread = cv2.dilate(grey, _NEIGHBOURS).astype(np.int16) - cv2.erode(grey, _NEIGHBOURS)
         flat = (spread <= 1).astype(np.int32)

@@ -84,14 +84,15 @@ class LocalFeatures:
 _ORB_MIN_SIDE = 32
 
 
-def _grey(rgb: np.ndarray, side: int) -> tuple[np.ndarray, float]:
+def _grey(rgb: np.ndarray, side: int, grey: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     h, w = rgb.shape[:2]
-    grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+    if grey is None:
+        grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
     scale = side / max(h, w)
     if scale < 1:
         grey = cv2.resize(grey, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
         return grey, scale
-    return grey, 1.0
+    return np.ascontiguousarray(grey), 1.0
 
 
 def _orb(grey: np.ndarray, n: int, scale: float) -> LocalFeatures:
@@ -110,9 +111,9 @@ def _orb(grey: np.ndarray, n: int, scale: float) -> LocalFeatures:
     return LocalFeatures(points, np.ascontiguousarray(descriptors[order]), scale, size)
 
 
-def _keypoints(rgb: np.ndarray, side: int, n: int) -> LocalFeatures:
-    grey, scale = _grey(rgb, side)
-    return _orb(grey, n, scale)
+def _keypoints(rgb: np.ndarray, side: int, n: int, grey: np.ndarray | None = None) -> LocalFeatures:
+    small, scale = _grey(rgb, side, grey)
+    return _orb(small, n, scale)
 
 
 def banned_features(rgb: np.ndarray) -> LocalFeatures | None:
@@ -124,9 +125,10 @@ def banned_features(rgb: np.ndarray) -> LocalFeatures | None:
     return LocalFeatures(found.points[:keep], found.descriptors[:keep], size=found.size)
 
 
-def query_features(rgb: np.ndarray) -> LocalFeatures:
-    """The keypoints of an upload, to be paired with every banned photo's."""
-    return _keypoints(rgb, defaults.FEATURE_QUERY_SIDE, defaults.FEATURE_QUERY_COUNT)
+def query_features(rgb: np.ndarray, grey: np.ndarray | None = None) -> LocalFeatures:
+    """The keypoints of an upload, to be paired with every banned photo's. ``grey``: its
+    luminance (OpenCV's, uint8) where the caller has it already."""
+    return _keypoints(rgb, defaults.FEATURE_QUERY_SIDE, defaults.FEATURE_QUERY_COUNT, grey)
 
 
 @contextmanager

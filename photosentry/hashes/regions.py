@@ -64,9 +64,10 @@ class Region:
 
 
 
-def propose(rgb: np.ndarray, *, limit: int = defaults.REGION_LIMIT) -> list[Region]:
+def propose(rgb: np.ndarray, *, grey: np.ndarray | None = None, limit: int = defaults.REGION_LIMIT) -> list[Region]:
     """Up to ``limit`` rectangles of ``rgb`` (H, W, 3 uint8) that may hold a photo of
-    their own, largest evidence first; none for a photo that fills its frame."""
+    their own, largest evidence first; none for a photo that fills its frame. ``grey``:
+    its luminance (OpenCV's, uint8) where the caller has it already."""
     h, w = rgb.shape[:2]
     if min(h, w) < defaults.REGION_MIN_FRAME_SIDE:
         return []
@@ -118,14 +119,13 @@ def propose(rgb: np.ndarray, *, limit: int = defaults.REGION_LIMIT) -> list[Regi
     # IoU 0.92 with the frame (a 2% border) or with an earlier, rougher box is a query
     # of its own.
     kept: list[Box] = [(0, 0, w, h)]
-    grey: np.ndarray | None = None
     fx, fy = w / sw, h / sh
     for kind, box in found:
         if area(box) < defaults.REGION_MIN_AREA * sw * sh:
             continue
         coarse = (round(box[0] * fx), round(box[1] * fy), min(w, round(box[2] * fx)), min(h, round(box[3] * fy)))
         if grey is None:
-            grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY).astype(np.float32)
+            grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
         fine = _refined(grey, coarse, reach=stride + 1)
         if any(iou(fine, k) >= defaults.REGION_SAME_BOX for k in kept):
             continue
@@ -195,7 +195,8 @@ def _refined(grey: np.ndarray, box: Box, *, reach: int) -> Box:
         lo, hi = max(1, at - reach), min(limit - 1, at + reach)
         if hi <= lo:
             return at
-        steps = np.abs(lines[lo:hi + 1] - lines[lo - 1:hi]).mean(axis=1)
+        near = lines[lo - 1:hi + 1].astype(np.float32)
+        steps = np.abs(near[1:] - near[:-1]).mean(axis=1)
         return lo + int(steps.argmax())
 
     # Only the lines near each side are compared: a few rows and columns of the frame.

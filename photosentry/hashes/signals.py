@@ -114,6 +114,11 @@ class HashFrame:
         return self._luma if self._luma is not None else perceptual.pdq_luma(self.rgb)
 
     @functools.cached_property
+    def cv_grey(self) -> np.ndarray:
+        """OpenCV's luminance (uint8): shared by region proposals, keypoints and flatness."""
+        return cv2.cvtColor(np.ascontiguousarray(self.rgb), cv2.COLOR_RGB2GRAY)
+
+    @functools.cached_property
     def grey(self) -> Image.Image:
         """Pillow's luminance (mode L), as imagehash converts: shared by pHash and dHash."""
         return self.image.convert("L")
@@ -358,17 +363,20 @@ def hash_image(
     per_frame = []
     prepared: list[HashFrame] = []
     flat_maps = []
-    for index, rgb in zip(frame_indices, frames, strict=True):
+    copy_search = bool((regions or features) and frames)
+    for i, (index, rgb) in enumerate(zip(frame_indices, frames, strict=True)):
         frame = HashFrame(rgb, quick=quick, **_reduced_from(rgb, source_size, reduction))
         prepared.append(frame)
-        flat_maps.append(FlatMap(rgb))
+        # The first frame's luminance is made anyway where copies are searched for.
+        flat_maps.append(FlatMap(frame.cv_grey if copy_search and i == 0 else rgb))
         per_frame.append(FrameHashes(index, hash_frame(frame), flat=flat_maps[-1].share()))
     found: tuple[FrameHashes, ...] = ()
     keypoints: LocalFeatures | None = None
     boxes: tuple[tuple[str, tuple[int, int, int, int]], ...] = ()
     cells: tuple[tuple[str, LocalFeatures], ...] = ()
-    if (regions or features) and frames:
-        proposed = propose(frames[0])
+    if copy_search:
+        grey = prepared[0].cv_grey
+        proposed = propose(frames[0], grey=grey)
         if regions:
             # PDQ only: what hash-only lists hold, and strong alone; a region's 64-bit
             # hashes would only ever be weak evidence, at 3 ms a region.
@@ -377,7 +385,7 @@ def hash_image(
                                       flat=flat_maps[0].share((r.left, r.top, r.right, r.bottom)))
                           for r in proposed)
         if features:
-            keypoints = query_features(frames[0])
+            keypoints = query_features(frames[0], grey)
             boxes = tuple((r.name, (r.left, r.top, r.right, r.bottom)) for r in proposed
                           if r.kind in ("content", "cell", "piece"))[: defaults.FEATURE_REGION_LIMIT]
             # Regions small enough that the whole picture's keypoints, found at 384 pixels,
@@ -385,7 +393,8 @@ def hash_image(
             # is 2,340 pixels tall, so its photo is a sixth of 384).
             grid = [r for r in proposed if r.kind == "cell"]
             alone = [r for r in proposed if r.kind == "content"] + (grid if len(grid) >= 2 else [])
-            cells = tuple((r.name, query_features(r.crop(frames[0]))) for r in alone[: defaults.FEATURE_REGION_LIMIT])
+            cells = tuple((r.name, query_features(r.crop(frames[0]), r.crop(grey)))
+                          for r in alone[: defaults.FEATURE_REGION_LIMIT])
     return ImageHashes(exact.sha256, exact.md5, tuple(per_frame), found, keypoints, boxes, cells)
 
 
