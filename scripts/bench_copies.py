@@ -492,8 +492,10 @@ def print_negatives(tables: dict[str, dict[str, Any]], worst: int) -> None:
 
 # -- timing -------------------------------------------------------------------------------
 
-def time_revisions(workers: dict[str, Worker], files: list[str], rounds: int) -> dict[str, Any]:
-    """Alternating rounds over the same files (before, after, after, before, ...)."""
+def time_revisions(workers: dict[str, Worker], files: list[str], rounds: int,
+                   parts: dict[str, list[int]] | None = None) -> dict[str, Any]:
+    """Alternating rounds over the same files (before, after, after, before, ...);
+    ``parts``: a name for some of the files (their indexes), timed apart too."""
     order = list(workers)
     for name in order:  # warm-up pass: caches, page faults, lazy imports
         workers[name].scan(files[: min(10, len(files))], timing=True)
@@ -514,7 +516,10 @@ def time_revisions(workers: dict[str, Worker], files: list[str], rounds: int) ->
                      # each file's fastest round: less of the machine's other load in it
                      "best_median_ms": statistics.median(fastest), "best_mean_ms": statistics.fmean(fastest),
                      "model": workers[name].model,
-                     "stages_mean_ms": {k: statistics.fmean(v) for k, v in stages[name].items()}}
+                     "stages_mean_ms": {k: statistics.fmean(v) for k, v in stages[name].items()},
+                     "parts": {part: {"n": len(idx), "median_ms": statistics.median([medians[i] for i in idx]),
+                                      "mean_ms": statistics.fmean([medians[i] for i in idx])}
+                               for part, idx in (parts or {}).items() if idx}}
     return out
 
 
@@ -532,6 +537,11 @@ def print_timing(timing: dict[str, Any], n_files: int, rounds: int) -> None:
               f"        mean {a['mean_ms'] / b['mean_ms']:.2f}x"
               f"   (fastest rounds: median {a['best_median_ms'] / b['best_median_ms']:.2f}x,"
               f" mean {a['best_mean_ms'] / b['best_mean_ms']:.2f}x)")
+        for part, pa in a.get("parts", {}).items():
+            pb = b["parts"][part]
+            print(f"  {part + ' (' + str(pa['n']) + ')':<24} median {pb['median_ms']:.1f} -> {pa['median_ms']:.1f} ms"
+                  f" ({pa['median_ms'] / pb['median_ms']:.2f}x), mean {pb['mean_ms']:.1f} -> {pa['mean_ms']:.1f} ms"
+                  f" ({pa['mean_ms'] / pb['mean_ms']:.2f}x)")
         if b["model"] != a["model"]:
             print(f"  WARNING: the two revisions ran different model builds ({b['model']} vs {a['model']})")
 
@@ -670,7 +680,13 @@ def main(argv: list[str] | None = None) -> int:
             workers = {rev: Worker(revisions[rev], setups[f"{rev}:image"].data_dir, rev) for rev in ("before", "after")}
             print(f"timing {len(sample)} files, before ({args.baseline_rev}) and after (working tree)...",
                   file=sys.stderr)
-            timing = time_revisions(workers, sample, args.timing_rounds)
+            # Apart: what a worker mostly sees (innocent photos as they are) and the rest.
+            plain = {i.file for i in items if i.group == "negative" and i.kind == "photo"}
+            copies = set(copy_files)
+            parts = {"innocent photos": [k for k, f in enumerate(sample) if f in plain],
+                     "framed innocents": [k for k, f in enumerate(sample) if f not in plain and f not in copies],
+                     "copies": [k for k, f in enumerate(sample) if f in copies]}
+            timing = time_revisions(workers, sample, args.timing_rounds, parts)
             for w in workers.values():
                 w.close()
             print()

@@ -110,6 +110,10 @@ def main() -> None:
                          " default %(default)s")
     ap.add_argument("--radius-64", type=int, default=10, metavar="R",
                     help="pHash/dHash search radius (default 10, the issue's maximum; the shipped bank distance is 8)")
+    ap.add_argument("--regions", type=int, default=16, metavar="R",
+                    help="PDQ queries a photo's regions add (default 16: the scan's 12 regions at most, and a"
+                         " second hash of those whose corners look rounded; a plain photo has 3 or 4), each"
+                         " one variant; timed apart and added to the photo's total")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--skip-baselines", action="store_true")
     args = ap.parse_args()
@@ -129,6 +133,7 @@ def main() -> None:
     picks: dict[str, tuple[mih.Layout, calibrate.Calibration]] = {}
     bare: dict[str, dict[mih.Layout, float]] = {name: {} for name, *_ in ALGOS}
     per_photo = np.zeros(args.photos)
+    with_regions = np.zeros(args.photos)
     recall_all = True
     alt_layouts = {k: v.split(",") for k, v in (p.split(":") for p in args.layouts.split(";"))}
     tmp = Path(tempfile.mkdtemp(prefix="bench_match-"))
@@ -184,9 +189,23 @@ def main() -> None:
             cal, segment = calibrate.calibrate(codes, radius)
             calibrated = cal
             picks[name] = (layout, cal)
-            measure_index(TieredIndex.shared(bits, radius, ids.astype(np.uint32), segment.codes, segment),
-                          f"calibrated ({cal.layout.describe()})", cal.seconds, per_photo)
-            del segment
+            shared = TieredIndex.shared(bits, radius, ids.astype(np.uint32), segment.codes, segment)
+            measure_index(shared, f"calibrated ({cal.layout.describe()})", cal.seconds, per_photo)
+            if name == Algorithm.PDQ.value and args.regions:
+                # A region is queried as it is (one variant): R more queries a photo.
+                region_queries = make_photos(rng, codes, radius, args.regions, args.photos, 0)
+                times = []
+                for i, (q, _, _) in enumerate(region_queries):
+                    values = codes_to_hex(q)
+                    t = time.perf_counter()
+                    shared.query(values, radius)
+                    times.append(time.perf_counter() - t)
+                    with_regions[i] += times[-1]
+                med, p99 = stats(times)
+                rows_out.append((name, f"photosentry calibrated, {args.regions} regions", args.regions, radius,
+                                 med, p99, float("nan"), float("nan"), float("nan")))
+                print(f"  {name}: {args.regions} region queries: median {med:.0f} us, p99 {p99:.0f} us", flush=True)
+            del shared, segment
             gc.collect()
         else:
             measure_index(index_linear(bits, radius, ids, codes), "(linear)", load_s, per_photo)
@@ -255,6 +274,10 @@ def main() -> None:
     print("-" * (width + 67))
     print(f"{'photo':<9} {'photosentry calibrated, all algorithms':<{width}} {18:>3} {'':>3} {totals[0]:10.0f}"
           f" {totals[1]:10.0f}")
+    if args.regions:
+        both = stats(list(per_photo + with_regions))
+        print(f"{'photo':<9} {'... and ' + str(args.regions) + ' PDQ region queries':<{width}}"
+              f" {18 + args.regions:>3} {'':>3} {both[0]:10.0f} {both[1]:10.0f}")
     print(f"recall on planted items: {'100% for every algorithm' if recall_all else 'BELOW 100%'};"
           f" peak RSS {rss_gb():.1f} GB")
     print_planner(picks, bare)
