@@ -207,6 +207,23 @@ FEATURE_IVF_LISTS_PER_ROOT = 2.0
 FEATURE_IVF_PROBES = 8
 """... and each upload keypoint is looked for in its this many nearest clusters."""
 
+FEATURE_IVF_TRAIN_PER_LIST = 32
+"""The clusters are made from at most this many keypoints each, sampled ..."""
+
+FEATURE_IVF_TRAIN_ROUNDS = 10
+"""... in this many rounds of k-means: at 4,000 image bans 16 s on one core instead of
+73 s with FAISS's defaults (64 and 25); docs/matching.md has what that costs recall."""
+
+FEATURE_IVF_REGROW = 4.0
+"""New bans' keypoints join the nearest existing cluster; the clusters are made again
+once the bank has grown this many times past what they were made for (the inverted
+file's list count then is half of what it should be)."""
+
+FEATURE_IVF_SYNC_MAX = 65_536
+"""Up to this many banned keypoints (about 256 image bans, under a second) clusters are
+made at the search that needs them; past it, in a background thread while the old
+index serves, so that no scan waits a minute for a moderator's ban."""
+
 FEATURE_MAX_DISTANCE = 64
 """Two ORB descriptors (256 bits) further apart than this never pair."""
 

@@ -17,6 +17,8 @@ the thresholds in :mod:`.evidence` and their measurements are in docs/matching.m
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +28,8 @@ import faiss
 import numpy as np
 
 from .. import defaults
+
+log = logging.getLogger(__name__)
 
 #: Bytes per stored keypoint: a 32-byte ORB descriptor, then x and y (uint16, big-endian,
 #: in pixels of the banned photo reduced to ``FEATURE_BAN_SIDE``).
@@ -155,44 +159,137 @@ class FeatureHit:
 
 
 class FeatureIndex:
-    """Every active ``orb`` entry's keypoints, stacked for one nearest-neighbour search.
+    """Every active ``orb`` entry's keypoints, in one nearest-neighbour index.
 
     The search is FAISS's: brute force over every banned descriptor for a few image
     bans, then an inverted file (``FEATURE_IVF_*``: the descriptors clustered, and only
     the clusters nearest each query descriptor searched), whose cost grows with the
-    square root of the bank instead of the bank (docs/matching.md measures both). It is
-    rebuilt, in a few hundred milliseconds per thousand image bans, at the first search
-    after bans change, which happen at a moderator's pace.
+    square root of the bank instead of the bank (docs/matching.md measures both).
+
+    Bans change at a moderator's pace, but each change must not cost a scan more than a
+    millisecond: clustering 4,000 image bans' keypoints takes a minute. So a ban's
+    keypoints are added to the index as it is (each to its nearest cluster) and a
+    removed ban's are taken out of it; the clusters are made again only when the bank
+    has grown ``FEATURE_IVF_REGROW`` times past what they were made for, in a thread of
+    their own once that takes more than a moment (``FEATURE_IVF_SYNC_MAX``), while the
+    old index serves and records the changes to replay on the new one. Every keypoint
+    has a row for life: its id in the index and where its position and owner are kept.
     """
 
     def __init__(self) -> None:
         self._sets: dict[int, LocalFeatures] = {}
         self._banks: dict[int, str] = {}
-        self._stack: tuple[np.ndarray, np.ndarray, faiss.IndexBinary] | None = None
+        self._rows: dict[int, np.ndarray] = {}  # entry id -> its keypoints' rows
+        self._owner = np.zeros(0, dtype=np.int64)  # row -> entry id (-1: removed)
+        self._points = np.zeros((0, 2), dtype=np.float32)  # row -> position
+        self._used = 0  # rows handed out
+        self._active = 0  # rows of active entries
+        self._index: faiss.IndexBinary | None = None
+        self._clustered_for = 0  # keypoints the inverted file's clusters were made from (0: brute force)
+        self._lock = threading.RLock()
+        #: Changes made while new clusters are being made, to replay on them.
+        self._pending: list[tuple[np.ndarray, np.ndarray | None]] | None = None
+        self._reclustering: threading.Thread | None = None
 
     def __len__(self) -> int:
         return len(self._sets)
 
+    @property
+    def keypoints(self) -> int:
+        """Keypoints in the index now."""
+        return 0 if self._index is None else int(self._index.ntotal)
+
     def add(self, entry_id: int, value: str, bank: str) -> None:
         features = LocalFeatures.decode(value)
-        if len(features):
-            self._sets[entry_id] = features
-            self._banks[entry_id] = bank
-            self._stack = None
+        if not len(features):
+            return
+        with self._lock:
+            self.remove(entry_id)
+            rows = np.arange(self._used, self._used + len(features), dtype=np.int64)
+            self._grow(self._used + len(features))
+            self._owner[rows] = entry_id
+            self._points[rows] = features.points
+            self._used += len(features)
+            self._active += len(features)
+            self._sets[entry_id], self._banks[entry_id], self._rows[entry_id] = features, bank, rows
+            if self._index is not None:
+                self._index.add_with_ids(np.ascontiguousarray(features.descriptors), rows)
+            if self._pending is not None:
+                self._pending.append((rows, features.descriptors))
 
     def remove(self, entry_id: int) -> None:
-        if self._sets.pop(entry_id, None) is not None:
+        with self._lock:
+            if self._sets.pop(entry_id, None) is None:
+                return
             del self._banks[entry_id]
-            self._stack = None
+            rows = self._rows.pop(entry_id)
+            self._owner[rows] = -1
+            self._active -= len(rows)
+            if self._index is not None:
+                self._index.remove_ids(faiss.IDSelectorArray(rows))
+            if self._pending is not None:
+                self._pending.append((rows, None))
 
-    def _stacked(self) -> tuple[np.ndarray, np.ndarray, faiss.IndexBinary]:
-        if self._stack is None:
-            ids = list(self._sets)
-            owner = np.concatenate([np.full(len(self._sets[i]), i, dtype=np.int64) for i in ids])
-            points = np.concatenate([self._sets[i].points for i in ids])
-            descriptors = np.ascontiguousarray(np.concatenate([self._sets[i].descriptors for i in ids]))
-            self._stack = (owner, points, _index(descriptors))
-        return self._stack
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait for clusters being made in the background (tests, benchmarks)."""
+        thread = self._reclustering
+        if thread is not None:
+            thread.join(timeout)
+
+    def _grow(self, rows: int) -> None:
+        if rows > len(self._owner):
+            size = max(rows, 2 * len(self._owner), 4096)
+            owner = np.full(size, -1, dtype=np.int64)
+            owner[: self._used] = self._owner[: self._used]
+            points = np.zeros((size, 2), dtype=np.float32)
+            points[: self._used] = self._points[: self._used]
+            self._owner, self._points = owner, points
+
+    def _ready(self) -> faiss.IndexBinary:
+        """The index to search, (re)clustered first where the bank has outgrown it."""
+        n = self._active
+        if self._index is None or (self._reclustering is None and _needs_clusters(n, self._clustered_for)):
+            if self._index is None or n <= defaults.FEATURE_IVF_SYNC_MAX:
+                self._index, self._clustered_for = self._build(self._snapshot())
+            else:
+                self._pending = []
+                snapshot = self._snapshot()
+                self._reclustering = threading.Thread(target=self._recluster, args=(snapshot,),
+                                                      name="photosentry-keypoint-clusters", daemon=True)
+                self._reclustering.start()
+        return self._index
+
+    def _snapshot(self) -> tuple[np.ndarray, np.ndarray]:
+        entries = list(self._rows)
+        if not entries:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, 32), dtype=np.uint8)
+        return (np.concatenate([self._rows[e] for e in entries]),
+                np.ascontiguousarray(np.concatenate([self._sets[e].descriptors for e in entries])))
+
+    @staticmethod
+    def _build(snapshot: tuple[np.ndarray, np.ndarray]) -> tuple[faiss.IndexBinary, int]:
+        rows, descriptors = snapshot
+        index = _index(descriptors)
+        with _one_thread():
+            index.add_with_ids(descriptors, rows)
+        return index, (len(rows) if isinstance(index, faiss.IndexBinaryIVF) else 0)
+
+    def _recluster(self, snapshot: tuple[np.ndarray, np.ndarray]) -> None:
+        try:
+            index, clustered_for = self._build(snapshot)
+        except Exception:  # noqa: BLE001 - the old index keeps serving; the next search tries again
+            log.exception("could not cluster the banned keypoints again")
+            with self._lock:
+                self._pending, self._reclustering = None, None
+            return
+        with self._lock:
+            for rows, descriptors in self._pending or ():
+                if descriptors is None:
+                    index.remove_ids(faiss.IDSelectorArray(rows))
+                else:
+                    index.add_with_ids(np.ascontiguousarray(descriptors), rows)
+            self._index, self._clustered_for = index, clustered_for
+            self._pending, self._reclustering = None, None
 
     def search(self, query: LocalFeatures,
                regions: Sequence[tuple[str, tuple[int, int, int, int]]] = ()) -> list[tuple[FeatureHit, str]]:
@@ -201,26 +298,29 @@ class FeatureIndex:
         ``regions``: name and frame box) whose pairs verified it best ("" for the whole)."""
         if not self._sets or len(query) < defaults.FEATURE_MIN_INLIERS:
             return []
-        owner, points, index = self._stacked()
         pairs: dict[int, list[tuple[int, int]]] = {}
-        if index.ntotal < 2:
-            return []
-        with _one_thread():
-            distances, nearest = index.search(np.ascontiguousarray(query.descriptors), 2)
-        # Lowe's ratio test, against the second nearest of *another* banned photo's or the
-        # same one's: a descriptor that fits many places says nothing.
-        keep = (distances[:, 0] <= defaults.FEATURE_MAX_DISTANCE) & \
-            (distances[:, 0] < defaults.FEATURE_RATIO * distances[:, 1]) & (nearest[:, 0] >= 0)
-        for q in np.flatnonzero(keep):
-            train = int(nearest[q, 0])
-            pairs.setdefault(int(owner[train]), []).append((int(q), train))
+        with self._lock:
+            index = self._ready()
+            if index.ntotal < 2:
+                return []
+            with _one_thread():
+                distances, nearest = index.search(np.ascontiguousarray(query.descriptors), 2)
+            # Lowe's ratio test, against the second nearest of *another* banned photo's or
+            # the same one's: a descriptor that fits many places says nothing.
+            keep = (distances[:, 0] <= defaults.FEATURE_MAX_DISTANCE) & \
+                (distances[:, 0] < defaults.FEATURE_RATIO * distances[:, 1]) & (nearest[:, 0] >= 0)
+            for q in np.flatnonzero(keep):
+                train = int(nearest[q, 0])
+                pairs.setdefault(int(self._owner[train]), []).append((int(q), train))
+            # Rows live for ever, so positions read now stay right after the lock.
+            points = self._points
+            found = {e: (self._sets[e].size, self._banks[e]) for e, p in pairs.items()
+                     if len(p) >= defaults.FEATURE_MIN_INLIERS and e in self._sets}
         boxes = [(name, np.array(box, dtype=np.float32) * query.scale) for name, box in regions]
         whole = (0.0, 0.0, float(query.size[0]), float(query.size[1])) if query.size[0] else None
         hits = []
-        for entry_id, found_pairs in pairs.items():
-            if len(found_pairs) < defaults.FEATURE_MIN_INLIERS:
-                continue
-            banned_size = self._sets[entry_id].size
+        for entry_id, (banned_size, bank) in found.items():
+            found_pairs = pairs[entry_id]
             best, where = _verified(found_pairs, query.points, points, banned_size, whole), ""
             for name, (left, top, right, bottom) in boxes:
                 inside = [(q, b) for q, b in found_pairs
@@ -233,26 +333,36 @@ class FeatureIndex:
                     if inliers > best:
                         best, where = inliers, name
             if best >= defaults.FEATURE_MIN_INLIERS:
-                hits.append((FeatureHit(entry_id, self._banks[entry_id], best, len(found_pairs)), where))
+                hits.append((FeatureHit(entry_id, bank, best, len(found_pairs)), where))
         return sorted(hits, key=lambda h: -h[0].inliers)
 
 
+def _needs_clusters(keypoints: int, clustered_for: int) -> bool:
+    """Whether an index of ``keypoints`` wants clusters made (again): brute force has
+    grown past ``FEATURE_IVF_MIN``, or the clusters were made for far fewer."""
+    if keypoints < defaults.FEATURE_IVF_MIN:
+        return False
+    return clustered_for == 0 or keypoints > defaults.FEATURE_IVF_REGROW * clustered_for
+
+
 def _index(descriptors: np.ndarray) -> faiss.IndexBinary:
-    """A FAISS index of ``descriptors`` ((n, 32) uint8): flat while small, else an inverted
-    file trained on (a sample of) them."""
+    """An empty FAISS index (ids given at add) for ``descriptors`` ((n, 32) uint8): brute
+    force while few, else an inverted file whose clusters are made from (a sample of) them."""
     n = len(descriptors)
     if n < defaults.FEATURE_IVF_MIN:
-        flat = faiss.IndexBinaryFlat(256)
-        flat.add(descriptors)
-        return flat
+        return faiss.IndexBinaryIDMap(faiss.IndexBinaryFlat(256))
     lists = max(16, int(defaults.FEATURE_IVF_LISTS_PER_ROOT * np.sqrt(n)))
     sample = descriptors
-    if n > 64 * lists:  # k-means needs a few dozen points a cluster, not all of them
-        sample = descriptors[np.random.default_rng(0).choice(n, 64 * lists, replace=False)]
+    per_list = defaults.FEATURE_IVF_TRAIN_PER_LIST
+    if n > per_list * lists:  # k-means needs a few dozen points a cluster, not all of them
+        sample = descriptors[np.random.default_rng(0).choice(n, per_list * lists, replace=False)]
     ivf = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(256), 256, lists)
+    ivf.cp.niter = defaults.FEATURE_IVF_TRAIN_ROUNDS
+    ivf.cp.max_points_per_centroid = per_list
+    ivf.cp.min_points_per_centroid = per_list // 2  # FAISS warns below its default 39
+    ivf.cp.verbose = False
     with _one_thread():
         ivf.train(sample)
-        ivf.add(descriptors)
     ivf.nprobe = defaults.FEATURE_IVF_PROBES
     return ivf
 
