@@ -12,10 +12,11 @@ from __future__ import annotations
 import io
 import random
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 from photosentry.decode import decode
-from photosentry.hashes.banks import SqliteBankStore, entries_from_hashes
+from photosentry.hashes.algorithms import Algorithm
+from photosentry.hashes.banks import EntrySource, NewEntry, SqliteBankStore, entries_from_hashes
 from photosentry.hashes.derived import derive
 from photosentry.hashes.localfeatures import banned_features
 from photosentry.hashes.matcher import BankMatcher
@@ -139,3 +140,17 @@ def test_an_innocent_chat_screenshot_is_not_held_by_the_apps_ui_keypoints(store:
     # it is found (FEATURE_MIN_FILL).
     verdict = scan_after_banning(store, chat_of_grey_bubbles(1, shared_at=2), chat_of_grey_bubbles(7, shared_at=7))
     assert ReasonCode.BANK_MATCH.value not in verdict.reason_codes, [(m.basis, m.inliers, m.region) for m in verdict.matches]
+
+
+def test_a_flat_copy_of_a_listed_photo_is_still_blocked(store: SqliteBankStore) -> None:
+    # The flat-picture rule holds against image bans only: an imported list holds photos
+    # of known abuse, and a posterised copy of one is flat too (camera.png at 2 bits a
+    # channel: 0.56 flat, PDQ 22 from the photo).
+    photo = corpus_mod.load("camera.png").convert("RGB")
+    data = jpeg(photo)
+    pdq = next(h for h in hash_image(data, decode(data).frames, (0,)).frames[0].hashes if h.algorithm.value == "pdq")
+    store.add([NewEntry(Algorithm.PDQ, pdq.value, "banned", source=EntrySource.IMPORT)], actor="test", reason="list")
+    verdict = Scanner(policy=Policy.default(), matcher=BankMatcher(store), classifier=None).scan_bytes(
+        jpeg(ImageOps.posterize(photo, 2)))
+    assert verdict.action.value == "block", [(m.basis, m.distance) for m in verdict.matches]
+    assert any(m.basis == "pdq" for m in verdict.matches)

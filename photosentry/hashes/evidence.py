@@ -20,10 +20,11 @@ Everything else is *weak*: kept in the verdict (and ``ban check``) so a moderato
 it, but it decides nothing. A lone 64-bit hash within 8 is weak: smooth, low-detail
 pictures (sky, fog, gradients) collapse to nearly the same 64-bit hashes, and across a
 bank of millions such coincidences happen daily (docs/matching.md measures them). A
-hash from a low-detail picture (PDQ quality under 50) is weak whatever it matches; so is
-any perceptual hash of a picture (a frame, or the region hashed) that is mostly flat
-colour (:mod:`.flatness`): an app's screen, whose hashes see its layout and not its
-text, so that every chat of one app with bubbles on the same sides hashes alike.
+hash from a low-detail picture (PDQ quality under 50) is weak whatever it matches; so is,
+against an image ban (:func:`flat_counts`), any perceptual hash of a picture (a frame,
+or the region hashed) that is mostly flat colour (:mod:`.flatness`): an app's screen,
+whose hashes see its layout and not its text, so that every chat of one app with
+bubbles on the same sides hashes alike.
 """
 
 from __future__ import annotations
@@ -33,12 +34,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .. import defaults
+from .banks.model import EntrySource
 from .codecs import Algorithm
-from .flatness import is_flat
 
 if TYPE_CHECKING:
     from .matcher import Match
-    from .signals import PerceptualHash
 
 #: Why a match is strong (it may act) or weak (it is only reported).
 EXACT, PDQ, PDQ_REGION, PDQ_DERIVED, TWO_HASHES = "exact", "pdq", "pdq_region", "pdq_derived", "two_hashes"
@@ -53,19 +53,21 @@ REVIEW_ONLY_BASES = frozenset({FEATURES_PARTIAL})
 DERIVED_SOURCE = "derived"
 
 
-def weakness(h: "PerceptualHash", flat: float) -> str:
-    """Why a photo's hash is too weak to act on whatever it matches ("" if it is not):
-    its own quality score, or the flat share of the picture it was computed from."""
-    if h.weak:
-        return LOW_QUALITY
-    return FLAT_PICTURE if is_flat(flat) else ""
+def flat_counts(source: str) -> bool:
+    """Whether a flat picture's hash is weak against an entry from ``source``: against an
+    image ban's hashes (a moderator may ban a screenshot), not against an imported list's
+    or a typed-in hash. Those lists hold photos of known abuse, and a posterised or
+    cartoon-filtered copy of one is flat too: 6 of 40 posterised copies (2 bits a
+    channel) were within PDQ 31 of their photo and flat (docs/matching.md)."""
+    return source in (EntrySource.IMAGE.value, EntrySource.DERIVED.value)
 
 
 def grade(matches: Sequence["Match"]) -> list["Match"]:
     """``matches`` with ``weak`` and ``basis`` set by the rule above (input order kept).
 
     ``weak`` on the way in means the photo's hash itself was too weak (its ``basis``
-    says why: :func:`weakness`); the rule never makes such a match strong.
+    says why: low quality, or a flat picture against an image ban); the rule never
+    makes such a match strong.
     """
     # Which algorithms matched each banned image (group) of each bank with a usable hash.
     # Keypoints in place count as one more independent signal.

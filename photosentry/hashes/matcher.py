@@ -28,7 +28,8 @@ from ..errors import BankNotFound, IndexFileError
 from .banks import BankConfig, BankEntry, BankStore, ChangeOp
 from .codecs import Algorithm
 from .algorithms import HASHES
-from .evidence import grade, weakness
+from .evidence import FLAT_PICTURE, LOW_QUALITY, flat_counts, grade
+from .flatness import is_flat
 from .localfeatures import FeatureHit, FeatureIndex
 from .hostindex import HostIndex, IndexColumns, SharedIndex
 from .index import HashIndex, SortedExactIndex, TieredIndex, hex_to_codes
@@ -466,29 +467,32 @@ class BankMatcher:
     def match(self, hashes: ImageHashes) -> list[Match]:
         """Every active entry the photo matches (closest variant, frame and region per
         entry), graded strong or weak by :func:`.evidence.grade`."""
-        # id -> (why weak, or "" for strong; distance, frame, variant, algo, region)
-        best: dict[int, tuple[str, int, int, int, Algorithm, str]] = {}
+        # (id, from a flat picture) -> (weak, distance, frame, variant, algo, region). A flat
+        # picture's match is weak only against an image ban (evidence.flat_counts), which
+        # is known once the entry is read, so the best of each kind is kept.
+        best: dict[tuple[int, bool], tuple[bool, int, int, int, Algorithm, str]] = {}
 
-        def keep(entry_id: int, algorithm: Algorithm, distance: int, frame: int, variant: int, weak: str,
-                 region: str = "") -> None:
-            current = best.get(entry_id)
+        def keep(entry_id: int, algorithm: Algorithm, distance: int, frame: int, variant: int, weak: bool,
+                 region: str = "", flat: bool = False) -> None:
+            current = best.get((entry_id, flat))
             # The whole photo's match wins a tie: it is the plainer evidence.
             if current is None or (weak, distance, bool(region)) < (current[0], current[1], bool(current[5])):
-                best[entry_id] = (weak, distance, frame, variant, algorithm, region)
+                best[(entry_id, flat)] = (weak, distance, frame, variant, algorithm, region)
 
         for algorithm, value in hashes.exact().items():
             for hit in self._indexes[algorithm].query([value], 0):
-                keep(hit.entry_id, algorithm, 0, 0, 0, "")
+                keep(hit.entry_id, algorithm, 0, 0, 0, False)
         for frame in (*hashes.frames, *hashes.regions):
+            flat = is_flat(frame.flat)
             for ph in frame.hashes:
                 index = self._indexes[ph.algorithm]
                 if not len(index):
                     continue
-                weak = weakness(ph, frame.flat)
                 for hit in index.query(ph.variants, self._max_distance(ph.algorithm)):
                     bank = self._bank_names[int(self._bank_of[hit.entry_id])]
                     if hit.distance <= self.bank(bank).distance(ph.algorithm):
-                        keep(hit.entry_id, ph.algorithm, hit.distance, frame.frame, hit.query, weak, frame.region)
+                        keep(hit.entry_id, ph.algorithm, hit.distance, frame.frame, hit.query, ph.weak, frame.region,
+                             flat)
         verified: dict[int, tuple[FeatureHit, str]] = {}  # entry id -> its most inliers, and where
         if hashes.features is not None and len(self._features):
             # The whole picture's keypoints (verified region by region too), then each
@@ -499,13 +503,20 @@ class BankMatcher:
                 for hit, region in self._features.search(keypoints, boxes):
                     if hit.entry_id not in verified or hit.inliers > verified[hit.entry_id][0].inliers:
                         verified[hit.entry_id] = (hit, region or name)
-        info = self._info_of([*best, *verified])
+        info = self._info_of([*dict.fromkeys(e for e, _ in best), *verified])
+        chosen: dict[int, tuple[str, int, int, int, Algorithm, str]] = {}  # id -> (why weak, ...)
+        for (entry_id, flat), (weak, distance, frame, variant, algorithm, region) in best.items():
+            source = info.get(entry_id, ("", "", ""))[2]
+            why = LOW_QUALITY if weak else (FLAT_PICTURE if flat and flat_counts(source) else "")
+            current = chosen.get(entry_id)
+            if current is None or (why, distance, bool(region)) < (current[0], current[1], bool(current[5])):
+                chosen[entry_id] = (why, distance, frame, variant, algorithm, region)
         matches = []
-        for entry_id, (weak, distance, frame, variant, algorithm, region) in best.items():
+        for entry_id, (why, distance, frame, variant, algorithm, region) in chosen.items():
             bank = self._bank_names[int(self._bank_of[entry_id])]
             label, group, source = info.get(entry_id, ("", "", ""))
-            matches.append(Match(entry_id, bank, algorithm, distance, label, frame, variant, bool(weak),
-                                 self.bank(bank).is_allow, group, source, region, basis=weak))
+            matches.append(Match(entry_id, bank, algorithm, distance, label, frame, variant, bool(why),
+                                 self.bank(bank).is_allow, group, source, region, basis=why))
         for hit, region in verified.values():
             label, group, source = info.get(hit.entry_id, ("", "", ""))
             matches.append(Match(hit.entry_id, hit.bank, Algorithm.ORB, defaults.FEATURE_COUNT - hit.inliers, label,
