@@ -132,3 +132,27 @@ def test_a_photo_without_keypoints_adds_nothing() -> None:
     index.add(5, LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)).encode(), "banned")
     assert len(index) == 0 and index.keypoints == 0
     index.remove(5)
+
+
+def test_a_large_bank_at_start_is_searched_by_brute_force_until_its_clusters_are_made(
+        photos, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(defaults, "FEATURE_IVF_SYNC_MAX", 2 * defaults.FEATURE_IVF_MIN)
+    release = threading.Event()
+    build = FeatureIndex._build
+
+    def held(snapshot):  # type: ignore[no-untyped-def]
+        release.wait(30)
+        return build(snapshot)
+
+    monkeypatch.setattr(FeatureIndex, "_build", staticmethod(held))
+    index = FeatureIndex()
+    for i in range(40):
+        index.add(1000 + i, noise_ban(i), "banned")
+    index.add(1, photos["chelsea.png"][0].encode(), "banned")
+    # The first search does not wait for the clusters, and finds the ban.
+    assert hit_ids(index, photos["chelsea.png"][1]).keys() == {1}
+    assert isinstance(index._index, localfeatures.faiss.IndexBinaryIDMap)
+    release.set()
+    index.wait(60)
+    assert isinstance(index._index, localfeatures.faiss.IndexBinaryIVF)
+    assert hit_ids(index, photos["chelsea.png"][1]).keys() == {1}

@@ -172,8 +172,10 @@ class FeatureIndex:
     removed ban's are taken out of it; the clusters are made again only when the bank
     has grown ``FEATURE_IVF_REGROW`` times past what they were made for, in a thread of
     their own once that takes more than a moment (``FEATURE_IVF_SYNC_MAX``), while the
-    old index serves and records the changes to replay on the new one. Every keypoint
-    has a row for life: its id in the index and where its position and owner are kept.
+    old index serves and records the changes to replay on the new one; a large bank at a
+    worker's start is searched by brute force (exact, slower) until its first clusters
+    are made that way. Every keypoint has a row for life: its id in the index and where
+    its position and owner are kept.
     """
 
     def __init__(self) -> None:
@@ -248,6 +250,14 @@ class FeatureIndex:
     def _ready(self) -> faiss.IndexBinary:
         """The index to search, (re)clustered first where the bank has outgrown it."""
         n = self._active
+        if self._index is None and n > defaults.FEATURE_IVF_SYNC_MAX:
+            # A large bank at start: brute force at once (adding is a copy), exact but
+            # slower, until the clusters made in the background replace it.
+            self._index = faiss.IndexBinaryIDMap(faiss.IndexBinaryFlat(256))
+            rows, descriptors = self._snapshot()
+            with _one_thread():
+                self._index.add_with_ids(descriptors, rows)
+            self._clustered_for = 0
         if self._index is None or (self._reclustering is None and _needs_clusters(n, self._clustered_for)):
             if self._index is None or n <= defaults.FEATURE_IVF_SYNC_MAX:
                 self._index, self._clustered_for = self._build(self._snapshot())
