@@ -49,3 +49,26 @@ def test_a_box_reads_its_own_share() -> None:
 def test_tiny_and_grey_frames() -> None:
     assert FlatMap(np.zeros((1, 1, 3), np.uint8)).share() == 1.0
     assert FlatMap(np.zeros((3, 5000, 3), np.uint8)).share((0, 0, 5000, 3)) == 1.0
+
+
+def test_dots_on_the_sampled_pixels_do_not_make_a_photo_flat() -> None:
+    # The red team set every 5th pixel of every 5th row to one grey: a strided thumbnail
+    # of that photo was all flat. An area average is not.
+    photo = np.asarray(corpus_mod.load("astronaut.png").convert("RGB").resize((1200, 1200))).copy()
+    photo[::5, ::5] = 128
+    assert not is_flat(FlatMap(photo).share())
+
+
+def test_a_ban_keeps_its_pictures_flat_share_with_its_keypoints() -> None:
+    from photosentry.hashes.localfeatures import LocalFeatures, banned_features
+
+    chat_features = banned_features(decoded(chat(2, keyboard=True)))
+    photo_features = banned_features(decoded(corpus_mod.load("coffee.png")))
+    assert chat_features is not None and photo_features is not None
+    again = LocalFeatures.decode(chat_features.encode())
+    assert again.flat is not None and is_flat(again.flat) and abs(again.flat - chat_features.flat) < 0.01  # type: ignore[operator]
+    assert again.size == chat_features.size and len(again) == len(chat_features)
+    assert not is_flat(LocalFeatures.decode(photo_features.encode()).flat)  # type: ignore[arg-type]
+    # An entry from before the share was kept reads as not known.
+    old = LocalFeatures(photo_features.points, photo_features.descriptors, size=photo_features.size).encode()
+    assert LocalFeatures.decode(old).flat is None and LocalFeatures.decode(old).size == photo_features.size

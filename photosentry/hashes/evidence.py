@@ -20,11 +20,14 @@ Everything else is *weak*: kept in the verdict (and ``ban check``) so a moderato
 it, but it decides nothing. A lone 64-bit hash within 8 is weak: smooth, low-detail
 pictures (sky, fog, gradients) collapse to nearly the same 64-bit hashes, and across a
 bank of millions such coincidences happen daily (docs/matching.md measures them). A
-hash from a low-detail picture (PDQ quality under 50) is weak whatever it matches; so is,
-against an image ban (:func:`flat_counts`), any perceptual hash of a picture (a frame,
-or the region hashed) that is mostly flat colour (:mod:`.flatness`): an app's screen,
-whose hashes see its layout and not its text, so that every chat of one app with
-bubbles on the same sides hashes alike.
+hash from a low-detail picture (PDQ quality under 50) is weak whatever it matches.
+
+A perceptual hash of a picture that is mostly flat colour (:mod:`.flatness`: the frame
+or the region hashed), matching an image ban whose picture was mostly flat too, is
+``flat_picture`` (:func:`flat_pair`): strong enough to hold the photo for review, never
+to block it. Two app screens hash to their layout, not their text: every chat of one
+app with its bubbles on the same sides hashes alike, so such a match may be the banned
+screenshot re-saved or any other chat of that app, and only a person can tell.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from typing import TYPE_CHECKING
 from .. import defaults
 from .banks.model import EntrySource
 from .codecs import Algorithm
+from .flatness import is_flat
 
 if TYPE_CHECKING:
     from .matcher import Match
@@ -45,21 +49,23 @@ EXACT, PDQ, PDQ_REGION, PDQ_DERIVED, TWO_HASHES = "exact", "pdq", "pdq_region", 
 FEATURES, FEATURES_PARTIAL = "features", "features_partial"
 LOW_QUALITY, FLAT_PICTURE = "low_quality", "flat_picture"
 LONE_SHORT_HASH, FEW_FEATURES = "lone_64bit", "few_features"
-STRONG_BASES = frozenset({EXACT, PDQ, PDQ_REGION, PDQ_DERIVED, TWO_HASHES, FEATURES, FEATURES_PARTIAL})
+STRONG_BASES = frozenset({EXACT, PDQ, PDQ_REGION, PDQ_DERIVED, TWO_HASHES, FEATURES, FEATURES_PARTIAL, FLAT_PICTURE})
 #: Strong enough to hold a photo for review, not to block it: the action is at most quarantine.
-REVIEW_ONLY_BASES = frozenset({FEATURES_PARTIAL})
+REVIEW_ONLY_BASES = frozenset({FEATURES_PARTIAL, FLAT_PICTURE})
 
 #: Entries hashed from a transformed window of a banned image (``EntrySource.DERIVED``).
 DERIVED_SOURCE = "derived"
 
 
-def flat_counts(source: str) -> bool:
-    """Whether a flat picture's hash is weak against an entry from ``source``: against an
-    image ban's hashes (a moderator may ban a screenshot), not against an imported list's
-    or a typed-in hash. Those lists hold photos of known abuse, and a posterised or
-    cartoon-filtered copy of one is flat too: 6 of 40 posterised copies (2 bits a
-    channel) were within PDQ 31 of their photo and flat (docs/matching.md)."""
-    return source in (EntrySource.IMAGE.value, EntrySource.DERIVED.value)
+def flat_pair(source: str, upload_flat: bool, banned_flat: float | None) -> bool:
+    """Whether a perceptual hash match is between two mostly flat pictures (two app
+    screens), which holds a photo for review but never blocks it: an image ban's hash
+    (``source``) whose picture was flat, met by a flat picture (the frame or region
+    hashed). A flat copy of a photo that was not flat (posterised, cartoon-filtered)
+    keeps the hash's own strength, and so does any match against an imported list or a
+    typed-in hash, or an image ban from before the flat share was kept."""
+    return (upload_flat and banned_flat is not None and is_flat(banned_flat)
+            and source in (EntrySource.IMAGE.value, EntrySource.DERIVED.value))
 
 
 def grade(matches: Sequence["Match"]) -> list["Match"]:
@@ -74,7 +80,7 @@ def grade(matches: Sequence["Match"]) -> list["Match"]:
     seen: dict[tuple[str, str], set[Algorithm]] = {}
     for m in matches:
         usable = m.inliers >= defaults.FEATURE_QUARANTINE_INLIERS if m.algorithm.is_features else \
-            m.algorithm.is_perceptual and not m.weak
+            m.algorithm.is_perceptual and not m.weak and m.basis != FLAT_PICTURE
         if usable and m.group:
             seen.setdefault((m.bank, m.group), set()).add(m.algorithm)
     out = []
@@ -93,6 +99,8 @@ def _basis(m: "Match", seen: dict[tuple[str, str], set[Algorithm]]) -> str:
         return EXACT
     if m.weak:
         return m.basis or LOW_QUALITY
+    if m.basis == FLAT_PICTURE:
+        return FLAT_PICTURE
     if m.algorithm is Algorithm.PDQ:
         if m.source == DERIVED_SOURCE:
             return PDQ_DERIVED
@@ -114,7 +122,7 @@ def describe(m: "Match") -> str:
         FEATURES_PARTIAL: f"{m.inliers} keypoints of the banned image in place (enough to review, not to block)",
         FEW_FEATURES: f"only {m.inliers} keypoints of a banned image in place (weak: decides nothing)",
         LOW_QUALITY: "a hash of a low-detail picture (weak: decides nothing)",
-        FLAT_PICTURE: "a hash of a picture mostly flat colour, such as an app's screen: it sees the layout,"
-                      " not the text (weak: decides nothing)",
+        FLAT_PICTURE: "a hash of a picture mostly flat colour, such as an app's screen, met by a banned picture as"
+                      " flat: the hashes see the layout, not the text (enough to review, not to block)",
         LONE_SHORT_HASH: f"a lone {m.algorithm.spec.label} match (weak: decides nothing)",
     }.get(m.basis, m.basis)

@@ -9,9 +9,9 @@ it is weak evidence (:mod:`.evidence`). Photographs are never that flat: on the 
 pictures of the benchmark corpus the flattest real photo is under half flat, and only
 diagrams and screenshots pass :data:`defaults.FLAT_PICTURE_SHARE`.
 
-A pixel is flat when its 3 x 3 neighbourhood on a strided thumbnail (every n-th pixel,
-as :func:`.regions.propose` reads) varies by at most one grey level: a JPEG keeps an
-app's background exactly flat, and a photo's sky keeps its grain.
+A pixel is flat when its 3 x 3 neighbourhood on an area-averaged thumbnail (longest
+side :data:`defaults.REGION_THUMB_SIDE`) varies by at most one grey level: a JPEG keeps
+an app's background exactly flat, and a photo's sky keeps its grain.
 """
 
 from __future__ import annotations
@@ -31,10 +31,14 @@ class FlatMap:
     def __init__(self, picture: np.ndarray) -> None:
         """``picture``: the frame, (H, W, 3) RGB or its (H, W) luminance (OpenCV's, uint8)."""
         h, w = picture.shape[:2]
-        self._stride = max(1, -(-max(h, w) // defaults.REGION_THUMB_SIDE))
-        small = np.ascontiguousarray(picture[:: self._stride, :: self._stride])
-        grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY) if small.ndim == 3 else small
-        spread = cv2.dilate(grey, _NEIGHBOURS).astype(np.int16) - cv2.erode(grey, _NEIGHBOURS)
+        grey = cv2.cvtColor(np.ascontiguousarray(picture), cv2.COLOR_RGB2GRAY) if picture.ndim == 3 else picture
+        # An area average, not every n-th pixel: a pattern of dots on the sampled pixels
+        # alone (1 in 25 of them) would make any photo look flat (red team).
+        scale = min(1.0, defaults.REGION_THUMB_SIDE / max(h, w))
+        tw, th = max(1, round(w * scale)), max(1, round(h * scale))
+        small = cv2.resize(grey, (tw, th), interpolation=cv2.INTER_AREA) if scale < 1.0 else np.ascontiguousarray(grey)
+        self._sx, self._sy = small.shape[1] / w, small.shape[0] / h
+        spread = cv2.dilate(small, _NEIGHBOURS).astype(np.int16) - cv2.erode(small, _NEIGHBOURS)
         flat = (spread <= 1).astype(np.int32)
         # A summed-area table: any box's count of flat pixels in four reads.
         self._sums = np.pad(flat.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
@@ -45,9 +49,9 @@ class FlatMap:
         if box is None:
             left, top, right, bottom = 0, 0, cols, rows
         else:
-            s = self._stride
-            left, top = min(cols, box[0] // s), min(rows, box[1] // s)
-            right, bottom = min(cols, max(left + 1, -(-box[2] // s))), min(rows, max(top + 1, -(-box[3] // s)))
+            left, top = min(cols, int(box[0] * self._sx)), min(rows, int(box[1] * self._sy))
+            right = min(cols, max(left + 1, int(np.ceil(box[2] * self._sx))))
+            bottom = min(rows, max(top + 1, int(np.ceil(box[3] * self._sy))))
         n = (right - left) * (bottom - top)
         if n <= 0:
             return 0.0

@@ -28,6 +28,7 @@ import faiss
 import numpy as np
 
 from .. import defaults
+from .flatness import FlatMap
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,11 @@ _POINT_BYTES = 36
 #: x and y of an unused slot (a photo with fewer keypoints than the fixed width).
 _EMPTY = 0xFFFF
 #: The descriptor of the slot that holds the picture's own (width, height) instead of a
-#: keypoint (entries from before it have none; they skip the check that needs it).
+#: keypoint (entries from before it have none; they skip the check that needs it). Its
+#: second half is the marker again (entries from before the flat share was kept) or
+#: ``_FLAT_TAG`` and the picture's flat share in 255ths (:mod:`.flatness`).
 _SIZE_MARK = np.frombuffer(b"photosentry:size" * 2, dtype=np.uint8)
+_FLAT_TAG = b"flat"
 #: Hex digits of an encoded feature set: what the ``orb`` algorithm's registry entry says.
 FEATURE_BITS = defaults.FEATURE_COUNT * _POINT_BYTES * 8
 
@@ -55,6 +59,9 @@ class LocalFeatures:
     #: (width, height) of the picture the keypoints were found on, in their pixels;
     #: (0, 0): not known (an entry stored before the size was).
     size: tuple[int, int] = (0, 0)
+    #: The share of the banned picture that is flat colour (:mod:`.flatness`), kept with
+    #: its size; None: not known (an entry stored before it was, or an upload's).
+    flat: float | None = None
 
     def __len__(self) -> int:
         return len(self.points)
@@ -71,6 +78,10 @@ class LocalFeatures:
         out[:n, 32:] = xy.view(np.uint8).reshape(n, 4)
         if self.size[0]:
             out[-1, :32] = _SIZE_MARK
+            if self.flat is not None:
+                out[-1, 16:32] = 0
+                out[-1, 16:20] = np.frombuffer(_FLAT_TAG, dtype=np.uint8)
+                out[-1, 20] = round(min(1.0, max(0.0, self.flat)) * 255)
             out[-1, 32:] = np.array(self.size, dtype=">u2").view(np.uint8)
         return out.tobytes().hex()
 
@@ -78,10 +89,15 @@ class LocalFeatures:
     def decode(cls, value: str) -> "LocalFeatures":
         raw = np.frombuffer(bytes.fromhex(value), dtype=np.uint8).reshape(-1, _POINT_BYTES)
         xy = raw[:, 32:].copy().view(">u2").reshape(-1, 2)
-        marked = (raw[:, :32] == _SIZE_MARK).all(axis=1)
+        marked = (raw[:, :16] == _SIZE_MARK[:16]).all(axis=1)
         used = ~(xy == _EMPTY).all(axis=1) & ~marked
-        size = (int(xy[marked][0, 0]), int(xy[marked][0, 1])) if marked.any() else (0, 0)
-        return cls(xy[used].astype(np.float32), np.ascontiguousarray(raw[used, :32]), size=size)
+        size, flat = (0, 0), None
+        if marked.any():
+            mark = raw[marked][0]
+            size = (int(xy[marked][0, 0]), int(xy[marked][0, 1]))
+            if bytes(mark[16:20]) == _FLAT_TAG:
+                flat = int(mark[20]) / 255
+        return cls(xy[used].astype(np.float32), np.ascontiguousarray(raw[used, :32]), size=size, flat=flat)
 
 
 #: ORB's descriptor patch (31 pixels) and its border: no keypoint fits in less.
@@ -125,8 +141,9 @@ def banned_features(rgb: np.ndarray) -> LocalFeatures | None:
     found = _keypoints(rgb, defaults.FEATURE_BAN_SIDE, 4 * defaults.FEATURE_COUNT)
     if len(found) < defaults.FEATURE_MIN_INLIERS:
         return None
-    keep = defaults.FEATURE_COUNT - 1  # the last slot of the entry holds the size
-    return LocalFeatures(found.points[:keep], found.descriptors[:keep], size=found.size)
+    keep = defaults.FEATURE_COUNT - 1  # the last slot of the entry holds the size and flat share
+    return LocalFeatures(found.points[:keep], found.descriptors[:keep], size=found.size,
+                         flat=FlatMap(rgb).share())
 
 
 def query_features(rgb: np.ndarray, grey: np.ndarray | None = None) -> LocalFeatures:
@@ -258,15 +275,18 @@ class FeatureIndex:
             with _one_thread():
                 self._index.add_with_ids(descriptors, rows)
             self._clustered_for = 0
-        if self._index is None or (self._reclustering is None and _needs_clusters(n, self._clustered_for)):
+        # A thread that never started (a job timeout's exception between the two lines
+        # below) or has ended is no clustering under way.
+        idle = self._reclustering is None or not self._reclustering.is_alive()
+        if self._index is None or (idle and _needs_clusters(n, self._clustered_for)):
             if self._index is None or n <= defaults.FEATURE_IVF_SYNC_MAX:
                 self._index, self._clustered_for = self._build(self._snapshot())
             else:
                 self._pending = []
-                snapshot = self._snapshot()
-                self._reclustering = threading.Thread(target=self._recluster, args=(snapshot,),
-                                                      name="photosentry-keypoint-clusters", daemon=True)
-                self._reclustering.start()
+                thread = threading.Thread(target=self._recluster, args=(self._snapshot(),),
+                                          name="photosentry-keypoint-clusters", daemon=True)
+                thread.start()
+                self._reclustering = thread
         return self._index
 
     def _snapshot(self) -> tuple[np.ndarray, np.ndarray]:

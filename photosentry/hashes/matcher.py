@@ -28,9 +28,9 @@ from ..errors import BankNotFound, IndexFileError
 from .banks import BankConfig, BankEntry, BankStore, ChangeOp
 from .codecs import Algorithm
 from .algorithms import HASHES
-from .evidence import FLAT_PICTURE, LOW_QUALITY, flat_counts, grade
+from .evidence import FLAT_PICTURE, LOW_QUALITY, flat_pair, grade
 from .flatness import is_flat
-from .localfeatures import FeatureHit, FeatureIndex
+from .localfeatures import FeatureHit, FeatureIndex, LocalFeatures
 from .hostindex import HostIndex, IndexColumns, SharedIndex
 from .index import HashIndex, SortedExactIndex, TieredIndex, hex_to_codes
 from .signals import ImageHashes
@@ -225,6 +225,7 @@ class BankMatcher:
         self._bank_of = _ByEntry(np.uint16)
         self._algo_of = _ByEntry(np.uint8)  # 0: not indexed; else 1 + position in Algorithm
         self._info: dict[int, tuple[str, str, str]] = {}
+        self._flat_of: dict[str, float | None] = {}  # image ban group -> its picture's flat share
         #: Where the view came from: "snapshot v<N>", "store", or "shared index v<N>" (with
         #: ", built from ..." when this process built the file).
         self.loaded_from = "store"
@@ -504,18 +505,24 @@ class BankMatcher:
                     if hit.entry_id not in verified or hit.inliers > verified[hit.entry_id][0].inliers:
                         verified[hit.entry_id] = (hit, region or name)
         info = self._info_of([*dict.fromkeys(e for e, _ in best), *verified])
-        chosen: dict[int, tuple[str, int, int, int, Algorithm, str]] = {}  # id -> (why weak, ...)
+        # id -> (rank: 0 plain, 1 between two flat pictures, 2 weak; its basis, distance, ...)
+        chosen: dict[int, tuple[int, str, int, int, int, Algorithm, str]] = {}
         for (entry_id, flat), (weak, distance, frame, variant, algorithm, region) in best.items():
-            source = info.get(entry_id, ("", "", ""))[2]
-            why = LOW_QUALITY if weak else (FLAT_PICTURE if flat and flat_counts(source) else "")
+            _, group, source = info.get(entry_id, ("", "", ""))
+            if weak:
+                rank, why = 2, LOW_QUALITY
+            elif flat and flat_pair(source, flat, self._banned_flat(group)):
+                rank, why = 1, FLAT_PICTURE
+            else:
+                rank, why = 0, ""
             current = chosen.get(entry_id)
-            if current is None or (why, distance, bool(region)) < (current[0], current[1], bool(current[5])):
-                chosen[entry_id] = (why, distance, frame, variant, algorithm, region)
+            if current is None or (rank, distance, bool(region)) < (current[0], current[2], bool(current[6])):
+                chosen[entry_id] = (rank, why, distance, frame, variant, algorithm, region)
         matches = []
-        for entry_id, (why, distance, frame, variant, algorithm, region) in chosen.items():
+        for entry_id, (rank, why, distance, frame, variant, algorithm, region) in chosen.items():
             bank = self._bank_names[int(self._bank_of[entry_id])]
             label, group, source = info.get(entry_id, ("", "", ""))
-            matches.append(Match(entry_id, bank, algorithm, distance, label, frame, variant, bool(why),
+            matches.append(Match(entry_id, bank, algorithm, distance, label, frame, variant, rank == 2,
                                  self.bank(bank).is_allow, group, source, region, basis=why))
         for hit, region in verified.values():
             label, group, source = info.get(hit.entry_id, ("", "", ""))
@@ -556,6 +563,26 @@ class BankMatcher:
             except BankNotFound:
                 pass
         return {i: self._info[i] for i in entry_ids if i in self._info}
+
+    def _banned_flat(self, group: str) -> float | None:
+        """The flat share of an image ban's picture, kept in its ``orb`` entry (None: not
+        known). Read from the store only when a flat picture's hash matched the ban, and
+        cached: an image's entries never change."""
+        if not group:
+            return None
+        if group not in self._flat_of:
+            flat = None
+            try:
+                for entry in self._store.entries(group=group):
+                    if entry.algorithm.is_features:
+                        flat = LocalFeatures.decode(entry.value).flat
+                        break
+            except BankNotFound:
+                pass
+            if len(self._flat_of) > 10_000:
+                self._flat_of.clear()
+            self._flat_of[group] = flat
+        return self._flat_of[group]
 
     def _max_distance(self, algorithm: Algorithm) -> int:
         return max([self.bank(b).distance(algorithm) for b in self._banks] + [BankConfig("").distance(algorithm)])
