@@ -12,8 +12,9 @@ What it does, in one run:
    the kinds caught before #17 (reencode, resize, mirror, rotate90, grayscale, tone,
    blur, stretch, watermark) and the new ones (crop_centre, crop_edge, border,
    letterbox_9x16, letterbox_1x1, caption_above, caption_below, screenshot,
-   collage2/3/4 with innocent photos in the other cells, rotate_small, overlay),
-   ``--copies`` of each kind per banned photo, each with its own random parameters,
+   collage2/3/4 with innocent photos in the other cells, rotate_small, overlay), and
+   two edits at once, counted apart from the overall figures (mirror_framed: mirrored,
+   then bordered, letterboxed, captioned or screenshotted), ``--copies`` of each kind per banned photo, each with its own random parameters,
    saved as JPEG at quality 70-95 and sometimes downsized; plus the banned file itself
    ("exact") as a sanity check;
 3. makes the negatives: every innocent photo as it is, plus ``--negative-framings``
@@ -386,7 +387,9 @@ def recall_rows(items: list[Item], results: list[dict[str, Any]]) -> dict[str, A
             # The banned file itself not blocked: say why (e.g. a PDQ too weak to count alone).
             rows["_exact_missed"].setdefault("photos", []).append(
                 f"{item.photo} ({res['action']}: {', '.join(r['code'] for r in res['reasons'])})")
-        for key in (item.kind, "_overall", "_new" if item.kind in _new_kinds() else "_before"):
+        keys = (item.kind, "_combined") if item.kind in _combined_kinds() else \
+            (item.kind, "_overall", "_new" if item.kind in _new_kinds() else "_before")
+        for key in keys:
             if key == "_before" and item.kind == "exact":
                 continue
             row = rows[key]
@@ -400,6 +403,12 @@ def _new_kinds() -> frozenset[str]:
     import copy_kinds
 
     return frozenset(copy_kinds.KINDS_NEW)
+
+
+def _combined_kinds() -> frozenset[str]:
+    import copy_kinds
+
+    return frozenset(copy_kinds.KINDS_COMBINED)
 
 
 def negative_rows(items: list[Item], results: list[dict[str, Any]], setup: BanSetup) -> dict[str, Any]:
@@ -445,7 +454,8 @@ def print_recall(tables: dict[str, dict[str, dict[str, int]]], kinds: list[str])
     print(head)
     print(f"{'':<16}" + "".join(f" | {'blocked':>16} {'quar.':>11}" for _ in names))
     print("-" * len(head))
-    for kind in [*kinds, "_before", "_new", "_overall"]:
+    plain = [k for k in kinds if k not in _combined_kinds()]
+    for kind in [*plain, "_before", "_new", "_overall", *(k for k in kinds if k in _combined_kinds())]:
         label = {"_before": "ALL caught-today", "_new": "ALL new kinds", "_overall": "OVERALL"}.get(kind, kind)
         if kind == "_before":
             print("-" * len(head))

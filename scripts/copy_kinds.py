@@ -568,7 +568,17 @@ KINDS_NEW: dict[str, Maker] = {
     "collage2": collage2, "collage3": collage3, "collage4": collage4,
     "rotate_small": rotate_small, "overlay": overlay,
 }
-KINDS: dict[str, Maker] = {**KINDS_BEFORE, **KINDS_NEW}
+
+
+def mirror_framed(img: Image.Image, rng: random.Random, pool: Pool) -> Image.Image:
+    """Mirrored, then framed: the cheapest evasion stacked on a framing."""
+    frame = rng.choice((border, letterbox_9x16, letterbox_1x1, caption_above, screenshot))
+    return frame(mirror(img, rng, pool), rng, pool)
+
+
+#: Two edits at once; counted apart from the issue's kinds (``ALL combined``).
+KINDS_COMBINED: dict[str, Maker] = {"mirror_framed": mirror_framed}
+KINDS: dict[str, Maker] = {**KINDS_BEFORE, **KINDS_NEW, **KINDS_COMBINED}
 #: Kinds whose copy is saved without the app's extra downsizing (the kind *is* a size).
 NO_EXTRA_RESIZE = frozenset({"reencode", "resize"})
 #: Framings made of innocent photos: none of them may be blocked.

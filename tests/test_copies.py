@@ -207,12 +207,14 @@ def test_a_framed_copy_is_blocked_by_an_image_ban(framing: str, policy: Policy, 
     assert ReasonCode.BANK_MATCH.value not in innocent.reason_codes, [r.text for r in innocent.reasons]
 
 
-@pytest.mark.parametrize("framing", ["letterbox", "caption", "screenshot"])
+@pytest.mark.parametrize("framing", ["letterbox", "caption", "screenshot", "mirrored letterbox"])
 def test_a_framed_copy_is_blocked_by_a_hash_only_pdq_ban(framing: str, policy: Policy, store: SqliteBankStore,
                                                           photos: dict[str, Image.Image]) -> None:
     banned = photos[corpus_mod.BANNED_PHOTO]
     ban_pdq_only(store, banned)
-    make = {"letterbox": letterbox, "caption": caption, "screenshot": screenshot}[framing]
+    # Mirrored first, then framed: a region is queried mirrored too (red team).
+    make = {"letterbox": letterbox, "caption": caption, "screenshot": screenshot,
+            "mirrored letterbox": lambda img: letterbox(ImageOps.mirror(img))}[framing]
     verdict = scanner_for(policy, store).scan_bytes(jpeg(make(banned)))
     assert verdict.action is Action.BLOCK, [r.text for r in verdict.reasons]
     pdq = [m for m in verdict.matches if m.algorithm is Algorithm.PDQ]

@@ -433,17 +433,24 @@ def _region_pdq(source: tuple[HashFrame, float], region: Region) -> tuple[Percep
                                      right=max(1, min(w, round(region.right * scale))),
                                      bottom=max(1, min(h, round(region.bottom * scale))))
     crop = region.crop(frame.rgb)
-    found = [_identity(PdqSignal.hash_prepared(HashFrame(crop, luma=region.crop(frame.luma))))]
+    found = [_shown_or_mirrored(PdqSignal.hash_prepared(HashFrame(crop, luma=region.crop(frame.luma))))]
     squared = square_corners(crop)
     if squared is not None:
-        found.append(_identity(PdqSignal.hash_prepared(HashFrame(squared))))
+        found.append(_shown_or_mirrored(PdqSignal.hash_prepared(HashFrame(squared))))
     return tuple(found)
 
 
-def _identity(h: PerceptualHash) -> PerceptualHash:
-    # A region is queried as it is: its rotations and mirrors would multiply the
-    # searches for copies nobody makes (a mirrored photo inside an upright screenshot).
-    return dataclasses.replace(h, variants=h.variants[:1])
+#: Which of PDQ's 8 dihedral variants is the left-right mirror (pdqhash's order;
+#: measured: a mirrored picture's hash is that variant of the picture's, 0 bits apart).
+_PDQ_MIRROR = 5
+
+
+def _shown_or_mirrored(h: PerceptualHash) -> PerceptualHash:
+    # A region is queried as it is and mirrored: flipping a photo before framing it
+    # is the cheapest evasion there is (the red team's "mirror + pad"), while rotations
+    # would multiply the searches for copies nobody makes (a photo turned on its side
+    # inside an upright screenshot).
+    return dataclasses.replace(h, variants=(h.variants[0], h.variants[_PDQ_MIRROR]))
 
 
 def _reduced_from(rgb: np.ndarray, source_size: tuple[int, int] | None, reduction: int) -> dict[str, object]:
