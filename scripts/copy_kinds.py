@@ -576,8 +576,13 @@ def mirror_framed(img: Image.Image, rng: random.Random, pool: Pool) -> Image.Ima
     return frame(mirror(img, rng, pool), rng, pool)
 
 
-#: Two edits at once; counted apart from the issue's kinds (``ALL combined``).
-KINDS_COMBINED: dict[str, Maker] = {"mirror_framed": mirror_framed}
+def mirror_cropped(img: Image.Image, rng: random.Random, pool: Pool) -> Image.Image:
+    """Mirrored, then cropped (centred or off-centre)."""
+    return rng.choice((crop_centre, crop_edge))(mirror(img, rng, pool), rng, pool)
+
+
+#: Two edits at once; counted apart from the issue's kinds.
+KINDS_COMBINED: dict[str, Maker] = {"mirror_framed": mirror_framed, "mirror_cropped": mirror_cropped}
 KINDS: dict[str, Maker] = {**KINDS_BEFORE, **KINDS_NEW, **KINDS_COMBINED}
 #: Kinds whose copy is saved without the app's extra downsizing (the kind *is* a size).
 NO_EXTRA_RESIZE = frozenset({"reencode", "resize"})
