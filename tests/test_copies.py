@@ -247,15 +247,19 @@ def test_removing_an_image_ban_removes_everything_it_stored(store: SqliteBankSto
     group = ban_image(store, banned)
     stored = list(store.entries(group=group))
     assert {e.source for e in stored} == {EntrySource.IMAGE, EntrySource.DERIVED}
-    assert sum(e.algorithm is Algorithm.ORB for e in stored) == 1
+    # Its keypoints, and its mirror image's.
+    assert sum(e.algorithm is Algorithm.ORB for e in stored) == 2
     matcher = BankMatcher(store)
     scanner = Scanner(policy=policy, matcher=matcher, classifier=None)
     copy = jpeg(crop(banned, 0.15, 0, 0, 0.1))
+    mirrored = jpeg(crop(ImageOps.mirror(banned), 0.15, 0, 0, 0.1))
     assert scanner.scan_bytes(copy).action is Action.BLOCK
+    assert scanner.scan_bytes(mirrored).action is Action.BLOCK
     store.remove([e.id for e in stored], **WHO)
     matcher.refresh()
     assert not matcher.wants_features
     assert scanner.scan_bytes(copy).matches == ()
+    assert scanner.scan_bytes(mirrored).matches == ()
 
 
 def filled_row(cells: list[Image.Image], size: tuple[int, int] = (480, 600)) -> Image.Image:

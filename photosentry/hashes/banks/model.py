@@ -142,7 +142,8 @@ def entries_from_hashes(
     Every hash of the photo becomes an entry: SHA-256, MD5 and each frame's PDQ,
     pHash and dHash, then each ``derived`` hash (PDQ of a crop or rotation of it,
     :mod:`..derived`) as a ``derived`` entry labelled with its window, and its
-    keypoints (``features``, :mod:`..localfeatures`) as one ``orb`` entry. A degenerate
+    keypoints (``features``, :mod:`..localfeatures`) as an ``orb`` entry, and those of its
+    mirror image (``features.mirror``) as another. A degenerate
     perceptual hash (a blank frame) is skipped with a warning; a weak one (below its
     quality threshold) is kept, with a warning that it will not match on its own.
     """
@@ -168,6 +169,9 @@ def entries_from_hashes(
                                     EntrySource.DERIVED, group))
     if features is not None:
         entries.append(NewEntry(Algorithm.ORB, features.encode(), bank, label, EntrySource.DERIVED, group))
+        if features.mirror is not None:
+            entries.append(NewEntry(Algorithm.ORB, features.mirror.encode(), bank,
+                                    f"{label} [mirrored]" if label else "[mirrored]", EntrySource.DERIVED, group))
     return entries, warnings
 
 
