@@ -5,8 +5,9 @@ a collage or a small part of a screenshot: each moves PDQ far past its distance,
 most of the photo's corners are still there, in the same arrangement. So a ban by
 image also stores the ORB keypoints of the banned photo (:func:`banned_features`: the
 :data:`~photosentry.defaults.FEATURE_COUNT` strongest, each a 256-bit descriptor and a
-position; a few kilobytes, never pixels), as an ``orb`` entry of its group, and its mirror image's as another. A scan
-extracts the upload's keypoints (:func:`query_features`), pairs each with its nearest
+position; a few kilobytes, never pixels), as an ``orb`` entry of its group, and its
+mirror image's as another (ORB descriptors do not survive a mirror). A scan extracts
+the upload's keypoints (:func:`query_features`), pairs each with its nearest
 banned descriptors (Lowe's ratio test), and for the banned images with enough pairs
 fits a similarity transform (rotation, scale, shift) with RANSAC: the number of pairs
 that agree with it, the *inliers*, is the evidence (:class:`FeatureIndex`).
