@@ -220,9 +220,9 @@ once the bank has grown this many times past what they were made for (the invert
 file's list count then is half of what it should be)."""
 
 FEATURE_IVF_SYNC_MAX = 65_536
-"""Up to this many banned keypoints (about 256 image bans, under a second) clusters are
-made at the search that needs them; past it, in a background thread while the old
-index serves, so that no scan waits a minute for a moderator's ban."""
+"""Up to this many banned keypoints (128 image bans of 2 x 255; under a second) the
+clusters are made at the search that needs them; past it, in a background thread
+while the old index serves, so that no scan waits a minute for a moderator's ban."""
 
 FEATURE_MAX_DISTANCE = 64
 """Two ORB descriptors (256 bits) further apart than this never pair."""
