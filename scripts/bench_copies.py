@@ -15,7 +15,8 @@ What it does, in one run:
    collage2/3/4 with innocent photos in the other cells, rotate_small, overlay), and
    two edits at once, counted apart from the overall figures (mirror_framed: mirrored,
    then bordered, letterboxed, captioned or screenshotted; mirror_cropped: mirrored,
-   then cropped), ``--copies`` of each kind per banned photo, each with its own random parameters,
+   then cropped; two_edits: one edit of the photo drawn at random, then one framing or
+   cover), ``--copies`` of each kind per banned photo, each with its own random parameters,
    saved as JPEG at quality 70-95 and sometimes downsized; plus the banned file itself
    ("exact") as a sanity check;
 3. makes the negatives: every innocent photo as it is, plus ``--negative-framings``

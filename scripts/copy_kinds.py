@@ -581,8 +581,17 @@ def mirror_cropped(img: Image.Image, rng: random.Random, pool: Pool) -> Image.Im
     return rng.choice((crop_centre, crop_edge))(mirror(img, rng, pool), rng, pool)
 
 
+def two_edits(img: Image.Image, rng: random.Random, pool: Pool) -> Image.Image:
+    """Two edits drawn at random: one to the photo, then one that frames or covers it."""
+    first = rng.choice((mirror, tone, grayscale, blur, crop_edge, crop_centre, rotate_small, stretch))
+    then = rng.choice((border, letterbox_9x16, letterbox_1x1, caption_above, caption_below, screenshot, overlay,
+                       watermark, collage2))
+    return then(first(img, rng, pool), rng, pool)
+
+
 #: Two edits at once; counted apart from the issue's kinds.
-KINDS_COMBINED: dict[str, Maker] = {"mirror_framed": mirror_framed, "mirror_cropped": mirror_cropped}
+KINDS_COMBINED: dict[str, Maker] = {"mirror_framed": mirror_framed, "mirror_cropped": mirror_cropped,
+                                    "two_edits": two_edits}
 KINDS: dict[str, Maker] = {**KINDS_BEFORE, **KINDS_NEW, **KINDS_COMBINED}
 #: Kinds whose copy is saved without the app's extra downsizing (the kind *is* a size).
 NO_EXTRA_RESIZE = frozenset({"reencode", "resize"})
