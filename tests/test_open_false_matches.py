@@ -36,13 +36,19 @@ def jpeg(img: Image.Image, quality: int = 88) -> bytes:
     return out.getvalue()
 
 
-def scan_after_banning(store: SqliteBankStore, banned: Image.Image, upload: Image.Image):  # type: ignore[no-untyped-def]
+def ban_by_image(store: SqliteBankStore, banned: Image.Image) -> bytes:
+    """Ban a picture as `ban add IMAGE` does; the banned file's bytes."""
     data = jpeg(banned, 92)
     image = decode(data)
     hashes = hash_image(data, image.frames, image.frame_indices)
     entries, _ = entries_from_hashes(hashes, "banned", label="banned", derived=derive(image.frames[0]),
                                      features=banned_features(image.frames[0]))
     store.add(entries, actor="test", reason="red team")
+    return data
+
+
+def scan_after_banning(store: SqliteBankStore, banned: Image.Image, upload: Image.Image):  # type: ignore[no-untyped-def]
+    ban_by_image(store, banned)
     return Scanner(policy=Policy.default(), matcher=BankMatcher(store), classifier=None).scan_bytes(jpeg(upload))
 
 
@@ -109,12 +115,7 @@ def test_the_banned_chat_screenshot_itself_is_still_blocked(store: SqliteBankSto
     # a re-saved copy is held (red team: it was allowed while the rule made such
     # matches weak).
     banned = chat(1, keyboard=True)
-    data = jpeg(banned, 92)
-    image = decode(data)
-    hashes = hash_image(data, image.frames, image.frame_indices)
-    entries, _ = entries_from_hashes(hashes, "banned", label="banned", derived=derive(image.frames[0]),
-                                     features=banned_features(image.frames[0]))
-    store.add(entries, actor="test", reason="red team")
+    data = ban_by_image(store, banned)
     scanner = Scanner(policy=Policy.default(), matcher=BankMatcher(store), classifier=None)
     assert scanner.scan_bytes(data).action.value == "block"
     resaved = scanner.scan_bytes(jpeg(banned.resize((540, 1170)), 70))
