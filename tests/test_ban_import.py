@@ -112,3 +112,18 @@ def test_check_and_history(corpus: Corpus, data_dir: Path) -> None:
     assert "importer" in lines[2] and "add" in lines[2]
     code, out = run("ban", "history", "--entry", "1", "--json")
     assert [json.loads(line)["op"] for line in out.splitlines()] == ["remove", "add"]
+
+
+def test_an_image_bans_export_round_trips_with_its_keypoints(tmp_path: Path, data_dir: Path, corpus: Corpus,
+                                                             monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # Red team: an `orb` line (18,432 hex digits) was over the 8 KB line limit, so an
+    # image ban's own export could not be imported on another instance.
+    code, _ = run("ban", "add", str(corpus.banned), *WHO)
+    assert code == 0
+    code, exported = run("ban", "export", "--format", "jsonl")
+    assert code == 0 and exported.count('"orb"') == 2
+    monkeypatch.setenv("PHOTOSENTRY_HOME", str(tmp_path / "other"))
+    code, out = run("ban", "import", write(tmp_path, "export.jsonl", exported.encode()), *WHO)
+    assert code == 0, out
+    _, listed = run("ban", "list", "--json")
+    assert sum(json.loads(line)["algorithm"] == "orb" for line in listed.splitlines()) == 2

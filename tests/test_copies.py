@@ -21,7 +21,7 @@ from photosentry.decode import decode
 from photosentry.hashes.banks import EntrySource, NewEntry, SqliteBankStore, entries_from_hashes
 from photosentry.hashes.codecs import Algorithm, hamming
 from photosentry.hashes.derived import derive
-from photosentry.hashes.localfeatures import banned_features
+from photosentry.hashes.localfeatures import LocalFeatures, banned_features
 from photosentry.hashes import collage as cells_module, regions
 from photosentry.hashes.boxes import iou
 from photosentry.hashes.matcher import BankMatcher, Match
@@ -357,3 +357,35 @@ def test_an_orb_entry_keeps_its_photos_size_and_old_entries_still_read(photos: d
     # An entry written before the size was (every slot a keypoint) reads as it did.
     old = LocalFeatures(found.points, found.descriptors)
     assert LocalFeatures.decode(old.encode()).size == (0, 0) and len(LocalFeatures.decode(old.encode())) == len(found)
+
+
+def symmetric(img: Image.Image) -> Image.Image:
+    """The left half of ``img`` beside its own mirror image: its mirror image is itself."""
+    half = img.crop((0, 0, img.width // 2, img.height))
+    out = Image.new("RGB", (2 * half.width, half.height))
+    out.paste(half, (0, 0))
+    out.paste(ImageOps.mirror(half), (half.width, 0))
+    return out
+
+
+@pytest.mark.parametrize("how", ["symmetric picture", "banned twice", "in two banks"])
+def test_a_photos_own_keypoint_sets_do_not_outvote_each_other(how: str, policy: Policy, store: SqliteBankStore,
+                                                              photos: dict[str, Image.Image]) -> None:
+    # Red team: the ratio test counted the same photo's other set (its mirror image's,
+    # identical for a symmetric picture; or the same keypoints banned again, or in
+    # another bank) as the second nearest, and no pair survived: crops went unblocked.
+    banned = symmetric(photos[corpus_mod.BANNED_PHOTO]) if how == "symmetric picture" else photos[corpus_mod.BANNED_PHOTO]
+    ban_image(store, banned)
+    if how == "banned twice":
+        # An older ban of the same image: one set, no flat share kept (entries before this one).
+        data = jpeg(banned, 92)
+        image = decode(data)
+        old = banned_features(image.frames[0])
+        assert old is not None
+        legacy = LocalFeatures(old.points, old.descriptors, size=old.size).encode()
+        store.add([NewEntry(Algorithm.ORB, legacy, "banned", "old", EntrySource.DERIVED, hashes_of(data).sha256)], **WHO)
+    if how == "in two banks":
+        ban_image(store, banned, bank="partner")
+    verdict = scanner_for(policy, store).scan_bytes(jpeg(crop(banned, 0.15, 0.05, 0.0, 0.1)))
+    assert verdict.action is Action.BLOCK, [(m.basis, m.inliers) for m in verdict.matches]
+    assert any(m.basis == "features" for m in verdict.matches)

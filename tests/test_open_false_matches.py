@@ -170,3 +170,20 @@ def test_a_flat_copy_of_a_listed_photo_is_still_blocked(store: SqliteBankStore) 
         jpeg(ImageOps.posterize(photo, 2)))
     assert verdict.action.value == "block", [(m.basis, m.distance) for m in verdict.matches]
     assert any(m.basis == "pdq" for m in verdict.matches)
+
+
+def test_a_chat_banned_again_still_holds_other_chats_for_review_only(store: SqliteBankStore) -> None:
+    # Red team: banned before the flat share was kept, then banned again; the matcher
+    # read the older entry (no share) and the innocent chat was blocked.
+    from photosentry.hashes.localfeatures import LocalFeatures
+
+    banned = chat(1, keyboard=True)
+    data = jpeg(banned, 92)
+    frame = decode(data).frames[0]
+    old = banned_features(frame)
+    assert old is not None
+    legacy = LocalFeatures(old.points, old.descriptors, size=old.size).encode()
+    group = hash_image(data, (frame,), (0,)).sha256
+    store.add([NewEntry(Algorithm.ORB, legacy, "banned", "old", EntrySource.DERIVED, group)], actor="test", reason="old")
+    verdict = scan_after_banning(store, banned, chat(7, keyboard=True))
+    assert verdict.action.value != "block", [(m.basis, m.distance) for m in verdict.matches]

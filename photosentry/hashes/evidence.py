@@ -33,7 +33,7 @@ screenshot re-saved or any other chat of that app, and only a person can tell.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from .. import defaults
@@ -57,15 +57,18 @@ REVIEW_ONLY_BASES = frozenset({FEATURES_PARTIAL, FLAT_PICTURE})
 DERIVED_SOURCE = "derived"
 
 
-def flat_pair(source: str, upload_flat: bool, banned_flat: float | None) -> bool:
+def flat_pair(source: str, upload_flat: bool, banned_flat: Callable[[], float | None]) -> bool:
     """Whether a perceptual hash match is between two mostly flat pictures (two app
     screens), which holds a photo for review but never blocks it: an image ban's hash
     (``source``) whose picture was flat, met by a flat picture (the frame or region
     hashed). A flat copy of a photo that was not flat (posterised, cartoon-filtered)
     keeps the hash's own strength, and so does any match against an imported list or a
-    typed-in hash, or an image ban from before the flat share was kept."""
-    return (upload_flat and banned_flat is not None and is_flat(banned_flat)
-            and source in (EntrySource.IMAGE.value, EntrySource.DERIVED.value))
+    typed-in hash, or an image ban from before the flat share was kept. ``banned_flat``
+    reads the ban's share (a store read), only for an image ban's match."""
+    if not upload_flat or source not in (EntrySource.IMAGE.value, EntrySource.DERIVED.value):
+        return False
+    share = banned_flat()
+    return share is not None and is_flat(share)
 
 
 def grade(matches: Sequence["Match"]) -> list["Match"]:

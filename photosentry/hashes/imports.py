@@ -23,9 +23,10 @@ from ..errors import InvalidHash
 from .banks import BankEntry, EntrySource, NewEntry
 from .codecs import Algorithm, normalize
 
-#: Longest line read from an import file, in bytes. Our longest legitimate line (a CSV
-#: or JSON export row with a label and reason) is well under 2 KB.
-MAX_LINE_BYTES = 8192
+#: Longest line read from an import file, in bytes. Our longest legitimate line is an
+#: export row of an image ban's keypoints (an ``orb`` value is 18,432 hex digits) with
+#: its label and reason; every other kind is well under 2 KB.
+MAX_LINE_BYTES = 32_768
 #: Most problems kept in detail (the count is always exact).
 MAX_PROBLEMS_KEPT = 100
 #: Fields of our CSV export, in order (``ban import`` needs only algorithm and value).

@@ -211,7 +211,15 @@ class FeatureIndex:
     old index serves and records the changes to replay on the new one; a large bank at a
     worker's start is searched by brute force (exact, slower) until its first clusters
     are made that way. Every keypoint has a row for life: its id in the index and where
-    its position and owner are kept.
+    its position, owner and photo are kept.
+
+    An image ban holds two sets, its picture's and its mirror image's, and a picture
+    banned again (or in two banks) holds them twice. Keypoints of one photo must not
+    outvote each other in the ratio test (a symmetric picture's mirror image is itself:
+    every descriptor would have a twin and no pair would survive), so the second
+    nearest descriptor that counts is another photo's or the same set's own; and the
+    pairs of the same set of one photo (the picture's, or its mirror image's) are
+    verified together, whichever entry holds them.
     """
 
     def __init__(self) -> None:
@@ -219,7 +227,10 @@ class FeatureIndex:
         self._banks: dict[int, str] = {}
         self._rows: dict[int, np.ndarray] = {}  # entry id -> its keypoints' rows
         self._owner = np.zeros(0, dtype=np.int64)  # row -> entry id (-1: removed)
+        self._photo = np.zeros(0, dtype=np.int64)  # row -> the banned photo (its group's number)
         self._points = np.zeros((0, 2), dtype=np.float32)  # row -> position
+        self._photos: dict[str, int] = {}  # group -> its number
+        self._set_of: dict[int, tuple[int, bool]] = {}  # entry id -> (photo, mirrored)
         self._used = 0  # rows handed out
         self._active = 0  # rows of active entries
         self._index: faiss.IndexBinary | None = None
@@ -237,15 +248,21 @@ class FeatureIndex:
         """Keypoints in the index now."""
         return 0 if self._index is None else int(self._index.ntotal)
 
-    def add(self, entry_id: int, value: str, bank: str) -> None:
+    def add(self, entry_id: int, value: str, bank: str, group: str = "") -> None:
+        """Index an ``orb`` entry; ``group``: the banned image it was found on (its
+        SHA-256), so that entries of one image are known as one photo."""
         features = LocalFeatures.decode(value)
         if not len(features):
             return
         with self._lock:
             self.remove(entry_id)
+            # An entry without a group is a photo of its own.
+            photo = self._photos.setdefault(group, len(self._photos)) if group else -1 - entry_id
             rows = np.arange(self._used, self._used + len(features), dtype=np.int64)
             self._grow(self._used + len(features))
             self._owner[rows] = entry_id
+            self._photo[rows] = photo
+            self._set_of[entry_id] = (photo, features.mirrored)
             self._points[rows] = features.points
             self._used += len(features)
             self._active += len(features)
@@ -259,7 +276,7 @@ class FeatureIndex:
         with self._lock:
             if self._sets.pop(entry_id, None) is None:
                 return
-            del self._banks[entry_id]
+            del self._banks[entry_id], self._set_of[entry_id]
             rows = self._rows.pop(entry_id)
             self._owner[rows] = -1
             self._active -= len(rows)
@@ -279,9 +296,11 @@ class FeatureIndex:
             size = max(rows, 2 * len(self._owner), 4096)
             owner = np.full(size, -1, dtype=np.int64)
             owner[: self._used] = self._owner[: self._used]
+            photo = np.zeros(size, dtype=np.int64)
+            photo[: self._used] = self._photo[: self._used]
             points = np.zeros((size, 2), dtype=np.float32)
             points[: self._used] = self._points[: self._used]
-            self._owner, self._points = owner, points
+            self._owner, self._photo, self._points = owner, photo, points
 
     def _ready(self) -> faiss.IndexBinary:
         """The index to search, (re)clustered first where the bank has outgrown it."""
@@ -347,29 +366,44 @@ class FeatureIndex:
         ``regions``: name and frame box) whose pairs verified it best ("" for the whole)."""
         if not self._sets or len(query) < defaults.FEATURE_MIN_INLIERS:
             return []
-        pairs: dict[int, list[tuple[int, int]]] = {}
+        pairs: dict[tuple[int, bool], list[tuple[int, int]]] = {}  # (photo, mirrored) -> pairs
         with self._lock:
             index = self._ready()
             if index.ntotal < 2:
                 return []
             with _one_thread():
-                distances, nearest = index.search(np.ascontiguousarray(query.descriptors), 2)
-            # Lowe's ratio test, against the second nearest of *another* banned photo's or
-            # the same one's: a descriptor that fits many places says nothing.
+                distances, nearest = index.search(np.ascontiguousarray(query.descriptors), 4)
+            # Lowe's ratio test: a descriptor that fits many places says nothing. The
+            # second nearest that counts is another photo's, or one of the same set's
+            # (a repeated texture); not a twin in the same photo's other set (below).
+            rows = np.maximum(nearest, 0)
+            owner, photo = self._owner[rows], self._photo[rows]
+            counts = ((owner[:, 1:] == owner[:, :1]) | (photo[:, 1:] != photo[:, :1])) & (nearest[:, 1:] >= 0)
+            second = np.where(counts.any(axis=1),
+                              distances[np.arange(len(nearest)), 1 + counts.argmax(axis=1)], np.inf)
             keep = (distances[:, 0] <= defaults.FEATURE_MAX_DISTANCE) & \
-                (distances[:, 0] < defaults.FEATURE_RATIO * distances[:, 1]) & (nearest[:, 0] >= 0)
+                (distances[:, 0] < defaults.FEATURE_RATIO * second) & (nearest[:, 0] >= 0)
             for q in np.flatnonzero(keep):
                 train = int(nearest[q, 0])
-                pairs.setdefault(int(self._owner[train]), []).append((int(q), train))
+                entry = int(self._owner[train])
+                if entry in self._set_of:
+                    pairs.setdefault(self._set_of[entry], []).append((int(q), train))
             # Rows live for ever, so positions read now stay right after the lock.
             points = self._points
-            found = {e: (self._sets[e].size, self._banks[e]) for e, p in pairs.items()
-                     if len(p) >= defaults.FEATURE_MIN_INLIERS and e in self._sets}
+            found = {}
+            for key, found_pairs in pairs.items():
+                if len(found_pairs) < defaults.FEATURE_MIN_INLIERS:
+                    continue
+                entries = dict.fromkeys(int(self._owner[row]) for _, row in found_pairs)
+                entry_id = next(iter(entries))
+                # Any entry of the set that knows the picture's size (older ones do not).
+                size = next((self._sets[e].size for e in entries if self._sets[e].size[0]), (0, 0))
+                found[key] = (entry_id, size, self._banks[entry_id])
         boxes = [(name, np.array(box, dtype=np.float32) * query.scale) for name, box in regions]
         whole = (0.0, 0.0, float(query.size[0]), float(query.size[1])) if query.size[0] else None
         hits = []
-        for entry_id, (banned_size, bank) in found.items():
-            found_pairs = pairs[entry_id]
+        for key, (entry_id, banned_size, bank) in found.items():
+            found_pairs = pairs[key]
             best, where = _verified(found_pairs, query.points, points, banned_size, whole), ""
             for name, (left, top, right, bottom) in boxes:
                 inside = [(q, b) for q, b in found_pairs

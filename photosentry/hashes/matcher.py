@@ -225,7 +225,7 @@ class BankMatcher:
         self._bank_of = _ByEntry(np.uint16)
         self._algo_of = _ByEntry(np.uint8)  # 0: not indexed; else 1 + position in Algorithm
         self._info: dict[int, tuple[str, str, str]] = {}
-        self._flat_of: dict[str, float | None] = {}  # image ban group -> its picture's flat share
+        self._flat_of: dict[str, float] = {}  # image ban group -> its picture's flat share
         #: Where the view came from: "snapshot v<N>", "store", or "shared index v<N>" (with
         #: ", built from ..." when this process built the file).
         self.loaded_from = "store"
@@ -511,7 +511,7 @@ class BankMatcher:
             _, group, source = info.get(entry_id, ("", "", ""))
             if weak:
                 rank, why = 2, LOW_QUALITY
-            elif flat and flat_pair(source, flat, self._banned_flat(group)):
+            elif flat and flat_pair(source, flat, lambda: self._banned_flat(group)):
                 rank, why = 1, FLAT_PICTURE
             else:
                 rank, why = 0, ""
@@ -565,9 +565,11 @@ class BankMatcher:
         return {i: self._info[i] for i in entry_ids if i in self._info}
 
     def _banned_flat(self, group: str) -> float | None:
-        """The flat share of an image ban's picture, kept in its ``orb`` entry (None: not
-        known). Read from the store only when a flat picture's hash matched the ban, and
-        cached: an image's entries never change."""
+        """The flat share of an image ban's picture, kept in its ``orb`` entries (None: not
+        known). Read from the store only when a flat picture's hash matched the ban.
+        A share found is cached (an image's entries never change); "not known" is not,
+        since the entry that knows may land a moment later (a ban added in chunks), or
+        the image be banned again: its older entry knows nothing of it."""
         if not group:
             return None
         if group not in self._flat_of:
@@ -576,9 +578,12 @@ class BankMatcher:
                 for entry in self._store.entries(group=group):
                     if entry.algorithm.is_features:
                         flat = LocalFeatures.decode(entry.value).flat
-                        break
+                        if flat is not None:
+                            break
             except BankNotFound:
                 pass
+            if flat is None:
+                return None
             if len(self._flat_of) > 10_000:
                 self._flat_of.clear()
             self._flat_of[group] = flat
@@ -604,14 +609,14 @@ class BankMatcher:
         index.load(ids, codes)  # type: ignore[attr-defined]
 
     def _load_features(self) -> None:
-        for ids, values, banks in self._store.active_columns(Algorithm.ORB):
-            for entry_id, value, bank in zip(ids, values, banks, strict=True):
-                self._features.add(int(entry_id), value, bank)
+        for ids, values, banks, groups in self._store.active_features():
+            for entry_id, value, bank, group in zip(ids, values, banks, groups, strict=True):
+                self._features.add(int(entry_id), value, bank, group)
 
     def _add(self, entry: BankEntry) -> None:
         self._info[entry.id] = _info(entry)
         if entry.algorithm.is_features:
-            self._features.add(entry.id, entry.value, entry.bank)
+            self._features.add(entry.id, entry.value, entry.bank, entry.group)
             return
         self._indexes[entry.algorithm].add(entry.id, entry.value)
         self._bank_of[entry.id] = self._bank_number(entry.bank)

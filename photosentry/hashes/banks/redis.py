@@ -235,6 +235,18 @@ class RedisBankStore(BankStore):
                 yield entry
             after = int(page[-1])
 
+    def active_features(self, *, chunk: int = 1_000) -> Iterator[tuple[list[int], list[str], list[str], list[str]]]:
+        after = 0
+        while True:
+            page = self._r.zrangebyscore(self.prefix + "features", f"({after}", "+inf", start=0, num=self.page_size)
+            if not page:
+                return
+            found = [e for e in self._get_many([int(i) for i in page], missing_ok=True)
+                     if e.active and e.algorithm.is_features]
+            if found:
+                yield [e.id for e in found], [e.value for e in found], [e.bank for e in found], [e.group for e in found]
+            after = int(page[-1])
+
     def active_columns(self, algorithm: Algorithm, *, chunk: int = 100_000) -> Iterator[tuple[list[int], list[str], list[str]]]:
         if not algorithm.is_features:
             yield from super().active_columns(algorithm, chunk=chunk)

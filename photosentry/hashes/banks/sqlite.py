@@ -269,6 +269,17 @@ class SqliteBankStore(BankStore):
             raise BankNotFound(f"no bank entry with id {missing[0]}")
         return [found[i] for i in ids]
 
+    def active_features(self, *, chunk: int = 1_000) -> Iterator[tuple[list[int], list[str], list[str], list[str]]]:
+        cur = self._db.execute(
+            "SELECT id, value, bank, grp FROM entries WHERE active=1 AND algorithm=? ORDER BY id", (Algorithm.ORB.value,)
+        )
+        while True:
+            rows = cur.fetchmany(chunk)
+            if not rows:
+                return
+            ids, values, banks, groups = zip(*rows, strict=True)
+            yield list(ids), list(values), list(banks), [str(g or "") for g in groups]
+
     def active_columns(self, algorithm: Algorithm, *, chunk: int = 100_000) -> Iterator[tuple[list[int], list[str], list[str]]]:
         cur = self._db.execute(
             "SELECT id, value, bank FROM entries WHERE active=1 AND algorithm=? ORDER BY id", (algorithm.value,)

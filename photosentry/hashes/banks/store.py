@@ -160,6 +160,14 @@ class BankStore(ABC):
         ]
         return out[::-1][:limit]
 
+    def active_features(self, *, chunk: int = 1_000) -> Iterator[tuple[list[int], list[str], list[str], list[str]]]:
+        """Active keypoint (``orb``) entries as (ids, values, banks, groups) chunks in id
+        order: what a matcher's keypoint index loads (an image ban's entries are told
+        apart from another image's by their group). Backends may override it."""
+        for ids, values, banks in self.active_columns(Algorithm.ORB, chunk=chunk):
+            group_of = {e.id: e.group for e in self.get_many(ids)}
+            yield ids, values, banks, [group_of.get(i, "") for i in ids]
+
     def active_columns(self, algorithm: Algorithm, *, chunk: int = 100_000) -> Iterator[tuple[list[int], list[str], list[str]]]:
         """Active entries of one algorithm as (ids, values, banks) chunks in id order: the
         columnar read that snapshots and index builds use (backends override it)."""
