@@ -550,10 +550,16 @@ def test_importing_the_banks_package_leaves_redis_py_unloaded() -> None:
 
 def test_keypoint_entries_are_read_apart_and_leave_with_their_removal(bank_store: BankStore) -> None:
     # A matcher that loaded its hashes from a snapshot reads image bans' keypoints alone.
-    added = bank_store.add([entry(n, algorithm=a) for n in (1, 2) for a in Algorithm], actor="a", reason="r")
+    added = bank_store.add([entry(n, algorithm=a, group=f"image{n}") for n in (1, 2) for a in Algorithm],
+                           actor="a", reason="r")
     orb = [e for e in added if e.algorithm is Algorithm.ORB]
     read = [(i, v, b) for ids, values, banks in bank_store.active_columns(Algorithm.ORB)
             for i, v, b in zip(ids, values, banks, strict=True)]
     assert read == [(e.id, e.value, e.bank) for e in orb]
+    # With their groups: one image ban's two sets are one photo to the keypoint index.
+    read_groups = [(i, v, b, g) for ids, values, banks, groups in bank_store.active_features(chunk=1)
+                   for i, v, b, g in zip(ids, values, banks, groups, strict=True)]
+    assert read_groups == [(e.id, e.value, e.bank, e.group) for e in orb]
     bank_store.remove([orb[0].id], actor="a", reason="r")
     assert [i for ids, _, _ in bank_store.active_columns(Algorithm.ORB) for i in ids] == [orb[1].id]
+    assert [i for ids, _, _, _ in bank_store.active_features() for i in ids] == [orb[1].id]

@@ -251,16 +251,8 @@ class RedisBankStore(BankStore):
         if not algorithm.is_features:
             yield from super().active_columns(algorithm, chunk=chunk)
             return
-        after = 0
-        while True:
-            page = self._r.zrangebyscore(self.prefix + "features", f"({after}", "+inf", start=0, num=self.page_size)
-            if not page:
-                return
-            found = [e for e in self._get_many([int(i) for i in page], missing_ok=True)
-                     if e.active and e.algorithm is algorithm]
-            if found:
-                yield [e.id for e in found], [e.value for e in found], [e.bank for e in found]
-            after = int(page[-1])
+        for ids, values, banks, _ in self.active_features(chunk=chunk):
+            yield ids, values, banks
 
     def version(self) -> int:
         return int(self._r.get(self.prefix + "version") or 0)
