@@ -102,10 +102,10 @@ def test_new_clusters_are_made_in_the_background_and_changes_meanwhile_kept(
     release, started = threading.Event(), threading.Event()
     build = FeatureIndex._build
 
-    def held(snapshot):  # type: ignore[no-untyped-def]
+    def held(snapshot, *, clusters=True):  # type: ignore[no-untyped-def]
         started.set()
         release.wait(30)
-        return build(snapshot)
+        return build(snapshot, clusters=clusters)
 
     monkeypatch.setattr(FeatureIndex, "_build", staticmethod(held))
     for i in range(20, 100):  # 5 times the clustered bank
@@ -140,9 +140,10 @@ def test_a_large_bank_at_start_is_searched_by_brute_force_until_its_clusters_are
     release = threading.Event()
     build = FeatureIndex._build
 
-    def held(snapshot):  # type: ignore[no-untyped-def]
-        release.wait(30)
-        return build(snapshot)
+    def held(snapshot, *, clusters=True):  # type: ignore[no-untyped-def]
+        if clusters:  # the brute-force index at start is made at once
+            release.wait(30)
+        return build(snapshot, clusters=clusters)
 
     monkeypatch.setattr(FeatureIndex, "_build", staticmethod(held))
     index = FeatureIndex()
@@ -156,3 +157,16 @@ def test_a_large_bank_at_start_is_searched_by_brute_force_until_its_clusters_are
     index.wait(60)
     assert isinstance(index._index, localfeatures.faiss.IndexBinaryIVF)
     assert hit_ids(index, photos["chelsea.png"][1]).keys() == {1}
+
+
+def test_a_bans_flat_share_comes_from_whichever_active_entry_knows_it(photos) -> None:  # type: ignore[no-untyped-def]
+    own = photos["coffee.png"][0]
+    legacy = LocalFeatures(own.points, own.descriptors, size=own.size)  # banned before the share was kept
+    index = FeatureIndex()
+    index.add(1, legacy.encode(), "banned", "g")
+    assert index.flat_of("g") is None
+    index.add(2, own.encode(), "banned", "g")
+    assert index.flat_of("g") == pytest.approx(own.flat, abs=0.01)
+    assert index.flat_of("other") is None and index.flat_of("") is None
+    index.remove(2)
+    assert index.flat_of("g") is None

@@ -33,7 +33,7 @@ screenshot re-saved or any other chat of that app, and only a person can tell.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .. import defaults
@@ -57,26 +57,23 @@ REVIEW_ONLY_BASES = frozenset({FEATURES_PARTIAL, FLAT_PICTURE})
 DERIVED_SOURCE = "derived"
 
 
-def flat_pair(source: str, upload_flat: bool, banned_flat: Callable[[], float | None]) -> bool:
-    """Whether a perceptual hash match is between two mostly flat pictures (two app
-    screens), which holds a photo for review but never blocks it: an image ban's hash
-    (``source``) whose picture was flat, met by a flat picture (the frame or region
-    hashed). A flat copy of a photo that was not flat (posterised, cartoon-filtered)
-    keeps the hash's own strength, and so does any match against an imported list or a
-    typed-in hash, or an image ban from before the flat share was kept. ``banned_flat``
-    reads the ban's share (a store read), only for an image ban's match."""
-    if not upload_flat or source not in (EntrySource.IMAGE.value, EntrySource.DERIVED.value):
-        return False
-    share = banned_flat()
-    return share is not None and is_flat(share)
+def flat_pair(source: str, banned_flat: float | None) -> bool:
+    """Whether a flat picture's hash match (the frame or region hashed) is one between two
+    mostly flat pictures (two app screens), which holds a photo for review but never
+    blocks it: against an image ban's hash (``source``) whose picture's flat share
+    (``banned_flat``) was flat too. A flat copy of a photo that was not flat (posterised,
+    cartoon-filtered) keeps the hash's own strength, and so does any match against an
+    imported list or a typed-in hash, or an image ban from before the share was kept."""
+    return (source in (EntrySource.IMAGE.value, EntrySource.DERIVED.value)
+            and banned_flat is not None and is_flat(banned_flat))
 
 
 def grade(matches: Sequence["Match"]) -> list["Match"]:
     """``matches`` with ``weak`` and ``basis`` set by the rule above (input order kept).
 
-    ``weak`` on the way in means the photo's hash itself was too weak (its ``basis``
-    says why: low quality, or a flat picture against an image ban); the rule never
-    makes such a match strong.
+    ``weak`` on the way in means the photo's hash itself was too weak (low quality);
+    the rule never makes such a match strong. A ``basis`` of ``flat_picture`` on the way
+    in (two flat pictures, :func:`flat_pair`) stays: review-only, and no corroboration.
     """
     # Which algorithms matched each banned image (group) of each bank with a usable hash.
     # Keypoints in place count as one more independent signal.

@@ -4,8 +4,8 @@ An app's screen (a chat, a settings page, a feed of text) is mostly flat colour 
 text on it. PDQ, pHash and dHash read a picture at 64 x 64 samples or fewer, where a
 line of text is a grey smear: two chats of one app with the same bubbles on the same
 sides and other words hash to the same PDQ (distance 0, measured), however different
-what they say. Such a hash identifies the app's layout, not the picture, so a match on
-it is weak evidence (:mod:`.evidence`). Photographs are never that flat: on the 254
+what they say. Such a hash identifies the app's layout, not the picture, so a match
+between two such pictures holds a photo for review, never blocks it (:mod:`.evidence`). Photographs are never that flat: on the 254
 pictures of the benchmark corpus the flattest real photo is under half flat, and only
 diagrams and screenshots pass :data:`defaults.FLAT_PICTURE_SHARE`.
 

@@ -231,6 +231,7 @@ class FeatureIndex:
         self._points = np.zeros((0, 2), dtype=np.float32)  # row -> position
         self._photos: dict[str, int] = {}  # group -> its number
         self._set_of: dict[int, tuple[int, bool]] = {}  # entry id -> (photo, mirrored)
+        self._members: dict[int, set[int]] = {}  # photo -> its active entries
         self._used = 0  # rows handed out
         self._active = 0  # rows of active entries
         self._index: faiss.IndexBinary | None = None
@@ -263,6 +264,7 @@ class FeatureIndex:
             self._owner[rows] = entry_id
             self._photo[rows] = photo
             self._set_of[entry_id] = (photo, features.mirrored)
+            self._members.setdefault(photo, set()).add(entry_id)
             self._points[rows] = features.points
             self._used += len(features)
             self._active += len(features)
@@ -276,7 +278,11 @@ class FeatureIndex:
         with self._lock:
             if self._sets.pop(entry_id, None) is None:
                 return
-            del self._banks[entry_id], self._set_of[entry_id]
+            del self._banks[entry_id]
+            photo, _ = self._set_of.pop(entry_id)
+            self._members[photo].discard(entry_id)
+            if not self._members[photo]:
+                del self._members[photo]
             rows = self._rows.pop(entry_id)
             self._owner[rows] = -1
             self._active -= len(rows)
@@ -284,6 +290,15 @@ class FeatureIndex:
                 self._index.remove_ids(faiss.IDSelectorArray(rows))
             if self._pending is not None:
                 self._pending.append((rows, None))
+
+    def flat_of(self, group: str) -> float | None:
+        """The flat share of a banned image's picture (:mod:`.flatness`), kept in its
+        ``orb`` entries: from whichever active entry knows it (one banned before the
+        share was kept does not); None if none does."""
+        with self._lock:
+            photo = self._photos.get(group) if group else None
+            return next((self._sets[e].flat for e in self._members.get(photo, ()) if self._sets[e].flat is not None),
+                        None)
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait for clusters being made in the background (tests, benchmarks)."""
@@ -308,11 +323,7 @@ class FeatureIndex:
         if self._index is None and n > defaults.FEATURE_IVF_SYNC_MAX:
             # A large bank at start: brute force at once (adding is a copy), exact but
             # slower, until the clusters made in the background replace it.
-            self._index = faiss.IndexBinaryIDMap(faiss.IndexBinaryFlat(256))
-            rows, descriptors = self._snapshot()
-            with _one_thread():
-                self._index.add_with_ids(descriptors, rows)
-            self._clustered_for = 0
+            self._index, self._clustered_for = self._build(self._snapshot(), clusters=False)
         # A thread that never started (a job timeout's exception between the two lines
         # below) or has ended is no clustering under way.
         idle = self._reclustering is None or not self._reclustering.is_alive()
@@ -335,9 +346,9 @@ class FeatureIndex:
                 np.ascontiguousarray(np.concatenate([self._sets[e].descriptors for e in entries])))
 
     @staticmethod
-    def _build(snapshot: tuple[np.ndarray, np.ndarray]) -> tuple[faiss.IndexBinary, int]:
+    def _build(snapshot: tuple[np.ndarray, np.ndarray], *, clusters: bool = True) -> tuple[faiss.IndexBinary, int]:
         rows, descriptors = snapshot
-        index = _index(descriptors)
+        index = _index(descriptors, clusters=clusters)
         with _one_thread():
             index.add_with_ids(descriptors, rows)
         return index, (len(rows) if isinstance(index, faiss.IndexBinaryIVF) else 0)
@@ -428,11 +439,12 @@ def _needs_clusters(keypoints: int, clustered_for: int) -> bool:
     return clustered_for == 0 or keypoints > defaults.FEATURE_IVF_REGROW * clustered_for
 
 
-def _index(descriptors: np.ndarray) -> faiss.IndexBinary:
+def _index(descriptors: np.ndarray, *, clusters: bool = True) -> faiss.IndexBinary:
     """An empty FAISS index (ids given at add) for ``descriptors`` ((n, 32) uint8): brute
-    force while few, else an inverted file whose clusters are made from (a sample of) them."""
+    force while few (or without ``clusters``), else an inverted file whose clusters are
+    made from (a sample of) them."""
     n = len(descriptors)
-    if n < defaults.FEATURE_IVF_MIN:
+    if n < defaults.FEATURE_IVF_MIN or not clusters:
         return faiss.IndexBinaryIDMap(faiss.IndexBinaryFlat(256))
     lists = max(16, int(defaults.FEATURE_IVF_LISTS_PER_ROOT * np.sqrt(n)))
     sample = descriptors

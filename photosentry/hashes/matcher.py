@@ -30,7 +30,7 @@ from .codecs import Algorithm
 from .algorithms import HASHES
 from .evidence import FLAT_PICTURE, LOW_QUALITY, flat_pair, grade
 from .flatness import is_flat
-from .localfeatures import FeatureHit, FeatureIndex, LocalFeatures
+from .localfeatures import FeatureHit, FeatureIndex
 from .hostindex import HostIndex, IndexColumns, SharedIndex
 from .index import HashIndex, SortedExactIndex, TieredIndex, hex_to_codes
 from .signals import ImageHashes
@@ -225,7 +225,6 @@ class BankMatcher:
         self._bank_of = _ByEntry(np.uint16)
         self._algo_of = _ByEntry(np.uint8)  # 0: not indexed; else 1 + position in Algorithm
         self._info: dict[int, tuple[str, str, str]] = {}
-        self._flat_of: dict[str, float] = {}  # image ban group -> its picture's flat share
         #: Where the view came from: "snapshot v<N>", "store", or "shared index v<N>" (with
         #: ", built from ..." when this process built the file).
         self.loaded_from = "store"
@@ -469,8 +468,9 @@ class BankMatcher:
         """Every active entry the photo matches (closest variant, frame and region per
         entry), graded strong or weak by :func:`.evidence.grade`."""
         # (id, from a flat picture) -> (weak, distance, frame, variant, algo, region). A flat
-        # picture's match is weak only against an image ban (evidence.flat_counts), which
-        # is known once the entry is read, so the best of each kind is kept.
+        # picture's match is review-only against an image ban whose picture was flat too
+        # (evidence.flat_pair), which is known once the entry is read, so the best of
+        # each kind is kept.
         best: dict[tuple[int, bool], tuple[bool, int, int, int, Algorithm, str]] = {}
 
         def keep(entry_id: int, algorithm: Algorithm, distance: int, frame: int, variant: int, weak: bool,
@@ -511,7 +511,7 @@ class BankMatcher:
             _, group, source = info.get(entry_id, ("", "", ""))
             if weak:
                 rank, why = 2, LOW_QUALITY
-            elif flat and flat_pair(source, flat, lambda: self._banned_flat(group)):
+            elif flat and flat_pair(source, self._features.flat_of(group)):
                 rank, why = 1, FLAT_PICTURE
             else:
                 rank, why = 0, ""
@@ -563,31 +563,6 @@ class BankMatcher:
             except BankNotFound:
                 pass
         return {i: self._info[i] for i in entry_ids if i in self._info}
-
-    def _banned_flat(self, group: str) -> float | None:
-        """The flat share of an image ban's picture, kept in its ``orb`` entries (None: not
-        known). Read from the store only when a flat picture's hash matched the ban.
-        A share found is cached (an image's entries never change); "not known" is not,
-        since the entry that knows may land a moment later (a ban added in chunks), or
-        the image be banned again: its older entry knows nothing of it."""
-        if not group:
-            return None
-        if group not in self._flat_of:
-            flat = None
-            try:
-                for entry in self._store.entries(group=group):
-                    if entry.algorithm.is_features:
-                        flat = LocalFeatures.decode(entry.value).flat
-                        if flat is not None:
-                            break
-            except BankNotFound:
-                pass
-            if flat is None:
-                return None
-            if len(self._flat_of) > 10_000:
-                self._flat_of.clear()
-            self._flat_of[group] = flat
-        return self._flat_of[group]
 
     def _max_distance(self, algorithm: Algorithm) -> int:
         return max([self.bank(b).distance(algorithm) for b in self._banks] + [BankConfig("").distance(algorithm)])
