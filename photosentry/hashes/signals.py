@@ -367,9 +367,14 @@ def hash_image(
     for i, (index, rgb) in enumerate(zip(frame_indices, frames, strict=True)):
         frame = HashFrame(rgb, quick=quick, **_reduced_from(rgb, source_size, reduction))
         prepared.append(frame)
-        # The first frame's luminance is made anyway where copies are searched for.
-        flat_maps.append(FlatMap(frame.cv_grey if copy_search and i == 0 else rgb))
-        per_frame.append(FrameHashes(index, hash_frame(frame), flat=flat_maps[-1].share()))
+        flat = 0.0
+        if copy_search:
+            # Flatness only tells matches against image bans apart, and those hold PDQ
+            # hashes, so a scan without them (a ban, a bank of exact hashes) skips it.
+            # The first frame's luminance is made anyway where copies are searched for.
+            flat_maps.append(FlatMap(frame.cv_grey if i == 0 else rgb))
+            flat = flat_maps[-1].share()
+        per_frame.append(FrameHashes(index, hash_frame(frame), flat=flat))
     found: tuple[FrameHashes, ...] = ()
     keypoints: LocalFeatures | None = None
     boxes: tuple[tuple[str, tuple[int, int, int, int]], ...] = ()
