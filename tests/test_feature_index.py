@@ -170,3 +170,23 @@ def test_a_bans_flat_share_comes_from_whichever_active_entry_knows_it(photos) ->
     assert index.flat_of("other") is None and index.flat_of("") is None
     index.remove(2)
     assert index.flat_of("g") is None
+
+
+def test_a_copy_is_verified_against_its_own_bans_keypoints_whatever_else_is_banned(photos) -> None:  # type: ignore[no-untyped-def]
+    # How far the inliers spread is measured against the banned photo's own keypoints:
+    # not against every banned keypoint's, where one large picture banned beside it
+    # (here keypoints across 60,000 pixels) made every other ban's copies look bunched.
+    banned, copy = photos["coffee.png"]
+    alone = FeatureIndex()
+    alone.add(1, banned.encode(), "banned")
+    expected = hit_ids(alone, copy)
+    assert expected.get(1, 0) >= defaults.FEATURE_BLOCK_INLIERS
+
+    index = FeatureIndex()
+    rng = np.random.default_rng(5)
+    n = defaults.FEATURE_COUNT - 1
+    huge = LocalFeatures(rng.uniform(0, 60_000, (n, 2)).astype(np.float32),
+                         rng.integers(0, 256, (n, 32), dtype=np.uint8), size=(60_000, 60_000))
+    index.add(2, huge.encode(), "banned")
+    index.add(1, banned.encode(), "banned")
+    assert hit_ids(index, copy) == expected

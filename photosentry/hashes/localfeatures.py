@@ -23,6 +23,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 
 import cv2
@@ -72,6 +73,11 @@ class LocalFeatures:
 
     def __len__(self) -> int:
         return len(self.points)
+
+    @functools.cached_property
+    def extent(self) -> np.ndarray:
+        """Width and height (pixels, at least 1) of the box the keypoints lie in."""
+        return np.ptp(self.points, axis=0) + 1 if len(self) else np.ones(2, np.float32)
 
     def encode(self) -> str:
         """The fixed-width hex form a bank entry stores (unused slots padded); the last
@@ -409,13 +415,13 @@ class FeatureIndex:
                 entry_id = next(iter(entries))
                 # Any entry of the set that knows the picture's size (older ones do not).
                 size = next((self._sets[e].size for e in entries if self._sets[e].size[0]), (0, 0))
-                found[key] = (entry_id, size, self._banks[entry_id])
+                found[key] = (entry_id, size, self._banks[entry_id], self._sets[entry_id].extent)
         boxes = [(name, np.array(box, dtype=np.float32) * query.scale) for name, box in regions]
         whole = (0.0, 0.0, float(query.size[0]), float(query.size[1])) if query.size[0] else None
         hits = []
-        for key, (entry_id, banned_size, bank) in found.items():
+        for key, (entry_id, banned_size, bank, extent) in found.items():
             found_pairs = pairs[key]
-            best, where = _verified(found_pairs, query.points, points, banned_size, whole), ""
+            best, where = _verified(found_pairs, query.points, points, extent, banned_size, whole), ""
             for name, (left, top, right, bottom) in boxes:
                 inside = [(q, b) for q, b in found_pairs
                           if left <= query.points[q, 0] < right and top <= query.points[q, 1] < bottom]
@@ -423,7 +429,7 @@ class FeatureIndex:
                     # The banned photo must then lie in the region (a cell, a
                     # screenshot's photo), not merely overlap it: an app's header in
                     # one cell of a screenshot is not the banned screenshot.
-                    inliers = _verified(inside, query.points, points, banned_size, (left, top, right, bottom))
+                    inliers = _verified(inside, query.points, points, extent, banned_size, (left, top, right, bottom))
                     if inliers > best:
                         best, where = inliers, name
             if best >= defaults.FEATURE_MIN_INLIERS:
@@ -463,7 +469,8 @@ def _index(descriptors: np.ndarray, *, clusters: bool = True) -> faiss.IndexBina
 
 
 def _verified(pairs: list[tuple[int, int]], query_points: np.ndarray, banned_points: np.ndarray,
-              banned_size: tuple[int, int] = (0, 0), within: tuple[float, float, float, float] | None = None) -> int:
+              extent: np.ndarray, banned_size: tuple[int, int] = (0, 0),
+              within: tuple[float, float, float, float] | None = None) -> int:
     """Pairs consistent with one similarity transform from the banned photo to the
     upload, and only if that transform is plausible for a copy: among other things, the
     box ``within`` (the upload, or the region the pairs were taken from, in keypoint
@@ -485,9 +492,7 @@ def _verified(pairs: list[tuple[int, int]], query_points: np.ndarray, banned_poi
     spread = src[kept]
     if len(spread) < 3:
         return 0
-    extent = np.ptp(spread, axis=0)
-    full = np.ptp(banned_points, axis=0) + 1
-    if (extent / full).prod() < defaults.FEATURE_MIN_SPREAD:
+    if (np.ptp(spread, axis=0) / extent).prod() < defaults.FEATURE_MIN_SPREAD:
         return 0
     if banned_size[0] and within is not None:
         shown, fills = _placed(transform, banned_size, within)
