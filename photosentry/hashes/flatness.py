@@ -9,9 +9,10 @@ between two such pictures holds a photo for review, never blocks it (:mod:`.evid
 pictures of the benchmark corpus the flattest real photo is under half flat, and only
 diagrams and screenshots pass :data:`defaults.FLAT_PICTURE_SHARE`.
 
-A pixel is flat when its 3 x 3 neighbourhood on an area-averaged thumbnail (longest
-side :data:`defaults.REGION_THUMB_SIDE`) varies by at most one grey level: a JPEG keeps
-an app's background exactly flat, and a photo's sky keeps its grain.
+A pixel is flat when its 3 x 3 neighbourhood on a thumbnail that every pixel weighs in
+(longest side :data:`defaults.REGION_THUMB_SIDE`, :func:`.shrink.shrink`) varies by at
+most one grey level: a JPEG keeps an app's background exactly flat, and a photo's sky
+keeps its grain.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 
 from .. import defaults
 from .boxes import Box
+from .shrink import shrink
 
 _NEIGHBOURS = np.ones((3, 3), np.uint8)
 
@@ -32,16 +34,16 @@ class FlatMap:
         """``picture``: the frame, (H, W, 3) RGB or its (H, W) luminance (OpenCV's, uint8)."""
         h, w = picture.shape[:2]
         grey = cv2.cvtColor(np.ascontiguousarray(picture), cv2.COLOR_RGB2GRAY) if picture.ndim == 3 else picture
-        # An area average, not every n-th pixel: a pattern of dots on the sampled pixels
+        # Every pixel weighs in, not every n-th: a pattern of dots on the sampled pixels
         # alone (1 in 25 of them) would make any photo look flat (red team).
-        scale = min(1.0, defaults.REGION_THUMB_SIDE / max(h, w))
-        tw, th = max(1, round(w * scale)), max(1, round(h * scale))
-        small = cv2.resize(grey, (tw, th), interpolation=cv2.INTER_AREA) if scale < 1.0 else np.ascontiguousarray(grey)
+        small, _ = shrink(grey, defaults.REGION_THUMB_SIDE)
         self._sx, self._sy = small.shape[1] / w, small.shape[0] / h
-        spread = cv2.dilate(small, _NEIGHBOURS).astype(np.int16) - cv2.erode(small, _NEIGHBOURS)
-        flat = (spread <= 1).astype(np.int32)
-        # A summed-area table: any box's count of flat pixels in four reads.
-        self._sums = np.pad(flat.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        # The 3 x 3 range: dilation minus erosion.
+        spread = cv2.morphologyEx(small, cv2.MORPH_GRADIENT, _NEIGHBOURS)
+        flat = (spread <= 1).view(np.uint8)
+        # A summed-area table (a row and a column of zeros first): any box's count of
+        # flat pixels in four reads.
+        self._sums = cv2.integral(flat)
 
     def share(self, box: Box | None = None) -> float:
         """The share of ``box`` (frame pixels; None: the whole frame) that is flat colour."""

@@ -32,6 +32,7 @@ import numpy as np
 
 from .. import defaults
 from .flatness import FlatMap
+from .shrink import shrink
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +120,14 @@ class LocalFeatures:
 _ORB_MIN_SIDE = 32
 
 
-def _grey(rgb: np.ndarray, side: int, grey: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+def _grey(rgb: np.ndarray, side: int, grey: np.ndarray | None = None, *, fast: bool = False) -> tuple[np.ndarray, float]:
+    """Luminance at ``side`` pixels: exactly area-averaged for a ban (once per ban), by
+    :func:`.shrink.shrink` for a scan (every scan, four times faster)."""
     h, w = rgb.shape[:2]
     if grey is None:
         grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+    if fast:
+        return shrink(grey, side)
     scale = side / max(h, w)
     if scale < 1:
         grey = cv2.resize(grey, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
@@ -146,8 +151,9 @@ def _orb(grey: np.ndarray, n: int, scale: float) -> LocalFeatures:
     return LocalFeatures(points, np.ascontiguousarray(descriptors[order]), scale, size)
 
 
-def _keypoints(rgb: np.ndarray, side: int, n: int, grey: np.ndarray | None = None) -> LocalFeatures:
-    small, scale = _grey(rgb, side, grey)
+def _keypoints(rgb: np.ndarray, side: int, n: int, grey: np.ndarray | None = None, *,
+               fast: bool = False) -> LocalFeatures:
+    small, scale = _grey(rgb, side, grey, fast=fast)
     return _orb(small, n, scale)
 
 
@@ -174,7 +180,7 @@ def banned_features(rgb: np.ndarray) -> LocalFeatures | None:
 def query_features(rgb: np.ndarray, grey: np.ndarray | None = None) -> LocalFeatures:
     """The keypoints of an upload, to be paired with every banned photo's. ``grey``: its
     luminance (OpenCV's, uint8) where the caller has it already."""
-    return _keypoints(rgb, defaults.FEATURE_QUERY_SIDE, defaults.FEATURE_QUERY_COUNT, grey)
+    return _keypoints(rgb, defaults.FEATURE_QUERY_SIDE, defaults.FEATURE_QUERY_COUNT, grey, fast=True)
 
 
 @contextmanager
