@@ -198,12 +198,14 @@ def _pdq_hex(coeffs: np.ndarray) -> str:
 def pdq_luma(rgb: np.ndarray) -> np.ndarray:
     """PDQ's luminance of ``rgb`` ((H, W, 3) uint8) as float32: computed once per frame,
     a region's is a slice of it."""
-    # Split into planes first: the same float32 arithmetic, bit for bit, three times
-    # faster than reading every third byte (0.25 ms for a 512-pixel frame, not 0.8).
+    # Split into planes first (three times faster than reading every third byte), and
+    # multiply each straight into float32 (np.multiply's dtype): the same float32
+    # arithmetic, bit for bit, as letting numpy promote, in half the time (0.6 ms for
+    # a 750 x 530 frame, not 1.1).
     planes = cv2.split(np.ascontiguousarray(rgb))
-    luma = planes[0] * _LUMA[0]
-    luma += planes[1] * _LUMA[1]
-    luma += planes[2] * _LUMA[2]
+    luma = np.multiply(planes[0], _LUMA[0], dtype=np.float32)
+    luma += np.multiply(planes[1], _LUMA[1], dtype=np.float32)
+    luma += np.multiply(planes[2], _LUMA[2], dtype=np.float32)
     return luma
 
 
