@@ -123,7 +123,10 @@ def _seams(grey: np.ndarray) -> tuple[list[Seam], list[Seam]]:
     strong = np.abs(signed) > defaults.REGION_SEAM_STEP
     edge = strong.mean(axis=1)
     hard = (edge >= defaults.REGION_SEAM_FILL) & _seam_like(signed, strong, edge)
-    flat = grey.std(axis=1) < 2.5
+    # Python lists from here: the walk below reads them line by line, and a numpy
+    # scalar read costs ten times a list's.
+    flat = (grey.std(axis=1) < 2.5).tolist()
+    hard, edge = hard.tolist(), edge.tolist()
     gutters: list[Seam] = []
     edges: list[Seam] = []
     y = lo
@@ -140,7 +143,7 @@ def _seams(grey: np.ndarray) -> tuple[list[Seam], list[Seam]]:
             y = end + 1
             continue
         if hard[y]:
-            edges.append((float(edge[y]), y + 1, y + 1))
+            edges.append((edge[y], y + 1, y + 1))
         y += 1
     return gutters, edges
 

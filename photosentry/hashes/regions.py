@@ -154,14 +154,22 @@ def square_corners(crop: np.ndarray) -> np.ndarray | None:
         return None
     yy, xx = np.mgrid[0:limit, 0:limit]
     found: list[tuple[int, bool, bool]] = []  # (radius, at the bottom, at the right)
-    for flip_y, flip_x in ((False, False), (False, True), (True, False), (True, True)):
+    tolerance = 2 * defaults.REGION_MARGIN_TOLERANCE
+    for tried, (flip_y, flip_x) in enumerate(((False, False), (False, True), (True, False), (True, True))):
+        if len(found) + 4 - tried < 3:
+            return None  # three corners can no longer be found
         # The corner turned to the top left, its tip at [0, 0].
-        patch = crop[::-1 if flip_y else 1, ::-1 if flip_x else 1][:limit, :limit].astype(np.int16)
-        same = (np.abs(patch - patch[0, 0]) <= 2 * defaults.REGION_MARGIN_TOLERANCE).all(axis=2)
-        along = min(int(np.argmin(same[0])) if not same[0].all() else limit,
-                    int(np.argmin(same[:, 0])) if not same[:, 0].all() else limit)
+        turned = crop[::-1 if flip_y else 1, ::-1 if flip_x else 1]
+        tip = turned[0, 0].astype(np.int16)
+        # The run of the tip's colour along both edges first (most photos' corners end
+        # it at once), the whole patch only where it may be a rounded corner.
+        row = (np.abs(turned[0, :limit].astype(np.int16) - tip) <= tolerance).all(axis=1)
+        col = (np.abs(turned[:limit, 0].astype(np.int16) - tip) <= tolerance).all(axis=1)
+        along = min(int(np.argmin(row)) if not row.all() else limit, int(np.argmin(col)) if not col.all() else limit)
         if not 3 <= along < limit:
             continue
+        patch = turned[:limit, :limit].astype(np.int16)
+        same = (np.abs(patch - tip) <= tolerance).all(axis=2)
         outside = (yy[:along, :along] - along) ** 2 + (xx[:along, :along] - along) ** 2 > along * along
         part = same[:along, :along]
         union = (part | outside).sum()
