@@ -187,3 +187,29 @@ def test_a_chat_banned_again_still_holds_other_chats_for_review_only(store: Sqli
     store.add([NewEntry(Algorithm.ORB, legacy, "banned", "old", EntrySource.DERIVED, group)], actor="test", reason="old")
     verdict = scan_after_banning(store, banned, chat(7, keyboard=True))
     assert verdict.action.value != "block", [(m.basis, m.distance) for m in verdict.matches]
+
+
+def test_an_image_ban_moved_with_export_and_import_still_holds_other_chats_for_review(
+        store: SqliteBankStore, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Red team: the entries of an exported image ban arrive as imported, and imported
+    # lists keep PDQ's rule, so on the new instance two chats of one app blocked each
+    # other again. The ban's keypoint entry brings the picture's flat share along.
+    import io as _io
+
+    from photosentry.hashes.imports import ImportFormat, ImportReport, iter_import, write_jsonl
+
+    ban_by_image(store, chat(1, keyboard=True))
+    out = _io.StringIO()
+    write_jsonl(store.entries(), out)
+    moved = SqliteBankStore(tmp_path / "moved.sqlite3")
+    try:
+        entries = list(iter_import(_io.BytesIO(out.getvalue().encode()), ImportReport(), fmt=ImportFormat.JSONL,
+                                   bank=None, default_bank="banned"))
+        assert {e.source for e in entries} == {EntrySource.IMPORT}
+        moved.add(entries, actor="test", reason="moved")
+        verdict = Scanner(policy=Policy.default(), matcher=BankMatcher(moved), classifier=None) \
+            .scan_bytes(jpeg(chat(7, keyboard=True)))
+        assert verdict.action.value != "block", [(m.basis, m.distance, m.source) for m in verdict.matches]
+        assert any(m.basis == "flat_picture" for m in verdict.matches)
+    finally:
+        moved.close()

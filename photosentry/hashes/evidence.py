@@ -60,11 +60,13 @@ DERIVED_SOURCE = "derived"
 def flat_pair(source: str, banned_flat: float | None) -> bool:
     """Whether a flat picture's hash match (the frame or region hashed) is one between two
     mostly flat pictures (two app screens), which holds a photo for review but never
-    blocks it: against an image ban's hash (``source``) whose picture's flat share
-    (``banned_flat``) was flat too. A flat copy of a photo that was not flat (posterised,
-    cartoon-filtered) keeps the hash's own strength, and so does any match against an
-    imported list or a typed-in hash, or an image ban from before the share was kept."""
-    return (source in (EntrySource.IMAGE.value, EntrySource.DERIVED.value)
+    blocks it: against an image ban's hash whose picture's flat share (``banned_flat``,
+    kept in the ban's keypoint entry) was flat too. A flat copy of a photo that was not
+    flat (posterised, cartoon-filtered) keeps the hash's own strength, and so does any
+    match against a typed-in hash, an imported list (no keypoint entry: no share) or an
+    image ban from before the share was kept. An image ban exported and imported on
+    another instance (``source`` import) brings its keypoint entry, and its share, along."""
+    return (source != EntrySource.MODERATOR.value
             and banned_flat is not None and is_flat(banned_flat))
 
 
