@@ -277,6 +277,15 @@ FEATURE_REGION_LIMIT = 6
 screenshot's photo, collage cells: hashes/regions.py): the pairs that fall inside one
 are fitted alone, so the text and the other cells' chance pairs do not outvote them."""
 
+FEATURE_CELL_PASS_GAIN = 1.3
+"""A collage cell or a screenshot's photo gets keypoints found on it alone (a pass of
+its own, 3-4 ms) where that sees it at least this many times larger than the whole
+picture's pass did (a screenshot's photo: 1.7-3x; a photo's own "cells", cut at its
+horizon: 1x) ..."""
+
+FEATURE_CELL_PASS_BELOW = 150
+"""... or where fewer than this many of the whole picture's keypoints fall inside it."""
+
 REGION_THUMB_SIDE = 240
 """Region proposals (hashes/regions.py) look for framings on a thumbnail this long.
 Measured against 160 on bench_copies' 480 collage copies: cells found exactly went

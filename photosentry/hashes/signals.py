@@ -394,13 +394,29 @@ def hash_image(
             boxes = tuple((r.name, (r.left, r.top, r.right, r.bottom)) for r in proposed
                           if r.kind in ("content", "cell", "piece"))[: defaults.FEATURE_REGION_LIMIT]
             # Regions small enough that the whole picture's keypoints, found at 384 pixels,
-            # leave them too few: a collage's cells, a screenshot's photo (a phone screen
-            # is 2,340 pixels tall, so its photo is a sixth of 384).
+            # leave them too few get keypoints of their own: a collage's cells, a
+            # screenshot's photo (a phone screen is 2,340 pixels tall, so its photo is a
+            # sixth of 384; its text takes most of the 500 keypoints). A region the
+            # whole picture covers densely (a photo's own "cells" at a horizon) is
+            # verified with those, through ``boxes``.
             grid = [r for r in proposed if r.kind == "cell"]
             alone = [r for r in proposed if r.kind == "content"] + (grid if len(grid) >= 2 else [])
             cells = tuple((r.name, query_features(r.crop(frames[0]), r.crop(grey)))
-                          for r in alone[: defaults.FEATURE_REGION_LIMIT])
+                          for r in alone[: defaults.FEATURE_REGION_LIMIT]
+                          if _own_pass(keypoints, r))
     return ImageHashes(exact.sha256, exact.md5, tuple(per_frame), found, keypoints, boxes, cells)
+
+
+def _own_pass(keypoints: LocalFeatures, region: Region) -> bool:
+    """Whether ``region`` needs keypoints found on it alone: a pass of its own would see
+    it larger than the whole frame's (``keypoints``) did, or few of those lie in it."""
+    side = max(region.right - region.left, region.bottom - region.top)
+    gain = min(defaults.FEATURE_QUERY_SIDE, side) / max(1.0, side * keypoints.scale)
+    if gain >= defaults.FEATURE_CELL_PASS_GAIN:
+        return True
+    x, y = keypoints.points[:, 0] / keypoints.scale, keypoints.points[:, 1] / keypoints.scale
+    inside = (x >= region.left) & (x < region.right) & (y >= region.top) & (y < region.bottom)
+    return int(inside.sum()) < defaults.FEATURE_CELL_PASS_BELOW
 
 
 def hash_frame(frame: HashFrame) -> tuple[PerceptualHash, ...]:
