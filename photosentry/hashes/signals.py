@@ -454,16 +454,29 @@ def _region_pdq(source: tuple[HashFrame, float], region: Region) -> tuple[Percep
                                      right=max(1, min(w, round(region.right * scale))),
                                      bottom=max(1, min(h, round(region.bottom * scale))))
     crop = region.crop(frame.rgb)
-    found = [_shown_or_mirrored(PdqSignal.hash_prepared(HashFrame(crop, luma=region.crop(frame.luma))))]
+    variants = _shown_or_mirrored if region.kind not in _UNMIRRORED_KINDS else _shown
+    found = [variants(PdqSignal.hash_prepared(HashFrame(crop, luma=region.crop(frame.luma))))]
     squared = square_corners(crop)
     if squared is not None:
-        found.append(_shown_or_mirrored(PdqSignal.hash_prepared(HashFrame(squared))))
+        found.append(variants(PdqSignal.hash_prepared(HashFrame(squared))))
     return tuple(found)
 
 
 #: Which of PDQ's 8 dihedral variants is the left-right mirror (pdqhash's order;
 #: measured: a mirrored picture's hash is that variant of the picture's, 0 bits apart).
 _PDQ_MIRROR = 5
+
+
+#: Region kinds queried as shown only: a collage's cells and pieces are most of a
+#: collage-like picture's dozen regions, and each query costs as much as a PDQ variant
+#: at 10 million entries (76 us); a mirrored photo in a collage is left to an image
+#: ban's mirrored keypoints (a cell found exactly meets a listed photo's PDQ for a
+#: third of collage copies anyway: the apps crop the photo to fill its cell).
+_UNMIRRORED_KINDS = frozenset({"cell", "piece"})
+
+
+def _shown(h: PerceptualHash) -> PerceptualHash:
+    return dataclasses.replace(h, variants=h.variants[:1])
 
 
 def _shown_or_mirrored(h: PerceptualHash) -> PerceptualHash:
