@@ -389,3 +389,20 @@ def test_a_photos_own_keypoint_sets_do_not_outvote_each_other(how: str, policy: 
     verdict = scanner_for(policy, store).scan_bytes(jpeg(crop(banned, 0.15, 0.05, 0.0, 0.1)))
     assert verdict.action is Action.BLOCK, [(m.basis, m.inliers) for m in verdict.matches]
     assert any(m.basis == "features" for m in verdict.matches)
+
+
+def test_a_crop_of_a_photo_banned_in_two_banks_answers_to_both(store: SqliteBankStore,
+                                                               photos: dict[str, Image.Image]) -> None:
+    # Red team: the keypoints of a photo banned in two banks are one set, and the
+    # match named whichever bank's entry FAISS found nearest: banned in a bank that
+    # only holds for review and then in one that blocks, this crop (which only
+    # keypoints catch) was held for review, not blocked. Every bank holding it answers.
+    policy = Policy.from_toml('version = "t"\n[models.open_nsfw]\nquarantine = 0.7\n'
+                              '[banks.review]\naction = "quarantine"\n[banks.csam]\naction = "block"\n')
+    banned = photos[corpus_mod.BANNED_PHOTO]
+    ban_image(store, banned, bank="review")
+    ban_image(store, banned, bank="csam")
+    verdict = scanner_for(policy, store).scan_bytes(jpeg(crop(banned, 0.2, 0.0, 0.0, 0.15)))
+    keypoints = {m.bank for m in verdict.matches if m.algorithm is Algorithm.ORB}
+    assert keypoints == {"review", "csam"}, [(m.bank, m.basis, m.inliers) for m in verdict.matches]
+    assert verdict.action is Action.BLOCK, [r.text for r in verdict.reasons]

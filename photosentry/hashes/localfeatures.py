@@ -417,15 +417,21 @@ class FeatureIndex:
             for key, found_pairs in pairs.items():
                 if len(found_pairs) < defaults.FEATURE_MIN_INLIERS:
                     continue
-                entries = dict.fromkeys(int(self._owner[row]) for _, row in found_pairs)
-                entry_id = next(iter(entries))
+                # Every bank that holds this set of the photo answers for it (the
+                # photo banned in a bank that blocks and one that only holds for
+                # review: the policy must see both), by its first entry; the pairs
+                # themselves name whichever entry FAISS found nearest.
+                members = sorted(e for e in self._members.get(key[0], ()) if self._set_of[e] == key)
+                by_bank = {}
+                for e in members:
+                    by_bank.setdefault(self._banks[e], e)
                 # Any entry of the set that knows the picture's size (older ones do not).
-                size = next((self._sets[e].size for e in entries if self._sets[e].size[0]), (0, 0))
-                found[key] = (entry_id, size, self._banks[entry_id], self._sets[entry_id].extent)
+                size = next((self._sets[e].size for e in members if self._sets[e].size[0]), (0, 0))
+                found[key] = (by_bank, size, self._sets[members[0]].extent)
         boxes = [(name, np.array(box, dtype=np.float32) * query.scale) for name, box in regions]
         whole = (0.0, 0.0, float(query.size[0]), float(query.size[1])) if query.size[0] else None
         hits = []
-        for key, (entry_id, banned_size, bank, extent) in found.items():
+        for key, (by_bank, banned_size, extent) in found.items():
             found_pairs = pairs[key]
             best, where = _verified(found_pairs, query.points, points, extent, banned_size, whole), ""
             for name, (left, top, right, bottom) in boxes:
@@ -439,7 +445,8 @@ class FeatureIndex:
                     if inliers > best:
                         best, where = inliers, name
             if best >= defaults.FEATURE_MIN_INLIERS:
-                hits.append((FeatureHit(entry_id, bank, best, len(found_pairs)), where))
+                hits.extend((FeatureHit(entry_id, bank, best, len(found_pairs)), where)
+                            for bank, entry_id in by_bank.items())
         return sorted(hits, key=lambda h: -h[0].inliers)
 
 
