@@ -386,9 +386,7 @@ def hash_image(
             # PDQ only: what hash-only lists hold, and strong alone; a region's 64-bit
             # hashes would only ever be weak evidence, at 3 ms a region.
             source = _region_source(prepared[0])
-            found = tuple(FrameHashes(frame_indices[0], _region_pdq(source, r), r.name,
-                                      flat=flat_maps[0].share((r.left, r.top, r.right, r.bottom)))
-                          for r in proposed)
+            found = _regions_hashed(source, proposed, frame_indices[0], flat_maps[0])
         if features:
             keypoints = query_features(frames[0], grey)
             boxes = tuple((r.name, (r.left, r.top, r.right, r.bottom)) for r in proposed
@@ -405,6 +403,31 @@ def hash_image(
                           for r in alone[: defaults.FEATURE_REGION_LIMIT]
                           if _own_pass(keypoints, r))
     return ImageHashes(exact.sha256, exact.md5, tuple(per_frame), found, keypoints, boxes, cells)
+
+
+def _regions_hashed(source: tuple[HashFrame, float], proposed: list[Region], frame: int,
+                    flat_map: FlatMap) -> tuple[FrameHashes, ...]:
+    """The regions' PDQ hashes, within ``REGION_QUERY_LIMIT`` queries: each region as
+    shown first, in the proposals' order; then their mirror images, in the same order,
+    while there is room (a photo mirrored and framed has few regions; a picture with a
+    dozen, a collage-like one, keeps them all as shown)."""
+    room = defaults.REGION_QUERY_LIMIT
+    shown: list[tuple[Region, tuple[PerceptualHash, ...]]] = []
+    for r in proposed:
+        hashes = _region_pdq(source, r)
+        if len(hashes) > room:
+            break
+        room -= len(hashes)
+        shown.append((r, hashes))
+    found: list[FrameHashes] = []
+    for r, hashes in shown:
+        mirrors = sum(len(h.variants) - 1 for h in hashes)
+        if mirrors <= room:
+            room -= mirrors
+        else:
+            hashes = tuple(_shown(h) for h in hashes)
+        found.append(FrameHashes(frame, hashes, r.name, flat=flat_map.share((r.left, r.top, r.right, r.bottom))))
+    return tuple(found)
 
 
 def _own_pass(keypoints: LocalFeatures, region: Region) -> bool:
