@@ -235,9 +235,12 @@ class FeatureIndex:
     """
 
     def __init__(self) -> None:
-        self._sets: dict[int, LocalFeatures] = {}
+        self._sets: dict[int, _SetInfo] = {}
         self._banks: dict[int, str] = {}
-        self._rows: dict[int, np.ndarray] = {}  # entry id -> its keypoints' rows
+        self._rows: dict[int, tuple[int, int]] = {}  # entry id -> its keypoints' rows (start, stop)
+        # Descriptors live in the FAISS index only (they are read back out of it to make
+        # new clusters), except those added before there is one: a third less memory.
+        self._unindexed: dict[int, np.ndarray] = {}
         self._owner = np.zeros(0, dtype=np.int64)  # row -> entry id (-1: removed)
         self._photo = np.zeros(0, dtype=np.int64)  # row -> the banned photo (its group's number)
         self._points = np.zeros((0, 2), dtype=np.float32)  # row -> position
@@ -278,11 +281,14 @@ class FeatureIndex:
             self._set_of[entry_id] = (photo, features.mirrored)
             self._members.setdefault(photo, set()).add(entry_id)
             self._points[rows] = features.points
+            self._sets[entry_id] = _SetInfo(features.size, features.flat, features.extent)
+            self._banks[entry_id], self._rows[entry_id] = bank, (self._used, self._used + len(features))
             self._used += len(features)
             self._active += len(features)
-            self._sets[entry_id], self._banks[entry_id], self._rows[entry_id] = features, bank, rows
             if self._index is not None:
                 self._index.add_with_ids(np.ascontiguousarray(features.descriptors), rows)
+            else:
+                self._unindexed[entry_id] = features.descriptors
             if self._pending is not None:
                 self._pending.append((rows, features.descriptors))
 
@@ -291,11 +297,12 @@ class FeatureIndex:
             if self._sets.pop(entry_id, None) is None:
                 return
             del self._banks[entry_id]
+            self._unindexed.pop(entry_id, None)
             photo, _ = self._set_of.pop(entry_id)
             self._members[photo].discard(entry_id)
             if not self._members[photo]:
                 del self._members[photo]
-            rows = self._rows.pop(entry_id)
+            rows = np.arange(*self._rows.pop(entry_id), dtype=np.int64)
             self._owner[rows] = -1
             self._active -= len(rows)
             if self._index is not None:
@@ -335,13 +342,13 @@ class FeatureIndex:
         if self._index is None and n > defaults.FEATURE_IVF_SYNC_MAX:
             # A large bank at start: brute force at once (adding is a copy), exact but
             # slower, until the clusters made in the background replace it.
-            self._index, self._clustered_for = self._build(self._snapshot(), clusters=False)
+            self._use(*self._build(self._snapshot(), clusters=False))
         # A thread that never started (a job timeout's exception between the two lines
         # below) or has ended is no clustering under way.
         idle = self._reclustering is None or not self._reclustering.is_alive()
         if self._index is None or (idle and _needs_clusters(n, self._clustered_for)):
             if self._index is None or n <= defaults.FEATURE_IVF_SYNC_MAX:
-                self._index, self._clustered_for = self._build(self._snapshot())
+                self._use(*self._build(self._snapshot()))
             else:
                 self._pending = []
                 thread = threading.Thread(target=self._recluster, args=(self._snapshot(),),
@@ -350,12 +357,19 @@ class FeatureIndex:
                 self._reclustering = thread
         return self._index
 
+    def _use(self, index: faiss.IndexBinary, clustered_for: int) -> None:
+        self._index, self._clustered_for = index, clustered_for
+        self._unindexed.clear()  # the index holds them now
+
     def _snapshot(self) -> tuple[np.ndarray, np.ndarray]:
-        entries = list(self._rows)
+        """(rows, descriptors) of every active keypoint: read out of the index."""
+        if self._index is not None:
+            return _contents(self._index)
+        entries = list(self._unindexed)
         if not entries:
             return np.zeros(0, dtype=np.int64), np.zeros((0, 32), dtype=np.uint8)
-        return (np.concatenate([self._rows[e] for e in entries]),
-                np.ascontiguousarray(np.concatenate([self._sets[e].descriptors for e in entries])))
+        return (np.concatenate([np.arange(*self._rows[e], dtype=np.int64) for e in entries]),
+                np.ascontiguousarray(np.concatenate([self._unindexed[e] for e in entries])))
 
     @staticmethod
     def _build(snapshot: tuple[np.ndarray, np.ndarray], *, clusters: bool = True) -> tuple[faiss.IndexBinary, int]:
@@ -379,7 +393,7 @@ class FeatureIndex:
                     index.remove_ids(faiss.IDSelectorArray(rows))
                 else:
                     index.add_with_ids(np.ascontiguousarray(descriptors), rows)
-            self._index, self._clustered_for = index, clustered_for
+            self._use(index, clustered_for)
             self._pending, self._reclustering = None, None
 
     def search(self, query: LocalFeatures,
@@ -448,6 +462,38 @@ class FeatureIndex:
                 hits.extend((FeatureHit(entry_id, bank, best, len(found_pairs)), where)
                             for bank, entry_id in by_bank.items())
         return sorted(hits, key=lambda h: -h[0].inliers)
+
+
+@dataclass(frozen=True)
+class _SetInfo:
+    """What the index keeps of an entry's keypoint set besides its rows (the descriptors
+    are in FAISS, the positions in the rows' table)."""
+
+    size: tuple[int, int]
+    flat: float | None
+    #: Width and height of the box the set's keypoints lie in (:attr:`LocalFeatures.extent`).
+    extent: np.ndarray
+
+
+def _contents(index: faiss.IndexBinary) -> tuple[np.ndarray, np.ndarray]:
+    """The ids and descriptors an index holds (brute force, or an inverted file's lists)."""
+    ids: list[np.ndarray] = []
+    codes: list[np.ndarray] = []
+    if isinstance(index, faiss.IndexBinaryIVF):
+        lists = index.invlists
+        for number in range(index.nlist):
+            n = lists.list_size(number)
+            if n:
+                ids.append(faiss.rev_swig_ptr(lists.get_ids(number), n).copy())
+                codes.append(faiss.rev_swig_ptr(lists.get_codes(number), n * index.code_size).copy()
+                             .reshape(n, index.code_size))
+    else:
+        flat = faiss.downcast_IndexBinary(index.index)
+        ids.append(faiss.vector_to_array(index.id_map).astype(np.int64))
+        codes.append(faiss.vector_to_array(flat.xb).reshape(-1, flat.code_size))
+    if not ids:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 32), dtype=np.uint8)
+    return np.concatenate(ids), np.ascontiguousarray(np.concatenate(codes))
 
 
 def _needs_clusters(keypoints: int, clustered_for: int) -> bool:
