@@ -127,6 +127,10 @@ class HashFrame:
 class FrameSignal(Signal):
     """A perceptual hash of a decoded frame."""
 
+    #: Reads a thumbnail of a few dozen pixels: a scan may hash a smaller frame for it
+    #: than for the others (:func:`hash_frame`'s ``thumbnails``).
+    thumbnail: ClassVar[bool] = False
+
     @classmethod
     def hash_frame(cls, rgb: np.ndarray, image: Image.Image) -> PerceptualHash:
         """Hash one RGB uint8 frame; ``image`` is the same pixels as a Pillow image."""
@@ -189,6 +193,7 @@ _DIHEDRAL = (
 
 
 class PHashSignal(FrameSignal):
+    thumbnail = True
     algorithm = Algorithm.PHASH
 
     @classmethod
@@ -203,6 +208,7 @@ class PHashSignal(FrameSignal):
 
 
 class DHashSignal(FrameSignal):
+    thumbnail = True
     algorithm = Algorithm.DHASH
 
     @classmethod
@@ -374,7 +380,8 @@ def hash_image(
             # The first frame's luminance is made anyway where copies are searched for.
             flat_maps.append(FlatMap(frame.cv_grey if i == 0 else rgb))
             flat = flat_maps[-1].share()
-        per_frame.append(FrameHashes(index, hash_frame(frame), flat=flat))
+        per_frame.append(FrameHashes(index, hash_frame(frame, _as_decoded_for_hashes(frame) if copy_search else None),
+                                     flat=flat))
     found: tuple[FrameHashes, ...] = ()
     keypoints: LocalFeatures | None = None
     boxes: tuple[tuple[str, tuple[int, int, int, int]], ...] = ()
@@ -403,6 +410,32 @@ def hash_image(
                           for r in alone[: defaults.FEATURE_REGION_LIMIT]
                           if _own_pass(keypoints, r))
     return ImageHashes(exact.sha256, exact.md5, tuple(per_frame), found, keypoints, boxes, cells)
+
+
+def _as_decoded_for_hashes(frame: HashFrame) -> HashFrame:
+    """The frame a scan's pHash and dHash read: a JPEG frame the decoder reduced to at
+    least ``COPY_DECODE_MIN_SIDE`` for copy detection, box-shrunk by the power of two it
+    would have taken for ``DECODE_MIN_SIDE`` alone (as the models' frame is): their
+    thumbnails are 32 and 9 pixels, and Pillow's conversions of a 12 MP photo's
+    1008 x 756 frame cost 1.5 ms more than of its 504 x 378 one. PDQ keeps the larger
+    frame: its quality (>= 50 to count) moved on a smooth picture (a fog at 50 fell
+    under it, and its re-encoded copies went from blocked to allowed)."""
+    if not frame.quick or frame.source_size is None or frame.reduction <= 1:
+        return frame
+    h, w = frame.rgb.shape[:2]
+    k = 1
+    while min(h, w) // (2 * k) >= defaults.DECODE_MIN_SIDE and frame.reduction * k * 2 <= 8:
+        k *= 2
+    if k == 1:
+        return frame
+    # The decoder's size at that scale is the ceiling: a last partial block is the mean
+    # of what it holds (the edge pixels repeated, here).
+    tall, wide = -(-h // k), -(-w // k)
+    rgb = frame.rgb
+    if (tall * k, wide * k) != (h, w):
+        rgb = cv2.copyMakeBorder(np.ascontiguousarray(rgb), 0, tall * k - h, 0, wide * k - w, cv2.BORDER_REPLICATE)
+    small = cv2.resize(np.ascontiguousarray(rgb), (wide, tall), interpolation=cv2.INTER_AREA)
+    return HashFrame(small, quick=True, source_size=frame.source_size, reduction=frame.reduction * k)
 
 
 def _regions_hashed(source: tuple[HashFrame, float], proposed: list[Region], frame: int,
@@ -442,12 +475,13 @@ def _own_pass(keypoints: LocalFeatures, region: Region) -> bool:
     return int(inside.sum()) < defaults.FEATURE_CELL_PASS_BELOW
 
 
-def hash_frame(frame: HashFrame) -> tuple[PerceptualHash, ...]:
-    """Every perceptual hash of one prepared frame. pHash carries dHash's score (the
-    thumbnail's median column difference): measured on 257 pictures, it separates the
-    64-bit false matches of flat and frame-dominated pictures best, where PDQ's quality
-    (100 for nearly every picture) does not (docs/matching.md)."""
-    out = [s.hash_prepared(frame) for s in FRAME_SIGNALS]
+def hash_frame(frame: HashFrame, thumbnails: HashFrame | None = None) -> tuple[PerceptualHash, ...]:
+    """Every perceptual hash of one prepared frame (``thumbnails``: the same picture
+    smaller, for the signals that read a thumbnail only). pHash carries dHash's score
+    (the thumbnail's median column difference): measured on 257 pictures, it separates
+    the 64-bit false matches of flat and frame-dominated pictures best, where PDQ's
+    quality (100 for nearly every picture) does not (docs/matching.md)."""
+    out = [s.hash_prepared(thumbnails if thumbnails is not None and s.thumbnail else frame) for s in FRAME_SIGNALS]
     short = next((h.quality for h in out if h.algorithm is Algorithm.DHASH), None)
     return tuple(h if h.quality is not None else dataclasses.replace(h, quality=short) for h in out)
 
