@@ -306,7 +306,7 @@ class FeatureIndex:
             self._owner[rows] = -1
             self._active -= len(rows)
             if self._index is not None:
-                self._index.remove_ids(faiss.IDSelectorArray(rows))
+                self._index.remove_ids(_selector(rows))
             if self._pending is not None:
                 self._pending.append((rows, None))
 
@@ -390,7 +390,7 @@ class FeatureIndex:
         with self._lock:
             for rows, descriptors in self._pending or ():
                 if descriptors is None:
-                    index.remove_ids(faiss.IDSelectorArray(rows))
+                    index.remove_ids(_selector(rows))
                 else:
                     index.add_with_ids(np.ascontiguousarray(descriptors), rows)
             self._use(index, clustered_for)
@@ -473,6 +473,13 @@ class _SetInfo:
     flat: float | None
     #: Width and height of the box the set's keypoints lie in (:attr:`LocalFeatures.extent`).
     extent: np.ndarray
+
+
+def _selector(rows: np.ndarray) -> faiss.IDSelector:
+    """An entry's rows (one run of ids) for ``remove_ids``: as a range, which FAISS tests
+    each id it walks against in constant time (an id array is searched one by one: 255
+    ids against every keypoint of the bank, 0.1-0.2 s a ban at 2,000 image bans)."""
+    return faiss.IDSelectorRange(int(rows[0]), int(rows[-1]) + 1)
 
 
 def _contents(index: faiss.IndexBinary) -> tuple[np.ndarray, np.ndarray]:
