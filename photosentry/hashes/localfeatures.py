@@ -18,6 +18,7 @@ the thresholds in :mod:`.evidence` and their measurements are in docs/matching.m
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 from collections.abc import Iterator, Sequence
@@ -360,6 +361,7 @@ class FeatureIndex:
     def _use(self, index: faiss.IndexBinary, clustered_for: int) -> None:
         self._index, self._clustered_for = index, clustered_for
         self._unindexed.clear()  # the index holds them now
+        _return_freed_memory()
 
     def _snapshot(self) -> tuple[np.ndarray, np.ndarray]:
         """(rows, descriptors) of every active keypoint: read out of the index."""
@@ -473,6 +475,18 @@ class _SetInfo:
     flat: float | None
     #: Width and height of the box the set's keypoints lie in (:attr:`LocalFeatures.extent`).
     extent: np.ndarray
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc's ``malloc_trim``), once an
+    index is made: the entries decoded on the way, the snapshot and the brute-force
+    index it replaces are freed but stay resident otherwise (at 4,000 image bans 78 KB a
+    ban resident for 44 KB live, measured by scripts/bench_keypoints.py). Elsewhere, or
+    where it fails, nothing happens."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _selector(rows: np.ndarray) -> faiss.IDSelector:
