@@ -309,12 +309,6 @@ REGION_LIMIT = 12
 adds one PDQ query (about 1 ms to hash, one range search). Most photos have none or
 one; a collage of four with a border has six."""
 
-REGION_QUERY_LIMIT = 12
-"""... and their PDQ queries stay within this many (a region as shown, and again with
-rounded corners filled in where it has them, first; the mirror images after, while
-there is room): at 10 million entries a query costs as much as one of the photo's own
-18 (76 us of 908), so 12 keep a photo's matching within 2x of the photo's own."""
-
 REGION_MIN_AREA = 0.1
 """A proposed region covers at least this share of the picture (a collage's quarter
 cell is 0.25; a photo inside a phone screenshot at least a fifth)."""

@@ -393,7 +393,9 @@ def hash_image(
             # PDQ only: what hash-only lists hold, and strong alone; a region's 64-bit
             # hashes would only ever be weak evidence, at 3 ms a region.
             source = _region_source(prepared[0])
-            found = _regions_hashed(source, proposed, frame_indices[0], flat_maps[0])
+            found = tuple(FrameHashes(frame_indices[0], _region_pdq(source, r), r.name,
+                                      flat=flat_maps[0].share((r.left, r.top, r.right, r.bottom)))
+                          for r in proposed)
         if features:
             keypoints = query_features(frames[0], grey)
             boxes = tuple((r.name, (r.left, r.top, r.right, r.bottom)) for r in proposed
@@ -436,31 +438,6 @@ def _as_decoded_for_hashes(frame: HashFrame) -> HashFrame:
         rgb = cv2.copyMakeBorder(np.ascontiguousarray(rgb), 0, tall * k - h, 0, wide * k - w, cv2.BORDER_REPLICATE)
     small = cv2.resize(np.ascontiguousarray(rgb), (wide, tall), interpolation=cv2.INTER_AREA)
     return HashFrame(small, quick=True, source_size=frame.source_size, reduction=frame.reduction * k)
-
-
-def _regions_hashed(source: tuple[HashFrame, float], proposed: list[Region], frame: int,
-                    flat_map: FlatMap) -> tuple[FrameHashes, ...]:
-    """The regions' PDQ hashes, within ``REGION_QUERY_LIMIT`` queries: each region as
-    shown first, in the proposals' order; then their mirror images, in the same order,
-    while there is room (a photo mirrored and framed has few regions; a picture with a
-    dozen, a collage-like one, keeps them all as shown)."""
-    room = defaults.REGION_QUERY_LIMIT
-    shown: list[tuple[Region, tuple[PerceptualHash, ...]]] = []
-    for r in proposed:
-        hashes = _region_pdq(source, r)
-        if len(hashes) > room:
-            break
-        room -= len(hashes)
-        shown.append((r, hashes))
-    found: list[FrameHashes] = []
-    for r, hashes in shown:
-        mirrors = sum(len(h.variants) - 1 for h in hashes)
-        if mirrors <= room:
-            room -= mirrors
-        else:
-            hashes = tuple(_shown(h) for h in hashes)
-        found.append(FrameHashes(frame, hashes, r.name, flat=flat_map.share((r.left, r.top, r.right, r.bottom))))
-    return tuple(found)
 
 
 def _own_pass(keypoints: LocalFeatures, region: Region) -> bool:
@@ -511,29 +488,16 @@ def _region_pdq(source: tuple[HashFrame, float], region: Region) -> tuple[Percep
                                      right=max(1, min(w, round(region.right * scale))),
                                      bottom=max(1, min(h, round(region.bottom * scale))))
     crop = region.crop(frame.rgb)
-    variants = _shown_or_mirrored if region.kind not in _UNMIRRORED_KINDS else _shown
-    found = [variants(PdqSignal.hash_prepared(HashFrame(crop, luma=region.crop(frame.luma))))]
+    found = [_shown_or_mirrored(PdqSignal.hash_prepared(HashFrame(crop, luma=region.crop(frame.luma))))]
     squared = square_corners(crop)
     if squared is not None:
-        found.append(variants(PdqSignal.hash_prepared(HashFrame(squared))))
+        found.append(_shown_or_mirrored(PdqSignal.hash_prepared(HashFrame(squared))))
     return tuple(found)
 
 
 #: Which of PDQ's 8 dihedral variants is the left-right mirror (pdqhash's order;
 #: measured: a mirrored picture's hash is that variant of the picture's, 0 bits apart).
 _PDQ_MIRROR = 5
-
-
-#: Region kinds queried as shown only: a collage's cells and pieces are most of a
-#: collage-like picture's dozen regions, and each query costs as much as a PDQ variant
-#: at 10 million entries (76 us); a mirrored photo in a collage is left to an image
-#: ban's mirrored keypoints (a cell found exactly meets a listed photo's PDQ for a
-#: third of collage copies anyway: the apps crop the photo to fill its cell).
-_UNMIRRORED_KINDS = frozenset({"cell", "piece"})
-
-
-def _shown(h: PerceptualHash) -> PerceptualHash:
-    return dataclasses.replace(h, variants=h.variants[:1])
 
 
 def _shown_or_mirrored(h: PerceptualHash) -> PerceptualHash:
