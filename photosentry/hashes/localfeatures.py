@@ -121,12 +121,18 @@ class LocalFeatures:
 _ORB_MIN_SIDE = 32
 
 
-def _grey(rgb: np.ndarray, side: int, grey: np.ndarray | None = None, *, fast: bool = False) -> tuple[np.ndarray, float]:
+def _grey(rgb: np.ndarray, side: int, grey: np.ndarray | None = None, *, fast: bool = False,
+          enlarge: bool = False) -> tuple[np.ndarray, float]:
     """Luminance at ``side`` pixels: exactly area-averaged for a ban (once per ban), by
-    :func:`.shrink.shrink` for a scan (every scan, four times faster)."""
+    :func:`.shrink.shrink` for a scan (every scan, four times faster); with ``enlarge``,
+    a smaller picture is brought up to ``side`` too."""
     h, w = rgb.shape[:2]
     if grey is None:
         grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+    if enlarge and max(h, w) < side and min(h, w) >= _ORB_MIN_SIDE:
+        scale = side / max(h, w)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        return cv2.resize(np.ascontiguousarray(grey), size, interpolation=cv2.INTER_LINEAR), scale
     if fast:
         return shrink(grey, side)
     scale = side / max(h, w)
@@ -153,8 +159,8 @@ def _orb(grey: np.ndarray, n: int, scale: float) -> LocalFeatures:
 
 
 def _keypoints(rgb: np.ndarray, side: int, n: int, grey: np.ndarray | None = None, *,
-               fast: bool = False) -> LocalFeatures:
-    small, scale = _grey(rgb, side, grey, fast=fast)
+               fast: bool = False, enlarge: bool = False) -> LocalFeatures:
+    small, scale = _grey(rgb, side, grey, fast=fast, enlarge=enlarge)
     return _orb(small, n, scale)
 
 
@@ -178,10 +184,12 @@ def banned_features(rgb: np.ndarray) -> LocalFeatures | None:
     return dataclasses.replace(own, mirror=strongest(np.ascontiguousarray(rgb[:, ::-1]), True))
 
 
-def query_features(rgb: np.ndarray, grey: np.ndarray | None = None) -> LocalFeatures:
+def query_features(rgb: np.ndarray, grey: np.ndarray | None = None, *, enlarge: bool = False) -> LocalFeatures:
     """The keypoints of an upload, to be paired with every banned photo's. ``grey``: its
-    luminance (OpenCV's, uint8) where the caller has it already."""
-    return _keypoints(rgb, defaults.FEATURE_QUERY_SIDE, defaults.FEATURE_QUERY_COUNT, grey, fast=True)
+    luminance (OpenCV's, uint8) where the caller has it already; ``enlarge``: bring a
+    picture smaller than ``FEATURE_QUERY_SIDE`` up to it (a collage's cell)."""
+    return _keypoints(rgb, defaults.FEATURE_QUERY_SIDE, defaults.FEATURE_QUERY_COUNT, grey, fast=True,
+                      enlarge=enlarge)
 
 
 @contextmanager

@@ -408,7 +408,7 @@ def hash_image(
             # verified with those, through ``boxes``.
             grid = [r for r in proposed if r.kind == "cell"]
             alone = [r for r in proposed if r.kind == "content"] + (grid if len(grid) >= 2 else [])
-            cells = tuple((r.name, query_features(r.crop(frames[0]), r.crop(grey)))
+            cells = tuple((r.name, query_features(r.crop(frames[0]), r.crop(grey), enlarge=defaults.FEATURE_CELL_ENLARGE))
                           for r in alone[: defaults.FEATURE_REGION_LIMIT]
                           if _own_pass(keypoints, r))
     return ImageHashes(exact.sha256, exact.md5, tuple(per_frame), found, keypoints, boxes, cells)
