@@ -27,6 +27,7 @@ from PIL import Image
 
 from .. import defaults
 from ..errors import RegistryError
+from ..media.budget import further_reduction
 from . import perceptual
 from .codecs import Algorithm
 from .flatness import FlatMap
@@ -425,9 +426,7 @@ def _as_decoded_for_hashes(frame: HashFrame) -> HashFrame:
     if not frame.quick or frame.source_size is None or frame.reduction <= 1:
         return frame
     h, w = frame.rgb.shape[:2]
-    k = 1
-    while min(h, w) // (2 * k) >= defaults.DECODE_MIN_SIDE and frame.reduction * k * 2 <= 8:
-        k *= 2
+    k = further_reduction(h, w, frame.reduction, defaults.DECODE_MIN_SIDE)
     if k == 1:
         return frame
     # The decoder's size at that scale is the ceiling: a last partial block is the mean

@@ -31,6 +31,17 @@ from .jpeg import Layout
 
 #: Scales libjpeg can decode to in the DCT domain.
 JPEG_REDUCTIONS = (1, 2, 4, 8)
+
+
+def further_reduction(height: int, width: int, reduction: int, min_side: int) -> int:
+    """The power of two by which a JPEG frame decoded at 1/``reduction`` (``height`` x
+    ``width``) can be box-shrunk further to what the decoder would have given for
+    ``min_side``: its short side stays at least ``min_side``, and the whole reduction
+    stays one libjpeg can make (``JPEG_REDUCTIONS``)."""
+    k = 1
+    while min(height, width) // (2 * k) >= min_side and reduction * k * 2 <= JPEG_REDUCTIONS[-1]:
+        k *= 2
+    return k
 #: Bytes per output pixel held while a frame is decoded and converted (RGBA at worst).
 _OUTPUT_BYTES_PER_PIXEL = 4
 

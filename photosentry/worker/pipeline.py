@@ -28,6 +28,7 @@ from PIL import Image
 from .. import defaults
 from ..decode import DecodedImage, Limits, decode, read_limited
 from ..errors import ModelUnavailable, UnreadableImage
+from ..media.budget import further_reduction
 from ..hashes.codecs import Algorithm, hamming
 from ..hashes.matcher import BankMatcher, Match
 from ..hashes.signals import ImageHashes, hash_bytes, hash_image
@@ -448,9 +449,7 @@ def _at_model_side(frame: np.ndarray, reduction: int, model_side: int) -> np.nda
     mean: the models see what they saw before copy detection needed the pixels, and
     stretching a frame four times the size to 256x256 cost them 1.5 ms a photo."""
     h, w = frame.shape[:2]
-    k = 1
-    while min(h, w) // (2 * k) >= model_side and reduction * k * 2 <= 8:
-        k *= 2
+    k = further_reduction(h, w, reduction, model_side)
     if k == 1:
         return frame
     return cv2.resize(frame, (w // k, h // k), interpolation=cv2.INTER_AREA)
