@@ -244,9 +244,7 @@ class FeatureIndex:
     """
 
     def __init__(self) -> None:
-        self._sets: dict[int, _SetInfo] = {}
-        self._banks: dict[int, str] = {}
-        self._rows: dict[int, tuple[int, int]] = {}  # entry id -> its keypoints' rows (start, stop)
+        self._entries: dict[int, _Entry] = {}
         # Descriptors live in the FAISS index only (they are read back out of it to make
         # new clusters), except those added before there is one: a third less memory.
         self._unindexed: dict[int, np.ndarray] = {}
@@ -254,7 +252,6 @@ class FeatureIndex:
         self._photo = np.zeros(0, dtype=np.int64)  # row -> the banned photo (its group's number)
         self._points = np.zeros((0, 2), dtype=np.float32)  # row -> position
         self._photos: dict[str, int] = {}  # group -> its number
-        self._set_of: dict[int, tuple[int, bool]] = {}  # entry id -> (photo, mirrored)
         self._members: dict[int, set[int]] = {}  # photo -> its active entries
         self._used = 0  # rows handed out
         self._active = 0  # rows of active entries
@@ -266,7 +263,7 @@ class FeatureIndex:
         self._reclustering: threading.Thread | None = None
 
     def __len__(self) -> int:
-        return len(self._sets)
+        return len(self._entries)
 
     @property
     def keypoints(self) -> int:
@@ -287,11 +284,10 @@ class FeatureIndex:
             self._grow(self._used + len(features))
             self._owner[rows] = entry_id
             self._photo[rows] = photo
-            self._set_of[entry_id] = (photo, features.mirrored)
             self._members.setdefault(photo, set()).add(entry_id)
             self._points[rows] = features.points
-            self._sets[entry_id] = _SetInfo(features.size, features.flat, features.extent)
-            self._banks[entry_id], self._rows[entry_id] = bank, (self._used, self._used + len(features))
+            self._entries[entry_id] = _Entry(bank, self._used, self._used + len(features), photo, features.mirrored,
+                                             features.size, features.flat, features.extent)
             self._used += len(features)
             self._active += len(features)
             if self._index is not None:
@@ -303,15 +299,14 @@ class FeatureIndex:
 
     def remove(self, entry_id: int) -> None:
         with self._lock:
-            if self._sets.pop(entry_id, None) is None:
+            entry = self._entries.pop(entry_id, None)
+            if entry is None:
                 return
-            del self._banks[entry_id]
             self._unindexed.pop(entry_id, None)
-            photo, _ = self._set_of.pop(entry_id)
-            self._members[photo].discard(entry_id)
-            if not self._members[photo]:
-                del self._members[photo]
-            rows = np.arange(*self._rows.pop(entry_id), dtype=np.int64)
+            self._members[entry.photo].discard(entry_id)
+            if not self._members[entry.photo]:
+                del self._members[entry.photo]
+            rows = entry.rows
             self._owner[rows] = -1
             self._active -= len(rows)
             if self._index is not None:
@@ -325,8 +320,8 @@ class FeatureIndex:
         share was kept does not); None if none does."""
         with self._lock:
             photo = self._photos.get(group) if group else None
-            return next((self._sets[e].flat for e in self._members.get(photo, ()) if self._sets[e].flat is not None),
-                        None)
+            return next((self._entries[e].flat for e in self._members.get(photo, ())
+                         if self._entries[e].flat is not None), None)
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait for clusters being made in the background (tests, benchmarks)."""
@@ -378,7 +373,7 @@ class FeatureIndex:
         entries = list(self._unindexed)
         if not entries:
             return np.zeros(0, dtype=np.int64), np.zeros((0, 32), dtype=np.uint8)
-        return (np.concatenate([np.arange(*self._rows[e], dtype=np.int64) for e in entries]),
+        return (np.concatenate([self._entries[e].rows for e in entries]),
                 np.ascontiguousarray(np.concatenate([self._unindexed[e] for e in entries])))
 
     @staticmethod
@@ -411,7 +406,7 @@ class FeatureIndex:
         """The banned photos the upload's keypoints verify, with at least
         ``FEATURE_MIN_INLIERS`` inliers, most first, each with the region (of
         ``regions``: name and frame box) whose pairs verified it best ("" for the whole)."""
-        if not self._sets or len(query) < defaults.FEATURE_MIN_INLIERS:
+        if not self._entries or len(query) < defaults.FEATURE_MIN_INLIERS:
             return []
         pairs: dict[tuple[int, bool], list[tuple[int, int]]] = {}  # (photo, mirrored) -> pairs
         with self._lock:
@@ -432,9 +427,9 @@ class FeatureIndex:
                 (distances[:, 0] < defaults.FEATURE_RATIO * second) & (nearest[:, 0] >= 0)
             for q in np.flatnonzero(keep):
                 train = int(nearest[q, 0])
-                entry = int(self._owner[train])
-                if entry in self._set_of:
-                    pairs.setdefault(self._set_of[entry], []).append((int(q), train))
+                entry = self._entries.get(int(self._owner[train]))
+                if entry is not None:
+                    pairs.setdefault(entry.set_key, []).append((int(q), train))
             # Rows live for ever, so positions read now stay right after the lock.
             points = self._points
             found = {}
@@ -445,13 +440,13 @@ class FeatureIndex:
                 # photo banned in a bank that blocks and one that only holds for
                 # review: the policy must see both), by its first entry; the pairs
                 # themselves name whichever entry FAISS found nearest.
-                members = sorted(e for e in self._members.get(key[0], ()) if self._set_of[e] == key)
+                members = sorted(e for e in self._members.get(key[0], ()) if self._entries[e].set_key == key)
                 by_bank = {}
                 for e in members:
-                    by_bank.setdefault(self._banks[e], e)
+                    by_bank.setdefault(self._entries[e].bank, e)
                 # Any entry of the set that knows the picture's size (older ones do not).
-                size = next((self._sets[e].size for e in members if self._sets[e].size[0]), (0, 0))
-                found[key] = (by_bank, size, self._sets[members[0]].extent)
+                size = next((self._entries[e].size for e in members if self._entries[e].size[0]), (0, 0))
+                found[key] = (by_bank, size, self._entries[members[0]].extent)
         boxes = [(name, np.array(box, dtype=np.float32) * query.scale) for name, box in regions]
         whole = (0.0, 0.0, float(query.size[0]), float(query.size[1])) if query.size[0] else None
         hits = []
@@ -475,14 +470,31 @@ class FeatureIndex:
 
 
 @dataclass(frozen=True)
-class _SetInfo:
-    """What the index keeps of an entry's keypoint set besides its rows (the descriptors
-    are in FAISS, the positions in the rows' table)."""
+class _Entry:
+    """What the index keeps of an ``orb`` entry (its descriptors are in FAISS, its
+    keypoints' positions, owner and photo in the rows' tables)."""
 
+    bank: str
+    #: Its keypoints' rows: ``start`` to ``stop`` (one run, handed out at add).
+    start: int
+    stop: int
+    #: The banned photo (its group's number) and whether this is its mirror image's set.
+    photo: int
+    mirrored: bool
     size: tuple[int, int]
     flat: float | None
     #: Width and height of the box the set's keypoints lie in (:attr:`LocalFeatures.extent`).
     extent: np.ndarray
+
+    @property
+    def rows(self) -> np.ndarray:
+        return np.arange(self.start, self.stop, dtype=np.int64)
+
+    @property
+    def set_key(self) -> tuple[int, bool]:
+        """The set it holds: its photo's, or its photo's mirror image's (entries of one
+        image banned again, or in two banks, hold the same sets)."""
+        return self.photo, self.mirrored
 
 
 def _return_freed_memory() -> None:
