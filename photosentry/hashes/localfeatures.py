@@ -129,16 +129,14 @@ def _grey(rgb: np.ndarray, side: int, grey: np.ndarray | None = None, *, fast: b
     h, w = rgb.shape[:2]
     if grey is None:
         grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
-    if enlarge and max(h, w) < side and min(h, w) >= _ORB_MIN_SIDE:
-        scale = side / max(h, w)
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    scale = side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if enlarge and scale > 1 and min(h, w) >= _ORB_MIN_SIDE:
         return cv2.resize(np.ascontiguousarray(grey), size, interpolation=cv2.INTER_LINEAR), scale
     if fast:
         return shrink(grey, side)
-    scale = side / max(h, w)
     if scale < 1:
-        grey = cv2.resize(grey, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-        return grey, scale
+        return cv2.resize(grey, size, interpolation=cv2.INTER_AREA), scale
     return np.ascontiguousarray(grey), 1.0
 
 
