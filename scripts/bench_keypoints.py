@@ -33,9 +33,12 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(SCRIPTS))
+
+from bench_copies import ONE_THREAD, REPO, extract_revision  # noqa: E402
+
 DEFAULT_BASELINE = "5b80fd2"
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def _resident() -> tuple[int, int]:
@@ -122,12 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         roots = {"this tree": REPO}
         if args.baseline_rev:
-            base = Path(tmp) / "baseline"
-            base.mkdir()
-            archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", args.baseline_rev],
-                                     capture_output=True, check=True)
-            subprocess.run(["tar", "-x", "-C", str(base)], input=archive.stdout, check=True)
-            roots = {args.baseline_rev: base, **roots}
+            roots = {args.baseline_rev: extract_revision(args.baseline_rev, Path(tmp) / "baseline"), **roots}
         print(f"{'revision':<12} {'image bans':>10} {'KB/ban live':>12} {'KB/ban resident':>16} {'build s':>8}"
               f" {'search ms':>10} {'add ms':>7} {'remove ms':>10}")
         for bans in sizes:
