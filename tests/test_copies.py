@@ -459,3 +459,29 @@ def test_a_photo_cropped_into_a_cell_of_a_phone_sized_collage_is_blocked(policy:
     ban_image(store, banned)
     verdict = scanner_for(policy, store).scan_bytes(jpeg(upload))
     assert verdict.action is Action.BLOCK, [(m.algorithm.value, m.inliers, m.region) for m in verdict.matches]
+
+
+def test_a_photo_between_chat_bubbles_close_to_it_is_blocked_by_a_hash_only_pdq_ban(
+        policy: Policy, store: SqliteBankStore, photos: dict[str, Image.Image]) -> None:
+    # A chat app stacks bubbles a few pixels above and below a photo: they are one solid
+    # block with it, and neither that block nor any margin or seam is the photo's box
+    # (every region was PDQ 108-128 from it). The rows that start and end where the
+    # photo does are (regions._block): 4.
+    banned = photos[corpus_mod.BANNED_PHOTO]
+    ban_pdq_only(store, banned)
+    w, h = 1080, 2340
+    upload = Image.new("RGB", (w, h), (0, 0, 0))
+    draw = ImageDraw.Draw(upload)
+    draw.rectangle((0, 0, w, 220), fill=(28, 28, 30))
+    draw.text((180, 90), "alex_93", fill=(255, 255, 255), font_size=60)
+    top, mine, theirs = 900, (0, 122, 255), (58, 58, 60)
+    for y0, y1, x0, x1, colour in ((top - 150, top - 14, 420, w - 60, mine), (top - 310, top - 170, 40, 640, theirs),
+                                   (top + 774, top + 910, 40, 700, theirs), (top + 930, top + 1070, 500, w - 60, mine)):
+        draw.rounded_rectangle((x0, y0, x1, y1), 50, fill=colour)
+        draw.text((x0 + 40, y0 + 30), "no way lol", fill=(255, 255, 255), font_size=52)
+    upload.paste(banned.resize((760, 760)), (w - 60 - 760, top))
+    draw.rounded_rectangle((40, h - 190, 840, h - 60), 60, outline=(160, 160, 160), width=4)
+    found = scan_hashes(jpeg(upload))
+    assert any(r.region.startswith("block:") for r in found.regions), [r.region for r in found.regions]
+    verdict = scanner_for(policy, store).scan_bytes(jpeg(upload))
+    assert verdict.action is Action.BLOCK, [(m.algorithm.value, m.distance, m.region) for m in verdict.matches]

@@ -17,7 +17,9 @@ and each one is hashed and matched like the photo itself (:func:`propose`):
   ``sharp``: the band of lines with a photo's detail in them;
 - ``content``: the largest solid block of pixels that are not the picture's
   background colours (a screenshot's flat UI and its text are background; text strokes
-  are thinner than the opening that removes them);
+  are thinner than the opening that removes them); ``block``: within it, the rows solid
+  from one side to the other at the same two columns (a photo whose chat bubbles,
+  a few pixels above or below it, joined its block);
 - ``cell``: the cells of a collage (:mod:`.collage`), split along straight seams that
   cross the picture, up to two levels deep; ``piece``: a part of the first split that
   the second split cut again, and the cells of the grid cut without preferring gutters.
@@ -98,8 +100,11 @@ def propose(rgb: np.ndarray, *, grey: np.ndarray | None = None, limit: int = def
     if sharp is not None:
         found.append(("sharp", sharp))
     bases = [trimmed]
-    content = _content(small)
+    solid = _solid(small)
+    content = _content(solid) if solid is not None else None
+    block = None
     if content is not None:
+        block = _block(solid, content)
         content = _trim(colours, content)
         found.append(("content", content))
         bases.append(content)
@@ -110,6 +115,10 @@ def propose(rgb: np.ndarray, *, grey: np.ndarray | None = None, limit: int = def
             found.extend(("cell", gutters_off(colours, c)) for c in cells)
         pieces.extend(("piece", gutters_off(colours, c)) for c in more)
     found.extend(pieces)
+    # After the cells: where the split found the photo too, its cell is the query (a
+    # cell has keypoints of its own).
+    if content is not None and block is not None and block != content:
+        found.append(("block", block))
     # Last: they only matter where the trim cut into a photo's own flat edge.
     if trimmed != full:
         found.extend(("trim", b) for b in _framings(full, trimmed))
@@ -409,9 +418,10 @@ def _sharp(grey: np.ndarray) -> Box | None:
 # -- the photo inside a screenshot ----------------------------------------------------------------
 
 
-def _content(small: np.ndarray) -> Box | None:
-    """The bounding box of the largest solid block that is not background, if it is a
-    clear part of the picture (not nearly all of it, not a sliver)."""
+def _solid(small: np.ndarray) -> np.ndarray | None:
+    """Where ``small`` is not the picture's background: a screenshot's photo, its chat
+    bubbles and buttons, as solid blocks (uint8 0/1; text strokes are thinner than the
+    opening that removes them), or None where the picture has no background colour."""
     h, w = small.shape[:2]
     quant = (small >> 3).astype(np.int32)
     codes = (quant[..., 0] << 10) | (quant[..., 1] << 5) | quant[..., 2]
@@ -433,7 +443,13 @@ def _content(small: np.ndarray) -> Box | None:
     k = max(3, round(min(h, w) * 0.025)) | 1
     kernel = np.ones((k, k), np.uint8)
     solid = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, kernel)
-    solid = cv2.morphologyEx(solid, cv2.MORPH_CLOSE, kernel)
+    return cv2.morphologyEx(solid, cv2.MORPH_CLOSE, kernel)
+
+
+def _content(solid: np.ndarray) -> Box | None:
+    """The bounding box of the largest solid block that is not background, if it is a
+    clear part of the picture (not nearly all of it, not a sliver)."""
+    h, w = solid.shape
     n, _, stats, _ = cv2.connectedComponentsWithStats(solid, connectivity=4)
     if n <= 1:
         return None
@@ -443,3 +459,44 @@ def _content(small: np.ndarray) -> Box | None:
     if share < defaults.REGION_MIN_AREA or share > 0.9 or area < 0.6 * bw * bh:
         return None
     return (x, y, x + bw, y + bh)
+
+
+def _block(solid: np.ndarray, box: Box) -> Box | None:
+    """The largest rectangle inside ``box`` whose rows are solid from one side to the
+    other at the same two columns: the photo, where the chat bubbles next to it joined
+    its solid block (a bubble a few pixels above or below a photo is one block with it,
+    but its rows start and end elsewhere). The rows at its top and bottom that cover
+    most of that span are the photo's rounded corners and are kept."""
+    left, top, right, bottom = box
+    part = solid[top:bottom, left:right].astype(bool)
+    filled = part.any(axis=1)
+    first = np.where(filled, part.argmax(axis=1), 0)
+    last = np.where(filled, part.shape[1] - 1 - part[:, ::-1].argmax(axis=1), -1)
+    full = filled & (part.sum(axis=1) >= 0.95 * (last - first + 1)) & (last - first + 1 >= 8)
+    best: tuple[int, int, int, int] | None = None  # (area, start row, stop row, row of the span)
+    y, n = 0, part.shape[0]
+    while y < n:
+        if not full[y]:
+            y += 1
+            continue
+        stop = y + 1
+        while stop < n and full[stop] and abs(first[stop] - first[y]) <= 1 and abs(last[stop] - last[y]) <= 1:
+            stop += 1
+        size = (stop - y) * (last[y] - first[y] + 1)
+        if stop - y >= 8 and (best is None or size > best[0]):
+            best = (size, y, stop, y)
+        y = stop
+    if best is None:
+        return None
+    _, start, stop, at = best
+    span = part[:, first[at]: last[at] + 1]
+    reach = max(2, (stop - start) // 10)
+    for _ in range(reach):
+        if start == 0 or span[start - 1].mean() < 0.8:
+            break
+        start -= 1
+    for _ in range(reach):
+        if stop == n or span[stop].mean() < 0.8:
+            break
+        stop += 1
+    return (left + int(first[at]), top + start, left + int(last[at]) + 1, top + stop)

@@ -400,7 +400,7 @@ def hash_image(
         if features:
             keypoints = query_features(frames[0], grey)
             boxes = tuple((r.name, (r.left, r.top, r.right, r.bottom)) for r in proposed
-                          if r.kind in ("content", "cell", "piece"))[: defaults.FEATURE_REGION_LIMIT]
+                          if r.kind in ("content", "block", "cell", "piece"))[: defaults.FEATURE_REGION_LIMIT]
             # Regions small enough that the whole picture's keypoints, found at 384 pixels,
             # leave them too few get keypoints of their own: a collage's cells, a
             # screenshot's photo (a phone screen is 2,340 pixels tall, so its photo is a
@@ -408,7 +408,7 @@ def hash_image(
             # whole picture covers densely (a photo's own "cells" at a horizon) is
             # verified with those, through ``boxes``.
             grid = [r for r in proposed if r.kind == "cell"]
-            alone = [r for r in proposed if r.kind == "content"] + (grid if len(grid) >= 2 else [])
+            alone = [r for r in proposed if r.kind in ("content", "block")] + (grid if len(grid) >= 2 else [])
             cells = tuple((r.name, query_features(r.crop(frames[0]), r.crop(grey), enlarge=defaults.FEATURE_CELL_ENLARGE))
                           for r in alone[: defaults.FEATURE_REGION_LIMIT]
                           if _own_pass(keypoints, r))
