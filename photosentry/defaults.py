@@ -386,6 +386,13 @@ REGION_SEAM_FILL = 0.6
 """... along at least this share of the line (a horizon or a wall edge rarely crosses
 a photo that cleanly; when one does, its cells only add queries)."""
 
+REGION_SEAM_COLOUR_FILL = 0.7
+"""A seam of colour alone (two photos of one brightness: flowers beside a grey fog):
+the largest step of any one channel over ``REGION_SEAM_STEP`` along at least this share
+of the line. Stricter than luminance's 0.6: a photo's own coloured edges (a lit tower
+against a night sky) step along 60% of a line now and then (bench: 0.7 keeps the
+collages found at 0.6 and cuts none of the test photos' towers)."""
+
 AUTO_SNAPSHOT_MIN_ENTRIES = 100_000
 """A matcher that had to read this many entries or more from the store itself (no
 usable snapshot) saves what it read as a snapshot, so the next scan, worker or rescan

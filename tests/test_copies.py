@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageOps
 
+from photosentry import defaults
 from photosentry.decode import decode
 from photosentry.hashes.banks import EntrySource, NewEntry, SqliteBankStore, entries_from_hashes
 from photosentry.hashes.codecs import Algorithm, hamming
@@ -485,3 +486,69 @@ def test_a_photo_between_chat_bubbles_close_to_it_is_blocked_by_a_hash_only_pdq_
     assert any(r.region.startswith("block:") for r in found.regions), [r.region for r in found.regions]
     verdict = scanner_for(policy, store).scan_bytes(jpeg(upload))
     assert verdict.action is Action.BLOCK, [(m.algorithm.value, m.distance, m.region) for m in verdict.matches]
+
+
+def _grid_of_four(cells: list[Image.Image], side: int, gutter: int, colour: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """A 2 x 2 collage ``side`` pixels square, ``gutter`` pixels between and around the
+    cells, each photo cropped to fill its cell as the apps do."""
+    out = Image.new("RGB", (side, side), colour)
+    cell = (side - 3 * gutter) // 2
+    for i, photo in enumerate(cells):
+        r, c = divmod(i, 2)
+        out.paste(ImageOps.fit(photo, (cell, cell), Image.Resampling.LANCZOS),
+                  (gutter + c * (cell + gutter), gutter + r * (cell + gutter)))
+    return out
+
+
+def _found(data: bytes, truth: tuple[int, int, int, int], side: int) -> float:
+    """The best IoU of a region a scan proposes with ``truth`` (upload pixels)."""
+    image = decode(data, min_side=defaults.COPY_DECODE_MIN_SIDE)
+    frame = image.frames[0]
+    k = frame.shape[1] / side
+    scaled = tuple(v * k for v in truth)
+    return max([iou((r.left, r.top, r.right, r.bottom), scaled) for r in regions.propose(frame)] or [0.0])
+
+
+@pytest.mark.parametrize("side, gutter", [(1440, 3), (1280, 5), (1100, 6)])
+def test_a_collage_with_gutters_a_few_pixels_wide_is_cut_into_its_cells(side: int, gutter: int,
+                                                                         photos: dict[str, Image.Image]) -> None:
+    # A few pixels of white between the cells of a phone-sized collage are a pixel or two
+    # in the frame a scan decodes at half size, and often no clean line of the region
+    # thumbnail (every third pixel): a bright line between two steps, taken for a line
+    # drawn in a photo. The frame's own rows show it flat.
+    upload = _grid_of_four([photos[n] for n in (*OTHERS[:3], corpus_mod.BANNED_PHOTO)], side, gutter)
+    cell = (side - 3 * gutter) // 2
+    truth = (2 * gutter + cell, 2 * gutter + cell, side - gutter, side - gutter)
+    assert _found(jpeg(upload), truth, side) >= 0.9
+
+
+def test_photos_of_one_brightness_that_meet_at_a_step_of_colour_are_two_cells(photos: dict[str, Image.Image]) -> None:
+    # No gutter, and the left photo has the right one's brightness (mirrored) under its
+    # own colours: across the seam, luminance does not step at all; colour does.
+    right = ImageOps.fit(photos["coffee.png"], (600, 600))
+    left = np.asarray(ImageOps.fit(photos["chelsea.png"], (600, 600)).convert("YCbCr")).copy()
+    left[..., 0] = np.asarray(ImageOps.mirror(right).convert("L"))
+    upload = Image.new("RGB", (1200, 600))
+    upload.paste(Image.fromarray(left, "YCbCr").convert("RGB"), (0, 0))
+    upload.paste(right, (600, 0))
+    assert _found(jpeg(upload, 92), (600, 0, 1200, 600), 1200) >= 0.9
+
+
+def test_a_photo_fitted_into_its_cell_with_padding_is_proposed_without_it(photos: dict[str, Image.Image]) -> None:
+    # Some layouts fit each photo whole into its cell and pad the rest: the cell is found
+    # by its gutters, the photo inside it by trimming the padding off.
+    side, gutter = 1200, 20
+    out = Image.new("RGB", (side, side), (40, 40, 40))
+    cell = (side - 3 * gutter) // 2
+    truth = (0, 0, 0, 0)
+    for i, name in enumerate((*OTHERS[:3], corpus_mod.BANNED_PHOTO)):
+        r, c = divmod(i, 2)
+        photo = corpus_mod.load(name).convert("RGB")
+        photo.thumbnail((cell, cell))
+        box = Image.new("RGB", (cell, cell), (250, 250, 250))
+        at = ((cell - photo.width) // 2, (cell - photo.height) // 2)
+        box.paste(photo, at)
+        x, y = gutter + c * (cell + gutter), gutter + r * (cell + gutter)
+        out.paste(box, (x, y))
+        truth = (x + at[0], y + at[1], x + at[0] + photo.width, y + at[1] + photo.height)
+    assert _found(jpeg(out), truth, side) >= 0.9

@@ -19,7 +19,8 @@ from .. import defaults
 from .boxes import Box, iou
 
 
-def cells_of(luma: np.ndarray, box: Box, *, depth: int) -> tuple[list[Box], list[Box]]:
+def cells_of(luma: np.ndarray, box: Box, *, depth: int, fine: np.ndarray | None = None,
+             stride: int = 1, colours: np.ndarray | None = None) -> tuple[list[Box], list[Box]]:
     """The cells of ``box`` if it is a grid: cut along every seam that crosses it one way,
     then each piece along every seam that crosses it the other way (columns first, then
     rows first: a large photo beside a stack of small ones is found either way); and
@@ -31,8 +32,14 @@ def cells_of(luma: np.ndarray, box: Box, *, depth: int) -> tuple[list[Box], list
     may have a flat band of its own (a white margin, a black sky) that passes for a
     gutter and hides the hard edges of a collage without gutters, so the grid cut at
     gutters and hard edges alike is proposed too.
+
+    ``fine``: the frame's luminance (uint8) that ``luma`` samples every ``stride``-th
+    pixel of, where the caller has it: a gutter a pixel or two wide in the frame (4
+    pixels in a collage decoded at half its size) is often no clean line of the
+    thumbnail, only a bright line between two steps, which :func:`_seams` takes for a
+    line drawn in a photo; the frame's own lines tell that it is flat.
     """
-    seams = _Seams(luma)
+    seams = _Seams(luma, fine, stride, colours)
     cells, whole = _grid(seams, box, depth=depth, prefer_gutters=True)
     mixed, mixed_whole = _grid(seams, box, depth=depth, prefer_gutters=False)
     more = [b for b in _distinct(mixed + mixed_whole + whole) if not any(iou(b, c) >= 0.9 for c in cells)]
@@ -73,8 +80,11 @@ class _Seams:
     """The seams crossing boxes of a thumbnail's luminance, found once for each box and
     direction: both of :func:`cells_of`'s grids cut the same boxes."""
 
-    def __init__(self, luma: np.ndarray) -> None:
+    def __init__(self, luma: np.ndarray, fine: np.ndarray | None = None, stride: int = 1,
+                 colours: np.ndarray | None = None) -> None:
         self.luma = luma
+        self.colours = colours
+        self.fine, self.stride = fine, stride
         self._found: dict[tuple[Box, int], tuple[list[Seam], list[Seam], int]] = {}
 
     def cut(self, box: Box, axis: int, *, gutters_only: bool, prefer_gutters: bool) -> tuple[list[Box], bool]:
@@ -87,7 +97,19 @@ class _Seams:
         key = (box, axis)
         if key not in self._found:
             grey = self.luma[top:bottom, left:right]
-            self._found[key] = (*_seams(grey.T if axis == 1 else grey), right - left if axis == 1 else bottom - top)
+            lines = None
+            if self.fine is not None and self.stride > 1:
+                # The frame's lines each thumbnail line stands for, across the box's
+                # thumbnail columns (rows) only: the rows (columns) a thin gutter lies in.
+                k = self.stride
+                lines = (self.fine[top * k: bottom * k: k, left * k: right * k].T if axis == 1
+                         else self.fine[top * k: bottom * k, left * k: right * k: k])
+            col = None
+            if self.colours is not None:
+                col = self.colours[top:bottom, left:right]
+                col = col.transpose(1, 0, 2) if axis == 1 else col
+            self._found[key] = (*_seams(grey.T if axis == 1 else grey, lines, self.stride, col),
+                                right - left if axis == 1 else bottom - top)
         gutters, edges, n = self._found[key]
         found = gutters if gutters_only or (gutters and prefer_gutters) else gutters + edges
         kept: list[Seam] = []
@@ -104,7 +126,8 @@ class _Seams:
         return [(left, top + a, right, top + b) for a, b in out], bool(gutters)
 
 
-def _seams(grey: np.ndarray) -> tuple[list[Seam], list[Seam]]:
+def _seams(grey: np.ndarray, fine: np.ndarray | None = None, stride: int = 1,
+           colours: np.ndarray | None = None) -> tuple[list[Seam], list[Seam]]:
     """The horizontal seams of ``grey`` away from its edges: its gutters and its hard edges.
 
     A gutter is a uniform band crossing the whole width; a hard edge is a row step
@@ -113,7 +136,9 @@ def _seams(grey: np.ndarray) -> tuple[list[Seam], list[Seam]]:
     undone by an opposite step a row or two on (that is a drawn line: a grid printed in
     the photo, a table's ruling). :meth:`_Seams.cut` chooses among them; seams closer
     than 0.15 of the height to a stronger one are its echo (a grid finer than 6 x 6 is
-    stripes, not photos).
+    stripes, not photos). ``fine``: the frame's lines behind ``grey``'s, ``stride`` of
+    them to each (line y stands for ``fine[y * stride:(y + 1) * stride]``); a line next to
+    a strong step is flat too where one of its frame lines is (a thin gutter).
     """
     h = grey.shape[0]
     lo, hi = int(h * 0.12), int(h * 0.88)
@@ -123,9 +148,28 @@ def _seams(grey: np.ndarray) -> tuple[list[Seam], list[Seam]]:
     strong = np.abs(signed) > defaults.REGION_SEAM_STEP
     edge = strong.mean(axis=1)
     hard = (edge >= defaults.REGION_SEAM_FILL) & _seam_like(signed, strong, edge)
+    if colours is not None:
+        # Two photos of about the same brightness meet at a step of colour (a field of
+        # flowers beside a grey fog): a seam in luminance or in any one channel counts.
+        steps = np.diff(colours, axis=0)
+        channel = np.abs(steps).argmax(axis=2)[..., None]
+        chroma = np.take_along_axis(steps, channel, axis=2)[..., 0].astype(np.float32)
+        strong_c = np.abs(chroma) > defaults.REGION_SEAM_STEP
+        edge_c = strong_c.mean(axis=1)
+        hard |= (edge_c >= defaults.REGION_SEAM_COLOUR_FILL) & _seam_like(chroma, strong_c, edge_c)
+        edge = np.maximum(edge, edge_c)
     # Python lists from here: the walk below reads them line by line, and a numpy
     # scalar read costs ten times a list's.
-    flat = (grey.std(axis=1) < 2.5).tolist()
+    flat_lines = grey.std(axis=1) < 2.5
+    if fine is not None and len(fine):
+        near_step = np.zeros(h, dtype=bool)
+        near_step[1:] |= edge >= defaults.REGION_SEAM_FILL  # the line after a step
+        near_step[:-1] |= edge >= defaults.REGION_SEAM_FILL  # the line before one
+        for y in np.flatnonzero(near_step & ~flat_lines).tolist():
+            block = fine[y * stride: (y + 1) * stride]
+            if len(block) and block.shape[1] >= 8 and float(block.astype(np.float32).std(axis=1).min()) < 2.5:
+                flat_lines[y] = True
+    flat = flat_lines.tolist()
     hard, edge = hard.tolist(), edge.tolist()
     gutters: list[Seam] = []
     edges: list[Seam] = []

@@ -21,7 +21,8 @@ and each one is hashed and matched like the photo itself (:func:`propose`):
   from one side to the other at the same two columns (a photo whose chat bubbles,
   a few pixels above or below it, joined its block);
 - ``cell``: the cells of a collage (:mod:`.collage`), split along straight seams that
-  cross the picture, up to two levels deep; ``piece``: a part of the first split that
+  cross the picture, up to two levels deep; ``fitted``: a cell without its uniform
+  margins (a layout that fits each photo whole into its cell and pads the rest); ``piece``: a part of the first split that
   the second split cut again, and the cells of the grid cut without preferring gutters.
 
 Everything runs on a thumbnail (longest side :data:`defaults.REGION_THUMB_SIDE`), so
@@ -109,16 +110,25 @@ def propose(rgb: np.ndarray, *, grey: np.ndarray | None = None, limit: int = def
         found.append(("content", content))
         bases.append(content)
     pieces: list[tuple[str, Box]] = []
+    fitted: list[tuple[str, Box]] = []
+    if grey is None:
+        grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
     for base in dict.fromkeys(bases):
-        cells, more = cells_of(luma, base, depth=defaults.REGION_SPLIT_DEPTH)
+        cells, more = cells_of(luma, base, depth=defaults.REGION_SPLIT_DEPTH, fine=grey, stride=stride, colours=colours)
         if len(cells) > 1:
-            found.extend(("cell", gutters_off(colours, c)) for c in cells)
+            grid = [gutters_off(colours, c) for c in cells]
+            found.extend(("cell", c) for c in grid)
+            # A layout that fits each photo whole into its cell pads the rest: the
+            # photo is the cell without its margins (PDQ only: the cell's own keypoints
+            # hold the photo's).
+            fitted.extend(("fitted", f) for f in (_trim(colours, c) for c in grid) if f not in grid)
         pieces.extend(("piece", gutters_off(colours, c)) for c in more)
-    found.extend(pieces)
     # After the cells: where the split found the photo too, its cell is the query (a
     # cell has keypoints of its own).
     if content is not None and block is not None and block != content:
         found.append(("block", block))
+    found.extend(fitted)
+    found.extend(pieces)
     # Last: they only matter where the trim cut into a photo's own flat edge.
     if trimmed != full:
         found.extend(("trim", b) for b in _framings(full, trimmed))

@@ -408,7 +408,7 @@ def hash_image(
             # whole picture covers densely (a photo's own "cells" at a horizon) is
             # verified with those, through ``boxes``.
             grid = [r for r in proposed if r.kind == "cell"]
-            alone = [r for r in proposed if r.kind in ("content", "block")] + (grid if len(grid) >= 2 else [])
+            alone = [r for r in proposed if r.kind in ("content", "block")] + grid
             cells = tuple((r.name, query_features(r.crop(frames[0]), r.crop(grey), enlarge=defaults.FEATURE_CELL_ENLARGE))
                           for r in alone[: defaults.FEATURE_REGION_LIMIT]
                           if _own_pass(keypoints, r))
