@@ -86,6 +86,27 @@ class _Seams:
         self.colours = colours
         self.fine, self.stride = fine, stride
         self._found: dict[tuple[Box, int], tuple[list[Seam], list[Seam], int]] = {}
+        # The colour steps between neighbouring lines, each way, made once: every box
+        # cut reads a part of them.
+        self._steps: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _colour_steps(self, box: Box, axis: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(signed steps (lines - 1, m, 3), whether any channel steps strongly) across
+        ``box``'s lines (axis 1: its columns as lines)."""
+        if self.colours is None:
+            return None
+        if axis not in self._steps:
+            c = self.colours
+            steps = c[1:] - c[:-1] if axis == 0 else c[:, 1:] - c[:, :-1]
+            size = np.abs(steps)
+            strong = np.maximum(np.maximum(size[..., 0], size[..., 1]), size[..., 2]) > defaults.REGION_SEAM_STEP
+            # Columns as lines: transposed views, not copies.
+            self._steps[axis] = (steps, strong) if axis == 0 else (steps.transpose(1, 0, 2), strong.T)
+        steps, strong = self._steps[axis]
+        left, top, right, bottom = box
+        if axis == 1:
+            return steps[left:right - 1, top:bottom], strong[left:right - 1, top:bottom]
+        return steps[top:bottom - 1, left:right], strong[top:bottom - 1, left:right]
 
     def cut(self, box: Box, axis: int, *, gutters_only: bool, prefer_gutters: bool) -> tuple[list[Box], bool]:
         """``box`` cut along every seam crossing it (axis 1: vertical seams, into
@@ -104,11 +125,8 @@ class _Seams:
                 k = self.stride
                 lines = (self.fine[top * k: bottom * k: k, left * k: right * k].T if axis == 1
                          else self.fine[top * k: bottom * k, left * k: right * k: k])
-            col = None
-            if self.colours is not None:
-                col = self.colours[top:bottom, left:right]
-                col = col.transpose(1, 0, 2) if axis == 1 else col
-            self._found[key] = (*_seams(grey.T if axis == 1 else grey, lines, self.stride, col),
+            self._found[key] = (*_seams(grey.T if axis == 1 else grey, lines, self.stride,
+                                        self._colour_steps(box, axis)),
                                 right - left if axis == 1 else bottom - top)
         gutters, edges, n = self._found[key]
         found = gutters if gutters_only or (gutters and prefer_gutters) else gutters + edges
@@ -127,7 +145,7 @@ class _Seams:
 
 
 def _seams(grey: np.ndarray, fine: np.ndarray | None = None, stride: int = 1,
-           colours: np.ndarray | None = None) -> tuple[list[Seam], list[Seam]]:
+           colour_steps: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[list[Seam], list[Seam]]:
     """The horizontal seams of ``grey`` away from its edges: its gutters and its hard edges.
 
     A gutter is a uniform band crossing the whole width; a hard edge is a row step
@@ -139,6 +157,8 @@ def _seams(grey: np.ndarray, fine: np.ndarray | None = None, stride: int = 1,
     stripes, not photos). ``fine``: the frame's lines behind ``grey``'s, ``stride`` of
     them to each (line y stands for ``fine[y * stride:(y + 1) * stride]``); a line next to
     a strong step is flat too where one of its frame lines is (a thin gutter).
+    ``colour_steps``: the colour steps between ``grey``'s lines and where any channel
+    steps strongly (:meth:`_Seams._colour_steps`), for seams of colour alone.
     """
     h = grey.shape[0]
     lo, hi = int(h * 0.12), int(h * 0.88)
@@ -148,27 +168,28 @@ def _seams(grey: np.ndarray, fine: np.ndarray | None = None, stride: int = 1,
     strong = np.abs(signed) > defaults.REGION_SEAM_STEP
     edge = strong.mean(axis=1)
     hard = (edge >= defaults.REGION_SEAM_FILL) & _seam_like(signed, strong, edge)
-    if colours is not None:
+    stepped = edge >= defaults.REGION_SEAM_FILL  # stepped[y]: in luminance, between lines y and y + 1
+    if colour_steps is not None:
         # Two photos of about the same brightness meet at a step of colour (a field of
         # flowers beside a grey fog): a seam in luminance or in any one channel counts.
-        steps = np.diff(colours, axis=0)
-        channel = np.abs(steps).argmax(axis=2)[..., None]
-        chroma = np.take_along_axis(steps, channel, axis=2)[..., 0].astype(np.float32)
-        strong_c = np.abs(chroma) > defaults.REGION_SEAM_STEP
+        steps, strong_c = colour_steps
         edge_c = strong_c.mean(axis=1)
-        hard |= (edge_c >= defaults.REGION_SEAM_COLOUR_FILL) & _seam_like(chroma, strong_c, edge_c)
+        candidates = (edge_c >= defaults.REGION_SEAM_COLOUR_FILL) & ~hard
+        lines = np.flatnonzero(candidates)
+        if len(lines):  # the tests below read the lines about each candidate only
+            hard[lines] = _seam_like_at(lines, steps, strong_c, edge_c)
         edge = np.maximum(edge, edge_c)
     # Python lists from here: the walk below reads them line by line, and a numpy
     # scalar read costs ten times a list's.
     flat_lines = grey.std(axis=1) < 2.5
-    if fine is not None and len(fine):
-        near_step = np.zeros(h, dtype=bool)
-        near_step[1:] |= edge >= defaults.REGION_SEAM_FILL  # the line after a step
-        near_step[:-1] |= edge >= defaults.REGION_SEAM_FILL  # the line before one
-        for y in np.flatnonzero(near_step & ~flat_lines).tolist():
-            block = fine[y * stride: (y + 1) * stride]
-            if len(block) and block.shape[1] >= 8 and float(block.astype(np.float32).std(axis=1).min()) < 2.5:
-                flat_lines[y] = True
+    if fine is not None and fine.shape[1] >= 8:
+        # A thin gutter's thumbnail line has a step beside it, into it or out of it.
+        between = np.zeros(h, dtype=bool)
+        between[1:-1] = stepped[:-1] | stepped[1:]
+        lines = np.flatnonzero(between & ~flat_lines)
+        if len(lines):
+            rows = np.minimum(lines[:, None] * stride + np.arange(stride)[None, :], len(fine) - 1)
+            flat_lines[lines] = fine[rows].astype(np.float32).std(axis=2).min(axis=1) < 2.5
     flat = flat_lines.tolist()
     hard, edge = hard.tolist(), edge.tolist()
     gutters: list[Seam] = []
@@ -214,6 +235,26 @@ def _seam_like(signed: np.ndarray, strong: np.ndarray, share: np.ndarray) -> np.
         undone = (strong[:-k] & strong[k:] & (sign[:-k] != sign[k:])).mean(axis=1)
         ok[:-k] &= undone < 0.5 * share[:-k]  # undone by the line k below
         ok[k:] &= undone < 0.5 * share[k:]  # or k above
+    return ok
+
+
+def _seam_like_at(lines: np.ndarray, steps: np.ndarray, strong: np.ndarray, share: np.ndarray) -> np.ndarray:
+    """:func:`_seam_like` for colour, at ``lines`` only (seams of colour are tested where
+    luminance found none, a few lines a box): ``steps`` (n, m, 3) signed colour steps,
+    each pixel's sign that of its most changed channel."""
+    n = len(share)
+    near = np.clip(lines[:, None] + np.array([-5, -4, -3, -2, 2, 3, 4, 5])[None, :], 0, n - 1)
+    ok = share[lines] >= 2.0 * np.median(share[near], axis=1)
+    rows = np.clip(lines[:, None] + np.arange(-2, 3)[None, :], 0, n - 1)  # (lines, 5): y-2 .. y+2
+    part = steps[rows]
+    size = np.abs(part)
+    r, g, b = size[..., 0], size[..., 1], size[..., 2]
+    sign = np.sign(np.where(r >= np.maximum(g, b), part[..., 0], np.where(g >= b, part[..., 1], part[..., 2])))
+    hit = strong[rows]
+    for k in (1, 2):
+        for other, inside in ((2 + k, lines + k < n), (2 - k, lines - k >= 0)):  # k below, k above
+            undone = (hit[:, 2] & hit[:, other] & (sign[:, 2] != sign[:, other])).mean(axis=1)
+            ok &= ~inside | (undone < 0.5 * share[lines])
     return ok
 
 
