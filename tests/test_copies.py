@@ -552,3 +552,22 @@ def test_a_photo_fitted_into_its_cell_with_padding_is_proposed_without_it(photos
         out.paste(box, (x, y))
         truth = (x + at[0], y + at[1], x + at[0] + photo.width, y + at[1] + photo.height)
     assert _found(jpeg(out), truth, side) >= 0.9
+
+
+def test_a_photo_in_a_chat_bubble_with_a_thin_padding_is_blocked_by_a_hash_only_pdq_ban(
+        policy: Policy, store: SqliteBankStore, photos: dict[str, Image.Image]) -> None:
+    # A chat app pads a photo with a few pixels of its bubble's colour: too thin for the
+    # region thumbnail, so every box found holds the padding, and 8 pixels on a side
+    # moved PDQ past 31. Each box is also queried without its uniform edge lines.
+    banned = photos[corpus_mod.BANNED_PHOTO]
+    ban_pdq_only(store, banned)
+    upload = Image.new("RGB", (720, 1560), (11, 20, 26))
+    draw = ImageDraw.Draw(upload)
+    draw.rectangle((0, 0, 720, 120), fill=(31, 44, 51))
+    draw.rounded_rectangle((380, 200, 700, 280), 16, fill=(0, 92, 75))
+    photo = banned.resize((620, 620))
+    draw.rounded_rectangle((62, 330, 62 + 620 + 16, 330 + 620 + 16), 10, fill=(0, 92, 75))
+    upload.paste(photo, (70, 338))
+    draw.rounded_rectangle((420, 1000, 700, 1080), 16, fill=(0, 92, 75))
+    verdict = scanner_for(policy, store).scan_bytes(jpeg(upload))
+    assert verdict.action is Action.BLOCK, [(m.algorithm.value, m.distance, m.region) for m in verdict.matches]
