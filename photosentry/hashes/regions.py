@@ -25,6 +25,10 @@ and each one is hashed and matched like the photo itself (:func:`propose`):
   margins (a layout that fits each photo whole into its cell and pads the rest); ``piece``: a part of the first split that
   the second split cut again, and the cells of the grid cut without preferring gutters.
 
+Every box is then also tried without the uniform lines along its sides (``tight``: a
+chat bubble's padding of a few pixels, a thin frame, too thin for the thumbnail),
+beside it, with PDQ only.
+
 Everything runs on a thumbnail (longest side :data:`defaults.REGION_THUMB_SIDE`), so
 it costs about 3 ms a photo; the crops are cut from the frame the scan decoded.
 Proposals only add queries: the whole photo is always matched too, and what a region
@@ -162,7 +166,8 @@ def propose(rgb: np.ndarray, *, grey: np.ndarray | None = None, limit: int = def
         tight = _tight(grey, box) if grey is not None else box
         if tight != box and not any(iou(tight, k) >= defaults.REGION_TIGHT_SAME_BOX for k in kept):
             kept.append(tight)
-            tightened.append(Region(region.kind, *tight))
+            # A kind of its own: a PDQ query only (the box's keypoints are its own box's).
+            tightened.append(Region("tight", *tight))
             if len(tightened) >= defaults.REGION_TIGHT_LIMIT:
                 break
     return out + tightened
