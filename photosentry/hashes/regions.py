@@ -185,13 +185,14 @@ def _tight(grey: np.ndarray, box: Box) -> Box:
     tolerance = defaults.REGION_MARGIN_TOLERANCE
     for lines in (part, part[::-1], part.T, part.T[::-1]):  # top, bottom, left, right
         reach = max(2, int(len(lines) * defaults.REGION_TIGHT_SHARE))
-        colour = int(np.median(lines[0]))
-        # Most of each line the padding's colour: a bubble's rounded corners are not.
-        near = np.abs(lines[:reach].astype(np.int16) - colour) <= tolerance
-        flat = near.mean(axis=1) >= defaults.REGION_CLEAN_LINE
-        if not flat[0]:
+        # Most of each line the padding's colour (a bubble's rounded corners are not),
+        # which its middle pixel has if the line is padding at all.
+        colour = int(lines[0][len(lines[0]) // 2])
+        if (np.abs(lines[0].astype(np.int16) - colour) <= tolerance).mean() < defaults.REGION_CLEAN_LINE:
             cut.append(0)  # most boxes: the outermost line is the photo's
             continue
+        near = np.abs(lines[:reach].astype(np.int16) - colour) <= tolerance
+        flat = near.mean(axis=1) >= defaults.REGION_CLEAN_LINE
         depth = reach if flat.all() else int(np.argmin(flat))
         cut.append(depth if 2 <= depth < reach else 0)
     top_cut, bottom_cut, left_cut, right_cut = cut
