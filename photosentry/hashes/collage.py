@@ -13,6 +13,9 @@ thumbnail pixels; :mod:`.regions` refines them on the frame and hashes them.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import numpy as np
 
 from .. import defaults
@@ -167,8 +170,11 @@ def _seams(grey: np.ndarray, fine: np.ndarray | None = None, stride: int = 1,
     signed = np.diff(grey, axis=0)  # signed[y] is the step between rows y and y + 1
     strong = np.abs(signed) > defaults.REGION_SEAM_STEP
     edge = strong.mean(axis=1)
-    hard = (edge >= defaults.REGION_SEAM_FILL) & _seam_like(signed, strong, edge)
     stepped = edge >= defaults.REGION_SEAM_FILL  # stepped[y]: in luminance, between lines y and y + 1
+    hard = np.zeros(len(edge), dtype=bool)
+    lines = np.flatnonzero(stepped)
+    if len(lines):
+        hard[lines] = _seam_like_at(lines, lambda rows: np.sign(signed[rows]), strong, edge)
     if colour_steps is not None:
         # Two photos of about the same brightness meet at a step of colour (a field of
         # flowers beside a grey fog): a seam in luminance or in any one channel counts.
@@ -176,8 +182,8 @@ def _seams(grey: np.ndarray, fine: np.ndarray | None = None, stride: int = 1,
         edge_c = strong_c.mean(axis=1)
         candidates = (edge_c >= defaults.REGION_SEAM_COLOUR_FILL) & ~hard
         lines = np.flatnonzero(candidates)
-        if len(lines):  # the tests below read the lines about each candidate only
-            hard[lines] = _seam_like_at(lines, steps, strong_c, edge_c)
+        if len(lines):
+            hard[lines] = _seam_like_at(lines, functools.partial(_colour_sign, steps), strong_c, edge_c)
         edge = np.maximum(edge, edge_c)
     # Python lists from here: the walk below reads them line by line, and a numpy
     # scalar read costs ten times a list's.
@@ -213,49 +219,36 @@ def _seams(grey: np.ndarray, fine: np.ndarray | None = None, stride: int = 1,
     return gutters, edges
 
 
-def _around(values: np.ndarray) -> np.ndarray:
-    """For each line, the median of ``values`` over the four lines on each side of it,
-    past its immediate neighbours (which a seam's blur may touch); the ends repeat."""
-    n = len(values)
-    padded = np.pad(values, 5, mode="edge")
-    return np.median(np.stack([padded[5 + k: 5 + k + n] for k in (-5, -4, -3, -2, 2, 3, 4, 5)]), axis=0)
-
-
-def _seam_like(signed: np.ndarray, strong: np.ndarray, share: np.ndarray) -> np.ndarray:
-    """Per line, whether its step (``strong`` along ``share`` of it) is where two
-    pictures meet: the lines about it step far less often (else it is texture), and no
-    opposite step a line or two on undoes it (else it is a drawn line: a grid printed
-    in the photo, a table's ruling)."""
-    ok = share >= 2.0 * _around(share)
+def _seam_like_at(lines: np.ndarray, sign_of: Callable[[np.ndarray], np.ndarray], strong: np.ndarray,
+                  share: np.ndarray) -> np.ndarray:
+    """Whether each of ``lines`` (steps between two lines, ``strong`` along ``share`` of
+    it) is where two pictures meet: the lines about it step far less often (else it is
+    texture), and no opposite step a line or two on undoes it (else it is a drawn line:
+    a grid printed in the photo, a table's ruling). Only the lines about each candidate
+    are read: ``sign_of(rows)`` gives the sign of every pixel's step on those rows (a
+    luminance step's, or a colour step's in its most changed channel)."""
     n = len(share)
-    sign = np.sign(signed)
-    for k in (1, 2):
-        if n <= k:
-            break
-        undone = (strong[:-k] & strong[k:] & (sign[:-k] != sign[k:])).mean(axis=1)
-        ok[:-k] &= undone < 0.5 * share[:-k]  # undone by the line k below
-        ok[k:] &= undone < 0.5 * share[k:]  # or k above
-    return ok
-
-
-def _seam_like_at(lines: np.ndarray, steps: np.ndarray, strong: np.ndarray, share: np.ndarray) -> np.ndarray:
-    """:func:`_seam_like` for colour, at ``lines`` only (seams of colour are tested where
-    luminance found none, a few lines a box): ``steps`` (n, m, 3) signed colour steps,
-    each pixel's sign that of its most changed channel."""
-    n = len(share)
+    # The median over the four lines on each side, past the immediate neighbours (which a
+    # seam's blur may touch); the ends repeat.
     near = np.clip(lines[:, None] + np.array([-5, -4, -3, -2, 2, 3, 4, 5])[None, :], 0, n - 1)
     ok = share[lines] >= 2.0 * np.median(share[near], axis=1)
     rows = np.clip(lines[:, None] + np.arange(-2, 3)[None, :], 0, n - 1)  # (lines, 5): y-2 .. y+2
-    part = steps[rows]
-    size = np.abs(part)
-    r, g, b = size[..., 0], size[..., 1], size[..., 2]
-    sign = np.sign(np.where(r >= np.maximum(g, b), part[..., 0], np.where(g >= b, part[..., 1], part[..., 2])))
+    sign = sign_of(rows)
     hit = strong[rows]
     for k in (1, 2):
         for other, inside in ((2 + k, lines + k < n), (2 - k, lines - k >= 0)):  # k below, k above
             undone = (hit[:, 2] & hit[:, other] & (sign[:, 2] != sign[:, other])).mean(axis=1)
             ok &= ~inside | (undone < 0.5 * share[lines])
     return ok
+
+
+def _colour_sign(steps: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The sign of each pixel's colour step (``steps`` (n, m, 3)) on ``rows``, in the
+    channel that changed most."""
+    part = steps[rows]
+    size = np.abs(part)
+    r, g, b = size[..., 0], size[..., 1], size[..., 2]
+    return np.sign(np.where(r >= np.maximum(g, b), part[..., 0], np.where(g >= b, part[..., 1], part[..., 2])))
 
 
 def gutters_off(colours: np.ndarray, box: Box) -> Box:
