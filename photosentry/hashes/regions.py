@@ -129,7 +129,7 @@ def propose(rgb: np.ndarray, *, grey: np.ndarray | None = None, limit: int = def
         pieces.extend(("piece", gutters_off(colours, c)) for c in more)
     # After the cells: where the split found the photo too, its cell is the query (a
     # cell has keypoints of its own).
-    if content is not None and block is not None and block != content:
+    if block is not None and block != content:
         found.append(("block", block))
     found.extend(fitted)
     found.extend(pieces)
@@ -147,8 +147,6 @@ def propose(rgb: np.ndarray, *, grey: np.ndarray | None = None, limit: int = def
         if area(box) < defaults.REGION_MIN_AREA * sw * sh:
             continue
         coarse = (round(box[0] * fx), round(box[1] * fy), min(w, round(box[2] * fx)), min(h, round(box[3] * fy)))
-        if grey is None:
-            grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
         fine = _refined(grey, coarse, reach=stride + 1)
         if any(iou(fine, k) >= defaults.REGION_SAME_BOX for k in kept):
             continue
@@ -163,7 +161,7 @@ def propose(rgb: np.ndarray, *, grey: np.ndarray | None = None, limit: int = def
     tightened: list[Region] = []
     for region in out:
         box = (region.left, region.top, region.right, region.bottom)
-        tight = _tight(grey, box) if grey is not None else box
+        tight = _tight(grey, box)
         if tight != box and not any(iou(tight, k) >= defaults.REGION_TIGHT_SAME_BOX for k in kept):
             kept.append(tight)
             # A kind of its own: a PDQ query only (the box's keypoints are its own box's).
@@ -527,7 +525,7 @@ def _block(solid: np.ndarray, box: Box) -> Box | None:
     first = np.where(filled, part.argmax(axis=1), 0)
     last = np.where(filled, part.shape[1] - 1 - part[:, ::-1].argmax(axis=1), -1)
     full = filled & (part.sum(axis=1) >= 0.95 * (last - first + 1)) & (last - first + 1 >= 8)
-    best: tuple[int, int, int, int] | None = None  # (area, start row, stop row, row of the span)
+    best: tuple[int, int, int] | None = None  # (area, start row, stop row)
     y, n = 0, part.shape[0]
     while y < n:
         if not full[y]:
@@ -538,12 +536,13 @@ def _block(solid: np.ndarray, box: Box) -> Box | None:
             stop += 1
         size = (stop - y) * (last[y] - first[y] + 1)
         if stop - y >= 8 and (best is None or size > best[0]):
-            best = (size, y, stop, y)
+            best = (size, y, stop)
         y = stop
     if best is None:
         return None
-    _, start, stop, at = best
-    span = part[:, first[at]: last[at] + 1]
+    _, start, stop = best
+    left_col, right_col = int(first[start]), int(last[start])  # the run's span, its first row's
+    span = part[:, left_col: right_col + 1]
     reach = max(2, (stop - start) // 10)
     for _ in range(reach):
         if start == 0 or span[start - 1].mean() < 0.8:
@@ -553,4 +552,4 @@ def _block(solid: np.ndarray, box: Box) -> Box | None:
         if stop == n or span[stop].mean() < 0.8:
             break
         stop += 1
-    return (left + int(first[at]), top + start, left + int(last[at]) + 1, top + stop)
+    return (left + left_col, top + start, left + right_col + 1, top + stop)
