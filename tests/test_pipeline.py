@@ -52,7 +52,8 @@ def banned_scanner(scanner: Scanner, store: SqliteBankStore, corpus: corpus_mod.
 def test_copies_blocked_clean_allowed(banned_scanner: Scanner, corpus: corpus_mod.Corpus) -> None:
     verdict = banned_scanner.scan_path(corpus.banned)
     assert verdict.action is Action.BLOCK
-    assert {m.algorithm.value for m in verdict.matches} == {"sha256", "md5", "pdq", "phash", "dhash", "orb"}
+    # Its whole frame's hashes block it, so its regions and keypoints are never searched.
+    assert {m.algorithm.value for m in verdict.matches} == {"sha256", "md5", "pdq", "phash", "dhash"}
 
     for name, path in corpus.copies.items():
         verdict = banned_scanner.scan_path(path)
@@ -78,6 +79,18 @@ def test_unbanned_photo_is_allowed_and_classified(scanner: Scanner, corpus: corp
     assert verdict.action is Action.ALLOW
     assert len(verdict.scores) == 1
     assert verdict.media is not None and (verdict.media.format, verdict.media.width) == ("jpeg", 640)
+
+
+def test_a_photo_its_whole_frame_only_holds_for_review_is_still_searched_for_copies(
+    scanner: Scanner, store: SqliteBankStore, corpus: corpus_mod.Corpus
+) -> None:
+    # A bank that quarantines: a region or the keypoints could still find a ban that
+    # blocks, so the copy search runs (the keypoints verify the photo itself).
+    ban(store, corpus.banned, bank="moderation")
+    scanner.matcher.refresh()
+    verdict = scanner.scan_path(corpus.banned)
+    assert verdict.action is Action.QUARANTINE
+    assert {m.algorithm.value for m in verdict.matches} == {"sha256", "md5", "pdq", "phash", "dhash", "orb"}
 
 
 def test_moderation_bank_quarantines_unless_minors(

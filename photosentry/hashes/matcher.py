@@ -33,7 +33,7 @@ from .flatness import is_flat
 from .localfeatures import FeatureHit, FeatureIndex
 from .hostindex import HostIndex, IndexColumns, SharedIndex
 from .index import HashIndex, SortedExactIndex, TieredIndex, hex_to_codes
-from .signals import ImageHashes
+from .signals import FrameHashes, ImageHashes
 from .snapshot import Snapshot, latest_snapshot, save_snapshot
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,29 @@ class Match:
             basis=str(raw.get("basis", "")),
             inliers=int(raw.get("inliers", 0)),
         )
+
+
+class Found:
+    """What a photo's hashes and keypoints met in the banks so far, before grading: per
+    (entry, from a flat picture) the best hash match, and per entry the keypoint
+    verification with the most inliers, with where in the photo it was."""
+
+    def __init__(self, first_frame: int = 0) -> None:
+        #: The frame keypoints are found on (the first decoded one).
+        self.first_frame = first_frame
+        # (id, from a flat picture) -> (weak, distance, frame, variant, algo, region). A
+        # flat picture's match is review-only against an image ban whose picture was
+        # flat too (evidence.flat_pair), which is known once the entry is read, so the
+        # best of each kind is kept.
+        self.best: dict[tuple[int, bool], tuple[bool, int, int, int, Algorithm, str]] = {}
+        self.verified: dict[int, tuple[FeatureHit, str]] = {}
+
+    def keep(self, entry_id: int, algorithm: Algorithm, distance: int, frame: int, variant: int, weak: bool,
+             region: str = "", flat: bool = False) -> None:
+        current = self.best.get((entry_id, flat))
+        # The whole photo's match wins a tie: it is the plainer evidence.
+        if current is None or (weak, distance, bool(region)) < (current[0], current[1], bool(current[5])):
+            self.best[(entry_id, flat)] = (weak, distance, frame, variant, algorithm, region)
 
 
 def _info(entry: BankEntry) -> tuple[str, str, str]:
@@ -467,43 +490,51 @@ class BankMatcher:
     def match(self, hashes: ImageHashes) -> list[Match]:
         """Every active entry the photo matches (closest variant, frame and region per
         entry), graded strong or weak by :func:`.evidence.grade`."""
-        # (id, from a flat picture) -> (weak, distance, frame, variant, algo, region). A flat
-        # picture's match is review-only against an image ban whose picture was flat too
-        # (evidence.flat_pair), which is known once the entry is read, so the best of
-        # each kind is kept.
-        best: dict[tuple[int, bool], tuple[bool, int, int, int, Algorithm, str]] = {}
+        found = self.find(hashes)
+        self.find_copies(hashes, found)
+        return self.graded(found)
 
-        def keep(entry_id: int, algorithm: Algorithm, distance: int, frame: int, variant: int, weak: bool,
-                 region: str = "", flat: bool = False) -> None:
-            current = best.get((entry_id, flat))
-            # The whole photo's match wins a tie: it is the plainer evidence.
-            if current is None or (weak, distance, bool(region)) < (current[0], current[1], bool(current[5])):
-                best[(entry_id, flat)] = (weak, distance, frame, variant, algorithm, region)
-
+    def find(self, hashes: ImageHashes) -> Found:
+        """What the photo's exact hashes and whole frames meet (:meth:`match`'s first half)."""
+        found = Found(hashes.frames[0].frame if hashes.frames else 0)
         for algorithm, value in hashes.exact().items():
             for hit in self._indexes[algorithm].query([value], 0):
-                keep(hit.entry_id, algorithm, 0, 0, 0, False)
-        for frame in (*hashes.frames, *hashes.regions):
-            flat = is_flat(frame.flat)
-            for ph in frame.hashes:
-                index = self._indexes[ph.algorithm]
-                if not len(index):
-                    continue
-                for hit in index.query(ph.variants, self._max_distance(ph.algorithm)):
-                    bank = self._bank_names[int(self._bank_of[hit.entry_id])]
-                    if hit.distance <= self.bank(bank).distance(ph.algorithm):
-                        keep(hit.entry_id, ph.algorithm, hit.distance, frame.frame, hit.query, ph.weak, frame.region,
-                             flat)
-        verified: dict[int, tuple[FeatureHit, str]] = {}  # entry id -> its most inliers, and where
+                found.keep(hit.entry_id, algorithm, 0, 0, 0, False)
+        for frame in hashes.frames:
+            self._find_hashes(frame, found)
+        return found
+
+    def find_copies(self, hashes: ImageHashes, found: Found) -> None:
+        """Add what the photo's regions and keypoints meet to ``found`` (:meth:`match`'s
+        second half: a scan whose whole photo is blocked already skips it)."""
+        for frame in hashes.regions:
+            self._find_hashes(frame, found)
         if hashes.features is not None and len(self._features):
             # The whole picture's keypoints (verified region by region too), then each
             # region's own, by the region's name.
             searches = [(hashes.features, hashes.feature_regions, ""),
                         *((keypoints, (), name) for name, keypoints in hashes.cell_features)]
+            verified = found.verified
             for keypoints, boxes, name in searches:
                 for hit, region in self._features.search(keypoints, boxes):
                     if hit.entry_id not in verified or hit.inliers > verified[hit.entry_id][0].inliers:
                         verified[hit.entry_id] = (hit, region or name)
+
+    def _find_hashes(self, frame: FrameHashes, found: Found) -> None:
+        flat = is_flat(frame.flat)
+        for ph in frame.hashes:
+            index = self._indexes[ph.algorithm]
+            if not len(index):
+                continue
+            for hit in index.query(ph.variants, self._max_distance(ph.algorithm)):
+                bank = self._bank_names[int(self._bank_of[hit.entry_id])]
+                if hit.distance <= self.bank(bank).distance(ph.algorithm):
+                    found.keep(hit.entry_id, ph.algorithm, hit.distance, frame.frame, hit.query, ph.weak, frame.region,
+                               flat)
+
+    def graded(self, found: Found) -> list[Match]:
+        """The matches of what was found, graded strong or weak by :func:`.evidence.grade`."""
+        best, verified = found.best, found.verified
         info = self._info_of([*dict.fromkeys(e for e, _ in best), *verified])
         # id -> (rank: 0 plain, 1 between two flat pictures, 2 weak; its basis, distance, ...)
         chosen: dict[int, tuple[int, str, int, int, int, Algorithm, str]] = {}
@@ -527,7 +558,7 @@ class BankMatcher:
         for hit, region in verified.values():
             label, group, source = info.get(hit.entry_id, ("", "", ""))
             matches.append(Match(hit.entry_id, hit.bank, Algorithm.ORB, defaults.FEATURE_COUNT - hit.inliers, label,
-                                 hashes.frames[0].frame if hashes.frames else 0, 0, False,
+                                 found.first_frame, 0, False,
                                  self.bank(hit.bank).is_allow, group, source, region, inliers=hit.inliers))
         return sorted(grade(matches), key=lambda m: (m.weak, m.distance / m.algorithm.bits, m.entry_id))
 

@@ -366,39 +366,77 @@ def hash_image(
         quick: a scan's hashes: pHash and dHash thumbnails after a box reduction, within
             a bit or two of the exact values a ban stores (:data:`.perceptual.QUICK_REDUCING_GAP`).
     """
+    hashes, copies = hash_frames(data, frames, frame_indices, source_size=source_size, reduction=reduction,
+                                 regions=regions, features=features, quick=quick)
+    return copies.search(hashes) if copies is not None else hashes
+
+
+def hash_frames(
+    data: bytes,
+    frames: tuple[np.ndarray, ...],
+    frame_indices: tuple[int, ...],
+    *,
+    source_size: tuple[int, int] | None = None,
+    reduction: int = 1,
+    regions: bool = False,
+    features: bool = False,
+    quick: bool = False,
+) -> tuple[ImageHashes, CopySearch | None]:
+    """:func:`hash_image` in two steps: the whole frames' hashes now, and the search of
+    the first frame for copies (its regions, its keypoints) as a :class:`CopySearch` to
+    run later, or never: a scan whose whole photo is already blocked skips it. None
+    where there is nothing to search (``regions`` and ``features`` off, no frame)."""
     exact = hash_bytes(data)
     per_frame = []
-    prepared: list[HashFrame] = []
-    flat_maps = []
+    first: tuple[HashFrame, FlatMap] | None = None
     copy_search = bool((regions or features) and frames)
     for i, (index, rgb) in enumerate(zip(frame_indices, frames, strict=True)):
         frame = HashFrame(rgb, quick=quick, **_reduced_from(rgb, source_size, reduction))
-        prepared.append(frame)
         flat = 0.0
         if copy_search:
             # Flatness only tells matches against image bans apart, and those hold PDQ
             # hashes, so a scan without them (a ban, a bank of exact hashes) skips it.
             # The first frame's luminance is made anyway where copies are searched for.
-            flat_maps.append(FlatMap(frame.cv_grey if i == 0 else rgb))
-            flat = flat_maps[-1].share()
+            flat_map = FlatMap(frame.cv_grey if i == 0 else rgb)
+            flat = flat_map.share()
+            if i == 0:
+                first = (frame, flat_map)
         per_frame.append(FrameHashes(index, hash_frame(frame, _as_decoded_for_hashes(frame) if copy_search else None),
                                      flat=flat))
-    found: tuple[FrameHashes, ...] = ()
-    keypoints: LocalFeatures | None = None
-    boxes: tuple[tuple[str, tuple[int, int, int, int]], ...] = ()
-    cells: tuple[tuple[str, LocalFeatures], ...] = ()
-    if copy_search:
-        grey = prepared[0].cv_grey
-        proposed = propose(frames[0], grey=grey)
-        if regions:
+    hashes = ImageHashes(exact.sha256, exact.md5, tuple(per_frame))
+    if first is None:
+        return hashes, None
+    return hashes, CopySearch(frame_indices[0], frames[0], first[0], first[1], regions, features)
+
+
+@dataclass(frozen=True)
+class CopySearch:
+    """What searching the first frame for a copy needs from :func:`hash_frames`."""
+
+    frame_index: int
+    rgb: np.ndarray
+    prepared: HashFrame
+    flat_map: FlatMap
+    regions: bool
+    features: bool
+
+    def search(self, hashes: ImageHashes) -> ImageHashes:
+        """``hashes`` with the first frame's regions hashed and its keypoints found."""
+        grey = self.prepared.cv_grey
+        proposed = propose(self.rgb, grey=grey)
+        found: tuple[FrameHashes, ...] = ()
+        keypoints: LocalFeatures | None = None
+        boxes: tuple[tuple[str, tuple[int, int, int, int]], ...] = ()
+        cells: tuple[tuple[str, LocalFeatures], ...] = ()
+        if self.regions:
             # PDQ only: what hash-only lists hold, and strong alone; a region's 64-bit
             # hashes would only ever be weak evidence, at 3 ms a region.
-            source = _region_source(prepared[0])
-            found = tuple(FrameHashes(frame_indices[0], _region_pdq(source, r), r.name,
-                                      flat=flat_maps[0].share((r.left, r.top, r.right, r.bottom)))
+            source = _region_source(self.prepared)
+            found = tuple(FrameHashes(self.frame_index, _region_pdq(source, r), r.name,
+                                      flat=self.flat_map.share((r.left, r.top, r.right, r.bottom)))
                           for r in proposed)
-        if features:
-            keypoints = query_features(frames[0], grey)
+        if self.features:
+            keypoints = query_features(self.rgb, grey)
             boxes = tuple((r.name, (r.left, r.top, r.right, r.bottom)) for r in proposed
                           if r.kind in ("content", "block", "cell", "piece"))[: defaults.FEATURE_REGION_LIMIT]
             # Regions small enough that the whole picture's keypoints, found at 384 pixels,
@@ -409,10 +447,12 @@ def hash_image(
             # verified with those, through ``boxes``.
             grid = [r for r in proposed if r.kind == "cell"]
             alone = [r for r in proposed if r.kind in ("content", "block")] + grid
-            cells = tuple((r.name, query_features(r.crop(frames[0]), r.crop(grey), enlarge=defaults.FEATURE_CELL_ENLARGE))
+            cells = tuple((r.name, query_features(r.crop(self.rgb), r.crop(grey),
+                                                  enlarge=defaults.FEATURE_CELL_ENLARGE))
                           for r in alone[: defaults.FEATURE_REGION_LIMIT]
                           if _own_pass(keypoints, r))
-    return ImageHashes(exact.sha256, exact.md5, tuple(per_frame), found, keypoints, boxes, cells)
+        return dataclasses.replace(hashes, regions=found, features=keypoints, feature_regions=boxes,
+                                   cell_features=cells)
 
 
 def _as_decoded_for_hashes(frame: HashFrame) -> HashFrame:

@@ -31,10 +31,10 @@ from ..errors import ModelUnavailable, UnreadableImage
 from ..media.budget import further_reduction
 from ..hashes.codecs import Algorithm, hamming
 from ..hashes.matcher import BankMatcher, Match
-from ..hashes.signals import ImageHashes, hash_bytes, hash_image
+from ..hashes.signals import CopySearch, ImageHashes, hash_bytes, hash_frames
 from ..models.classifier import ModelScore, NudityClassifier
 from .policy import Policy, decide, rewrites
-from .verdict import Action, FlaggedUploader, MediaInfo, ReasonCode, Verdict
+from .verdict import Action, FlaggedUploader, MediaInfo, Reason, ReasonCode, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -302,17 +302,18 @@ class Scanner:
                 run.failures.append((ReasonCode(exc.code), exc.message))
         photo.decoded = decoded
 
+        copies: CopySearch | None = None
         with run.stage("hash"):
             if decoded is None:
                 photo.hashes = hash_bytes(data)
             else:
                 # A reduced frame is hashed with the photo's own PDQ filter, so the
                 # values stay those of the full-resolution photo (perceptual.py).
-                photo.hashes = hash_image(data, decoded.frames + decoded.hash_frames,
-                                          decoded.frame_indices + decoded.hash_frame_indices,
-                                          source_size=(decoded.width, decoded.height), reduction=decoded.reduction,
-                                          regions=regions, features=features,
-                                          quick=True)
+                photo.hashes, copies = hash_frames(data, decoded.frames + decoded.hash_frames,
+                                                   decoded.frame_indices + decoded.hash_frame_indices,
+                                                   source_size=(decoded.width, decoded.height),
+                                                   reduction=decoded.reduction, regions=regions, features=features,
+                                                   quick=True)
                 photo.model_frames = _model_frames(decoded, photo.hashes, self.decode_min_side)
                 if decoded.frames_truncated:
                     run.failures.append(
@@ -323,12 +324,24 @@ class Scanner:
                         )
                     )
 
+        media = MediaInfo.from_decoded(decoded) if decoded is not None else None
+        found = None
         if self.matcher is not None:
             with run.stage("match"):
-                photo.matches = self.matcher.match(photo.hashes)
-
-        media = MediaInfo.from_decoded(decoded) if decoded is not None else None
-        already, _ = decide(profile, matches=photo.matches, failures=run.failures, media=media)
+                found = self.matcher.find(photo.hashes)
+                photo.matches = self.matcher.graded(found)
+        already, reasons = decide(profile, matches=photo.matches, failures=run.failures, media=media)
+        if copies is not None and found is not None and not _blocked_by_a_bank(reasons):
+            # The copy search (regions, keypoints) is most of a scan's hashing. A photo
+            # whose whole frame a bank already blocks (a re-encoded or resized copy) has
+            # the evidence it needs, as it has for skipping the models; one blocked for
+            # anything else is still searched, so its verdict says whether it is banned.
+            with run.stage("hash"):
+                photo.hashes = copies.search(photo.hashes)
+            with run.stage("match"):
+                self.matcher.find_copies(photo.hashes, found)
+                photo.matches = self.matcher.graded(found)
+            already, _ = decide(profile, matches=photo.matches, failures=run.failures, media=media)
         photo.needs_models = decoded is not None and already is not Action.BLOCK
 
     def _classify(self, photo: "_Photo") -> None:
@@ -419,6 +432,10 @@ class Scanner:
             scores=scores,
             uploader=uploader,
         )
+
+
+def _blocked_by_a_bank(reasons: Sequence[Reason]) -> bool:
+    return any(r.code is ReasonCode.BANK_MATCH and r.action is Action.BLOCK for r in reasons)
 
 
 def _model_frames(decoded: DecodedImage, hashes: ImageHashes, model_side: int | None) -> tuple[np.ndarray, ...]:
