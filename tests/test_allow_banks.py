@@ -7,11 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from PIL import Image
+
 from photosentry.decode import decode
 from photosentry.errors import PolicyError
 from photosentry.hashes.banks import BankKind, SqliteBankStore, allow_photo, entries_from_hashes
 from photosentry.hashes.banks.redis import RedisBankStore
 from photosentry.hashes.codecs import Algorithm
+from photosentry.hashes.derived import derive
+from photosentry.hashes.localfeatures import banned_features
 from photosentry.hashes.matcher import BankMatcher, Match
 from photosentry.hashes.signals import hash_image
 from photosentry.models.classifier import ModelScore
@@ -27,8 +31,8 @@ MINORS = {"recipient_is_minor": True}
 
 
 def m(bank: str, entry_id: int, *, allow: bool = False, weak: bool = False,
-      algorithm: Algorithm = Algorithm.PDQ, distance: int = 3) -> Match:
-    return Match(entry_id, bank, algorithm, distance, weak=weak, allow=allow)
+      algorithm: Algorithm = Algorithm.PDQ, distance: int = 3, region: str = "") -> Match:
+    return Match(entry_id, bank, algorithm, distance, weak=weak, allow=allow, region=region)
 
 
 def released(bank: str, entry_id: int, *, weak: bool = False) -> list[Match]:
@@ -116,6 +120,26 @@ def test_one_forged_perceptual_collision_clears_nothing(policy: Policy) -> None:
     assert action is Action.QUARANTINE and [r.code for r in reasons] == [ReasonCode.NUDITY]
 
 
+def test_keypoints_and_regions_never_vouch_for_a_photo(policy: Policy) -> None:
+    """Keypoints and a region's hashes find a released photo inside the upload: beside a
+    banned photo (a collage) or a nude one, it must clear neither."""
+    keypoints = m("fp", 2, allow=True, algorithm=Algorithm.ORB, distance=100)
+    action, reasons = decide(policy.base, matches=[m("banned", 1, distance=0), keypoints])
+    assert action is Action.BLOCK and [r.code for r in reasons] == [ReasonCode.BANK_MATCH]
+    in_a_cell = [m("fp", 3, allow=True, region="cell:0,0,300,400"),
+                 m("fp", 4, allow=True, algorithm=Algorithm.ORB, distance=50, region="cell:0,0,300,400")]
+    action, reasons = decide(policy.base, matches=[m("banned", 1, distance=20, region="cell:300,0,600,400"),
+                                                   *in_a_cell])
+    assert action is Action.BLOCK and [r.code for r in reasons] == [ReasonCode.BANK_MATCH]
+    action, reasons = decide(policy.base, matches=in_a_cell, scores=[score(0.8)])
+    assert action is Action.QUARANTINE and [r.code for r in reasons] == [ReasonCode.NUDITY]
+    # The released photo itself (its whole frame in two hashes) clears a keypoint ban
+    # that verified fewer of its keypoints than its own allow entry did.
+    action, reasons = decide(policy.base, matches=[m("banned", 1, algorithm=Algorithm.ORB, distance=230),
+                                                   keypoints, *released("fp", 5)])
+    assert action is Action.ALLOW and reasons[0].code is ReasonCode.ALLOW_LISTED
+
+
 def test_a_ban_match_is_cleared_only_by_an_allow_match_as_close_in_its_own_hash(policy: Policy) -> None:
     # Released photo's near copy (PDQ 3, pHash 2); the ban entry matches by dHash: no
     # allow entry of that hash vouches for the distance, so the ban stands.
@@ -201,6 +225,36 @@ def test_released_photo_is_allowed_but_other_banned_photos_are_not(
     assert all(m.allow == (m.bank == "false_positives") for m in verdict.matches)
     assert verdict.scores, "the model still ran once the ban match was suppressed"
     assert verdict.to_dict()["matches"][0]["allow"] in (True, False)
+
+
+def test_a_released_photo_beside_a_banned_one_clears_nothing(
+    policy: Policy, store: SqliteBankStore, classifier: OpenNsfwClassifier, corpus: corpus_mod.Corpus,
+    tmp_path: Path,
+) -> None:
+    # Both added as `ban add IMAGE` adds them: hashes, derived crops and keypoints.
+    def add(path: Path, bank: str) -> None:
+        image = decode(path.read_bytes())
+        entries, _ = entries_from_hashes(hashes_of(path), bank, label=path.name, derived=derive(image.frames[0]),
+                                         features=banned_features(image.frames[0]))
+        store.add(entries, **WHO)
+
+    released_photo = corpus.clean["coffee"]
+    store.configure_bank("false_positives", distances={}, description="", kind=BankKind.ALLOW, **WHO)
+    add(released_photo, "false_positives")
+    add(corpus.banned, "banned")
+    scanner = Scanner(policy=policy, matcher=BankMatcher(store), classifier=classifier)
+    assert scanner.scan_path(released_photo).action is Action.ALLOW
+
+    left, right = Image.open(corpus.banned).convert("RGB"), Image.open(released_photo).convert("RGB")
+    right = right.resize((round(right.width * left.height / right.height), left.height))
+    collage = Image.new("RGB", (left.width + right.width, left.height))
+    collage.paste(left, (0, 0))
+    collage.paste(right, (left.width, 0))
+    path = tmp_path / "collage.jpg"
+    collage.save(path, quality=90)
+    verdict = scanner.scan_path(path)
+    assert verdict.action is Action.BLOCK, [r.text for r in verdict.reasons]
+    assert any(m.allow for m in verdict.matches), "the released photo was found, and cleared nothing"
 
 
 def test_allow_photo_refuses_a_ban_bank(store: SqliteBankStore, corpus: corpus_mod.Corpus) -> None:

@@ -58,6 +58,11 @@ class Algorithm(str, Enum):
         return self.spec.features
 
     @property
+    def is_exact(self) -> bool:
+        """Matched on the file's exact bytes (SHA-256, MD5): neither a perceptual hash nor keypoints."""
+        return not self.spec.perceptual and not self.spec.features
+
+    @property
     def is_hash(self) -> bool:
         """Matched by a hash index (exactly or within a Hamming distance), not by features."""
         return not self.spec.features

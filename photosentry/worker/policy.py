@@ -553,21 +553,24 @@ def _media_reasons(profile: Profile, media: MediaInfo) -> list[Reason]:
 
 def _vouched_for(allowed: Sequence[Match]) -> bool:
     """Whether allow matches identify this photo as a released one: its exact bytes, or
-    near copies in at least two perceptual hashes. One perceptual hash alone never
-    vouches: single-hash collisions are easy to forge, and a forged collision with a
-    released photo must not clear a banned one."""
-    if any(not a.algorithm.is_perceptual for a in allowed):
+    near copies of the whole photo in at least two perceptual hashes. One perceptual
+    hash alone never vouches: single-hash collisions are easy to forge, and a forged
+    collision with a released photo must not clear a banned one. Nor do a region's
+    hashes or keypoints: they find the released photo *inside* the upload (a collage
+    cell, a screenshot), and a released photo put beside a banned one, or beside
+    anything the model would hold, must clear nothing."""
+    if any(a.algorithm.is_exact for a in allowed):
         return True
-    return len({a.algorithm for a in allowed}) >= 2
+    return len({a.algorithm for a in allowed if a.algorithm.is_perceptual and not a.region}) >= 2
 
 
 def _cleared(ban: Match, allowed: Sequence[Match]) -> bool:
-    """A ban match is cleared by the released photo's exact bytes, or by an allow entry of
-    the same perceptual hash at least as close as the ban entry (an exact ban match is
-    cleared only by exact bytes)."""
+    """Once the photo is vouched for, a ban match is cleared by the released photo's exact
+    bytes, or by an allow entry of the same perceptual hash (or keypoints: more inliers)
+    at least as close as the ban entry (an exact ban match is cleared only by exact bytes)."""
     return any(
-        not a.algorithm.is_perceptual
-        or (ban.algorithm.is_perceptual and a.algorithm is ban.algorithm and a.distance <= ban.distance)
+        a.algorithm.is_exact
+        or (not ban.algorithm.is_exact and a.algorithm is ban.algorithm and a.distance <= ban.distance)
         for a in allowed
     )
 
