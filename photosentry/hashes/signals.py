@@ -342,32 +342,13 @@ def hash_bytes(data: bytes) -> ImageHashes:
     return ImageHashes(sha256=Sha256Signal.hash_bytes(data), md5=Md5Signal.hash_bytes(data))
 
 
-def hash_image(
-    data: bytes,
-    frames: tuple[np.ndarray, ...],
-    frame_indices: tuple[int, ...],
-    *,
-    source_size: tuple[int, int] | None = None,
-    reduction: int = 1,
-    regions: bool = False,
-    features: bool = False,
-    quick: bool = False,
-) -> ImageHashes:
-    """Exact hashes of ``data`` and perceptual hashes of each decoded frame.
-
-    Args:
-        source_size, reduction: when the frames were decoded at 1/``reduction`` of the
-            photo's (width, height) (a scan's fast decode: ``DecodedImage.width``,
-            ``.height`` and ``.reduction``), so PDQ filters them as the photo itself;
-            a frame whose size is not the photo's reduced size is hashed as it is.
-        regions: also hash the regions of the first frame that may hold a photo of
-            their own (:func:`.regions.propose`); what a scan matches, not what a ban stores.
-        features: also find the first frame's keypoints (:func:`.localfeatures.query_features`).
-        quick: a scan's hashes: pHash and dHash thumbnails after a box reduction, within
-            a bit or two of the exact values a ban stores (:data:`.perceptual.QUICK_REDUCING_GAP`).
-    """
-    hashes, copies = hash_frames(data, frames, frame_indices, source_size=source_size, reduction=reduction,
-                                 regions=regions, features=features, quick=quick)
+def hash_image(data: bytes, frames: tuple[np.ndarray, ...], frame_indices: tuple[int, ...],
+               **options: Any) -> ImageHashes:
+    """Exact hashes of ``data`` and perceptual hashes of each decoded frame, and the first
+    frame searched for copies where ``regions`` or ``features`` ask for it: what
+    :func:`hash_frames` and its :class:`CopySearch` give in two steps (the same keyword
+    ``options``)."""
+    hashes, copies = hash_frames(data, frames, frame_indices, **options)
     return copies.search(hashes) if copies is not None else hashes
 
 
@@ -382,10 +363,24 @@ def hash_frames(
     features: bool = False,
     quick: bool = False,
 ) -> tuple[ImageHashes, CopySearch | None]:
-    """:func:`hash_image` in two steps: the whole frames' hashes now, and the search of
-    the first frame for copies (its regions, its keypoints) as a :class:`CopySearch` to
-    run later, or never: a scan whose whole photo is already blocked skips it. None
-    where there is nothing to search (``regions`` and ``features`` off, no frame)."""
+    """Exact hashes of ``data`` and perceptual hashes of each decoded frame, and the
+    search of the first frame for copies as a :class:`CopySearch` to run later, or never
+    (a scan whose whole photo is blocked already skips it); None where there is nothing
+    to search (``regions`` and ``features`` off, no frame).
+
+    Args:
+        source_size, reduction: when the frames were decoded at 1/``reduction`` of the
+            photo's (width, height) (a scan's fast decode: ``DecodedImage.width``,
+            ``.height`` and ``.reduction``), so PDQ filters them as the photo itself;
+            a frame whose size is not the photo's reduced size is hashed as it is.
+        regions: the copy search hashes the regions of the first frame that may hold a
+            photo of their own (:func:`.regions.propose`); what a scan matches, not what
+            a ban stores.
+        features: the copy search finds the first frame's keypoints
+            (:func:`.localfeatures.query_features`).
+        quick: a scan's hashes: pHash and dHash thumbnails after a box reduction, within
+            a bit or two of the exact values a ban stores (:data:`.perceptual.QUICK_REDUCING_GAP`).
+    """
     exact = hash_bytes(data)
     per_frame = []
     first: tuple[HashFrame, FlatMap] | None = None
