@@ -22,7 +22,7 @@ from photosentry.models.classifier import ModelScore
 from photosentry.models.open_nsfw import OpenNsfwClassifier
 from photosentry.worker.pipeline import Scanner
 from photosentry.worker.policy import Policy, decide
-from photosentry.worker.verdict import Action, ReasonCode
+from photosentry.worker.verdict import Action, MediaInfo, ReasonCode
 
 from . import corpus as corpus_mod
 
@@ -31,14 +31,18 @@ MINORS = {"recipient_is_minor": True}
 
 
 def m(bank: str, entry_id: int, *, allow: bool = False, weak: bool = False,
-      algorithm: Algorithm = Algorithm.PDQ, distance: int = 3, region: str = "") -> Match:
-    return Match(entry_id, bank, algorithm, distance, weak=weak, allow=allow, region=region)
+      algorithm: Algorithm = Algorithm.PDQ, distance: int = 3, region: str = "", frame: int = 0) -> Match:
+    return Match(entry_id, bank, algorithm, distance, weak=weak, allow=allow, region=region, frame=frame)
 
 
-def released(bank: str, entry_id: int, *, weak: bool = False) -> list[Match]:
+def released(bank: str, entry_id: int, *, weak: bool = False, frame: int = 0) -> list[Match]:
     """Allow matches of a released photo's near copy: its PDQ and its pHash both match."""
-    return [m(bank, entry_id, allow=True, weak=weak),
-            m(bank, entry_id + 1000, allow=True, algorithm=Algorithm.PHASH, distance=2)]
+    return [m(bank, entry_id, allow=True, weak=weak, frame=frame),
+            m(bank, entry_id + 1000, allow=True, algorithm=Algorithm.PHASH, distance=2, frame=frame)]
+
+
+def media(frames: int) -> MediaInfo:
+    return MediaInfo("gif", 640, 480, frames, frames)
 
 
 def score(value: float) -> ModelScore:
@@ -138,6 +142,37 @@ def test_keypoints_and_regions_never_vouch_for_a_photo(policy: Policy) -> None:
     action, reasons = decide(policy.base, matches=[m("banned", 1, algorithm=Algorithm.ORB, distance=230),
                                                    keypoints, *released("fp", 5)])
     assert action is Action.ALLOW and reasons[0].code is ReasonCode.ALLOW_LISTED
+
+
+def test_a_released_frame_clears_nothing_in_the_files_other_frames(policy: Policy) -> None:
+    """A released photo as frame 0 of a GIF (a TIFF page, an appended image, an EXIF
+    thumbnail) beside a banned photo as frame 1: each frame answers for itself."""
+    ban_in_frame_1 = m("banned", 1, distance=20, frame=1)
+    action, reasons = decide(policy.base, matches=[ban_in_frame_1, *released("fp", 2)], media=media(2))
+    assert action is Action.BLOCK and [r.code for r in reasons] == [ReasonCode.BANK_MATCH]
+    # Released in frame 1 too: cleared there.
+    action, _ = decide(policy.base, matches=[ban_in_frame_1, *released("fp", 2, frame=1)], media=media(2))
+    assert action is Action.ALLOW
+    # The models saw both frames: a release of one does not vouch for the other's score.
+    action, reasons = decide(policy.base, matches=released("fp", 2), scores=[score(0.8)], media=media(2))
+    assert action is Action.QUARANTINE and [r.code for r in reasons] == [ReasonCode.NUDITY]
+    action, _ = decide(policy.base, matches=released("fp", 2), scores=[score(0.8)], media=media(1))
+    assert action is Action.ALLOW
+    # The released file's exact bytes answer for all of it.
+    exact = m("fp", 3, allow=True, algorithm=Algorithm.SHA256, distance=0)
+    action, _ = decide(policy.base, matches=[ban_in_frame_1, exact], scores=[score(0.8)], media=media(2))
+    assert action is Action.ALLOW
+
+
+def test_a_release_needs_pdq_among_its_two_hashes(policy: Policy) -> None:
+    # pHash and dHash stay within a few bits of a released photo a third of which a
+    # banned photo covers; PDQ does not.
+    low_frequencies = [m("fp", 2, allow=True, algorithm=Algorithm.PHASH, distance=6),
+                       m("fp", 3, allow=True, algorithm=Algorithm.DHASH, distance=7)]
+    action, reasons = decide(policy.base, matches=[m("banned", 1, algorithm=Algorithm.ORB, distance=241),
+                                                   m("fp", 4, allow=True, algorithm=Algorithm.ORB, distance=230),
+                                                   *low_frequencies])
+    assert action is Action.BLOCK and reasons[0].code is ReasonCode.BANK_MATCH
 
 
 def test_a_ban_match_is_cleared_only_by_an_allow_match_as_close_in_its_own_hash(policy: Policy) -> None:
@@ -255,6 +290,25 @@ def test_a_released_photo_beside_a_banned_one_clears_nothing(
     verdict = scanner.scan_path(path)
     assert verdict.action is Action.BLOCK, [r.text for r in verdict.reasons]
     assert any(m.allow for m in verdict.matches), "the released photo was found, and cleared nothing"
+
+
+def test_a_gif_of_a_released_photo_and_a_banned_one_is_blocked(
+    policy: Policy, store: SqliteBankStore, classifier: OpenNsfwClassifier, corpus: corpus_mod.Corpus,
+    tmp_path: Path,
+) -> None:
+    released_photo = corpus.clean["coffee"]
+    allow_photo(store, hashes_of(released_photo), bank="false_positives", **WHO)
+    entries, _ = entries_from_hashes(hashes_of(corpus.banned), "banned", label="upstream list")
+    store.add(entries, **WHO)
+    scanner = Scanner(policy=policy, matcher=BankMatcher(store), classifier=classifier)
+    first, second = Image.open(released_photo).convert("RGB"), Image.open(corpus.banned).convert("RGB")
+    second = second.resize(first.size)
+    path = tmp_path / "two.gif"
+    first.save(path, save_all=True, append_images=[second], duration=500, loop=0)
+    assert scanner.scan_bytes(path.read_bytes()).action is Action.BLOCK
+    # Each frame alone: the released one is allowed, the banned one blocked.
+    first.save(tmp_path / "one.gif")
+    assert scanner.scan_path(tmp_path / "one.gif").action is Action.ALLOW
 
 
 def test_allow_photo_refuses_a_ban_bank(store: SqliteBankStore, corpus: corpus_mod.Corpus) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from .. import defaults
 from ..errors import PolicyError
+from ..hashes.codecs import Algorithm
 from ..hashes.evidence import REVIEW_ONLY_BASES, describe
 from ..hashes.matcher import Match
 from ..media import scrub
@@ -450,7 +451,7 @@ def decide(
         reasons.extend(_media_reasons(profile, media))
 
     allowed = [m for m in matches if m.allow and not m.weak]  # weak evidence vouches for nothing
-    vouched = _vouched_for(allowed)
+    release = _Release.of(allowed)
     rules = profile.allow
     suppressed: list[Reason] = []
     by_bank: dict[str, list[Match]] = {}
@@ -458,9 +459,9 @@ def decide(
         if not m.weak and not m.allow:  # weak evidence decides nothing (hashes/evidence.py)
             by_bank.setdefault(m.bank, []).append(m)
     for bank, hits in by_bank.items():
-        if vouched and ReasonCode.BANK_MATCH in rules.suppresses and bank not in rules.never_suppress_banks:
-            cleared = [h for h in hits if _cleared(h, allowed)]
-            hits = [h for h in hits if not _cleared(h, allowed)]
+        if release and ReasonCode.BANK_MATCH in rules.suppresses and bank not in rules.never_suppress_banks:
+            cleared = [h for h in hits if release.clears(h, allowed)]
+            hits = [h for h in hits if not release.clears(h, allowed)]
             if cleared:
                 suppressed.append(_bank_reason(profile, bank, cleared))
         if hits:
@@ -478,7 +479,8 @@ def decide(
                     {"model": score.model_id, "score": round(score.score, 6), "threshold": limit,
                      **({"labels": _found(score)} if score.detections else {})},
                 )
-                (suppressed if vouched and ReasonCode.NUDITY in rules.suppresses else reasons).append(reason)
+                (suppressed if release.covers(media) and ReasonCode.NUDITY in rules.suppresses
+                 else reasons).append(reason)
                 break
 
     if suppressed:
@@ -551,28 +553,54 @@ def _media_reasons(profile: Profile, media: MediaInfo) -> list[Reason]:
     return out
 
 
-def _vouched_for(allowed: Sequence[Match]) -> bool:
-    """Whether allow matches identify this photo as a released one: its exact bytes, or
-    near copies of the whole photo in at least two perceptual hashes. One perceptual
-    hash alone never vouches: single-hash collisions are easy to forge, and a forged
-    collision with a released photo must not clear a banned one. Nor do a region's
-    hashes or keypoints: they find the released photo *inside* the upload (a collage
-    cell, a screenshot), and a released photo put beside a banned one, or beside
-    anything the model would hold, must clear nothing."""
-    if any(a.algorithm.is_exact for a in allowed):
-        return True
-    return len({a.algorithm for a in allowed if a.algorithm.is_perceptual and not a.region}) >= 2
+@dataclass(frozen=True)
+class _Release:
+    """What allow matches identify as a released photo: the whole file (its exact bytes),
+    or some of its frames, each by near copies of the whole frame in PDQ and at least one
+    more perceptual hash.
 
+    One perceptual hash alone never vouches: single-hash collisions are easy to forge,
+    and a forged collision with a released photo must not clear a banned one. PDQ must
+    be one of them: pHash and dHash (64 bits of the lowest frequencies) stay within a
+    few bits of the released photo with a third of it covered by a banned one. Nor do a
+    region's hashes or keypoints vouch: they find the released photo *inside* the
+    upload (a collage cell, a screenshot). And a frame vouches for itself only: a
+    released photo as one frame of a GIF, one page of a TIFF, an appended image or an
+    EXIF thumbnail clears nothing in the others."""
 
-def _cleared(ban: Match, allowed: Sequence[Match]) -> bool:
-    """Once the photo is vouched for, a ban match is cleared by the released photo's exact
-    bytes, or by an allow entry of the same perceptual hash (or keypoints: more inliers)
-    at least as close as the ban entry (an exact ban match is cleared only by exact bytes)."""
-    return any(
-        a.algorithm.is_exact
-        or (not ban.algorithm.is_exact and a.algorithm is ban.algorithm and a.distance <= ban.distance)
-        for a in allowed
-    )
+    whole_file: bool
+    frames: frozenset[int]
+
+    @classmethod
+    def of(cls, allowed: Sequence[Match]) -> "_Release":
+        if any(a.algorithm.is_exact for a in allowed):
+            return cls(True, frozenset())
+        seen: dict[int, set[Algorithm]] = {}
+        for a in allowed:
+            if a.algorithm.is_perceptual and not a.region:
+                seen.setdefault(a.frame, set()).add(a.algorithm)
+        return cls(False, frozenset(f for f, algos in seen.items() if Algorithm.PDQ in algos and len(algos) >= 2))
+
+    def __bool__(self) -> bool:
+        return self.whole_file or bool(self.frames)
+
+    def clears(self, ban: Match, allowed: Sequence[Match]) -> bool:
+        """A ban match is cleared by the released file's exact bytes; or, in a frame
+        identified as the released photo, by an allow entry of the same perceptual hash
+        (or keypoints: as many inliers) at least as close as the ban entry, in that frame
+        (an exact ban match is cleared only by exact bytes)."""
+        if self.whole_file:
+            return True
+        return not ban.algorithm.is_exact and ban.frame in self.frames and any(
+            a.frame == ban.frame and a.algorithm is ban.algorithm and a.distance <= ban.distance for a in allowed)
+
+    def covers(self, media: MediaInfo | None) -> bool:
+        """Whether everything the models saw is the released photo: its exact bytes, or a
+        file of one frame that is identified as it (no media: nothing was decoded, so
+        the models saw nothing)."""
+        if self.whole_file:
+            return True
+        return (media is None or media.frames_scanned == 1) and 0 in self.frames
 
 
 def _bank_reason(profile: Profile, bank: str, hits: Sequence[Match]) -> Reason:
