@@ -321,6 +321,15 @@ REGION_MIN_AREA = 0.1
 """A proposed region covers at least this share of the picture (a collage's quarter
 cell is 0.25; a photo inside a phone screenshot at least a fifth)."""
 
+REGION_PANEL_MIN_AREA = 0.04
+"""A ``panel`` (a solid block of a picture beside its largest, :mod:`.hashes.regions`)
+covers at least this share of it: a collage app that fits each photo whole into its
+cell leaves a landscape photo in a narrow cell of a grid of four 6-8% of the picture."""
+
+REGION_PANELS = 3
+"""At most this many panels a picture: with the largest block, the four photos of a
+collage of four."""
+
 REGION_SAME_BOX = 0.97
 """Two proposed regions (or a region and the whole frame) are one query when their
 IoU, measured after refinement in frame pixels, is at least this: PDQ tells crops

@@ -24,7 +24,7 @@ from photosentry.hashes.codecs import Algorithm, hamming
 from photosentry.hashes.derived import derive
 from photosentry.hashes.localfeatures import LocalFeatures, banned_features
 from photosentry.hashes import collage as cells_module, regions
-from photosentry.hashes.boxes import iou
+from photosentry.hashes.boxes import Box, iou
 from photosentry.hashes.matcher import BankMatcher, Match
 from photosentry.hashes.signals import hash_image
 from photosentry.worker.pipeline import Scanner
@@ -552,6 +552,42 @@ def test_a_photo_fitted_into_its_cell_with_padding_is_proposed_without_it(photos
         out.paste(box, (x, y))
         truth = (x + at[0], y + at[1], x + at[0] + photo.width, y + at[1] + photo.height)
     assert _found(jpeg(out), truth, side) >= 0.9
+
+
+def _fitted_on_padding(banned: Image.Image, others: list[Image.Image], side: int = 1200) -> tuple[Image.Image, Box]:
+    """A collage app's layout of one wide cell over three narrow ones, each photo fitted
+    whole into its cell, within 8% of its sides, on one padding colour (no cell is
+    drawn): the photos float on the padding, and the banned one (bottom middle) covers
+    a twentieth of the picture.
+    Returns the upload and the banned photo's box in it."""
+    out = Image.new("RGB", (side, side), (236, 236, 236))
+    cells = [(0, 0, side, side // 2), *((i * side // 3, side // 2, (i + 1) * side // 3, side) for i in range(3))]
+    pictures = [others[0], others[1], banned, others[2]]
+    truth: Box = (0, 0, 0, 0)
+    for (left, top, right, bottom), photo in zip(cells, pictures, strict=True):
+        room = (round((right - left) * 0.84), round((bottom - top) * 0.84))
+        k = min(room[0] / photo.width, room[1] / photo.height)
+        fitted = photo.resize((round(photo.width * k), round(photo.height * k)), Image.Resampling.LANCZOS)
+        at = (left + (right - left - fitted.width) // 2, top + (bottom - top - fitted.height) // 2)
+        out.paste(fitted, at)
+        if photo is banned:
+            truth = (at[0], at[1], at[0] + fitted.width, at[1] + fitted.height)
+    return out, truth
+
+
+def test_photos_fitted_whole_on_a_padding_colour_are_each_proposed(
+        policy: Policy, store: SqliteBankStore, photos: dict[str, Image.Image]) -> None:
+    # No gutter or seam marks these cells, and the padding around a landscape photo in a
+    # narrow cell is wider than any gutter: each photo is a solid block of its own on
+    # the padding (a `panel`), found beside the largest (`content`).
+    banned = corpus_mod.load(corpus_mod.BANNED_PHOTO).convert("RGB")  # landscape, 3:2
+    others = [corpus_mod.load(n).convert("RGB") for n in OTHERS[:3]]
+    upload, truth = _fitted_on_padding(banned, others)
+    data = jpeg(upload)
+    assert _found(data, truth, upload.width) >= 0.9
+    ban_pdq_only(store, banned)
+    verdict = scanner_for(policy, store).scan_bytes(data)
+    assert verdict.action is Action.BLOCK, [(m.algorithm.value, m.distance, m.region) for m in verdict.matches]
 
 
 def test_a_photo_in_a_chat_bubble_with_a_thin_padding_is_blocked_by_a_hash_only_pdq_ban(

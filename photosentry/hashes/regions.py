@@ -106,13 +106,17 @@ def propose(rgb: np.ndarray, *, grey: np.ndarray | None = None, limit: int = def
         found.append(("sharp", sharp))
     bases = [trimmed]
     solid = _solid(small)
-    content = _content(solid) if solid is not None else None
+    blocks = _blocks(solid) if solid is not None else []
+    content = blocks[0] if blocks else None
     block = None
     if content is not None:
         block = _block(solid, content)
         content = _trim(colours, content)
         found.append(("content", content))
         bases.append(content)
+    # Two photos side by side with no padding between them are one panel: cut it too.
+    panels = [_trim(colours, b) for b in blocks[1:]]
+    bases.extend(panels)
     pieces: list[tuple[str, Box]] = []
     fitted: list[tuple[str, Box]] = []
     if grey is None:
@@ -131,6 +135,7 @@ def propose(rgb: np.ndarray, *, grey: np.ndarray | None = None, limit: int = def
     # cell has keypoints of its own).
     if block is not None and block != content:
         found.append(("block", block))
+    found.extend(("panel", b) for b in panels)
     found.extend(fitted)
     found.extend(pieces)
     # Last: they only matter where the trim cut into a photo's own flat edge.
@@ -144,7 +149,7 @@ def propose(rgb: np.ndarray, *, grey: np.ndarray | None = None, limit: int = def
     kept: list[Box] = [(0, 0, w, h)]
     fx, fy = w / sw, h / sh
     for kind, box in found:
-        if area(box) < defaults.REGION_MIN_AREA * sw * sh:
+        if area(box) < (defaults.REGION_PANEL_MIN_AREA if kind == "panel" else defaults.REGION_MIN_AREA) * sw * sh:
             continue
         coarse = (round(box[0] * fx), round(box[1] * fy), min(w, round(box[2] * fx)), min(h, round(box[3] * fy)))
         fine = _refined(grey, coarse, reach=stride + 1)
@@ -498,19 +503,28 @@ def _solid(small: np.ndarray) -> np.ndarray | None:
     return cv2.morphologyEx(solid, cv2.MORPH_CLOSE, kernel)
 
 
-def _content(solid: np.ndarray) -> Box | None:
-    """The bounding box of the largest solid block that is not background, if it is a
-    clear part of the picture (not nearly all of it, not a sliver)."""
+def _blocks(solid: np.ndarray) -> list[Box]:
+    """The bounding boxes of the solid blocks that are not background and may be photos,
+    largest first: the first is the ``content`` (a screenshot's photo), if it is a
+    clear part of the picture (not nearly all of it, not a sliver); the others are
+    ``panel``s, up to ``REGION_PANELS`` of at least ``REGION_PANEL_MIN_AREA`` (photos a
+    collage app fitted whole into their cells, each on its own padding, which no
+    gutter or seam between cells marks)."""
     h, w = solid.shape
     n, _, stats, _ = cv2.connectedComponentsWithStats(solid, connectivity=4)
-    if n <= 1:
-        return None
-    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    x, y, bw, bh, area = (int(v) for v in stats[best])
-    share = bw * bh / (h * w)
-    if share < defaults.REGION_MIN_AREA or share > 0.9 or area < 0.6 * bw * bh:
-        return None
-    return (x, y, x + bw, y + bh)
+    out: list[Box] = []
+    for i in 1 + np.argsort(-stats[1:, cv2.CC_STAT_AREA], kind="stable"):
+        x, y, bw, bh, pixels = (int(v) for v in stats[i])
+        share = bw * bh / (h * w)
+        if not out and (share < defaults.REGION_MIN_AREA or share > 0.9 or pixels < 0.6 * bw * bh):
+            return []  # no content: a panel is only looked for beside it
+        if share < defaults.REGION_PANEL_MIN_AREA:
+            break
+        if share <= 0.9 and pixels >= 0.6 * bw * bh:
+            out.append((x, y, x + bw, y + bh))
+            if len(out) > defaults.REGION_PANELS:
+                break
+    return out
 
 
 def _block(solid: np.ndarray, box: Box) -> Box | None:

@@ -433,7 +433,7 @@ class CopySearch:
         if self.features:
             keypoints = query_features(self.rgb, grey)
             boxes = tuple((r.name, (r.left, r.top, r.right, r.bottom)) for r in proposed
-                          if r.kind in ("content", "block", "cell", "piece"))[: defaults.FEATURE_REGION_LIMIT]
+                          if r.kind in ("content", "block", "panel", "cell", "piece"))[: defaults.FEATURE_REGION_LIMIT]
             # Regions small enough that the whole picture's keypoints, found at 384 pixels,
             # leave them too few get keypoints of their own: a collage's cells, a
             # screenshot's photo (a phone screen is 2,340 pixels tall, so its photo is a
@@ -441,7 +441,7 @@ class CopySearch:
             # whole picture covers densely (a photo's own "cells" at a horizon) is
             # verified with those, through ``boxes``.
             grid = [r for r in proposed if r.kind == "cell"]
-            alone = [r for r in proposed if r.kind in ("content", "block")] + grid
+            alone = [r for r in proposed if r.kind in ("content", "block", "panel")] + grid
             cells = tuple((r.name, query_features(r.crop(self.rgb), r.crop(grey),
                                                   enlarge=defaults.FEATURE_CELL_ENLARGE))
                           for r in alone[: defaults.FEATURE_REGION_LIMIT]
