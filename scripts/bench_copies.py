@@ -12,7 +12,8 @@ What it does, in one run:
    the kinds caught before #17 (reencode, resize, mirror, rotate90, grayscale, tone,
    blur, stretch, watermark) and the new ones (crop_centre, crop_edge, border,
    letterbox_9x16, letterbox_1x1, caption_above, caption_below, screenshot,
-   collage2/3/4 with innocent photos in the other cells, rotate_small, overlay), and
+   collage2/3/4 with innocent photos in the other cells, cropped to fill, collage_fitted
+   with each photo whole on padding, rotate_small, overlay), and
    two edits at once, counted apart from the overall figures (mirror_framed: mirrored,
    then bordered, letterboxed, captioned or screenshotted; mirror_cropped: mirrored,
    then cropped; two_edits: one edit of the photo drawn at random, then one framing or

@@ -462,6 +462,28 @@ def collage(img: Image.Image, rng: random.Random, pool: Pool, n: int) -> Image.I
     return canvas
 
 
+def collage_fitted(img: Image.Image, rng: random.Random, pool: Pool) -> Image.Image:
+    """A collage app's grid of 2-4 photos that fits each photo whole into its cell
+    (scaled up or down, never cropped) on one padding colour, ``img`` in one cell: the
+    layouts that show every photo entire. A landscape photo in a tall cell floats on
+    padding wider than any gutter."""
+    n = rng.choice((2, 3, 4))
+    layout = rng.choice(_LAYOUTS[n])
+    slot = rng.randrange(n)
+    long_side = rng.choice((1080, 1280, 1440, 1600))
+    W, H = (long_side, round(long_side * rng.choice((1.0, 1.25, 16 / 9)))) if rng.random() < 0.5 else \
+        (long_side, round(long_side * rng.choice((1.0, 0.8, 9 / 16))))
+    padding = rng.choice(((255, 255, 255), (0, 0, 0), (242, 242, 242), _random_colour(rng)))
+    inset = rng.uniform(0.0, 0.08)  # room left around each photo inside its cell, a share of each side
+    canvas = Image.new("RGB", (W, H), padding)
+    for i, (a, b, c, d) in enumerate(layout):
+        cw, ch = (c - a) * W, (d - b) * H
+        room = (max(1, round(cw * (1 - 2 * inset)) - 4), max(1, round(ch * (1 - 2 * inset)) - 4))
+        photo = _fit(img if i == slot else pool.pick(rng), room)
+        canvas.paste(photo, (round(a * W + (cw - photo.width) / 2), round(b * H + (ch - photo.height) / 2)))
+    return canvas
+
+
 def collage2(img: Image.Image, rng: random.Random, pool: Pool) -> Image.Image:
     return collage(img, rng, pool, 2)
 
@@ -565,7 +587,7 @@ KINDS_NEW: dict[str, Maker] = {
     "crop_centre": crop_centre, "crop_edge": crop_edge, "border": border,
     "letterbox_9x16": letterbox_9x16, "letterbox_1x1": letterbox_1x1,
     "caption_above": caption_above, "caption_below": caption_below, "screenshot": screenshot,
-    "collage2": collage2, "collage3": collage3, "collage4": collage4,
+    "collage2": collage2, "collage3": collage3, "collage4": collage4, "collage_fitted": collage_fitted,
     "rotate_small": rotate_small, "overlay": overlay,
 }
 
@@ -601,5 +623,5 @@ NEGATIVE_FRAMINGS: dict[str, Maker] = {
     "caption_below": caption_below, "screenshot": screenshot, "crop_centre": crop_centre,
     "crop_edge": crop_edge, "border": border, "overlay": overlay,
     # The pool of a negative's collage holds negatives only.
-    "collage2": collage2, "collage3": collage3, "collage4": collage4,
+    "collage2": collage2, "collage3": collage3, "collage4": collage4, "collage_fitted": collage_fitted,
 }
