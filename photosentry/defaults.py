@@ -321,6 +321,11 @@ REGION_MIN_AREA = 0.1
 """A proposed region covers at least this share of the picture (a collage's quarter
 cell is 0.25; a photo inside a phone screenshot at least a fifth)."""
 
+REGION_MORE_FRAMES = 3
+"""Frames beyond the first whose regions a scan hashes (a GIF's, a TIFF's pages, an image
+appended to the file), each a picture of its own (its PDQ past ``PDQ_MATCH_DISTANCE``
+from every frame searched before it); keypoints are the first frame's only."""
+
 REGION_PANEL_MIN_AREA = 0.04
 """A ``panel`` (a solid block of a picture beside its largest, :mod:`.hashes.regions`)
 covers at least this share of it: a collage app that fits each photo whole into its

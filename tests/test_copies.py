@@ -590,6 +590,22 @@ def test_photos_fitted_whole_on_a_padding_colour_are_each_proposed(
     assert verdict.action is Action.BLOCK, [(m.algorithm.value, m.distance, m.region) for m in verdict.matches]
 
 
+@pytest.mark.parametrize("container", ["GIF", "TIFF"])
+def test_a_framed_copy_as_a_later_frame_is_blocked_by_a_hash_only_pdq_ban(
+        container: str, policy: Policy, store: SqliteBankStore, photos: dict[str, Image.Image]) -> None:
+    # Red team: the regions were the first frame's only, so a letterboxed copy behind an
+    # innocent first frame passed a PDQ list 40 times in 40.
+    banned = photos[corpus_mod.BANNED_PHOTO]
+    ban_pdq_only(store, banned)
+    boxed = letterbox(banned)
+    innocent = photos[OTHERS[0]].resize(boxed.size)
+    out = io.BytesIO()
+    innocent.save(out, format=container, save_all=True, append_images=[boxed])
+    verdict = scanner_for(policy, store).scan_bytes(out.getvalue())
+    assert verdict.action is Action.BLOCK, [(m.algorithm.value, m.distance, m.frame, m.region) for m in verdict.matches]
+    assert verdict.matches[0].frame == 1 and verdict.matches[0].region
+
+
 def test_a_photo_in_a_chat_bubble_with_a_thin_padding_is_blocked_by_a_hash_only_pdq_ban(
         policy: Policy, store: SqliteBankStore, photos: dict[str, Image.Image]) -> None:
     # A chat app pads a photo with a few pixels of its bubble's colour: too thin for the

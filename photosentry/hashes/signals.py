@@ -29,7 +29,7 @@ from .. import defaults
 from ..errors import RegistryError
 from ..media.budget import further_reduction
 from . import perceptual
-from .codecs import Algorithm
+from .codecs import Algorithm, hamming
 from .flatness import FlatMap
 from .localfeatures import LocalFeatures, query_features
 from .regions import Region, propose, square_corners
@@ -362,6 +362,7 @@ def hash_frames(
     regions: bool = False,
     features: bool = False,
     quick: bool = False,
+    copy_frames: int = 1,
 ) -> tuple[ImageHashes, CopySearch | None]:
     """Exact hashes of ``data`` and perceptual hashes of each decoded frame, and the
     search of the first frame for copies as a :class:`CopySearch` to run later, or never
@@ -380,10 +381,13 @@ def hash_frames(
             (:func:`.localfeatures.query_features`).
         quick: a scan's hashes: pHash and dHash thumbnails after a box reduction, within
             a bit or two of the exact values a ban stores (:data:`.perceptual.QUICK_REDUCING_GAP`).
+        copy_frames: how many of the leading frames the copy search may hash the regions
+            of (a scan: the frames it decoded for the models, not the thumbnails of an
+            animation's other frames); keypoints are the first frame's only.
     """
     exact = hash_bytes(data)
     per_frame = []
-    first: tuple[HashFrame, FlatMap] | None = None
+    searched: list[_Searched] = []
     copy_search = bool((regions or features) and frames)
     for i, (index, rgb) in enumerate(zip(frame_indices, frames, strict=True)):
         frame = HashFrame(rgb, quick=quick, **_reduced_from(rgb, source_size, reduction))
@@ -394,31 +398,58 @@ def hash_frames(
             # The first frame's luminance is made anyway where copies are searched for.
             flat_map = FlatMap(frame.cv_grey if i == 0 else rgb)
             flat = flat_map.share()
-            if i == 0:
-                first = (frame, flat_map)
         per_frame.append(FrameHashes(index, hash_frame(frame, _as_decoded_for_hashes(frame) if copy_search else None),
                                      flat=flat))
+        if copy_search and (i == 0 or (regions and i < copy_frames and _another_picture(per_frame, searched))):
+            searched.append(_Searched(index, rgb, frame, flat_map, per_frame[-1]))
     hashes = ImageHashes(exact.sha256, exact.md5, tuple(per_frame))
-    if first is None:
+    if not searched:
         return hashes, None
-    return hashes, CopySearch(frame_indices[0], frames[0], first[0], first[1], regions, features)
+    return hashes, CopySearch(tuple(searched), regions, features)
+
+
+@dataclass(frozen=True)
+class _Searched:
+    """A frame the copy search reads: its index, pixels, prepared frame, flat map and hashes."""
+
+    index: int
+    rgb: np.ndarray
+    prepared: HashFrame
+    flat_map: FlatMap
+    hashes: FrameHashes
+
+
+def _another_picture(per_frame: list[FrameHashes], searched: list[_Searched]) -> bool:
+    """Whether the newest frame is a picture of its own, not one already searched (an
+    animation's next frame, a thumbnail of the photo itself), and within the budget of
+    ``REGION_MORE_FRAMES`` frames beyond the first."""
+    if len(searched) > defaults.REGION_MORE_FRAMES:
+        return False
+    new = per_frame[-1].get(Algorithm.PDQ)
+    if new is None:
+        return False
+    for done in searched:
+        old = done.hashes.get(Algorithm.PDQ)
+        if old is not None and hamming(new.value, old.value) <= defaults.PDQ_MATCH_DISTANCE:
+            return False
+    return True
 
 
 @dataclass(frozen=True)
 class CopySearch:
-    """What searching the first frame for a copy needs from :func:`hash_frames`."""
+    """What searching a photo for a copy needs from :func:`hash_frames`: its first frame
+    (regions and keypoints), and any other frame that is a picture of its own (regions:
+    a copy as a GIF's second frame, a page of a TIFF, an image appended to the file)."""
 
-    frame_index: int
-    rgb: np.ndarray
-    prepared: HashFrame
-    flat_map: FlatMap
+    frames: tuple[_Searched, ...]
     regions: bool
     features: bool
 
     def search(self, hashes: ImageHashes) -> ImageHashes:
-        """``hashes`` with the first frame's regions hashed and its keypoints found."""
-        grey = self.prepared.cv_grey
-        proposed = propose(self.rgb, grey=grey)
+        """``hashes`` with the frames' regions hashed and the first frame's keypoints found."""
+        first = self.frames[0]
+        grey = first.prepared.cv_grey
+        proposed = propose(first.rgb, grey=grey)
         found: tuple[FrameHashes, ...] = ()
         keypoints: LocalFeatures | None = None
         boxes: tuple[tuple[str, tuple[int, int, int, int]], ...] = ()
@@ -426,12 +457,10 @@ class CopySearch:
         if self.regions:
             # PDQ only: what hash-only lists hold, and strong alone; a region's 64-bit
             # hashes would only ever be weak evidence, at 3 ms a region.
-            source = _region_source(self.prepared)
-            found = tuple(FrameHashes(self.frame_index, _region_pdq(source, r), r.name,
-                                      flat=self.flat_map.share((r.left, r.top, r.right, r.bottom)))
-                          for r in proposed)
+            found = tuple(r for i, frame in enumerate(self.frames)
+                          for r in _regions_hashed(frame, proposed if i == 0 else None))
         if self.features:
-            keypoints = query_features(self.rgb, grey)
+            keypoints = query_features(first.rgb, grey)
             boxes = tuple((r.name, (r.left, r.top, r.right, r.bottom)) for r in proposed
                           if r.kind in ("content", "block", "panel", "cell", "piece"))[: defaults.FEATURE_REGION_LIMIT]
             # Regions small enough that the whole picture's keypoints, found at 384 pixels,
@@ -442,7 +471,7 @@ class CopySearch:
             # verified with those, through ``boxes``.
             grid = [r for r in proposed if r.kind == "cell"]
             alone = [r for r in proposed if r.kind in ("content", "block", "panel")] + grid
-            cells = tuple((r.name, query_features(r.crop(self.rgb), r.crop(grey),
+            cells = tuple((r.name, query_features(r.crop(first.rgb), r.crop(grey),
                                                   enlarge=defaults.FEATURE_CELL_ENLARGE))
                           for r in alone[: defaults.FEATURE_REGION_LIMIT]
                           if _own_pass(keypoints, r))
@@ -495,6 +524,16 @@ def hash_frame(frame: HashFrame, thumbnails: HashFrame | None = None) -> tuple[P
     out = [s.hash_prepared(thumbnails if thumbnails is not None and s.thumbnail else frame) for s in FRAME_SIGNALS]
     short = next((h.quality for h in out if h.algorithm is Algorithm.DHASH), None)
     return tuple(h if h.quality is not None else dataclasses.replace(h, quality=short) for h in out)
+
+
+def _regions_hashed(frame: _Searched, proposed: list[Region] | None) -> tuple[FrameHashes, ...]:
+    """PDQ of each region of ``frame`` (``proposed``, or proposed here)."""
+    if proposed is None:
+        proposed = propose(frame.rgb, grey=frame.prepared.cv_grey)
+    source = _region_source(frame.prepared)
+    return tuple(FrameHashes(frame.index, _region_pdq(source, r), r.name,
+                             flat=frame.flat_map.share((r.left, r.top, r.right, r.bottom)))
+                 for r in proposed)
 
 
 def _region_source(frame: HashFrame) -> tuple[HashFrame, float]:

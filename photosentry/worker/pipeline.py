@@ -313,7 +313,7 @@ class Scanner:
                                                    decoded.frame_indices + decoded.hash_frame_indices,
                                                    source_size=(decoded.width, decoded.height),
                                                    reduction=decoded.reduction, regions=regions, features=features,
-                                                   quick=True)
+                                                   quick=True, copy_frames=len(decoded.frames))
                 photo.model_frames = _model_frames(decoded, photo.hashes, self.decode_min_side)
                 if decoded.frames_truncated:
                     run.failures.append(
