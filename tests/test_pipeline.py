@@ -93,6 +93,28 @@ def test_a_photo_its_whole_frame_only_holds_for_review_is_still_searched_for_cop
     assert {m.algorithm.value for m in verdict.matches} == {"sha256", "md5", "pdq", "phash", "dhash", "orb"}
 
 
+def test_a_photo_one_bank_blocks_is_still_searched_for_the_other_banks(
+    scanner: Scanner, store: SqliteBankStore, corpus: corpus_mod.Corpus, tmp_path: Path
+) -> None:
+    # A GIF: frame 0 is banned whole in `banned`; frame 1 shows another photo, banned in
+    # `csam`, letterboxed, which only its regions meet. The verdict must name both banks,
+    # so the copy search runs although `banned` blocks already.
+    other = corpus.clean["coffee"]
+    ban(store, corpus.banned)
+    ban(store, other, bank="csam")
+    scanner.matcher.refresh()
+    first = Image.open(corpus.banned).convert("RGB")
+    boxed = Image.new("RGB", first.size)
+    inner = Image.open(other).convert("RGB")
+    inner.thumbnail((first.width, first.height * 2 // 3))
+    boxed.paste(inner, ((first.width - inner.width) // 2, (first.height - inner.height) // 2))
+    path = tmp_path / "two.gif"
+    first.save(path, save_all=True, append_images=[boxed], duration=500, loop=0)
+    verdict = scanner.scan_path(path)
+    assert verdict.action is Action.BLOCK
+    assert {r.detail["bank"] for r in verdict.reasons if r.code is ReasonCode.BANK_MATCH} == {"banned", "csam"}
+
+
 def test_moderation_bank_quarantines_unless_minors(
     scanner: Scanner, store: SqliteBankStore, corpus: corpus_mod.Corpus
 ) -> None:

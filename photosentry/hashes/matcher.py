@@ -446,6 +446,11 @@ class BankMatcher:
         return len(self._indexes[Algorithm.PDQ]) > 0
 
     @property
+    def ban_banks(self) -> frozenset[str]:
+        """Every bank that may hold banned photos (all but allow banks)."""
+        return frozenset(name for name, config in self._banks.items() if not config.is_allow)
+
+    @property
     def wants_features(self) -> bool:
         """Whether any image ban has keypoints: only then is an upload's worth finding."""
         return len(self._features) > 0

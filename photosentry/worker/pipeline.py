@@ -282,6 +282,11 @@ class Scanner:
             return False, False
         return self.matcher.wants_regions, self.matcher.wants_features
 
+    def _found_in_every_bank(self, reasons: Sequence[Reason]) -> bool:
+        """Whether every ban bank already blocks the photo."""
+        blocking = {r.detail.get("bank") for r in reasons if r.code is ReasonCode.BANK_MATCH and r.action is Action.BLOCK}
+        return bool(blocking) and self.matcher is not None and self.matcher.ban_banks <= blocking
+
     def _decode_side(self, copy_search: tuple[bool, bool]) -> int | None:
         """The decode's smallest side: larger where regions or keypoints are looked for."""
         if self.decode_min_side is not None and any(copy_search):
@@ -331,11 +336,13 @@ class Scanner:
                 found = self.matcher.find(photo.hashes)
                 photo.matches = self.matcher.graded(found)
         already, reasons = decide(profile, matches=photo.matches, failures=run.failures, media=media)
-        if copies is not None and found is not None and not _blocked_by_a_bank(reasons):
+        if copies is not None and found is not None and not self._found_in_every_bank(reasons):
             # The copy search (regions, keypoints) is most of a scan's hashing. A photo
-            # whose whole frame a bank already blocks (a re-encoded or resized copy) has
-            # the evidence it needs, as it has for skipping the models; one blocked for
-            # anything else is still searched, so its verdict says whether it is banned.
+            # whose whole frame every ban bank already blocks (a re-encoded or resized
+            # copy) has the evidence it needs, as it has for skipping the models; one
+            # blocked for anything else, or by one bank of several, is still searched,
+            # so its verdict says whether, and in which banks, it is banned (a `csam`
+            # bank's photo inset in a meme another bank bans).
             with run.stage("hash"):
                 photo.hashes = copies.search(photo.hashes)
             with run.stage("match"):
@@ -432,10 +439,6 @@ class Scanner:
             scores=scores,
             uploader=uploader,
         )
-
-
-def _blocked_by_a_bank(reasons: Sequence[Reason]) -> bool:
-    return any(r.code is ReasonCode.BANK_MATCH and r.action is Action.BLOCK for r in reasons)
 
 
 def _model_frames(decoded: DecodedImage, hashes: ImageHashes, model_side: int | None) -> tuple[np.ndarray, ...]:
