@@ -326,14 +326,16 @@ REGION_MORE_FRAMES = 3
 appended to the file), each a picture of its own (its PDQ past ``PDQ_MATCH_DISTANCE``
 from every frame searched before it); keypoints are the first frame's only."""
 
-REGION_PANEL_MIN_AREA = 0.04
-"""A ``panel`` (a solid block of a picture beside its largest, :mod:`.hashes.regions`)
-covers at least this share of it: a collage app that fits each photo whole into its
-cell leaves a landscape photo in a narrow cell of a grid of four 6-8% of the picture."""
+REGION_CELL_MIN_AREA = 0.04
+"""A region that is one photo of a collage (a ``cell``, a ``fitted`` cell, a ``panel``:
+:mod:`.hashes.regions`) covers at least this share of the picture, not
+``REGION_MIN_AREA``: a collage app that fits each photo whole into its cell leaves a
+landscape photo in a narrow cell of a grid of four 6-8% of the picture, and three
+square photos in a row on a square canvas 9% each."""
 
 REGION_PANELS = 3
-"""At most this many panels a picture: with the largest block, the four photos of a
-collage of four."""
+"""At most this many panels a picture beside its ``content`` (four without one): the four
+photos of a collage of four."""
 
 REGION_SAME_BOX = 0.97
 """Two proposed regions (or a region and the whole frame) are one query when their

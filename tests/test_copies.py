@@ -590,6 +590,22 @@ def test_photos_fitted_whole_on_a_padding_colour_are_each_proposed(
     assert verdict.action is Action.BLOCK, [(m.algorithm.value, m.distance, m.region) for m in verdict.matches]
 
 
+def test_three_photos_in_a_row_on_a_square_canvas_are_each_proposed(photos: dict[str, Image.Image]) -> None:
+    # Fitted whole into the thirds of a square canvas, with a little padding between
+    # them: the square ones are 8% of the picture, under the 10% a region needs, and one
+    # block with their neighbours (the padding between them closes).
+    side, gap = 1200, 40
+    cell = (side - 4 * gap) // 3
+    out = Image.new("RGB", (side, side), (255, 255, 255))
+    top = (side - cell) // 2
+    wide = photos[OTHERS[0]].resize((cell, cell * 2 // 3))
+    out.paste(wide, (gap, top + (cell - wide.height) // 2))
+    out.paste(photos[OTHERS[1]].resize((cell, cell)), (2 * gap + cell, top))
+    out.paste(photos[corpus_mod.BANNED_PHOTO].resize((cell, cell)), (3 * gap + 2 * cell, top))
+    truth = (3 * gap + 2 * cell, top, 3 * gap + 3 * cell, top + cell)
+    assert _found(jpeg(out), truth, side) >= 0.9
+
+
 @pytest.mark.parametrize("container", ["GIF", "TIFF"])
 def test_a_framed_copy_as_a_later_frame_is_blocked_by_a_hash_only_pdq_ban(
         container: str, policy: Policy, store: SqliteBankStore, photos: dict[str, Image.Image]) -> None:

@@ -71,6 +71,11 @@ class Region:
 
 
 
+#: Kinds that are one photo of a collage: a fitted photo in a grid's cell may cover a
+#: twentieth of the picture (``REGION_CELL_MIN_AREA``).
+_COLLAGE_KINDS = frozenset({"cell", "fitted", "panel"})
+
+
 def propose(rgb: np.ndarray, *, grey: np.ndarray | None = None, limit: int = defaults.REGION_LIMIT) -> list[Region]:
     """Up to ``limit`` rectangles of ``rgb`` (H, W, 3 uint8) that may hold a photo of
     their own, largest evidence first; none for a photo that fills its frame. ``grey``:
@@ -106,8 +111,7 @@ def propose(rgb: np.ndarray, *, grey: np.ndarray | None = None, limit: int = def
         found.append(("sharp", sharp))
     bases = [trimmed]
     solid = _solid(small)
-    blocks = _blocks(solid) if solid is not None else []
-    content = blocks[0] if blocks else None
+    content, blocks = _blocks(solid) if solid is not None else (None, [])
     block = None
     if content is not None:
         block = _block(solid, content)
@@ -115,8 +119,11 @@ def propose(rgb: np.ndarray, *, grey: np.ndarray | None = None, limit: int = def
         found.append(("content", content))
         bases.append(content)
     # Two photos side by side with no padding between them are one panel: cut it too.
-    panels = [_trim(colours, b) for b in blocks[1:]]
+    panels = [_trim(colours, b) for b in blocks]
     bases.extend(panels)
+    # Before the cells: a block on padding is a photo's own box, where a grid cut
+    # through padding is a guess (and a small guess may be a sliver of padding).
+    found.extend(("panel", b) for b in panels)
     pieces: list[tuple[str, Box]] = []
     fitted: list[tuple[str, Box]] = []
     if grey is None:
@@ -135,7 +142,6 @@ def propose(rgb: np.ndarray, *, grey: np.ndarray | None = None, limit: int = def
     # cell has keypoints of its own).
     if block is not None and block != content:
         found.append(("block", block))
-    found.extend(("panel", b) for b in panels)
     found.extend(fitted)
     found.extend(pieces)
     # Last: they only matter where the trim cut into a photo's own flat edge.
@@ -149,8 +155,10 @@ def propose(rgb: np.ndarray, *, grey: np.ndarray | None = None, limit: int = def
     kept: list[Box] = [(0, 0, w, h)]
     fx, fy = w / sw, h / sh
     for kind, box in found:
-        if area(box) < (defaults.REGION_PANEL_MIN_AREA if kind == "panel" else defaults.REGION_MIN_AREA) * sw * sh:
-            continue
+        if area(box) < defaults.REGION_MIN_AREA * sw * sh and not (
+                kind in _COLLAGE_KINDS and area(box) >= defaults.REGION_CELL_MIN_AREA * sw * sh
+                and 3 * min(box[2] - box[0], box[3] - box[1]) >= max(box[2] - box[0], box[3] - box[1])):
+            continue  # too small; a collage's photo may be smaller, but is no sliver
         coarse = (round(box[0] * fx), round(box[1] * fy), min(w, round(box[2] * fx)), min(h, round(box[3] * fy)))
         fine = _refined(grey, coarse, reach=stride + 1)
         if any(iou(fine, k) >= defaults.REGION_SAME_BOX for k in kept):
@@ -503,28 +511,31 @@ def _solid(small: np.ndarray) -> np.ndarray | None:
     return cv2.morphologyEx(solid, cv2.MORPH_CLOSE, kernel)
 
 
-def _blocks(solid: np.ndarray) -> list[Box]:
-    """The bounding boxes of the solid blocks that are not background and may be photos,
-    largest first: the first is the ``content`` (a screenshot's photo), if it is a
-    clear part of the picture (not nearly all of it, not a sliver); the others are
-    ``panel``s, up to ``REGION_PANELS`` of at least ``REGION_PANEL_MIN_AREA`` (photos a
+def _blocks(solid: np.ndarray) -> tuple[Box | None, list[Box]]:
+    """The bounding boxes of the solid blocks that are not background and may be photos:
+    the ``content`` (the largest, a screenshot's photo), if it is a clear part of the
+    picture (not nearly all of it, not a sliver), and the ``panel``s beside it, up to
+    ``REGION_PANELS`` of at least ``REGION_CELL_MIN_AREA``, largest first (photos a
     collage app fitted whole into their cells, each on its own padding, which no
-    gutter or seam between cells marks)."""
+    gutter or seam between cells marks; the largest too where it is under
+    ``REGION_MIN_AREA``)."""
     h, w = solid.shape
     n, _, stats, _ = cv2.connectedComponentsWithStats(solid, connectivity=4)
-    out: list[Box] = []
-    for i in 1 + np.argsort(-stats[1:, cv2.CC_STAT_AREA], kind="stable"):
+    content: Box | None = None
+    panels: list[Box] = []
+    for rank, i in enumerate(1 + np.argsort(-stats[1:, cv2.CC_STAT_AREA], kind="stable")):
         x, y, bw, bh, pixels = (int(v) for v in stats[i])
         share = bw * bh / (h * w)
-        if not out and (share < defaults.REGION_MIN_AREA or share > 0.9 or pixels < 0.6 * bw * bh):
-            return []  # no content: a panel is only looked for beside it
-        if share < defaults.REGION_PANEL_MIN_AREA:
+        photo_like = share <= 0.9 and pixels >= 0.6 * bw * bh
+        if rank == 0 and not photo_like:
+            break  # the picture's main block is no photo: nor are the smaller ones
+        if share < defaults.REGION_CELL_MIN_AREA or len(panels) + (content is not None) > defaults.REGION_PANELS:
             break
-        if share <= 0.9 and pixels >= 0.6 * bw * bh:
-            out.append((x, y, x + bw, y + bh))
-            if len(out) > defaults.REGION_PANELS:
-                break
-    return out
+        if rank == 0 and share >= defaults.REGION_MIN_AREA:
+            content = (x, y, x + bw, y + bh)
+        elif photo_like:
+            panels.append((x, y, x + bw, y + bh))
+    return content, panels
 
 
 def _block(solid: np.ndarray, box: Box) -> Box | None:
