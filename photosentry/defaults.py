@@ -322,9 +322,10 @@ REGION_MIN_AREA = 0.1
 cell is 0.25; a photo inside a phone screenshot at least a fifth)."""
 
 REGION_MORE_FRAMES = 3
-"""Frames beyond the first whose regions a scan hashes (a GIF's, a TIFF's pages, an image
+"""Frames beyond the first a scan searches for copies (a GIF's, a TIFF's pages, an image
 appended to the file), each a picture of its own (its PDQ past ``PDQ_MATCH_DISTANCE``
-from every frame searched before it); keypoints are the first frame's only."""
+from every frame searched before it): their regions are hashed and their keypoints
+found (not their regions' own keypoints, which the first frame's get)."""
 
 REGION_CELL_MIN_AREA = 0.04
 """A region that is one photo of a collage (a ``cell``, a ``fitted`` cell, a ``panel``:

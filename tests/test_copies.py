@@ -622,6 +622,20 @@ def test_a_framed_copy_as_a_later_frame_is_blocked_by_a_hash_only_pdq_ban(
     assert verdict.matches[0].frame == 1 and verdict.matches[0].region
 
 
+def test_a_cropped_copy_as_a_gifs_second_frame_is_blocked_by_an_image_ban(
+        policy: Policy, store: SqliteBankStore, photos: dict[str, Image.Image]) -> None:
+    # Red team: keypoints were the first frame's only, so a crop (which no hash meets)
+    # behind an innocent first frame passed an image ban 40 times in 40.
+    banned = photos[corpus_mod.BANNED_PHOTO]
+    ban_image(store, banned)
+    cropped = crop(banned, 0.12, 0.12, 0.12, 0.12).resize(banned.size)
+    out = io.BytesIO()
+    photos[OTHERS[0]].save(out, format="GIF", save_all=True, append_images=[cropped])
+    verdict = scanner_for(policy, store).scan_bytes(out.getvalue())
+    assert verdict.action is Action.BLOCK, [(m.algorithm.value, m.distance, m.frame, m.region) for m in verdict.matches]
+    assert {m.frame for m in verdict.matches if m.algorithm is Algorithm.ORB} == {1}
+
+
 def test_a_photo_in_a_chat_bubble_with_a_thin_padding_is_blocked_by_a_hash_only_pdq_ban(
         policy: Policy, store: SqliteBankStore, photos: dict[str, Image.Image]) -> None:
     # A chat app pads a photo with a few pixels of its bubble's colour: too thin for the

@@ -119,7 +119,8 @@ class Found:
         # flat too (evidence.flat_pair), which is known once the entry is read, so the
         # best of each kind is kept.
         self.best: dict[tuple[int, bool], tuple[bool, int, int, int, Algorithm, str]] = {}
-        self.verified: dict[int, tuple[FeatureHit, str]] = {}
+        #: entry -> (its most inliers, the region they lie in, the frame).
+        self.verified: dict[int, tuple[FeatureHit, str, int]] = {}
 
     def keep(self, entry_id: int, algorithm: Algorithm, distance: int, frame: int, variant: int, weak: bool,
              region: str = "", flat: bool = False) -> None:
@@ -516,14 +517,15 @@ class BankMatcher:
             self._find_hashes(frame, found)
         if hashes.features is not None and len(self._features):
             # The whole picture's keypoints (verified region by region too), then each
-            # region's own, by the region's name.
-            searches = [(hashes.features, hashes.feature_regions, ""),
-                        *((keypoints, (), name) for name, keypoints in hashes.cell_features)]
+            # region's own, by the region's name; then the other frames' own.
+            searches = [(hashes.features, hashes.feature_regions, "", found.first_frame),
+                        *((keypoints, (), name, found.first_frame) for name, keypoints in hashes.cell_features),
+                        *((keypoints, (), "", frame) for frame, keypoints in hashes.frame_features)]
             verified = found.verified
-            for keypoints, boxes, name in searches:
+            for keypoints, boxes, name, frame in searches:
                 for hit, region in self._features.search(keypoints, boxes):
                     if hit.entry_id not in verified or hit.inliers > verified[hit.entry_id][0].inliers:
-                        verified[hit.entry_id] = (hit, region or name)
+                        verified[hit.entry_id] = (hit, region or name, frame)
 
     def _find_hashes(self, frame: FrameHashes, found: Found) -> None:
         flat = is_flat(frame.flat)
@@ -560,10 +562,10 @@ class BankMatcher:
             label, group, source = info.get(entry_id, ("", "", ""))
             matches.append(Match(entry_id, bank, algorithm, distance, label, frame, variant, rank == 2,
                                  self.bank(bank).is_allow, group, source, region, basis=why))
-        for hit, region in verified.values():
+        for hit, region, frame in verified.values():
             label, group, source = info.get(hit.entry_id, ("", "", ""))
             matches.append(Match(hit.entry_id, hit.bank, Algorithm.ORB, defaults.FEATURE_COUNT - hit.inliers, label,
-                                 found.first_frame, 0, False,
+                                 frame, 0, False,
                                  self.bank(hit.bank).is_allow, group, source, region, inliers=hit.inliers))
         return sorted(grade(matches), key=lambda m: (m.weak, m.distance / m.algorithm.bits, m.entry_id))
 

@@ -283,6 +283,10 @@ class ImageHashes:
     #: region name: four photos share the whole picture's keypoints, and a photo a sixth
     #: of a screenshot's height keeps few of them.
     cell_features: tuple[tuple[str, LocalFeatures], ...] = field(default=(), compare=False)
+    #: Keypoints of the other frames searched for copies (a GIF's, a TIFF's pages, an
+    #: image appended to the file), by frame index: a crop of a banned photo as a
+    #: second frame meets no hash.
+    frame_features: tuple[tuple[int, LocalFeatures], ...] = field(default=(), compare=False)
 
     def exact(self) -> dict[Algorithm, str]:
         return {Algorithm.SHA256: self.sha256, Algorithm.MD5: self.md5}
@@ -381,9 +385,10 @@ def hash_frames(
             (:func:`.localfeatures.query_features`).
         quick: a scan's hashes: pHash and dHash thumbnails after a box reduction, within
             a bit or two of the exact values a ban stores (:data:`.perceptual.QUICK_REDUCING_GAP`).
-        copy_frames: how many of the leading frames the copy search may hash the regions
-            of (a scan: the frames it decoded for the models, not the thumbnails of an
-            animation's other frames); keypoints are the first frame's only.
+        copy_frames: how many of the leading frames the copy search may read (a scan:
+            the frames it decoded for the models, not the thumbnails of an animation's
+            other frames): their regions are hashed and their keypoints found, the
+            first frame's regions' keypoints too.
     """
     exact = hash_bytes(data)
     per_frame = []
@@ -400,7 +405,7 @@ def hash_frames(
             flat = flat_map.share()
         per_frame.append(FrameHashes(index, hash_frame(frame, _as_decoded_for_hashes(frame) if copy_search else None),
                                      flat=flat))
-        if copy_search and (i == 0 or (regions and i < copy_frames and _another_picture(per_frame, searched))):
+        if copy_search and (i == 0 or (i < copy_frames and _another_picture(per_frame, searched))):
             searched.append(_Searched(index, rgb, frame, flat_map, per_frame[-1]))
     hashes = ImageHashes(exact.sha256, exact.md5, tuple(per_frame))
     if not searched:
@@ -438,15 +443,16 @@ def _another_picture(per_frame: list[FrameHashes], searched: list[_Searched]) ->
 @dataclass(frozen=True)
 class CopySearch:
     """What searching a photo for a copy needs from :func:`hash_frames`: its first frame
-    (regions and keypoints), and any other frame that is a picture of its own (regions:
-    a copy as a GIF's second frame, a page of a TIFF, an image appended to the file)."""
+    (regions, keypoints, and its regions' own keypoints), and any other frame that is a
+    picture of its own (regions and keypoints: a copy as a GIF's second frame, a page of
+    a TIFF, an image appended to the file)."""
 
     frames: tuple[_Searched, ...]
     regions: bool
     features: bool
 
     def search(self, hashes: ImageHashes) -> ImageHashes:
-        """``hashes`` with the frames' regions hashed and the first frame's keypoints found."""
+        """``hashes`` with the frames' regions hashed and their keypoints found."""
         first = self.frames[0]
         grey = first.prepared.cv_grey
         proposed = propose(first.rgb, grey=grey)
@@ -454,6 +460,7 @@ class CopySearch:
         keypoints: LocalFeatures | None = None
         boxes: tuple[tuple[str, tuple[int, int, int, int]], ...] = ()
         cells: tuple[tuple[str, LocalFeatures], ...] = ()
+        more: tuple[tuple[int, LocalFeatures], ...] = ()
         if self.regions:
             # PDQ only: what hash-only lists hold, and strong alone; a region's 64-bit
             # hashes would only ever be weak evidence, at 3 ms a region.
@@ -475,8 +482,9 @@ class CopySearch:
                                                   enlarge=defaults.FEATURE_CELL_ENLARGE))
                           for r in alone[: defaults.FEATURE_REGION_LIMIT]
                           if _own_pass(keypoints, r))
+            more = tuple((frame.index, query_features(frame.rgb, frame.prepared.cv_grey)) for frame in self.frames[1:])
         return dataclasses.replace(hashes, regions=found, features=keypoints, feature_regions=boxes,
-                                   cell_features=cells)
+                                   cell_features=cells, frame_features=more)
 
 
 def _as_decoded_for_hashes(frame: HashFrame) -> HashFrame:
