@@ -321,11 +321,14 @@ REGION_MIN_AREA = 0.1
 """A proposed region covers at least this share of the picture (a collage's quarter
 cell is 0.25; a photo inside a phone screenshot at least a fifth)."""
 
-REGION_MORE_FRAMES = 3
+REGION_MORE_FRAMES = SCAN_FRAMES - 1
 """Frames beyond the first a scan searches for copies (a GIF's, a TIFF's pages, an image
 appended to the file), each a picture of its own (its PDQ past ``PDQ_MATCH_DISTANCE``
 from every frame searched before it): their regions are hashed and their keypoints
-found (not their regions' own keypoints, which the first frame's get)."""
+found (not their regions' own keypoints, which the first frame's get). As many as the
+models see of an animation, so that no frame they see is left unsearched: with fewer, a
+copy put behind that many innocent pictures would never be searched. Bounded: an
+animation of 8 distinct pictures costs 8 photos' copy search."""
 
 REGION_CELL_MIN_AREA = 0.04
 """A region that is one photo of a collage (a ``cell``, a ``fitted`` cell, a ``panel``:

@@ -622,6 +622,21 @@ def test_a_framed_copy_as_a_later_frame_is_blocked_by_a_hash_only_pdq_ban(
     assert verdict.matches[0].frame == 1 and verdict.matches[0].region
 
 
+def test_a_framed_copy_behind_five_other_pictures_is_still_searched(
+        policy: Policy, store: SqliteBankStore, photos: dict[str, Image.Image]) -> None:
+    # Every frame the models see is searched, so decoys in front cannot use up a budget.
+    banned = photos[corpus_mod.BANNED_PHOTO]
+    ban_pdq_only(store, banned)
+    boxed = letterbox(banned)
+    decoys = [photos[name].resize(boxed.size) for name in OTHERS]
+    decoys.append(ImageOps.mirror(decoys[0]))
+    out = io.BytesIO()
+    decoys[0].save(out, format="GIF", save_all=True, append_images=[*decoys[1:], boxed], duration=100)
+    verdict = scanner_for(policy, store).scan_bytes(out.getvalue())
+    assert verdict.action is Action.BLOCK, [(m.algorithm.value, m.distance, m.frame, m.region) for m in verdict.matches]
+    assert verdict.matches[0].frame == 5
+
+
 def test_a_cropped_copy_as_a_gifs_second_frame_is_blocked_by_an_image_ban(
         policy: Policy, store: SqliteBankStore, photos: dict[str, Image.Image]) -> None:
     # Red team: keypoints were the first frame's only, so a crop (which no hash meets)
