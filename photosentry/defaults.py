@@ -322,13 +322,13 @@ REGION_MIN_AREA = 0.1
 cell is 0.25; a photo inside a phone screenshot at least a fifth)."""
 
 REGION_MORE_FRAMES = SCAN_FRAMES - 1
-"""Frames beyond the first a scan searches for copies (a GIF's, a TIFF's pages, an image
-appended to the file), each a picture of its own (its PDQ past ``PDQ_MATCH_DISTANCE``
-from every frame searched before it): their regions are hashed and their keypoints
-found (not their regions' own keypoints, which the first frame's get). As many as the
-models see of an animation, so that no frame they see is left unsearched: with fewer, a
-copy put behind that many innocent pictures would never be searched. Bounded: an
-animation of 8 distinct pictures costs 8 photos' copy search."""
+"""Frames beyond the first a scan searches for copies as it searches the first (a GIF's,
+a TIFF's pages, an image appended to the file): regions, keypoints and the regions'
+own keypoints. Every frame the models see of an animation, so that none is left
+unsearched behind decoys, and every one that is not the same pixels as a frame searched
+already: a frame merely near another may be a decoy's twin (the same picture with the
+banned photo blurred out). Bounded: an animation of 8 pictures costs 8 photos' copy
+search."""
 
 REGION_CELL_MIN_AREA = 0.04
 """A region that is one photo of a collage (a ``cell``, a ``fitted`` cell, a ``panel``:

@@ -622,6 +622,21 @@ def test_a_framed_copy_as_a_later_frame_is_blocked_by_a_hash_only_pdq_ban(
     assert verdict.matches[0].frame == 1 and verdict.matches[0].region
 
 
+def test_a_framed_copy_behind_its_own_blurred_twin_is_still_searched(
+        policy: Policy, store: SqliteBankStore, photos: dict[str, Image.Image]) -> None:
+    # Red team: frames within PDQ 31 of one already searched were skipped, so a first
+    # frame showing the same letterbox with the banned photo blurred to a smudge hid the
+    # copy behind it (26 of 40 letterboxes allowed).
+    banned = photos[corpus_mod.BANNED_PHOTO]
+    ban_pdq_only(store, banned)
+    boxed = letterbox(banned)
+    decoy = letterbox(banned.resize((16, 16), Image.Resampling.BILINEAR).resize(banned.size, Image.Resampling.BICUBIC))
+    out = io.BytesIO()
+    decoy.save(out, format="GIF", save_all=True, append_images=[boxed], duration=100)
+    verdict = scanner_for(policy, store).scan_bytes(out.getvalue())
+    assert verdict.action is Action.BLOCK, [(m.algorithm.value, m.distance, m.frame, m.region) for m in verdict.matches]
+
+
 def test_a_framed_copy_behind_five_other_pictures_is_still_searched(
         policy: Policy, store: SqliteBankStore, photos: dict[str, Image.Image]) -> None:
     # Every frame the models see is searched, so decoys in front cannot use up a budget.

@@ -519,8 +519,10 @@ class BankMatcher:
             # The whole picture's keypoints (verified region by region too), then each
             # region's own, by the region's name; then the other frames' own.
             searches = [(hashes.features, hashes.feature_regions, "", found.first_frame),
-                        *((keypoints, (), name, found.first_frame) for name, keypoints in hashes.cell_features),
-                        *((keypoints, (), "", frame) for frame, keypoints in hashes.frame_features)]
+                        *((keypoints, (), name, found.first_frame) for name, keypoints in hashes.cell_features)]
+            for more in hashes.frame_features:
+                searches.append((more.keypoints, more.regions, "", more.frame))
+                searches.extend((keypoints, (), name, more.frame) for name, keypoints in more.cells)
             verified = found.verified
             for keypoints, boxes, name, frame in searches:
                 for hit, region in self._features.search(keypoints, boxes):

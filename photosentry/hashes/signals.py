@@ -29,7 +29,7 @@ from .. import defaults
 from ..errors import RegistryError
 from ..media.budget import further_reduction
 from . import perceptual
-from .codecs import Algorithm, hamming
+from .codecs import Algorithm
 from .flatness import FlatMap
 from .localfeatures import LocalFeatures, query_features
 from .regions import Region, propose, square_corners
@@ -264,6 +264,17 @@ class FrameHashes:
 
 
 @dataclass(frozen=True)
+class FrameKeypoints:
+    """One frame's keypoints for the copy search: the whole frame's, the regions they are
+    verified in too (name, frame box), and the regions' own (name, keypoints)."""
+
+    frame: int
+    keypoints: LocalFeatures
+    regions: tuple[tuple[str, tuple[int, int, int, int]], ...] = ()
+    cells: tuple[tuple[str, LocalFeatures], ...] = ()
+
+
+@dataclass(frozen=True)
 class ImageHashes:
     """Every hash of one photo: exact ones of the bytes, perceptual ones per frame."""
 
@@ -283,10 +294,10 @@ class ImageHashes:
     #: region name: four photos share the whole picture's keypoints, and a photo a sixth
     #: of a screenshot's height keeps few of them.
     cell_features: tuple[tuple[str, LocalFeatures], ...] = field(default=(), compare=False)
-    #: Keypoints of the other frames searched for copies (a GIF's, a TIFF's pages, an
-    #: image appended to the file), by frame index: a crop of a banned photo as a
-    #: second frame meets no hash.
-    frame_features: tuple[tuple[int, LocalFeatures], ...] = field(default=(), compare=False)
+    #: The same three for each other frame searched for copies (a GIF's, a TIFF's
+    #: pages, an image appended to the file): a crop of a banned photo as a second frame
+    #: meets no hash.
+    frame_features: tuple[FrameKeypoints, ...] = field(default=(), compare=False)
 
     def exact(self) -> dict[Algorithm, str]:
         return {Algorithm.SHA256: self.sha256, Algorithm.MD5: self.md5}
@@ -405,8 +416,8 @@ def hash_frames(
             flat = flat_map.share()
         per_frame.append(FrameHashes(index, hash_frame(frame, _as_decoded_for_hashes(frame) if copy_search else None),
                                      flat=flat))
-        if copy_search and (i == 0 or (i < copy_frames and _another_picture(per_frame, searched))):
-            searched.append(_Searched(index, rgb, frame, flat_map, per_frame[-1]))
+        if copy_search and (i == 0 or (i < copy_frames and _another_picture(rgb, searched))):
+            searched.append(_Searched(index, rgb, frame, flat_map))
     hashes = ImageHashes(exact.sha256, exact.md5, tuple(per_frame))
     if not searched:
         return hashes, None
@@ -415,29 +426,22 @@ def hash_frames(
 
 @dataclass(frozen=True)
 class _Searched:
-    """A frame the copy search reads: its index, pixels, prepared frame, flat map and hashes."""
+    """A frame the copy search reads: its index, pixels, prepared frame and flat map."""
 
     index: int
     rgb: np.ndarray
     prepared: HashFrame
     flat_map: FlatMap
-    hashes: FrameHashes
 
 
-def _another_picture(per_frame: list[FrameHashes], searched: list[_Searched]) -> bool:
-    """Whether the newest frame is a picture of its own, not one already searched (an
-    animation's next frame, a thumbnail of the photo itself), and within the budget of
-    ``REGION_MORE_FRAMES`` frames beyond the first."""
-    if len(searched) > defaults.REGION_MORE_FRAMES:
+def _another_picture(rgb: np.ndarray, searched: list[_Searched]) -> bool:
+    """Whether a frame is a picture not searched yet (an animation repeats frames as they
+    are), within the budget of ``REGION_MORE_FRAMES`` frames beyond the first. Only the
+    same pixels count as the same picture: a frame near another (within PDQ 31) may be a
+    decoy's twin, the same picture with the banned photo blurred out of it."""
+    if len(searched) > defaults.REGION_MORE_FRAMES or min(rgb.shape[:2]) < defaults.REGION_MIN_FRAME_SIDE:
         return False
-    new = per_frame[-1].get(Algorithm.PDQ)
-    if new is None:
-        return False
-    for done in searched:
-        old = done.hashes.get(Algorithm.PDQ)
-        if old is not None and hamming(new.value, old.value) <= defaults.PDQ_MATCH_DISTANCE:
-            return False
-    return True
+    return not any(done.rgb.shape == rgb.shape and np.array_equal(done.rgb, rgb) for done in searched)
 
 
 @dataclass(frozen=True)
@@ -453,38 +457,37 @@ class CopySearch:
 
     def search(self, hashes: ImageHashes) -> ImageHashes:
         """``hashes`` with the frames' regions hashed and their keypoints found."""
-        first = self.frames[0]
-        grey = first.prepared.cv_grey
-        proposed = propose(first.rgb, grey=grey)
+        proposed = [propose(frame.rgb, grey=frame.prepared.cv_grey) for frame in self.frames]
         found: tuple[FrameHashes, ...] = ()
-        keypoints: LocalFeatures | None = None
-        boxes: tuple[tuple[str, tuple[int, int, int, int]], ...] = ()
-        cells: tuple[tuple[str, LocalFeatures], ...] = ()
-        more: tuple[tuple[int, LocalFeatures], ...] = ()
         if self.regions:
             # PDQ only: what hash-only lists hold, and strong alone; a region's 64-bit
             # hashes would only ever be weak evidence, at 3 ms a region.
-            found = tuple(r for i, frame in enumerate(self.frames)
-                          for r in _regions_hashed(frame, proposed if i == 0 else None))
-        if self.features:
-            keypoints = query_features(first.rgb, grey)
-            boxes = tuple((r.name, (r.left, r.top, r.right, r.bottom)) for r in proposed
-                          if r.kind in ("content", "block", "panel", "cell", "piece"))[: defaults.FEATURE_REGION_LIMIT]
-            # Regions small enough that the whole picture's keypoints, found at 384 pixels,
-            # leave them too few get keypoints of their own: a collage's cells, a
-            # screenshot's photo (a phone screen is 2,340 pixels tall, so its photo is a
-            # sixth of 384; its text takes most of the 500 keypoints). A region the
-            # whole picture covers densely (a photo's own "cells" at a horizon) is
-            # verified with those, through ``boxes``.
-            grid = [r for r in proposed if r.kind == "cell"]
-            alone = [r for r in proposed if r.kind in ("content", "block", "panel")] + grid
-            cells = tuple((r.name, query_features(r.crop(first.rgb), r.crop(grey),
-                                                  enlarge=defaults.FEATURE_CELL_ENLARGE))
-                          for r in alone[: defaults.FEATURE_REGION_LIMIT]
-                          if _own_pass(keypoints, r))
-            more = tuple((frame.index, query_features(frame.rgb, frame.prepared.cv_grey)) for frame in self.frames[1:])
-        return dataclasses.replace(hashes, regions=found, features=keypoints, feature_regions=boxes,
-                                   cell_features=cells, frame_features=more)
+            found = tuple(r for frame, boxes in zip(self.frames, proposed, strict=True)
+                          for r in _regions_hashed(frame, boxes))
+        if not self.features:
+            return dataclasses.replace(hashes, regions=found)
+        first, *more = (_keypoints_of(frame, boxes) for frame, boxes in zip(self.frames, proposed, strict=True))
+        return dataclasses.replace(hashes, regions=found, features=first.keypoints, feature_regions=first.regions,
+                                   cell_features=first.cells, frame_features=tuple(more))
+
+
+def _keypoints_of(frame: _Searched, proposed: list[Region]) -> FrameKeypoints:
+    """A frame's keypoints, and the regions that get keypoints of their own."""
+    grey = frame.prepared.cv_grey
+    keypoints = query_features(frame.rgb, grey)
+    boxes = tuple((r.name, (r.left, r.top, r.right, r.bottom)) for r in proposed
+                  if r.kind in ("content", "block", "panel", "cell", "piece"))[: defaults.FEATURE_REGION_LIMIT]
+    # Regions small enough that the whole picture's keypoints, found at 384 pixels,
+    # leave them too few get keypoints of their own: a collage's cells, a screenshot's
+    # photo (a phone screen is 2,340 pixels tall, so its photo is a sixth of 384; its
+    # text takes most of the 500 keypoints). A region the whole picture covers densely
+    # (a photo's own "cells" at a horizon) is verified with those, through ``boxes``.
+    grid = [r for r in proposed if r.kind == "cell"]
+    alone = [r for r in proposed if r.kind in ("content", "block", "panel")] + grid
+    cells = tuple((r.name, query_features(r.crop(frame.rgb), r.crop(grey), enlarge=defaults.FEATURE_CELL_ENLARGE))
+                  for r in alone[: defaults.FEATURE_REGION_LIMIT]
+                  if _own_pass(keypoints, r))
+    return FrameKeypoints(frame.index, keypoints, boxes, cells)
 
 
 def _as_decoded_for_hashes(frame: HashFrame) -> HashFrame:
@@ -534,10 +537,8 @@ def hash_frame(frame: HashFrame, thumbnails: HashFrame | None = None) -> tuple[P
     return tuple(h if h.quality is not None else dataclasses.replace(h, quality=short) for h in out)
 
 
-def _regions_hashed(frame: _Searched, proposed: list[Region] | None) -> tuple[FrameHashes, ...]:
-    """PDQ of each region of ``frame`` (``proposed``, or proposed here)."""
-    if proposed is None:
-        proposed = propose(frame.rgb, grey=frame.prepared.cv_grey)
+def _regions_hashed(frame: _Searched, proposed: list[Region]) -> tuple[FrameHashes, ...]:
+    """PDQ of each of ``frame``'s ``proposed`` regions."""
     source = _region_source(frame.prepared)
     return tuple(FrameHashes(frame.index, _region_pdq(source, r), r.name,
                              flat=frame.flat_map.share((r.left, r.top, r.right, r.bottom)))
