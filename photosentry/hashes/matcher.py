@@ -111,9 +111,7 @@ class Found:
     (entry, from a flat picture) the best hash match, and per entry the keypoint
     verification with the most inliers, with where in the photo it was."""
 
-    def __init__(self, first_frame: int = 0) -> None:
-        #: The frame keypoints are found on (the first decoded one).
-        self.first_frame = first_frame
+    def __init__(self) -> None:
         # (id, from a flat picture) -> (weak, distance, frame, variant, algo, region). A
         # flat picture's match is review-only against an image ban whose picture was
         # flat too (evidence.flat_pair), which is known once the entry is read, so the
@@ -502,7 +500,7 @@ class BankMatcher:
 
     def find(self, hashes: ImageHashes) -> Found:
         """What the photo's exact hashes and whole frames meet (:meth:`match`'s first half)."""
-        found = Found(hashes.frames[0].frame if hashes.frames else 0)
+        found = Found()
         for algorithm, value in hashes.exact().items():
             for hit in self._indexes[algorithm].query([value], 0):
                 found.keep(hit.entry_id, algorithm, 0, 0, 0, False)
@@ -515,19 +513,17 @@ class BankMatcher:
         second half: a scan whose whole photo is blocked already skips it)."""
         for frame in hashes.regions:
             self._find_hashes(frame, found)
-        if hashes.features is not None and len(self._features):
-            # The whole picture's keypoints (verified region by region too), then each
-            # region's own, by the region's name; then the other frames' own.
-            searches = [(hashes.features, hashes.feature_regions, "", found.first_frame),
-                        *((keypoints, (), name, found.first_frame) for name, keypoints in hashes.cell_features)]
-            for more in hashes.frame_features:
-                searches.append((more.keypoints, more.regions, "", more.frame))
-                searches.extend((keypoints, (), name, more.frame) for name, keypoints in more.cells)
-            verified = found.verified
-            for keypoints, boxes, name, frame in searches:
+        if not len(self._features):
+            return
+        verified = found.verified
+        for frame in hashes.keypoint_frames:
+            # The whole frame's keypoints (verified region by region too), then each
+            # region's own, by the region's name.
+            searches = [(frame.keypoints, frame.regions, ""), *((keypoints, (), name) for name, keypoints in frame.cells)]
+            for keypoints, boxes, name in searches:
                 for hit, region in self._features.search(keypoints, boxes):
                     if hit.entry_id not in verified or hit.inliers > verified[hit.entry_id][0].inliers:
-                        verified[hit.entry_id] = (hit, region or name, frame)
+                        verified[hit.entry_id] = (hit, region or name, frame.frame)
 
     def _find_hashes(self, frame: FrameHashes, found: Found) -> None:
         flat = is_flat(frame.flat)

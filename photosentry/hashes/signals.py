@@ -302,6 +302,15 @@ class ImageHashes:
     def exact(self) -> dict[Algorithm, str]:
         return {Algorithm.SHA256: self.sha256, Algorithm.MD5: self.md5}
 
+    @property
+    def keypoint_frames(self) -> tuple[FrameKeypoints, ...]:
+        """The keypoints of every frame searched for copies, the first frame's first."""
+        if self.features is None:
+            return ()
+        first = FrameKeypoints(self.frames[0].frame if self.frames else 0, self.features, self.feature_regions,
+                               self.cell_features)
+        return (first, *self.frame_features)
+
     def to_dict(self) -> dict[str, object]:
         """Canonical values only (variants are a matching detail)."""
         out: dict[str, object] = {"sha256": self.sha256, "md5": self.md5}
