@@ -368,8 +368,8 @@ def hash_bytes(data: bytes) -> ImageHashes:
 
 def hash_image(data: bytes, frames: tuple[np.ndarray, ...], frame_indices: tuple[int, ...],
                **options: Any) -> ImageHashes:
-    """Exact hashes of ``data`` and perceptual hashes of each decoded frame, and the first
-    frame searched for copies where ``regions`` or ``features`` ask for it: what
+    """Exact hashes of ``data`` and perceptual hashes of each decoded frame, and the frames
+    searched for copies where ``regions`` or ``features`` ask for it: what
     :func:`hash_frames` and its :class:`CopySearch` give in two steps (the same keyword
     ``options``)."""
     hashes, copies = hash_frames(data, frames, frame_indices, **options)
@@ -389,26 +389,25 @@ def hash_frames(
     copy_frames: int = 1,
 ) -> tuple[ImageHashes, CopySearch | None]:
     """Exact hashes of ``data`` and perceptual hashes of each decoded frame, and the
-    search of the first frame for copies as a :class:`CopySearch` to run later, or never
-    (a scan whose whole photo is blocked already skips it); None where there is nothing
-    to search (``regions`` and ``features`` off, no frame).
+    search of its frames for copies as a :class:`CopySearch` to run later, or never (a
+    scan whose whole photo is blocked already skips it); None where there is nothing to
+    search (``regions`` and ``features`` off, no frame).
 
     Args:
         source_size, reduction: when the frames were decoded at 1/``reduction`` of the
             photo's (width, height) (a scan's fast decode: ``DecodedImage.width``,
             ``.height`` and ``.reduction``), so PDQ filters them as the photo itself;
             a frame whose size is not the photo's reduced size is hashed as it is.
-        regions: the copy search hashes the regions of the first frame that may hold a
-            photo of their own (:func:`.regions.propose`); what a scan matches, not what
-            a ban stores.
-        features: the copy search finds the first frame's keypoints
+        regions: the copy search hashes the regions of each frame it reads that may
+            hold a photo of their own (:func:`.regions.propose`); what a scan matches,
+            not what a ban stores.
+        features: the copy search finds each frame's keypoints, and its regions' own
             (:func:`.localfeatures.query_features`).
         quick: a scan's hashes: pHash and dHash thumbnails after a box reduction, within
             a bit or two of the exact values a ban stores (:data:`.perceptual.QUICK_REDUCING_GAP`).
         copy_frames: how many of the leading frames the copy search may read (a scan:
             the frames it decoded for the models, not the thumbnails of an animation's
-            other frames): their regions are hashed and their keypoints found, the
-            first frame's regions' keypoints too.
+            other frames); the first is always read, the others unless they repeat one.
     """
     exact = hash_bytes(data)
     per_frame = []
@@ -455,10 +454,10 @@ def _another_picture(rgb: np.ndarray, searched: list[_Searched]) -> bool:
 
 @dataclass(frozen=True)
 class CopySearch:
-    """What searching a photo for a copy needs from :func:`hash_frames`: its first frame
-    (regions, keypoints, and its regions' own keypoints), and any other frame that is a
-    picture of its own (regions and keypoints: a copy as a GIF's second frame, a page of
-    a TIFF, an image appended to the file)."""
+    """What searching a photo for a copy needs from :func:`hash_frames`: the frames it
+    reads (the first, and any other that is not a repeat: a copy as a GIF's second
+    frame, a page of a TIFF, an image appended to the file), each for its regions,
+    keypoints and its regions' own keypoints."""
 
     frames: tuple[_Searched, ...]
     regions: bool

@@ -460,8 +460,8 @@ def decide(
             by_bank.setdefault(m.bank, []).append(m)
     for bank, hits in by_bank.items():
         if release and ReasonCode.BANK_MATCH in rules.suppresses and bank not in rules.never_suppress_banks:
-            cleared = [h for h in hits if release.clears(h, allowed)]
-            hits = [h for h in hits if not release.clears(h, allowed)]
+            cleared = [h for h in hits if release.clears(h)]
+            hits = [h for h in hits if not release.clears(h)]
             if cleared:
                 suppressed.append(_bank_reason(profile, bank, cleared))
         if hits:
@@ -568,23 +568,26 @@ class _Release:
     released photo as one frame of a GIF, one page of a TIFF, an appended image or an
     EXIF thumbnail clears nothing in the others."""
 
+    #: The allow matches (strong ones only) the release was read from.
+    allowed: tuple[Match, ...]
     whole_file: bool
     frames: frozenset[int]
 
     @classmethod
     def of(cls, allowed: Sequence[Match]) -> "_Release":
         if any(a.algorithm.is_exact for a in allowed):
-            return cls(True, frozenset())
+            return cls(tuple(allowed), True, frozenset())
         seen: dict[int, set[Algorithm]] = {}
         for a in allowed:
             if a.algorithm.is_perceptual and not a.region:
                 seen.setdefault(a.frame, set()).add(a.algorithm)
-        return cls(False, frozenset(f for f, algos in seen.items() if Algorithm.PDQ in algos and len(algos) >= 2))
+        return cls(tuple(allowed), False,
+                   frozenset(f for f, algos in seen.items() if Algorithm.PDQ in algos and len(algos) >= 2))
 
     def __bool__(self) -> bool:
         return self.whole_file or bool(self.frames)
 
-    def clears(self, ban: Match, allowed: Sequence[Match]) -> bool:
+    def clears(self, ban: Match) -> bool:
         """A ban match is cleared by the released file's exact bytes; or, in a frame
         identified as the released photo, by an allow entry of the same perceptual hash
         (or keypoints: as many inliers) at least as close as the ban entry, in that frame
@@ -592,7 +595,7 @@ class _Release:
         if self.whole_file:
             return True
         return not ban.algorithm.is_exact and ban.frame in self.frames and any(
-            a.frame == ban.frame and a.algorithm is ban.algorithm and a.distance <= ban.distance for a in allowed)
+            a.frame == ban.frame and a.algorithm is ban.algorithm and a.distance <= ban.distance for a in self.allowed)
 
     def covers(self, media: MediaInfo | None) -> bool:
         """Whether everything the models saw is the released photo: its exact bytes, or a
